@@ -1,0 +1,62 @@
+/* clip.h: the CLIP encoder's public API (the only header other folders include from embed/).
+ *
+ * Loads a Hugging Face CLIPModel directory (config.json, model.safetensors, vocab.json,
+ * merges.txt, preprocessor_config.json) and turns texts and images into L2-normalised float32
+ * vectors of clip_model_dim() floats. Weights are memory-mapped; each tower is prepared on its
+ * first use, so a text query never touches the vision weights.
+ *
+ * Thread-safety: a loaded model is immutable from the caller's view; any number of threads may
+ * embed with one model at once. Functions return 0 on success and -1 with `err` filled. */
+#ifndef CLIP_H
+#define CLIP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "src/err.h"
+
+typedef struct clip_model clip_model;
+
+typedef struct clip_params {
+  int64_t max_image_pixels; /* decoded width*height above this is refused (bomb guard) */
+} clip_params;
+
+/* max_image_pixels = 100 megapixels, or CLIPDB_MAX_IMAGE_PIXELS when set. */
+clip_params clip_default_params(void);
+
+/* params may be NULL for the defaults. Returns NULL with err filled on failure. */
+clip_model *clip_model_load(const char *dir, const clip_params *params, cdb_error *err);
+void clip_model_free(clip_model *model);
+
+int clip_model_dim(const clip_model *model);          /* projection dim (512 for ViT-B/32) */
+int clip_model_image_size(const clip_model *model);   /* input side in pixels (224) */
+int clip_model_context_length(const clip_model *model); /* 77 */
+float clip_model_logit_scale(const clip_model *model);  /* stored log-space value */
+/* Stable identity: hex SHA-256 of config.json plus the safetensors header (64 chars + NUL). */
+const char *clip_model_identity(const clip_model *model);
+
+/* Token ids for text: SOT, BPE tokens, EOT, zero padding; exactly context_length ids are
+ * written to ids. Returns the count of real tokens (SOT..EOT inclusive), or -1. */
+int clip_tokenize(const clip_model *model, const char *text, size_t len, int32_t *ids,
+                  cdb_error *err);
+
+/* n texts (NUL-terminated UTF-8) -> out[n * dim]. */
+int clip_embed_texts(clip_model *model, const char *const *texts, int n, float *out,
+                     cdb_error *err);
+
+/* Preprocessing alone: decode, orient, convert to sRGB, resize, crop, normalise into
+ * pixels[3 * size * size] (C x H x W). */
+int clip_image_load_file(const clip_model *model, const char *path, float *pixels, cdb_error *err);
+int clip_image_load_buffer(const clip_model *model, const void *buf, size_t len, float *pixels,
+                           cdb_error *err);
+
+/* n preprocessed images (n * 3 * size * size floats) -> out[n * dim]. */
+int clip_embed_pixels(clip_model *model, const float *pixels, int n, float *out, cdb_error *err);
+
+/* Convenience: load + embed. A failing image fails the call; the message names it. */
+int clip_embed_image_files(clip_model *model, const char *const *paths, int n, float *out,
+                           cdb_error *err);
+int clip_embed_image_buffers(clip_model *model, const void *const *bufs, const size_t *lens, int n,
+                             float *out, cdb_error *err);
+
+#endif

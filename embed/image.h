@@ -1,0 +1,23 @@
+/* image.h (internal to embed/): libvips image preprocessing to CLIP's input tensor. */
+#ifndef CLIP_IMAGE_H
+#define CLIP_IMAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "src/err.h"
+
+typedef struct clip_image_spec {
+  int resize_shortest;    /* short side is resized to this (224) */
+  int crop_height, crop_width; /* centre crop (224 x 224); the network needs a square */
+  float mean[3], std[3];  /* per channel, applied after scaling to [0, 1] */
+  int64_t max_pixels;     /* decoded width*height above this is refused */
+} clip_image_spec;
+
+/* Output: out[3 * crop_height * crop_width], channel-major (C x H x W). Thread-safe. */
+int clip_image_preprocess_file(const clip_image_spec *spec, const char *path, float *out,
+                               cdb_error *err);
+int clip_image_preprocess_buffer(const clip_image_spec *spec, const void *buf, size_t len,
+                                 float *out, cdb_error *err);
+
+#endif

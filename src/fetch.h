@@ -1,0 +1,28 @@
+/* fetch.h: HTTP(S) downloads over libcurl with limits on size, time and redirects.
+ *
+ * Only http:// and https:// URLs are accepted (also after redirects). Errors name the URL
+ * (without credentials) and the reason: HTTP status, timeout, size limit, connection failure. */
+#ifndef CDB_FETCH_H
+#define CDB_FETCH_H
+
+#include <stddef.h>
+
+#include "src/err.h"
+
+typedef struct cdb_fetch_limits {
+  size_t max_bytes;      /* refuse bodies larger than this */
+  long timeout_ms;       /* whole transfer */
+  long connect_timeout_ms;
+  long max_redirects;
+} cdb_fetch_limits;
+
+/* Defaults for image URLs: 64 MiB, 30 s, 10 s connect, 5 redirects. */
+cdb_fetch_limits cdb_fetch_default_limits(void);
+
+/* True when s starts with http:// or https:// (case-insensitive). */
+int cdb_is_url(const char *s);
+
+/* GETs url into a malloc'd buffer (caller frees). NULL on error. */
+void *cdb_fetch(const char *url, const cdb_fetch_limits *limits, size_t *len_out, cdb_error *err);
+
+#endif
