@@ -1,13 +1,35 @@
 /* ivf.h: a collection index over L2-normalised float32 vectors with int64 ids, on FAISS.
+ * Owner: index/. It knows nothing of SQLite or CLIP: the caller owns the vectors and keeps the
+ * index as a cache it can rebuild (re-add), serialise into pieces of bounded size, or save as a
+ * memory-mappable cache file.
  *
- * Similarity is the inner product (cosine for normalised vectors); results come best first.
- * The index starts exact (flat) and becomes IVF once large enough to train (type "auto"), or
- * uses a FAISS factory string chosen by the user ("IVF1024,Flat", "IVF256,SQ8", "IVF256,PQ32",
- * "Flat"). It knows nothing of SQLite or CLIP: the caller owns the vectors and keeps the index
- * as a cache it can rebuild or serialise into pieces of bounded size.
+ * Similarity is the inner product (cosine: vectors and queries are L2-normalised on the way in;
+ * zero, NaN and Inf vectors are refused); results come best first.
  *
- * Thread-safety: searches may run concurrently with each other; add/remove/train/serialise need
- * exclusive access (the caller serialises writers). Functions return 0 / -1 with err set. */
+ * Index types (cdb_index_params.type):
+ *   "auto" (default)  exact while small, then "IVF<nlist>,Flat" once trained;
+ *   "flat"            always exact;
+ *   "IVF,SQ8", "IVF,PQ32", "IVF,Flat"   that encoding, nlist chosen from the size;
+ *   "IVF1024,Flat", "IVF256,SQ8", ...   a FAISS factory string with a fixed nlist.
+ * Until the first training every type searches exactly (one inverted list holding raw vectors).
+ * nlist (auto): a power of two near 4*sqrt(n) with at least 39 points per list. nprobe
+ * (default): max(8, ceil(1.5*sqrt(nlist))), e.g. 48 for nlist 1024: recall@10 0.97-1.0 on the
+ * clustered data of the tests and of the 100k bench; recall is data-dependent (bench/README.md),
+ * so callers may pass their own nprobe per index or per query.
+ *
+ * Training (cdb_index_needs_training / cdb_index_train) is the caller's call, e.g. at commit:
+ * needed once an untrained index holds CDB_INDEX_TRAIN_MIN vectors, then whenever it has grown
+ * CDB_INDEX_RETRAIN_GROWTH-fold since the last training. It samples the held vectors by a fixed
+ * hash of their ids (deterministic) and re-adds all of them. Until it finishes the old index
+ * keeps answering correctly; cdb_index_train_copy builds the retrained index without touching
+ * the old one, so readers can keep searching it and the caller swaps when done.
+ *
+ * Thread-safety: searches may run concurrently with each other; add/remove/train/save need
+ * exclusive access (the caller serialises writers). A single search runs on one thread (FAISS
+ * parallelises over queries, not within one); add and train use OpenMP threads, see
+ * cdb_index_set_threads (on shared machines OMP_WAIT_POLICY=PASSIVE avoids OpenMP workers
+ * spinning against OpenBLAS's threads during k-means). Functions return 0 / -1 (or NULL) with err set; FAISS's C++ exceptions
+ * never escape (their message is in err). */
 #ifndef CDB_IVF_H
 #define CDB_IVF_H
 
@@ -16,33 +38,53 @@
 
 #include "src/err.h"
 
+#define CDB_INDEX_MAX_DIM 65536
+#define CDB_INDEX_MAX_K 1000000      /* k outside 1..CDB_INDEX_MAX_K is an error */
+#define CDB_INDEX_TRAIN_MIN 10000    /* "auto": exact below this many vectors */
+#define CDB_INDEX_RETRAIN_GROWTH 4   /* retrain after growing this many times */
+
 typedef struct cdb_index cdb_index;
 
 typedef struct cdb_index_params {
-  const char *type; /* "auto" (default), "flat", or a FAISS factory string such as "IVF1024,Flat" */
-  int nlist;        /* 0: chosen from the size (about 4*sqrt(n), a power of two) */
+  const char *type; /* see above; NULL means "auto" */
+  int nlist;        /* 0: chosen from the size (ignored when the type fixes it) */
   int nprobe;       /* 0: default chosen for recall */
 } cdb_index_params;
 
 cdb_index_params cdb_index_default_params(void);
 
-/* Validates params (e.g. an unknown factory string is an error here, not at first add). */
+/* Validates params (an unknown or non-IVF factory string, or PQ m not dividing dim, is an error
+ * here, not at first add). dim must be 1..CDB_INDEX_MAX_DIM. */
 cdb_index *cdb_index_new(int dim, const cdb_index_params *params, cdb_error *err);
 void cdb_index_free(cdb_index *idx);
 
 int cdb_index_dim(const cdb_index *idx);
 int64_t cdb_index_count(const cdb_index *idx);
 
-/* Adds n vectors; an id already present is replaced. Vectors with NaN/Inf are refused. */
+/* Sets OpenMP threads for FAISS's batch work (add, train) started from the calling thread;
+ * n <= 0 restores the default (OMP_NUM_THREADS or all cores). Single queries use one thread. */
+void cdb_index_set_threads(int n);
+
+/* Adds n vectors (n x dim floats); an id already present is replaced (so is a repeated id within
+ * the batch: the last one wins). Id -1 is reserved. On error nothing was added. */
 int cdb_index_add(cdb_index *idx, int64_t n, const int64_t *ids, const float *vectors,
                   cdb_error *err);
-/* Removes the ids present; *n_removed (optional) counts them. */
+/* Removes the ids present; *n_removed (optional) counts them. Costs one pass over the ids held
+ * (FAISS keeps no id->list map), so remove in batches. */
 int cdb_index_remove(cdb_index *idx, int64_t n, const int64_t *ids, int64_t *n_removed,
                      cdb_error *err);
 
 /* Filter for searches: an id is allowed when it is in the sorted `ids` array (when non-NULL)
- * and `allow(ctx, id)` returns non-zero (when non-NULL). n_ids is the set's size, used to pick
- * the strategy (exact scan of a small candidate set vs. FAISS selector during IVF search). */
+ * and `allow(ctx, id)` returns non-zero (when non-NULL). `allow` may be called from the
+ * searching thread only, many times per search. Strategy (by selectivity):
+ *  - ids only, n_ids <= 1000 + twice the vectors an unfiltered search scans (count * nprobe /
+ *    nlist; e.g. 9.4k at 100k/IVF1024/nprobe 48): FAISS's IDSelectorBatch (bloom filter + hash
+ *    set) and every list probed: exact over the allowed set, cost one cheap membership test
+ *    per held id plus n_ids similarities;
+ *  - ids only, larger sets: a binary-search selector, nprobe widened by count/n_ids;
+ *  - a predicate: the selector with the default nprobe;
+ * in every case, while fewer than k results come back nprobe is widened (x4) up to all lists,
+ * so k results come back whenever k allowed items exist. */
 typedef struct cdb_filter {
   const int64_t *ids; /* sorted ascending, or NULL */
   int64_t n_ids;
@@ -51,45 +93,64 @@ typedef struct cdb_filter {
 } cdb_filter;
 
 typedef struct cdb_search_opts {
-  int nprobe;                 /* 0: the index's default */
+  int nprobe;                 /* 0: the index's default; clamped to nlist */
   const cdb_filter *filter;   /* NULL: no filter */
 } cdb_search_opts;
 
 /* Top-k for one query: writes up to k (id, similarity) pairs best first; *n_found gets how
- * many (fewer than k only when fewer than k allowed items exist, or an IVF probe missed them). */
+ * many (fewer than k only when fewer than k (allowed) items exist, or, unfiltered, when the
+ * probed lists hold fewer than k). opts may be NULL. */
 int cdb_index_search(const cdb_index *idx, const float *query, int k, const cdb_search_opts *opts,
                      int64_t *ids, float *sims, int *n_found, cdb_error *err);
 
-/* All items with similarity >= min_sim; arrays malloc'd (caller frees), best first. */
+/* All items with similarity >= min_sim (e.g. 0.95 for near-duplicates) among the probed lists
+ * (all of them while exact; nprobe lists after training: near-duplicates of the query sit in
+ * its nearest lists). Arrays malloc'd (caller frees; NULL when none), best first. */
 int cdb_index_range_search(const cdb_index *idx, const float *query, float min_sim,
                            const cdb_search_opts *opts, int64_t **ids, float **sims,
                            int64_t *n_found, cdb_error *err);
 
-/* Training policy. cdb_index_needs_training: the index should be (re)trained now (flat and
- * large enough for IVF, or grown several-fold since the last training). cdb_index_train
- * retrains from a deterministic sample of the vectors it holds and re-adds them; searches
- * before it returns see the old index. */
+/* Training policy, see above. cdb_index_train retrains in place (via cdb_index_train_copy). */
 int cdb_index_needs_training(const cdb_index *idx);
 int cdb_index_train(cdb_index *idx, cdb_error *err);
+cdb_index *cdb_index_train_copy(const cdb_index *idx, cdb_error *err);
 
-/* Description for `info`: kind ("flat"/"ivf"), nlist, nprobe, factory string. */
+/* Description for `info`. */
 typedef struct cdb_index_info {
-  char kind[16];
-  char factory[64];
+  char kind[16];     /* "flat" (exact, untrained) or "ivf" */
+  char factory[64];  /* FAISS factory string of the current index */
   int nlist;
-  int nprobe;
+  int nprobe;        /* default nprobe */
   int64_t count;
-  int64_t trained_at_count;
+  int64_t trained_at_count; /* 0 while untrained */
+  int mapped;        /* 1: opened with cdb_index_open_file_mmap and not yet written to */
 } cdb_index_info;
 void cdb_index_get_info(const cdb_index *idx, cdb_index_info *info);
 
-/* Serialisation into pieces of at most piece_bytes each: `emit` is called in order with each
- * piece (return non-zero to abort). Loading takes the pieces back through `next`, which returns
- * 1 with a piece, 0 at the end, -1 on error. */
+/* Serialisation into pieces of at most piece_bytes each (>= 4096): `emit` is called in order
+ * with each piece (return non-zero to abort). Memory use stays about piece_bytes beyond the
+ * index. Loading takes the pieces back in the same order through `next`, which returns 1 with a
+ * piece, 0 at the end, -1 on error; piece sizes on load need not match those on save. */
 typedef int (*cdb_piece_emit)(void *ctx, const void *data, size_t len);
 typedef int (*cdb_piece_next)(void *ctx, const void **data, size_t *len);
 int cdb_index_save(const cdb_index *idx, size_t piece_bytes, cdb_piece_emit emit, void *ctx,
                    cdb_error *err);
 cdb_index *cdb_index_load(cdb_piece_next next, void *ctx, cdb_error *err);
+
+/* Cold start cache file. cdb_index_save_file writes the index to `path` (via path.tmp and an
+ * atomic rename) tagged with `generation` (e.g. the SQLite layer's data generation).
+ * cdb_index_open_file_mmap opens it memory-mapped: only the header and the coarse centroids are
+ * read; each search touches only the lists it probes, so a new process answers its first query
+ * without reading the whole index. It fails (err says why) when the file is missing, corrupt or
+ * tagged with another generation than expected_generation: the caller then rebuilds (load
+ * pieces or re-add) and writes a fresh cache file. A mapped index is searchable at once; the
+ * first add/remove/train/save reads it fully into memory (cost of a normal load). The mapping
+ * stays valid if the file is replaced or deleted meanwhile. */
+int cdb_index_save_file(const cdb_index *idx, const char *path, uint64_t generation,
+                        cdb_error *err);
+cdb_index *cdb_index_open_file_mmap(const char *path, uint64_t expected_generation,
+                                    cdb_error *err);
+/* Reads the generation a cache file is tagged with, without opening the index. */
+int cdb_index_file_generation(const char *path, uint64_t *generation, cdb_error *err);
 
 #endif

@@ -21,9 +21,15 @@ int cdb_error_prefix(cdb_error *err, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(prefix, sizeof prefix, fmt, ap);
   va_end(ap);
-  char old[CDB_ERROR_MAX];
-  memcpy(old, err->msg, sizeof old);
-  snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+  size_t plen = strlen(prefix);
+  size_t mlen = strnlen(err->msg, sizeof err->msg - 1);
+  if (plen + 2 >= sizeof err->msg) plen = sizeof err->msg - 3;
+  size_t keep = mlen < sizeof err->msg - plen - 3 ? mlen : sizeof err->msg - plen - 3;
+  memmove(err->msg + plen + 2, err->msg, keep);
+  err->msg[plen + 2 + keep] = '\0';
+  memcpy(err->msg, prefix, plen);
+  err->msg[plen] = ':';
+  err->msg[plen + 1] = ' ';
   return -1;
 }
 

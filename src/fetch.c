@@ -3,15 +3,31 @@
 
 #include <curl/curl.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+/* Positive number from the environment variable name, or 0 when unset or malformed. */
+static double env_positive(const char *name) {
+  const char *s = getenv(name);
+  if (!s || !s[0]) return 0;
+  char *end;
+  double v = strtod(s, &end);
+  return (*end == '\0' && v > 0 && v < 1e15) ? v : 0;
+}
+
 cdb_fetch_limits cdb_fetch_default_limits(void) {
-  return (cdb_fetch_limits){.max_bytes = 64u << 20,
-                            .timeout_ms = 30000,
-                            .connect_timeout_ms = 10000,
-                            .max_redirects = 5};
+  cdb_fetch_limits lim = {.max_bytes = 64u << 20,
+                          .timeout_ms = 30000,
+                          .connect_timeout_ms = 10000,
+                          .max_redirects = 5};
+  double max_bytes = env_positive("CLIPDB_FETCH_MAX_BYTES");
+  double timeout_s = env_positive("CLIPDB_FETCH_TIMEOUT");
+  if (max_bytes >= 1) lim.max_bytes = (size_t)max_bytes;
+  if (timeout_s > 0) lim.timeout_ms = timeout_s * 1000 < 1 ? 1 : (long)(timeout_s * 1000);
+  if (lim.connect_timeout_ms > lim.timeout_ms) lim.connect_timeout_ms = lim.timeout_ms;
+  return lim;
 }
 
 int cdb_is_url(const char *s) {
@@ -20,6 +36,7 @@ int cdb_is_url(const char *s) {
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
+void cdb_curl_init(void) { pthread_once(&curl_once, curl_init_once); }
 
 typedef struct body {
   unsigned char *data;
@@ -48,8 +65,7 @@ static size_t on_data(char *ptr, size_t size, size_t nmemb, void *userdata) {
   return n;
 }
 
-/* URL without user:password@ for messages. */
-static void redact_url(const char *url, char *out, size_t cap) {
+void cdb_url_redact(const char *url, char *out, size_t cap) {
   const char *scheme_end = strstr(url, "://");
   const char *at = scheme_end ? strchr(scheme_end + 3, '@') : NULL;
   const char *slash = scheme_end ? strchr(scheme_end + 3, '/') : NULL;
@@ -61,13 +77,13 @@ static void redact_url(const char *url, char *out, size_t cap) {
 
 void *cdb_fetch(const char *url, const cdb_fetch_limits *limits, size_t *len_out, cdb_error *err) {
   char shown[512];
-  redact_url(url, shown, sizeof shown);
+  cdb_url_redact(url, shown, sizeof shown);
   if (!cdb_is_url(url)) {
     cdb_error_set(err, "fetch: %s: only http and https URLs are supported", shown);
     return NULL;
   }
   cdb_fetch_limits lim = limits ? *limits : cdb_fetch_default_limits();
-  pthread_once(&curl_once, curl_init_once);
+  cdb_curl_init();
   CURL *h = curl_easy_init();
   if (!h) {
     cdb_error_set(err, "fetch: %s: cannot initialise libcurl", shown);

@@ -16,11 +16,19 @@ typedef struct cdb_fetch_limits {
   long max_redirects;
 } cdb_fetch_limits;
 
-/* Defaults for image URLs: 64 MiB, 30 s, 10 s connect, 5 redirects. */
+/* Defaults for image URLs: 64 MiB, 30 s, 10 s connect, 5 redirects. The environment may
+ * tighten or loosen the first two: CLIPDB_FETCH_MAX_BYTES (bytes), CLIPDB_FETCH_TIMEOUT (seconds,
+ * fractions allowed); malformed values are ignored. */
 cdb_fetch_limits cdb_fetch_default_limits(void);
 
 /* True when s starts with http:// or https:// (case-insensitive). */
 int cdb_is_url(const char *s);
+
+/* url without any user:password@ part, for messages (truncated to cap). */
+void cdb_url_redact(const char *url, char *out, size_t cap);
+
+/* libcurl's process-wide initialisation, once (every libcurl user in clipdb calls this). */
+void cdb_curl_init(void);
 
 /* GETs url into a malloc'd buffer (caller frees). NULL on error. */
 void *cdb_fetch(const char *url, const cdb_fetch_limits *limits, size_t *len_out, cdb_error *err);

@@ -1,0 +1,703 @@
+/* cmd_index.c: `clipdb index DIR...`: incremental indexing of photo folders.
+ *
+ * 1. Walk the folders (walk.c) and compare with the rows already stored: a path with the same
+ *    size and mtime is skipped; everything else becomes a job.
+ * 2. Decoder threads (one per core) take jobs: read the file, hash it (SHA-256), and either find
+ *    a stored row with that hash (a moved or copied photo: its vector is reused) or read the
+ *    header metadata and decode + preprocess the pixels (clip_image_load_buffer).
+ * 3. The main thread batches decoded images through clip_embed_pixels (which itself uses every
+ *    core) and inserts rows with precomputed embeddings through SQL, committing every
+ *    COMMIT_EVERY photos so an interrupted run keeps its progress and the next run resumes.
+ * 4. Rows whose files are gone (under the indexed folders) and the old rows of changed files are
+ *    deleted at the end, so a moved photo can still reuse its old row's vector. */
+#include <getopt.h>
+#include <glib.h>
+#include <json-c/json.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <vips/vips.h>
+
+#include "cli/cli.h"
+#include "cli/db.h"
+#include "cli/meta.h"
+#include "cli/progress.h"
+#include "cli/walk.h"
+#include "embed/clip.h"
+#include "src/file.h"
+#include "src/models.h"
+#include "src/pool.h"
+
+#define COMMIT_EVERY 256 /* photos per transaction: progress kept on interruption, few fsyncs */
+#define MAX_COMMIT_EVERY 1000000
+#define EMBED_BATCH 16   /* images per clip_embed_pixels call */
+#define QUEUE_CAP 48     /* decoded images waiting for the encoder (~600 KB each at 224 px) */
+#define MAX_DECODERS 64
+
+static const char USAGE[] =
+    "usage: clipdb index [--local] [--exclude GLOB]... [--json] [--threads N] DIR...\n"
+    "Adds the photos under each DIR (recursively) to the library; run it again to pick up\n"
+    "changes: unchanged files (same size and mtime) are skipped, moved or copied files reuse\n"
+    "their vector (same SHA-256), deleted files are removed. Unreadable files are listed and\n"
+    "skipped. Progress is committed every 256 photos: an interrupted run resumes.\n"
+    "  --local          keep the library in DIR/.clipdb (the first DIR) instead of the default\n"
+    "  --exclude GLOB   skip files and folders matching GLOB (fnmatch; against the base name\n"
+    "                   and the path relative to DIR); repeatable\n"
+    "  --json           print the summary as JSON (counts and the failures)\n"
+    "  --threads N      decoder threads (default: one per core)\n"
+    "  --commit-every N photos per transaction (default 256)\n"
+    "  --quiet          no progress output\n";
+
+static volatile sig_atomic_t interrupted;
+static void on_interrupt(int sig) {
+  (void)sig;
+  interrupted = 1;
+}
+
+/* ---- stored rows ---- */
+
+typedef struct stored_row {
+  int64_t rowid, size, mtime;
+  bool seen; /* the file still exists unchanged, or was re-indexed */
+} stored_row;
+
+typedef struct job {
+  const walk_file *file;
+  int64_t old_rowid; /* the row of the previous version of this path, or 0 */
+} job;
+
+typedef enum { RESULT_FAILED, RESULT_REUSE, RESULT_PIXELS } result_kind;
+
+typedef struct result {
+  result_kind kind;
+  const job *job;
+  char hash[META_HASH_HEX];
+  photo_meta meta;
+  int64_t reuse_rowid;
+  float *pixels;
+  char *error; /* RESULT_FAILED */
+} result;
+
+/* ---- the decoder side ---- */
+
+typedef struct pipeline {
+  clip_model *model;
+  const job *jobs;
+  size_t n_jobs;
+  atomic_size_t next_job;
+  atomic_int stop;
+  _Atomic long long decode_ns; /* summed over decoder threads (hash + header + decode) */
+  size_t pixel_floats;
+  /* hash -> rowid of a stored row with those bytes; shared with the main thread */
+  GHashTable *by_hash;
+  pthread_mutex_t hash_lock;
+  /* bounded queue of results */
+  result *queue[QUEUE_CAP];
+  size_t q_head, q_len, producers_left;
+  pthread_mutex_t lock;
+  pthread_cond_t not_empty, not_full;
+} pipeline;
+
+static void queue_push(pipeline *pl, result *r) {
+  pthread_mutex_lock(&pl->lock);
+  while (pl->q_len == QUEUE_CAP) pthread_cond_wait(&pl->not_full, &pl->lock);
+  pl->queue[(pl->q_head + pl->q_len++) % QUEUE_CAP] = r;
+  pthread_cond_signal(&pl->not_empty);
+  pthread_mutex_unlock(&pl->lock);
+}
+
+/* NULL when every decoder has finished and the queue is empty. */
+static result *queue_pop(pipeline *pl) {
+  pthread_mutex_lock(&pl->lock);
+  while (pl->q_len == 0 && pl->producers_left > 0) pthread_cond_wait(&pl->not_empty, &pl->lock);
+  result *r = NULL;
+  if (pl->q_len > 0) {
+    r = pl->queue[pl->q_head];
+    pl->q_head = (pl->q_head + 1) % QUEUE_CAP;
+    pl->q_len--;
+    pthread_cond_signal(&pl->not_full);
+  }
+  pthread_mutex_unlock(&pl->lock);
+  return r;
+}
+
+static int64_t lookup_hash(pipeline *pl, const char *hash) {
+  pthread_mutex_lock(&pl->hash_lock);
+  gpointer v = g_hash_table_lookup(pl->by_hash, hash);
+  pthread_mutex_unlock(&pl->hash_lock);
+  return v ? *(int64_t *)v : 0;
+}
+
+static void remember_hash(pipeline *pl, const char *hash, int64_t rowid) {
+  int64_t *v = g_new(int64_t, 1);
+  *v = rowid;
+  pthread_mutex_lock(&pl->hash_lock);
+  if (!g_hash_table_contains(pl->by_hash, hash)) g_hash_table_insert(pl->by_hash, g_strdup(hash), v);
+  else g_free(v);
+  pthread_mutex_unlock(&pl->hash_lock);
+}
+
+static void process_job(pipeline *pl, const job *j, result *r) {
+  cdb_error err = {{0}};
+  cdb_mmap map = {0};
+  r->job = j;
+  r->kind = RESULT_FAILED;
+  if (j->file->size == 0) {
+    r->error = strdup("empty file");
+    return;
+  }
+  if (cdb_mmap_open(j->file->path, &map, &err) != 0) {
+    r->error = strdup(err.msg);
+    return;
+  }
+  meta_hash(map.data, map.size, r->hash);
+  if ((r->reuse_rowid = lookup_hash(pl, r->hash)) != 0) {
+    r->kind = RESULT_REUSE;
+  } else if (meta_read(map.data, map.size, &r->meta, &err) != 0) {
+    r->error = strdup(err.msg);
+  } else if (!(r->pixels = malloc(pl->pixel_floats * sizeof(float)))) {
+    r->error = strdup("out of memory");
+  } else if (clip_image_load_buffer(pl->model, map.data, map.size, r->pixels, &err) != 0) {
+    r->error = strdup(err.msg);
+    free(r->pixels);
+    r->pixels = NULL;
+  } else {
+    r->kind = RESULT_PIXELS;
+  }
+  cdb_mmap_close(&map);
+  if (r->kind == RESULT_FAILED && !r->error) r->error = strdup("failed");
+}
+
+static void *decoder_main(void *arg) {
+  pipeline *pl = arg;
+  for (;;) {
+    size_t i = atomic_fetch_add(&pl->next_job, 1);
+    if (i >= pl->n_jobs || atomic_load(&pl->stop) || interrupted) break;
+    result *r = calloc(1, sizeof *r);
+    if (!r) break; /* the main thread notices the missing results as unprocessed */
+    double t = progress_now();
+    process_job(pl, &pl->jobs[i], r);
+    atomic_fetch_add(&pl->decode_ns, (long long)((progress_now() - t) * 1e9));
+    queue_push(pl, r);
+  }
+  pthread_mutex_lock(&pl->lock);
+  pl->producers_left--;
+  pthread_cond_broadcast(&pl->not_empty);
+  pthread_mutex_unlock(&pl->lock);
+  vips_thread_shutdown();
+  return NULL;
+}
+
+static void result_free(result *r) {
+  if (!r) return;
+  free(r->pixels);
+  free(r->error);
+  free(r);
+}
+
+/* ---- the writer side ---- */
+
+typedef struct counts {
+  size_t added, updated, reused, skipped, removed, failed, embedded;
+} counts;
+
+/* Wall seconds of the main thread per stage, and decoder-thread seconds (for bench/cli). */
+typedef struct stage_times {
+  double decode_thread_s, wait_s, encode_s, sqlite_s;
+} stage_times;
+
+typedef struct indexer {
+  cli_db db;
+  sqlite3_stmt *insert, *read_row;
+  GHashTable *stored; /* path -> stored_row */
+  GArray *stale;      /* rowids to delete at the end (int64_t) */
+  counts c;
+  stage_times times;
+  json_object *failures;
+  progress prog;
+  bool quiet;
+  size_t in_txn; /* photos written since the last commit */
+  size_t commit_every;
+} indexer;
+
+static void report_failure(indexer *ix, const char *path, const char *reason) {
+  ix->c.failed++;
+  json_object *o = json_object_new_object();
+  json_object_object_add(o, "path", json_object_new_string(path));
+  json_object_object_add(o, "error", json_object_new_string(reason));
+  json_object_array_add(ix->failures, o);
+  progress_message(ix->quiet ? NULL : &ix->prog, "clipdb: skipped %s: %s", path, reason);
+}
+
+static void format_date(int64_t mtime, char out[20]) {
+  time_t t = (time_t)mtime;
+  struct tm tm;
+  if (!localtime_r(&t, &tm) || strftime(out, 20, "%Y-%m-%d %H:%M:%S", &tm) == 0) out[0] = '\0';
+}
+
+static int bind_text_or_null(sqlite3_stmt *st, int i, const char *s) {
+  return s && *s ? sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(st, i);
+}
+
+/* INSERT INTO photos(image, path, size, mtime, hash, taken_at, date, width, height, format,
+ * embedding): image holds the path too, so the table reads naturally from SQL. */
+static int insert_row(indexer *ix, const walk_file *f, const char *hash, const photo_meta *m,
+                      const void *vec, int vec_bytes, int64_t *rowid, cdb_error *err) {
+  sqlite3_stmt *st = ix->insert;
+  char date[20];
+  if (m->taken_at[0]) memcpy(date, m->taken_at, sizeof date);
+  else format_date(f->mtime, date);
+  sqlite3_reset(st);
+  sqlite3_bind_text(st, 1, f->path, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, f->path, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 3, f->size);
+  sqlite3_bind_int64(st, 4, f->mtime);
+  sqlite3_bind_text(st, 5, hash, -1, SQLITE_STATIC);
+  bind_text_or_null(st, 6, m->taken_at);
+  bind_text_or_null(st, 7, date);
+  sqlite3_bind_int(st, 8, m->width);
+  sqlite3_bind_int(st, 9, m->height);
+  bind_text_or_null(st, 10, m->format);
+  sqlite3_bind_blob(st, 11, vec, vec_bytes, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return cli_db_fail(&ix->db, "insert", err);
+  *rowid = sqlite3_last_insert_rowid(ix->db.db);
+  return 0;
+}
+
+static int commit_if_due(indexer *ix, bool force, cdb_error *err) {
+  if (ix->in_txn == 0 || (!force && ix->in_txn < ix->commit_every)) return 0;
+  if (cli_db_exec(&ix->db, "COMMIT; BEGIN", err) != 0) return -1;
+  ix->in_txn = 0;
+  return 0;
+}
+
+static void mark_done(indexer *ix, const job *j) {
+  if (j->old_rowid) {
+    g_array_append_val(ix->stale, j->old_rowid);
+    ix->c.updated++;
+  }
+}
+
+/* A file whose bytes are already stored: copy that row's vector and metadata. */
+static int write_reused(indexer *ix, result *r, cdb_error *err) {
+  sqlite3_stmt *st = ix->read_row;
+  sqlite3_reset(st);
+  sqlite3_bind_int64(st, 1, r->reuse_rowid);
+  if (sqlite3_step(st) != SQLITE_ROW) {
+    sqlite3_reset(st);
+    return cli_db_fail(&ix->db, "reading a stored row", err);
+  }
+  photo_meta m = {0};
+  const char *taken = (const char *)sqlite3_column_text(st, 0);
+  const char *format = (const char *)sqlite3_column_text(st, 3);
+  if (taken) g_strlcpy(m.taken_at, taken, sizeof m.taken_at);
+  if (format) g_strlcpy(m.format, format, sizeof m.format);
+  m.width = sqlite3_column_int(st, 1);
+  m.height = sqlite3_column_int(st, 2);
+  int64_t rowid;
+  int rc = insert_row(ix, r->job->file, r->hash, &m, sqlite3_column_blob(st, 4),
+                      sqlite3_column_bytes(st, 4), &rowid, err);
+  sqlite3_reset(st);
+  if (rc != 0) return -1;
+  if (!r->job->old_rowid) ix->c.reused++;
+  mark_done(ix, r->job);
+  ix->in_txn++;
+  return 0;
+}
+
+typedef struct batch {
+  result *items[EMBED_BATCH];
+  int n;
+  float *pixels; /* EMBED_BATCH * pixel_floats */
+  float *vecs;   /* EMBED_BATCH * dim */
+} batch;
+
+static int flush_batch(indexer *ix, pipeline *pl, batch *b, int dim, cdb_error *err) {
+  if (b->n == 0) return 0;
+  for (int i = 0; i < b->n; i++)
+    memcpy(b->pixels + (size_t)i * pl->pixel_floats, b->items[i]->pixels,
+           pl->pixel_floats * sizeof(float));
+  double t = progress_now();
+  int rc = clip_embed_pixels(pl->model, b->pixels, b->n, b->vecs, err);
+  double t2 = progress_now();
+  ix->times.encode_s += t2 - t;
+  for (int i = 0; rc == 0 && i < b->n; i++) {
+    result *r = b->items[i];
+    int64_t rowid;
+    rc = insert_row(ix, r->job->file, r->hash, &r->meta, b->vecs + (size_t)i * dim,
+                    dim * (int)sizeof(float), &rowid, err);
+    if (rc != 0) break;
+    remember_hash(pl, r->hash, rowid);
+    if (!r->job->old_rowid) ix->c.added++;
+    ix->c.embedded++;
+    mark_done(ix, r->job);
+    ix->in_txn++;
+  }
+  ix->times.sqlite_s += progress_now() - t2;
+  for (int i = 0; i < b->n; i++) result_free(b->items[i]);
+  b->n = 0;
+  return rc;
+}
+
+static bool batch_has_hash(const batch *b, const char *hash) {
+  for (int i = 0; i < b->n; i++)
+    if (strcmp(b->items[i]->hash, hash) == 0) return true;
+  return false;
+}
+
+/* A decoded photo joins the batch, unless a byte-identical file decoded at the same time was
+ * stored already: then it reuses that vector instead of being embedded twice. */
+static int add_decoded(indexer *ix, pipeline *pl, batch *b, result *r, int dim, cdb_error *err) {
+  if (batch_has_hash(b, r->hash) && flush_batch(ix, pl, b, dim, err) != 0) {
+    result_free(r);
+    return -1;
+  }
+  if ((r->reuse_rowid = lookup_hash(pl, r->hash)) != 0) {
+    int rc = write_reused(ix, r, err);
+    result_free(r);
+    return rc;
+  }
+  b->items[b->n++] = r;
+  return b->n == EMBED_BATCH ? flush_batch(ix, pl, b, dim, err) : 0;
+}
+
+/* Consumes every decoder result; returns -1 on a database or encoder error. */
+static int run_writer(indexer *ix, pipeline *pl, int dim, cdb_error *err) {
+  batch b = {0};
+  b.pixels = malloc(EMBED_BATCH * pl->pixel_floats * sizeof(float));
+  b.vecs = malloc((size_t)EMBED_BATCH * dim * sizeof(float));
+  if (!b.pixels || !b.vecs) {
+    free(b.pixels);
+    free(b.vecs);
+    return cdb_error_set(err, "out of memory");
+  }
+  size_t done = 0;
+  int rc = 0;
+  result *r;
+  double t = progress_now();
+  while ((r = queue_pop(pl))) {
+    double t2 = progress_now();
+    ix->times.wait_s += t2 - t;
+    if (rc != 0 || interrupted) {
+      result_free(r); /* drain so the decoders can finish; the next run redoes these */
+      continue;
+    }
+    done++;
+    if (r->kind == RESULT_FAILED) {
+      report_failure(ix, r->job->file->path, r->error);
+      if (r->job->old_rowid) g_array_append_val(ix->stale, r->job->old_rowid);
+      result_free(r);
+    } else if (r->kind == RESULT_REUSE) {
+      rc = write_reused(ix, r, err);
+      ix->times.sqlite_s += progress_now() - t2;
+      result_free(r);
+    } else {
+      rc = add_decoded(ix, pl, &b, r, dim, err);
+    }
+    double t3 = progress_now();
+    if (rc == 0) rc = commit_if_due(ix, false, err);
+    ix->times.sqlite_s += progress_now() - t3;
+    if (rc != 0) atomic_store(&pl->stop, 1);
+    if (!ix->quiet) progress_update(&ix->prog, done);
+    t = progress_now();
+  }
+  if (rc == 0 && !interrupted) rc = flush_batch(ix, pl, &b, dim, err);
+  else
+    for (int i = 0; i < b.n; i++) result_free(b.items[i]);
+  if (!ix->quiet) progress_update(&ix->prog, done);
+  free(b.pixels);
+  free(b.vecs);
+  return rc;
+}
+
+/* ---- planning ---- */
+
+static bool under_roots(const char *path, char **roots, int n) {
+  for (int i = 0; i < n; i++) {
+    size_t len = strlen(roots[i]);
+    if (strncmp(path, roots[i], len) == 0 &&
+        (path[len] == '/' || path[len] == '\0' || (len > 0 && roots[i][len - 1] == '/')))
+      return true;
+  }
+  return false;
+}
+
+static int load_stored(indexer *ix, GHashTable *by_hash, cdb_error *err) {
+  sqlite3_stmt *st;
+  if (cli_db_prepare(&ix->db,
+                     "SELECT rowid, path, size, mtime, hash FROM " CLI_TABLE " ORDER BY rowid",
+                     &st, err) != 0)
+    return -1;
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    const char *path = (const char *)sqlite3_column_text(st, 1);
+    const char *hash = (const char *)sqlite3_column_text(st, 4);
+    stored_row *row = g_new0(stored_row, 1);
+    row->rowid = sqlite3_column_int64(st, 0);
+    row->size = sqlite3_column_int64(st, 2);
+    row->mtime = sqlite3_column_int64(st, 3);
+    if (path) {
+      stored_row *older = g_hash_table_lookup(ix->stored, path);
+      if (older) g_array_append_val(ix->stale, older->rowid); /* a run cut short: keep newest */
+      g_hash_table_replace(ix->stored, g_strdup(path), row);
+    } else {
+      g_free(row);
+    }
+    if (hash && !g_hash_table_contains(by_hash, hash)) {
+      int64_t *v = g_new(int64_t, 1);
+      *v = sqlite3_column_int64(st, 0);
+      g_hash_table_insert(by_hash, g_strdup(hash), v);
+    }
+  }
+  sqlite3_finalize(st);
+  return rc == SQLITE_DONE ? 0 : cli_db_fail(&ix->db, "reading the library", err);
+}
+
+/* Jobs for new and changed files; unchanged ones are marked seen and counted as skipped. */
+static job *plan_jobs(indexer *ix, const walk_result *w, size_t *n_jobs) {
+  job *jobs = calloc(w->n_files ? w->n_files : 1, sizeof *jobs);
+  if (!jobs) return NULL;
+  size_t n = 0;
+  GHashTable *planned = g_hash_table_new(g_str_hash, g_str_equal); /* overlapping roots */
+  for (size_t i = 0; i < w->n_files; i++) {
+    const walk_file *f = &w->files[i];
+    if (!g_hash_table_add(planned, f->path)) continue;
+    stored_row *row = g_hash_table_lookup(ix->stored, f->path);
+    if (row) row->seen = true;
+    if (row && row->size == f->size && row->mtime == f->mtime) {
+      ix->c.skipped++;
+      continue;
+    }
+    jobs[n++] = (job){f, row ? row->rowid : 0};
+  }
+  g_hash_table_destroy(planned);
+  *n_jobs = n;
+  return jobs;
+}
+
+static int delete_stale(indexer *ix, char **roots, int n_roots, bool complete, cdb_error *err) {
+  sqlite3_stmt *del;
+  if (cli_db_prepare(&ix->db, "DELETE FROM " CLI_TABLE " WHERE rowid = ?1", &del, err) != 0)
+    return -1;
+  int rc = 0;
+  GHashTableIter it;
+  gpointer key, value;
+  if (complete) { /* rows of files that no longer exist under the indexed folders */
+    g_hash_table_iter_init(&it, ix->stored);
+    while (g_hash_table_iter_next(&it, &key, &value)) {
+      stored_row *row = value;
+      if (row->seen || !under_roots(key, roots, n_roots)) continue;
+      g_array_append_val(ix->stale, row->rowid);
+      ix->c.removed++;
+    }
+  }
+  for (guint i = 0; rc == 0 && i < ix->stale->len; i++) {
+    sqlite3_bind_int64(del, 1, g_array_index(ix->stale, int64_t, i));
+    if (sqlite3_step(del) != SQLITE_DONE) rc = cli_db_fail(&ix->db, "delete", err);
+    sqlite3_reset(del);
+  }
+  sqlite3_finalize(del);
+  return rc;
+}
+
+/* ---- the command ---- */
+
+static int start_decoders(pipeline *pl, pthread_t *threads, int n) {
+  pl->producers_left = (size_t)n;
+  for (int i = 0; i < n; i++) {
+    if (pthread_create(&threads[i], NULL, decoder_main, pl) != 0) {
+      pthread_mutex_lock(&pl->lock);
+      pl->producers_left -= (size_t)(n - i);
+      pthread_mutex_unlock(&pl->lock);
+      return i;
+    }
+  }
+  return n;
+}
+
+static void print_summary(const indexer *ix, bool json, double seconds, bool was_interrupted) {
+  const counts *c = &ix->c;
+  if (json) {
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "database", json_object_new_string(ix->db.path));
+    json_object_object_add(o, "added", json_object_new_int64((int64_t)c->added));
+    json_object_object_add(o, "updated", json_object_new_int64((int64_t)c->updated));
+    json_object_object_add(o, "reused", json_object_new_int64((int64_t)c->reused));
+    json_object_object_add(o, "skipped", json_object_new_int64((int64_t)c->skipped));
+    json_object_object_add(o, "removed", json_object_new_int64((int64_t)c->removed));
+    json_object_object_add(o, "failed", json_object_new_int64((int64_t)c->failed));
+    json_object_object_add(o, "embedded", json_object_new_int64((int64_t)c->embedded));
+    json_object_object_add(o, "seconds", json_object_new_double(seconds));
+    json_object_object_add(o, "interrupted", json_object_new_boolean(was_interrupted));
+    json_object *st = json_object_new_object();
+    json_object_object_add(st, "decode_thread_seconds", json_object_new_double(ix->times.decode_thread_s));
+    json_object_object_add(st, "wait_for_decode_seconds", json_object_new_double(ix->times.wait_s));
+    json_object_object_add(st, "encode_seconds", json_object_new_double(ix->times.encode_s));
+    json_object_object_add(st, "sqlite_seconds", json_object_new_double(ix->times.sqlite_s));
+    json_object_object_add(o, "stages", st);
+    json_object_object_add(o, "failures", json_object_get(ix->failures));
+    puts(json_object_to_json_string_ext(o, CLI_JSON_FLAGS));
+    json_object_put(o);
+    return;
+  }
+  printf("%s%zu added, %zu updated, %zu reused, %zu skipped, %zu removed, %zu failed "
+         "(%zu embedded in %.1f s, %.1f images/s)\n",
+         was_interrupted ? "interrupted, progress kept: " : "", c->added, c->updated, c->reused,
+         c->skipped, c->removed, c->failed, c->embedded, seconds,
+         seconds > 0 ? (double)c->embedded / seconds : 0.0);
+}
+
+typedef struct index_opts {
+  bool local, json, quiet;
+  long threads, commit_every;
+  char **excludes;
+  size_t n_excludes;
+} index_opts;
+
+static int parse_opts(int argc, char **argv, index_opts *o) {
+  static const struct option longopts[] = {
+      {"local", no_argument, 0, 'l'},      {"exclude", required_argument, 0, 'x'},
+      {"json", no_argument, 0, 'j'},       {"threads", required_argument, 0, 't'},
+      {"quiet", no_argument, 0, 'q'},      {"help", no_argument, 0, 'h'},
+      {"commit-every", required_argument, 0, 'c'},
+      {0, 0, 0, 0}};
+  o->excludes = calloc((size_t)argc, sizeof *o->excludes);
+  if (!o->excludes) return cli_usage_error(NULL, "out of memory");
+  int c;
+  while ((c = getopt_long(argc, argv, "hx:jt:q", longopts, NULL)) != -1) {
+    switch (c) {
+      case 'h': return fputs(USAGE, stdout), -1;
+      case 'l': o->local = true; break;
+      case 'x': o->excludes[o->n_excludes++] = optarg; break;
+      case 'j': o->json = true; break;
+      case 'q': o->quiet = true; break;
+      case 't':
+        if (!cli_parse_int(optarg, 1, MAX_DECODERS, &o->threads))
+          return cli_usage_error("index", "--threads wants a number from 1 to %d", MAX_DECODERS);
+        break;
+      case 'c':
+        if (!cli_parse_int(optarg, 1, MAX_COMMIT_EVERY, &o->commit_every))
+          return cli_usage_error("index", "--commit-every wants a number from 1 to %d",
+                                 MAX_COMMIT_EVERY);
+        break;
+      default: return cli_usage_error("index", "unknown option");
+    }
+  }
+  if (optind == argc) return cli_usage_error("index", "expected at least one DIR");
+  return 0;
+}
+
+static int index_run(indexer *ix, const cli_ctx *ctx, const index_opts *o, char **roots,
+                     int n_roots, walk_result *w, double t0, cdb_error *err) {
+  char *dir = cdb_model_resolve(ix->db.model, err);
+  clip_model *model = dir ? clip_model_load(dir, NULL, err) : NULL;
+  free(dir);
+  if (!model) return -1;
+  int dim = clip_model_dim(model), side = clip_model_image_size(model);
+  GHashTable *by_hash = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  size_t n_jobs = 0;
+  job *jobs = NULL;
+  int rc = load_stored(ix, by_hash, err);
+  if (rc == 0 && !(jobs = plan_jobs(ix, w, &n_jobs))) rc = cdb_error_set(err, "out of memory");
+  if (rc == 0)
+    rc = cli_db_prepare(&ix->db,
+                        "INSERT INTO " CLI_TABLE "(image, path, size, mtime, hash, taken_at, "
+                        "date, width, height, format, embedding) "
+                        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                        &ix->insert, err);
+  if (rc == 0)
+    rc = cli_db_prepare(&ix->db,
+                        "SELECT taken_at, width, height, format, embedding FROM " CLI_TABLE
+                        " WHERE rowid = ?1",
+                        &ix->read_row, err);
+  if (rc == 0) rc = cli_db_exec(&ix->db, "BEGIN", err);
+  if (rc == 0) {
+    pipeline pl = {.model = model, .jobs = jobs, .n_jobs = n_jobs, .by_hash = by_hash,
+                   .pixel_floats = (size_t)3 * side * side};
+    pthread_mutex_init(&pl.lock, NULL);
+    pthread_mutex_init(&pl.hash_lock, NULL);
+    pthread_cond_init(&pl.not_empty, NULL);
+    pthread_cond_init(&pl.not_full, NULL);
+    int want = o->threads ? (int)o->threads : cdb_pool_threads();
+    if ((size_t)want > n_jobs) want = n_jobs ? (int)n_jobs : 1;
+    pthread_t threads[MAX_DECODERS];
+    int started = start_decoders(&pl, threads, want);
+    if (!ix->quiet) progress_start(&ix->prog, "indexing", n_jobs, ctx->stderr_tty);
+    rc = started > 0 || n_jobs == 0 ? run_writer(ix, &pl, dim, err)
+                                    : cdb_error_set(err, "cannot start decoder threads");
+    for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
+    if (!ix->quiet) progress_finish(&ix->prog);
+    bool complete = rc == 0 && !interrupted && atomic_load(&pl.next_job) >= n_jobs;
+    double t = progress_now();
+    if (rc == 0) rc = delete_stale(ix, roots, n_roots, complete, err);
+    if (rc == 0) rc = cli_db_exec(&ix->db, "COMMIT", err);
+    else sqlite3_exec(ix->db.db, "COMMIT", NULL, NULL, NULL); /* keep the photos written */
+    ix->times.sqlite_s += progress_now() - t;
+    ix->times.decode_thread_s = (double)atomic_load(&pl.decode_ns) * 1e-9;
+    pthread_cond_destroy(&pl.not_full);
+    pthread_cond_destroy(&pl.not_empty);
+    pthread_mutex_destroy(&pl.hash_lock);
+    pthread_mutex_destroy(&pl.lock);
+  }
+  if (rc == 0) print_summary(ix, o->json, progress_now() - t0, interrupted);
+  free(jobs);
+  g_hash_table_destroy(by_hash);
+  clip_model_free(model);
+  return rc;
+}
+
+int cmd_index(int argc, char **argv, const cli_ctx *ctx) {
+  index_opts o = {0};
+  int prc = parse_opts(argc, argv, &o);
+  if (prc != 0) {
+    free(o.excludes);
+    return prc < 0 ? CLI_OK : prc;
+  }
+  char **roots = argv + optind;
+  int n_roots = argc - optind;
+  struct sigaction sa = {.sa_handler = on_interrupt}; /* stop cleanly, keeping what is done */
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  double t0 = progress_now();
+  indexer ix = {.quiet = o.quiet, .failures = json_object_new_array(),
+                .commit_every = o.commit_every ? (size_t)o.commit_every : COMMIT_EVERY};
+  ix.stored = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  ix.stale = g_array_new(FALSE, FALSE, sizeof(int64_t));
+  walk_result w = {0};
+  char **abs_roots = calloc((size_t)n_roots, sizeof *abs_roots);
+  cdb_error err = {{0}};
+  int rc = abs_roots ? 0 : cdb_error_set(&err, "out of memory");
+  for (int i = 0; rc == 0 && i < n_roots; i++) {
+    if (walk_tree(roots[i], o.excludes, o.n_excludes, &w) != 0)
+      rc = cdb_error_set(&err, "out of memory");
+    abs_roots[i] = realpath(roots[i], NULL);
+    if (!abs_roots[i]) abs_roots[i] = strdup(roots[i]);
+  }
+  if (rc == 0 && w.n_files == 0 && w.n_problems == (size_t)n_roots && n_roots == 1)
+    rc = cdb_error_set(&err, "%s: %s", w.problems[0].path, w.problems[0].reason);
+  if (rc == 0) rc = cli_db_open(ctx, o.local ? abs_roots[0] : NULL, true, &ix.db, &err);
+  if (rc == 0) {
+    for (size_t i = 0; i < w.n_problems; i++)
+      report_failure(&ix, w.problems[i].path, w.problems[i].reason);
+    vips_concurrency_set(1); /* parallelism comes from the decoder threads */
+    rc = index_run(&ix, ctx, &o, abs_roots, n_roots, &w, t0, &err);
+  }
+  if (rc != 0) cli_error("index: %s", err.msg);
+  sqlite3_finalize(ix.insert);
+  sqlite3_finalize(ix.read_row);
+  cli_db_close(&ix.db);
+  for (int i = 0; abs_roots && i < n_roots; i++) free(abs_roots[i]);
+  free(abs_roots);
+  walk_result_free(&w);
+  g_hash_table_destroy(ix.stored);
+  g_array_free(ix.stale, TRUE);
+  json_object_put(ix.failures);
+  free(o.excludes);
+  if (rc != 0) return CLI_FAIL;
+  return interrupted ? 130 : CLI_OK;
+}

@@ -1,0 +1,46 @@
+/* cmd_similar.c: `clipdb similar IMAGE`: the photos nearest to an image (its stored vector when
+ * it is in the library, which is then left out of the results). */
+#include <getopt.h>
+#include <stdlib.h>
+
+#include "cli/cli.h"
+#include "cli/db.h"
+#include "cli/output.h"
+
+static const char USAGE[] =
+    "usage: clipdb similar [OPTIONS] IMAGE\n"
+    "Finds the photos that look most like IMAGE (indexed or not; an indexed IMAGE is not\n"
+    "listed itself).\n"
+    "  -n, --top N        results (default 10)\n"
+    "  --json             JSON array of {path, score, rowid, date, width, height}\n"
+    "  --paths            one path per line\n"
+    "  --after DATE, --before DATE, --threshold S, --preview, --local  as for search\n";
+
+int cmd_similar(int argc, char **argv, const cli_ctx *ctx) {
+  search_args a;
+  int prc = search_parse_args(argc, argv, "similar", USAGE, &a);
+  if (prc != 0) return prc < 0 ? CLI_OK : prc;
+  if (argc - optind != 1) return cli_usage_error("similar", "expected one IMAGE");
+  const char *image = argv[optind];
+  cdb_error err = {{0}};
+  cli_db db = {0};
+  float *vec = NULL;
+  cli_hit *hits = NULL;
+  int dim = 0, n = 0;
+  int64_t self = 0;
+  int rc = cli_db_open(ctx, a.local ? "." : NULL, false, &db, &err);
+  if (rc == 0) {
+    char *abs = realpath(image, NULL);
+    rc = abs ? cli_db_vector_of_path(&db, abs, &vec, &dim, &self, &err) : 1;
+    free(abs);
+    if (rc == 1) rc = cli_db_embed_image_file(&db, image, &vec, &dim, &err);
+  }
+  cli_search_opts so = {(int)a.top, a.after, a.before, a.threshold, self};
+  if (rc == 0) rc = cli_db_search(&db, vec, dim, &so, &hits, &n, &err);
+  if (rc == 0) output_hits(hits, n, a.fmt, a.preview);
+  else cli_error("similar: %s", err.msg);
+  cli_hits_free(hits, n);
+  free(vec);
+  cli_db_close(&db);
+  return rc == 0 ? CLI_OK : CLI_FAIL;
+}

@@ -1,0 +1,338 @@
+/* db.c: opening the CLI's library database through the clipdb extension, the photos table, and
+ * the SQL the commands share (embedding queries, KNN search). */
+#include "cli/db.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "sqlite-ext/clipdb.h"
+#include "src/file.h"
+#include "src/models.h"
+
+/* The CLI's columns next to the extension's image/text/embedding (documented in
+ * docs/clipdb.1.md): `date` is taken_at, or the file's mtime when the photo has no EXIF date,
+ * so date filters need one column. */
+#define CLI_USER_COLUMNS                                                                     \
+  "path TEXT, size INTEGER, mtime INTEGER, hash TEXT, taken_at TEXT, date TEXT, width INTEGER, " \
+  "height INTEGER, format TEXT"
+
+/* Waiting for another writer (a second `clipdb index`) instead of failing at once. */
+#define BUSY_TIMEOUT_MS 10000
+
+char *cli_db_path(const cli_ctx *ctx, const char *local_dir) {
+  if (ctx->db_path) return strdup(ctx->db_path);
+  if (local_dir) return cdb_path_join(local_dir, CLI_LOCAL_DB_NAME);
+  const char *xdg = getenv("XDG_DATA_HOME");
+  if (xdg && xdg[0] == '/') return cdb_path_join(xdg, "clipdb/library.db");
+  const char *home = getenv("HOME");
+  return cdb_path_join(home && home[0] ? home : ".", ".local/share/clipdb/library.db");
+}
+
+/* mkdir -p of the folder holding path. */
+static int make_parent_dirs(const char *path, cdb_error *err) {
+  char *dir = strdup(path);
+  if (!dir) return cdb_error_set(err, "out of memory");
+  char *slash = strrchr(dir, '/');
+  int rc = 0;
+  if (slash && slash != dir) {
+    *slash = '\0';
+    for (char *p = dir + 1; rc == 0; p++) {
+      if (*p != '/' && *p != '\0') continue;
+      char c = *p;
+      *p = '\0';
+      if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        rc = cdb_error_set(err, "cannot create folder %s: %s", dir, strerror(errno));
+      *p = c;
+      if (c == '\0') break;
+    }
+  }
+  free(dir);
+  return rc;
+}
+
+int cli_db_fail(cli_db *db, const char *what, cdb_error *err) {
+  return cdb_error_set(err, "%s: %s", what, db->db ? sqlite3_errmsg(db->db) : "no database");
+}
+
+int cli_db_exec(cli_db *db, const char *sql, cdb_error *err) {
+  char *msg = NULL;
+  if (sqlite3_exec(db->db, sql, NULL, NULL, &msg) == SQLITE_OK) return 0;
+  cdb_error_set(err, "%s", msg ? msg : sqlite3_errmsg(db->db));
+  sqlite3_free(msg);
+  return -1;
+}
+
+int cli_db_prepare(cli_db *db, const char *sql, sqlite3_stmt **st, cdb_error *err) {
+  if (sqlite3_prepare_v2(db->db, sql, -1, st, NULL) == SQLITE_OK) return 0;
+  return cli_db_fail(db, "database", err);
+}
+
+static bool table_exists(cli_db *db) {
+  sqlite3_stmt *st;
+  if (sqlite3_prepare_v2(db->db, "SELECT 1 FROM sqlite_schema WHERE name = '" CLI_TABLE "'", -1,
+                         &st, NULL) != SQLITE_OK)
+    return false;
+  bool found = sqlite3_step(st) == SQLITE_ROW;
+  sqlite3_finalize(st);
+  return found;
+}
+
+/* The model the library was built with, kept in clipdb_cli_meta so that every later command
+ * embeds queries with the same one. NULL when unknown. */
+static char *stored_model(cli_db *db) {
+  sqlite3_stmt *st;
+  char *model = NULL;
+  if (sqlite3_prepare_v2(db->db, "SELECT value FROM clipdb_cli_meta WHERE key = 'model'", -1, &st,
+                         NULL) != SQLITE_OK)
+    return NULL;
+  if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+    model = strdup((const char *)sqlite3_column_text(st, 0));
+  sqlite3_finalize(st);
+  return model;
+}
+
+static int create_table(cli_db *db, const char *model, cdb_error *err) {
+  char *sql = sqlite3_mprintf(
+      "BEGIN;"
+      "CREATE TABLE IF NOT EXISTS clipdb_cli_meta(key TEXT PRIMARY KEY, value TEXT);"
+      "INSERT OR REPLACE INTO clipdb_cli_meta VALUES ('model', %Q), ('schema', '1');"
+      "CREATE VIRTUAL TABLE " CLI_TABLE " USING clip(model=%Q, index=auto, " CLI_USER_COLUMNS ");"
+      "COMMIT;",
+      model, model);
+  if (!sql) return cdb_error_set(err, "out of memory");
+  int rc = cli_db_exec(db, sql, err);
+  sqlite3_free(sql);
+  if (rc != 0) {
+    sqlite3_exec(db->db, "ROLLBACK", NULL, NULL, NULL);
+    cdb_error_prefix(err, "cannot create the photos table");
+  }
+  return rc;
+}
+
+/* The model reference stored in the table: a hub name as given, a directory made absolute, so
+ * that the sqlite3 shell or Python opening the library finds the same model. malloc'd. */
+static char *model_reference(const char *wanted, cdb_error *err) {
+  const char *ref = wanted && *wanted ? wanted : CDB_DEFAULT_MODEL;
+  char *dir = cdb_model_resolve(ref, err); /* fails early with the `model pull` hint */
+  if (!dir) return NULL;
+  struct stat st;
+  if (stat(ref, &st) == 0 && S_ISDIR(st.st_mode)) {
+    char *abs = realpath(ref, NULL);
+    free(dir);
+    if (!abs) cdb_error_set(err, "model %s: %s", ref, strerror(errno));
+    return abs;
+  }
+  free(dir);
+  char *copy = strdup(ref);
+  if (!copy) cdb_error_set(err, "out of memory");
+  return copy;
+}
+
+int cli_db_open(const cli_ctx *ctx, const char *local_dir, bool create, cli_db *out,
+                cdb_error *err) {
+  *out = (cli_db){0};
+  out->path = cli_db_path(ctx, local_dir);
+  if (!out->path) return cdb_error_set(err, "out of memory");
+  struct stat st;
+  bool exists = stat(out->path, &st) == 0;
+  if (!exists && !create) {
+    cdb_error_set(err, "no library at %s; run `clipdb index DIR` first (or pass --db PATH)",
+                  out->path);
+    goto fail;
+  }
+  if (!exists && make_parent_dirs(out->path, err) != 0) goto fail;
+  int flags = create ? SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE : SQLITE_OPEN_READWRITE;
+  if (sqlite3_open_v2(out->path, &out->db, flags, NULL) != SQLITE_OK) {
+    cli_db_fail(out, out->path, err);
+    goto fail;
+  }
+  sqlite3_busy_timeout(out->db, BUSY_TIMEOUT_MS);
+  char *msg = NULL;
+  if (clipdb_register(out->db, &msg) != SQLITE_OK) {
+    cdb_error_set(err, "cannot start the clipdb extension: %s", msg ? msg : "unknown error");
+    sqlite3_free(msg);
+    goto fail;
+  }
+  if (cli_db_exec(out, "PRAGMA journal_mode=WAL", err) != 0) {
+    cdb_error_prefix(err, "%s", out->path);
+    goto fail;
+  }
+  bool have_table = table_exists(out);
+  char *stored = have_table ? stored_model(out) : NULL;
+  const char *wanted = ctx->model ? ctx->model : getenv("CLIPDB_MODEL");
+  if (!stored) {
+    out->model = model_reference(wanted, err);
+    if (!out->model) goto fail;
+  } else {
+    out->model = stored; /* queries must be embedded by the model that embedded the photos */
+    char *want_ref = ctx->model ? model_reference(ctx->model, err) : NULL;
+    bool differs = want_ref && strcmp(want_ref, stored) != 0;
+    free(want_ref);
+    if (differs && create) {
+      cdb_error_set(err, "%s was indexed with model %s, not %s; use another --db for it",
+                    out->path, stored, ctx->model);
+      goto fail;
+    }
+    if (differs) fprintf(stderr, "clipdb: note: %s was indexed with model %s; using it\n",
+                         out->path, stored);
+  }
+  if (!have_table) {
+    if (!create) {
+      cdb_error_set(err, "%s has no photos table; run `clipdb index DIR` first", out->path);
+      goto fail;
+    }
+    if (create_table(out, out->model, err) != 0) goto fail;
+  }
+  return 0;
+fail:
+  cli_db_close(out);
+  return -1;
+}
+
+void cli_db_close(cli_db *db) {
+  if (db->db) sqlite3_close_v2(db->db);
+  free(db->path);
+  free(db->model);
+  *db = (cli_db){0};
+}
+
+static int blob_to_vector(sqlite3_stmt *st, int col, float **out, int *dim, cdb_error *err) {
+  int bytes = sqlite3_column_bytes(st, col);
+  const void *blob = sqlite3_column_blob(st, col);
+  if (!blob || bytes <= 0 || bytes % 4)
+    return cdb_error_set(err, "the extension returned no vector (%d bytes)", bytes);
+  float *v = malloc((size_t)bytes);
+  if (!v) return cdb_error_set(err, "out of memory");
+  memcpy(v, blob, (size_t)bytes);
+  *out = v;
+  *dim = bytes / 4;
+  return 0;
+}
+
+static int embed_one(cli_db *db, const char *sql, const char *arg, float **out, int *dim,
+                     cdb_error *err) {
+  sqlite3_stmt *st;
+  if (cli_db_prepare(db, sql, &st, err) != 0) return -1;
+  sqlite3_bind_text(st, 1, arg, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, db->model, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st) == SQLITE_ROW ? blob_to_vector(st, 0, out, dim, err)
+                                          : cdb_error_set(err, "%s", sqlite3_errmsg(db->db));
+  sqlite3_finalize(st);
+  return rc;
+}
+
+int cli_db_embed_text(cli_db *db, const char *text, float **out, int *dim, cdb_error *err) {
+  return embed_one(db, "SELECT clip_embed_text(?1, ?2)", text, out, dim, err);
+}
+
+int cli_db_embed_image_file(cli_db *db, const char *path, float **out, int *dim, cdb_error *err) {
+  /* readfile() would need the fileio extension; the path form is part of the SQL surface. */
+  return embed_one(db, "SELECT clip_embed_image(?1, ?2)", path, out, dim, err);
+}
+
+int cli_db_vector_of_path(cli_db *db, const char *path, float **out, int *dim, int64_t *rowid,
+                          cdb_error *err) {
+  sqlite3_stmt *st;
+  if (cli_db_prepare(db, "SELECT rowid, embedding FROM " CLI_TABLE " WHERE path = ?1", &st,
+                     err) != 0)
+    return -1;
+  sqlite3_bind_text(st, 1, path, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    *rowid = sqlite3_column_int64(st, 0);
+    rc = blob_to_vector(st, 1, out, dim, err);
+  } else if (rc == SQLITE_DONE) {
+    rc = 1;
+  } else {
+    rc = cli_db_fail(db, "database", err);
+  }
+  sqlite3_finalize(st);
+  return rc;
+}
+
+int cli_check_date(const char *s) {
+  /* YYYY, YYYY-MM, YYYY-MM-DD, "YYYY-MM-DD HH:MM", "YYYY-MM-DD HH:MM:SS" ('T' also accepted) */
+  static const char shape[] = "dddd-dd-dd dd:dd:dd";
+  size_t n = strlen(s);
+  if (n != 4 && n != 7 && n != 10 && n != 16 && n != 19) return -1;
+  for (size_t i = 0; i < n; i++) {
+    char c = s[i];
+    if (shape[i] == 'd' ? !isdigit((unsigned char)c) : !(c == shape[i] || (i == 10 && c == 'T')))
+      return -1;
+  }
+  return 0;
+}
+
+void cli_hits_free(cli_hit *hits, int n) {
+  for (int i = 0; i < n; i++) {
+    free(hits[i].path);
+    free(hits[i].date);
+  }
+  free(hits);
+}
+
+/* "2020-05-01T10:00" -> "2020-05-01 10:00" (the stored form), into a buffer of 20. */
+static void normalise_date(const char *in, char out[20]) {
+  snprintf(out, 20, "%s", in);
+  if (strlen(out) > 10 && out[10] == 'T') out[10] = ' ';
+}
+
+int cli_db_search(cli_db *db, const float *q, int dim, const cli_search_opts *opts,
+                  cli_hit **hits, int *n, cdb_error *err) {
+  *hits = NULL;
+  *n = 0;
+  int k = opts->k + (opts->exclude_rowid != 0); /* the excluded row is usually the nearest */
+  char *sql = sqlite3_mprintf(
+      "SELECT rowid, path, distance, date, width, height FROM " CLI_TABLE
+      " WHERE " CLI_TABLE " MATCH ?1 AND k = ?2%s%s%s ORDER BY distance",
+      opts->after ? " AND date >= ?3" : "", opts->before ? " AND date < ?4" : "",
+      isfinite(opts->threshold) ? " AND distance <= ?5" : "");
+  sqlite3_stmt *st;
+  int rc = sql ? cli_db_prepare(db, sql, &st, err) : cdb_error_set(err, "out of memory");
+  sqlite3_free(sql);
+  if (rc != 0) return -1;
+  char after[20], before[20];
+  sqlite3_bind_blob(st, 1, q, dim * (int)sizeof(float), SQLITE_STATIC);
+  sqlite3_bind_int(st, 2, k);
+  if (opts->after) {
+    normalise_date(opts->after, after);
+    sqlite3_bind_text(st, 3, after, -1, SQLITE_STATIC);
+  }
+  if (opts->before) {
+    normalise_date(opts->before, before);
+    sqlite3_bind_text(st, 4, before, -1, SQLITE_STATIC);
+  }
+  if (isfinite(opts->threshold)) sqlite3_bind_double(st, 5, 1.0 - opts->threshold);
+  cli_hit *out = calloc((size_t)k, sizeof *out);
+  int count = 0;
+  if (!out) rc = cdb_error_set(err, "out of memory");
+  while (rc == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    rc = 0;
+    int64_t rowid = sqlite3_column_int64(st, 0);
+    if (rowid == opts->exclude_rowid || count == opts->k) continue;
+    cli_hit *h = &out[count++];
+    const char *path = (const char *)sqlite3_column_text(st, 1);
+    const char *date = (const char *)sqlite3_column_text(st, 3);
+    h->rowid = rowid;
+    h->path = strdup(path ? path : "");
+    h->date = date ? strdup(date) : NULL;
+    h->score = 1.0 - sqlite3_column_double(st, 2);
+    h->width = sqlite3_column_int(st, 4);
+    h->height = sqlite3_column_int(st, 5);
+    if (!h->path) rc = cdb_error_set(err, "out of memory");
+  }
+  if (rc == SQLITE_DONE) rc = 0;
+  else if (rc != 0 && rc != -1) rc = cli_db_fail(db, "search", err);
+  sqlite3_finalize(st);
+  if (rc != 0) {
+    cli_hits_free(out, count);
+    return -1;
+  }
+  *hits = out;
+  *n = count;
+  return 0;
+}

@@ -1,0 +1,67 @@
+/* db.h (cli-internal): the CLI's library database: where it lives, opening it with the clipdb
+ * extension registered, and the `photos` table the CLI keeps (schema in docs/clipdb.1.md). */
+#ifndef CLI_DB_H
+#define CLI_DB_H
+
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cli/cli.h"
+
+#define CLI_TABLE "photos"
+#define CLI_LOCAL_DB_NAME ".clipdb"
+
+typedef struct cli_db {
+  sqlite3 *db;
+  char *path;  /* the database file, malloc'd */
+  char *model; /* the model reference given to the extension, malloc'd */
+} cli_db;
+
+/* --db, else LOCAL_DIR/.clipdb when local_dir is set (--local), else
+ * $XDG_DATA_HOME/clipdb/library.db (~/.local/share/clipdb/library.db). malloc'd. */
+char *cli_db_path(const cli_ctx *ctx, const char *local_dir);
+
+/* Opens the database. create: make the file (and its folder) and the photos table when
+ * missing; otherwise a missing library is an error telling the user to run `clipdb index`. */
+int cli_db_open(const cli_ctx *ctx, const char *local_dir, bool create, cli_db *out,
+                cdb_error *err);
+void cli_db_close(cli_db *db);
+
+int cli_db_exec(cli_db *db, const char *sql, cdb_error *err);
+int cli_db_prepare(cli_db *db, const char *sql, sqlite3_stmt **st, cdb_error *err);
+/* Fills err from the connection's last error, prefixed with what was being done. -1. */
+int cli_db_fail(cli_db *db, const char *what, cdb_error *err);
+
+/* Embeds with the table's model through SQL. *out is malloc'd (dim floats, normalised). */
+int cli_db_embed_text(cli_db *db, const char *text, float **out, int *dim, cdb_error *err);
+int cli_db_embed_image_file(cli_db *db, const char *path, float **out, int *dim, cdb_error *err);
+
+/* A stored photo's vector by path (0 found, 1 not indexed, -1 error). */
+int cli_db_vector_of_path(cli_db *db, const char *path, float **out, int *dim, int64_t *rowid,
+                          cdb_error *err);
+
+typedef struct cli_hit {
+  int64_t rowid;
+  char *path;
+  double score; /* cosine similarity */
+  char *date;   /* taken_at, else the file time; may be NULL */
+  int width, height;
+} cli_hit;
+
+typedef struct cli_search_opts {
+  int k;
+  const char *after, *before; /* dates "YYYY[-MM[-DD[ HH:MM[:SS]]]]" or NULL */
+  double threshold;           /* keep score >= threshold; -INFINITY for all */
+  int64_t exclude_rowid;      /* leave this row out (similar IMAGE), 0 for none */
+} cli_search_opts;
+
+/* The k nearest photos to a normalised query vector, best first. */
+int cli_db_search(cli_db *db, const float *q, int dim, const cli_search_opts *opts,
+                  cli_hit **hits, int *n, cdb_error *err);
+void cli_hits_free(cli_hit *hits, int n);
+
+/* Checks a --after/--before value; 0 when it is a date prefix as above. */
+int cli_check_date(const char *s);
+
+#endif

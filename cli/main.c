@@ -1,0 +1,118 @@
+/* main.c: the `clipdb` command line: global options, the command table, dispatch.
+ *
+ * Global options (--db PATH, --model NAME) may appear before or after the command name; they are
+ * taken out of argv here so each command only parses its own options. */
+#include <getopt.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <vips/vips.h>
+
+#include "cli/cli.h"
+
+typedef struct command {
+  const char *name;
+  int (*run)(int argc, char **argv, const cli_ctx *ctx);
+  const char *summary;
+} command;
+
+static const command COMMANDS[] = {
+    {"index", cmd_index, "add a folder of photos to the library (incremental)"},
+    {"search", cmd_search, "find photos by text, image, or query arithmetic"},
+    {"similar", cmd_similar, "find photos that look like an image"},
+    {"dedup", cmd_dedup, "list groups of near-duplicate photos"},
+    {"classify", cmd_classify, "zero-shot classify an image among labels"},
+    {"info", cmd_info, "show the library: rows, index, size, model"},
+    {"tokenize", cmd_tokenize, "print a text's CLIP token ids (JSON)"},
+    {"embed", cmd_embed, "print the normalised embedding of a text, image or pixels (JSON)"},
+    {"model", cmd_model, "download, list, inspect and remove models"},
+};
+#define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
+
+static void print_usage(FILE *out) {
+  fprintf(out,
+          "usage: clipdb [--db PATH] [--model NAME] COMMAND [ARGS...]\n"
+          "\n"
+          "Search a photo library by meaning with CLIP.\n"
+          "\n"
+          "commands:\n");
+  for (size_t i = 0; i < N_COMMANDS; i++)
+    fprintf(out, "  %-10s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
+  fprintf(out,
+          "\n"
+          "global options (before or after the command):\n"
+          "  --db PATH      library database (default $XDG_DATA_HOME/clipdb/library.db)\n"
+          "  --model NAME   model directory or cached hub name (default $CLIPDB_MODEL, then %s)\n"
+          "  -h, --help     this help; `clipdb COMMAND --help` for a command\n"
+          "  --version      print the version\n",
+          "openai/clip-vit-base-patch32");
+}
+
+/* Takes --db/--model (both "--opt V" and "--opt=V") out of argv, up to a "--". Returns the new
+ * argc, or -1 when an option lacks its value. */
+static int take_global_options(int argc, char **argv, cli_ctx *ctx) {
+  static const struct {
+    const char *name;
+    size_t off;
+  } opts[] = {{"--db", offsetof(cli_ctx, db_path)}, {"--model", offsetof(cli_ctx, model)}};
+  int out = 1;
+  int in = 1;
+  for (; in < argc; in++) {
+    const char *a = argv[in];
+    if (strcmp(a, "--") == 0) break;
+    bool taken = false;
+    for (size_t o = 0; o < 2 && !taken; o++) {
+      size_t n = strlen(opts[o].name);
+      const char **slot = (const char **)((char *)ctx + opts[o].off);
+      if (strcmp(a, opts[o].name) == 0) {
+        if (in + 1 >= argc) {
+          cli_error("%s needs a value", opts[o].name);
+          return -1;
+        }
+        *slot = argv[++in];
+        taken = true;
+      } else if (strncmp(a, opts[o].name, n) == 0 && a[n] == '=') {
+        *slot = a + n + 1;
+        taken = true;
+      }
+    }
+    if (!taken) argv[out++] = argv[in];
+  }
+  for (; in < argc; in++) argv[out++] = argv[in];
+  argv[out] = NULL;
+  return out;
+}
+
+int main(int argc, char **argv) {
+  cli_ctx ctx = {.stderr_tty = isatty(STDERR_FILENO) == 1};
+  argc = take_global_options(argc, argv, &ctx);
+  if (argc < 0) return CLI_USAGE;
+  if (argc < 2) {
+    print_usage(stderr);
+    return CLI_USAGE;
+  }
+  const char *name = argv[1];
+  if (cli_is_help(name) || strcmp(name, "help") == 0) {
+    print_usage(stdout);
+    return CLI_OK;
+  }
+  if (strcmp(name, "--version") == 0) {
+    printf("clipdb %s\n", CLIPDB_VERSION);
+    return CLI_OK;
+  }
+  for (size_t i = 0; i < N_COMMANDS; i++) {
+    if (strcmp(name, COMMANDS[i].name) != 0) continue;
+    if (VIPS_INIT(argv[0]) != 0) {
+      cli_error("libvips failed to start: %s", vips_error_buffer());
+      return CLI_FAIL;
+    }
+    optind = 0; /* GNU getopt: a full re-initialisation for the command's own parse */
+    int rc = COMMANDS[i].run(argc - 1, argv + 1, &ctx);
+    vips_shutdown();
+    return rc;
+  }
+  cli_error("unknown command \"%s\" (see `clipdb --help`)", name);
+  return CLI_USAGE;
+}

@@ -1,0 +1,59 @@
+/* util.c: small helpers every command uses: error lines, number parsing, model lookup. */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "src/models.h"
+
+void cli_error(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("clipdb: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("clipdb: ", stderr);
+  if (cmd) fprintf(stderr, "%s: ", cmd);
+  vfprintf(stderr, fmt, ap);
+  if (cmd)
+    fprintf(stderr, " (see `clipdb %s --help`)", cmd);
+  fputc('\n', stderr);
+  va_end(ap);
+  return CLI_USAGE;
+}
+
+char *cli_model_dir(const cli_ctx *ctx, cdb_error *err) {
+  return cdb_model_resolve(ctx->model, err);
+}
+
+bool cli_is_help(const char *s) {
+  return s && (strcmp(s, "-h") == 0 || strcmp(s, "--help") == 0);
+}
+
+bool cli_parse_int(const char *s, long min, long max, long *out) {
+  if (!s || !*s) return false;
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (errno || *end || v < min || v > max) return false;
+  *out = v;
+  return true;
+}
+
+bool cli_parse_float(const char *s, double *out) {
+  if (!s || !*s) return false;
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (errno || *end || !isfinite(v)) return false;
+  *out = v;
+  return true;
+}

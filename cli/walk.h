@@ -1,0 +1,39 @@
+/* walk.h (cli-internal): recursive listing of the image files under folders, for `index`. */
+#ifndef CLI_WALK_H
+#define CLI_WALK_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+typedef struct walk_file {
+  char *path;    /* absolute, malloc'd */
+  int64_t size;  /* bytes */
+  int64_t mtime; /* seconds since the epoch */
+  int64_t mtime_ns;
+} walk_file;
+
+typedef struct walk_problem {
+  char *path;   /* malloc'd */
+  char *reason; /* malloc'd */
+} walk_problem;
+
+typedef struct walk_result {
+  walk_file *files;
+  size_t n_files, cap_files;
+  walk_problem *problems; /* folders or files that could not be read */
+  size_t n_problems, cap_problems;
+  size_t n_ignored; /* files whose extension is not an image format */
+} walk_result;
+
+/* True for the extensions `index` considers images (case-insensitive). */
+int walk_is_image_name(const char *name);
+
+/* Appends every image file under root (a folder or a single file) to res, following no
+ * symlinked folders. Paths matching an exclude pattern (fnmatch against the path relative to
+ * root and against the base name) are left out, folders included. Returns -1 only on out of
+ * memory; unreadable entries become problems. */
+int walk_tree(const char *root, char *const *excludes, size_t n_excludes, walk_result *res);
+
+void walk_result_free(walk_result *res);
+
+#endif

@@ -1,0 +1,73 @@
+/* kernels.h (internal to embed/): the encoder's numeric kernels, one table per instruction set.
+ *
+ * Every variant computes the same thing as the plain C one (tests/embed/test_kernels.c checks
+ * each against it on random inputs). The best variant the CPU supports is picked once at run
+ * time (__builtin_cpu_supports); CLIPDB_ISA=generic|avx2|avx512 forces one. Weights reach the
+ * GEMMs as float32 or half-float panels; a bf16 or int8 path adds a packer and one more
+ * gemm_packed_* entry per table, the activations staying float32. */
+#ifndef CLIP_KERNELS_H
+#define CLIP_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Packed weights for the compute-bound GEMMs: W [N, K] is stored as ceil(N / 32) panels of
+ * [K][32] floats (columns past N zero), so a micro-kernel streams one panel contiguously. The
+ * layout is the same for every variant; packing happens once, when a tower is prepared. */
+#define CLIP_PANEL 32
+size_t clip_packed_floats(int N, int K); /* element count, either element type */
+void clip_pack_weights(const float *W, int N, int K, float *dst);
+/* The same layout holding IEEE half floats (an F16 checkpoint kept at half the memory and
+ * bandwidth; widened to float32 in the micro-kernel, so results equal the F32 path's). */
+void clip_pack_weights_f16(const uint16_t *W, int N, int K, uint16_t *dst);
+/* Float32 weights rounded to half floats while packing (the text tower's default: it halves the
+ * bytes a query streams; see weights.c). */
+void clip_pack_weights_f32_to_f16(const float *W, int N, int K, uint16_t *dst);
+/* Scratch (floats) one gemm_packed call needs for its packed activation rows. */
+size_t clip_gemm_scratch_floats(int K);
+
+typedef enum clip_isa { CLIP_ISA_GENERIC, CLIP_ISA_AVX2, CLIP_ISA_AVX512, CLIP_ISA_COUNT } clip_isa;
+
+typedef struct clip_kernels {
+  const char *name;
+  float (*dot)(const float *a, const float *b, int n);
+  void (*axpy)(float a, const float *x, float *y, int n); /* y += a * x */
+  void (*layernorm)(const float *x, const float *gamma, const float *beta, float *y, int n,
+                    float eps);
+  void (*softmax)(float *x, int n); /* in place */
+  void (*add)(float *y, const float *x, int n); /* y += x */
+  void (*quick_gelu)(float *x, int n); /* x * sigmoid(1.702 x) */
+  void (*gelu)(float *x, int n);       /* exact: 0.5 x (1 + erf(x / sqrt 2)) */
+  void (*f16_to_f32)(const uint16_t *src, float *dst, size_t n);
+  void (*bf16_to_f32)(const uint16_t *src, float *dst, size_t n);
+  /* float32 -> IEEE half, round to nearest even (overflow to infinity), as F16C does. */
+  void (*f32_to_f16)(const float *src, uint16_t *dst, size_t n);
+  /* C[m, n] (+)= sum_k A[m, k] * W[n, k]: activations times a row-major [out, in] weight,
+   * which is how checkpoints store linear layers. Row strides lda, ldw, ldc. */
+  void (*gemm_nt)(int M, int N, int K, const float *A, int lda, const float *W, int ldw,
+                  float *C, int ldc, int accumulate);
+  /* C[m, n] = sum_k A[m, k] * B[k, n], both row-major (attention: scores = Q K^T with K
+   * transposed first, and P V); small shapes, N up to a few hundred. */
+  void (*gemm_nn)(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                  float *C, int ldc);
+  /* C[M, panel columns p0*32 .. min(p1*32, N)) (+)= A[M, K] W^T with W packed as above. */
+  void (*gemm_packed)(int M, int N, int K, const float *A, int lda, const float *Wp, int p0,
+                      int p1, float *C, int ldc, int accumulate, float *scratch);
+  void (*gemm_packed_f16)(int M, int N, int K, const float *A, int lda, const uint16_t *Wp, int p0,
+                          int p1, float *C, int ldc, int accumulate, float *scratch);
+} clip_kernels;
+
+/* The plain C gemm_nn (the variants without their own). */
+void clip_gemm_nn_c(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                    float *C, int ldc);
+
+int clip_isa_supported(clip_isa isa);
+/* NULL when the CPU lacks the instruction set. */
+const clip_kernels *clip_kernels_for(clip_isa isa);
+const clip_kernels *clip_kernels_best(void);
+
+extern const clip_kernels clip_kernels_generic;
+extern const clip_kernels clip_kernels_avx2;
+extern const clip_kernels clip_kernels_avx512;
+
+#endif

@@ -1,0 +1,430 @@
+/* transformer.c: CLIP's pre-norm transformer layers, embeddings and pooling, both towers. */
+#include "embed/transformer.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "embed/kernels/kernels.h"
+#include "embed/tokenizer.h"
+#include "src/pool.h"
+
+/* Below this many elements of work a step runs on the calling thread: waking the pool costs
+ * more than it saves (a short text query). */
+#define SMALL_WORK 32768
+
+/* Column blocks handed to threads are multiples of this (one AVX-512 register). */
+#define GEMM_COL_ALIGN 16
+/* Packed GEMMs with at least this many rows split rows (in multiples of the 14-row tile) over
+ * the threads instead of weight panels. */
+#define SPLIT_ROWS_MIN 256
+#define ROW_ALIGN 14
+
+static clip_gemm_mode gemm_mode = CLIP_GEMM_AUTO;
+static pthread_once_t gemm_once = PTHREAD_ONCE_INIT;
+
+static void gemm_init(void) {
+  const char *env = getenv("CLIPDB_GEMM");
+  if (env && strcmp(env, "blas") == 0) gemm_mode = CLIP_GEMM_BLAS;
+  if (env && strcmp(env, "own") == 0) gemm_mode = CLIP_GEMM_OWN;
+}
+
+/* Only once OpenBLAS is used here (it is process-wide, FAISS shares it): parallelism comes from
+ * the pool, and OpenBLAS's own threads would oversubscribe the cores. */
+static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+static void blas_single_threaded(void) { openblas_set_num_threads(1); }
+
+void clip_set_gemm_mode(clip_gemm_mode mode) {
+  pthread_once(&gemm_once, gemm_init);
+  gemm_mode = mode;
+}
+
+clip_gemm_mode clip_get_gemm_mode(void) {
+  pthread_once(&gemm_once, gemm_init);
+  return gemm_mode;
+}
+
+/* Per-thread scratch for packed activation rows, freed when the thread exits (callers' own
+ * threads run tasks inline when the pool is busy). */
+typedef struct scratch_buf {
+  float *data;
+  size_t len;
+} scratch_buf;
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_free(void *p) {
+  scratch_buf *b = p;
+  free(b->data);
+  free(b);
+}
+
+static void scratch_init(void) { pthread_key_create(&scratch_key, scratch_free); }
+
+/* NULL when out of memory; the packed kernels then cannot run and the caller falls back. */
+static float *scratch_for(int K) {
+  pthread_once(&scratch_once, scratch_init);
+  scratch_buf *b = pthread_getspecific(scratch_key);
+  if (!b) {
+    b = calloc(1, sizeof *b);
+    if (!b || pthread_setspecific(scratch_key, b) != 0) {
+      free(b);
+      return NULL;
+    }
+  }
+  size_t need = clip_gemm_scratch_floats(K);
+  if (need > b->len) {
+    free(b->data);
+    b->data = aligned_alloc(64, need * sizeof(float));
+    b->len = b->data ? need : 0;
+  }
+  return b->data;
+}
+
+/* ---- parallel building blocks ---- */
+
+typedef struct linear_job {
+  const clip_kernels *kern;
+  int M, N, K;
+  const float *A;  /* [M, K] */
+  const float *W;  /* [N, K] row-major, or NULL */
+  const clip_packed *Wp; /* packed, or NULL */
+  const float *bias; /* [N] or NULL */
+  float *C;        /* [M, ldc] */
+  int ldc;
+  int accumulate;  /* C += A W^T instead of C = A W^T */
+  int act;         /* -1 none, else clip_act */
+  int use_blas;
+} linear_job;
+
+static void split(int n, int align, int ith, int nth, int *b, int *e) {
+  int blocks = (n + align - 1) / align;
+  int b0 = (int)((long)blocks * ith / nth), b1 = (int)((long)blocks * (ith + 1) / nth);
+  *b = b0 * align;
+  *e = b1 * align < n ? b1 * align : n;
+}
+
+static void epilogue(const linear_job *j, int m0, int m1, int n0, int n1) {
+  for (int m = m0; m < m1; m++) {
+    float *row = j->C + (size_t)m * j->ldc + n0;
+    if (j->bias) j->kern->add(row, j->bias + n0, n1 - n0);
+    if (j->act == CLIP_ACT_QUICK_GELU) j->kern->quick_gelu(row, n1 - n0);
+    if (j->act == CLIP_ACT_GELU) j->kern->gelu(row, n1 - n0);
+  }
+}
+
+static void linear_task(void *ctx, int ith, int nth) {
+  const linear_job *j = ctx;
+  if (j->Wp && j->Wp->data) {
+    /* Few rows (text, one image): threads split the weight panels, so each weight byte is read
+     * once, and every thread packs all rows (cheap). Many rows: threads split the rows, so no
+     * row is packed twice; the panels are then shared through the L3 cache. */
+    int panels = (j->N + CLIP_PANEL - 1) / CLIP_PANEL, p0 = 0, p1 = panels, m0 = 0, m1 = j->M;
+    if (j->M >= SPLIT_ROWS_MIN)
+      split(j->M, ROW_ALIGN, ith, nth, &m0, &m1);
+    else
+      split(panels, 1, ith, nth, &p0, &p1);
+    if (p0 >= p1 || m0 >= m1) return;
+    float *scratch = scratch_for(j->K);
+    /* Without scratch memory the plain C kernel (which needs none) still gives the answer. */
+    const clip_kernels *kern = scratch ? j->kern : &clip_kernels_generic;
+    const float *A = j->A + (size_t)m0 * j->K;
+    float *C = j->C + (size_t)m0 * j->ldc;
+    if (j->Wp->f16)
+      kern->gemm_packed_f16(m1 - m0, j->N, j->K, A, j->K, j->Wp->data, p0, p1, C, j->ldc,
+                            j->accumulate, scratch);
+    else
+      kern->gemm_packed(m1 - m0, j->N, j->K, A, j->K, j->Wp->data, p0, p1, C, j->ldc,
+                        j->accumulate, scratch);
+    epilogue(j, m0, m1, p0 * CLIP_PANEL, p1 * CLIP_PANEL < j->N ? p1 * CLIP_PANEL : j->N);
+    return;
+  }
+  int n0, n1;
+  split(j->N, GEMM_COL_ALIGN, ith, nth, &n0, &n1);
+  if (n0 >= n1) return;
+  float *C = j->C + n0;
+  if (j->use_blas)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->M, n1 - n0, j->K, 1.0f, j->A, j->K,
+                j->W + (size_t)n0 * j->K, j->K, j->accumulate ? 1.0f : 0.0f, C, j->ldc);
+  else
+    j->kern->gemm_nt(j->M, n1 - n0, j->K, j->A, j->K, j->W + (size_t)n0 * j->K, j->K, C, j->ldc,
+                     j->accumulate);
+  epilogue(j, 0, j->M, n0, n1);
+}
+
+/* C[M, N] (+)= A[M, K] W^T + bias, then the activation, over the pool. W row-major or Wp
+ * packed (preferred when set). C rows are ldc apart. */
+static void linear(const float *A, int M, int K, const float *W, const clip_packed *Wp,
+                   const float *bias, int N, float *C, int ldc, int accumulate, int act) {
+  int nth = cdb_pool_threads();
+  linear_job j = {clip_kernels_best(), M, N, K, A, W, Wp, bias, C, ldc, accumulate, act,
+                  clip_get_gemm_mode() == CLIP_GEMM_BLAS};
+  if (j.use_blas) pthread_once(&blas_once, blas_single_threaded);
+  int max_tasks = !(Wp && Wp->data)  ? (N + GEMM_COL_ALIGN - 1) / GEMM_COL_ALIGN
+                  : M >= SPLIT_ROWS_MIN ? (M + ROW_ALIGN - 1) / ROW_ALIGN
+                                        : (N + CLIP_PANEL - 1) / CLIP_PANEL;
+  cdb_parallel(linear_task, &j, nth < max_tasks ? nth : max_tasks);
+}
+
+typedef struct layernorm_job {
+  const clip_kernels *kern;
+  const float *x;
+  float *y;
+  const float *g, *b;
+  int rows, width, stride_in; /* rows of x are stride_in apart, rows of y width apart */
+  float eps;
+} layernorm_job;
+
+static void layernorm_task(void *ctx, int ith, int nth) {
+  const layernorm_job *j = ctx;
+  for (int r = j->rows * ith / nth; r < j->rows * (ith + 1) / nth; r++)
+    j->kern->layernorm(j->x + (size_t)r * j->stride_in, j->g, j->b, j->y + (size_t)r * j->width,
+                       j->width, j->eps);
+}
+
+static void layernorm_rows(const float *x, int stride_in, float *y, int rows, int width,
+                           const float *g, const float *b, float eps) {
+  layernorm_job j = {clip_kernels_best(), x, y, g, b, rows, width, stride_in, eps};
+  int nth = (size_t)rows * width < SMALL_WORK ? 1 : cdb_pool_threads();
+  cdb_parallel(layernorm_task, &j, rows < nth ? rows : nth);
+}
+
+/* ---- attention ---- */
+
+/* Floats one attention task needs: the scores [len, len] and K transposed [head_dim, len]. */
+static size_t attention_scratch(int max_len, int head_dim) {
+  return (size_t)max_len * max_len + (size_t)head_dim * max_len;
+}
+
+typedef struct attention_job {
+  const clip_kernels *kern;
+  const float *q, *k, *v; /* rows ld apart */
+  int ld;
+  float *out;             /* [total, width] */
+  const int *seq_start, *seq_len;
+  int n_seq, heads, head_dim, width, causal;
+  float *scratch; /* per task: attention_scratch() floats */
+  int max_len;
+} attention_job;
+
+/* One head of one sequence as two small GEMMs: S = Q K^T (K transposed into scratch first),
+ * a row-wise scaled softmax (causal: row t sees keys 0..t), then out = S V. */
+static void attend_one(const attention_job *j, int s, int h, float *scratch) {
+  const clip_kernels *kern = j->kern;
+  int start = j->seq_start[s], len = j->seq_len[s], hd = j->head_dim;
+  float scale = 1.0f / sqrtf((float)hd);
+  float *S = scratch, *kt = scratch + (size_t)len * len;
+  const float *q = j->q + (size_t)start * j->ld + h * hd, *k = j->k + (size_t)start * j->ld + h * hd;
+  for (int u = 0; u < len; u++)
+    for (int d = 0; d < hd; d++) kt[(size_t)d * len + u] = k[(size_t)u * j->ld + d];
+  kern->gemm_nn(len, len, hd, q, j->ld, kt, len, S, len);
+  for (int t = 0; t < len; t++) {
+    float *row = S + (size_t)t * len;
+    int keys = j->causal ? t + 1 : len;
+    for (int u = 0; u < keys; u++) row[u] *= scale;
+    kern->softmax(row, keys);
+    for (int u = keys; u < len; u++) row[u] = 0.0f;
+  }
+  kern->gemm_nn(len, hd, len, S, len, j->v + (size_t)start * j->ld + h * hd, j->ld,
+                j->out + (size_t)start * j->width + h * hd, j->width);
+}
+
+static void attention_task(void *ctx, int ith, int nth) {
+  const attention_job *j = ctx;
+  float *scratch = j->scratch + (size_t)ith * attention_scratch(j->max_len, j->head_dim);
+  for (int i = ith; i < j->n_seq * j->heads; i += nth) attend_one(j, i / j->heads, i % j->heads, scratch);
+}
+
+/* ---- the layer stack ---- */
+
+typedef struct encoder_run {
+  const clip_tower_config *cfg;
+  int total, n_seq, causal, max_len;
+  const int *seq_start, *seq_len;
+  float *x;                    /* residual stream [total, width] */
+  float *h, *attn;             /* [total, width] each */
+  float *qkv;                  /* [total, 3 * width]: q, k, v side by side */
+  float *mlp;                  /* [total, intermediate] */
+  float *scratch;
+} encoder_run;
+
+static void run_layer(const encoder_run *r, const clip_layer_weights *L) {
+  const clip_tower_config *c = r->cfg;
+  int T = r->total, D = c->hidden, inter = c->intermediate;
+  layernorm_rows(r->x, D, r->h, T, D, L->ln1_w, L->ln1_b, c->ln_eps);
+  if (L->qkv_p.data) {
+    linear(r->h, T, D, NULL, &L->qkv_p, L->qkv_b, 3 * D, r->qkv, 3 * D, 0, -1);
+  } else {
+    linear(r->h, T, D, L->q_w, NULL, L->q_b, D, r->qkv, 3 * D, 0, -1);
+    linear(r->h, T, D, L->k_w, NULL, L->k_b, D, r->qkv + D, 3 * D, 0, -1);
+    linear(r->h, T, D, L->v_w, NULL, L->v_b, D, r->qkv + 2 * D, 3 * D, 0, -1);
+  }
+  size_t work = 0; /* multiply-adds of the attention, to skip waking threads for a short text */
+  for (int i = 0; i < r->n_seq; i++) work += (size_t)r->seq_len[i] * r->seq_len[i] * D;
+  int nth = work < SMALL_WORK ? 1 : cdb_pool_threads(), tasks = r->n_seq * c->heads;
+  attention_job aj = {clip_kernels_best(), r->qkv, r->qkv + D, r->qkv + 2 * D, 3 * D, r->attn,
+                      r->seq_start, r->seq_len, r->n_seq, c->heads, D / c->heads, D, r->causal,
+                      r->scratch, r->max_len};
+  cdb_parallel(attention_task, &aj, tasks < nth ? tasks : nth);
+  linear(r->attn, T, D, L->o_w, &L->o_p, L->o_b, D, r->x, D, 1, -1);
+  layernorm_rows(r->x, D, r->h, T, D, L->ln2_w, L->ln2_b, c->ln_eps);
+  linear(r->h, T, D, L->fc1_w, &L->fc1_p, L->fc1_b, inter, r->mlp, inter, 0, (int)c->act);
+  linear(r->mlp, T, inter, L->fc2_w, &L->fc2_p, L->fc2_b, D, r->x, D, 1, -1);
+}
+
+/* Runs every layer on x[total, width] in place. */
+static int encoder_forward(const clip_tower_config *cfg, clip_layer_weights *layers, float *x,
+                           int total, const int *seq_start, const int *seq_len, int n_seq,
+                           int causal, cdb_error *err) {
+  int max_len = 1;
+  for (int s = 0; s < n_seq; s++) max_len = seq_len[s] > max_len ? seq_len[s] : max_len;
+  size_t td = (size_t)total * cfg->hidden;
+  int nth = cdb_pool_threads(), hd = cfg->hidden / cfg->heads;
+  float *buf = malloc(sizeof(float) * (5 * td + (size_t)total * cfg->intermediate +
+                                       (size_t)nth * attention_scratch(max_len, hd)));
+  if (!buf) return cdb_error_set(err, "clip: out of memory for %d tokens", total);
+  encoder_run r = {.cfg = cfg, .total = total, .n_seq = n_seq, .causal = causal,
+                   .max_len = max_len, .seq_start = seq_start, .seq_len = seq_len, .x = x,
+                   .h = buf, .attn = buf + td, .qkv = buf + 2 * td, .mlp = buf + 5 * td,
+                   .scratch = buf + 5 * td + (size_t)total * cfg->intermediate};
+  for (int l = 0; l < cfg->layers; l++) run_layer(&r, &layers[l]);
+  free(buf);
+  return 0;
+}
+
+/* ---- vision tower ---- */
+
+/* Unfolds image b into its patches, each a row of channels * patch * patch values ordered like
+ * the conv weight [width, channel, ky, kx]. */
+static void im2col(const float *img, int channels, int size, int patch, float *rows) {
+  int grid = size / patch;
+  for (int py = 0; py < grid; py++)
+    for (int px = 0; px < grid; px++) {
+      float *row = rows + (size_t)(py * grid + px) * channels * patch * patch;
+      for (int c = 0; c < channels; c++)
+        for (int ky = 0; ky < patch; ky++)
+          memcpy(row + (c * patch + ky) * patch,
+                 img + ((size_t)c * size + py * patch + ky) * size + px * patch,
+                 sizeof(float) * (size_t)patch);
+    }
+}
+
+int clip_vision_forward(const clip_config *cfg, const clip_vision_weights *w, const float *pixels,
+                        int n, float *out, cdb_error *err) {
+  int D = cfg->vision.hidden, size = cfg->image_size, p = cfg->patch_size, C = cfg->num_channels;
+  int grid = size / p, P = grid * grid, T = P + 1, patch_len = C * p * p;
+  size_t img_len = (size_t)C * size * size;
+  int total = n * T;
+  float *x = malloc(sizeof(float) * (size_t)total * D);
+  float *cols = malloc(sizeof(float) * (size_t)n * P * (patch_len > D ? patch_len : D));
+  float *emb = malloc(sizeof(float) * (size_t)n * P * D);
+  float *pooled = malloc(sizeof(float) * (size_t)n * D);
+  int *start = malloc(sizeof(int) * (size_t)n), *len = malloc(sizeof(int) * (size_t)n);
+  int rc = -1;
+  if (!x || !cols || !emb || !pooled || !start || !len) {
+    cdb_error_set(err, "clip: out of memory for %d images", n);
+    goto done;
+  }
+  for (int b = 0; b < n; b++) im2col(pixels + b * img_len, C, size, p, cols + (size_t)b * P * patch_len);
+  if (n < 1) { /* nothing to do (also tells the compiler that cols was written) */
+    rc = 0;
+    goto done;
+  }
+  linear(cols, n * P, patch_len, w->patch_w, &w->patch_p, NULL, D, emb, D, 0, -1);
+  const clip_kernels *kern = clip_kernels_best();
+  for (int b = 0; b < n; b++) {
+    float *seq = x + (size_t)b * T * D;
+    memcpy(seq, w->class_emb, sizeof(float) * (size_t)D);
+    memcpy(seq + D, emb + (size_t)b * P * D, sizeof(float) * (size_t)P * D);
+    for (int t = 0; t < T; t++) kern->add(seq + (size_t)t * D, w->pos_emb + (size_t)t * D, D);
+    start[b] = b * T;
+    len[b] = T;
+  }
+  layernorm_rows(x, D, x, total, D, w->pre_ln_w, w->pre_ln_b, cfg->vision.ln_eps);
+  if (encoder_forward(&cfg->vision, w->layers, x, total, start, len, n, 0, err) != 0) goto done;
+  /* Pool the class token of each image. */
+  layernorm_rows(x, T * D, pooled, n, D, w->post_ln_w, w->post_ln_b, cfg->vision.ln_eps);
+  linear(pooled, n, D, w->proj, &w->proj_p, NULL, cfg->projection_dim, out, cfg->projection_dim,
+         0, -1);
+  rc = 0;
+done:
+  free(x);
+  free(cols);
+  free(emb);
+  free(pooled);
+  free(start);
+  free(len);
+  return rc;
+}
+
+/* ---- text tower ---- */
+
+/* The pooled position: the first <|endoftext|>, else (ids from elsewhere) the highest id, which
+ * is what the reference's argmax picks. */
+static int pool_position(const int32_t *ids, int ctx) {
+  int best = 0;
+  for (int t = 0; t < ctx; t++) {
+    if (ids[t] == CLIP_TOKEN_EOT) return t;
+    if (ids[t] > ids[best]) best = t;
+  }
+  return best;
+}
+
+static void token_row(const st_tensor *emb, int width, int id, float *dst) {
+  const clip_kernels *kern = clip_kernels_best();
+  const unsigned char *src = emb->data + (size_t)id * width * (emb->dtype == ST_F32 ? 4 : 2);
+  if (emb->dtype == ST_F32)
+    memcpy(dst, src, sizeof(float) * (size_t)width);
+  else if (emb->dtype == ST_F16)
+    kern->f16_to_f32((const uint16_t *)src, dst, (size_t)width);
+  else
+    kern->bf16_to_f32((const uint16_t *)src, dst, (size_t)width);
+}
+
+int clip_text_forward(const clip_config *cfg, const clip_text_weights *w, const int32_t *ids,
+                      int n, float *out, cdb_error *err) {
+  int D = cfg->text.hidden, ctx = cfg->context_length;
+  int *start = malloc(sizeof(int) * (size_t)n), *len = malloc(sizeof(int) * (size_t)n);
+  float *x = NULL, *pooled = malloc(sizeof(float) * (size_t)n * D);
+  int rc = -1, total = 0;
+  if (!start || !len || !pooled) goto oom;
+  for (int i = 0; i < n; i++) {
+    const int32_t *row = ids + (size_t)i * ctx;
+    for (int t = 0; t < ctx; t++)
+      if (row[t] < 0 || row[t] >= cfg->vocab_size) {
+        cdb_error_set(err, "clip: token id %d at position %d is outside the vocabulary (%d)",
+                      row[t], t, cfg->vocab_size);
+        goto done;
+      }
+    start[i] = total;
+    len[i] = pool_position(row, ctx) + 1;
+    total += len[i];
+  }
+  x = malloc(sizeof(float) * (size_t)total * D);
+  if (!x) goto oom;
+  const clip_kernels *kern = clip_kernels_best();
+  for (int i = 0; i < n; i++)
+    for (int t = 0; t < len[i]; t++) {
+      float *row = x + (size_t)(start[i] + t) * D;
+      token_row(w->tok_emb, D, ids[(size_t)i * ctx + t], row);
+      kern->add(row, w->pos_emb + (size_t)t * D, D);
+    }
+  if (encoder_forward(&cfg->text, w->layers, x, total, start, len, n, 1, err) != 0) goto done;
+  for (int i = 0; i < n; i++)
+    kern->layernorm(x + (size_t)(start[i] + len[i] - 1) * D, w->final_ln_w, w->final_ln_b,
+                    pooled + (size_t)i * D, D, cfg->text.ln_eps);
+  linear(pooled, n, D, w->proj, NULL, NULL, cfg->projection_dim, out, cfg->projection_dim, 0, -1);
+  rc = 0;
+  goto done;
+oom:
+  cdb_error_set(err, "clip: out of memory for %d texts", n);
+done:
+  free(start);
+  free(len);
+  free(x);
+  free(pooled);
+  return rc;
+}

@@ -1,0 +1,1277 @@
+/* ivf.c: the collection index (ivf.h) on FAISS's C API.
+ *
+ * Every state is a FAISS IndexIVF with METRIC_INNER_PRODUCT: before training it is "IVF1,Flat"
+ * with a fixed zero centroid (one list scanned in full = exact search), after training the
+ * chosen factory string. One code path thus serves exact and IVF search, filters (IDSelector in
+ * SearchParametersIVF), range search, serialisation and the memory-mapped cache file. */
+#include "index/ivf.h"
+
+#include <errno.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <faiss/c_api/Index_c.h>
+#include <faiss/c_api/IndexIVF_c.h>
+#include <faiss/c_api/error_c.h>
+#include <faiss/c_api/impl/AuxIndexStructures_c.h>
+#include <faiss/c_api/index_factory_c.h>
+#include <faiss/c_api/index_io_c.h>
+
+#include "index/faiss_ext.h"
+#include "index/idset.h"
+
+/* FAISS 1.7.3's C++ IO_FLAG_MMAP (IO_FLAG_SKIP_IVF_DATA | 0x646f0000). The C header's
+ * FAISS_IO_FLAG_MMAP (1) is stale and means nothing to 1.7.3's read_index. */
+#define FAISS_CXX_IO_FLAG_MMAP 0x646f0008
+
+#define FILE_MAGIC "CDBIVF01"
+#define FILE_VERSION 1u
+#define SAMPLE_SEED 0x9e3779b97f4a7c15ULL
+#define SAMPLE_PER_LIST 48
+#define SAMPLE_MIN 10000      /* PQ codebooks want ~39 x 256 points */
+/* k-means iterations for the coarse centroids: recall@10 barely moves between 10 and FAISS's
+ * default 25 on clustered data, while training (the cost of a bulk-load COMMIT) is 2.5x faster. */
+#define KMEANS_ITERATIONS 10
+#define ADD_BATCH 16384       /* vectors normalised and added per FAISS call */
+#define SMALL_FILTER_IDS 1000 /* sets this small always take the exhaustive selector path */
+
+struct cdb_index {
+  int dim;
+  char type[64];     /* "auto", "flat", "IVF,<enc>" or "IVF<n>,<enc>" */
+  char encoding[40]; /* factory text after "IVF<n>," */
+  int fixed_nlist;   /* from the type string, else 0 */
+  int nlist_param;
+  int nprobe_param;
+  int nprobe;        /* default for the current index */
+  int64_t trained_at;
+  char factory[64];
+  FaissIndex *faiss; /* always an IndexIVF */
+  FaissIndexIVF *ivf;
+  size_t nlist;
+  cdb_idset ids;
+  int ids_valid;     /* 0 while mapped: built on the first write */
+  FILE *mapped;      /* the cache file while mapped */
+  long faiss_offset; /* where FAISS's data starts in it */
+};
+
+/* The fixed-size header before FAISS's own serialisation (native byte order, like FAISS's). */
+typedef struct file_header {
+  char magic[8];
+  uint32_t version;
+  uint32_t dim;
+  uint64_t generation;
+  uint64_t payload_bytes; /* FAISS's bytes after the header (cache files; 0 in pieces) */
+  int64_t trained_at;
+  int32_t nlist_param;
+  int32_t nprobe_param;
+  int32_t nprobe;
+  int32_t reserved;
+  char type[64];
+} file_header;
+
+/* ---- errors and small helpers ---- */
+
+static int faiss_fail(cdb_error *err, const char *what) {
+  const char *msg = faiss_get_last_error();
+  return cdb_error_set(err, "index: %s: %s", what, msg ? msg : "unknown FAISS error");
+}
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* Copies a vector L2-normalised; refuses NaN, Inf and zero vectors. */
+static int normalise_into(const float *v, int dim, float *out, const char *what, int64_t i,
+                          cdb_error *err) {
+  double sum = 0;
+  for (int j = 0; j < dim; j++) {
+    if (!isfinite(v[j]))
+      return cdb_error_set(err, "index: %s %lld has a NaN or Inf component", what, (long long)i);
+    sum += (double)v[j] * v[j];
+  }
+  if (!(sum > 0) || !isfinite(sum))
+    return cdb_error_set(err, "index: %s %lld is a zero vector (cosine undefined)", what,
+                         (long long)i);
+  float inv = (float)(1.0 / sqrt(sum));
+  for (int j = 0; j < dim; j++)
+    out[j] = v[j] * inv;
+  return 0;
+}
+
+static int auto_nlist(int64_t n) {
+  double target = 4.0 * sqrt((double)n);
+  int p = 1;
+  while (p < (1 << 20) && p * 2 <= target * 1.41421356)
+    p *= 2;
+  while (p > 1 && (int64_t)p * 39 > n)
+    p /= 2;
+  return p;
+}
+
+static int default_nprobe(const cdb_index *idx, size_t nlist) {
+  int np;
+  if (idx->nprobe_param > 0)
+    np = idx->nprobe_param;
+  else if (nlist <= 1)
+    np = 1;
+  else
+    np = (int)ceil(1.5 * sqrt((double)nlist));
+  if (np < 8 && idx->nprobe_param <= 0)
+    np = 8;
+  return np > (int)nlist ? (int)nlist : np;
+}
+
+/* ---- type strings ---- */
+
+/* FAISS's factory turns on polysemous training for "PQ<m>" unless it ends in "np"; that
+ * training is slow (minutes for 10k vectors on 2 cores) and only serves polysemous filtering,
+ * which clipdb does not use. */
+static void no_polysemous_training(char *enc, size_t size) {
+  const char *p = enc;
+  if (strncmp(p, "PQ", 2) != 0)
+    return;
+  p += 2;
+  size_t digits = strspn(p, "0123456789");
+  if (!digits)
+    return;
+  p += digits;
+  if (*p == 'x' && strspn(p + 1, "0123456789") > 0)
+    p += 1 + strspn(p + 1, "0123456789");
+  if (*p == 0 && strlen(enc) + 2 < size)
+    strcat(enc, "np");
+}
+
+static int parse_type(cdb_index *idx, const char *type, cdb_error *err) {
+  if (!type || !*type || !strcmp(type, "auto")) {
+    strcpy(idx->type, "auto");
+    strcpy(idx->encoding, "Flat");
+    return 0;
+  }
+  if (!strcmp(type, "flat") || !strcmp(type, "Flat")) {
+    strcpy(idx->type, "flat");
+    strcpy(idx->encoding, "Flat");
+    return 0;
+  }
+  if (strlen(type) >= sizeof idx->type || strncmp(type, "IVF", 3) != 0)
+    goto bad;
+  const char *p = type + 3;
+  long nlist = 0;
+  if (*p >= '0' && *p <= '9') {
+    char *end;
+    errno = 0;
+    nlist = strtol(p, &end, 10);
+    if (errno || nlist < 1 || nlist > (1 << 20))
+      goto bad;
+    p = end;
+  }
+  if (*p != ',' || !p[1] || strlen(p + 1) >= sizeof idx->encoding)
+    goto bad;
+  strcpy(idx->type, type);
+  strcpy(idx->encoding, p + 1);
+  idx->fixed_nlist = (int)nlist;
+  no_polysemous_training(idx->encoding, sizeof idx->encoding);
+  return 0;
+bad:
+  return cdb_error_set(err,
+                       "index: unsupported type '%s' (expected auto, flat, IVF,<encoding> or "
+                       "IVF<nlist>,<encoding>, e.g. IVF1024,Flat, IVF,SQ8, IVF,PQ32)",
+                       type);
+}
+
+static int train_enabled(const cdb_index *idx) { return strcmp(idx->type, "flat") != 0; }
+
+static int target_nlist(const cdb_index *idx, int64_t n) {
+  if (idx->fixed_nlist)
+    return idx->fixed_nlist;
+  if (idx->nlist_param > 0)
+    return idx->nlist_param;
+  return auto_nlist(n);
+}
+
+/* Creates an empty IndexIVF from "IVF<nlist>,<encoding>" (inner product). */
+static FaissIndex *new_faiss_ivf(int dim, int nlist, const char *encoding, char *factory_out,
+                                 cdb_error *err) {
+  char factory[64];
+  snprintf(factory, sizeof factory, "IVF%d,%s", nlist, encoding);
+  FaissIndex *fi = NULL;
+  if (faiss_index_factory(&fi, dim, factory, METRIC_INNER_PRODUCT)) {
+    faiss_fail(err, factory);
+    return NULL;
+  }
+  if (!faiss_IndexIVF_cast(fi)) {
+    faiss_Index_free(fi);
+    cdb_error_set(err, "index: factory string '%s' does not make an IVF index", factory);
+    return NULL;
+  }
+  if (factory_out)
+    strcpy(factory_out, factory);
+  return fi;
+}
+
+/* The untrained state: "IVF1,Flat" whose single centroid is fixed at zero. */
+static FaissIndex *new_exact_stage(int dim, char *factory_out, cdb_error *err) {
+  FaissIndex *fi = new_faiss_ivf(dim, 1, "Flat", factory_out, err);
+  if (!fi)
+    return NULL;
+  float *zero = calloc((size_t)dim, sizeof *zero);
+  if (!zero) {
+    faiss_Index_free(fi);
+    cdb_error_set(err, "index: out of memory");
+    return NULL;
+  }
+  FaissIndex *quantizer = faiss_IndexIVF_quantizer(faiss_IndexIVF_cast(fi));
+  /* With the quantizer already holding nlist centroids, train() skips k-means. */
+  int rc = faiss_Index_add(quantizer, 1, zero) || faiss_Index_train(fi, 1, zero);
+  free(zero);
+  if (rc) {
+    faiss_fail(err, "creating exact index");
+    faiss_Index_free(fi);
+    return NULL;
+  }
+  return fi;
+}
+
+static void set_faiss(cdb_index *idx, FaissIndex *fi) {
+  idx->faiss = fi;
+  idx->ivf = faiss_IndexIVF_cast(fi);
+  idx->nlist = faiss_IndexIVF_nlist(idx->ivf);
+  idx->nprobe = default_nprobe(idx, idx->nlist);
+  faiss_IndexIVF_set_nprobe(idx->ivf, (size_t)idx->nprobe);
+}
+
+/* ---- lifecycle ---- */
+
+cdb_index_params cdb_index_default_params(void) {
+  cdb_index_params p = {"auto", 0, 0};
+  return p;
+}
+
+static cdb_index *alloc_index(int dim, const cdb_index_params *params, cdb_error *err) {
+  cdb_index_params defaults = cdb_index_default_params();
+  if (!params)
+    params = &defaults;
+  if (dim < 1 || dim > CDB_INDEX_MAX_DIM) {
+    cdb_error_set(err, "index: dimension %d out of range 1..%d", dim, CDB_INDEX_MAX_DIM);
+    return NULL;
+  }
+  if (params->nlist < 0 || params->nlist > (1 << 20) || params->nprobe < 0) {
+    cdb_error_set(err, "index: nlist %d / nprobe %d out of range", params->nlist, params->nprobe);
+    return NULL;
+  }
+  cdb_index *idx = calloc(1, sizeof *idx);
+  if (!idx) {
+    cdb_error_set(err, "index: out of memory");
+    return NULL;
+  }
+  idx->dim = dim;
+  idx->nlist_param = params->nlist;
+  idx->nprobe_param = params->nprobe;
+  idx->ids_valid = 1;
+  if (parse_type(idx, params->type, err) < 0) {
+    free(idx);
+    return NULL;
+  }
+  return idx;
+}
+
+cdb_index *cdb_index_new(int dim, const cdb_index_params *params, cdb_error *err) {
+  cdb_index *idx = alloc_index(dim, params, err);
+  if (!idx)
+    return NULL;
+  if (train_enabled(idx)) { /* validate the trained form now (unknown encoding, PQ m vs dim) */
+    FaissIndex *probe = new_faiss_ivf(dim, target_nlist(idx, 1), idx->encoding, NULL, err);
+    if (!probe) {
+      free(idx);
+      return NULL;
+    }
+    faiss_Index_free(probe);
+  }
+  FaissIndex *fi = new_exact_stage(dim, idx->factory, err);
+  if (!fi) {
+    free(idx);
+    return NULL;
+  }
+  set_faiss(idx, fi);
+  return idx;
+}
+
+static void release_faiss(cdb_index *idx) {
+  if (idx->faiss)
+    faiss_Index_free(idx->faiss);
+  if (idx->mapped)
+    fclose(idx->mapped);
+  idx->faiss = NULL;
+  idx->ivf = NULL;
+  idx->mapped = NULL;
+}
+
+void cdb_index_free(cdb_index *idx) {
+  if (!idx)
+    return;
+  release_faiss(idx);
+  cdb_idset_free(&idx->ids);
+  free(idx);
+}
+
+int cdb_index_dim(const cdb_index *idx) { return idx->dim; }
+
+int64_t cdb_index_count(const cdb_index *idx) { return faiss_Index_ntotal(idx->faiss); }
+
+void cdb_index_set_threads(int n) { omp_set_num_threads(n > 0 ? n : omp_get_num_procs()); }
+
+void cdb_index_get_info(const cdb_index *idx, cdb_index_info *info) {
+  memset(info, 0, sizeof *info);
+  strcpy(info->kind, idx->nlist <= 1 ? "flat" : "ivf");
+  snprintf(info->factory, sizeof info->factory, "%s", idx->factory);
+  info->nlist = (int)idx->nlist;
+  info->nprobe = idx->nprobe;
+  info->count = cdb_index_count(idx);
+  info->trained_at_count = idx->trained_at;
+  info->mapped = idx->mapped != NULL;
+}
+
+/* ---- ids ---- */
+
+static int rebuild_idset(cdb_index *idx, cdb_error *err) {
+  cdb_idset_free(&idx->ids);
+  if (cdb_idset_reserve(&idx->ids, (size_t)cdb_index_count(idx)) < 0)
+    return cdb_error_set(err, "index: out of memory");
+  size_t cap = 0;
+  int64_t *buf = NULL;
+  for (size_t l = 0; l < idx->nlist; l++) {
+    size_t n = faiss_IndexIVF_get_list_size(idx->ivf, l);
+    if (n > cap) {
+      free(buf);
+      cap = n;
+      buf = malloc(cap * sizeof *buf);
+      if (!buf)
+        return cdb_error_set(err, "index: out of memory");
+    }
+    if (n)
+      faiss_IndexIVF_invlists_get_ids(idx->ivf, l, buf);
+    for (size_t i = 0; i < n; i++)
+      cdb_idset_put(&idx->ids, buf[i]);
+  }
+  free(buf);
+  idx->ids_valid = 1;
+  return 0;
+}
+
+/* Before a write: a mapped index is read into memory; the id set is built if missing. */
+static int make_writable(cdb_index *idx, cdb_error *err) {
+  if (idx->mapped) {
+    FaissIndex *fi = NULL;
+    if (fseek(idx->mapped, idx->faiss_offset, SEEK_SET) != 0)
+      return cdb_error_set(err, "index: cache file: seek failed: %s", strerror(errno));
+    if (faiss_read_index(idx->mapped, 0, &fi))
+      return faiss_fail(err, "reading mapped cache file into memory");
+    if (!faiss_IndexIVF_cast(fi)) {
+      faiss_Index_free(fi);
+      return cdb_error_set(err, "index: cache file does not hold an IVF index");
+    }
+    int nprobe = idx->nprobe;
+    release_faiss(idx);
+    set_faiss(idx, fi);
+    idx->nprobe = nprobe;
+    faiss_IndexIVF_set_nprobe(idx->ivf, (size_t)nprobe);
+  }
+  return idx->ids_valid ? 0 : rebuild_idset(idx, err);
+}
+
+static int remove_faiss_ids(cdb_index *idx, int64_t n, const int64_t *ids, cdb_error *err) {
+  if (n == 0)
+    return 0;
+  FaissIDSelectorBatch *sel = NULL;
+  size_t removed = 0;
+  if (faiss_IDSelectorBatch_new(&sel, (size_t)n, ids))
+    return faiss_fail(err, "remove");
+  int rc = faiss_Index_remove_ids(idx->faiss, (const FaissIDSelector *)sel, &removed);
+  faiss_IDSelector_free((FaissIDSelector *)sel);
+  if (rc)
+    return faiss_fail(err, "remove");
+  return 0;
+}
+
+/* ---- add / remove ---- */
+
+static int validate_batch(const cdb_index *idx, int64_t n, const int64_t *ids,
+                          const float *vectors, float *scratch, cdb_error *err) {
+  for (int64_t i = 0; i < n; i++) {
+    if (ids[i] == -1)
+      return cdb_error_set(err, "index: id -1 is reserved (vector %lld)", (long long)i);
+    if (normalise_into(vectors + (size_t)i * idx->dim, idx->dim, scratch, "vector", i, err) < 0)
+      return -1;
+  }
+  return 0;
+}
+
+/* keep[i] = 1 for the last occurrence of each id in the batch. */
+static int mark_last_occurrences(int64_t n, const int64_t *ids, unsigned char *keep,
+                                 int64_t *n_keep, cdb_error *err) {
+  cdb_idset seen = {0};
+  if (cdb_idset_reserve(&seen, (size_t)n) < 0)
+    return cdb_error_set(err, "index: out of memory");
+  *n_keep = 0;
+  for (int64_t i = n - 1; i >= 0; i--) {
+    keep[i] = (unsigned char)cdb_idset_put(&seen, ids[i]);
+    *n_keep += keep[i];
+  }
+  cdb_idset_free(&seen);
+  return 0;
+}
+
+/* Adds below this many vectors run on the calling thread: waking (and afterwards spinning)
+ * OpenMP workers costs far more than assigning a few vectors, above all on busy machines
+ * (measured: 96 single-row inserts 736 ms with workers, 5 ms without). */
+#define ADD_PARALLEL_MIN 256
+
+static int faiss_add_batch(cdb_index *idx, int64_t n, const float *vectors, const int64_t *ids) {
+  int threads = omp_get_max_threads();
+  if (n < ADD_PARALLEL_MIN)
+    omp_set_num_threads(1);
+  int rc = faiss_Index_add_with_ids(idx->faiss, n, vectors, ids);
+  if (n < ADD_PARALLEL_MIN)
+    omp_set_num_threads(threads);
+  return rc;
+}
+
+static int add_normalised(cdb_index *idx, int64_t n, const int64_t *ids, const float *vectors,
+                          const unsigned char *keep, cdb_error *err) {
+  size_t dim = (size_t)idx->dim;
+  float *buf = malloc(ADD_BATCH * dim * sizeof *buf);
+  int64_t *bids = malloc(ADD_BATCH * sizeof *bids);
+  int rc = 0;
+  if (!buf || !bids)
+    rc = cdb_error_set(err, "index: out of memory");
+  int64_t fill = 0;
+  for (int64_t i = 0; rc == 0 && i <= n; i++) {
+    if (i < n && keep[i]) {
+      normalise_into(vectors + (size_t)i * dim, idx->dim, buf + (size_t)fill * dim, "vector", i,
+                     NULL);
+      bids[fill++] = ids[i];
+    }
+    if (fill == ADD_BATCH || (i == n && fill > 0)) {
+      if (faiss_add_batch(idx, fill, buf, bids))
+        rc = faiss_fail(err, "add");
+      for (int64_t j = 0; rc == 0 && j < fill; j++)
+        cdb_idset_put(&idx->ids, bids[j]);
+      fill = 0;
+    }
+  }
+  free(buf);
+  free(bids);
+  return rc;
+}
+
+int cdb_index_add(cdb_index *idx, int64_t n, const int64_t *ids, const float *vectors,
+                  cdb_error *err) {
+  if (n < 0 || (n > 0 && (!ids || !vectors)))
+    return cdb_error_set(err, "index: add: bad arguments (n=%lld)", (long long)n);
+  if (n == 0)
+    return 0;
+  float *scratch = malloc((size_t)idx->dim * sizeof *scratch);
+  unsigned char *keep = malloc((size_t)n);
+  int64_t *replaced = NULL, n_keep = 0, n_replaced = 0;
+  int rc = (!scratch || !keep) ? cdb_error_set(err, "index: out of memory") : 0;
+  if (rc == 0)
+    rc = validate_batch(idx, n, ids, vectors, scratch, err);
+  if (rc == 0)
+    rc = make_writable(idx, err);
+  if (rc == 0)
+    rc = mark_last_occurrences(n, ids, keep, &n_keep, err);
+  if (rc == 0 && cdb_idset_reserve(&idx->ids, idx->ids.n + (size_t)n_keep) < 0)
+    rc = cdb_error_set(err, "index: out of memory");
+  if (rc == 0 && !(replaced = malloc((size_t)n_keep * sizeof *replaced)))
+    rc = cdb_error_set(err, "index: out of memory");
+  for (int64_t i = 0; rc == 0 && i < n; i++)
+    if (keep[i] && cdb_idset_has(&idx->ids, ids[i]))
+      replaced[n_replaced++] = ids[i];
+  if (rc == 0)
+    rc = remove_faiss_ids(idx, n_replaced, replaced, err);
+  for (int64_t i = 0; rc == 0 && i < n_replaced; i++)
+    cdb_idset_del(&idx->ids, replaced[i]);
+  if (rc == 0)
+    rc = add_normalised(idx, n, ids, vectors, keep, err);
+  free(scratch);
+  free(keep);
+  free(replaced);
+  return rc;
+}
+
+int cdb_index_remove(cdb_index *idx, int64_t n, const int64_t *ids, int64_t *n_removed,
+                     cdb_error *err) {
+  if (n_removed)
+    *n_removed = 0;
+  if (n < 0 || (n > 0 && !ids))
+    return cdb_error_set(err, "index: remove: bad arguments (n=%lld)", (long long)n);
+  if (n == 0 || make_writable(idx, err) < 0)
+    return n == 0 ? 0 : -1;
+  int64_t *present = malloc((size_t)n * sizeof *present), n_present = 0;
+  if (!present)
+    return cdb_error_set(err, "index: out of memory");
+  for (int64_t i = 0; i < n; i++)
+    if (cdb_idset_del(&idx->ids, ids[i]))
+      present[n_present++] = ids[i];
+  int rc = remove_faiss_ids(idx, n_present, present, err);
+  if (rc < 0) /* FAISS state unknown: rebuild the set from it */
+    rebuild_idset(idx, NULL);
+  else if (n_removed)
+    *n_removed = n_present;
+  free(present);
+  return rc;
+}
+
+/* ---- search ---- */
+
+/* Membership for a sorted id set: a bitmap over [lo, hi] when the ids are dense enough (SQLite
+ * rowids usually are), else binary search. */
+typedef struct filter_ctx {
+  const cdb_filter *f;
+  uint64_t *bits;
+  int64_t lo, span;
+} filter_ctx;
+
+static void build_bitmap(filter_ctx *c) {
+  const cdb_filter *f = c->f;
+  c->bits = NULL;
+  if (!f->ids || f->n_ids <= 0 || f->ids[f->n_ids - 1] < f->ids[0])
+    return;
+  uint64_t span = (uint64_t)f->ids[f->n_ids - 1] - (uint64_t)f->ids[0] + 1;
+  if (span > (uint64_t)f->n_ids * 64 || span > ((uint64_t)1 << 34))
+    return;
+  c->bits = calloc((size_t)(span + 63) / 64, sizeof *c->bits);
+  if (!c->bits)
+    return; /* binary search still works */
+  c->lo = f->ids[0];
+  c->span = (int64_t)span;
+  for (int64_t i = 0; i < f->n_ids; i++) {
+    uint64_t off = (uint64_t)f->ids[i] - (uint64_t)c->lo;
+    if (off < span)
+      c->bits[off / 64] |= (uint64_t)1 << (off % 64);
+  }
+}
+
+static int in_sorted_ids(const int64_t *ids, int64_t n, int64_t id) {
+  int64_t lo = 0, hi = n;
+  while (lo < hi) {
+    int64_t mid = lo + (hi - lo) / 2;
+    if (ids[mid] < id)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo < n && ids[lo] == id;
+}
+
+static int filter_allows(void *ctx, int64_t id) {
+  const filter_ctx *c = ctx;
+  const cdb_filter *f = c->f;
+  if (c->bits) {
+    uint64_t off = (uint64_t)id - (uint64_t)c->lo;
+    if (off >= (uint64_t)c->span || !(c->bits[off / 64] >> (off % 64) & 1))
+      return 0;
+  } else if (f->ids && !in_sorted_ids(f->ids, f->n_ids, id)) {
+    return 0;
+  }
+  return f->allow ? f->allow(f->ctx, id) : 1;
+}
+
+/* The FAISS selector for a filter and the nprobe to start with (see ivf.h for the strategy). */
+typedef struct search_plan {
+  FaissIDSelector *sel;
+  filter_ctx fctx;
+  size_t nprobe;
+} search_plan;
+
+static int plan_search(const cdb_index *idx, const cdb_search_opts *opts, search_plan *plan,
+                       cdb_error *err) {
+  size_t nprobe = opts && opts->nprobe > 0 ? (size_t)opts->nprobe : (size_t)idx->nprobe;
+  const cdb_filter *f = opts ? opts->filter : NULL;
+  int64_t count = cdb_index_count(idx);
+  memset(plan, 0, sizeof *plan);
+  if (f && f->ids && f->n_ids < 0)
+    return cdb_error_set(err, "index: filter: negative id count");
+  if (f && !f->ids && !f->allow)
+    f = NULL; /* an empty filter allows everything */
+  /* A set no bigger than twice what an unfiltered search scans: cheaper to test every held id
+   * (bloom filter, ~ns each) and compute similarities for the set only. */
+  double scanned = (double)count * (double)nprobe / (double)idx->nlist;
+  if (f && f->ids && !f->allow && (double)f->n_ids <= 2 * scanned + SMALL_FILTER_IDS) {
+    FaissIDSelectorBatch *batch = NULL;
+    if (faiss_IDSelectorBatch_new(&batch, (size_t)f->n_ids, f->ids))
+      return faiss_fail(err, "filter");
+    plan->sel = (FaissIDSelector *)batch;
+    nprobe = idx->nlist;
+  } else if (f) {
+    plan->fctx.f = f;
+    build_bitmap(&plan->fctx);
+    if (cdbx_IDSelectorCallback_new(&plan->sel, filter_allows, &plan->fctx)) {
+      free(plan->fctx.bits);
+      return faiss_fail(err, "filter");
+    }
+    if (f->ids && f->n_ids > 0)
+      nprobe = (size_t)ceil((double)nprobe * (double)count / (double)f->n_ids);
+  }
+  plan->nprobe = nprobe < 1 ? 1 : nprobe > idx->nlist ? idx->nlist : nprobe;
+  return 0;
+}
+
+static int search_once(const cdb_index *idx, const float *q, int64_t k, const search_plan *plan,
+                       size_t nprobe, float *dist, int64_t *labels, cdb_error *err) {
+  FaissSearchParametersIVF *sp = NULL;
+  if (faiss_SearchParametersIVF_new_with(&sp, plan->sel, nprobe, 0))
+    return faiss_fail(err, "search");
+  int rc = faiss_Index_search_with_params(idx->faiss, 1, q, k, (FaissSearchParameters *)sp, dist,
+                                          labels);
+  faiss_SearchParametersIVF_free(sp);
+  return rc ? faiss_fail(err, "search") : 0;
+}
+
+static int64_t count_found(const int64_t *labels, int64_t k) {
+  int64_t n = 0;
+  while (n < k && labels[n] != -1)
+    n++;
+  return n;
+}
+
+int cdb_index_search(const cdb_index *idx, const float *query, int k, const cdb_search_opts *opts,
+                     int64_t *ids, float *sims, int *n_found, cdb_error *err) {
+  *n_found = 0;
+  if (k < 1 || k > CDB_INDEX_MAX_K)
+    return cdb_error_set(err, "index: k=%d out of range 1..%d", k, CDB_INDEX_MAX_K);
+  if (!query || !ids || !sims)
+    return cdb_error_set(err, "index: search: null argument");
+  if (opts && opts->filter && opts->filter->ids && opts->filter->n_ids == 0)
+    return 0; /* an empty allow-list */
+  int64_t kk = min64(k, cdb_index_count(idx));
+  if (kk == 0)
+    return 0;
+  float *q = malloc((size_t)idx->dim * sizeof *q);
+  float *dist = malloc((size_t)kk * sizeof *dist);
+  int64_t *labels = malloc((size_t)kk * sizeof *labels);
+  search_plan plan;
+  int rc = (!q || !dist || !labels) ? cdb_error_set(err, "index: out of memory") : 0;
+  if (rc == 0)
+    rc = normalise_into(query, idx->dim, q, "query", 0, err);
+  if (rc == 0)
+    rc = plan_search(idx, opts, &plan, err);
+  if (rc == 0) {
+    /* Widen while a filter leaves fewer than k: at nprobe == nlist every list is scanned, so
+     * k results come back whenever k allowed items exist. */
+    for (size_t nprobe = plan.nprobe;; nprobe = nprobe * 4 > idx->nlist ? idx->nlist : nprobe * 4) {
+      rc = search_once(idx, q, kk, &plan, nprobe, dist, labels, err);
+      if (rc < 0 || !plan.sel || nprobe >= idx->nlist || count_found(labels, kk) == kk)
+        break;
+    }
+    if (plan.sel)
+      faiss_IDSelector_free(plan.sel);
+    free(plan.fctx.bits);
+  }
+  if (rc == 0) {
+    int64_t n = count_found(labels, kk);
+    memcpy(ids, labels, (size_t)n * sizeof *ids);
+    memcpy(sims, dist, (size_t)n * sizeof *sims);
+    *n_found = (int)n;
+  }
+  free(q);
+  free(dist);
+  free(labels);
+  return rc;
+}
+
+typedef struct scored {
+  int64_t id;
+  float sim;
+} scored;
+
+static int cmp_scored_desc(const void *a, const void *b) {
+  const scored *x = a, *y = b;
+  if (x->sim != y->sim)
+    return x->sim < y->sim ? 1 : -1;
+  return (x->id > y->id) - (x->id < y->id);
+}
+
+static int collect_range(FaissRangeSearchResult *rsr, int64_t **ids, float **sims,
+                         int64_t *n_found, cdb_error *err) {
+  size_t *lims = NULL;
+  int64_t *labels = NULL;
+  float *dist = NULL;
+  faiss_RangeSearchResult_lims(rsr, &lims);
+  faiss_RangeSearchResult_labels(rsr, &labels, &dist);
+  size_t n = lims[1] - lims[0];
+  if (n == 0)
+    return 0;
+  scored *s = malloc(n * sizeof *s);
+  *ids = malloc(n * sizeof **ids);
+  *sims = malloc(n * sizeof **sims);
+  if (!s || !*ids || !*sims) {
+    free(s);
+    free(*ids);
+    free(*sims);
+    *ids = NULL;
+    *sims = NULL;
+    return cdb_error_set(err, "index: out of memory");
+  }
+  for (size_t i = 0; i < n; i++)
+    s[i] = (scored){labels[lims[0] + i], dist[lims[0] + i]};
+  qsort(s, n, sizeof *s, cmp_scored_desc);
+  for (size_t i = 0; i < n; i++) {
+    (*ids)[i] = s[i].id;
+    (*sims)[i] = s[i].sim;
+  }
+  free(s);
+  *n_found = (int64_t)n;
+  return 0;
+}
+
+int cdb_index_range_search(const cdb_index *idx, const float *query, float min_sim,
+                           const cdb_search_opts *opts, int64_t **ids, float **sims,
+                           int64_t *n_found, cdb_error *err) {
+  *ids = NULL;
+  *sims = NULL;
+  *n_found = 0;
+  if (!isfinite(min_sim))
+    return cdb_error_set(err, "index: range search: min_sim must be finite");
+  if (!query)
+    return cdb_error_set(err, "index: range search: null query");
+  if (cdb_index_count(idx) == 0 ||
+      (opts && opts->filter && opts->filter->ids && opts->filter->n_ids == 0))
+    return 0;
+  float *q = malloc((size_t)idx->dim * sizeof *q);
+  if (!q)
+    return cdb_error_set(err, "index: out of memory");
+  search_plan plan;
+  FaissRangeSearchResult *rsr = NULL;
+  FaissSearchParametersIVF *sp = NULL;
+  int rc = normalise_into(query, idx->dim, q, "query", 0, err);
+  if (rc == 0)
+    rc = plan_search(idx, opts, &plan, err);
+  if (rc == 0) {
+    if (faiss_RangeSearchResult_new(&rsr, 1) ||
+        faiss_SearchParametersIVF_new_with(&sp, plan.sel, plan.nprobe, 0))
+      rc = faiss_fail(err, "range search");
+    /* FAISS keeps inner products strictly above the radius; ivf.h promises >= min_sim. */
+    else if (cdbx_Index_range_search_with_params(idx->faiss, 1, q, nextafterf(min_sim, -INFINITY),
+                                                 (FaissSearchParameters *)sp, rsr))
+      rc = faiss_fail(err, "range search");
+    else
+      rc = collect_range(rsr, ids, sims, n_found, err);
+    if (sp)
+      faiss_SearchParametersIVF_free(sp);
+    if (rsr)
+      faiss_RangeSearchResult_free(rsr);
+    if (plan.sel)
+      faiss_IDSelector_free(plan.sel);
+    free(plan.fctx.bits);
+  }
+  free(q);
+  return rc;
+}
+
+/* ---- training ---- */
+
+int cdb_index_needs_training(const cdb_index *idx) {
+  if (!train_enabled(idx))
+    return 0;
+  int64_t n = cdb_index_count(idx);
+  if (idx->trained_at == 0) {
+    int64_t min = CDB_INDEX_TRAIN_MIN;
+    int fixed = idx->fixed_nlist ? idx->fixed_nlist : idx->nlist_param;
+    if ((int64_t)fixed * 39 > min)
+      min = (int64_t)fixed * 39;
+    return n >= min;
+  }
+  return n >= CDB_INDEX_RETRAIN_GROWTH * idx->trained_at;
+}
+
+static int in_sample(int64_t id, double fraction) {
+  uint64_t x = (uint64_t)id ^ SAMPLE_SEED;
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  return (double)(x >> 11) * 0x1.0p-53 < fraction;
+}
+
+/* Walks every list of src, handing (ids, vectors) of each to fn. */
+typedef int (*list_fn)(void *ctx, size_t n, const int64_t *ids, const float *vecs,
+                       cdb_error *err);
+
+static int for_each_list(const cdb_index *src, list_fn fn, void *ctx, cdb_error *err) {
+  size_t cap = 0;
+  int64_t *ids = NULL;
+  float *vecs = NULL;
+  int rc = 0;
+  for (size_t l = 0; rc == 0 && l < src->nlist; l++) {
+    size_t n = faiss_IndexIVF_get_list_size(src->ivf, l);
+    if (n == 0)
+      continue;
+    if (n > cap) {
+      free(ids);
+      free(vecs);
+      cap = n;
+      ids = malloc(cap * sizeof *ids);
+      vecs = malloc(cap * (size_t)src->dim * sizeof *vecs);
+      if (!ids || !vecs) {
+        rc = cdb_error_set(err, "index: out of memory");
+        break;
+      }
+    }
+    if (cdbx_IndexIVF_list_get(src->ivf, l, ids, vecs))
+      rc = faiss_fail(err, "reading inverted list");
+    else
+      rc = fn(ctx, n, ids, vecs, err);
+  }
+  free(ids);
+  free(vecs);
+  return rc;
+}
+
+typedef struct sampler {
+  int dim;
+  double fraction;
+  float *data;
+  int64_t n, cap;
+} sampler;
+
+static int take_sample(void *ctx, size_t n, const int64_t *ids, const float *vecs,
+                       cdb_error *err) {
+  sampler *s = ctx;
+  for (size_t i = 0; i < n; i++) {
+    if (!in_sample(ids[i], s->fraction))
+      continue;
+    if (s->n == s->cap) {
+      int64_t cap = s->cap ? s->cap * 2 : 4096;
+      float *p = realloc(s->data, (size_t)cap * (size_t)s->dim * sizeof *p);
+      if (!p)
+        return cdb_error_set(err, "index: out of memory");
+      s->data = p;
+      s->cap = cap;
+    }
+    memcpy(s->data + (size_t)s->n * s->dim, vecs + i * (size_t)s->dim,
+           (size_t)s->dim * sizeof *vecs);
+    s->n++;
+  }
+  return 0;
+}
+
+typedef struct adder {
+  FaissIndex *dst;
+  int dim;
+  float *buf;
+  int64_t *ids;
+  int64_t fill;
+} adder;
+
+static int flush_adder(adder *a, cdb_error *err) {
+  if (a->fill && faiss_Index_add_with_ids(a->dst, a->fill, a->buf, a->ids))
+    return faiss_fail(err, "re-adding vectors");
+  a->fill = 0;
+  return 0;
+}
+
+static int readd(void *ctx, size_t n, const int64_t *ids, const float *vecs, cdb_error *err) {
+  adder *a = ctx;
+  for (size_t i = 0; i < n; i++) {
+    memcpy(a->buf + (size_t)a->fill * a->dim, vecs + i * (size_t)a->dim,
+           (size_t)a->dim * sizeof *vecs);
+    a->ids[a->fill++] = ids[i];
+    if (a->fill == ADD_BATCH && flush_adder(a, err) < 0)
+      return -1;
+  }
+  return 0;
+}
+
+static FaissIndex *train_new_faiss(const cdb_index *src, int nlist, char *factory,
+                                   cdb_error *err) {
+  int64_t n = cdb_index_count(src);
+  FaissIndex *fi = new_faiss_ivf(src->dim, nlist, src->encoding, factory, err);
+  if (!fi)
+    return NULL;
+  if (cdbx_IndexIVF_set_kmeans_iterations(faiss_IndexIVF_cast(fi), KMEANS_ITERATIONS)) {
+    faiss_fail(err, "training");
+    faiss_Index_free(fi);
+    return NULL;
+  }
+  int64_t want = (int64_t)SAMPLE_PER_LIST * nlist;
+  if (want < SAMPLE_MIN)
+    want = SAMPLE_MIN;
+  sampler s = {src->dim, want >= n ? 2.0 : (double)want / (double)n, NULL, 0, 0};
+  int rc = for_each_list(src, take_sample, &s, err);
+  if (rc == 0 && s.n < nlist)
+    rc = cdb_error_set(err, "index: %lld vectors are too few to train %d lists", (long long)s.n,
+                       nlist);
+  if (rc == 0 && faiss_Index_train(fi, s.n, s.data))
+    rc = faiss_fail(err, "training");
+  free(s.data);
+  adder a = {fi, src->dim, malloc(ADD_BATCH * (size_t)src->dim * sizeof(float)),
+             malloc(ADD_BATCH * sizeof(int64_t)), 0};
+  if (rc == 0 && (!a.buf || !a.ids))
+    rc = cdb_error_set(err, "index: out of memory");
+  if (rc == 0)
+    rc = for_each_list(src, readd, &a, err);
+  if (rc == 0)
+    rc = flush_adder(&a, err);
+  free(a.buf);
+  free(a.ids);
+  if (rc < 0) {
+    faiss_Index_free(fi);
+    return NULL;
+  }
+  return fi;
+}
+
+cdb_index *cdb_index_train_copy(const cdb_index *idx, cdb_error *err) {
+  if (!train_enabled(idx)) {
+    cdb_error_set(err, "index: type 'flat' is never trained");
+    return NULL;
+  }
+  int64_t n = cdb_index_count(idx);
+  int nlist = target_nlist(idx, n);
+  if (nlist < 2 || n < 39LL * nlist) {
+    cdb_error_set(err, "index: %lld vectors are too few to train %d lists (39 per list needed)",
+                  (long long)n, nlist < 2 ? 2 : nlist);
+    return NULL;
+  }
+  cdb_index *copy = calloc(1, sizeof *copy);
+  if (!copy) {
+    cdb_error_set(err, "index: out of memory");
+    return NULL;
+  }
+  *copy = *idx;
+  copy->mapped = NULL;
+  memset(&copy->ids, 0, sizeof copy->ids);
+  FaissIndex *fi = train_new_faiss(idx, nlist, copy->factory, err);
+  if (!fi) {
+    free(copy);
+    return NULL;
+  }
+  set_faiss(copy, fi);
+  copy->trained_at = n;
+  int rc = idx->ids_valid ? (cdb_idset_copy(&copy->ids, &idx->ids) < 0
+                                 ? cdb_error_set(err, "index: out of memory")
+                                 : 0)
+                          : rebuild_idset(copy, err);
+  if (rc < 0) {
+    cdb_index_free(copy);
+    return NULL;
+  }
+  copy->ids_valid = 1;
+  return copy;
+}
+
+int cdb_index_train(cdb_index *idx, cdb_error *err) {
+  cdb_index *fresh = cdb_index_train_copy(idx, err);
+  if (!fresh)
+    return -1;
+  release_faiss(idx);
+  cdb_idset_free(&idx->ids);
+  *idx = *fresh;
+  free(fresh);
+  return 0;
+}
+
+/* ---- serialisation ---- */
+
+static void fill_header(const cdb_index *idx, uint64_t generation, file_header *h) {
+  memset(h, 0, sizeof *h);
+  memcpy(h->magic, FILE_MAGIC, 8);
+  h->version = FILE_VERSION;
+  h->dim = (uint32_t)idx->dim;
+  h->generation = generation;
+  h->trained_at = idx->trained_at;
+  h->nlist_param = idx->nlist_param;
+  h->nprobe_param = idx->nprobe_param;
+  h->nprobe = idx->nprobe;
+  snprintf(h->type, sizeof h->type, "%s", idx->type);
+}
+
+static int write_all(cdb_index *idx, FILE *f, uint64_t generation, cdb_error *err) {
+  file_header h;
+  fill_header(idx, generation, &h);
+  if (fwrite(&h, sizeof h, 1, f) != 1)
+    return cdb_error_set(err, "index: write failed: %s", strerror(errno));
+  if (faiss_write_index(idx->faiss, f))
+    return faiss_fail(err, "writing index");
+  if (fflush(f) != 0)
+    return cdb_error_set(err, "index: write failed: %s", strerror(errno));
+  return 0;
+}
+
+/* Builds an index from a header and the FAISS index read after it. Takes fi. */
+static cdb_index *index_from(const file_header *h, FaissIndex *fi, cdb_error *err) {
+  char type[sizeof h->type + 1];
+  memcpy(type, h->type, sizeof h->type);
+  type[sizeof h->type] = 0;
+  cdb_index_params p = {type, h->nlist_param, h->nprobe_param};
+  cdb_index *idx = alloc_index((int)h->dim, &p, err);
+  if (!idx) {
+    faiss_Index_free(fi);
+    return NULL;
+  }
+  if (!faiss_IndexIVF_cast(fi) || faiss_Index_d(fi) != (int)h->dim ||
+      faiss_Index_metric_type(fi) != METRIC_INNER_PRODUCT) {
+    cdb_error_set(err, "index: stored index is not an inner-product IVF index of dim %u", h->dim);
+    faiss_Index_free(fi);
+    free(idx);
+    return NULL;
+  }
+  set_faiss(idx, fi);
+  if (h->nprobe > 0 && h->nprobe <= (int)idx->nlist) {
+    idx->nprobe = h->nprobe;
+    faiss_IndexIVF_set_nprobe(idx->ivf, (size_t)h->nprobe);
+  }
+  idx->trained_at = h->trained_at;
+  if (idx->nlist <= 1)
+    snprintf(idx->factory, sizeof idx->factory, "IVF1,Flat");
+  else
+    snprintf(idx->factory, sizeof idx->factory, "IVF%zu,%s", idx->nlist, idx->encoding);
+  return idx;
+}
+
+static int check_header(const file_header *h, cdb_error *err) {
+  if (memcmp(h->magic, FILE_MAGIC, 8) != 0)
+    return cdb_error_set(err, "index: not a clipdb index (bad magic)");
+  if (h->version != FILE_VERSION)
+    return cdb_error_set(err, "index: unsupported format version %u", h->version);
+  if (h->dim < 1 || h->dim > CDB_INDEX_MAX_DIM)
+    return cdb_error_set(err, "index: corrupt header (dim %u)", h->dim);
+  return 0;
+}
+
+typedef struct piece_writer {
+  unsigned char *buf;
+  size_t cap, len;
+  cdb_piece_emit emit;
+  void *ctx;
+  int aborted;
+} piece_writer;
+
+static ssize_t piece_write(void *cookie, const char *data, size_t size) {
+  piece_writer *w = cookie;
+  size_t done = 0;
+  while (done < size) {
+    size_t n = w->cap - w->len < size - done ? w->cap - w->len : size - done;
+    memcpy(w->buf + w->len, data + done, n);
+    w->len += n;
+    done += n;
+    if (w->len == w->cap) {
+      if (w->emit(w->ctx, w->buf, w->len) != 0) {
+        w->aborted = 1;
+        errno = ECANCELED;
+        return -1;
+      }
+      w->len = 0;
+    }
+  }
+  return (ssize_t)size;
+}
+
+int cdb_index_save(const cdb_index *cidx, size_t piece_bytes, cdb_piece_emit emit, void *ctx,
+                   cdb_error *err) {
+  cdb_index *idx = (cdb_index *)cidx; /* a mapped index is read in first (exclusive access) */
+  if (piece_bytes < 4096 || !emit)
+    return cdb_error_set(err, "index: save: piece size must be >= 4096 and emit non-NULL");
+  if (make_writable(idx, err) < 0)
+    return -1;
+  piece_writer w = {malloc(piece_bytes), piece_bytes, 0, emit, ctx, 0};
+  if (!w.buf)
+    return cdb_error_set(err, "index: out of memory");
+  cookie_io_functions_t io = {.write = piece_write};
+  FILE *f = fopencookie(&w, "w", io);
+  int rc = f ? 0 : cdb_error_set(err, "index: save: %s", strerror(errno));
+  if (rc == 0)
+    rc = write_all(idx, f, 0, err);
+  if (f && fclose(f) != 0 && rc == 0)
+    rc = cdb_error_set(err, "index: save: write failed");
+  if (rc == 0 && w.len > 0 && emit(ctx, w.buf, w.len) != 0)
+    w.aborted = 1;
+  if (w.aborted)
+    rc = cdb_error_set(err, "index: save aborted by the caller");
+  free(w.buf);
+  return rc;
+}
+
+typedef struct piece_reader {
+  cdb_piece_next next;
+  void *ctx;
+  const unsigned char *cur;
+  size_t left;
+  int eof, failed;
+} piece_reader;
+
+static ssize_t piece_read(void *cookie, char *buf, size_t size) {
+  piece_reader *r = cookie;
+  while (r->left == 0 && !r->eof) {
+    const void *data = NULL;
+    size_t len = 0;
+    int rc = r->next(r->ctx, &data, &len);
+    if (rc < 0 || (rc > 0 && len > 0 && !data)) {
+      r->failed = 1;
+      errno = EIO;
+      return -1;
+    }
+    if (rc == 0)
+      r->eof = 1;
+    else {
+      r->cur = data;
+      r->left = len;
+    }
+  }
+  size_t n = size < r->left ? size : r->left;
+  memcpy(buf, r->cur, n);
+  r->cur += n;
+  r->left -= n;
+  return (ssize_t)n;
+}
+
+cdb_index *cdb_index_load(cdb_piece_next next, void *ctx, cdb_error *err) {
+  if (!next) {
+    cdb_error_set(err, "index: load: null callback");
+    return NULL;
+  }
+  piece_reader r = {next, ctx, NULL, 0, 0, 0};
+  cookie_io_functions_t io = {.read = piece_read};
+  FILE *f = fopencookie(&r, "r", io);
+  if (!f) {
+    cdb_error_set(err, "index: load: %s", strerror(errno));
+    return NULL;
+  }
+  file_header h;
+  FaissIndex *fi = NULL;
+  cdb_index *idx = NULL;
+  if (fread(&h, sizeof h, 1, f) != 1)
+    cdb_error_set(err, "index: load: %s", r.failed ? "reading a piece failed" : "truncated header");
+  else if (check_header(&h, err) < 0)
+    ;
+  else if (faiss_read_index(f, 0, &fi)) {
+    faiss_fail(err, r.failed ? "load (reading a piece failed)" : "load");
+  } else if ((idx = index_from(&h, fi, err)) && rebuild_idset(idx, err) < 0) {
+    cdb_index_free(idx);
+    idx = NULL;
+  }
+  fclose(f);
+  return idx;
+}
+
+/* Rewrites the header of a written cache file with the payload size, so that opening can
+ * refuse a truncated file before mapping it (reading past its end would be SIGBUS). */
+static int finish_header(const cdb_index *idx, FILE *f, uint64_t generation, cdb_error *err) {
+  long end = ftell(f);
+  file_header h;
+  fill_header(idx, generation, &h);
+  h.payload_bytes = (uint64_t)end - sizeof h;
+  if (end < (long)sizeof h || fseek(f, 0, SEEK_SET) != 0 || fwrite(&h, sizeof h, 1, f) != 1 ||
+      fflush(f) != 0)
+    return cdb_error_set(err, "index: write failed: %s", strerror(errno));
+  return 0;
+}
+
+int cdb_index_save_file(const cdb_index *cidx, const char *path, uint64_t generation,
+                        cdb_error *err) {
+  cdb_index *idx = (cdb_index *)cidx;
+  if (!path)
+    return cdb_error_set(err, "index: save_file: null path");
+  if (make_writable(idx, err) < 0)
+    return -1;
+  size_t len = strlen(path) + 5;
+  char *tmp = malloc(len);
+  if (!tmp)
+    return cdb_error_set(err, "index: out of memory");
+  snprintf(tmp, len, "%s.tmp", path);
+  FILE *f = fopen(tmp, "wb");
+  int rc = f ? write_all(idx, f, generation, err)
+             : cdb_error_set(err, "index: %s: %s", tmp, strerror(errno));
+  if (rc == 0)
+    rc = finish_header(idx, f, generation, err);
+  if (rc == 0 && fsync(fileno(f)) != 0)
+    rc = cdb_error_set(err, "index: %s: fsync: %s", tmp, strerror(errno));
+  if (f && fclose(f) != 0 && rc == 0)
+    rc = cdb_error_set(err, "index: %s: %s", tmp, strerror(errno));
+  if (rc == 0 && rename(tmp, path) != 0)
+    rc = cdb_error_set(err, "index: rename to %s: %s", path, strerror(errno));
+  if (rc < 0)
+    unlink(tmp);
+  free(tmp);
+  return rc;
+}
+
+static FILE *open_cache_file(const char *path, file_header *h, cdb_error *err) {
+  FILE *f = path ? fopen(path, "rb") : NULL;
+  if (!f) {
+    cdb_error_set(err, "index: %s: %s", path ? path : "(null)", strerror(errno));
+    return NULL;
+  }
+  if (fread(h, sizeof *h, 1, f) != 1) {
+    cdb_error_set(err, "index: %s: truncated header", path);
+  } else if (check_header(h, err) == 0) {
+    return f;
+  } else {
+    cdb_error_prefix(err, "%s", path);
+  }
+  fclose(f);
+  return NULL;
+}
+
+int cdb_index_file_generation(const char *path, uint64_t *generation, cdb_error *err) {
+  file_header h;
+  FILE *f = open_cache_file(path, &h, err);
+  if (!f)
+    return -1;
+  *generation = h.generation;
+  fclose(f);
+  return 0;
+}
+
+cdb_index *cdb_index_open_file_mmap(const char *path, uint64_t expected_generation,
+                                    cdb_error *err) {
+  file_header h;
+  FILE *f = open_cache_file(path, &h, err);
+  if (!f)
+    return NULL;
+  if (h.generation != expected_generation) {
+    cdb_error_set(err, "index: %s: stale cache (generation %llu, expected %llu)", path,
+                  (unsigned long long)h.generation, (unsigned long long)expected_generation);
+    fclose(f);
+    return NULL;
+  }
+  long offset = ftell(f);
+  struct stat st;
+  if (fstat(fileno(f), &st) != 0 || h.payload_bytes == 0 ||
+      (uint64_t)st.st_size != sizeof h + h.payload_bytes) {
+    cdb_error_set(err, "index: %s: truncated or corrupt cache file", path);
+    fclose(f);
+    return NULL;
+  }
+  FaissIndex *fi = NULL;
+  if (faiss_read_index(f, FAISS_CXX_IO_FLAG_MMAP, &fi)) {
+    faiss_fail(err, path);
+    fclose(f);
+    return NULL;
+  }
+  if (ftell(f) != (long)st.st_size) { /* the lists FAISS mapped must end where the file does */
+    cdb_error_set(err, "index: %s: corrupt cache file (lists overrun the file)", path);
+    faiss_Index_free(fi);
+    fclose(f);
+    return NULL;
+  }
+  cdb_index *idx = index_from(&h, fi, err);
+  if (!idx) {
+    fclose(f);
+    return NULL;
+  }
+  if (cdbx_IndexIVF_prepare_mapped(idx->ivf) < 0) {
+    faiss_fail(err, path);
+    fclose(f);
+    cdb_index_free(idx);
+    return NULL;
+  }
+  idx->mapped = f;
+  idx->faiss_offset = offset;
+  idx->ids_valid = 0;
+  return idx;
+}

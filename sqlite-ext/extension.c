@@ -1,0 +1,119 @@
+/* extension.c: entry points of the clipdb SQLite extension and its SQL documentation.
+ *
+ * Loading:  .load ./build/sqlite-ext/clipdb        (sqlite3 shell)
+ *           conn.load_extension("build/sqlite-ext/clipdb")   (Python)
+ *           clipdb_register(db, &errmsg)          (programs linking the static clipdb_sql)
+ *
+ * Vectors are little-endian float32 BLOBs. Models are named by a directory, a cached hub name
+ * ("openai/clip-vit-base-patch32"), or a name registered with clip_model(); NULL/omitted means
+ * the model registered as 'default', else $CLIPDB_MODEL, else the default hub model. A model is
+ * loaded once per process and shared by all connections.
+ *
+ * Scalar functions
+ *   clip_embed_text(text [, model])        -> BLOB   normalised text embedding
+ *   clip_embed_image(source [, model])     -> BLOB   source: image bytes (BLOB), a file path or an
+ *                                                     http(s) URL (TEXT). Direct use only.
+ *   clip_similarity(a, b)                  -> REAL   cosine similarity of two vectors
+ *   clip_vec_add(a, b), clip_vec_sub(a, b) -> BLOB   element-wise (not renormalised)
+ *   clip_vec_scale(a, s)                   -> BLOB
+ *   clip_vec_normalize(a)                  -> BLOB   unit length
+ *   clip_vec_to_json(a)                    -> TEXT   "[0.1,...]"
+ *   clip_vec_from_json(json)               -> BLOB
+ *   clip_classify(image, label, ...)       -> TEXT   zero-shot: [{"label":..,"score":..},...]
+ *                                                     sorted by score; prompt "a photo of a {}."
+ *   clip_classify_templates(image, templates_json, label, ...)  same, averaging the prompts
+ *                                                     of a JSON array of templates with "{}"
+ *     (image: image bytes / path / URL, or an embedding BLOB of the model's dims; default model)
+ *   clip_model(name, path)                 -> TEXT   registers a model directory under a name for
+ *                                                     this connection ('default' replaces the
+ *                                                     default); returns JSON {name, path, dims,
+ *                                                     identity}
+ *   clip_version()                         -> TEXT
+ *
+ * The clip virtual table
+ *   CREATE VIRTUAL TABLE photos USING clip(model=NAME, index=auto, taken_at TEXT, album TEXT);
+ *   options:  model=NAME   the encoder (omitted: the default model)
+ *             dims=N       a table for precomputed vectors only, without a model
+ *             index=auto | flat | 'IVF256,Flat' (any FAISS factory string; quote commas)
+ *             nlist=N, nprobe=N  index parameters (0/omitted: chosen from the size)
+ *             autotrain=on|off   on (default): COMMIT trains the IVF index when it has grown
+ *                          enough (the first time at 10,000 rows); off: only 'train' does
+ *   columns:  image      BLOB image bytes or TEXT file path / URL, stored as given
+ *             text       TEXT
+ *             embedding  float32 BLOB: read it, or write it to store a precomputed vector
+ *             user columns as declared (name [type])
+ *   hidden:   distance (1 - cosine, in KNN queries), k, nprobe, and a column named like the table
+ *             (the MATCH operand and the command column)
+ *   Inserting a row with image embeds the image, with only text embeds the text; a non-NULL
+ *   embedding wins over both. UPDATE re-embeds when image or text change. Stored embeddings are
+ *   normalised.
+ *
+ *   SELECT rowid, image, distance FROM photos WHERE photos MATCH :q AND k = 10;
+ *   SELECT rowid, distance FROM photos WHERE photos MATCH :q AND album = 'x' ORDER BY distance
+ *     LIMIT 10;   -- filters on user columns apply before the top-k cut
+ *   ... AND nprobe = 32      -- IVF probes for this query
+ *   ... AND distance < 0.7   -- with k: drops farther rows; without k: a range search
+ *   Without k the search grows as rows are read (SQLite 3.40 does not hand LIMIT to a MATCH
+ *   query), so LIMIT/OFFSET and ORDER BY distance work; k = N is the fastest form.
+ *   Filters: =, <, <=, >, >=, !=, IN, BETWEEN, LIKE, GLOB, IS on rowid, image, text and user
+ *   columns narrow the candidates before the top-k cut (k rows come back when k match).
+ *   :q is TEXT (embedded with the table's model), a BLOB of dims float32 values (an
+ *   embedding), or another BLOB (image bytes).
+ *   SELECT * FROM clip_search('photos', :q [, k [, nprobe]]) -- rowid, distance, image, text,
+ *     embedding, metadata (JSON object of the user columns); k defaults to 10
+ *
+ *   INSERT INTO photos(photos) VALUES('train' | 'rebuild' | 'optimize' | 'integrity-check');
+ *
+ * Storage: shadow tables photos_config, photos_rows, photos_vectors, photos_changes and
+ * photos_index hold everything; the in-memory FAISS index is a cache (see store.c). A trained
+ * (IVF) index is also kept as a memory-mappable cold-start file "<db>-clip-<table>.idx" next to
+ * the database (rebuilt when missing or stale; CLIPDB_INDEX_CACHE=0 turns it off). COMMIT
+ * trains the index when it has grown enough (index/ivf.h policy) and then rewrites the snapshot;
+ * otherwise a commit only appends to the tables. */
+#include "sqlite-ext/clipdb.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef SQLITE_CORE
+#include <sqlite3.h>
+#else
+#include <sqlite3ext.h>
+SQLITE_EXTENSION_INIT1
+#endif
+
+#include "sqlite-ext/internal.h"
+
+/* The connection context lives as long as the `clip` module (until sqlite3_close). */
+static void conn_free(void *p) {
+  cdbx_conn *conn = p;
+  if (!conn) return;
+  cdbx_conn_free_models(conn);
+  free(conn);
+}
+
+static int register_all(sqlite3 *db, char **errmsg) {
+  cdbx_conn *conn = calloc(1, sizeof *conn);
+  if (!conn) return SQLITE_NOMEM;
+  conn->db = db;
+  /* The `clip` module owns conn (SQLite calls conn_free even when registration fails). */
+  int rc = sqlite3_create_module_v2(db, "clip", cdbx_vtab_module(), conn, conn_free);
+  if (rc == SQLITE_OK) rc = cdbx_register_search(db, conn);
+  if (rc == SQLITE_OK) rc = cdbx_register_functions(db, conn);
+  if (rc != SQLITE_OK && errmsg) {
+    *errmsg = sqlite3_mprintf("clipdb: registration failed: %s", sqlite3_errstr(rc));
+  }
+  return rc;
+}
+
+int clipdb_register(sqlite3 *db, char **errmsg) {
+  return register_all(db, errmsg);
+}
+
+#ifndef SQLITE_CORE
+__attribute__((visibility("default"))) int sqlite3_clipdb_init(sqlite3 *db, char **errmsg,
+                                                               const sqlite3_api_routines *api) {
+  SQLITE_EXTENSION_INIT2(api);
+  return register_all(db, errmsg);
+}
+#endif

@@ -1,0 +1,204 @@
+/* models.c: the process-wide model registry, per-connection model names, embedding helpers.
+ *
+ * A model directory is loaded once per process (keyed by its real path) and shared by every
+ * connection and table that uses it; the last release frees it. Each connection keeps a small
+ * list mapping the names it has used (or registered with clip_model) to retained models. */
+#include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sqlite-ext/internal.h"
+#include "src/fetch.h"
+#include "src/models.h"
+
+typedef struct registry_entry {
+  char *dir;
+  clip_model *model;
+  int refs;
+  struct registry_entry *next;
+} registry_entry;
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static registry_entry *registry;
+
+clip_model *cdbx_registry_acquire(const char *dir, cdb_error *err) {
+  char real[PATH_MAX];
+  if (!realpath(dir, real)) {
+    cdb_error_set(err, "model directory \"%s\" does not exist", dir);
+    return NULL;
+  }
+  pthread_mutex_lock(&registry_lock);
+  registry_entry *e = registry;
+  while (e && strcmp(e->dir, real) != 0) e = e->next;
+  clip_model *model = NULL;
+  if (e) {
+    e->refs++;
+    model = e->model;
+  } else {
+    /* Loading under the lock makes a second connection wait for the first load, not repeat it. */
+    model = clip_model_load(real, NULL, err);
+    e = model ? calloc(1, sizeof *e) : NULL;
+    if (e && !(e->dir = strdup(real))) {
+      free(e);
+      e = NULL;
+    }
+    if (model && !e) {
+      clip_model_free(model);
+      model = NULL;
+      cdb_error_set(err, "out of memory");
+    }
+    if (e) {
+      e->model = model;
+      e->refs = 1;
+      e->next = registry;
+      registry = e;
+    }
+  }
+  pthread_mutex_unlock(&registry_lock);
+  return model;
+}
+
+void cdbx_registry_retain(clip_model *model) {
+  pthread_mutex_lock(&registry_lock);
+  for (registry_entry *e = registry; e; e = e->next) {
+    if (e->model == model) e->refs++;
+  }
+  pthread_mutex_unlock(&registry_lock);
+}
+
+void cdbx_registry_release(clip_model *model) {
+  if (!model) return;
+  pthread_mutex_lock(&registry_lock);
+  for (registry_entry **pe = &registry; *pe; pe = &(*pe)->next) {
+    registry_entry *e = *pe;
+    if (e->model != model) continue;
+    if (--e->refs == 0) {
+      *pe = e->next;
+      clip_model_free(e->model);
+      free(e->dir);
+      free(e);
+    }
+    break;
+  }
+  pthread_mutex_unlock(&registry_lock);
+}
+
+static cdbx_model_entry *find_entry(cdbx_conn *conn, const char *name) {
+  for (cdbx_model_entry *e = conn->models; e; e = e->next) {
+    if (strcmp(e->name, name) == 0) return e;
+  }
+  return NULL;
+}
+
+static cdbx_model_entry *add_entry(cdbx_conn *conn, const char *name, cdb_error *err) {
+  cdbx_model_entry *e = calloc(1, sizeof *e);
+  if (!e || !(e->name = strdup(name))) {
+    free(e);
+    cdb_error_set(err, "out of memory");
+    return NULL;
+  }
+  e->next = conn->models;
+  conn->models = e;
+  return e;
+}
+
+clip_model *cdbx_conn_model(cdbx_conn *conn, const char *name, cdb_error *err) {
+  if (!name) name = "";
+  cdbx_model_entry *e = name[0] ? NULL : find_entry(conn, "default");
+  if (!e || !e->registered) e = find_entry(conn, name);
+  if (e && e->model) return e->model;
+  if (!e && !(e = add_entry(conn, name, err))) return NULL;
+  if (!e->dir) {
+    /* Resolved at each attempt until it works: the user may pull the model in between. */
+    e->dir = cdb_model_resolve(name[0] ? name : NULL, err);
+    if (!e->dir) return NULL;
+  }
+  e->model = cdbx_registry_acquire(e->dir, err);
+  if (!e->model && !e->registered) {
+    free(e->dir);
+    e->dir = NULL;
+  }
+  return e->model;
+}
+
+int cdbx_conn_register_model(cdbx_conn *conn, const char *name, const char *path,
+                             clip_model **out, cdb_error *err) {
+  clip_model *model = cdbx_registry_acquire(path, err);
+  if (!model) return -1;
+  cdbx_model_entry *e = find_entry(conn, name);
+  if (!e && !(e = add_entry(conn, name, err))) {
+    cdbx_registry_release(model);
+    return -1;
+  }
+  char *dir = strdup(path);
+  if (!dir) {
+    cdbx_registry_release(model);
+    return cdb_error_set(err, "out of memory");
+  }
+  cdbx_registry_release(e->model); /* tables retain their own reference */
+  free(e->dir);
+  e->dir = dir;
+  e->model = model;
+  e->registered = 1;
+  *out = model;
+  return 0;
+}
+
+void cdbx_conn_free_models(cdbx_conn *conn) {
+  cdbx_model_entry *e = conn->models;
+  while (e) {
+    cdbx_model_entry *next = e->next;
+    cdbx_registry_release(e->model);
+    free(e->name);
+    free(e->dir);
+    free(e);
+    e = next;
+  }
+  conn->models = NULL;
+}
+
+int cdbx_embed_text(clip_model *model, const char *text, int len, float *out, cdb_error *err) {
+  if (!text || len <= 0) return cdb_error_set(err, "text is empty");
+  if ((int)strlen(text) != len) return cdb_error_set(err, "text contains a NUL character");
+  const char *texts[1] = {text};
+  return clip_embed_texts(model, texts, 1, out, err);
+}
+
+static int embed_buffer(clip_model *model, const void *data, size_t len, float *out,
+                        cdb_error *err) {
+  if (len == 0) return cdb_error_set(err, "image is an empty BLOB");
+  const void *bufs[1] = {data};
+  size_t lens[1] = {len};
+  return clip_embed_image_buffers(model, bufs, lens, 1, out, err);
+}
+
+int cdbx_embed_image_value(clip_model *model, sqlite3_value *value, float *out, cdb_error *err) {
+  switch (sqlite3_value_type(value)) {
+  case SQLITE_BLOB:
+    return embed_buffer(model, sqlite3_value_blob(value), (size_t)sqlite3_value_bytes(value), out,
+                        err);
+  case SQLITE_TEXT: {
+    const char *src = (const char *)sqlite3_value_text(value);
+    int len = sqlite3_value_bytes(value);
+    if (!src || len == 0) return cdb_error_set(err, "image path is an empty string");
+    if ((int)strlen(src) != len) return cdb_error_set(err, "image path contains a NUL character");
+    if (cdb_is_url(src)) {
+      cdb_fetch_limits limits = cdb_fetch_default_limits();
+      size_t n = 0;
+      void *data = cdb_fetch(src, &limits, &n, err);
+      if (!data) return -1;
+      int rc = embed_buffer(model, data, n, out, err);
+      free(data);
+      return rc;
+    }
+    const char *paths[1] = {src};
+    return clip_embed_image_files(model, paths, 1, out, err);
+  }
+  case SQLITE_NULL:
+    return cdb_error_set(err, "image is NULL");
+  default:
+    return cdb_error_set(err, "image must be a BLOB of image bytes or a TEXT path or URL, not a "
+                              "number");
+  }
+}

@@ -1,0 +1,115 @@
+/* table.h: the state of one `clip` virtual table, shared by vtab.c (SQL interface) and store.c
+ * (shadow tables and the in-memory index cache). Internal to sqlite-ext/. */
+#ifndef CLIPDB_TABLE_H
+#define CLIPDB_TABLE_H
+
+#include "sqlite-ext/internal.h"
+
+#define CDBX_MAX_USER_COLUMNS 64
+
+/* Declared column order: image, text, embedding, user columns, then the hidden ones. */
+enum { COL_IMAGE = 0, COL_TEXT = 1, COL_EMBEDDING = 2, COL_USER0 = 3 };
+#define COL_DISTANCE(t) (COL_USER0 + (t)->n_user)
+#define COL_K(t) (COL_USER0 + (t)->n_user + 1)
+#define COL_NPROBE(t) (COL_USER0 + (t)->n_user + 2)
+#define COL_COMMAND(t) (COL_USER0 + (t)->n_user + 3)
+
+enum {
+  ST_INSERT_ROW,
+  ST_UPDATE_ROW,
+  ST_MOVE_ROW,
+  ST_MOVE_VECTOR,
+  ST_DELETE_ROW,
+  ST_ROW_EXISTS,
+  ST_PUT_VECTOR,
+  ST_GET_VECTOR,
+  ST_DELETE_VECTOR,
+  ST_LOG_CHANGE,
+  ST_DATA_VERSION,
+  ST_CONFIG_GET,
+  ST_CONFIG_SET,
+  ST_COUNT
+};
+
+typedef struct id_list {
+  int64_t *ids;
+  int64_t n, cap;
+} id_list;
+
+struct cdbx_table {
+  sqlite3_vtab base;
+  sqlite3 *db;
+  cdbx_conn *conn;
+  struct cdbx_table *next_in_conn;
+  char *schema;
+  char *name;
+  int n_user;
+  char **user_names;
+  char **user_types;
+
+  /* From the config shadow table. */
+  int dims;
+  char *model_name;     /* "" = the default model; NULL = no model (dims= table) */
+  char *model_identity; /* NULL when no model */
+  char *index_type;
+  int nlist, nprobe;
+  int autotrain;
+  int64_t uid;          /* random id of this table (names its cold-start cache file) */
+
+  clip_model *model; /* retained; loaded on first need */
+
+  /* The cache: an index over the vectors, covering the change log up to cache_seq. */
+  cdb_index *index;
+  int stale;                /* rebuild from the shadow tables before next use */
+  int64_t cache_seq;        /* highest change-log seq reflected in the cache */
+  int64_t generation;       /* config generation the cache was loaded at */
+  int64_t data_version;     /* PRAGMA data_version at the last check */
+  int64_t log_since_snapshot;
+  id_list pend_removes;      /* removals not yet handed to the index (batched) */
+  id_list pend_ids;          /* additions not yet handed to the index (batched, after removals) */
+  float *pend_vecs;
+  int64_t pend_cap;
+
+  /* Transaction state: rows changed since BEGIN and per-savepoint marks into that list. */
+  int in_txn;
+  int version_checked;
+  int command_in_txn;
+  id_list touched;
+  int64_t *sp_marks;   /* sp_marks[i]: touched.n when savepoint i began */
+  int64_t *sp_seq;     /* sp_seq[i]: cache_seq when savepoint i began */
+  int n_sp, cap_sp;
+  int64_t begin_seq;
+  id_list resync;       /* rows to re-read from the tables (after a rollback) */
+
+  sqlite3_stmt *stmts[ST_COUNT];
+};
+
+/* store.c */
+int cdbx_store_create(cdbx_table *t, char **errmsg);
+int cdbx_store_read_config(cdbx_table *t, char **errmsg);
+int cdbx_store_drop(cdbx_table *t);
+int cdbx_store_rename(cdbx_table *t, const char *new_name);
+void cdbx_store_finalize(cdbx_table *t);
+void cdbx_cache_file_remove(cdbx_table *t);
+sqlite3_stmt *cdbx_stmt(cdbx_table *t, int which);
+
+/* Brings the cache up to date with the tables (another connection's commits, rollbacks). */
+int cdbx_cache_fresh(cdbx_table *t);
+/* Adds/replaces and removes rows in the cache; the tables are written by the caller. */
+int cdbx_cache_put(cdbx_table *t, int64_t rowid, const float *vec);
+int cdbx_cache_remove(cdbx_table *t, int64_t rowid);
+int cdbx_cache_flush(cdbx_table *t);
+void cdbx_cache_drop(cdbx_table *t);
+/* Records a change of rowid's vector in the log (same transaction) and in `touched`. */
+int cdbx_log_change(cdbx_table *t, int64_t rowid, int op);
+int cdbx_touch(cdbx_table *t, int64_t rowid);
+int cdbx_id_list_push(id_list *l, int64_t id);
+
+/* Commands and commit-time maintenance. */
+int cdbx_command(cdbx_table *t, const char *cmd);
+int cdbx_maintain(cdbx_table *t);
+
+/* Sets the table's error message (printf style) and returns SQLITE_ERROR. */
+int cdbx_table_error(cdbx_table *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

@@ -1,0 +1,1379 @@
+/* vtab.c: the `clip` virtual table: declaration, KNN and scan queries, writes with
+ * embed-on-insert, commands, and the transaction hooks that keep the index cache consistent.
+ * Shadow tables and the cache live in store.c; SQL usage is documented in extension.c. */
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sqlite-ext/table.h"
+
+/* ---- arguments ---- */
+
+static char *dequote(const char *s, size_t n) {
+  while (n && isspace((unsigned char)*s)) s++, n--;
+  while (n && isspace((unsigned char)s[n - 1])) n--;
+  if (n >= 2 && (s[0] == '\'' || s[0] == '"' || s[0] == '`') && s[n - 1] == s[0]) {
+    char q = s[0];
+    sqlite3_str *out = sqlite3_str_new(NULL);
+    for (size_t i = 1; i + 1 < n; i++) {
+      sqlite3_str_appendchar(out, 1, s[i]);
+      if (s[i] == q && i + 2 < n && s[i + 1] == q) i++;
+    }
+    return cdbx_str_finish(out);
+  }
+  if (n >= 2 && s[0] == '[' && s[n - 1] == ']') return sqlite3_mprintf("%.*s", (int)n - 2, s + 1);
+  return sqlite3_mprintf("%.*s", (int)n, s);
+}
+
+typedef struct table_args {
+  char *model;   /* NULL: not given */
+  int has_dims;
+  int dims;
+  char *index_type;
+  int nlist, nprobe;
+  int autotrain; /* 1 (default): COMMIT trains when the index policy says so */
+} table_args;
+
+static int parse_int_option(const char *key, const char *value, int lo, int hi, int *out,
+                            char **errmsg) {
+  char *end = NULL;
+  long v = strtol(value, &end, 10);
+  if (!value[0] || *end || v < lo || v > hi) {
+    *errmsg = sqlite3_mprintf("clip: option %s=%s: expected an integer from %d to %d", key, value,
+                              lo, hi);
+    return SQLITE_ERROR;
+  }
+  *out = (int)v;
+  return SQLITE_OK;
+}
+
+static int parse_option(table_args *a, const char *key, const char *value, char **errmsg) {
+  if (sqlite3_stricmp(key, "model") == 0) {
+    if (!value[0]) {
+      *errmsg = sqlite3_mprintf("clip: option model= is empty (omit it for the default model)");
+      return SQLITE_ERROR;
+    }
+    sqlite3_free(a->model);
+    a->model = sqlite3_mprintf("%s", value);
+    return SQLITE_OK;
+  }
+  if (sqlite3_stricmp(key, "index") == 0) {
+    if (!value[0]) {
+      *errmsg = sqlite3_mprintf("clip: option index= is empty (auto, flat or a FAISS factory)");
+      return SQLITE_ERROR;
+    }
+    sqlite3_free(a->index_type);
+    a->index_type = sqlite3_mprintf("%s", value);
+    return SQLITE_OK;
+  }
+  if (sqlite3_stricmp(key, "dims") == 0) {
+    a->has_dims = 1;
+    return parse_int_option(key, value, 1, CDBX_MAX_DIMS, &a->dims, errmsg);
+  }
+  if (sqlite3_stricmp(key, "autotrain") == 0) {
+    int on = sqlite3_stricmp(value, "on") == 0 || strcmp(value, "1") == 0 ||
+             sqlite3_stricmp(value, "true") == 0;
+    int off = sqlite3_stricmp(value, "off") == 0 || strcmp(value, "0") == 0 ||
+              sqlite3_stricmp(value, "false") == 0;
+    if (!on && !off) {
+      *errmsg = sqlite3_mprintf("clip: option autotrain=%s: expected on or off", value);
+      return SQLITE_ERROR;
+    }
+    a->autotrain = on;
+    return SQLITE_OK;
+  }
+  if (sqlite3_stricmp(key, "nlist") == 0) {
+    return parse_int_option(key, value, 0, 1 << 24, &a->nlist, errmsg);
+  }
+  if (sqlite3_stricmp(key, "nprobe") == 0) {
+    return parse_int_option(key, value, 0, 1 << 24, &a->nprobe, errmsg);
+  }
+  *errmsg = sqlite3_mprintf("clip: unknown option \"%s\" (expected model=, dims=, index=, "
+                            "nlist=, nprobe=, autotrain= or a column definition)",
+                            key);
+  return SQLITE_ERROR;
+}
+
+static int is_reserved(const cdbx_table *t, const char *name) {
+  static const char *const reserved[] = {"image", "text", "embedding", "distance", "k",
+                                         "nprobe", "rowid", "oid", "_rowid_"};
+  for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++) {
+    if (sqlite3_stricmp(name, reserved[i]) == 0) return 1;
+  }
+  return sqlite3_stricmp(name, t->name) == 0;
+}
+
+static int valid_type(const char *type) {
+  for (const char *p = type; *p; p++) {
+    if (!isalnum((unsigned char)*p) && !strchr(" _()+-", *p)) return 0;
+  }
+  return 1;
+}
+
+/* "name [type]": the name may be quoted; the type is a plain SQL type name. */
+static int parse_column(cdbx_table *t, const char *arg, char **errmsg) {
+  const char *p = arg;
+  while (isspace((unsigned char)*p)) p++;
+  const char *end = p;
+  if (*p == '"' || *p == '`' || *p == '[') {
+    char close = *p == '[' ? ']' : *p;
+    end = p + 1;
+    while (*end && !(*end == close && end[1] != close)) end += (*end == close) ? 2 : 1;
+    if (*end) end++;
+  } else {
+    while (*end && (isalnum((unsigned char)*end) || *end == '_' || (unsigned char)*end >= 0x80))
+      end++;
+  }
+  if (end == p) {
+    *errmsg = sqlite3_mprintf("clip: cannot parse column definition \"%s\"", arg);
+    return SQLITE_ERROR;
+  }
+  char *name = dequote(p, (size_t)(end - p));
+  char *type = dequote(end, strlen(end));
+  int rc = SQLITE_OK;
+  if (!name || !type || !name[0]) {
+    *errmsg = sqlite3_mprintf("clip: cannot parse column definition \"%s\"", arg);
+    rc = SQLITE_ERROR;
+  } else if (is_reserved(t, name)) {
+    *errmsg = sqlite3_mprintf("clip: column name \"%s\" is reserved (image, text, embedding, "
+                              "distance, k, nprobe, rowid and the table's name)",
+                              name);
+    rc = SQLITE_ERROR;
+  } else if (!valid_type(type)) {
+    *errmsg = sqlite3_mprintf("clip: column \"%s\": only a type name may follow the column name "
+                              "(got \"%s\")", name, type);
+    rc = SQLITE_ERROR;
+  } else if (t->n_user >= CDBX_MAX_USER_COLUMNS) {
+    *errmsg = sqlite3_mprintf("clip: at most %d user columns", CDBX_MAX_USER_COLUMNS);
+    rc = SQLITE_ERROR;
+  }
+  for (int i = 0; rc == SQLITE_OK && i < t->n_user; i++) {
+    if (sqlite3_stricmp(t->user_names[i], name) == 0) {
+      *errmsg = sqlite3_mprintf("clip: duplicate column \"%s\"", name);
+      rc = SQLITE_ERROR;
+    }
+  }
+  if (rc != SQLITE_OK) {
+    sqlite3_free(name);
+    sqlite3_free(type);
+    return rc;
+  }
+  t->user_names[t->n_user] = name;
+  t->user_types[t->n_user] = type;
+  t->n_user++;
+  return SQLITE_OK;
+}
+
+static int parse_args(cdbx_table *t, table_args *a, int argc, const char *const *argv,
+                      char **errmsg) {
+  t->user_names = sqlite3_malloc(sizeof(char *) * CDBX_MAX_USER_COLUMNS);
+  t->user_types = sqlite3_malloc(sizeof(char *) * CDBX_MAX_USER_COLUMNS);
+  if (!t->user_names || !t->user_types) return SQLITE_NOMEM;
+  for (int i = 3; i < argc; i++) {
+    const char *arg = argv[i];
+    const char *eq = strchr(arg, '=');
+    const char *k = arg;
+    while (isspace((unsigned char)*k)) k++;
+    size_t klen = 0;
+    while (k[klen] && (isalnum((unsigned char)k[klen]) || k[klen] == '_')) klen++;
+    const char *after = k + klen;
+    while (isspace((unsigned char)*after)) after++;
+    int rc;
+    if (eq && after == eq && klen > 0) {
+      char *key = sqlite3_mprintf("%.*s", (int)klen, k);
+      char *value = dequote(eq + 1, strlen(eq + 1));
+      rc = key && value ? parse_option(a, key, value, errmsg) : SQLITE_NOMEM;
+      sqlite3_free(key);
+      sqlite3_free(value);
+    } else {
+      rc = parse_column(t, arg, errmsg);
+    }
+    if (rc != SQLITE_OK) return rc;
+  }
+  return SQLITE_OK;
+}
+
+static int declare(cdbx_table *t) {
+  sqlite3_str *s = sqlite3_str_new(NULL);
+  sqlite3_str_appendall(s, "CREATE TABLE x(image, text, embedding");
+  for (int i = 0; i < t->n_user; i++) {
+    sqlite3_str_appendf(s, ", \"%w\" %s", t->user_names[i], t->user_types[i]);
+  }
+  sqlite3_str_appendf(s, ", distance HIDDEN, k HIDDEN, nprobe HIDDEN, \"%w\" HIDDEN)", t->name);
+  char *sql = cdbx_str_finish(s);
+  if (!sql) return SQLITE_NOMEM;
+  int rc = sqlite3_declare_vtab(t->db, sql);
+  sqlite3_free(sql);
+  if (rc == SQLITE_OK) rc = sqlite3_vtab_config(t->db, SQLITE_VTAB_CONSTRAINT_SUPPORT, 1);
+  return rc;
+}
+
+/* ---- the table's model ---- */
+
+static int short_id(const char *identity) {
+  return identity && strlen(identity) > 12 ? 12 : identity ? (int)strlen(identity) : 0;
+}
+
+/* The model this table embeds with, loaded on first need and checked against the table. */
+static clip_model *table_model(cdbx_table *t) {
+  if (t->model) return t->model;
+  if (!t->model_name) {
+    cdbx_table_error(t, "clip: %s holds precomputed vectors only (created with dims=, no model): "
+                        "write the embedding column, and query with an embedding BLOB",
+                     t->name);
+    return NULL;
+  }
+  cdb_error err = {{0}};
+  clip_model *m = cdbx_conn_model(t->conn, t->model_name, &err);
+  const char *shown = t->model_name[0] ? t->model_name : "(the default model)";
+  if (!m) {
+    cdbx_table_error(t, "clip: %s uses model %s: %s; register it with SELECT clip_model(name, "
+                        "path)", t->name, shown, err.msg);
+    return NULL;
+  }
+  const char *id = clip_model_identity(m);
+  if (clip_model_dim(m) != t->dims || !t->model_identity || strcmp(id, t->model_identity) != 0) {
+    cdbx_table_error(t, "clip: %s was created with model %s (identity %.*s, %d dims) but that "
+                        "name now loads a different model (identity %.*s, %d dims); register "
+                        "the original with clip_model() or recreate the table",
+                     t->name, shown, short_id(t->model_identity),
+                     t->model_identity ? t->model_identity : "", t->dims, short_id(id), id,
+                     clip_model_dim(m));
+    return NULL;
+  }
+  cdbx_registry_retain(m);
+  t->model = m;
+  return m;
+}
+
+/* ---- create / connect ---- */
+
+static void table_free(cdbx_table *t) {
+  if (!t) return;
+  cdbx_store_finalize(t);
+  cdbx_cache_drop(t);
+  cdbx_registry_release(t->model);
+  for (int i = 0; i < t->n_user; i++) {
+    sqlite3_free(t->user_names[i]);
+    sqlite3_free(t->user_types[i]);
+  }
+  sqlite3_free(t->user_names);
+  sqlite3_free(t->user_types);
+  sqlite3_free(t->schema);
+  sqlite3_free(t->name);
+  sqlite3_free(t->model_name);
+  sqlite3_free(t->model_identity);
+  sqlite3_free(t->index_type);
+  sqlite3_free(t->base.zErrMsg);
+  free(t->pend_ids.ids);
+  free(t->pend_removes.ids);
+  free(t->pend_vecs);
+  free(t->touched.ids);
+  free(t->resync.ids);
+  free(t->sp_marks);
+  free(t->sp_seq);
+  sqlite3_free(t);
+}
+
+static void conn_add_table(cdbx_table *t) {
+  t->next_in_conn = t->conn->tables;
+  t->conn->tables = t;
+}
+
+static void conn_remove_table(cdbx_table *t) {
+  for (cdbx_table **p = &t->conn->tables; *p; p = &(*p)->next_in_conn) {
+    if (*p == t) {
+      *p = t->next_in_conn;
+      break;
+    }
+  }
+}
+
+cdbx_table *cdbx_conn_find_table(cdbx_conn *conn, const char *name) {
+  for (cdbx_table *t = conn->tables; t; t = t->next_in_conn) {
+    if (sqlite3_stricmp(t->name, name) == 0) return t;
+  }
+  return NULL;
+}
+
+int cdbx_table_user_columns(const cdbx_table *t, const char *const **names) {
+  *names = (const char *const *)t->user_names;
+  return t->n_user;
+}
+
+/* Sets dims, model name and identity for a new table from its options. */
+static int choose_model(cdbx_table *t, table_args *a, char **errmsg) {
+  if (a->has_dims && !a->model) {
+    t->dims = a->dims;
+    return SQLITE_OK;
+  }
+  cdb_error err = {{0}};
+  const char *name = a->model ? a->model : "";
+  clip_model *m = cdbx_conn_model(t->conn, name, &err);
+  if (!m) {
+    *errmsg = sqlite3_mprintf("clip: model %s: %s", name[0] ? name : "(default)", err.msg);
+    return SQLITE_ERROR;
+  }
+  if (a->has_dims && a->dims != clip_model_dim(m)) {
+    *errmsg = sqlite3_mprintf("clip: dims=%d does not match the model's %d dimensions", a->dims,
+                              clip_model_dim(m));
+    return SQLITE_ERROR;
+  }
+  t->dims = clip_model_dim(m);
+  t->model_name = sqlite3_mprintf("%s", name);
+  t->model_identity = sqlite3_mprintf("%s", clip_model_identity(m));
+  cdbx_registry_retain(m);
+  t->model = m;
+  return t->model_name && t->model_identity ? SQLITE_OK : SQLITE_NOMEM;
+}
+
+static int check_index_params(cdbx_table *t, char **errmsg) {
+  cdb_index_params p = cdb_index_default_params();
+  p.type = t->index_type;
+  p.nlist = t->nlist;
+  p.nprobe = t->nprobe;
+  cdb_error err = {{0}};
+  cdb_index *idx = cdb_index_new(t->dims, &p, &err);
+  if (!idx) {
+    *errmsg = sqlite3_mprintf("clip: index=%s: %s", t->index_type, err.msg);
+    return SQLITE_ERROR;
+  }
+  cdb_index_free(idx);
+  return SQLITE_OK;
+}
+
+static int init_table(sqlite3 *db, void *aux, int argc, const char *const *argv,
+                      sqlite3_vtab **out, char **errmsg, int create) {
+  cdbx_table *t = sqlite3_malloc(sizeof *t);
+  if (!t) return SQLITE_NOMEM;
+  memset(t, 0, sizeof *t);
+  t->db = db;
+  t->conn = aux;
+  t->schema = sqlite3_mprintf("%s", argv[1]);
+  t->name = sqlite3_mprintf("%s", argv[2]);
+  table_args a = {0};
+  a.autotrain = 1;
+  int rc = t->schema && t->name ? parse_args(t, &a, argc, argv, errmsg) : SQLITE_NOMEM;
+  if (rc == SQLITE_OK && create) {
+    t->index_type = sqlite3_mprintf("%s", a.index_type ? a.index_type : "auto");
+    t->nlist = a.nlist;
+    t->nprobe = a.nprobe;
+    t->autotrain = a.autotrain;
+    rc = choose_model(t, &a, errmsg);
+    if (rc == SQLITE_OK) rc = check_index_params(t, errmsg);
+  }
+  if (rc == SQLITE_OK) rc = declare(t);
+  if (rc == SQLITE_OK) rc = create ? cdbx_store_create(t, errmsg) : cdbx_store_read_config(t, errmsg);
+  sqlite3_free(a.model);
+  sqlite3_free(a.index_type);
+  if (rc != SQLITE_OK) {
+    if (errmsg && !*errmsg) *errmsg = sqlite3_mprintf("clip: %s", sqlite3_errstr(rc));
+    table_free(t);
+    return rc;
+  }
+  conn_add_table(t);
+  *out = &t->base;
+  return SQLITE_OK;
+}
+
+static int x_create(sqlite3 *db, void *aux, int argc, const char *const *argv,
+                    sqlite3_vtab **out, char **errmsg) {
+  return init_table(db, aux, argc, argv, out, errmsg, 1);
+}
+
+static int x_connect(sqlite3 *db, void *aux, int argc, const char *const *argv,
+                     sqlite3_vtab **out, char **errmsg) {
+  return init_table(db, aux, argc, argv, out, errmsg, 0);
+}
+
+static int x_disconnect(sqlite3_vtab *vt) {
+  cdbx_table *t = (cdbx_table *)vt;
+  conn_remove_table(t);
+  table_free(t);
+  return SQLITE_OK;
+}
+
+static int x_destroy(sqlite3_vtab *vt) {
+  cdbx_table *t = (cdbx_table *)vt;
+  cdbx_store_finalize(t);
+  int rc = cdbx_store_drop(t);
+  if (rc == SQLITE_OK) x_disconnect(vt);
+  return rc;
+}
+
+/* ---- query planning ----
+ * idxStr lists one 3-character entry per argv value: kind, column, operator.
+ * Kinds: M match, K k, P nprobe, L limit, O offset, D distance bound, F filter on a column
+ * (column '0' + index, '/' for rowid). Operators: = < > l(<=) g(>=) I(IN) N(!=) L(LIKE) G(GLOB)
+ * i(IS) j(IS NOT). */
+
+enum { PLAN_SCAN = 0, PLAN_KNN = 1 };
+
+static char filter_op(unsigned char op) {
+  switch (op) {
+  case SQLITE_INDEX_CONSTRAINT_EQ: return '=';
+  case SQLITE_INDEX_CONSTRAINT_LT: return '<';
+  case SQLITE_INDEX_CONSTRAINT_GT: return '>';
+  case SQLITE_INDEX_CONSTRAINT_LE: return 'l';
+  case SQLITE_INDEX_CONSTRAINT_GE: return 'g';
+  case SQLITE_INDEX_CONSTRAINT_NE: return 'N';
+  case SQLITE_INDEX_CONSTRAINT_LIKE: return 'L';
+  case SQLITE_INDEX_CONSTRAINT_GLOB: return 'G';
+  case SQLITE_INDEX_CONSTRAINT_IS: return 'i';
+  case SQLITE_INDEX_CONSTRAINT_ISNOT: return 'j';
+  default: return 0;
+  }
+}
+
+static int x_best_index(sqlite3_vtab *vt, sqlite3_index_info *info) {
+  cdbx_table *t = (cdbx_table *)vt;
+  char entries[3 * 128 + 1];
+  int n = 0, argv_i = 0, has_match = 0, match_unusable = 0, rowid_eq = 0, n_filters = 0;
+  for (int i = 0; i < info->nConstraint && n < 128; i++) {
+    const struct sqlite3_index_constraint *c = &info->aConstraint[i];
+    int col = c->iColumn;
+    char kind = 0, op = '_';
+    if (c->op == SQLITE_INDEX_CONSTRAINT_MATCH && col == COL_COMMAND(t)) {
+      if (!c->usable) match_unusable = 1;
+      kind = has_match ? 0 : 'M';
+      has_match = 1;
+    } else if (!c->usable) {
+      continue;
+    } else if (c->op == SQLITE_INDEX_CONSTRAINT_LIMIT) {
+      kind = 'L';
+    } else if (c->op == SQLITE_INDEX_CONSTRAINT_OFFSET) {
+      kind = 'O';
+    } else if (col == COL_K(t) && c->op == SQLITE_INDEX_CONSTRAINT_EQ) {
+      kind = 'K';
+    } else if (col == COL_NPROBE(t) && c->op == SQLITE_INDEX_CONSTRAINT_EQ) {
+      kind = 'P';
+    } else if (col == COL_DISTANCE(t) && (c->op == SQLITE_INDEX_CONSTRAINT_LT ||
+                                          c->op == SQLITE_INDEX_CONSTRAINT_LE)) {
+      kind = 'D';
+      op = filter_op(c->op);
+    } else if ((col == -1 || col == COL_IMAGE || col == COL_TEXT ||
+                (col >= COL_USER0 && col < COL_DISTANCE(t))) &&
+               (op = filter_op(c->op)) != 0) {
+      kind = 'F';
+      if (op == '=' && sqlite3_vtab_in(info, i, -1)) {
+        sqlite3_vtab_in(info, i, 1);
+        op = 'I';
+      }
+      if (col == -1 && op == '=') rowid_eq = 1;
+      n_filters++;
+    }
+    if (!kind || !c->usable) continue;
+    entries[3 * n] = kind;
+    entries[3 * n + 1] = (char)('0' + col);
+    entries[3 * n + 2] = op;
+    n++;
+    info->aConstraintUsage[i].argvIndex = ++argv_i;
+    info->aConstraintUsage[i].omit = kind != 'L' && kind != 'O';
+  }
+  if (match_unusable) return SQLITE_CONSTRAINT;
+  entries[3 * n] = 0;
+  info->idxStr = sqlite3_mprintf("%s", entries);
+  if (!info->idxStr) return SQLITE_NOMEM;
+  info->needToFreeIdxStr = 1;
+  if (has_match) {
+    info->idxNum = PLAN_KNN;
+    info->estimatedCost = 10.0 + n_filters;
+    info->estimatedRows = 10;
+    if (info->nOrderBy == 1 && info->aOrderBy[0].iColumn == COL_DISTANCE(t) &&
+        !info->aOrderBy[0].desc) {
+      info->orderByConsumed = 1;
+    }
+  } else {
+    info->idxNum = PLAN_SCAN;
+    info->estimatedCost = rowid_eq ? 1.0 : n_filters ? 1e5 : 1e6;
+    info->estimatedRows = rowid_eq ? 1 : n_filters ? 10000 : 100000;
+    if (rowid_eq) info->idxFlags |= SQLITE_INDEX_SCAN_UNIQUE;
+    if (info->nOrderBy == 1 && info->aOrderBy[0].iColumn == -1 && !info->aOrderBy[0].desc) {
+      info->orderByConsumed = 1;
+    }
+  }
+  return SQLITE_OK;
+}
+
+/* ---- cursors ---- */
+
+static int cmp_i64(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return (x > y) - (x < y);
+}
+
+typedef struct cdbx_cursor {
+  sqlite3_vtab_cursor base;
+  int plan;
+  int eof;
+  sqlite3_stmt *scan;   /* PLAN_SCAN: rowid, image, text, user columns */
+  int64_t *ids;         /* PLAN_KNN results, best first */
+  float *dist;
+  int64_t n, pos;
+  sqlite3_stmt *lookup; /* PLAN_KNN: image, text, user columns of one row */
+  int64_t looked_up;    /* rowid lookup is positioned on, or -1 */
+  int dist_op_le;       /* distance bound is <= (else <) */
+  /* Without k (SQLite before 3.41 does not pass LIMIT with MATCH) the search grows
+   * progressively: xNext re-runs it with a larger k when the current results run out. */
+  int progressive;
+  int k;
+  int nprobe;
+  float *query;
+  id_list allowed;
+  int filtered;
+  id_list seen;   /* progressive mode: ids returned by earlier rounds */
+  int64_t n_raw;  /* results of the last search before the distance cut */
+} cdbx_cursor;
+
+static int x_open(sqlite3_vtab *vt, sqlite3_vtab_cursor **out) {
+  (void)vt;
+  cdbx_cursor *c = sqlite3_malloc(sizeof *c);
+  if (!c) return SQLITE_NOMEM;
+  memset(c, 0, sizeof *c);
+  c->looked_up = -1;
+  *out = &c->base;
+  return SQLITE_OK;
+}
+
+static void cursor_reset(cdbx_cursor *c) {
+  sqlite3_finalize(c->scan);
+  c->scan = NULL;
+  free(c->ids);
+  free(c->dist);
+  c->ids = NULL;
+  c->dist = NULL;
+  c->n = c->pos = 0;
+  c->eof = 1;
+  c->looked_up = -1;
+  if (c->lookup) sqlite3_reset(c->lookup);
+  free(c->query);
+  c->query = NULL;
+  free(c->allowed.ids);
+  memset(&c->allowed, 0, sizeof c->allowed);
+  free(c->seen.ids);
+  memset(&c->seen, 0, sizeof c->seen);
+  c->progressive = c->filtered = 0;
+}
+
+static int x_close(sqlite3_vtab_cursor *cur) {
+  cdbx_cursor *c = (cdbx_cursor *)cur;
+  cursor_reset(c);
+  sqlite3_finalize(c->lookup);
+  sqlite3_free(c);
+  return SQLITE_OK;
+}
+
+static const char *sql_op(char op) {
+  switch (op) {
+  case '=': return "=";
+  case '<': return "<";
+  case '>': return ">";
+  case 'l': return "<=";
+  case 'g': return ">=";
+  case 'N': return "!=";
+  case 'L': return "LIKE";
+  case 'G': return "GLOB";
+  case 'i': return "IS";
+  case 'j': return "IS NOT";
+  default: return "=";
+  }
+}
+
+typedef struct query_parts {
+  sqlite3_value *match, *k, *nprobe, *limit, *offset, *distance;
+  char distance_op;
+  sqlite3_str *where;     /* " AND ..." conditions on T_rows */
+  sqlite3_value **binds;  /* values for the ?s in where, in order */
+  int n_binds, cap_binds;
+  unsigned char *owned;   /* owned[i]: binds[i] is a copy to free (IN list values) */
+} query_parts;
+
+static int add_bind(query_parts *q, sqlite3_value *v, int copy) {
+  if (q->n_binds == q->cap_binds) {
+    int cap = q->cap_binds ? q->cap_binds * 2 : 16;
+    sqlite3_value **b = realloc(q->binds, sizeof *b * (size_t)cap);
+    if (b) q->binds = b;
+    unsigned char *o = realloc(q->owned, (size_t)cap);
+    if (o) q->owned = o;
+    if (!b || !o) return SQLITE_NOMEM;
+    q->cap_binds = cap;
+  }
+  /* sqlite3_vtab_in_next may reuse its value object, so IN values are copied. */
+  sqlite3_value *x = copy ? sqlite3_value_dup(v) : v;
+  if (!x) return SQLITE_NOMEM;
+  q->owned[q->n_binds] = (unsigned char)copy;
+  q->binds[q->n_binds++] = x;
+  return SQLITE_OK;
+}
+
+static void column_sql(cdbx_table *t, sqlite3_str *s, int col) {
+  if (col == -1) sqlite3_str_appendall(s, "rowid");
+  else if (col == COL_IMAGE) sqlite3_str_appendall(s, "image");
+  else if (col == COL_TEXT) sqlite3_str_appendall(s, "text");
+  else sqlite3_str_appendf(s, "\"%w\"", t->user_names[col - COL_USER0]);
+}
+
+static int add_filter(cdbx_table *t, query_parts *q, int col, char op, sqlite3_value *v) {
+  sqlite3_str_appendall(q->where, " AND ");
+  column_sql(t, q->where, col);
+  if (op != 'I') {
+    sqlite3_str_appendf(q->where, " %s ?", sql_op(op));
+    return add_bind(q, v, 0);
+  }
+  sqlite3_str_appendall(q->where, " IN (");
+  sqlite3_value *x = NULL;
+  int rc, first = 1;
+  for (rc = sqlite3_vtab_in_first(v, &x); rc == SQLITE_OK && x; rc = sqlite3_vtab_in_next(v, &x)) {
+    sqlite3_str_appendall(q->where, first ? "?" : ", ?");
+    first = 0;
+    if (add_bind(q, x, 1) != SQLITE_OK) return SQLITE_NOMEM;
+  }
+  sqlite3_str_appendall(q->where, first ? "NULL)" : ")");
+  return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static int parse_plan(cdbx_table *t, const char *idx_str, int argc, sqlite3_value **argv,
+                      query_parts *q) {
+  q->where = sqlite3_str_new(NULL);
+  int n = idx_str ? (int)strlen(idx_str) / 3 : 0;
+  for (int i = 0; i < n && i < argc; i++) {
+    char kind = idx_str[3 * i], op = idx_str[3 * i + 2];
+    int col = idx_str[3 * i + 1] - '0';
+    int rc = SQLITE_OK;
+    switch (kind) {
+    case 'M': q->match = argv[i]; break;
+    case 'K': q->k = argv[i]; break;
+    case 'P': q->nprobe = argv[i]; break;
+    case 'L': q->limit = argv[i]; break;
+    case 'O': q->offset = argv[i]; break;
+    case 'D':
+      q->distance = argv[i];
+      q->distance_op = op;
+      break;
+    case 'F': rc = add_filter(t, q, col, op, argv[i]); break;
+    default: break;
+    }
+    if (rc != SQLITE_OK) return rc;
+  }
+  return sqlite3_str_errcode(q->where);
+}
+
+static void query_parts_free(query_parts *q) {
+  sqlite3_free(sqlite3_str_finish(q->where));
+  for (int i = 0; i < q->n_binds; i++) {
+    if (q->owned[i]) sqlite3_value_free(q->binds[i]);
+  }
+  free(q->binds);
+  free(q->owned);
+}
+
+static int prepare_rows(cdbx_table *t, query_parts *q, const char *columns, sqlite3_stmt **out) {
+  char *sql = sqlite3_mprintf("SELECT %s FROM \"%w\".\"%w_rows\" WHERE 1%s ORDER BY rowid",
+                              columns, t->schema, t->name, sqlite3_str_value(q->where));
+  if (!sql) return SQLITE_NOMEM;
+  int rc = sqlite3_prepare_v2(t->db, sql, -1, out, NULL);
+  sqlite3_free(sql);
+  if (rc != SQLITE_OK) {
+    return cdbx_table_error(t, "clip: %s: filter: %s", t->name, sqlite3_errmsg(t->db));
+  }
+  for (int i = 0; i < q->n_binds; i++) sqlite3_bind_value(*out, i + 1, q->binds[i]);
+  return SQLITE_OK;
+}
+
+static char *row_columns(cdbx_table *t, int with_rowid) {
+  sqlite3_str *s = sqlite3_str_new(NULL);
+  sqlite3_str_appendall(s, with_rowid ? "rowid, image, text" : "image, text");
+  for (int i = 0; i < t->n_user; i++) sqlite3_str_appendf(s, ", \"%w\"", t->user_names[i]);
+  return cdbx_str_finish(s);
+}
+
+static int filter_scan(cdbx_table *t, cdbx_cursor *c, query_parts *q) {
+  if (q->k || q->nprobe || q->distance) {
+    return cdbx_table_error(t, "clip: %s: k, nprobe and distance apply to MATCH queries "
+                               "(WHERE %s MATCH :query)", t->name, t->name);
+  }
+  char *cols = row_columns(t, 1);
+  int rc = cols ? prepare_rows(t, q, cols, &c->scan) : SQLITE_NOMEM;
+  sqlite3_free(cols);
+  if (rc != SQLITE_OK) return rc;
+  c->eof = 0;
+  rc = sqlite3_step(c->scan);
+  if (rc == SQLITE_ROW) return SQLITE_OK;
+  c->eof = 1;
+  return rc == SQLITE_DONE ? SQLITE_OK
+                           : cdbx_table_error(t, "clip: %s: %s", t->name, sqlite3_errmsg(t->db));
+}
+
+/* The MATCH operand as a normalised query vector. */
+static int query_vector(cdbx_table *t, sqlite3_value *v, float *out) {
+  cdb_error err = {{0}};
+  int type = sqlite3_value_type(v);
+  if (type == SQLITE_NULL) return cdbx_table_error(t, "clip: %s: MATCH query is NULL", t->name);
+  if (type == SQLITE_INTEGER || type == SQLITE_FLOAT) {
+    return cdbx_table_error(t, "clip: %s: MATCH query must be TEXT, an embedding BLOB or image "
+                               "bytes, not a number", t->name);
+  }
+  if (cdbx_value_is_vector(v, t->dims)) {
+    memcpy(out, sqlite3_value_blob(v), sizeof(float) * (size_t)t->dims);
+    if (cdbx_vec_check_finite(out, t->dims, "query embedding", &err) == 0 &&
+        cdbx_vec_normalize(out, t->dims, "query embedding", &err) == 0) {
+      return SQLITE_OK;
+    }
+  } else {
+    clip_model *m = table_model(t);
+    if (!m) {
+      if (type == SQLITE_BLOB && !t->model_name) {
+        return cdbx_table_error(t, "clip: %s: MATCH BLOB has %d bytes; an embedding of this "
+                                   "table has %d", t->name, sqlite3_value_bytes(v), t->dims * 4);
+      }
+      return SQLITE_ERROR;
+    }
+    int rc = type == SQLITE_TEXT
+                 ? cdbx_embed_text(m, (const char *)sqlite3_value_text(v), sqlite3_value_bytes(v),
+                                   out, &err)
+                 : cdbx_embed_image_value(m, v, out, &err);
+    if (rc == 0) return SQLITE_OK;
+  }
+  return cdbx_table_error(t, "clip: %s: MATCH query: %s", t->name, err.msg);
+}
+
+static int int_arg(cdbx_table *t, sqlite3_value *v, const char *what, int lo, int hi, int *out) {
+  int64_t x = sqlite3_value_int64(v);
+  if (sqlite3_value_type(v) != SQLITE_INTEGER || x < lo || x > hi) {
+    return cdbx_table_error(t, "clip: %s: %s must be an integer from %d to %d", t->name, what, lo,
+                            hi);
+  }
+  *out = (int)x;
+  return SQLITE_OK;
+}
+
+/* Sorted allowed rowids when the query filters on columns; *active = 0 when it does not. */
+static int allowed_ids(cdbx_table *t, query_parts *q, id_list *ids, int *active) {
+  *active = q->n_binds > 0 || sqlite3_str_length(q->where) > 0;
+  if (!*active) return SQLITE_OK;
+  sqlite3_stmt *st = NULL;
+  int rc = prepare_rows(t, q, "rowid", &st);
+  while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    rc = cdbx_id_list_push(ids, sqlite3_column_int64(st, 0));
+  }
+  if (rc == SQLITE_DONE) rc = SQLITE_OK;
+  else if (rc != SQLITE_OK && !t->base.zErrMsg)
+    rc = cdbx_table_error(t, "clip: %s: filter: %s", t->name, sqlite3_errmsg(t->db));
+  sqlite3_finalize(st);
+  return rc;
+}
+
+static int knn_limits(cdbx_table *t, query_parts *q, int *k, int *nprobe, double *max_dist) {
+  int rc = SQLITE_OK, offset = 0;
+  *k = 0;
+  *nprobe = 0;
+  *max_dist = -1;
+  if (q->k) {
+    rc = int_arg(t, q->k, "k", 1, CDBX_MAX_K, k);
+  } else if (q->limit) {
+    rc = int_arg(t, q->limit, "LIMIT", 0, CDBX_MAX_K, k);
+    if (rc == SQLITE_OK && q->offset) rc = int_arg(t, q->offset, "OFFSET", 0, CDBX_MAX_K, &offset);
+    *k += offset;
+  }
+  if (rc == SQLITE_OK && q->nprobe) rc = int_arg(t, q->nprobe, "nprobe", 1, 1 << 24, nprobe);
+  if (rc == SQLITE_OK && q->distance) {
+    int type = sqlite3_value_type(q->distance);
+    *max_dist = sqlite3_value_double(q->distance);
+    if ((type != SQLITE_INTEGER && type != SQLITE_FLOAT) || !(*max_dist >= 0)) {
+      rc = cdbx_table_error(t, "clip: %s: the distance bound must be a number >= 0", t->name);
+    }
+  }
+  return rc;
+}
+
+static int run_search(cdbx_table *t, cdbx_cursor *c, int k, double max_dist) {
+  cdb_filter filter = {c->allowed.ids, c->allowed.n, NULL, NULL};
+  cdb_search_opts opts = {c->nprobe, c->filtered ? &filter : NULL};
+  cdb_error err = {{0}};
+  free(c->ids);
+  free(c->dist);
+  c->ids = NULL;
+  c->dist = NULL;
+  c->n = 0;
+  if (k > 0) {
+    c->ids = malloc(sizeof(int64_t) * (size_t)k);
+    c->dist = malloc(sizeof(float) * (size_t)k);
+    int found = 0;
+    if (!c->ids || !c->dist) return SQLITE_NOMEM;
+    if (cdb_index_search(t->index, c->query, k, &opts, c->ids, c->dist, &found, &err) != 0) {
+      return cdbx_table_error(t, "clip: %s: search: %s", t->name, err.msg);
+    }
+    c->n = found;
+  } else {
+    if (cdb_index_range_search(t->index, c->query, (float)(1.0 - max_dist), &opts, &c->ids,
+                               &c->dist, &c->n, &err) != 0) {
+      return cdbx_table_error(t, "clip: %s: range search: %s", t->name, err.msg);
+    }
+  }
+  int64_t kept = 0;
+  c->n_raw = c->n;
+  for (int64_t i = 0; i < c->n; i++) {
+    float d = 1.0f - c->dist[i];
+    if (max_dist >= 0 && (c->dist_op_le ? d > max_dist : d >= max_dist)) continue;
+    c->ids[kept] = c->ids[i];
+    c->dist[kept++] = d;
+  }
+  c->n = kept;
+  return SQLITE_OK;
+}
+
+#define PROGRESSIVE_K0 32
+
+static int filter_knn(cdbx_table *t, cdbx_cursor *c, query_parts *q) {
+  int k = 0;
+  double max_dist = -1;
+  int rc = knn_limits(t, q, &k, &c->nprobe, &max_dist);
+  if (rc != SQLITE_OK) return rc;
+  c->eof = 1;
+  if (k == 0 && (q->k || q->limit)) return SQLITE_OK; /* LIMIT 0 */
+  c->progressive = k == 0 && max_dist < 0;
+  if (c->progressive) k = PROGRESSIVE_K0;
+  c->k = k;
+  c->query = malloc(sizeof(float) * (size_t)t->dims);
+  if (!c->query) return SQLITE_NOMEM;
+  rc = query_vector(t, q->match, c->query);
+  if (rc == SQLITE_OK) rc = cdbx_cache_fresh(t);
+  if (rc == SQLITE_OK) rc = cdbx_cache_flush(t);
+  if (rc == SQLITE_OK) rc = allowed_ids(t, q, &c->allowed, &c->filtered);
+  if (rc == SQLITE_OK && (!c->filtered || c->allowed.n > 0)) {
+    c->dist_op_le = q->distance_op == 'l';
+    rc = run_search(t, c, k, max_dist);
+  }
+  c->eof = rc != SQLITE_OK || c->n == 0;
+  return rc;
+}
+
+/* Progressive mode: the next, larger search; rows already returned are skipped. */
+static int grow_search(cdbx_table *t, cdbx_cursor *c) {
+  int64_t limit = cdb_index_count(t->index);
+  if (c->filtered && c->allowed.n < limit) limit = c->allowed.n;
+  int full = c->n_raw == c->k;
+  for (int64_t i = 0; i < c->n; i++) {
+    if (cdbx_id_list_push(&c->seen, c->ids[i]) != SQLITE_OK) return SQLITE_NOMEM;
+  }
+  if (!full || c->seen.n >= limit || c->k >= CDBX_MAX_K) return SQLITE_DONE;
+  qsort(c->seen.ids, (size_t)c->seen.n, sizeof(int64_t), cmp_i64);
+  c->k = c->k * 4 > CDBX_MAX_K ? CDBX_MAX_K : c->k * 4;
+  int rc = run_search(t, c, c->k, -1);
+  int64_t kept = 0;
+  for (int64_t i = 0; rc == SQLITE_OK && i < c->n; i++) {
+    if (bsearch(&c->ids[i], c->seen.ids, (size_t)c->seen.n, sizeof(int64_t), cmp_i64)) continue;
+    c->ids[kept] = c->ids[i];
+    c->dist[kept++] = c->dist[i];
+  }
+  if (rc != SQLITE_OK) return rc;
+  c->n = kept;
+  c->pos = 0;
+  return kept > 0 ? SQLITE_OK : SQLITE_DONE;
+}
+
+static int x_filter(sqlite3_vtab_cursor *cur, int idx_num, const char *idx_str, int argc,
+                    sqlite3_value **argv) {
+  cdbx_cursor *c = (cdbx_cursor *)cur;
+  cdbx_table *t = (cdbx_table *)cur->pVtab;
+  cursor_reset(c);
+  c->plan = idx_num;
+  query_parts q = {0};
+  int rc = parse_plan(t, idx_str, argc, argv, &q);
+  if (rc == SQLITE_OK) rc = idx_num == PLAN_KNN ? filter_knn(t, c, &q) : filter_scan(t, c, &q);
+  query_parts_free(&q);
+  return rc;
+}
+
+static int x_next(sqlite3_vtab_cursor *cur) {
+  cdbx_cursor *c = (cdbx_cursor *)cur;
+  if (c->plan == PLAN_KNN) {
+    c->looked_up = -1;
+    if (++c->pos < c->n) return SQLITE_OK;
+    int rc = c->progressive ? grow_search((cdbx_table *)cur->pVtab, c) : SQLITE_DONE;
+    c->eof = rc != SQLITE_OK;
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+  }
+  int rc = sqlite3_step(c->scan);
+  if (rc == SQLITE_ROW) return SQLITE_OK;
+  c->eof = 1;
+  if (rc == SQLITE_DONE) return SQLITE_OK;
+  cdbx_table *t = (cdbx_table *)cur->pVtab;
+  return cdbx_table_error(t, "clip: %s: %s", t->name, sqlite3_errmsg(t->db));
+}
+
+static int x_eof(sqlite3_vtab_cursor *cur) {
+  return ((cdbx_cursor *)cur)->eof;
+}
+
+static int64_t cursor_rowid(cdbx_cursor *c) {
+  return c->plan == PLAN_KNN ? c->ids[c->pos] : sqlite3_column_int64(c->scan, 0);
+}
+
+static int x_rowid(sqlite3_vtab_cursor *cur, sqlite3_int64 *rowid) {
+  *rowid = cursor_rowid((cdbx_cursor *)cur);
+  return SQLITE_OK;
+}
+
+/* Positions the KNN cursor's lookup statement on the current row's stored columns. */
+static int lookup_row(cdbx_table *t, cdbx_cursor *c, int64_t rowid) {
+  if (c->looked_up == rowid) return SQLITE_ROW;
+  if (!c->lookup) {
+    char *cols = row_columns(t, 0);
+    char *sql = cols ? sqlite3_mprintf("SELECT %s FROM \"%w\".\"%w_rows\" WHERE rowid = ?1", cols,
+                                       t->schema, t->name)
+                     : NULL;
+    sqlite3_free(cols);
+    int rc = sql ? sqlite3_prepare_v2(t->db, sql, -1, &c->lookup, NULL) : SQLITE_NOMEM;
+    sqlite3_free(sql);
+    if (rc != SQLITE_OK) return rc;
+  }
+  sqlite3_reset(c->lookup);
+  sqlite3_bind_int64(c->lookup, 1, rowid);
+  int rc = sqlite3_step(c->lookup);
+  c->looked_up = rc == SQLITE_ROW ? rowid : -1;
+  return rc;
+}
+
+static int column_embedding(cdbx_table *t, sqlite3_context *ctx, int64_t rowid) {
+  sqlite3_stmt *st = cdbx_stmt(t, ST_GET_VECTOR);
+  if (!st) return SQLITE_ERROR;
+  sqlite3_bind_int64(st, 1, rowid);
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) sqlite3_result_value(ctx, sqlite3_column_value(st, 0));
+  sqlite3_reset(st);
+  return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static int x_column(sqlite3_vtab_cursor *cur, sqlite3_context *ctx, int col) {
+  cdbx_cursor *c = (cdbx_cursor *)cur;
+  cdbx_table *t = (cdbx_table *)cur->pVtab;
+  int64_t rowid = cursor_rowid(c);
+  if (col <= COL_EMBEDDING && sqlite3_vtab_nochange(ctx)) return SQLITE_OK;
+  if (col == COL_EMBEDDING) return column_embedding(t, ctx, rowid);
+  if (col == COL_DISTANCE(t)) {
+    if (c->plan == PLAN_KNN) sqlite3_result_double(ctx, c->dist[c->pos]);
+    return SQLITE_OK;
+  }
+  if (col > COL_DISTANCE(t)) return SQLITE_OK; /* k, nprobe, command: NULL */
+  int stored = col == COL_IMAGE ? 0 : col == COL_TEXT ? 1 : col - COL_USER0 + 2;
+  if (c->plan == PLAN_SCAN) {
+    sqlite3_result_value(ctx, sqlite3_column_value(c->scan, stored + 1));
+    return SQLITE_OK;
+  }
+  int rc = lookup_row(t, c, rowid);
+  if (rc == SQLITE_ROW) sqlite3_result_value(ctx, sqlite3_column_value(c->lookup, stored));
+  return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* ---- writes ---- */
+
+/* The vector a written row gets: the embedding column, else the image, else the text. */
+static int row_vector(cdbx_table *t, sqlite3_value *image, sqlite3_value *text,
+                      sqlite3_value *embedding, float *out) {
+  cdb_error err = {{0}};
+  if (embedding && sqlite3_value_type(embedding) != SQLITE_NULL) {
+    if (!cdbx_value_is_vector(embedding, t->dims)) {
+      return cdbx_table_error(t, "clip: %s: embedding must be a BLOB of %d float32 values (%d "
+                                 "bytes), got %s of %d bytes", t->name, t->dims, t->dims * 4,
+                              sqlite3_value_type(embedding) == SQLITE_BLOB ? "a BLOB" : "a non-BLOB",
+                              sqlite3_value_bytes(embedding));
+    }
+    memcpy(out, sqlite3_value_blob(embedding), sizeof(float) * (size_t)t->dims);
+    if (cdbx_vec_check_finite(out, t->dims, "embedding", &err) == 0 &&
+        cdbx_vec_normalize(out, t->dims, "embedding", &err) == 0) {
+      return SQLITE_OK;
+    }
+    return cdbx_table_error(t, "clip: %s: %s", t->name, err.msg);
+  }
+  int has_image = image && sqlite3_value_type(image) != SQLITE_NULL;
+  int has_text = text && sqlite3_value_type(text) != SQLITE_NULL;
+  if (!has_image && !has_text) {
+    return cdbx_table_error(t, "clip: %s: a row needs an image, a text or an embedding", t->name);
+  }
+  clip_model *m = table_model(t);
+  if (!m) return SQLITE_ERROR;
+  int rc;
+  if (has_image) {
+    rc = cdbx_embed_image_value(m, image, out, &err);
+  } else if (sqlite3_value_type(text) != SQLITE_TEXT) {
+    rc = cdb_error_set(&err, "text must be TEXT");
+  } else {
+    rc = cdbx_embed_text(m, (const char *)sqlite3_value_text(text), sqlite3_value_bytes(text), out,
+                         &err);
+  }
+  return rc == 0 ? SQLITE_OK : cdbx_table_error(t, "clip: %s: %s", t->name, err.msg);
+}
+
+static int check_row_types(cdbx_table *t, sqlite3_value *image, sqlite3_value *text) {
+  int it = sqlite3_value_type(image), tt = sqlite3_value_type(text);
+  if (!sqlite3_value_nochange(image) && (it == SQLITE_INTEGER || it == SQLITE_FLOAT)) {
+    return cdbx_table_error(t, "clip: %s: image must be a BLOB of image bytes or a TEXT path or "
+                               "URL", t->name);
+  }
+  if (!sqlite3_value_nochange(text) && tt != SQLITE_NULL && tt != SQLITE_TEXT) {
+    return cdbx_table_error(t, "clip: %s: text must be TEXT", t->name);
+  }
+  return SQLITE_OK;
+}
+
+static int row_exists(cdbx_table *t, int64_t rowid, int *exists) {
+  sqlite3_stmt *st = cdbx_stmt(t, ST_ROW_EXISTS);
+  if (!st) return SQLITE_ERROR;
+  sqlite3_bind_int64(st, 1, rowid);
+  int rc = sqlite3_step(st);
+  *exists = rc == SQLITE_ROW;
+  sqlite3_reset(st);
+  return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static int step_write(cdbx_table *t, sqlite3_stmt *st) {
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc == SQLITE_DONE) return SQLITE_OK;
+  cdbx_table_error(t, "clip: %s: %s", t->name, sqlite3_errmsg(t->db));
+  return rc == SQLITE_ROW ? SQLITE_ERROR : sqlite3_errcode(t->db);
+}
+
+static int put_vector(cdbx_table *t, int64_t rowid, const float *vec) {
+  sqlite3_stmt *st = cdbx_stmt(t, ST_PUT_VECTOR);
+  if (!st) return SQLITE_ERROR;
+  sqlite3_bind_int64(st, 1, rowid);
+  sqlite3_bind_blob(st, 2, vec, t->dims * 4, SQLITE_STATIC);
+  int rc = step_write(t, st);
+  if (rc == SQLITE_OK) rc = cdbx_log_change(t, rowid, 1);
+  if (rc == SQLITE_OK) rc = cdbx_cache_put(t, rowid, vec);
+  return rc;
+}
+
+static int delete_row(cdbx_table *t, int64_t rowid) {
+  int rc = cdbx_touch(t, rowid);
+  sqlite3_stmt *st = rc == SQLITE_OK ? cdbx_stmt(t, ST_DELETE_ROW) : NULL;
+  if (!st) return rc == SQLITE_OK ? SQLITE_ERROR : rc;
+  sqlite3_bind_int64(st, 1, rowid);
+  rc = step_write(t, st);
+  if (rc == SQLITE_OK && sqlite3_changes(t->db) == 0) return SQLITE_OK;
+  st = rc == SQLITE_OK ? cdbx_stmt(t, ST_DELETE_VECTOR) : NULL;
+  if (!st) return rc == SQLITE_OK ? SQLITE_ERROR : rc;
+  sqlite3_bind_int64(st, 1, rowid);
+  rc = step_write(t, st);
+  if (rc == SQLITE_OK) rc = cdbx_log_change(t, rowid, 2);
+  if (rc == SQLITE_OK) rc = cdbx_cache_remove(t, rowid);
+  return rc;
+}
+
+static int rowid_arg(cdbx_table *t, sqlite3_value *v, int64_t *out) {
+  if (sqlite3_value_type(v) != SQLITE_INTEGER) {
+    return cdbx_table_error(t, "clip: %s: rowid must be an integer", t->name);
+  }
+  *out = sqlite3_value_int64(v);
+  return SQLITE_OK;
+}
+
+/* An existing rowid: REPLACE deletes the old row, other conflict modes fail the write. */
+static int resolve_conflict(cdbx_table *t, int64_t rowid) {
+  int exists = 0;
+  int rc = row_exists(t, rowid, &exists);
+  if (rc != SQLITE_OK || !exists) return rc;
+  if (sqlite3_vtab_on_conflict(t->db) == SQLITE_REPLACE) return delete_row(t, rowid);
+  cdbx_table_error(t, "UNIQUE constraint failed: %s.rowid", t->name);
+  return SQLITE_CONSTRAINT;
+}
+
+static void bind_user_columns(cdbx_table *t, sqlite3_stmt *st, sqlite3_value **cols, int first) {
+  for (int i = 0; i < t->n_user; i++) sqlite3_bind_value(st, first + i, cols[COL_USER0 + i]);
+}
+
+static int insert_row(cdbx_table *t, sqlite3_value *rowid_v, sqlite3_value **cols,
+                      sqlite3_int64 *out_rowid) {
+  int64_t rowid = 0;
+  int rc = SQLITE_OK;
+  int has_rowid = sqlite3_value_type(rowid_v) != SQLITE_NULL;
+  if (has_rowid) rc = rowid_arg(t, rowid_v, &rowid);
+  if (rc == SQLITE_OK) rc = check_row_types(t, cols[COL_IMAGE], cols[COL_TEXT]);
+  float *vec = rc == SQLITE_OK ? malloc(sizeof(float) * (size_t)t->dims) : NULL;
+  if (rc == SQLITE_OK && !vec) rc = SQLITE_NOMEM;
+  /* Embed before writing anything, so a bad image changes nothing. */
+  if (rc == SQLITE_OK) rc = row_vector(t, cols[COL_IMAGE], cols[COL_TEXT], cols[COL_EMBEDDING], vec);
+  if (rc == SQLITE_OK && has_rowid) rc = resolve_conflict(t, rowid);
+  sqlite3_stmt *st = rc == SQLITE_OK ? cdbx_stmt(t, ST_INSERT_ROW) : NULL;
+  if (rc == SQLITE_OK && !st) rc = SQLITE_ERROR;
+  if (rc == SQLITE_OK) {
+    if (has_rowid) sqlite3_bind_int64(st, 1, rowid);
+    sqlite3_bind_value(st, 2, cols[COL_IMAGE]);
+    sqlite3_bind_value(st, 3, cols[COL_TEXT]);
+    bind_user_columns(t, st, cols, 4);
+    rc = step_write(t, st);
+  }
+  if (rc == SQLITE_OK) {
+    rowid = sqlite3_last_insert_rowid(t->db);
+    rc = cdbx_touch(t, rowid);
+  }
+  if (rc == SQLITE_OK) rc = put_vector(t, rowid, vec);
+  if (rc == SQLITE_OK) *out_rowid = rowid;
+  free(vec);
+  return rc;
+}
+
+/* Stored image and text of a row, for UPDATEs that change only one of them. */
+static int stored_source(cdbx_table *t, int64_t rowid, sqlite3_value **image,
+                         sqlite3_value **text) {
+  char *sql = sqlite3_mprintf("SELECT image, text FROM \"%w\".\"%w_rows\" WHERE rowid = ?1",
+                              t->schema, t->name);
+  sqlite3_stmt *st = NULL;
+  int rc = sql ? sqlite3_prepare_v2(t->db, sql, -1, &st, NULL) : SQLITE_NOMEM;
+  sqlite3_free(sql);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(st, 1, rowid);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+      *image = sqlite3_value_dup(sqlite3_column_value(st, 0));
+      *text = sqlite3_value_dup(sqlite3_column_value(st, 1));
+      rc = SQLITE_OK;
+    } else {
+      rc = cdbx_table_error(t, "clip: %s: row %lld vanished during UPDATE", t->name,
+                            (long long)rowid);
+    }
+  }
+  sqlite3_finalize(st);
+  return rc;
+}
+
+static int move_row(cdbx_table *t, int64_t from, int64_t to) {
+  int rc = resolve_conflict(t, to);
+  if (rc == SQLITE_OK) rc = cdbx_touch(t, from);
+  if (rc == SQLITE_OK) rc = cdbx_touch(t, to);
+  for (int which = ST_MOVE_ROW; rc == SQLITE_OK && which <= ST_MOVE_VECTOR; which++) {
+    sqlite3_stmt *st = cdbx_stmt(t, which);
+    if (!st) return SQLITE_ERROR;
+    sqlite3_bind_int64(st, 1, from);
+    sqlite3_bind_int64(st, 2, to);
+    rc = step_write(t, st);
+  }
+  float *vec = malloc(sizeof(float) * (size_t)t->dims);
+  if (!vec) return SQLITE_NOMEM;
+  sqlite3_stmt *st = rc == SQLITE_OK ? cdbx_stmt(t, ST_GET_VECTOR) : NULL;
+  if (st) {
+    sqlite3_bind_int64(st, 1, to);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_bytes(st, 0) == t->dims * 4) {
+      memcpy(vec, sqlite3_column_blob(st, 0), sizeof(float) * (size_t)t->dims);
+    } else {
+      rc = cdbx_table_error(t, "clip: %s: row %lld has no vector", t->name, (long long)to);
+    }
+    sqlite3_reset(st);
+  }
+  if (rc == SQLITE_OK) rc = cdbx_log_change(t, from, 2);
+  if (rc == SQLITE_OK) rc = cdbx_log_change(t, to, 1);
+  if (rc == SQLITE_OK) rc = cdbx_cache_remove(t, from);
+  if (rc == SQLITE_OK) rc = cdbx_cache_put(t, to, vec);
+  free(vec);
+  return rc;
+}
+
+static int changed(sqlite3_value *v) {
+  return !sqlite3_value_nochange(v);
+}
+
+static int update_row(cdbx_table *t, sqlite3_value *old_v, sqlite3_value *new_v,
+                      sqlite3_value **cols) {
+  int64_t old_id = 0, new_id = 0;
+  int rc = rowid_arg(t, old_v, &old_id);
+  if (rc == SQLITE_OK) rc = rowid_arg(t, new_v, &new_id);
+  if (rc == SQLITE_OK) rc = check_row_types(t, cols[COL_IMAGE], cols[COL_TEXT]);
+  sqlite3_value *image = cols[COL_IMAGE], *text = cols[COL_TEXT], *emb = cols[COL_EMBEDDING];
+  int image_changed = changed(image), text_changed = changed(text), emb_changed = changed(emb);
+  sqlite3_value *old_image = NULL, *old_text = NULL;
+  int reembed = emb_changed || image_changed || text_changed;
+  if (rc == SQLITE_OK && reembed && !(emb_changed && sqlite3_value_type(emb) != SQLITE_NULL)) {
+    rc = stored_source(t, old_id, &old_image, &old_text);
+    if (rc == SQLITE_OK) {
+      if (!image_changed) image = old_image;
+      if (!text_changed) text = old_text;
+      /* A text edit re-embeds only rows whose vector came from their text. */
+      if (!emb_changed && !image_changed && sqlite3_value_type(old_image) != SQLITE_NULL) {
+        reembed = 0;
+      }
+    }
+  }
+  float *vec = malloc(sizeof(float) * (size_t)t->dims);
+  if (rc == SQLITE_OK && !vec) rc = SQLITE_NOMEM;
+  if (rc == SQLITE_OK && reembed) rc = row_vector(t, image, text, emb_changed ? emb : NULL, vec);
+  if (rc == SQLITE_OK && old_id != new_id) rc = move_row(t, old_id, new_id);
+  sqlite3_stmt *st = rc == SQLITE_OK ? cdbx_stmt(t, ST_UPDATE_ROW) : NULL;
+  if (rc == SQLITE_OK && !st) rc = SQLITE_ERROR;
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(st, 1, new_id);
+    sqlite3_bind_int(st, 2, image_changed);
+    if (image_changed) sqlite3_bind_value(st, 3, cols[COL_IMAGE]);
+    sqlite3_bind_int(st, 4, text_changed);
+    if (text_changed) sqlite3_bind_value(st, 5, cols[COL_TEXT]);
+    bind_user_columns(t, st, cols, 6);
+    rc = step_write(t, st);
+  }
+  if (rc == SQLITE_OK && reembed) rc = cdbx_touch(t, new_id);
+  if (rc == SQLITE_OK && reembed) rc = put_vector(t, new_id, vec);
+  free(vec);
+  sqlite3_value_free(old_image);
+  sqlite3_value_free(old_text);
+  return rc;
+}
+
+static int run_command(cdbx_table *t, sqlite3_value *cmd) {
+  if (sqlite3_value_type(cmd) != SQLITE_TEXT) {
+    return cdbx_table_error(t, "clip: %s: a command must be TEXT ('train', 'rebuild', "
+                               "'optimize' or 'integrity-check')", t->name);
+  }
+  return cdbx_command(t, (const char *)sqlite3_value_text(cmd));
+}
+
+static int x_update(sqlite3_vtab *vt, int argc, sqlite3_value **argv, sqlite3_int64 *rowid) {
+  cdbx_table *t = (cdbx_table *)vt;
+  sqlite3_int64 last = sqlite3_last_insert_rowid(t->db);
+  int rc = cdbx_cache_fresh(t);
+  if (rc != SQLITE_OK) return rc;
+  int is_insert = argc > 1 && sqlite3_value_type(argv[0]) == SQLITE_NULL;
+  if (argc == 1) {
+    int64_t id = 0;
+    rc = rowid_arg(t, argv[0], &id);
+    if (rc == SQLITE_OK) rc = delete_row(t, id);
+  } else if (is_insert && sqlite3_value_type(argv[2 + COL_COMMAND(t)]) != SQLITE_NULL) {
+    rc = run_command(t, argv[2 + COL_COMMAND(t)]);
+    is_insert = 0;
+  } else if (is_insert) {
+    rc = insert_row(t, argv[1], argv + 2, rowid);
+  } else {
+    rc = update_row(t, argv[0], argv[1], argv + 2);
+  }
+  /* Internal writes (change log) must not leak into the user's last_insert_rowid. */
+  sqlite3_set_last_insert_rowid(t->db, is_insert && rc == SQLITE_OK ? *rowid : last);
+  return rc;
+}
+
+/* ---- transactions ---- */
+
+static int x_begin(sqlite3_vtab *vt) {
+  cdbx_table *t = (cdbx_table *)vt;
+  t->in_txn = 1;
+  t->version_checked = 0;
+  t->command_in_txn = 0;
+  t->touched.n = 0;
+  t->n_sp = 0;
+  t->begin_seq = t->cache_seq;
+  return SQLITE_OK;
+}
+
+static int x_sync(sqlite3_vtab *vt) {
+  return cdbx_maintain((cdbx_table *)vt);
+}
+
+static int x_commit(sqlite3_vtab *vt) {
+  cdbx_table *t = (cdbx_table *)vt;
+  t->in_txn = 0;
+  t->touched.n = 0;
+  t->n_sp = 0;
+  t->command_in_txn = 0;
+  return SQLITE_OK;
+}
+
+/* Queues the rows touched since touched[from] for re-reading from the (rolled back) tables. */
+static int rollback_from(cdbx_table *t, int64_t from, int64_t seq) {
+  int rc = cdbx_cache_flush(t);
+  for (int64_t i = from; rc == SQLITE_OK && i < t->touched.n; i++) {
+    rc = cdbx_id_list_push(&t->resync, t->touched.ids[i]);
+  }
+  if (rc != SQLITE_OK || t->command_in_txn) t->stale = 1;
+  if (seq < t->cache_seq) t->cache_seq = seq;
+  return SQLITE_OK;
+}
+
+static int x_rollback(sqlite3_vtab *vt) {
+  cdbx_table *t = (cdbx_table *)vt;
+  rollback_from(t, 0, t->begin_seq);
+  t->in_txn = 0;
+  t->touched.n = 0;
+  t->n_sp = 0;
+  t->command_in_txn = 0;
+  return SQLITE_OK;
+}
+
+static int x_savepoint(sqlite3_vtab *vt, int i) {
+  cdbx_table *t = (cdbx_table *)vt;
+  if (i >= t->cap_sp) {
+    int cap = i + 8;
+    int64_t *marks = realloc(t->sp_marks, sizeof *marks * (size_t)cap);
+    if (marks) t->sp_marks = marks;
+    int64_t *seqs = realloc(t->sp_seq, sizeof *seqs * (size_t)cap);
+    if (seqs) t->sp_seq = seqs;
+    if (!marks || !seqs) return SQLITE_NOMEM;
+    t->cap_sp = cap;
+  }
+  for (int j = t->n_sp; j <= i; j++) {
+    t->sp_marks[j] = t->touched.n;
+    t->sp_seq[j] = t->cache_seq;
+  }
+  t->n_sp = i + 1;
+  return SQLITE_OK;
+}
+
+static int x_release(sqlite3_vtab *vt, int i) {
+  cdbx_table *t = (cdbx_table *)vt;
+  if (i < t->n_sp) t->n_sp = i;
+  return SQLITE_OK;
+}
+
+static int x_rollback_to(sqlite3_vtab *vt, int i) {
+  cdbx_table *t = (cdbx_table *)vt;
+  int have = i < t->n_sp;
+  rollback_from(t, have ? t->sp_marks[i] : 0, have ? t->sp_seq[i] : t->begin_seq);
+  if (have) t->n_sp = i + 1;
+  return SQLITE_OK;
+}
+
+static int x_rename(sqlite3_vtab *vt, const char *to) {
+  cdbx_table *t = (cdbx_table *)vt;
+  int rc = cdbx_store_rename(t, to);
+  if (rc != SQLITE_OK) return rc;
+  char *name = sqlite3_mprintf("%s", to);
+  if (!name) return SQLITE_NOMEM;
+  sqlite3_free(t->name);
+  t->name = name;
+  return SQLITE_OK;
+}
+
+static int x_shadow_name(const char *suffix) {
+  static const char *const names[] = {"config", "rows", "vectors", "changes", "index"};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    if (sqlite3_stricmp(suffix, names[i]) == 0) return 1;
+  }
+  return 0;
+}
+
+static const sqlite3_module clip_module = {
+    .iVersion = 3,
+    .xCreate = x_create,
+    .xConnect = x_connect,
+    .xBestIndex = x_best_index,
+    .xDisconnect = x_disconnect,
+    .xDestroy = x_destroy,
+    .xOpen = x_open,
+    .xClose = x_close,
+    .xFilter = x_filter,
+    .xNext = x_next,
+    .xEof = x_eof,
+    .xColumn = x_column,
+    .xRowid = x_rowid,
+    .xUpdate = x_update,
+    .xBegin = x_begin,
+    .xSync = x_sync,
+    .xCommit = x_commit,
+    .xRollback = x_rollback,
+    .xRename = x_rename,
+    .xSavepoint = x_savepoint,
+    .xRelease = x_release,
+    .xRollbackTo = x_rollback_to,
+    .xShadowName = x_shadow_name,
+};
+
+const sqlite3_module *cdbx_vtab_module(void) {
+  return &clip_module;
+}

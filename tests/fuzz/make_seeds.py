@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""make_seeds.py: (re)generates the fuzzers' seed corpora in tests/fuzz/corpus/<target>/.
+
+Seeds are small inputs that reach deep into each parser: real headers and configs of the tiny
+model, small images from the fixtures, SQL argument strings, vector blobs. Run from anywhere:
+    /usr/bin/python3 tests/fuzz/make_seeds.py
+It only writes under tests/fuzz/corpus/ and is deterministic (same files every run); files
+named regress-* (inputs that once failed, kept as regression seeds) are left alone."""
+import json
+import pathlib
+import struct
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+DATA = ROOT / "tests" / "data"
+MODEL = DATA / "clip-tiny-shapes"
+CORPUS = ROOT / "tests" / "fuzz" / "corpus"
+SPLIT = b"\n#SPLIT#\n"  # separates two files in one input (see fuzz_split in fuzz_common.h)
+
+
+def put(target, name, data):
+    d = CORPUS / target
+    d.mkdir(parents=True, exist_ok=True)
+    (d / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+
+
+def safetensors(tensors, metadata=None, extra=b""):
+    """tensors: [(name, dtype, shape, raw bytes)] -> a .safetensors file."""
+    header, blob = {}, b""
+    if metadata:
+        header["__metadata__"] = metadata
+    for name, dtype, shape, raw in tensors:
+        header[name] = {"dtype": dtype, "shape": shape,
+                        "data_offsets": [len(blob), len(blob) + len(raw)]}
+        blob += raw
+    h = json.dumps(header).encode()
+    return struct.pack("<Q", len(h)) + h + blob + extra
+
+
+def seeds_safetensors():
+    model = (MODEL / "model.safetensors").read_bytes()
+    hlen = struct.unpack("<Q", model[:8])[0]
+    put("fuzz_safetensors", "tiny-header-truncated", model[:8 + hlen + 64])
+    put("fuzz_safetensors", "small-valid", safetensors([
+        ("a.weight", "F16", [2, 3], bytes(range(12))),
+        ("b.bias", "F32", [3], struct.pack("<3f", 1, 2, 3)),
+        ("c", "BF16", [1, 1, 2], b"\x80\x3f\x00\x40"),
+        ("position_ids", "I64", [1, 2], struct.pack("<2q", 0, 1)),
+    ], metadata={"format": "pt"}))
+    put("fuzz_safetensors", "scalar-and-empty", safetensors([
+        ("s", "F32", [], struct.pack("<f", 0.5)), ("e", "F16", [0, 4], b"")]))
+    put("fuzz_safetensors", "overlap", b"P\x00\x00\x00\x00\x00\x00\x00" + json.dumps(
+        {"a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]},
+         "b": {"dtype": "U8", "shape": [4], "data_offsets": [2, 6]}}).encode()[:80] + bytes(8))
+    put("fuzz_safetensors", "huge-header-length", struct.pack("<Q", 1 << 62) + b"{}")
+    put("fuzz_safetensors", "empty-object", struct.pack("<Q", 2) + b"{}")
+
+
+def seeds_config():
+    cfg = (MODEL / "config.json").read_bytes()
+    pre = (MODEL / "preprocessor_config.json").read_bytes()
+    put("fuzz_config", "tiny-config", b"\x00\x3f" + cfg)
+    put("fuzz_config", "tiny-preprocessor", b"\x01\x3f" + pre)
+    vitb = {"projection_dim": 512,
+            "text_config": {"hidden_size": 512, "intermediate_size": 2048,
+                            "num_attention_heads": 8, "num_hidden_layers": 12,
+                            "vocab_size": 49408, "max_position_embeddings": 77,
+                            "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5},
+            "vision_config": {"hidden_size": 768, "intermediate_size": 3072,
+                              "num_attention_heads": 12, "num_hidden_layers": 12,
+                              "image_size": 224, "patch_size": 32, "num_channels": 3,
+                              "hidden_act": "gelu"}}
+    put("fuzz_config", "vit-b-32-config", b"\x00\xdf" + json.dumps(vitb).encode())
+    put("fuzz_config", "new-style-preprocessor", b"\x01\xdf" + json.dumps({
+        "size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224},
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25]}).encode())
+    put("fuzz_config", "absurd", b"\x00\x3f" + json.dumps({
+        "projection_dim": 2**40, "text_config": {"hidden_size": -1},
+        "vision_config": {"image_size": 1e308}}).encode())
+
+
+def seeds_tokenizer_files():
+    vocab = json.loads((MODEL / "vocab.json").read_text())
+    merges = (MODEL / "merges.txt").read_text().split("\n")
+    byid = sorted(vocab.items(), key=lambda kv: kv[1])
+    small = dict(byid[:512])
+    small.update({k: v for k, v in byid[-2:]})  # <|startoftext|>, <|endoftext|>
+    put("fuzz_tokenizer_files", "small-vocab", json.dumps(small).encode() + SPLIT +
+        "\n".join(merges[:200]).encode())
+    put("fuzz_tokenizer_files", "no-version-line", json.dumps(dict(byid[:300])).encode() + SPLIT +
+        "\n".join(merges[1:50]).encode())
+    put("fuzz_tokenizer_files", "bad-merges", b'{"a": 0, "b": 1, "ab": 2}' + SPLIT +
+        b"#version: 0.2\na b\nab\nx y z\n\xff\xfe c\n")
+
+
+def seeds_tokenizer():
+    goldens = json.loads((DATA / "goldens" / "goldens.json").read_text())
+    for i, t in enumerate(goldens["texts"]):
+        put("fuzz_tokenizer", f"golden-{i:02d}", t["text"].encode())
+    put("fuzz_tokenizer", "invalid-utf8",
+        b"caf\xc3 \xff\xfe overlong \xc0\xaf surrogate \xed\xa0\x80")
+    put("fuzz_tokenizer", "nul-inside", b"before\x00after")
+    put("fuzz_tokenizer", "entities", b"&amp;amp; &#x1F600; &#99999999; &notanentity; &#;")
+
+
+def seeds_image():
+    for p in sorted((DATA / "goldens" / "images").iterdir()):
+        if p.stat().st_size <= 8192:
+            put("fuzz_image", p.name, p.read_bytes())
+    demo = ROOT / "examples" / "shapes"
+    for p in sorted(demo.iterdir()):
+        if p.suffix in (".webp", ".gif") and p.stat().st_size <= 4096:
+            put("fuzz_image", p.name, p.read_bytes())
+    for p in sorted((DATA / "bad").iterdir()):
+        put("fuzz_image", "bad-" + p.name, p.read_bytes())
+
+
+def seeds_sql():
+    # fuzz_vtab_args: the text between the parentheses of CREATE VIRTUAL TABLE t USING clip(...)
+    for i, a in enumerate(["", "model=default", "index=auto", "model=default, index=flat",
+                           "index=auto, label TEXT, score REAL", "index='IVF4,Flat', nprobe=2",
+                           "model='openai/clip-vit-base-patch32'", "label TEXT NOT NULL, x INT",
+                           "index=IVF1024,PQ32", "model=default, model=default",
+                           "image, text", "embedding BLOB", "distance", "k=3",
+                           "index=\"Flat\", nlist=0, nprobe=-1", "x" * 300]):
+        put("fuzz_vtab_args", f"args-{i:02d}", a.encode())
+    # fuzz_vec_blobs: op byte, then length-prefixed blobs (see fuzz_vec_blobs.c)
+    def blob(b):
+        return bytes([len(b)]) + b if len(b) < 255 else b"\xff" + struct.pack(">I", len(b)) + b
+    unit = struct.pack("<64f", *([0.125] * 64))
+    other = struct.pack("<64f", *([0.125] * 32 + [-0.125] * 32))
+    for op in range(12):
+        put("fuzz_vec_blobs", f"op{op:02d}", bytes([op, 3]) + blob(unit) + blob(other))
+    put("fuzz_vec_blobs", "nan", bytes([0, 5]) + blob(struct.pack("<4f", float("nan"), 1, 2, 3))
+        + blob(struct.pack("<4f", float("inf"), 1, 2, 3)))
+    put("fuzz_vec_blobs", "odd-length", bytes([1, 7]) + blob(b"\x00" * 7) + blob(b""))
+    # fuzz_shadow: [edits before first use] then edits of (table, row, column, kind, blob)
+    # (see apply_edit in fuzz_shadow.c: kinds 0 NULL, 1 int, 2 blob, 3 text, 4 truncate,
+    # 5 splice, 6 delete row, 7 real, 8 duplicate row)
+    def edit(table, row, col, kind, payload=b""):
+        return bytes([table, row, col, kind]) + blob(payload)
+    put("fuzz_shadow", "no-edits", b"\x08")
+    for kind in range(9):
+        for table in range(0, 10, 3):
+            put("fuzz_shadow", f"kind{kind}-table{table}",
+                bytes([1 | (8 if table % 2 else 0)]) +
+                edit(table, 1, kind % 4, kind, struct.pack("<4f", 0.5, -0.5, 2, 1e30)))
+    put("fuzz_shadow", "after-cache", bytes([8]) + edit(2, 0, 1, 4, b"\x03") + edit(5, 3, 1, 6))
+    put("fuzz_shadow", "many", bytes([12]) + b"".join(edit(t, t * 3, t, t % 9, bytes(range(t)))
+                                                  for t in range(12)))
+
+if __name__ == "__main__":
+    for sub in ["fuzz_safetensors", "fuzz_config", "fuzz_tokenizer_files", "fuzz_tokenizer",
+                "fuzz_image", "fuzz_vtab_args", "fuzz_vec_blobs", "fuzz_shadow"]:
+        for old in (CORPUS / sub).glob("*"):  # regress-* are kept: found inputs
+            if not old.name.startswith("regress-"):
+                old.unlink()
+    seeds_safetensors()
+    seeds_config()
+    seeds_tokenizer_files()
+    seeds_tokenizer()
+    seeds_image()
+    seeds_sql()
+    total = sum(p.stat().st_size for p in CORPUS.rglob("*") if p.is_file())
+    print(f"seeds written under {CORPUS} ({total} bytes)")

@@ -1,0 +1,247 @@
+"""Embed-on-insert with the tiny shapes model: text->image, image->image, image->text search over
+the demo images, agreement with clip_embed_* and the goldens, classification, model identity."""
+import functools
+import http.server
+import json
+import shutil
+import sqlite3
+import subprocess
+import threading
+
+import numpy as np
+import pytest
+
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
+SHAPES = ["circle", "square", "triangle", "star", "cross"]
+
+
+def vec(b):
+    return np.frombuffer(b, dtype="<f4").astype(np.float64)
+
+
+def demo_files(demo_dir):
+    return sorted(p for p in demo_dir.iterdir() if p.is_file())
+
+
+@pytest.fixture
+def photos(conn, demo_dir, model_dir):
+    conn.execute(f"create virtual table photos using clip(model='{model_dir}', name TEXT)")
+    files = demo_files(demo_dir)
+    with conn:
+        for p in files:
+            conn.execute("insert into photos(image, name) values (?, ?)", (str(p), p.name))
+    return conn, files
+
+
+def test_text_query_ranks_red_stars_first(photos, demo_dir):
+    db, files = photos
+    red_stars = [p.name for p in files if "red-star" in p.name]
+    assert len(red_stars) >= 2
+    got = db.execute("select name from photos where photos match 'a red star' and k = ?",
+                     (len(red_stars),)).fetchall()
+    assert sorted(r[0] for r in got) == sorted(red_stars)
+    # Same through LIMIT and through clip_search.
+    got = db.execute("select name from photos where photos match 'a red star' limit 2").fetchall()
+    assert all("red-star" in r[0] for r in got)
+    got = db.execute("select metadata from clip_search('photos', 'a red star', 2)").fetchall()
+    assert all("red-star" in json.loads(r[0])["name"] for r in got)
+
+
+def test_stored_embeddings_equal_function_outputs(photos, demo_dir):
+    db, files = photos
+    path = demo_dir / "055-red-star-on-blue.png"
+    by_path = db.execute("select clip_embed_image(?)", (str(path),)).fetchone()[0]
+    by_bytes = db.execute("select clip_embed_image(?)", (path.read_bytes(),)).fetchone()[0]
+    stored = db.execute("select embedding from photos where name = ?", (path.name,)).fetchone()[0]
+    assert len(by_path) == 64 * 4
+    np.testing.assert_allclose(vec(by_path), vec(by_bytes), atol=1e-6)
+    np.testing.assert_allclose(vec(stored), vec(by_path), atol=1e-6)
+    assert abs(np.linalg.norm(vec(stored)) - 1) < 1e-5
+
+
+def test_knn_equals_brute_force_over_images(photos):
+    db, _ = photos
+    rows = db.execute("select rowid, embedding from photos").fetchall()
+    ids = np.array([r[0] for r in rows])
+    m = np.array([vec(r[1]) for r in rows])
+    for text in ["a blue square", "a green cross on a black background", "a white circle"]:
+        q = vec(db.execute("select clip_embed_text(?)", (text,)).fetchone()[0])
+        order = np.argsort(-(m @ q), kind="stable")[:5]
+        got = db.execute("select rowid, distance from photos where photos match ? and k = 5",
+                         (text,)).fetchall()
+        assert [r[0] for r in got] == list(ids[order])
+        np.testing.assert_allclose([r[1] for r in got], 1 - (m @ q)[order], atol=1e-5)
+
+
+def test_image_to_image_finds_near_duplicate(photos, demo_dir):
+    db, _ = photos
+    src = demo_dir / "000-orange-circle-on-purple.jpg"
+    got = db.execute("select name, distance from photos where photos match ? and k = 2",
+                     (src.read_bytes(),)).fetchall()
+    assert got[0][0] == src.name and got[0][1] < 1e-4
+    assert got[1][0] == "000-orange-circle-on-purple-copy.jpg"
+
+
+def test_image_to_text_over_captions(conn, demo_dir, model_dir):
+    conn.execute(f"create virtual table captions using clip(model='{model_dir}')")
+    with conn:
+        for c in COLOURS:
+            for s in SHAPES:
+                conn.execute("insert into captions(text) values (?)", (f"a {c} {s}",))
+    images = [p for p in demo_files(demo_dir) if p.name[:3].isdigit() and "copy" not in p.name]
+    right = 0
+    for p in images:
+        colour, shape = p.name.split("-")[1:3]
+        top = conn.execute("select text from captions where captions match ? and k = 1",
+                           (p.read_bytes(),)).fetchone()[0]
+        right += top == f"a {colour} {shape}"
+    assert right / len(images) >= 0.8, f"{right}/{len(images)}"
+
+
+def test_text_rows_embed_text_and_updates_reembed(conn, model_dir, demo_dir):
+    conn.execute(f"create virtual table t using clip(model='{model_dir}')")
+    conn.execute("insert into t(rowid, text) values (1, 'a red star')")
+    stored = conn.execute("select embedding from t where rowid = 1").fetchone()[0]
+    ref = conn.execute("select clip_embed_text('a red star')").fetchone()[0]
+    np.testing.assert_allclose(vec(stored), vec(ref), atol=1e-6)
+    conn.execute("update t set text = 'a blue square' where rowid = 1")
+    ref = conn.execute("select clip_embed_text('a blue square')").fetchone()[0]
+    np.testing.assert_allclose(vec(conn.execute("select embedding from t").fetchone()[0]),
+                               vec(ref), atol=1e-6)
+    img = demo_dir / "010-blue-star-on-orange.png"
+    conn.execute("update t set image = ? where rowid = 1", (img.read_bytes(),))
+    ref = conn.execute("select clip_embed_image(?)", (str(img),)).fetchone()[0]
+    np.testing.assert_allclose(vec(conn.execute("select embedding from t").fetchone()[0]),
+                               vec(ref), atol=1e-6)
+    # A text edit on a row with an image keeps the image's vector.
+    conn.execute("update t set text = 'caption' where rowid = 1")
+    np.testing.assert_allclose(vec(conn.execute("select embedding from t").fetchone()[0]),
+                               vec(ref), atol=1e-6)
+
+
+def test_embed_text_matches_goldens(conn):
+    goldens = json.loads((pytest.importorskip("pathlib").Path(__file__).parents[1] / "data" /
+                          "goldens" / "goldens.json").read_text())
+    for t in goldens["texts"][:5]:
+        ref = np.array(t["embedding"], dtype=np.float64)
+        got = vec(conn.execute("select clip_embed_text(?)", (t["text"],)).fetchone()[0])
+        assert np.dot(got, ref / np.linalg.norm(ref)) > 0.999, t["text"]
+
+
+def softmax(x):
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def test_classify_matches_reference(conn, demo_dir):
+    goldens_scale = 2.974609375  # tests/data/goldens/goldens.json logit_scale
+    img = str(demo_dir / "055-red-star-on-blue.png")
+    labels = ["red star", "blue star", "red circle", "green square"]
+    out = json.loads(conn.execute("select clip_classify(?, ?, ?, ?, ?)", [img] + labels)
+                     .fetchone()[0])
+    assert out[0]["label"] == "red star"
+    assert [o["score"] for o in out] == sorted((o["score"] for o in out), reverse=True)
+    e = vec(conn.execute("select clip_embed_image(?)", (img,)).fetchone()[0])
+    t = [vec(conn.execute("select clip_embed_text(?)", (f"a photo of a {lab}.",)).fetchone()[0])
+         for lab in labels]
+    ref = softmax(np.exp(goldens_scale) * np.array([e @ x for x in t]))
+    got = {o["label"]: o["score"] for o in out}
+    np.testing.assert_allclose([got[lab] for lab in labels], ref, rtol=1e-4, atol=1e-6)
+    # Template ensembling: normalise each prompt, average, renormalise.
+    templates = ["a photo of a {}.", "a drawing of a {}"]
+    out = json.loads(conn.execute("select clip_classify_templates(?, ?, ?, ?)",
+                                  (img, json.dumps(templates), labels[0], labels[1])).fetchone()[0])
+    cls = []
+    for lab in labels[:2]:
+        vs = [vec(conn.execute("select clip_embed_text(?)", (tp.replace("{}", lab),)).fetchone()[0])
+              for tp in templates]
+        m = np.mean(vs, axis=0)
+        cls.append(m / np.linalg.norm(m))
+    ref = softmax(np.exp(goldens_scale) * np.array([e @ x for x in cls]))
+    got = {o["label"]: o["score"] for o in out}
+    np.testing.assert_allclose([got[lab] for lab in labels[:2]], ref, rtol=1e-4, atol=1e-6)
+    # A stored embedding may stand in for the image.
+    emb = conn.execute("select clip_embed_image(?)", (img,)).fetchone()[0]
+    out2 = json.loads(conn.execute("select clip_classify(?, 'red star', 'blue star')", (emb,))
+                      .fetchone()[0])
+    assert out2[0]["label"] == "red star"
+
+
+def test_model_identity_is_enforced(tmp_path, ext_path, model_dir, monkeypatch):
+    monkeypatch.delenv("CLIPDB_MODEL", raising=False)
+    other = tmp_path / "other-model"
+    other.mkdir()
+    for f in (pytest.importorskip("pathlib").Path(model_dir)).iterdir():
+        if f.name != "config.json":
+            (other / f.name).symlink_to(f)
+    (other / "config.json").write_text((pytest.importorskip("pathlib").Path(model_dir) /
+                                        "config.json").read_text() + "\n")
+    path = tmp_path / "m.db"
+    db = sqlite3.connect(path)
+    db.enable_load_extension(True)
+    db.load_extension(ext_path)
+    info = json.loads(db.execute("select clip_model('shapes', ?)", (model_dir,)).fetchone()[0])
+    assert info["dims"] == 64 and len(info["identity"]) == 64
+    db.execute("create virtual table t using clip(model=shapes)")
+    db.execute("insert into t(text) values ('a red star')")
+    db.commit()
+    db.close()
+    db = sqlite3.connect(path)
+    db.enable_load_extension(True)
+    db.load_extension(ext_path)
+    # Precomputed-vector queries need no model at all.
+    q = np.ones(64, dtype="<f4").tobytes()
+    assert len(db.execute("select rowid from t where t match ? and k = 1", (q,)).fetchall()) == 1
+    with pytest.raises(sqlite3.OperationalError, match="register it with"):
+        db.execute("select rowid from t where t match 'a star' and k = 1").fetchall()
+    db.execute("select clip_model('shapes', ?)", (str(other),))
+    with pytest.raises(sqlite3.OperationalError, match="different model"):
+        db.execute("select rowid from t where t match 'a star' and k = 1").fetchall()
+    db.close()
+    db = sqlite3.connect(path)
+    db.enable_load_extension(True)
+    db.load_extension(ext_path)
+    db.execute("select clip_model('shapes', ?)", (model_dir,))
+    assert db.execute("select text from t where t match 'a star' and k = 1").fetchone()[0] == \
+        "a red star"
+    db.close()
+
+
+@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="sqlite3 shell not installed")
+def test_shell_text_search(ext_path, model_dir, demo_dir, tmp_path):
+    db = tmp_path / "shell.db"
+    stars = [p for p in demo_files(demo_dir) if "star" in p.name]
+    stars = [p for p in stars if "red-star" in p.name] + [p for p in stars if "red" not in p.name][:4]
+    sql = [f".load {ext_path}",
+           f"create virtual table p using clip(model='{model_dir}', name TEXT)"]
+    sql += [f"insert into p(image, name) values ('{p}', '{p.name}')" for p in stars]
+    sql += ["select name from p where p match 'a red star' and k = 1"]
+    out = subprocess.run(["sqlite3", str(db)] + sql, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "red-star" in out.stdout.strip()
+
+
+@pytest.fixture
+def http_demo(demo_dir):
+    """A loopback HTTP server over the demo images."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(demo_dir))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_image_urls_are_fetched_and_stored_as_given(conn, model_dir, demo_dir, http_demo):
+    conn.execute(f"create virtual table u using clip(model='{model_dir}')")
+    url = f"{http_demo}/055-red-star-on-blue.png"
+    conn.execute("insert into u(rowid, image) values (1, ?)", (url,))
+    image, emb = conn.execute("select image, embedding from u where rowid = 1").fetchone()
+    assert image == url
+    ref = conn.execute("select clip_embed_image(?)", (str(demo_dir / "055-red-star-on-blue.png"),))
+    np.testing.assert_allclose(vec(emb), vec(ref.fetchone()[0]), atol=1e-6)
+    with pytest.raises(sqlite3.OperationalError, match="404|not found|HTTP"):
+        conn.execute("insert into u(image) values (?)", (f"{http_demo}/missing.png",))
+    assert conn.execute("select count(*) from u").fetchone()[0] == 1

@@ -1,0 +1,481 @@
+"""The clip virtual table with precomputed vectors (no encoder needed): KNN against a numpy
+brute-force reference, filters, writes, transactions, two connections, reopening, a killed
+writer, commands, rename, clip_search."""
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+DIMS = 16
+
+
+def connect(path, ext_path):
+    db = sqlite3.connect(path, isolation_level=None, timeout=30)
+    db.enable_load_extension(True)
+    db.load_extension(ext_path)
+    return db
+
+
+def blob(v):
+    return np.asarray(v, dtype="<f4").tobytes()
+
+
+def unit(rng, n, dims=DIMS):
+    x = rng.standard_normal((n, dims)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def stored(db, table="p"):
+    """All stored (rowid, embedding) read back through SQL: the reference's input."""
+    rows = db.execute(f"select rowid, embedding from {table}").fetchall()
+    ids = np.array([r[0] for r in rows], dtype=np.int64)
+    vecs = np.array([np.frombuffer(r[1], dtype="<f4") for r in rows]).reshape(len(rows), -1)
+    return ids, vecs
+
+
+def brute_force(ids, vecs, q, k):
+    q = np.asarray(q, dtype=np.float64)
+    q = q / np.linalg.norm(q)
+    sims = vecs.astype(np.float64) @ q
+    order = np.argsort(-sims, kind="stable")[:k]
+    return list(ids[order]), list(1.0 - sims[order])
+
+
+def knn(db, q, k, where="", table="p", params=()):
+    sql = (f"select rowid, distance from {table} where {table} match ? and k = ? {where} "
+           "order by distance")
+    return db.execute(sql, (blob(q), k) + tuple(params)).fetchall()
+
+
+@pytest.fixture
+def dbpath(tmp_path):
+    return str(tmp_path / "v.db")
+
+
+@pytest.fixture
+def filled(dbpath, ext_path):
+    """500 random unit vectors with an album (a/b/c, 15 rows 'rare') and a year."""
+    rng = np.random.default_rng(7)
+    db = connect(dbpath, ext_path)
+    db.execute("create virtual table p using clip(dims=16, album TEXT, year INTEGER)")
+    vecs = unit(rng, 500)
+    albums = ["rare" if i % 33 == 0 else "abc"[i % 3] for i in range(500)]
+    db.execute("begin")
+    db.executemany("insert into p(embedding, album, year) values (?, ?, ?)",
+                   [(blob(v), a, 1990 + i % 30) for i, (v, a) in enumerate(zip(vecs, albums))])
+    db.execute("commit")
+    yield db, rng
+    db.close()
+
+
+def assert_same_ranking(got, ref_ids, ref_dist):
+    assert [r[0] for r in got] == [int(i) for i in ref_ids]
+    np.testing.assert_allclose([r[1] for r in got], ref_dist, atol=1e-5)
+
+
+def test_knn_equals_brute_force(filled):
+    db, rng = filled
+    ids, vecs = stored(db)
+    assert len(ids) == 500
+    norms = np.linalg.norm(vecs, axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+    for q in unit(rng, 20):
+        ref_ids, ref_dist = brute_force(ids, vecs, q, 10)
+        assert_same_ranking(knn(db, q, 10), ref_ids, ref_dist)
+
+
+def test_limit_without_k_and_offset(filled):
+    db, rng = filled
+    ids, vecs = stored(db)
+    q = unit(rng, 1)[0]
+    ref_ids, _ = brute_force(ids, vecs, q, 150)
+    got = db.execute("select rowid from p where p match ? order by distance limit 150",
+                     (blob(q),)).fetchall()
+    assert [r[0] for r in got] == [int(i) for i in ref_ids]
+    got = db.execute("select rowid from p where p match ? limit 5 offset 3", (blob(q),)).fetchall()
+    assert [r[0] for r in got] == [int(i) for i in ref_ids[3:8]]
+
+
+def test_filters_apply_before_top_k(filled):
+    db, rng = filled
+    ids, vecs = stored(db)
+    albums = dict(db.execute("select rowid, album from p"))
+    years = dict(db.execute("select rowid, year from p"))
+    q = unit(rng, 1)[0]
+    cases = [
+        ("and album = ?", ("rare",), lambda i: albums[i] == "rare"),
+        ("and album in ('rare', 'b')", (), lambda i: albums[i] in ("rare", "b")),
+        ("and year between ? and ?", (1995, 1997), lambda i: 1995 <= years[i] <= 1997),
+        ("and year > ? and album != 'a'", (2010,), lambda i: years[i] > 2010 and albums[i] != "a"),
+        ("and rowid < 40", (), lambda i: i < 40),
+    ]
+    for where, params, keep in cases:
+        mask = np.array([keep(int(i)) for i in ids])
+        ref_ids, ref_dist = brute_force(ids[mask], vecs[mask], q, 10)
+        got = knn(db, q, 10, where, params=params)
+        assert len(got) == 10, where
+        assert_same_ranking(got, ref_ids, ref_dist)
+
+
+def test_distance_bound(filled):
+    db, rng = filled
+    ids, vecs = stored(db)
+    q = vecs[5]
+    ref_ids, ref_dist = brute_force(ids, vecs, q, 500)
+    expected = [i for i, d in zip(ref_ids, ref_dist) if d < 0.8]
+    got = db.execute("select rowid from p where p match ? and distance < 0.8", (blob(q),))
+    assert sorted(r[0] for r in got) == sorted(int(i) for i in expected)
+    got = db.execute("select rowid from p where p match ? and k = 3 and distance < 0.8",
+                     (blob(q),)).fetchall()
+    assert [r[0] for r in got] == [int(i) for i in expected[:3]]
+
+
+def test_columns_and_scan(filled):
+    db, _ = filled
+    row = db.execute("select rowid, image, text, album, year, distance from p where rowid = 34") \
+        .fetchone()
+    assert row == (34, None, None, "rare", 1990 + 33 % 30, None)
+    assert db.execute("select count(*) from p where album = 'rare'").fetchone()[0] == 16
+    assert db.execute("select count(*) from p").fetchone()[0] == 500
+    names = [r[1] for r in db.execute("pragma table_info(p)")]
+    assert names == ["image", "text", "embedding", "album", "year"]
+
+
+def test_update_and_delete(filled):
+    db, rng = filled
+    q = unit(rng, 1)[0]
+    top = knn(db, q, 3)
+    db.execute("delete from p where rowid = ?", (top[0][0],))
+    assert top[0][0] not in [r[0] for r in knn(db, q, 10)]
+    # Moving row 7's vector onto the query makes it the nearest.
+    db.execute("update p set embedding = ? where rowid = 7", (blob(q),))
+    got = knn(db, q, 1)
+    assert got[0][0] == 7 and got[0][1] < 1e-5
+    # Metadata-only update keeps the vector.
+    db.execute("update p set album = 'moved' where rowid = 7")
+    assert knn(db, q, 1)[0][0] == 7
+    assert db.execute("select album from p where rowid = 7").fetchone()[0] == "moved"
+    # Changing the rowid moves row and vector.
+    db.execute("update p set rowid = 100000 where rowid = 7")
+    assert knn(db, q, 1)[0][0] == 100000
+    ids, vecs = stored(db)
+    ref_ids, ref_dist = brute_force(ids, vecs, q, 10)
+    assert_same_ranking(knn(db, q, 10), ref_ids, ref_dist)
+    db.execute("insert into p(p) values('integrity-check')")
+
+
+def test_insert_conflicts(filled):
+    db, rng = filled
+    v = unit(rng, 1)[0]
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE constraint failed"):
+        db.execute("insert into p(rowid, embedding) values (3, ?)", (blob(v),))
+    db.execute("insert or replace into p(rowid, embedding, album) values (3, ?, 'r')", (blob(v),))
+    assert knn(db, v, 1)[0][0] == 3
+    assert db.execute("select album from p where rowid = 3").fetchone()[0] == "r"
+    db.execute("insert or ignore into p(rowid, embedding, album) values (3, ?, 'x')", (blob(-v),))
+    assert db.execute("select album from p where rowid = 3").fetchone()[0] == "r"
+    cur = db.execute("insert into p(embedding) values (?)", (blob(v),))
+    assert cur.lastrowid == 501
+    db.execute("insert into p(p) values('integrity-check')")
+
+
+def snapshot_results(db, queries):
+    return [knn(db, q, 10) for q in queries]
+
+
+def test_rollback_leaves_no_trace(filled):
+    db, rng = filled
+    queries = unit(rng, 5)
+    before = snapshot_results(db, queries)
+    db.execute("begin")
+    for q in queries:
+        db.execute("insert into p(embedding, album) values (?, 'tmp')", (blob(q),))
+    db.execute("delete from p where rowid in (select rowid from p where p match ? and k = 3)",
+               (blob(queries[1]),))
+    db.execute("update p set embedding = ? where rowid = 11", (blob(queries[2]),))
+    assert knn(db, queries[0], 1)[0][1] < 1e-5  # visible inside the transaction
+    db.execute("rollback")
+    assert snapshot_results(db, queries) == before
+    db.execute("insert into p(p) values('integrity-check')")
+
+
+def test_savepoints(filled):
+    db, rng = filled
+    a, b, c = unit(rng, 3)
+    db.execute("begin")
+    db.execute("insert into p(rowid, embedding) values (9001, ?)", (blob(a),))
+    db.execute("savepoint s1")
+    db.execute("insert into p(rowid, embedding) values (9002, ?)", (blob(b),))
+    db.execute("savepoint s2")
+    db.execute("insert into p(rowid, embedding) values (9003, ?)", (blob(c),))
+    db.execute("delete from p where rowid = 9001")
+    db.execute("rollback to s2")
+    assert knn(db, a, 1)[0][0] == 9001
+    assert knn(db, b, 1)[0][0] == 9002
+    assert knn(db, c, 1)[0][0] != 9003
+    db.execute("rollback to s1")
+    assert knn(db, b, 1)[0][0] != 9002
+    db.execute("release s1")
+    db.execute("commit")
+    assert knn(db, a, 1)[0][0] == 9001
+    ids, vecs = stored(db)
+    ref_ids, ref_dist = brute_force(ids, vecs, c, 10)
+    assert_same_ranking(knn(db, c, 10), ref_ids, ref_dist)
+
+
+def test_failed_statement_is_undone(filled):
+    db, rng = filled
+    v = unit(rng, 1)[0]
+    # The second row conflicts: the statement fails and its first row must vanish too.
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute("insert into p(rowid, embedding) values (7777, ?), (5, ?)", (blob(v), blob(v)))
+    assert knn(db, v, 1)[0][0] != 7777
+    assert db.execute("select count(*) from p where rowid = 7777").fetchone()[0] == 0
+
+
+def test_two_connections(filled, dbpath, ext_path):
+    db, rng = filled
+    other = connect(dbpath, ext_path)
+    q = unit(rng, 1)[0]
+    assert knn(other, q, 5) == knn(db, q, 5)
+    db.execute("insert into p(rowid, embedding) values (5000, ?)", (blob(q),))
+    assert knn(other, q, 1)[0][0] == 5000  # committed row visible at the next query
+    other.execute("delete from p where rowid = 5000")
+    assert knn(db, q, 1)[0][0] != 5000
+    # Compaction by one connection (log truncated) makes the other reload fully.
+    other.execute("insert into p(p) values('optimize')")
+    db.execute("insert into p(rowid, embedding) values (5001, ?)", (blob(q),))
+    assert knn(other, q, 1)[0][0] == 5001
+    ids, vecs = stored(db)
+    ref_ids, ref_dist = brute_force(ids, vecs, q, 10)
+    assert_same_ranking(knn(other, q, 10), ref_ids, ref_dist)
+    other.close()
+
+
+def test_reopen(filled, dbpath, ext_path):
+    db, rng = filled
+    queries = unit(rng, 3)
+    before = snapshot_results(db, queries)
+    db.close()
+    db = connect(dbpath, ext_path)
+    assert snapshot_results(db, queries) == before
+    db.close()
+
+
+def test_ivf_index_snapshot_and_nprobe(dbpath, ext_path):
+    rng = np.random.default_rng(3)
+    db = connect(dbpath, ext_path)
+    db.execute("create virtual table p using clip(dims=16, index='IVF8,Flat')")
+    vecs = unit(rng, 2000)
+    db.execute("begin")
+    db.executemany("insert into p(embedding) values (?)", [(blob(v),) for v in vecs])
+    db.execute("commit")
+    db.execute("insert into p(p) values('train')")
+    assert db.execute("select count(*) from p_index").fetchone()[0] >= 1
+    assert db.execute("select value from p_config where key='snapshot_seq'").fetchone()[0] > 0
+    # Changes after the snapshot are replayed from the log on load.
+    extra = unit(rng, 1)[0]
+    db.execute("insert into p(rowid, embedding) values (99999, ?)", (blob(extra),))
+    db.close()
+    db = connect(dbpath, ext_path)
+    ids, stored_vecs = stored(db)
+    for q in list(unit(rng, 10)) + [extra]:
+        ref_ids, ref_dist = brute_force(ids, stored_vecs, q, 10)
+        got = knn(db, q, 10, "and nprobe = 8")  # all lists: exact
+        assert_same_ranking(got, ref_ids, ref_dist)
+    db.execute("insert into p(p) values('integrity-check')")
+    db.close()
+
+
+def test_cold_start_cache_file(dbpath, ext_path):
+    rng = np.random.default_rng(5)
+    db = connect(dbpath, ext_path)
+    db.execute("create virtual table p using clip(dims=16, index='IVF8,Flat')")
+    db.execute("begin")
+    db.executemany("insert into p(embedding) values (?)", [(blob(v),) for v in unit(rng, 1000)])
+    db.execute("commit")
+    db.execute("insert into p(p) values('train')")
+    db.close()
+    cache = dbpath + "-clip-p.idx"
+    queries = unit(rng, 5)
+
+    def check_fresh_connection():
+        db = connect(dbpath, ext_path)
+        ids, vecs = stored(db)
+        for q in queries:
+            ref_ids, ref_dist = brute_force(ids, vecs, q, 10)
+            assert_same_ranking(knn(db, q, 10, "and nprobe = 8"), ref_ids, ref_dist)
+        return db
+
+    check_fresh_connection().close()  # first load writes the cache file
+    assert os.path.getsize(cache) > 1000 * 16 * 4
+    check_fresh_connection().close()  # second load maps it
+    with open(cache, "wb") as f:      # a corrupt cache file is ignored and rewritten
+        f.write(b"garbage" * 100)
+    check_fresh_connection().close()
+    assert os.path.getsize(cache) > 1000 * 16 * 4
+    # A stale file (older generation) is not used: changes made after it are visible.
+    db = connect(dbpath, ext_path)
+    db.execute("delete from p where rowid <= 500")
+    db.execute("insert into p(p) values('optimize')")
+    db.close()
+    check_fresh_connection().close()
+    db = connect(dbpath, ext_path)
+    db.execute("drop table p")
+    db.close()
+    assert not os.path.exists(cache)
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sqlite3, sys, numpy as np
+    db = sqlite3.connect(sys.argv[1], isolation_level=None)
+    db.enable_load_extension(True)
+    db.load_extension(sys.argv[2])
+    rng = np.random.default_rng(1)
+    db.execute("begin")
+    print("started", flush=True)
+    for i in range(10**7):
+        v = rng.standard_normal(16).astype('<f4')
+        db.execute("insert into p(embedding, album) values (?, 'doomed')", (v.tobytes(),))
+""")
+
+
+def test_kill_during_bulk_insert(filled, dbpath, ext_path, tmp_path):
+    db, rng = filled
+    q = unit(rng, 1)[0]
+    before = knn(db, q, 10)
+    db.close()
+    script = tmp_path / "writer.py"
+    script.write_text(KILL_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), dbpath, ext_path],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    db = connect(dbpath, ext_path)
+    db.execute("insert into p(p) values('integrity-check')")
+    assert db.execute("select count(*) from p").fetchone()[0] == 500
+    assert db.execute("select count(*) from p where album = 'doomed'").fetchone()[0] == 0
+    assert knn(db, q, 10) == before
+    db.close()
+
+
+def test_commands(filled):
+    db, rng = filled
+    q = unit(rng, 1)[0]
+    before = knn(db, q, 10)
+    for cmd in ("optimize", "rebuild", "train", "integrity-check"):
+        db.execute("insert into p(p) values(?)", (cmd,))
+        assert knn(db, q, 10) == before, cmd
+    with pytest.raises(sqlite3.OperationalError, match="unknown command"):
+        db.execute("insert into p(p) values('vacuum')")
+    # integrity-check notices a shadow table damaged behind the extension's back.
+    db.execute("delete from p_vectors where rowid = 10")
+    with pytest.raises(sqlite3.DatabaseError, match="integrity-check of p failed"):
+        db.execute("insert into p(p) values('integrity-check')")
+
+
+def test_rename(filled):
+    db, rng = filled
+    q = unit(rng, 1)[0]
+    before = knn(db, q, 5)
+    db.execute("alter table p rename to photos2")
+    assert knn(db, q, 5, table="photos2") == before
+    tables = {r[0] for r in db.execute("select name from sqlite_schema where type = 'table'")}
+    assert {"photos2_rows", "photos2_vectors", "photos2_config"} <= tables
+    assert not any(t.startswith("p_") for t in tables)
+    db.execute("insert into photos2(embedding) values (?)", (blob(q),))
+    assert knn(db, q, 1, table="photos2")[0][1] < 1e-5
+
+
+def test_clip_search(filled):
+    db, rng = filled
+    db.execute("create virtual table other using clip(dims=16, note TEXT)")
+    db.execute("insert into other(embedding, note) values (?, 'hello')", (blob(unit(rng, 1)[0]),))
+    q = unit(rng, 1)[0]
+    got = db.execute("select rowid, distance, metadata from clip_search('p', ?, 7)",
+                     (blob(q),)).fetchall()
+    assert [(r[0], r[1]) for r in got] == knn(db, q, 7)
+    assert '"album"' in got[0][2] and '"year"' in got[0][2]
+    assert len(db.execute("select * from clip_search('p', ?)", (blob(q),)).fetchall()) == 10
+    row = db.execute("select rowid, metadata from clip_search('other', ?, 5)", (blob(q),)).fetchall()
+    assert row == [(1, '{"note":"hello"}')]
+    with pytest.raises(sqlite3.OperationalError, match="not a clip table"):
+        db.execute("select * from clip_search('p_rows', ?)", (blob(q),)).fetchall()
+    with pytest.raises(sqlite3.OperationalError, match="not a clip table"):
+        db.execute("select * from clip_search('nope', ?)", (blob(q),)).fetchall()
+
+
+def test_shadow_tables_are_protected(filled, dbpath, ext_path):
+    db, _ = filled
+    names = {r[0] for r in db.execute("select name from sqlite_schema")}
+    assert {"p_config", "p_rows", "p_vectors", "p_changes", "p_index"} <= names
+    db.close()
+    # In defensive mode (xShadowName) ordinary SQL may read but not write the shadow tables.
+    out = subprocess.run(["sqlite3", dbpath, f".load {ext_path}", ".dbconfig defensive on",
+                          "select count(*) from p_vectors", "delete from p_vectors"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().splitlines()[-1] == "500"
+    assert "may not be modified" in out.stderr
+
+
+def test_knn_per_row_of_a_join(filled):
+    db, rng = filled
+    queries = unit(rng, 3)
+    db.execute("create table queries(id integer primary key, v blob)")
+    db.executemany("insert into queries(v) values (?)", [(blob(q),) for q in queries])
+    got = db.execute("select q.id, p.rowid from queries q join p on p match q.v and p.k = 2 "
+                     "order by q.id, p.distance").fetchall()
+    expected = [(i + 1, r[0]) for i, q in enumerate(queries) for r in knn(db, q, 2)]
+    assert got == expected
+
+
+@pytest.mark.parametrize("autotrain", ["on", "off"])
+def test_commit_trains_once_large_enough(dbpath, ext_path, autotrain):
+    rng = np.random.default_rng(11)
+    db = connect(dbpath, ext_path)
+    db.execute(f"create virtual table p using clip(dims=8, autotrain={autotrain})")
+    vecs = unit(rng, 10000, 8)
+    db.execute("begin")
+    db.executemany("insert into p(embedding) values (?)", [(blob(v),) for v in vecs])
+    db.execute("commit")
+    pieces = db.execute("select count(*) from p_index").fetchone()[0]
+    assert (pieces > 0) == (autotrain == "on")
+    if autotrain == "off":
+        db.execute("insert into p(p) values('train')")
+        assert db.execute("select count(*) from p_index").fetchone()[0] > 0
+    ids, stored_vecs = stored(db)
+    q = vecs[123]
+    got = knn(db, q, 1)
+    assert got[0][0] == 124 and got[0][1] < 1e-5
+    db.execute("insert into p(p) values('integrity-check')")
+    db.close()
+
+
+def test_deserialized_database_writes_no_cache_file(ext_path, tmp_path, monkeypatch):
+    """sqlite3_deserialize names its memdb database "x": no "x-clip-*.idx" may appear in the
+    working directory, and the trained index still answers like brute force."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(7)
+    src = connect(":memory:", ext_path)
+    src.execute("create virtual table v using clip(dims=16, index='IVF2,Flat')")
+    vecs = unit(rng, 200)
+    for v in vecs:
+        src.execute("insert into v(embedding) values (?)", (blob(v),))
+    src.execute("insert into v(v) values('train')")
+    image = src.serialize()
+    db = connect(":memory:", ext_path)
+    db.deserialize(image)
+    q = unit(rng, 1)[0]
+    got = [r[0] for r in db.execute("select rowid from v where v match ? and k = 5 and nprobe = 2",
+                                    (blob(q),))]
+    ids, stored_vecs = stored(db, "v")
+    assert got == brute_force(ids, stored_vecs, q, 5)[0]
+    assert list(tmp_path.iterdir()) == []
