@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include "cli/cli.h"
+#include "src/json.h"
 #include "cli/db.h"
 
 static const char USAGE[] =
@@ -50,6 +51,44 @@ static int add_config(cli_db *db, json_object *o, cdb_error *err) {
   return rc == SQLITE_DONE ? 0 : cli_db_fail(db, "config", err);
 }
 
+/* The live index as the extension reports it (clip_index_info): kind, nlist, nprobe in use. */
+static int add_index_state(cli_db *db, json_object *o, cdb_error *err) {
+  sqlite3_stmt *st;
+  if (cli_db_prepare(db, "SELECT clip_index_info('" CLI_TABLE "')", &st, err) != 0) return -1;
+  int rc = sqlite3_step(st);
+  json_object *state = NULL;
+  if (rc == SQLITE_ROW) {
+    const char *text = (const char *)sqlite3_column_text(st, 0);
+    state = text ? cdb_json_parse(text, strlen(text), "clip_index_info", err) : NULL;
+  }
+  sqlite3_finalize(st);
+  if (rc != SQLITE_ROW) return cli_db_fail(db, "index state", err);
+  if (!state) return -1;
+  json_object_object_add(o, "index_state", state);
+  return 0;
+}
+
+static void print_index_state(json_object *o) {
+  json_object *s, *kind, *factory, *nlist, *nprobe, *count, *mapped;
+  if (!json_object_object_get_ex(o, "index_state", &s) ||
+      !json_object_object_get_ex(s, "kind", &kind) ||
+      !json_object_object_get_ex(s, "factory", &factory) ||
+      !json_object_object_get_ex(s, "nlist", &nlist) ||
+      !json_object_object_get_ex(s, "nprobe", &nprobe) ||
+      !json_object_object_get_ex(s, "count", &count) ||
+      !json_object_object_get_ex(s, "mapped", &mapped))
+    return;
+  if (strcmp(json_object_get_string(kind), "flat") == 0) {
+    printf("%-14s exact search over %lld vectors (IVF once trained)\n", "index now",
+           (long long)json_object_get_int64(count));
+    return;
+  }
+  printf("%-14s %s, nlist %d, nprobe %d, %lld vectors%s\n", "index now",
+         json_object_get_string(factory), json_object_get_int(nlist), json_object_get_int(nprobe),
+         (long long)json_object_get_int64(count),
+         json_object_get_boolean(mapped) ? ", memory-mapped" : "");
+}
+
 static void print_text(json_object *o) {
   static const char *const order[][2] = {
       {"database", "database"},   {"size_bytes", "size on disk"}, {"rows", "photos"},
@@ -67,6 +106,7 @@ static void print_text(json_object *o) {
       printf("%-14s auto\n", order[i][1]);
     else
       printf("%-14s %s\n", order[i][1], json_object_get_string(v));
+    if (strcmp(order[i][0], "nprobe") == 0) print_index_state(o);
   }
 }
 
@@ -98,6 +138,7 @@ int cmd_info(int argc, char **argv, const cli_ctx *ctx) {
     rc = add_scalar(&db, o, "rows", "SELECT count(*) FROM " CLI_TABLE "_rows", &err);
   }
   if (rc == 0) rc = add_config(&db, o, &err);
+  if (rc == 0) rc = add_index_state(&db, o, &err);
   if (rc == 0) {
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(db.db, "SELECT min(date), max(date) FROM " CLI_TABLE, -1, &st, NULL) ==

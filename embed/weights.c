@@ -2,6 +2,7 @@
  * weights on first use: float32 views of the mapping, conversions of F16/BF16, and the packed
  * panels (kernels.h) the GEMMs stream, in one huge-page arena per tower. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -223,6 +224,7 @@ typedef struct pack_job {
   int N, K;
   pack_mode mode;
   void *dst;
+  atomic_int not_finite; /* PACK_F32_TO_F16: a value left the half range */
 } pack_job;
 
 static void pack_task(void *ctx, int ith, int nth) {
@@ -234,18 +236,22 @@ static void pack_task(void *ctx, int ith, int nth) {
   size_t at = (size_t)n0 * j->K;
   if (j->mode == PACK_F16)
     clip_pack_weights_f16((const uint16_t *)j->src + at, n1 - n0, j->K, (uint16_t *)j->dst + at);
-  else if (j->mode == PACK_F32_TO_F16)
-    clip_pack_weights_f32_to_f16((const float *)j->src + at, n1 - n0, j->K,
-                                 (uint16_t *)j->dst + at);
+  else if (j->mode == PACK_F32_TO_F16) {
+    if (clip_pack_weights_f32_to_f16((const float *)j->src + at, n1 - n0, j->K,
+                                     (uint16_t *)j->dst + at))
+      atomic_store(&((pack_job *)ctx)->not_finite, 1);
+  }
   else
     clip_pack_weights((const float *)j->src + at, n1 - n0, j->K, (float *)j->dst + at);
 }
 
-/* Packing is a transpose bound by memory bandwidth; all cores share it. */
-static void pack_parallel(const void *src, int N, int K, pack_mode mode, void *dst) {
-  pack_job j = {src, N, K, mode, dst};
+/* Packing is a transpose bound by memory bandwidth; all cores share it. Returns 1 when rounding
+ * to half floats overflowed (the packed data is then unusable). */
+static int pack_parallel(const void *src, int N, int K, pack_mode mode, void *dst) {
+  pack_job j = {src, N, K, mode, dst, 0};
   int nth = cdb_pool_threads(), panels = (N + CLIP_PANEL - 1) / CLIP_PANEL;
   cdb_parallel(pack_task, &j, nth < panels ? nth : panels);
+  return atomic_load(&j.not_finite);
 }
 
 /* A tensor's mapped pages, once packed, are not read again: dropping them keeps the resident
@@ -264,13 +270,13 @@ static int keeps_f16(const st_tensor *t) {
 
 /* The packed form (kernels.h) of one [N, K] weight, or of several stacked along N: half floats
  * when every part is F16 or the tower rounds to half (tw->round_f16), else float32. */
-static clip_packed packed(clip_model *m, clip_tower *tw, const char *const *names, int n_names, int N,
-                          int K, cdb_error *err) {
+static clip_packed packed_as(clip_model *m, clip_tower *tw, const char *const *names, int n_names,
+                             int N, int K, int round_f16, int *overflow, cdb_error *err) {
   int all_f16 = 1;
   for (int i = 0; i < n_names; i++) all_f16 &= keeps_f16(st_find(&m->st, names[i]));
   /* Parts whose rows fill whole panels are packed in place; others are stacked first. */
   int aligned = N % CLIP_PANEL == 0 || n_names == 1;
-  int f16 = aligned && (all_f16 || tw->round_f16);
+  int f16 = aligned && (all_f16 || round_f16);
   size_t esize = f16 ? 2 : 4;
   void *dst = arena_alloc(tw, esize * clip_packed_floats(N * n_names, K));
   float *stacked = aligned ? NULL : malloc(sizeof(float) * (size_t)N * n_names * K);
@@ -286,10 +292,11 @@ static clip_packed packed(clip_model *m, clip_tower *tw, const char *const *name
     float *temp;
     const float *src = f32_data(t, &temp);
     ok = src != NULL;
-    if (ok && aligned) pack_parallel(src, N, K, f16 ? PACK_F32_TO_F16 : PACK_F32, part);
+    if (ok && aligned && pack_parallel(src, N, K, f16 ? PACK_F32_TO_F16 : PACK_F32, part))
+      *overflow = 1;
     if (ok && !aligned) memcpy(stacked + (size_t)i * N * K, src, sizeof(float) * (size_t)N * K);
     free(temp);
-    if (clip_get_gemm_mode() != CLIP_GEMM_BLAS) drop_mapped(t);
+    if (clip_get_gemm_mode() != CLIP_GEMM_BLAS && !*overflow) drop_mapped(t);
   }
   if (ok && !aligned) pack_parallel(stacked, N * n_names, K, PACK_F32, dst);
   free(stacked);
@@ -298,6 +305,16 @@ static clip_packed packed(clip_model *m, clip_tower *tw, const char *const *name
     return (clip_packed){NULL, 0};
   }
   return (clip_packed){dst, f16};
+}
+
+/* The packed weight; one whose values leave the half range when rounded is packed again as
+ * float32 (the half-float copy's arena space is simply not reused). */
+static clip_packed packed(clip_model *m, clip_tower *tw, const char *const *names, int n_names, int N,
+                          int K, cdb_error *err) {
+  int overflow = 0;
+  clip_packed p = packed_as(m, tw, names, n_names, N, K, tw->round_f16, &overflow, err);
+  if (p.data && overflow) p = packed_as(m, tw, names, n_names, N, K, 0, &overflow, err);
+  return p;
 }
 
 static const float *stacked_bias(clip_model *m, clip_tower *tw, const char *const *names, int n, int D,
@@ -396,7 +413,7 @@ static int prepare_vision(clip_model *m, cdb_error *err) {
     size_t bytes = packed_layer_bytes(&c->vision) + 128 +
                    sizeof(float) * (clip_packed_floats(D, patch_len) +
                                     clip_packed_floats(c->projection_dim, D));
-    if (arena_open(tw, bytes) != 0)
+    if (arena_open(tw, tw->round_f16 ? bytes / 2 * 3 : bytes) != 0)
       return cdb_error_set(err, "clip: out of memory for the vision tower");
     if (!(w->patch_p = packed(m, tw, patch, 1, D, patch_len, err)).data ||
         !(w->proj_p = packed(m, tw, proj, 1, c->projection_dim, D, err)).data ||
@@ -431,7 +448,9 @@ static int prepare_text(clip_model *m, cdb_error *err) {
     return -1;
   int blas = clip_get_gemm_mode() == CLIP_GEMM_BLAS;
   tw->round_f16 = weights_half(1);
-  if (!blas && arena_open(tw, packed_layer_bytes(&m->cfg.text)) != 0)
+  /* Room for a weight packed twice (half floats that overflowed, then float32). */
+  size_t bytes = packed_layer_bytes(&m->cfg.text) * (tw->round_f16 ? 3 : 2) / 2;
+  if (!blas && arena_open(tw, bytes) != 0)
     return cdb_error_set(err, "clip: out of memory for the text tower");
   int rc = blas ? load_layers(m, tw, "text_model", m->cfg.text.layers, err)
                 : pack_layers(m, tw, "text_model", &m->cfg.text, err);

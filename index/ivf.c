@@ -95,9 +95,9 @@ static int normalise_into(const float *v, int dim, float *out, const char *what,
   if (!(sum > 0) || !isfinite(sum))
     return cdb_error_set(err, "index: %s %lld is a zero vector (cosine undefined)", what,
                          (long long)i);
-  float inv = (float)(1.0 / sqrt(sum));
+  double norm = sqrt(sum); /* double: a float reciprocal overflows for denormal inputs */
   for (int j = 0; j < dim; j++)
-    out[j] = v[j] * inv;
+    out[j] = (float)((double)v[j] / norm);
   return 0;
 }
 

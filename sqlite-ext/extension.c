@@ -29,6 +29,8 @@
  *                                                     default); returns JSON {name, path, dims,
  *                                                     identity}
  *   clip_version()                         -> TEXT
+ *   clip_index_info(table)                 -> TEXT   JSON of the live index: kind ("flat"/"ivf"),
+ *                                                     factory, nlist, nprobe, count, mapped
  *
  * The clip virtual table
  *   CREATE VIRTUAL TABLE photos USING clip(model=NAME, index=auto, taken_at TEXT, album TEXT);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "sqlite-ext/internal.h"
+#include "sqlite-ext/table.h"
 #include "src/json.h"
 
 #define DIRECT (SQLITE_UTF8 | SQLITE_DIRECTONLY)
@@ -20,6 +21,18 @@ static void result_cdb_error(sqlite3_context *ctx, const char *fn, const cdb_err
 
 static void result_vector(sqlite3_context *ctx, float *v, int n) {
   sqlite3_result_blob(ctx, v, n * (int)sizeof(float), free);
+}
+
+/* Hands v to SQLite when the operation that computed it succeeded (rc == 0), else reports err;
+ * v is consumed either way. */
+static void finish_vector(sqlite3_context *ctx, const char *fn, float *v, int n, int rc,
+                          cdb_error *err) {
+  if (rc == 0) {
+    result_vector(ctx, v, n);
+  } else {
+    free(v);
+    result_cdb_error(ctx, fn, err);
+  }
 }
 
 /* The optional model argument: NULL/absent = default; anything else must be TEXT. */
@@ -121,12 +134,8 @@ static void vec_binary(sqlite3_context *ctx, sqlite3_value **argv, const char *f
   if (b && same_dims(ctx, fn, na, nb)) {
     for (int i = 0; i < na; i++) a[i] += sign * b[i];
     cdb_error err = {{0}};
-    if (cdbx_vec_check_finite(a, na, "result", &err) == 0) {
-      result_vector(ctx, a, na);
-      a = NULL;
-    } else {
-      result_cdb_error(ctx, fn, &err);
-    }
+    finish_vector(ctx, fn, a, na, cdbx_vec_check_finite(a, na, "result", &err), &err);
+    a = NULL;
   }
   free(a);
   free(b);
@@ -155,12 +164,7 @@ static void fn_vec_scale(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   if (!a) return;
   for (int i = 0; i < n; i++) a[i] = (float)(a[i] * s);
   cdb_error err = {{0}};
-  if (cdbx_vec_check_finite(a, n, "result", &err) == 0) {
-    result_vector(ctx, a, n);
-  } else {
-    free(a);
-    result_cdb_error(ctx, "clip_vec_scale", &err);
-  }
+  finish_vector(ctx, "clip_vec_scale", a, n, cdbx_vec_check_finite(a, n, "result", &err), &err);
 }
 
 static void fn_vec_normalize(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
@@ -169,12 +173,8 @@ static void fn_vec_normalize(sqlite3_context *ctx, int argc, sqlite3_value **arg
   float *a = vec_arg(ctx, "clip_vec_normalize", argv, 0, &n);
   if (!a) return;
   cdb_error err = {{0}};
-  if (cdbx_vec_normalize(a, n, "argument 1", &err) == 0) {
-    result_vector(ctx, a, n);
-  } else {
-    free(a);
-    result_cdb_error(ctx, "clip_vec_normalize", &err);
-  }
+  finish_vector(ctx, "clip_vec_normalize", a, n, cdbx_vec_normalize(a, n, "argument 1", &err),
+                &err);
 }
 
 static void fn_vec_to_json(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
@@ -458,6 +458,35 @@ static void fn_version(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   sqlite3_result_text(ctx, "clipdb 0.1.0", -1, SQLITE_STATIC);
 }
 
+/* clip_index_info(table) -> JSON of the live index: what `clipdb info` and users inspect. */
+static void fn_index_info(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+  (void)argc;
+  if (sqlite3_value_type(argv[0]) != SQLITE_TEXT) {
+    sqlite3_result_error(ctx, "clip_index_info: the argument must be a table name (TEXT)", -1);
+    return;
+  }
+  const char *name = (const char *)sqlite3_value_text(argv[0]);
+  sqlite3 *db = sqlite3_context_db_handle(ctx);
+  cdbx_table *t = cdbx_conn_open_table(db, sqlite3_user_data(ctx), name);
+  if (!t) {
+    char *msg = sqlite3_mprintf("clip_index_info: no clip table named \"%s\"", name);
+    sqlite3_result_error(ctx, msg, -1);
+    sqlite3_free(msg);
+    return;
+  }
+  cdb_index_info info;
+  if (cdbx_table_index_info(t, &info) != SQLITE_OK) {
+    sqlite3_result_error(ctx, "clip_index_info: the index could not be loaded", -1);
+    return;
+  }
+  char *json = sqlite3_mprintf(
+      "{\"kind\":\"%s\",\"factory\":\"%s\",\"nlist\":%d,\"nprobe\":%d,\"count\":%lld,"
+      "\"trained_at_count\":%lld,\"mapped\":%s}",
+      info.kind, info.factory, info.nlist, info.nprobe, (long long)info.count,
+      (long long)info.trained_at_count, info.mapped ? "true" : "false");
+  sqlite3_result_text(ctx, json, -1, sqlite3_free);
+}
+
 static const struct {
   const char *name;
   int nargs;
@@ -481,6 +510,7 @@ static const struct {
     {"clip_classify_templates", -1, DIRECT, fn_classify_templates},
     {"clip_model", 2, DIRECT, fn_model},
     {"clip_version", 0, PURE, fn_version},
+    {"clip_index_info", 1, SQLITE_UTF8, fn_index_info},
 };
 
 int cdbx_register_functions(sqlite3 *db, cdbx_conn *conn) {

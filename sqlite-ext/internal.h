@@ -95,6 +95,8 @@ int cdbx_register_search(sqlite3 *db, cdbx_conn *conn);
 
 /* Open clip table of this connection by name (case-insensitive), or NULL. */
 cdbx_table *cdbx_conn_find_table(cdbx_conn *conn, const char *name);
+/* The same, connecting the table first when this connection has not used it yet. */
+cdbx_table *cdbx_conn_open_table(sqlite3 *db, cdbx_conn *conn, const char *name);
 int cdbx_table_user_columns(const cdbx_table *t, const char *const **names);
 
 #endif

@@ -96,20 +96,6 @@ static int s_error(sqlite3_vtab *vt, char *msg) {
   return SQLITE_ERROR;
 }
 
-/* The clip table named `name`, connecting it first when this connection has not used it yet. */
-static cdbx_table *find_table(search_vtab *v, const char *name) {
-  cdbx_table *t = cdbx_conn_find_table(v->conn, name);
-  if (t) return t;
-  char *sql = sqlite3_mprintf("SELECT 1 FROM \"%w\" WHERE 0", name);
-  sqlite3_stmt *st = NULL;
-  if (sql && sqlite3_prepare_v2(v->db, sql, -1, &st, NULL) == SQLITE_OK) {
-    t = cdbx_conn_find_table(v->conn, name);
-  }
-  sqlite3_finalize(st);
-  sqlite3_free(sql);
-  return t;
-}
-
 static char *search_sql(cdbx_table *t, const char *name, int with_nprobe) {
   const char *const *cols = NULL;
   int n = cdbx_table_user_columns(t, &cols);
@@ -139,7 +125,7 @@ static int s_filter(sqlite3_vtab_cursor *cur, int idx_num, const char *idx_str, 
                                                "[, k [, nprobe]])"));
   }
   const char *name = (const char *)sqlite3_value_text(args[0]);
-  cdbx_table *t = find_table(v, name);
+  cdbx_table *t = cdbx_conn_open_table(v->db, v->conn, name);
   if (!t) return s_error(cur->pVtab, sqlite3_mprintf("clip_search: %s is not a clip table", name));
   char *sql = search_sql(t, name, args[3] != NULL);
   int rc = sql ? sqlite3_prepare_v2(v->db, sql, -1, &c->st, NULL) : SQLITE_NOMEM;

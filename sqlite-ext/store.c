@@ -699,6 +699,13 @@ int cdbx_cache_fresh(cdbx_table *t) {
   return rc;
 }
 
+int cdbx_table_index_info(cdbx_table *t, cdb_index_info *info) {
+  int rc = cdbx_cache_fresh(t);
+  if (rc == SQLITE_OK) rc = cdbx_cache_flush(t);
+  if (rc == SQLITE_OK) cdb_index_get_info(t->index, info);
+  return rc;
+}
+
 /* ---- snapshots, training, commands ---- */
 
 typedef struct piece_writer {

@@ -95,6 +95,8 @@ sqlite3_stmt *cdbx_stmt(cdbx_table *t, int which);
 
 /* Brings the cache up to date with the tables (another connection's commits, rollbacks). */
 int cdbx_cache_fresh(cdbx_table *t);
+/* The index's state (kind, factory, nlist, nprobe, count), with the cache brought up to date. */
+int cdbx_table_index_info(cdbx_table *t, cdb_index_info *info);
 /* Adds/replaces and removes rows in the cache; the tables are written by the caller. */
 int cdbx_cache_put(cdbx_table *t, int64_t rowid, const float *vec);
 int cdbx_cache_remove(cdbx_table *t, int64_t rowid);

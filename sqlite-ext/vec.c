@@ -51,8 +51,10 @@ int cdbx_vec_normalize(float *v, int n, const char *what, cdb_error *err) {
     return cdb_error_set(err, "%s: %s vector cannot be normalised", what,
                          s > 0 ? "an overflowing" : "a zero");
   }
-  float inv = (float)(1.0 / sqrt(s));
-  for (int i = 0; i < n; i++) v[i] *= inv;
+  /* In double: for tiny (denormal) inputs a float reciprocal overflows or loses the precision
+   * that makes the result unit length. */
+  double norm = sqrt(s);
+  for (int i = 0; i < n; i++) v[i] = (float)((double)v[i] / norm);
   return 0;
 }
 

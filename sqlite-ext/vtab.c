@@ -296,6 +296,19 @@ cdbx_table *cdbx_conn_find_table(cdbx_conn *conn, const char *name) {
   return NULL;
 }
 
+cdbx_table *cdbx_conn_open_table(sqlite3 *db, cdbx_conn *conn, const char *name) {
+  cdbx_table *t = cdbx_conn_find_table(conn, name);
+  if (t) return t;
+  /* Preparing a statement on the table makes SQLite connect it (xConnect registers it). */
+  char *sql = sqlite3_mprintf("SELECT 1 FROM \"%w\" WHERE 0", name);
+  sqlite3_stmt *st = NULL;
+  if (sql && sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK)
+    t = cdbx_conn_find_table(conn, name);
+  sqlite3_finalize(st);
+  sqlite3_free(sql);
+  return t;
+}
+
 int cdbx_table_user_columns(const cdbx_table *t, const char *const **names) {
   *names = (const char *const *)t->user_names;
   return t->n_user;

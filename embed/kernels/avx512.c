@@ -264,13 +264,14 @@ static TARGET void gemm_nn512(int M, int N, int K, const float *A, int lda, cons
 #define KSLAB 768
 #endif
 
-/* rows of A (the rest zero) as [K][mr], so the micro-kernel broadcasts from one stream. */
+/* rows of A (the rest zero) as [K][mr], so the micro-kernel broadcasts from one stream. Written
+ * in order (one pass over dst; the rows' lines stay in L1 for 16 steps of k). */
 static TARGET void pack_rows(const float *A, int lda, int rows, int K, int mr, float *dst) {
-  for (int i = 0; i < mr; i++)
-    if (i < rows)
-      for (int k = 0; k < K; k++) dst[(size_t)k * mr + i] = A[(size_t)i * lda + k];
-    else
-      for (int k = 0; k < K; k++) dst[(size_t)k * mr + i] = 0.0f;
+  for (int k = 0; k < K; k++) {
+    float *d = dst + (size_t)k * mr;
+    for (int i = 0; i < rows; i++) d[i] = A[(size_t)i * lda + k];
+    for (int i = rows; i < mr; i++) d[i] = 0.0f;
+  }
 }
 
 /* One mr x 32 tile over kc steps of k; weights F32 or F16 (f16 is a constant after inlining,

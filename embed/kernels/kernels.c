@@ -86,11 +86,12 @@ void clip_pack_weights_f16(const uint16_t *W, int N, int K, uint16_t *dst) {
   }
 }
 
-void clip_pack_weights_f32_to_f16(const float *W, int N, int K, uint16_t *dst) {
+int clip_pack_weights_f32_to_f16(const float *W, int N, int K, uint16_t *dst) {
   /* Slices of 32 rows x KB columns are rounded into a small buffer, then transposed. */
   enum { KB = 256 };
   uint16_t buf[CLIP_PANEL][KB];
   const clip_kernels *kern = clip_kernels_best();
+  int not_finite = 0;
   for (int p = 0; p * CLIP_PANEL < N; p++) {
     uint16_t *panel = dst + (size_t)p * CLIP_PANEL * K;
     const float *w = W + (size_t)p * CLIP_PANEL * K;
@@ -100,11 +101,15 @@ void clip_pack_weights_f32_to_f16(const float *W, int N, int K, uint16_t *dst) {
       for (int j = 0; j < cols; j++) kern->f32_to_f16(w + (size_t)j * K + k0, buf[j], (size_t)kb);
       for (int k = 0; k < kb; k++) {
         uint16_t *d = panel + (size_t)(k0 + k) * CLIP_PANEL;
-        for (int j = 0; j < cols; j++) d[j] = buf[j][k];
+        for (int j = 0; j < cols; j++) {
+          d[j] = buf[j][k];
+          not_finite |= (d[j] & 0x7c00) == 0x7c00;
+        }
         for (int j = cols; j < CLIP_PANEL; j++) d[j] = 0;
       }
     }
   }
+  return not_finite;
 }
 
 /* About 1 MB of packed activation rows stays in L2 while the weight panels stream past. */

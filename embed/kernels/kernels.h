@@ -21,8 +21,9 @@ void clip_pack_weights(const float *W, int N, int K, float *dst);
  * bandwidth; widened to float32 in the micro-kernel, so results equal the F32 path's). */
 void clip_pack_weights_f16(const uint16_t *W, int N, int K, uint16_t *dst);
 /* Float32 weights rounded to half floats while packing (the text tower's default: it halves the
- * bytes a query streams; see weights.c). */
-void clip_pack_weights_f32_to_f16(const float *W, int N, int K, uint16_t *dst);
+ * bytes a query streams; see weights.c). Returns 1 when some value became infinite or NaN (out
+ * of half range, e.g. from a BF16 checkpoint): the caller then packs float32 instead. */
+int clip_pack_weights_f32_to_f16(const float *W, int N, int K, uint16_t *dst);
 /* Scratch (floats) one gemm_packed call needs for its packed activation rows. */
 size_t clip_gemm_scratch_floats(int K);
 

@@ -313,8 +313,13 @@ Test(kernels, pack_f32_to_f16) {
   uint16_t *p2 = malloc(sizeof(uint16_t) * clip_packed_floats(N, K));
   clip_kernels_generic.f32_to_f16(W, h, (size_t)(N * K));
   clip_pack_weights_f16(h, N, K, p1);
-  clip_pack_weights_f32_to_f16(W, N, K, p2);
+  cr_assert_eq(clip_pack_weights_f32_to_f16(W, N, K, p2), 0, "in-range weights reported out");
   cr_assert(memcmp(p1, p2, sizeof(uint16_t) * clip_packed_floats(N, K)) == 0);
+  /* A value past the half range (65504) is reported, so the caller keeps float32. */
+  W[N * K - 5] = 1e6f;
+  cr_assert_eq(clip_pack_weights_f32_to_f16(W, N, K, p2), 1);
+  W[N * K - 5] = 65519.0f; /* rounds to 65504: still fine */
+  cr_assert_eq(clip_pack_weights_f32_to_f16(W, N, K, p2), 0);
   free(W);
   free(h);
   free(p1);

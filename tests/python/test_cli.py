@@ -394,8 +394,11 @@ def test_info(library, clipdb_bin, env, model_dir):
     assert info["dims"] == 64
     assert info["model"] == str(pathlib.Path(model_dir).resolve())
     assert info["size_bytes"] > 0 and info["index_type"]
+    state = info["index_state"]  # the live index, as clip_index_info reports it
+    assert state["count"] == info["rows"] and state["kind"] == "flat"
     text = run(clipdb_bin, env, "info", "--db", library["db"]).stdout
     assert f"photos         {info['rows']}" in text
+    assert f"exact search over {info['rows']} vectors" in text
 
 
 def test_killed_index_keeps_committed_batches_and_resumes(tmp_path, demo_dir, clipdb_bin, env):

@@ -166,3 +166,11 @@ def test_dims_table_refuses_text(conn):
         conn.execute("insert into d(text) values ('hello')")
     with pytest.raises(sqlite3.OperationalError, match="has 8 bytes"):
         conn.execute("select * from d where d match x'0000803f0000803f' and k = 1").fetchall()
+
+
+def test_normalize_of_denormal_vectors_is_unit_length(conn):
+    """Found by fuzz_vec_blobs: a float reciprocal of a tiny norm lost the unit length."""
+    v = np.full(64, 1e-44, dtype="<f4")
+    v[3] = 3e-45
+    out, = conn.execute("SELECT clip_vec_normalize(?)", (v.tobytes(),)).fetchone()
+    assert abs(np.linalg.norm(np.frombuffer(out, dtype="<f4").astype(np.float64)) - 1) < 1e-6

@@ -479,3 +479,27 @@ def test_deserialized_database_writes_no_cache_file(ext_path, tmp_path, monkeypa
     ids, stored_vecs = stored(db, "v")
     assert got == brute_force(ids, stored_vecs, q, 5)[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_clip_index_info_reports_the_live_index(ext_path, tmp_path):
+    """clip_index_info follows training and other connections' commits."""
+    import json
+    rng = np.random.default_rng(11)
+    path = str(tmp_path / "info.db")
+    db = connect(path, ext_path)
+    db.execute("create virtual table v using clip(dims=16, index='IVF4,Flat', autotrain=off)")
+    db.execute("begin")
+    for vec in unit(rng, 400):
+        db.execute("insert into v(embedding) values (?)", (blob(vec),))
+    db.execute("commit")
+    before = json.loads(db.execute("select clip_index_info('v')").fetchone()[0])
+    assert before["kind"] == "flat" and before["count"] == 400
+    db.execute("insert into v(v) values('train')")
+    after = json.loads(db.execute("select clip_index_info('v')").fetchone()[0])
+    assert after["kind"] == "ivf" and after["nlist"] == 4 and after["count"] == 400
+    other = connect(path, ext_path)
+    other.execute("delete from v where rowid <= 10")
+    seen = json.loads(db.execute("select clip_index_info('v')").fetchone()[0])
+    assert seen["count"] == 390
+    with pytest.raises(sqlite3.OperationalError, match="no clip table named"):
+        db.execute("select clip_index_info('missing')").fetchone()
