@@ -3,7 +3,8 @@
  * Every state is a FAISS IndexIVF with METRIC_INNER_PRODUCT: before training it is "IVF1,Flat"
  * with a fixed zero centroid (one list scanned in full = exact search), after training the
  * chosen factory string. One code path thus serves exact and IVF search, filters (IDSelector in
- * SearchParametersIVF), range search, serialisation and the memory-mapped cache file. */
+ * SearchParametersIVF), range search, serialisation and the memory-mapped cache file
+ * (serialize.c). */
 #include "index/ivf.h"
 
 #include <errno.h>
@@ -12,8 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/IndexIVF_c.h>
@@ -24,13 +23,8 @@
 
 #include "index/faiss_ext.h"
 #include "index/idset.h"
+#include "index/ivf_internal.h"
 
-/* FAISS 1.7.3's C++ IO_FLAG_MMAP (IO_FLAG_SKIP_IVF_DATA | 0x646f0000). The C header's
- * FAISS_IO_FLAG_MMAP (1) is stale and means nothing to 1.7.3's read_index. */
-#define FAISS_CXX_IO_FLAG_MMAP 0x646f0008
-
-#define FILE_MAGIC "CDBIVF01"
-#define FILE_VERSION 1u
 #define SAMPLE_SEED 0x9e3779b97f4a7c15ULL
 #define SAMPLE_PER_LIST 48
 #define SAMPLE_MIN 10000      /* PQ codebooks want ~39 x 256 points */
@@ -40,43 +34,9 @@
 #define ADD_BATCH 16384       /* vectors normalised and added per FAISS call */
 #define SMALL_FILTER_IDS 1000 /* sets this small always take the exhaustive selector path */
 
-struct cdb_index {
-  int dim;
-  char type[64];     /* "auto", "flat", "IVF,<enc>" or "IVF<n>,<enc>" */
-  char encoding[40]; /* factory text after "IVF<n>," */
-  int fixed_nlist;   /* from the type string, else 0 */
-  int nlist_param;
-  int nprobe_param;
-  int nprobe;        /* default for the current index */
-  int64_t trained_at;
-  char factory[64];
-  FaissIndex *faiss; /* always an IndexIVF */
-  FaissIndexIVF *ivf;
-  size_t nlist;
-  cdb_idset ids;
-  int ids_valid;     /* 0 while mapped: built on the first write */
-  FILE *mapped;      /* the cache file while mapped */
-  long faiss_offset; /* where FAISS's data starts in it */
-};
-
-/* The fixed-size header before FAISS's own serialisation (native byte order, like FAISS's). */
-typedef struct file_header {
-  char magic[8];
-  uint32_t version;
-  uint32_t dim;
-  uint64_t generation;
-  uint64_t payload_bytes; /* FAISS's bytes after the header (cache files; 0 in pieces) */
-  int64_t trained_at;
-  int32_t nlist_param;
-  int32_t nprobe_param;
-  int32_t nprobe;
-  int32_t reserved;
-  char type[64];
-} file_header;
-
 /* ---- errors and small helpers ---- */
 
-static int faiss_fail(cdb_error *err, const char *what) {
+int ivf_faiss_fail(cdb_error *err, const char *what) {
   const char *msg = faiss_get_last_error();
   return cdb_error_set(err, "index: %s: %s", what, msg ? msg : "unknown FAISS error");
 }
@@ -198,7 +158,7 @@ static FaissIndex *new_faiss_ivf(int dim, int nlist, const char *encoding, char 
   snprintf(factory, sizeof factory, "IVF%d,%s", nlist, encoding);
   FaissIndex *fi = NULL;
   if (faiss_index_factory(&fi, dim, factory, METRIC_INNER_PRODUCT)) {
-    faiss_fail(err, factory);
+    ivf_faiss_fail(err, factory);
     return NULL;
   }
   if (!faiss_IndexIVF_cast(fi)) {
@@ -227,14 +187,14 @@ static FaissIndex *new_exact_stage(int dim, char *factory_out, cdb_error *err) {
   int rc = faiss_Index_add(quantizer, 1, zero) || faiss_Index_train(fi, 1, zero);
   free(zero);
   if (rc) {
-    faiss_fail(err, "creating exact index");
+    ivf_faiss_fail(err, "creating exact index");
     faiss_Index_free(fi);
     return NULL;
   }
   return fi;
 }
 
-static void set_faiss(cdb_index *idx, FaissIndex *fi) {
+void ivf_set_faiss(cdb_index *idx, FaissIndex *fi) {
   idx->faiss = fi;
   idx->ivf = faiss_IndexIVF_cast(fi);
   idx->nlist = faiss_IndexIVF_nlist(idx->ivf);
@@ -249,7 +209,7 @@ cdb_index_params cdb_index_default_params(void) {
   return p;
 }
 
-static cdb_index *alloc_index(int dim, const cdb_index_params *params, cdb_error *err) {
+cdb_index *ivf_alloc_index(int dim, const cdb_index_params *params, cdb_error *err) {
   cdb_index_params defaults = cdb_index_default_params();
   if (!params)
     params = &defaults;
@@ -278,7 +238,7 @@ static cdb_index *alloc_index(int dim, const cdb_index_params *params, cdb_error
 }
 
 cdb_index *cdb_index_new(int dim, const cdb_index_params *params, cdb_error *err) {
-  cdb_index *idx = alloc_index(dim, params, err);
+  cdb_index *idx = ivf_alloc_index(dim, params, err);
   if (!idx)
     return NULL;
   if (train_enabled(idx)) { /* validate the trained form now (unknown encoding, PQ m vs dim) */
@@ -294,7 +254,7 @@ cdb_index *cdb_index_new(int dim, const cdb_index_params *params, cdb_error *err
     free(idx);
     return NULL;
   }
-  set_faiss(idx, fi);
+  ivf_set_faiss(idx, fi);
   return idx;
 }
 
@@ -335,7 +295,7 @@ void cdb_index_get_info(const cdb_index *idx, cdb_index_info *info) {
 
 /* ---- ids ---- */
 
-static int rebuild_idset(cdb_index *idx, cdb_error *err) {
+int ivf_rebuild_idset(cdb_index *idx, cdb_error *err) {
   cdb_idset_free(&idx->ids);
   if (cdb_idset_reserve(&idx->ids, (size_t)cdb_index_count(idx)) < 0)
     return cdb_error_set(err, "index: out of memory");
@@ -361,24 +321,24 @@ static int rebuild_idset(cdb_index *idx, cdb_error *err) {
 }
 
 /* Before a write: a mapped index is read into memory; the id set is built if missing. */
-static int make_writable(cdb_index *idx, cdb_error *err) {
+int ivf_make_writable(cdb_index *idx, cdb_error *err) {
   if (idx->mapped) {
     FaissIndex *fi = NULL;
     if (fseek(idx->mapped, idx->faiss_offset, SEEK_SET) != 0)
       return cdb_error_set(err, "index: cache file: seek failed: %s", strerror(errno));
     if (faiss_read_index(idx->mapped, 0, &fi))
-      return faiss_fail(err, "reading mapped cache file into memory");
+      return ivf_faiss_fail(err, "reading mapped cache file into memory");
     if (!faiss_IndexIVF_cast(fi)) {
       faiss_Index_free(fi);
       return cdb_error_set(err, "index: cache file does not hold an IVF index");
     }
     int nprobe = idx->nprobe;
     release_faiss(idx);
-    set_faiss(idx, fi);
+    ivf_set_faiss(idx, fi);
     idx->nprobe = nprobe;
     faiss_IndexIVF_set_nprobe(idx->ivf, (size_t)nprobe);
   }
-  return idx->ids_valid ? 0 : rebuild_idset(idx, err);
+  return idx->ids_valid ? 0 : ivf_rebuild_idset(idx, err);
 }
 
 static int remove_faiss_ids(cdb_index *idx, int64_t n, const int64_t *ids, cdb_error *err) {
@@ -387,11 +347,11 @@ static int remove_faiss_ids(cdb_index *idx, int64_t n, const int64_t *ids, cdb_e
   FaissIDSelectorBatch *sel = NULL;
   size_t removed = 0;
   if (faiss_IDSelectorBatch_new(&sel, (size_t)n, ids))
-    return faiss_fail(err, "remove");
+    return ivf_faiss_fail(err, "remove");
   int rc = faiss_Index_remove_ids(idx->faiss, (const FaissIDSelector *)sel, &removed);
   faiss_IDSelector_free((FaissIDSelector *)sel);
   if (rc)
-    return faiss_fail(err, "remove");
+    return ivf_faiss_fail(err, "remove");
   return 0;
 }
 
@@ -455,7 +415,7 @@ static int add_normalised(cdb_index *idx, int64_t n, const int64_t *ids, const f
     }
     if (fill == ADD_BATCH || (i == n && fill > 0)) {
       if (faiss_add_batch(idx, fill, buf, bids))
-        rc = faiss_fail(err, "add");
+        rc = ivf_faiss_fail(err, "add");
       for (int64_t j = 0; rc == 0 && j < fill; j++)
         cdb_idset_put(&idx->ids, bids[j]);
       fill = 0;
@@ -479,7 +439,7 @@ int cdb_index_add(cdb_index *idx, int64_t n, const int64_t *ids, const float *ve
   if (rc == 0)
     rc = validate_batch(idx, n, ids, vectors, scratch, err);
   if (rc == 0)
-    rc = make_writable(idx, err);
+    rc = ivf_make_writable(idx, err);
   if (rc == 0)
     rc = mark_last_occurrences(n, ids, keep, &n_keep, err);
   if (rc == 0 && cdb_idset_reserve(&idx->ids, idx->ids.n + (size_t)n_keep) < 0)
@@ -507,7 +467,7 @@ int cdb_index_remove(cdb_index *idx, int64_t n, const int64_t *ids, int64_t *n_r
     *n_removed = 0;
   if (n < 0 || (n > 0 && !ids))
     return cdb_error_set(err, "index: remove: bad arguments (n=%lld)", (long long)n);
-  if (n == 0 || make_writable(idx, err) < 0)
+  if (n == 0 || ivf_make_writable(idx, err) < 0)
     return n == 0 ? 0 : -1;
   int64_t *present = malloc((size_t)n * sizeof *present), n_present = 0;
   if (!present)
@@ -517,7 +477,7 @@ int cdb_index_remove(cdb_index *idx, int64_t n, const int64_t *ids, int64_t *n_r
       present[n_present++] = ids[i];
   int rc = remove_faiss_ids(idx, n_present, present, err);
   if (rc < 0) /* FAISS state unknown: rebuild the set from it */
-    rebuild_idset(idx, NULL);
+    ivf_rebuild_idset(idx, NULL);
   else if (n_removed)
     *n_removed = n_present;
   free(present);
@@ -602,7 +562,7 @@ static int plan_search(const cdb_index *idx, const cdb_search_opts *opts, search
   if (f && f->ids && !f->allow && (double)f->n_ids <= 2 * scanned + SMALL_FILTER_IDS) {
     FaissIDSelectorBatch *batch = NULL;
     if (faiss_IDSelectorBatch_new(&batch, (size_t)f->n_ids, f->ids))
-      return faiss_fail(err, "filter");
+      return ivf_faiss_fail(err, "filter");
     plan->sel = (FaissIDSelector *)batch;
     nprobe = idx->nlist;
   } else if (f) {
@@ -610,7 +570,7 @@ static int plan_search(const cdb_index *idx, const cdb_search_opts *opts, search
     build_bitmap(&plan->fctx);
     if (cdbx_IDSelectorCallback_new(&plan->sel, filter_allows, &plan->fctx)) {
       free(plan->fctx.bits);
-      return faiss_fail(err, "filter");
+      return ivf_faiss_fail(err, "filter");
     }
     if (f->ids && f->n_ids > 0)
       nprobe = (size_t)ceil((double)nprobe * (double)count / (double)f->n_ids);
@@ -623,11 +583,11 @@ static int search_once(const cdb_index *idx, const float *q, int64_t k, const se
                        size_t nprobe, float *dist, int64_t *labels, cdb_error *err) {
   FaissSearchParametersIVF *sp = NULL;
   if (faiss_SearchParametersIVF_new_with(&sp, plan->sel, nprobe, 0))
-    return faiss_fail(err, "search");
+    return ivf_faiss_fail(err, "search");
   int rc = faiss_Index_search_with_params(idx->faiss, 1, q, k, (FaissSearchParameters *)sp, dist,
                                           labels);
   faiss_SearchParametersIVF_free(sp);
-  return rc ? faiss_fail(err, "search") : 0;
+  return rc ? ivf_faiss_fail(err, "search") : 0;
 }
 
 static int64_t count_found(const int64_t *labels, int64_t k) {
@@ -752,11 +712,11 @@ int cdb_index_range_search(const cdb_index *idx, const float *query, float min_s
   if (rc == 0) {
     if (faiss_RangeSearchResult_new(&rsr, 1) ||
         faiss_SearchParametersIVF_new_with(&sp, plan.sel, plan.nprobe, 0))
-      rc = faiss_fail(err, "range search");
+      rc = ivf_faiss_fail(err, "range search");
     /* FAISS keeps inner products strictly above the radius; ivf.h promises >= min_sim. */
     else if (cdbx_Index_range_search_with_params(idx->faiss, 1, q, nextafterf(min_sim, -INFINITY),
                                                  (FaissSearchParameters *)sp, rsr))
-      rc = faiss_fail(err, "range search");
+      rc = ivf_faiss_fail(err, "range search");
     else
       rc = collect_range(rsr, ids, sims, n_found, err);
     if (sp)
@@ -822,7 +782,7 @@ static int for_each_list(const cdb_index *src, list_fn fn, void *ctx, cdb_error 
       }
     }
     if (cdbx_IndexIVF_list_get(src->ivf, l, ids, vecs))
-      rc = faiss_fail(err, "reading inverted list");
+      rc = ivf_faiss_fail(err, "reading inverted list");
     else
       rc = fn(ctx, n, ids, vecs, err);
   }
@@ -869,7 +829,7 @@ typedef struct adder {
 
 static int flush_adder(adder *a, cdb_error *err) {
   if (a->fill && faiss_Index_add_with_ids(a->dst, a->fill, a->buf, a->ids))
-    return faiss_fail(err, "re-adding vectors");
+    return ivf_faiss_fail(err, "re-adding vectors");
   a->fill = 0;
   return 0;
 }
@@ -893,7 +853,7 @@ static FaissIndex *train_new_faiss(const cdb_index *src, int nlist, char *factor
   if (!fi)
     return NULL;
   if (cdbx_IndexIVF_set_kmeans_iterations(faiss_IndexIVF_cast(fi), KMEANS_ITERATIONS)) {
-    faiss_fail(err, "training");
+    ivf_faiss_fail(err, "training");
     faiss_Index_free(fi);
     return NULL;
   }
@@ -906,7 +866,7 @@ static FaissIndex *train_new_faiss(const cdb_index *src, int nlist, char *factor
     rc = cdb_error_set(err, "index: %lld vectors are too few to train %d lists", (long long)s.n,
                        nlist);
   if (rc == 0 && faiss_Index_train(fi, s.n, s.data))
-    rc = faiss_fail(err, "training");
+    rc = ivf_faiss_fail(err, "training");
   free(s.data);
   adder a = {fi, src->dim, malloc(ADD_BATCH * (size_t)src->dim * sizeof(float)),
              malloc(ADD_BATCH * sizeof(int64_t)), 0};
@@ -950,12 +910,12 @@ cdb_index *cdb_index_train_copy(const cdb_index *idx, cdb_error *err) {
     free(copy);
     return NULL;
   }
-  set_faiss(copy, fi);
+  ivf_set_faiss(copy, fi);
   copy->trained_at = n;
   int rc = idx->ids_valid ? (cdb_idset_copy(&copy->ids, &idx->ids) < 0
                                  ? cdb_error_set(err, "index: out of memory")
                                  : 0)
-                          : rebuild_idset(copy, err);
+                          : ivf_rebuild_idset(copy, err);
   if (rc < 0) {
     cdb_index_free(copy);
     return NULL;
@@ -973,305 +933,4 @@ int cdb_index_train(cdb_index *idx, cdb_error *err) {
   *idx = *fresh;
   free(fresh);
   return 0;
-}
-
-/* ---- serialisation ---- */
-
-static void fill_header(const cdb_index *idx, uint64_t generation, file_header *h) {
-  memset(h, 0, sizeof *h);
-  memcpy(h->magic, FILE_MAGIC, 8);
-  h->version = FILE_VERSION;
-  h->dim = (uint32_t)idx->dim;
-  h->generation = generation;
-  h->trained_at = idx->trained_at;
-  h->nlist_param = idx->nlist_param;
-  h->nprobe_param = idx->nprobe_param;
-  h->nprobe = idx->nprobe;
-  snprintf(h->type, sizeof h->type, "%s", idx->type);
-}
-
-static int write_all(cdb_index *idx, FILE *f, uint64_t generation, cdb_error *err) {
-  file_header h;
-  fill_header(idx, generation, &h);
-  if (fwrite(&h, sizeof h, 1, f) != 1)
-    return cdb_error_set(err, "index: write failed: %s", strerror(errno));
-  if (faiss_write_index(idx->faiss, f))
-    return faiss_fail(err, "writing index");
-  if (fflush(f) != 0)
-    return cdb_error_set(err, "index: write failed: %s", strerror(errno));
-  return 0;
-}
-
-/* Builds an index from a header and the FAISS index read after it. Takes fi. */
-static cdb_index *index_from(const file_header *h, FaissIndex *fi, cdb_error *err) {
-  char type[sizeof h->type + 1];
-  memcpy(type, h->type, sizeof h->type);
-  type[sizeof h->type] = 0;
-  cdb_index_params p = {type, h->nlist_param, h->nprobe_param};
-  cdb_index *idx = alloc_index((int)h->dim, &p, err);
-  if (!idx) {
-    faiss_Index_free(fi);
-    return NULL;
-  }
-  if (!faiss_IndexIVF_cast(fi) || faiss_Index_d(fi) != (int)h->dim ||
-      faiss_Index_metric_type(fi) != METRIC_INNER_PRODUCT) {
-    cdb_error_set(err, "index: stored index is not an inner-product IVF index of dim %u", h->dim);
-    faiss_Index_free(fi);
-    free(idx);
-    return NULL;
-  }
-  set_faiss(idx, fi);
-  if (h->nprobe > 0 && h->nprobe <= (int)idx->nlist) {
-    idx->nprobe = h->nprobe;
-    faiss_IndexIVF_set_nprobe(idx->ivf, (size_t)h->nprobe);
-  }
-  idx->trained_at = h->trained_at;
-  if (idx->nlist <= 1)
-    snprintf(idx->factory, sizeof idx->factory, "IVF1,Flat");
-  else
-    snprintf(idx->factory, sizeof idx->factory, "IVF%zu,%s", idx->nlist, idx->encoding);
-  return idx;
-}
-
-static int check_header(const file_header *h, cdb_error *err) {
-  if (memcmp(h->magic, FILE_MAGIC, 8) != 0)
-    return cdb_error_set(err, "index: not a clipdb index (bad magic)");
-  if (h->version != FILE_VERSION)
-    return cdb_error_set(err, "index: unsupported format version %u", h->version);
-  if (h->dim < 1 || h->dim > CDB_INDEX_MAX_DIM)
-    return cdb_error_set(err, "index: corrupt header (dim %u)", h->dim);
-  return 0;
-}
-
-typedef struct piece_writer {
-  unsigned char *buf;
-  size_t cap, len;
-  cdb_piece_emit emit;
-  void *ctx;
-  int aborted;
-} piece_writer;
-
-static ssize_t piece_write(void *cookie, const char *data, size_t size) {
-  piece_writer *w = cookie;
-  size_t done = 0;
-  while (done < size) {
-    size_t n = w->cap - w->len < size - done ? w->cap - w->len : size - done;
-    memcpy(w->buf + w->len, data + done, n);
-    w->len += n;
-    done += n;
-    if (w->len == w->cap) {
-      if (w->emit(w->ctx, w->buf, w->len) != 0) {
-        w->aborted = 1;
-        errno = ECANCELED;
-        return -1;
-      }
-      w->len = 0;
-    }
-  }
-  return (ssize_t)size;
-}
-
-int cdb_index_save(const cdb_index *cidx, size_t piece_bytes, cdb_piece_emit emit, void *ctx,
-                   cdb_error *err) {
-  cdb_index *idx = (cdb_index *)cidx; /* a mapped index is read in first (exclusive access) */
-  if (piece_bytes < 4096 || !emit)
-    return cdb_error_set(err, "index: save: piece size must be >= 4096 and emit non-NULL");
-  if (make_writable(idx, err) < 0)
-    return -1;
-  piece_writer w = {malloc(piece_bytes), piece_bytes, 0, emit, ctx, 0};
-  if (!w.buf)
-    return cdb_error_set(err, "index: out of memory");
-  cookie_io_functions_t io = {.write = piece_write};
-  FILE *f = fopencookie(&w, "w", io);
-  int rc = f ? 0 : cdb_error_set(err, "index: save: %s", strerror(errno));
-  if (rc == 0)
-    rc = write_all(idx, f, 0, err);
-  if (f && fclose(f) != 0 && rc == 0)
-    rc = cdb_error_set(err, "index: save: write failed");
-  if (rc == 0 && w.len > 0 && emit(ctx, w.buf, w.len) != 0)
-    w.aborted = 1;
-  if (w.aborted)
-    rc = cdb_error_set(err, "index: save aborted by the caller");
-  free(w.buf);
-  return rc;
-}
-
-typedef struct piece_reader {
-  cdb_piece_next next;
-  void *ctx;
-  const unsigned char *cur;
-  size_t left;
-  int eof, failed;
-} piece_reader;
-
-static ssize_t piece_read(void *cookie, char *buf, size_t size) {
-  piece_reader *r = cookie;
-  while (r->left == 0 && !r->eof) {
-    const void *data = NULL;
-    size_t len = 0;
-    int rc = r->next(r->ctx, &data, &len);
-    if (rc < 0 || (rc > 0 && len > 0 && !data)) {
-      r->failed = 1;
-      errno = EIO;
-      return -1;
-    }
-    if (rc == 0)
-      r->eof = 1;
-    else {
-      r->cur = data;
-      r->left = len;
-    }
-  }
-  size_t n = size < r->left ? size : r->left;
-  memcpy(buf, r->cur, n);
-  r->cur += n;
-  r->left -= n;
-  return (ssize_t)n;
-}
-
-cdb_index *cdb_index_load(cdb_piece_next next, void *ctx, cdb_error *err) {
-  if (!next) {
-    cdb_error_set(err, "index: load: null callback");
-    return NULL;
-  }
-  piece_reader r = {next, ctx, NULL, 0, 0, 0};
-  cookie_io_functions_t io = {.read = piece_read};
-  FILE *f = fopencookie(&r, "r", io);
-  if (!f) {
-    cdb_error_set(err, "index: load: %s", strerror(errno));
-    return NULL;
-  }
-  file_header h;
-  FaissIndex *fi = NULL;
-  cdb_index *idx = NULL;
-  if (fread(&h, sizeof h, 1, f) != 1)
-    cdb_error_set(err, "index: load: %s", r.failed ? "reading a piece failed" : "truncated header");
-  else if (check_header(&h, err) < 0)
-    ;
-  else if (faiss_read_index(f, 0, &fi)) {
-    faiss_fail(err, r.failed ? "load (reading a piece failed)" : "load");
-  } else if ((idx = index_from(&h, fi, err)) && rebuild_idset(idx, err) < 0) {
-    cdb_index_free(idx);
-    idx = NULL;
-  }
-  fclose(f);
-  return idx;
-}
-
-/* Rewrites the header of a written cache file with the payload size, so that opening can
- * refuse a truncated file before mapping it (reading past its end would be SIGBUS). */
-static int finish_header(const cdb_index *idx, FILE *f, uint64_t generation, cdb_error *err) {
-  long end = ftell(f);
-  file_header h;
-  fill_header(idx, generation, &h);
-  h.payload_bytes = (uint64_t)end - sizeof h;
-  if (end < (long)sizeof h || fseek(f, 0, SEEK_SET) != 0 || fwrite(&h, sizeof h, 1, f) != 1 ||
-      fflush(f) != 0)
-    return cdb_error_set(err, "index: write failed: %s", strerror(errno));
-  return 0;
-}
-
-int cdb_index_save_file(const cdb_index *cidx, const char *path, uint64_t generation,
-                        cdb_error *err) {
-  cdb_index *idx = (cdb_index *)cidx;
-  if (!path)
-    return cdb_error_set(err, "index: save_file: null path");
-  if (make_writable(idx, err) < 0)
-    return -1;
-  size_t len = strlen(path) + 5;
-  char *tmp = malloc(len);
-  if (!tmp)
-    return cdb_error_set(err, "index: out of memory");
-  snprintf(tmp, len, "%s.tmp", path);
-  FILE *f = fopen(tmp, "wb");
-  int rc = f ? write_all(idx, f, generation, err)
-             : cdb_error_set(err, "index: %s: %s", tmp, strerror(errno));
-  if (rc == 0)
-    rc = finish_header(idx, f, generation, err);
-  if (rc == 0 && fsync(fileno(f)) != 0)
-    rc = cdb_error_set(err, "index: %s: fsync: %s", tmp, strerror(errno));
-  if (f && fclose(f) != 0 && rc == 0)
-    rc = cdb_error_set(err, "index: %s: %s", tmp, strerror(errno));
-  if (rc == 0 && rename(tmp, path) != 0)
-    rc = cdb_error_set(err, "index: rename to %s: %s", path, strerror(errno));
-  if (rc < 0)
-    unlink(tmp);
-  free(tmp);
-  return rc;
-}
-
-static FILE *open_cache_file(const char *path, file_header *h, cdb_error *err) {
-  FILE *f = path ? fopen(path, "rb") : NULL;
-  if (!f) {
-    cdb_error_set(err, "index: %s: %s", path ? path : "(null)", strerror(errno));
-    return NULL;
-  }
-  if (fread(h, sizeof *h, 1, f) != 1) {
-    cdb_error_set(err, "index: %s: truncated header", path);
-  } else if (check_header(h, err) == 0) {
-    return f;
-  } else {
-    cdb_error_prefix(err, "%s", path);
-  }
-  fclose(f);
-  return NULL;
-}
-
-int cdb_index_file_generation(const char *path, uint64_t *generation, cdb_error *err) {
-  file_header h;
-  FILE *f = open_cache_file(path, &h, err);
-  if (!f)
-    return -1;
-  *generation = h.generation;
-  fclose(f);
-  return 0;
-}
-
-cdb_index *cdb_index_open_file_mmap(const char *path, uint64_t expected_generation,
-                                    cdb_error *err) {
-  file_header h;
-  FILE *f = open_cache_file(path, &h, err);
-  if (!f)
-    return NULL;
-  if (h.generation != expected_generation) {
-    cdb_error_set(err, "index: %s: stale cache (generation %llu, expected %llu)", path,
-                  (unsigned long long)h.generation, (unsigned long long)expected_generation);
-    fclose(f);
-    return NULL;
-  }
-  long offset = ftell(f);
-  struct stat st;
-  if (fstat(fileno(f), &st) != 0 || h.payload_bytes == 0 ||
-      (uint64_t)st.st_size != sizeof h + h.payload_bytes) {
-    cdb_error_set(err, "index: %s: truncated or corrupt cache file", path);
-    fclose(f);
-    return NULL;
-  }
-  FaissIndex *fi = NULL;
-  if (faiss_read_index(f, FAISS_CXX_IO_FLAG_MMAP, &fi)) {
-    faiss_fail(err, path);
-    fclose(f);
-    return NULL;
-  }
-  if (ftell(f) != (long)st.st_size) { /* the lists FAISS mapped must end where the file does */
-    cdb_error_set(err, "index: %s: corrupt cache file (lists overrun the file)", path);
-    faiss_Index_free(fi);
-    fclose(f);
-    return NULL;
-  }
-  cdb_index *idx = index_from(&h, fi, err);
-  if (!idx) {
-    fclose(f);
-    return NULL;
-  }
-  if (cdbx_IndexIVF_prepare_mapped(idx->ivf) < 0) {
-    faiss_fail(err, path);
-    fclose(f);
-    cdb_index_free(idx);
-    return NULL;
-  }
-  idx->mapped = f;
-  idx->faiss_offset = offset;
-  idx->ids_valid = 0;
-  return idx;
 }
