@@ -1,13 +1,14 @@
-/* cmd_classify.c: `clipdb classify IMAGE LABEL...`: zero-shot classification with the encoder
- * directly (no database): softmax over exp(logit_scale) * cosine(image, "a photo of a LABEL"). */
+/* cmd_classify.c: `clipdb classify IMAGE LABEL...`: zero-shot classification (no library
+ * database): the extension's clip_classify_templates, i.e. softmax over
+ * exp(logit_scale) * cosine(image, "a photo of a LABEL"). */
 #include <getopt.h>
 #include <json-c/json.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
-#include "embed/clip.h"
+#include "sqlite-ext/clipdb.h"
+#include "src/json.h"
 
 #define DEFAULT_TEMPLATE "a photo of a {}"
 #define MAX_LABEL_BYTES 1000
@@ -19,80 +20,66 @@ static const char USAGE[] =
     "                 (default \"" DEFAULT_TEMPLATE "\"; \"{}\" uses the bare label)\n"
     "  --json         print [{\"label\": ..., \"probability\": ...}, ...], most likely first\n";
 
-typedef struct scored {
-  const char *label;
-  double p;
-} scored;
-
-static int by_probability_desc(const void *a, const void *b) {
-  double x = ((const scored *)a)->p, y = ((const scored *)b)->p;
-  return (x < y) - (x > y);
-}
-
-/* "a photo of a {}" + "red star" -> "a photo of a red star" (first "{}" only), malloc'd. */
-static char *fill_template(const char *tmpl, const char *label) {
-  const char *hole = strstr(tmpl, "{}");
-  if (!hole) return strdup(tmpl);
-  size_t a = (size_t)(hole - tmpl), b = strlen(label), c = strlen(hole + 2);
-  char *s = malloc(a + b + c + 1);
-  if (!s) return NULL;
-  memcpy(s, tmpl, a);
-  memcpy(s + a, label, b);
-  memcpy(s + a + b, hole + 2, c + 1);
-  return s;
-}
-
-static int classify(clip_model *model, const char *image, char **labels, int n, const char *tmpl,
-                    scored *out, cdb_error *err) {
-  int dim = clip_model_dim(model);
-  float *img = malloc(sizeof(float) * (size_t)dim);
-  float *txt = malloc(sizeof(float) * (size_t)dim * (size_t)n);
-  char **prompts = calloc((size_t)n, sizeof *prompts);
-  int rc = -1;
-  if (!img || !txt || !prompts) {
-    cdb_error_set(err, "out of memory");
+/* The extension's clip_classify_templates on an in-memory connection: one implementation of
+ * CLIP's zero-shot scoring for SQL and the CLI. Returns its JSON [{"label","score"}, ...],
+ * most likely first, malloc'd. */
+static char *classify_sql(const char *model_dir, const char *image, char **labels, int n,
+                          const char *tmpl, cdb_error *err) {
+  sqlite3 *db = NULL;
+  sqlite3_stmt *st = NULL;
+  char *json = NULL, *errmsg = NULL;
+  sqlite3_str *sql = sqlite3_str_new(NULL);
+  sqlite3_str_appendall(sql, "SELECT clip_classify_templates(?1, json_array(?2)");
+  for (int i = 0; i < n; i++) sqlite3_str_appendf(sql, ", ?%d", i + 3);
+  sqlite3_str_appendall(sql, ")");
+  char *text = sqlite3_str_finish(sql);
+  if (sqlite3_open(":memory:", &db) != SQLITE_OK || clipdb_register(db, &errmsg) != SQLITE_OK) {
+    cdb_error_set(err, "%s", errmsg ? errmsg : sqlite3_errmsg(db));
     goto done;
   }
-  for (int i = 0; i < n; i++)
-    if (!(prompts[i] = fill_template(tmpl, labels[i]))) {
-      cdb_error_set(err, "out of memory");
-      goto done;
-    }
-  if (clip_embed_image_files(model, &image, 1, img, err) != 0) goto done;
-  if (clip_embed_texts(model, (const char *const *)prompts, n, txt, err) != 0) goto done;
-  double scale = exp((double)clip_model_logit_scale(model)), maxlogit = -INFINITY, sum = 0;
-  for (int i = 0; i < n; i++) {
-    double dot = 0;
-    for (int d = 0; d < dim; d++) dot += (double)img[d] * txt[(size_t)i * dim + d];
-    out[i] = (scored){labels[i], scale * dot};
-    if (out[i].p > maxlogit) maxlogit = out[i].p;
-  }
-  for (int i = 0; i < n; i++) sum += (out[i].p = exp(out[i].p - maxlogit));
-  for (int i = 0; i < n; i++) out[i].p /= sum;
-  rc = 0;
+  if (sqlite3_prepare_v2(db, "SELECT clip_model('default', ?1)", -1, &st, NULL) != SQLITE_OK)
+    goto sql_error;
+  sqlite3_bind_text(st, 1, model_dir, -1, SQLITE_STATIC);
+  if (sqlite3_step(st) != SQLITE_ROW) goto sql_error;
+  sqlite3_finalize(st);
+  st = NULL;
+  if (!text || sqlite3_prepare_v2(db, text, -1, &st, NULL) != SQLITE_OK) goto sql_error;
+  sqlite3_bind_text(st, 1, image, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, tmpl, -1, SQLITE_STATIC);
+  for (int i = 0; i < n; i++) sqlite3_bind_text(st, i + 3, labels[i], -1, SQLITE_STATIC);
+  if (sqlite3_step(st) != SQLITE_ROW || !sqlite3_column_text(st, 0)) goto sql_error;
+  json = strdup((const char *)sqlite3_column_text(st, 0));
+  goto done;
+sql_error:
+  cdb_error_set(err, "%s", sqlite3_errmsg(db));
 done:
-  if (prompts)
-    for (int i = 0; i < n; i++) free(prompts[i]);
-  free(prompts);
-  free(txt);
-  free(img);
-  return rc;
+  sqlite3_finalize(st);
+  sqlite3_free(text);
+  sqlite3_free(errmsg);
+  sqlite3_close(db);
+  return json;
 }
 
-static void print_results(const scored *s, int n, bool json) {
-  if (!json) {
-    for (int i = 0; i < n; i++) printf("%.4f  %s\n", s[i].p, s[i].label);
-    return;
-  }
-  json_object *arr = json_object_new_array();
-  for (int i = 0; i < n; i++) {
+/* Prints the scores as "probability  label" lines, or as JSON with "probability" keys. */
+static int print_results(const char *scores_json, bool as_json, cdb_error *err) {
+  json_object *arr = cdb_json_parse(scores_json, strlen(scores_json), "clip_classify", err);
+  if (!arr) return -1;
+  json_object *out = json_object_new_array();
+  for (size_t i = 0; i < json_object_array_length(arr); i++) {
+    json_object *item = json_object_array_get_idx(arr, i), *label, *score;
+    if (!json_object_object_get_ex(item, "label", &label) ||
+        !json_object_object_get_ex(item, "score", &score))
+      continue;
+    if (!as_json) printf("%.4f  %s\n", json_object_get_double(score), json_object_get_string(label));
     json_object *o = json_object_new_object();
-    json_object_object_add(o, "label", json_object_new_string(s[i].label));
-    json_object_object_add(o, "probability", json_object_new_double(s[i].p));
-    json_object_array_add(arr, o);
+    json_object_object_add(o, "label", json_object_get(label));
+    json_object_object_add(o, "probability", json_object_new_double(json_object_get_double(score)));
+    json_object_array_add(out, o);
   }
-  puts(json_object_to_json_string_ext(arr, CLI_JSON_FLAGS));
+  if (as_json) puts(json_object_to_json_string_ext(out, CLI_JSON_FLAGS));
+  json_object_put(out);
   json_object_put(arr);
+  return 0;
 }
 
 int cmd_classify(int argc, char **argv, const cli_ctx *ctx) {
@@ -115,29 +102,17 @@ int cmd_classify(int argc, char **argv, const cli_ctx *ctx) {
   const char *image = argv[optind];
   char **labels = argv + optind + 1;
   int n = argc - optind - 1;
+  if (!strstr(tmpl, "{}"))
+    return cli_usage_error("classify", "--template must contain \"{}\" where the label goes");
   for (int i = 0; i < n; i++)
     if (strlen(labels[i]) > MAX_LABEL_BYTES)
       return cli_usage_error("classify", "label %d is longer than %d bytes", i + 1, MAX_LABEL_BYTES);
   cdb_error err = {{0}};
   char *dir = cli_model_dir(ctx, &err);
-  clip_model *model = dir ? clip_model_load(dir, NULL, &err) : NULL;
+  char *scores = dir ? classify_sql(dir, image, labels, n, tmpl, &err) : NULL;
   free(dir);
-  if (!model) {
-    cli_error("%s", err.msg);
-    return CLI_FAIL;
-  }
-  scored *res = calloc((size_t)n, sizeof *res);
-  int rc = CLI_FAIL;
-  if (!res) {
-    cli_error("out of memory");
-  } else if (classify(model, image, labels, n, tmpl, res, &err) != 0) {
-    cli_error("%s", err.msg);
-  } else {
-    qsort(res, (size_t)n, sizeof *res, by_probability_desc);
-    print_results(res, n, json);
-    rc = CLI_OK;
-  }
-  free(res);
-  clip_model_free(model);
+  int rc = scores && print_results(scores, json, &err) == 0 ? CLI_OK : CLI_FAIL;
+  if (rc != CLI_OK) cli_error("%s", err.msg);
+  free(scores);
   return rc;
 }
