@@ -283,7 +283,9 @@ static inline __attribute__((always_inline)) TARGET void tile6x16(
 
 static inline __attribute__((always_inline)) TARGET void gemm_packed_any(
     int M, int N, int K, const float *A, int lda, const void *Wp, int f16, int p0, int p1,
-    float *C, int ldc, int accumulate, float *scratch) {
+    const clip_gemm_out *out, float *scratch) {
+  float *C = out->C;
+  int ldc = out->ldc, accumulate = out->accumulate;
   size_t esize = f16 ? 2 : 4;
   int tiles = (int)(clip_gemm_scratch_floats(K) / ((size_t)K * MR));
   for (int m0 = 0; m0 < M; m0 += tiles * MR) {
@@ -302,18 +304,19 @@ static inline __attribute__((always_inline)) TARGET void gemm_packed_any(
                    ldc, mc - t * MR < MR ? mc - t * MR : MR, cols, accumulate);
       }
   }
+  int c1 = p1 * CLIP_PANEL < N ? p1 * CLIP_PANEL : N;
+  if (p0 < p1) clip_gemm_epilogue(&clip_kernels_avx2, out, M, p0 * CLIP_PANEL, c1);
 }
 
 static TARGET void gemm_packed256(int M, int N, int K, const float *A, int lda, const float *Wp,
-                                  int p0, int p1, float *C, int ldc, int accumulate,
-                                  float *scratch) {
-  gemm_packed_any(M, N, K, A, lda, Wp, 0, p0, p1, C, ldc, accumulate, scratch);
+                                  int p0, int p1, const clip_gemm_out *out, float *scratch) {
+  gemm_packed_any(M, N, K, A, lda, Wp, 0, p0, p1, out, scratch);
 }
 
 static TARGET void gemm_packed_f16_256(int M, int N, int K, const float *A, int lda,
-                                       const uint16_t *Wp, int p0, int p1, float *C, int ldc,
-                                       int accumulate, float *scratch) {
-  gemm_packed_any(M, N, K, A, lda, Wp, 1, p0, p1, C, ldc, accumulate, scratch);
+                                       const uint16_t *Wp, int p0, int p1,
+                                       const clip_gemm_out *out, float *scratch) {
+  gemm_packed_any(M, N, K, A, lda, Wp, 1, p0, p1, out, scratch);
 }
 
 const clip_kernels clip_kernels_avx2 = {

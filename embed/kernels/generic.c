@@ -128,7 +128,9 @@ void clip_gemm_nn_c(int M, int N, int K, const float *A, int lda, const float *B
 }
 
 static void gemm_packed_any(int M, int N, int K, const float *A, int lda, const void *Wp, int f16,
-                            int p0, int p1, float *C, int ldc, int accumulate) {
+                            int p0, int p1, const clip_gemm_out *out) {
+  float *C = out->C;
+  int ldc = out->ldc, accumulate = out->accumulate;
   for (int p = p0; p < p1; p++) {
     size_t base = (size_t)p * CLIP_PANEL * K;
     int cols = N - p * CLIP_PANEL < CLIP_PANEL ? N - p * CLIP_PANEL : CLIP_PANEL;
@@ -144,18 +146,20 @@ static void gemm_packed_any(int M, int N, int K, const float *A, int lda, const 
         *c = accumulate ? *c + s : s;
       }
   }
+  int c1 = p1 * CLIP_PANEL < N ? p1 * CLIP_PANEL : N;
+  if (p0 < p1) clip_gemm_epilogue(&clip_kernels_generic, out, M, p0 * CLIP_PANEL, c1);
 }
 
 static void gemm_packed_c(int M, int N, int K, const float *A, int lda, const float *Wp, int p0,
-                          int p1, float *C, int ldc, int accumulate, float *scratch) {
+                          int p1, const clip_gemm_out *out, float *scratch) {
   (void)scratch;
-  gemm_packed_any(M, N, K, A, lda, Wp, 0, p0, p1, C, ldc, accumulate);
+  gemm_packed_any(M, N, K, A, lda, Wp, 0, p0, p1, out);
 }
 
 static void gemm_packed_f16_c(int M, int N, int K, const float *A, int lda, const uint16_t *Wp,
-                              int p0, int p1, float *C, int ldc, int accumulate, float *scratch) {
+                              int p0, int p1, const clip_gemm_out *out, float *scratch) {
   (void)scratch;
-  gemm_packed_any(M, N, K, A, lda, Wp, 1, p0, p1, C, ldc, accumulate);
+  gemm_packed_any(M, N, K, A, lda, Wp, 1, p0, p1, out);
 }
 
 const clip_kernels clip_kernels_generic = {

@@ -55,16 +55,31 @@ const clip_kernels *clip_kernels_best(void) {
   return best;
 }
 
+void clip_gemm_epilogue(const clip_kernels *k, const clip_gemm_out *out, int M, int c0, int c1) {
+  if (!out->bias && out->act == CLIP_EPI_NONE) return;
+  for (int m = 0; m < M; m++) {
+    float *row = out->C + (size_t)m * out->ldc + c0;
+    if (out->bias) k->add(row, out->bias + c0, c1 - c0);
+    if (out->act == CLIP_EPI_QUICK_GELU) k->quick_gelu(row, c1 - c0);
+    if (out->act == CLIP_EPI_GELU) k->gelu(row, c1 - c0);
+  }
+}
+
 size_t clip_packed_floats(int N, int K) {
   return (size_t)((N + CLIP_PANEL - 1) / CLIP_PANEL) * CLIP_PANEL * (size_t)K;
 }
 
 void clip_pack_weights(const float *W, int N, int K, float *dst) {
+  const clip_kernels *kern = clip_kernels_best();
   /* k outer: each packed row of 32 is written whole; the 32 source rows are read in step. */
   for (int p = 0; p * CLIP_PANEL < N; p++) {
     float *panel = dst + (size_t)p * CLIP_PANEL * K;
     const float *w = W + (size_t)p * CLIP_PANEL * K;
     int cols = N - p * CLIP_PANEL < CLIP_PANEL ? N - p * CLIP_PANEL : CLIP_PANEL;
+    if (cols == CLIP_PANEL && kern->pack_panel) {
+      kern->pack_panel(w, K, panel);
+      continue;
+    }
     for (int k = 0; k < K; k++) {
       float *d = panel + (size_t)k * CLIP_PANEL;
       for (int j = 0; j < cols; j++) d[j] = w[(size_t)j * K + k];
@@ -96,6 +111,10 @@ int clip_pack_weights_f32_to_f16(const float *W, int N, int K, uint16_t *dst) {
     uint16_t *panel = dst + (size_t)p * CLIP_PANEL * K;
     const float *w = W + (size_t)p * CLIP_PANEL * K;
     int cols = N - p * CLIP_PANEL < CLIP_PANEL ? N - p * CLIP_PANEL : CLIP_PANEL;
+    if (cols == CLIP_PANEL && kern->pack_panel_f16) {
+      not_finite |= kern->pack_panel_f16(w, K, panel);
+      continue;
+    }
     for (int k0 = 0; k0 < K; k0 += KB) {
       int kb = K - k0 < KB ? K - k0 : KB;
       for (int j = 0; j < cols; j++) kern->f32_to_f16(w + (size_t)j * K + k0, buf[j], (size_t)kb);

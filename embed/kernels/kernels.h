@@ -27,6 +27,18 @@ int clip_pack_weights_f32_to_f16(const float *W, int N, int K, uint16_t *dst);
 /* Scratch (floats) one gemm_packed call needs for its packed activation rows. */
 size_t clip_gemm_scratch_floats(int K);
 
+/* Where a packed GEMM puts its result and what it applies on the way out: C (+)= A W^T, then
+ * + bias[n], then the activation. Fusing the last two into the tile store saves a pass over C
+ * (the MLP's widest matrix) per layer. */
+typedef enum clip_epi_act { CLIP_EPI_NONE, CLIP_EPI_QUICK_GELU, CLIP_EPI_GELU } clip_epi_act;
+typedef struct clip_gemm_out {
+  float *C;
+  int ldc;
+  int accumulate;
+  const float *bias; /* [N] or NULL */
+  clip_epi_act act;
+} clip_gemm_out;
+
 typedef enum clip_isa { CLIP_ISA_GENERIC, CLIP_ISA_AVX2, CLIP_ISA_AVX512, CLIP_ISA_COUNT } clip_isa;
 
 typedef struct clip_kernels {
@@ -51,12 +63,21 @@ typedef struct clip_kernels {
    * transposed first, and P V); small shapes, N up to a few hundred. */
   void (*gemm_nn)(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                   float *C, int ldc);
-  /* C[M, panel columns p0*32 .. min(p1*32, N)) (+)= A[M, K] W^T with W packed as above. */
+  /* out->C[M, panel columns p0*32 .. min(p1*32, N)) (+)= A[M, K] W^T with W packed as above,
+   * then out's bias and activation on those columns. */
   void (*gemm_packed)(int M, int N, int K, const float *A, int lda, const float *Wp, int p0,
-                      int p1, float *C, int ldc, int accumulate, float *scratch);
+                      int p1, const clip_gemm_out *out, float *scratch);
   void (*gemm_packed_f16)(int M, int N, int K, const float *A, int lda, const uint16_t *Wp, int p0,
-                          int p1, float *C, int ldc, int accumulate, float *scratch);
+                          int p1, const clip_gemm_out *out, float *scratch);
+  /* One whole panel: 32 rows of W (row stride K) packed as [K][32], as float32 or rounded to
+   * half floats (returns 1 when a value left the half range). NULL: the portable loops. */
+  void (*pack_panel)(const float *W, int K, float *dst);
+  int (*pack_panel_f16)(const float *W, int K, uint16_t *dst);
 } clip_kernels;
+
+/* Bias and activation on out->C's rows [0, M), columns [c0, c1), with k's vector kernels (the
+ * variants that do not fuse them into the tile store). */
+void clip_gemm_epilogue(const clip_kernels *k, const clip_gemm_out *out, int M, int c0, int c1);
 
 /* The plain C gemm_nn (the variants without their own). */
 void clip_gemm_nn_c(int M, int N, int K, const float *A, int lda, const float *B, int ldb,

@@ -155,29 +155,58 @@ static void check_gemm(const clip_kernels *ref, const clip_kernels *k, int n) {
   free(C2);
 }
 
-/* Packed GEMM on a sub-range of panels must equal the reference on those columns only. */
-static void check_gemm_packed(const clip_kernels *ref, const clip_kernels *k, int n) {
-  int M = n % 29 + 1 + (n > 100 ? 60 : 0), N = n % 50 + 40, K = n;
-  float *A = random_vec(M * K, 1), *W = random_vec(N * K, 1);
+/* The epilogues a packed GEMM is checked with: accumulate or not, bias, activation. */
+static const struct {
+  int accumulate, bias;
+  clip_epi_act act;
+} epilogues[] = {{0, 0, CLIP_EPI_NONE},       {1, 0, CLIP_EPI_NONE}, {0, 1, CLIP_EPI_QUICK_GELU},
+                 {1, 1, CLIP_EPI_NONE},       {0, 1, CLIP_EPI_GELU}, {0, 0, CLIP_EPI_QUICK_GELU}};
+#define N_EPILOGUES ((int)(sizeof epilogues / sizeof epilogues[0]))
+
+/* The reference for columns [c0, N): gemm_nt, then bias and activation with ref's kernels. */
+static void reference_packed(const clip_kernels *ref, int M, int N, int K, const float *A,
+                             const float *W, int c0, const clip_gemm_out *out) {
+  ref->gemm_nt(M, N - c0, K, A, K, W + (size_t)c0 * K, K, out->C + c0, out->ldc, out->accumulate);
+  for (int m = 0; m < M; m++) {
+    float *row = out->C + (size_t)m * out->ldc + c0;
+    if (out->bias) ref->add(row, out->bias + c0, N - c0);
+    if (out->act == CLIP_EPI_QUICK_GELU) ref->quick_gelu(row, N - c0);
+    if (out->act == CLIP_EPI_GELU) ref->gelu(row, N - c0);
+  }
+}
+
+/* Packed GEMM on a sub-range of panels, with each epilogue, must equal the reference on those
+ * columns only. */
+static void check_packed_shape(const clip_kernels *ref, const clip_kernels *k, int M, int N,
+                               int K, int every_p0) {
+  float *A = random_vec(M * K, 1), *W = random_vec(N * K, 1), *bias = random_vec(N, 1);
   float *Wp = malloc(sizeof(float) * clip_packed_floats(N, K));
   float *scratch = malloc(sizeof(float) * clip_gemm_scratch_floats(K));
   float *C1 = random_vec(M * N, 1), *C2 = malloc(sizeof(float) * (size_t)(M * N));
   clip_pack_weights(W, N, K, Wp);
   int panels = (N + CLIP_PANEL - 1) / CLIP_PANEL;
-  for (int acc = 0; acc <= 1; acc++)
-    for (int p0 = 0; p0 < panels; p0++) {
+  for (int e = 0; e < N_EPILOGUES; e++)
+    for (int p0 = 0; p0 < (every_p0 ? panels : 1); p0++) {
       memcpy(C2, C1, sizeof(float) * (size_t)(M * N));
-      k->gemm_packed(M, N, K, A, K, Wp, p0, panels, C2, N, acc, scratch);
-      int c0 = p0 * CLIP_PANEL;
-      ref->gemm_nt(M, N - c0, K, A, K, W + (size_t)c0 * K, K, C1 + c0, N, acc);
-      assert_close(C1, C2, M * N, 1e-5f * sqrtf((float)K), "gemm_packed", k->name, n);
+      clip_gemm_out want = {C1, N, epilogues[e].accumulate, epilogues[e].bias ? bias : NULL,
+                            epilogues[e].act};
+      clip_gemm_out got = want;
+      got.C = C2;
+      k->gemm_packed(M, N, K, A, K, Wp, p0, panels, &got, scratch);
+      reference_packed(ref, M, N, K, A, W, p0 * CLIP_PANEL, &want);
+      assert_close(C1, C2, M * N, 1e-5f * sqrtf((float)K), "gemm_packed", k->name, K);
     }
   free(A);
   free(W);
+  free(bias);
   free(Wp);
   free(scratch);
   free(C1);
   free(C2);
+}
+
+static void check_gemm_packed(const clip_kernels *ref, const clip_kernels *k, int n) {
+  check_packed_shape(ref, k, n % 29 + 1 + (n > 100 ? 60 : 0), n % 50 + 40, n, 1);
 }
 
 /* Half-float panels: the same products with weights widened in the kernel. */
@@ -199,7 +228,8 @@ static void check_gemm_packed_f16(const clip_kernels *ref, const clip_kernels *k
   int panels = (N + CLIP_PANEL - 1) / CLIP_PANEL;
   for (int acc = 0; acc <= 1; acc++) {
     memcpy(C2, C1, sizeof(float) * (size_t)(M * N));
-    k->gemm_packed_f16(M, N, K, A, K, Wp, 0, panels, C2, N, acc, scratch);
+    clip_gemm_out out = {C2, N, acc, NULL, CLIP_EPI_NONE};
+    k->gemm_packed_f16(M, N, K, A, K, Wp, 0, panels, &out, scratch);
     ref->gemm_nt(M, N, K, A, K, W, K, C1, N, acc);
     assert_close(C1, C2, M * N, 1e-5f * sqrtf((float)K) * 4, "gemm_packed_f16", k->name, n);
   }
@@ -222,6 +252,52 @@ Test(kernels, gemm_packed) {
   for_each_variant(check_gemm_packed);
 }
 
+/* Several row chunks and K slabs (the loops and prefetch plan of the large image GEMMs). */
+Test(kernels, gemm_packed_large) {
+  for (int isa = CLIP_ISA_AVX2; isa < CLIP_ISA_COUNT; isa++) {
+    const clip_kernels *k = clip_kernels_for((clip_isa)isa);
+    if (k) check_packed_shape(&clip_kernels_generic, k, 400, 70, 1000, 0);
+  }
+}
+
+/* Whole-panel packers against the definition: dst[k][j] = W[j][k] (rounded for half floats). */
+static void check_pack_panel(const clip_kernels *ref, const clip_kernels *k, int n) {
+  if (!k->pack_panel && !k->pack_panel_f16) return;
+  int K = n;
+  float *W = random_vec(CLIP_PANEL * K, 100);
+  float *got = malloc(sizeof(float) * (size_t)(CLIP_PANEL * K));
+  uint16_t *got16 = malloc(sizeof(uint16_t) * (size_t)(CLIP_PANEL * K)), want16;
+  if (k->pack_panel) {
+    k->pack_panel(W, K, got);
+    for (int kk = 0; kk < K; kk++)
+      for (int j = 0; j < CLIP_PANEL; j++)
+        cr_assert(got[kk * CLIP_PANEL + j] == W[j * K + kk], "pack_panel/%s K=%d at k=%d j=%d",
+                  k->name, K, kk, j);
+  }
+  if (k->pack_panel_f16) {
+    cr_assert_eq(k->pack_panel_f16(W, K, got16), 0, "pack_panel_f16/%s K=%d: false overflow",
+                 k->name, K);
+    for (int kk = 0; kk < K; kk++)
+      for (int j = 0; j < CLIP_PANEL; j++) {
+        ref->f32_to_f16(&W[j * K + kk], &want16, 1);
+        cr_assert_eq(got16[kk * CLIP_PANEL + j], want16, "pack_panel_f16/%s K=%d at k=%d j=%d",
+                     k->name, K, kk, j);
+      }
+    /* out of half range, first in a 16 x 16 block, then in the scalar tail */
+    W[5 * K + K / 2] = 70000.0f;
+    cr_assert_eq(k->pack_panel_f16(W, K, got16), 1, "pack_panel_f16/%s K=%d: overflow missed",
+                 k->name, K);
+    W[5 * K + K / 2] = 1.0f;
+    W[31 * K + K - 1] = NAN;
+    cr_assert_eq(k->pack_panel_f16(W, K, got16), 1, "pack_panel_f16/%s K=%d: NaN missed",
+                 k->name, K);
+  }
+  free(W);
+  free(got);
+  free(got16);
+}
+
+Test(kernels, pack_panel) { for_each_variant(check_pack_panel); }
 Test(kernels, dot) { for_each_variant(check_dot); }
 Test(kernels, axpy_and_add) { for_each_variant(check_axpy_add); }
 Test(kernels, layernorm) { for_each_variant(check_layernorm); }

@@ -262,6 +262,95 @@ static void expect_load_error(const char *vocab, const char *merges, const char 
             "message \"%s\" lacks \"%s\" / \"%s\"", err.msg, needle1, needle2);
 }
 
+/* The real vocab.json as another JSON writer could have written it: every non-ASCII character
+ * as a \u escape, '/' as "\/", one entry per indented line. (Byte-level BPE symbols are all
+ * below U+0144; surrogate pairs are checked in vocab_json_malformed_strings.) */
+static GString *reencoded_vocab(const char *text, size_t len) {
+  GString *out = g_string_sized_new(len * 2);
+  int in_string = 0;
+  for (const char *p = text; p < text + len;) {
+    unsigned char c = (unsigned char)*p;
+    if (!in_string) {
+      g_string_append_c(out, (char)c);
+      if (c == ',') g_string_append(out, "\n  ");
+      in_string = c == '"';
+      p++;
+    } else if (c == '\\') {
+      g_string_append_len(out, p, 2);
+      p += 2;
+    } else if (c == '"' || c < 0x80) {
+      if (c == '/') g_string_append_c(out, '\\');
+      g_string_append_c(out, (char)c);
+      in_string = c != '"';
+      p++;
+    } else {
+      gunichar u = g_utf8_get_char(p);
+      if (u > 0xFFFF)
+        g_string_append_printf(out, "\\u%04X\\u%04x", 0xD800 + ((u - 0x10000) >> 10),
+                               0xDC00 + ((u - 0x10000) & 0x3FF));
+      else
+        g_string_append_printf(out, "\\u%04x", u);
+      p = g_utf8_next_char(p);
+    }
+  }
+  return out;
+}
+
+Test(tokenizer, vocab_json_escapes_and_layout, .init = setup, .fini = teardown) {
+  char *vocab = data_path("clip-tiny-shapes/vocab.json"), *text;
+  char *merges = data_path("clip-tiny-shapes/merges.txt");
+  size_t len;
+  cr_assert(g_file_get_contents(vocab, &text, &len, NULL));
+  GString *re = reencoded_vocab(text, len);
+  cr_assert(strstr(re->str, "\\u0120"), "no \\u escape made");
+  char *p = write_temp("vocab.json", re->str, re->len);
+  cdb_error err = {{0}};
+  clip_tokenizer *other = clip_tokenizer_load(p, merges, 0, &err);
+  cr_assert_not_null(other, "re-encoded vocab.json refused: %s", err.msg);
+  static const char *const texts[] = {"a photo of a cat", "Ünïcödé Straße, naïve café",
+                                      "emoji \xf0\x9f\x98\x82\xf0\x9f\x90\xb6 dog", "1/2 a/b",
+                                      "\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e \xd0\xbf\xd1\x80"};
+  for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+    int32_t want[CTX], got[CTX];
+    int n = encode(texts[i], strlen(texts[i]), want);
+    cr_assert_eq(clip_tokenizer_encode(other, texts[i], strlen(texts[i]), got, CTX, &err), n);
+    cr_assert_arr_eq(want, got, sizeof want, "\"%s\" differs with the re-encoded vocab.json",
+                     texts[i]);
+  }
+  clip_tokenizer_free(other);
+  remove_temp(p);
+  g_string_free(re, TRUE);
+  g_free(text);
+  g_free(vocab);
+  g_free(merges);
+}
+
+Test(tokenizer, vocab_json_malformed_strings) {
+  char *merges = data_path("clip-tiny-shapes/merges.txt");
+  static const struct {
+    const char *json, *needle;
+  } cases[] = {
+      {"{\"a\": 1, \"a\": 2}", "appears twice"},   {"{\"\\ud800x\": 1}", "surrogate"},
+      {"{\"\\udc00\": 1}", "surrogate"},          {"{\"\\u00zz\": 1}", "\\u escape"},
+      {"{\"\\q\": 1}", "bad escape"},             {"{\"a\tb\": 1}", "control character"},
+      {"{\"\\u0000\": 1}", "NUL"},                {"{\"a\": 1} x", "trailing data"},
+      {"{\"a\": 1.5}", "not an integer"},         {"{\"a\": -1}", "out of range"},
+      {"{\"a\": 99999999999999999999}", "out of range"}, {"{\"a\" 1}", "':'"},
+      {"{\"a\": 1 \"b\": 2}", "','"},             {"{\"abc", "unterminated"},
+      {"{\"\xff\": 1}", "UTF-8"},
+      /* well-formed escapes decode to the very bytes of the raw text: */
+      {"{\"\xf0\x9f\x98\x82\": 1, \"\\ud83d\\ude02\": 2}", "appears twice"},
+      {"{\"\\u00e9\\/\": 1, \"\xc3\xa9/\": 2}", "appears twice"},
+      {"{\"\\ud83d\\ude02\\n\": 1}", "1 entries"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char *p = write_temp("vocab.json", cases[i].json, strlen(cases[i].json));
+    expect_load_error(p, merges, p, cases[i].needle);
+    remove_temp(p);
+  }
+  g_free(merges);
+}
+
 /* merges.txt with line `lineno` replaced. */
 static char *merges_with_line(int lineno, const char *replacement) {
   char *real = data_path("clip-tiny-shapes/merges.txt"), *text;
