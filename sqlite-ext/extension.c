@@ -30,7 +30,10 @@
  *                                                     identity}
  *   clip_version()                         -> TEXT
  *   clip_index_info(table)                 -> TEXT   JSON of the live index: kind ("flat"/"ivf"),
- *                                                     factory, nlist, nprobe, count, mapped
+ *                                                     factory, nlist, nprobe, count, mapped;
+ *                                                     embed_batches, embedded_rows: encoder calls
+ *                                                     and rows embedded for the table by this
+ *                                                     connection (batching at work: rows/batch)
  *
  * The clip virtual table
  *   CREATE VIRTUAL TABLE photos USING clip(model=NAME, index=auto, taken_at TEXT, album TEXT);
@@ -49,6 +52,17 @@
  *   Inserting a row with image embeds the image, with only text embeds the text; a non-NULL
  *   embedding wins over both. UPDATE re-embeds when image or text change. Stored embeddings are
  *   normalised.
+ *   Batched embedding: an INSERT/UPDATE checks and preprocesses its image (fetch, decode,
+ *   resize) or text (UTF-8, tokenizing) at once, so a bad one fails that statement and changes
+ *   nothing, writes the row, and queues the input; the encoder then runs once per 32 images /
+ *   64 texts (one pass over the weights). The queue is embedded when full and before anything
+ *   needs the vectors: a MATCH query or clip_search, reading the embedding column of a queued
+ *   row, commands, clip_index_info, SAVEPOINT, RENAME and COMMIT (a commit persists every
+ *   vector). So many rows per transaction (executemany inside BEGIN...COMMIT, or INSERT ...
+ *   SELECT) embed in batches; one row per transaction embeds alone. ROLLBACK / ROLLBACK TO drop
+ *   the queued rows unembedded. Single-row statements inside a transaction open no statement
+ *   savepoint, so they keep batching; a multi-row statement flushes the queue once at its start.
+ *   Until then the t_vectors shadow table lacks the queued rows (SQL through t always sees them).
  *
  *   SELECT rowid, image, distance FROM photos WHERE photos MATCH :q AND k = 10;
  *   SELECT rowid, distance FROM photos WHERE photos MATCH :q AND album = 'x' ORDER BY distance

@@ -74,6 +74,11 @@ void cdbx_conn_free_models(cdbx_conn *conn);
  * naming a file or an http(s) URL. out gets clip_model_dim floats. */
 int cdbx_embed_text(clip_model *model, const char *text, int len, float *out, cdb_error *err);
 int cdbx_embed_image_value(clip_model *model, sqlite3_value *value, float *out, cdb_error *err);
+/* The first half of cdbx_embed_image_value: fetch/read, decode and preprocess the image into
+ * pixels[cdbx_image_floats(model)] (clip_embed_pixels input). Every user error surfaces here. */
+int cdbx_image_value_pixels(clip_model *model, sqlite3_value *value, float *pixels,
+                            cdb_error *err);
+size_t cdbx_image_floats(const clip_model *model);
 
 /* ---- vec.c ---- */
 

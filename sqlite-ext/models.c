@@ -165,19 +165,18 @@ int cdbx_embed_text(clip_model *model, const char *text, int len, float *out, cd
   return clip_embed_texts(model, texts, 1, out, err);
 }
 
-static int embed_buffer(clip_model *model, const void *data, size_t len, float *out,
-                        cdb_error *err) {
+static int load_buffer(clip_model *model, const void *data, size_t len, float *pixels,
+                       cdb_error *err) {
   if (len == 0) return cdb_error_set(err, "image is an empty BLOB");
-  const void *bufs[1] = {data};
-  size_t lens[1] = {len};
-  return clip_embed_image_buffers(model, bufs, lens, 1, out, err);
+  return clip_image_load_buffer(model, data, len, pixels, err);
 }
 
-int cdbx_embed_image_value(clip_model *model, sqlite3_value *value, float *out, cdb_error *err) {
+int cdbx_image_value_pixels(clip_model *model, sqlite3_value *value, float *pixels,
+                            cdb_error *err) {
   switch (sqlite3_value_type(value)) {
   case SQLITE_BLOB:
-    return embed_buffer(model, sqlite3_value_blob(value), (size_t)sqlite3_value_bytes(value), out,
-                        err);
+    return load_buffer(model, sqlite3_value_blob(value), (size_t)sqlite3_value_bytes(value),
+                       pixels, err);
   case SQLITE_TEXT: {
     const char *src = (const char *)sqlite3_value_text(value);
     int len = sqlite3_value_bytes(value);
@@ -188,12 +187,11 @@ int cdbx_embed_image_value(clip_model *model, sqlite3_value *value, float *out, 
       size_t n = 0;
       void *data = cdb_fetch(src, &limits, &n, err);
       if (!data) return -1;
-      int rc = embed_buffer(model, data, n, out, err);
+      int rc = load_buffer(model, data, n, pixels, err);
       free(data);
       return rc;
     }
-    const char *paths[1] = {src};
-    return clip_embed_image_files(model, paths, 1, out, err);
+    return clip_image_load_file(model, src, pixels, err);
   }
   case SQLITE_NULL:
     return cdb_error_set(err, "image is NULL");
@@ -201,4 +199,18 @@ int cdbx_embed_image_value(clip_model *model, sqlite3_value *value, float *out, 
     return cdb_error_set(err, "image must be a BLOB of image bytes or a TEXT path or URL, not a "
                               "number");
   }
+}
+
+size_t cdbx_image_floats(const clip_model *model) {
+  size_t side = (size_t)clip_model_image_size(model);
+  return 3 * side * side;
+}
+
+int cdbx_embed_image_value(clip_model *model, sqlite3_value *value, float *out, cdb_error *err) {
+  float *pixels = malloc(sizeof(float) * cdbx_image_floats(model));
+  if (!pixels) return cdb_error_set(err, "out of memory");
+  int rc = cdbx_image_value_pixels(model, value, pixels, err);
+  if (rc == 0) rc = clip_embed_pixels(model, pixels, 1, out, err);
+  free(pixels);
+  return rc;
 }

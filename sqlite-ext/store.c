@@ -700,7 +700,8 @@ int cdbx_cache_fresh(cdbx_table *t) {
 }
 
 int cdbx_table_index_info(cdbx_table *t, cdb_index_info *info) {
-  int rc = cdbx_cache_fresh(t);
+  int rc = cdbx_pending_flush(t);
+  if (rc == SQLITE_OK) rc = cdbx_cache_fresh(t);
   if (rc == SQLITE_OK) rc = cdbx_cache_flush(t);
   if (rc == SQLITE_OK) cdb_index_get_info(t->index, info);
   return rc;
@@ -861,7 +862,11 @@ int cdbx_command(cdbx_table *t, const char *cmd) {
   int rc = SQLITE_OK;
   if (strcmp(cmd, "integrity-check") == 0) return integrity_check(t);
   if (strcmp(cmd, "rebuild") == 0) {
-    rc = config_set_int(t, "snapshot_seq", -1);
+    /* Vectors whose row was deleted behind the table's back (from T_rows directly) go. */
+    rc = exec_fmt(t, "DELETE FROM \"%w\".\"%w_vectors\" WHERE rowid NOT IN "
+                     "(SELECT rowid FROM \"%w\".\"%w_rows\")",
+                  t->schema, t->name, t->schema, t->name);
+    if (rc == SQLITE_OK) rc = config_set_int(t, "snapshot_seq", -1);
     if (rc == SQLITE_OK) rc = load_full(t);
     if (rc == SQLITE_OK && wants_training(t)) rc = train(t);
     return rc == SQLITE_OK ? compact(t) : rc;

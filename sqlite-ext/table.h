@@ -36,6 +36,19 @@ typedef struct id_list {
   int64_t n, cap;
 } id_list;
 
+/* Rows written in the current transaction whose vector the encoder has not computed yet
+ * (vtab.c): images wait preprocessed (pixels), texts validated (a copy). A flush embeds each
+ * kind in one encoder call. Every rowid appears at most once, and only rows written after the
+ * latest savepoint began are ever queued (xSavepoint flushes), so any rollback drops them all. */
+typedef struct pending_rows {
+  int64_t *image_ids;
+  float *pixels; /* n_images * cdbx_image_floats(model) */
+  int n_images, cap_images;
+  int64_t *text_ids;
+  char **texts;  /* malloc'd copies */
+  int n_texts, cap_texts;
+} pending_rows;
+
 struct cdbx_table {
   sqlite3_vtab base;
   sqlite3 *db;
@@ -81,6 +94,10 @@ struct cdbx_table {
   int64_t begin_seq;
   id_list resync;       /* rows to re-read from the tables (after a rollback) */
 
+  pending_rows pending;
+  int64_t embed_batches; /* encoder calls for this table's rows on this connection */
+  int64_t embedded_rows; /* rows those calls embedded */
+
   sqlite3_stmt *stmts[ST_COUNT];
 };
 
@@ -106,6 +123,9 @@ void cdbx_cache_drop(cdbx_table *t);
 int cdbx_log_change(cdbx_table *t, int64_t rowid, int op);
 int cdbx_touch(cdbx_table *t, int64_t rowid);
 int cdbx_id_list_push(id_list *l, int64_t id);
+
+/* vtab.c: embeds the queued rows and writes their vectors (before anything reads vectors). */
+int cdbx_pending_flush(cdbx_table *t);
 
 /* Commands and commit-time maintenance. */
 int cdbx_command(cdbx_table *t, const char *cmd);

@@ -1,11 +1,16 @@
-/* vtab.c: the `clip` virtual table: declaration, KNN and scan queries, writes with
- * embed-on-insert, commands, and the transaction hooks that keep the index cache consistent.
+/* vtab.c: the `clip` virtual table: declaration, KNN and scan queries, writes whose images and
+ * texts are embedded in batches (the pending queue), commands, and the transaction hooks that
+ * keep the queue and the index cache consistent.
  * Shadow tables and the cache live in store.c; SQL usage is documented in extension.c. */
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "sqlite-ext/table.h"
+
+/* The pending queue (see "writes" below). */
+static int pending_has(const cdbx_table *t, int64_t rowid);
+static void pending_free(cdbx_table *t);
 
 /* ---- arguments ---- */
 
@@ -270,6 +275,7 @@ static void table_free(cdbx_table *t) {
   free(t->pend_vecs);
   free(t->touched.ids);
   free(t->resync.ids);
+  pending_free(t);
   free(t->sp_marks);
   free(t->sp_seq);
   sqlite3_free(t);
@@ -850,6 +856,7 @@ static int filter_knn(cdbx_table *t, cdbx_cursor *c, query_parts *q) {
   c->query = malloc(sizeof(float) * (size_t)t->dims);
   if (!c->query) return SQLITE_NOMEM;
   rc = query_vector(t, q->match, c->query);
+  if (rc == SQLITE_OK) rc = cdbx_pending_flush(t);
   if (rc == SQLITE_OK) rc = cdbx_cache_fresh(t);
   if (rc == SQLITE_OK) rc = cdbx_cache_flush(t);
   if (rc == SQLITE_OK) rc = allowed_ids(t, q, &c->allowed, &c->filtered);
@@ -949,10 +956,12 @@ static int lookup_row(cdbx_table *t, cdbx_cursor *c, int64_t rowid) {
 }
 
 static int column_embedding(cdbx_table *t, sqlite3_context *ctx, int64_t rowid) {
+  int rc = pending_has(t, rowid) ? cdbx_pending_flush(t) : SQLITE_OK;
+  if (rc != SQLITE_OK) return rc;
   sqlite3_stmt *st = cdbx_stmt(t, ST_GET_VECTOR);
   if (!st) return SQLITE_ERROR;
   sqlite3_bind_int64(st, 1, rowid);
-  int rc = sqlite3_step(st);
+  rc = sqlite3_step(st);
   if (rc == SQLITE_ROW) sqlite3_result_value(ctx, sqlite3_column_value(st, 0));
   sqlite3_reset(st);
   return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
@@ -979,25 +988,231 @@ static int x_column(sqlite3_vtab_cursor *cur, sqlite3_context *ctx, int col) {
   return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
-/* ---- writes ---- */
+/* ---- writes: the pending queue ----
+ * An INSERT (or an UPDATE that re-embeds) validates and preprocesses its image or text at once,
+ * so every user error belongs to its statement and changes nothing, writes the row, and queues
+ * the preprocessed input; the encoder then runs once per batch. Flushes happen when a queue is
+ * full, before anything reads vectors (KNN, the embedding column, commands, clip_index_info),
+ * at xSync (a commit persists every vector), xSavepoint and xRename. */
 
-/* The vector a written row gets: the embedding column, else the image, else the text. */
-static int row_vector(cdbx_table *t, sqlite3_value *image, sqlite3_value *text,
-                      sqlite3_value *embedding, float *out) {
+/* Batch sizes: the encoder streams its weights once per call, so a batch costs little more than
+ * one row. A queued ViT-B/32 image holds 3x224x224 floats (602 KB): at most ~19 MB queued. */
+#define PENDING_IMAGES 32
+#define PENDING_TEXTS 64
+
+static int pending_has(const cdbx_table *t, int64_t rowid) {
+  const pending_rows *p = &t->pending;
+  for (int i = 0; i < p->n_images; i++)
+    if (p->image_ids[i] == rowid) return 1;
+  for (int i = 0; i < p->n_texts; i++)
+    if (p->text_ids[i] == rowid) return 1;
+  return 0;
+}
+
+static void pending_drop_images(cdbx_table *t, int from, int count) {
+  pending_rows *p = &t->pending;
+  size_t img = cdbx_image_floats(t->model);
+  int rest = p->n_images - from - count;
+  memmove(p->image_ids + from, p->image_ids + from + count, sizeof(int64_t) * (size_t)rest);
+  memmove(p->pixels + img * (size_t)from, p->pixels + img * (size_t)(from + count),
+          sizeof(float) * img * (size_t)rest);
+  p->n_images -= count;
+}
+
+static void pending_drop_texts(cdbx_table *t, int from, int count) {
+  pending_rows *p = &t->pending;
+  for (int i = from; i < from + count; i++) free(p->texts[i]);
+  int rest = p->n_texts - from - count;
+  memmove(p->text_ids + from, p->text_ids + from + count, sizeof(int64_t) * (size_t)rest);
+  memmove(p->texts + from, p->texts + from + count, sizeof(char *) * (size_t)rest);
+  p->n_texts -= count;
+}
+
+/* Forgets rowid's queued input (its row is being deleted). */
+static void pending_drop(cdbx_table *t, int64_t rowid) {
+  pending_rows *p = &t->pending;
+  for (int i = 0; i < p->n_images; i++) {
+    if (p->image_ids[i] == rowid) {
+      pending_drop_images(t, i, 1);
+      return;
+    }
+  }
+  for (int i = 0; i < p->n_texts; i++) {
+    if (p->text_ids[i] == rowid) {
+      pending_drop_texts(t, i, 1);
+      return;
+    }
+  }
+}
+
+/* Discards the queue without embedding (its rows were rolled back). */
+static void pending_clear(cdbx_table *t) {
+  pending_rows *p = &t->pending;
+  if (p->n_texts) pending_drop_texts(t, 0, p->n_texts);
+  p->n_images = 0;
+}
+
+static void pending_free(cdbx_table *t) {
+  pending_clear(t);
+  pending_rows *p = &t->pending;
+  free(p->image_ids);
+  free(p->pixels);
+  free(p->text_ids);
+  free(p->texts);
+  memset(p, 0, sizeof *p);
+}
+
+static int put_vector(cdbx_table *t, int64_t rowid, const float *vec);
+
+/* Writes the vectors of the first n queued rows of one kind; *written counts those stored. */
+static int put_vectors(cdbx_table *t, const int64_t *ids, int n, const float *vecs, int *written) {
+  for (*written = 0; *written < n; (*written)++) {
+    int rc = put_vector(t, ids[*written], vecs + (size_t)*written * (size_t)t->dims);
+    if (rc != SQLITE_OK) return rc;
+  }
+  return SQLITE_OK;
+}
+
+static int flush_error(cdbx_table *t, int n, const char *what, const cdb_error *err) {
+  return cdbx_table_error(t, "clip: %s: embedding %d queued %s: %s", t->name, n, what, err->msg);
+}
+
+int cdbx_pending_flush(cdbx_table *t) {
+  pending_rows *p = &t->pending;
+  if (p->n_images == 0 && p->n_texts == 0) return SQLITE_OK;
+  int most = p->n_images > p->n_texts ? p->n_images : p->n_texts;
+  float *out = malloc(sizeof(float) * (size_t)t->dims * (size_t)most);
+  if (!out) return SQLITE_NOMEM;
   cdb_error err = {{0}};
-  if (embedding && sqlite3_value_type(embedding) != SQLITE_NULL) {
-    if (!cdbx_value_is_vector(embedding, t->dims)) {
-      return cdbx_table_error(t, "clip: %s: embedding must be a BLOB of %d float32 values (%d "
-                                 "bytes), got %s of %d bytes", t->name, t->dims, t->dims * 4,
-                              sqlite3_value_type(embedding) == SQLITE_BLOB ? "a BLOB" : "a non-BLOB",
-                              sqlite3_value_bytes(embedding));
+  int rc = SQLITE_OK, written = 0;
+  if (p->n_images > 0) {
+    if (clip_embed_pixels(t->model, p->pixels, p->n_images, out, &err) != 0) {
+      rc = flush_error(t, p->n_images, "images", &err);
+    } else {
+      t->embed_batches++;
+      t->embedded_rows += p->n_images;
+      rc = put_vectors(t, p->image_ids, p->n_images, out, &written);
+      pending_drop_images(t, 0, written);
     }
-    memcpy(out, sqlite3_value_blob(embedding), sizeof(float) * (size_t)t->dims);
-    if (cdbx_vec_check_finite(out, t->dims, "embedding", &err) == 0 &&
-        cdbx_vec_normalize(out, t->dims, "embedding", &err) == 0) {
-      return SQLITE_OK;
+  }
+  if (rc == SQLITE_OK && p->n_texts > 0) {
+    if (clip_embed_texts(t->model, (const char *const *)p->texts, p->n_texts, out, &err) != 0) {
+      rc = flush_error(t, p->n_texts, "texts", &err);
+    } else {
+      t->embed_batches++;
+      t->embedded_rows += p->n_texts;
+      rc = put_vectors(t, p->text_ids, p->n_texts, out, &written);
+      pending_drop_texts(t, 0, written);
     }
+  }
+  free(out);
+  return rc;
+}
+
+/* Room for one more entry of a kind: a full queue is flushed first (before the row writes). */
+static int pending_reserve(cdbx_table *t, int image) {
+  pending_rows *p = &t->pending;
+  if (image ? p->n_images >= PENDING_IMAGES : p->n_texts >= PENDING_TEXTS) {
+    int rc = cdbx_pending_flush(t);
+    if (rc != SQLITE_OK) return rc;
+  }
+  if (image && p->n_images == p->cap_images) {
+    int cap = p->cap_images ? p->cap_images * 2 : 1;
+    if (cap > PENDING_IMAGES) cap = PENDING_IMAGES;
+    int64_t *ids = realloc(p->image_ids, sizeof *ids * (size_t)cap);
+    if (ids) p->image_ids = ids;
+    float *px = realloc(p->pixels, sizeof(float) * cdbx_image_floats(t->model) * (size_t)cap);
+    if (px) p->pixels = px;
+    if (!ids || !px) return SQLITE_NOMEM;
+    p->cap_images = cap;
+  } else if (!image && p->n_texts == p->cap_texts) {
+    int cap = p->cap_texts ? p->cap_texts * 2 : 4;
+    if (cap > PENDING_TEXTS) cap = PENDING_TEXTS;
+    int64_t *ids = realloc(p->text_ids, sizeof *ids * (size_t)cap);
+    if (ids) p->text_ids = ids;
+    char **texts = realloc(p->texts, sizeof *texts * (size_t)cap);
+    if (texts) p->texts = texts;
+    if (!ids || !texts) return SQLITE_NOMEM;
+    p->cap_texts = cap;
+  }
+  return SQLITE_OK;
+}
+
+/* Where a written row's vector comes from: given (vec), or queued (an image preprocessed into
+ * the queue's next free slot, or a checked copy of the text), committed once the row is written.
+ * Nothing may flush the queue between row_source() and source_commit(). */
+typedef struct row_source {
+  enum { SRC_VECTOR, SRC_IMAGE, SRC_TEXT } kind;
+  float *vec;
+  char *text;
+} row_source;
+
+static void source_free(row_source *src) {
+  free(src->vec);
+  free(src->text);
+  src->vec = NULL;
+  src->text = NULL;
+}
+
+static int source_vector(cdbx_table *t, sqlite3_value *embedding, row_source *src) {
+  cdb_error err = {{0}};
+  if (!cdbx_value_is_vector(embedding, t->dims)) {
+    return cdbx_table_error(t, "clip: %s: embedding must be a BLOB of %d float32 values (%d "
+                               "bytes), got %s of %d bytes", t->name, t->dims, t->dims * 4,
+                            sqlite3_value_type(embedding) == SQLITE_BLOB ? "a BLOB" : "a non-BLOB",
+                            sqlite3_value_bytes(embedding));
+  }
+  src->kind = SRC_VECTOR;
+  src->vec = malloc(sizeof(float) * (size_t)t->dims);
+  if (!src->vec) return SQLITE_NOMEM;
+  memcpy(src->vec, sqlite3_value_blob(embedding), sizeof(float) * (size_t)t->dims);
+  if (cdbx_vec_check_finite(src->vec, t->dims, "embedding", &err) == 0 &&
+      cdbx_vec_normalize(src->vec, t->dims, "embedding", &err) == 0) {
+    return SQLITE_OK;
+  }
+  return cdbx_table_error(t, "clip: %s: %s", t->name, err.msg);
+}
+
+/* Checks the text the way the encoder will see it (tokenizing catches invalid UTF-8). */
+static int source_text(cdbx_table *t, clip_model *m, sqlite3_value *text, row_source *src) {
+  cdb_error err = {{0}};
+  const char *s = (const char *)sqlite3_value_text(text);
+  int len = sqlite3_value_bytes(text);
+  int rc = 0;
+  if (sqlite3_value_type(text) != SQLITE_TEXT) rc = cdb_error_set(&err, "text must be TEXT");
+  else if (!s || len <= 0) rc = cdb_error_set(&err, "text is empty");
+  else if ((int)strlen(s) != len) rc = cdb_error_set(&err, "text contains a NUL character");
+  if (rc == 0) {
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)clip_model_context_length(m));
+    rc = ids ? clip_tokenize(m, s, (size_t)len, ids, &err) : cdb_error_set(&err, "out of memory");
+    free(ids);
+  }
+  if (rc < 0) return cdbx_table_error(t, "clip: %s: %s", t->name, err.msg);
+  src->kind = SRC_TEXT;
+  src->text = malloc((size_t)len + 1);
+  if (!src->text) return SQLITE_NOMEM;
+  memcpy(src->text, s, (size_t)len + 1);
+  return pending_reserve(t, 0);
+}
+
+static int source_image(cdbx_table *t, clip_model *m, sqlite3_value *image, row_source *src) {
+  int rc = pending_reserve(t, 1);
+  if (rc != SQLITE_OK) return rc;
+  pending_rows *p = &t->pending;
+  cdb_error err = {{0}};
+  float *slot = p->pixels + cdbx_image_floats(m) * (size_t)p->n_images;
+  if (cdbx_image_value_pixels(m, image, slot, &err) != 0) {
     return cdbx_table_error(t, "clip: %s: %s", t->name, err.msg);
+  }
+  src->kind = SRC_IMAGE;
+  return SQLITE_OK;
+}
+
+/* The source of a written row's vector: the embedding column, else the image, else the text. */
+static int row_source_of(cdbx_table *t, sqlite3_value *image, sqlite3_value *text,
+                         sqlite3_value *embedding, row_source *src) {
+  if (embedding && sqlite3_value_type(embedding) != SQLITE_NULL) {
+    return source_vector(t, embedding, src);
   }
   int has_image = image && sqlite3_value_type(image) != SQLITE_NULL;
   int has_text = text && sqlite3_value_type(text) != SQLITE_NULL;
@@ -1006,16 +1221,25 @@ static int row_vector(cdbx_table *t, sqlite3_value *image, sqlite3_value *text,
   }
   clip_model *m = table_model(t);
   if (!m) return SQLITE_ERROR;
-  int rc;
-  if (has_image) {
-    rc = cdbx_embed_image_value(m, image, out, &err);
-  } else if (sqlite3_value_type(text) != SQLITE_TEXT) {
-    rc = cdb_error_set(&err, "text must be TEXT");
-  } else {
-    rc = cdbx_embed_text(m, (const char *)sqlite3_value_text(text), sqlite3_value_bytes(text), out,
-                         &err);
+  return has_image ? source_image(t, m, image, src) : source_text(t, m, text, src);
+}
+
+/* The row is written: store its vector now, or queue its input (the queue takes the text). */
+static int source_commit(cdbx_table *t, int64_t rowid, row_source *src) {
+  pending_rows *p = &t->pending;
+  switch (src->kind) {
+  case SRC_VECTOR:
+    return put_vector(t, rowid, src->vec);
+  case SRC_IMAGE:
+    p->image_ids[p->n_images++] = rowid;
+    return SQLITE_OK;
+  case SRC_TEXT:
+    p->text_ids[p->n_texts] = rowid;
+    p->texts[p->n_texts++] = src->text;
+    src->text = NULL;
+    return SQLITE_OK;
   }
-  return rc == 0 ? SQLITE_OK : cdbx_table_error(t, "clip: %s: %s", t->name, err.msg);
+  return SQLITE_ERROR;
 }
 
 static int check_row_types(cdbx_table *t, sqlite3_value *image, sqlite3_value *text) {
@@ -1060,6 +1284,7 @@ static int put_vector(cdbx_table *t, int64_t rowid, const float *vec) {
 }
 
 static int delete_row(cdbx_table *t, int64_t rowid) {
+  pending_drop(t, rowid);
   int rc = cdbx_touch(t, rowid);
   sqlite3_stmt *st = rc == SQLITE_OK ? cdbx_stmt(t, ST_DELETE_ROW) : NULL;
   if (!st) return rc == SQLITE_OK ? SQLITE_ERROR : rc;
@@ -1103,11 +1328,13 @@ static int insert_row(cdbx_table *t, sqlite3_value *rowid_v, sqlite3_value **col
   int rc = SQLITE_OK;
   int has_rowid = sqlite3_value_type(rowid_v) != SQLITE_NULL;
   if (has_rowid) rc = rowid_arg(t, rowid_v, &rowid);
+  /* REPLACE of a queued row: flushed first, since deleting it from the queue below would move
+   * the slot that row_source_of() is about to fill. */
+  if (rc == SQLITE_OK && has_rowid && pending_has(t, rowid)) rc = cdbx_pending_flush(t);
   if (rc == SQLITE_OK) rc = check_row_types(t, cols[COL_IMAGE], cols[COL_TEXT]);
-  float *vec = rc == SQLITE_OK ? malloc(sizeof(float) * (size_t)t->dims) : NULL;
-  if (rc == SQLITE_OK && !vec) rc = SQLITE_NOMEM;
-  /* Embed before writing anything, so a bad image changes nothing. */
-  if (rc == SQLITE_OK) rc = row_vector(t, cols[COL_IMAGE], cols[COL_TEXT], cols[COL_EMBEDDING], vec);
+  /* Check and preprocess before writing anything, so a bad image changes nothing. */
+  row_source src = {0};
+  if (rc == SQLITE_OK) rc = row_source_of(t, cols[COL_IMAGE], cols[COL_TEXT], cols[COL_EMBEDDING], &src);
   if (rc == SQLITE_OK && has_rowid) rc = resolve_conflict(t, rowid);
   sqlite3_stmt *st = rc == SQLITE_OK ? cdbx_stmt(t, ST_INSERT_ROW) : NULL;
   if (rc == SQLITE_OK && !st) rc = SQLITE_ERROR;
@@ -1122,9 +1349,9 @@ static int insert_row(cdbx_table *t, sqlite3_value *rowid_v, sqlite3_value **col
     rowid = sqlite3_last_insert_rowid(t->db);
     rc = cdbx_touch(t, rowid);
   }
-  if (rc == SQLITE_OK) rc = put_vector(t, rowid, vec);
+  if (rc == SQLITE_OK) rc = source_commit(t, rowid, &src);
   if (rc == SQLITE_OK) *out_rowid = rowid;
-  free(vec);
+  source_free(&src);
   return rc;
 }
 
@@ -1192,6 +1419,10 @@ static int update_row(cdbx_table *t, sqlite3_value *old_v, sqlite3_value *new_v,
   int64_t old_id = 0, new_id = 0;
   int rc = rowid_arg(t, old_v, &old_id);
   if (rc == SQLITE_OK) rc = rowid_arg(t, new_v, &new_id);
+  /* A queued row gets its vector first: the code below moves and replaces stored vectors. */
+  if (rc == SQLITE_OK && (pending_has(t, old_id) || pending_has(t, new_id))) {
+    rc = cdbx_pending_flush(t);
+  }
   if (rc == SQLITE_OK) rc = check_row_types(t, cols[COL_IMAGE], cols[COL_TEXT]);
   sqlite3_value *image = cols[COL_IMAGE], *text = cols[COL_TEXT], *emb = cols[COL_EMBEDDING];
   int image_changed = changed(image), text_changed = changed(text), emb_changed = changed(emb);
@@ -1208,9 +1439,8 @@ static int update_row(cdbx_table *t, sqlite3_value *old_v, sqlite3_value *new_v,
       }
     }
   }
-  float *vec = malloc(sizeof(float) * (size_t)t->dims);
-  if (rc == SQLITE_OK && !vec) rc = SQLITE_NOMEM;
-  if (rc == SQLITE_OK && reembed) rc = row_vector(t, image, text, emb_changed ? emb : NULL, vec);
+  row_source src = {0};
+  if (rc == SQLITE_OK && reembed) rc = row_source_of(t, image, text, emb_changed ? emb : NULL, &src);
   if (rc == SQLITE_OK && old_id != new_id) rc = move_row(t, old_id, new_id);
   sqlite3_stmt *st = rc == SQLITE_OK ? cdbx_stmt(t, ST_UPDATE_ROW) : NULL;
   if (rc == SQLITE_OK && !st) rc = SQLITE_ERROR;
@@ -1224,8 +1454,8 @@ static int update_row(cdbx_table *t, sqlite3_value *old_v, sqlite3_value *new_v,
     rc = step_write(t, st);
   }
   if (rc == SQLITE_OK && reembed) rc = cdbx_touch(t, new_id);
-  if (rc == SQLITE_OK && reembed) rc = put_vector(t, new_id, vec);
-  free(vec);
+  if (rc == SQLITE_OK && reembed) rc = source_commit(t, new_id, &src);
+  source_free(&src);
   sqlite3_value_free(old_image);
   sqlite3_value_free(old_text);
   return rc;
@@ -1250,7 +1480,8 @@ static int x_update(sqlite3_vtab *vt, int argc, sqlite3_value **argv, sqlite3_in
     rc = rowid_arg(t, argv[0], &id);
     if (rc == SQLITE_OK) rc = delete_row(t, id);
   } else if (is_insert && sqlite3_value_type(argv[2 + COL_COMMAND(t)]) != SQLITE_NULL) {
-    rc = run_command(t, argv[2 + COL_COMMAND(t)]);
+    rc = cdbx_pending_flush(t);
+    if (rc == SQLITE_OK) rc = run_command(t, argv[2 + COL_COMMAND(t)]);
     is_insert = 0;
   } else if (is_insert) {
     rc = insert_row(t, argv[1], argv + 2, rowid);
@@ -1276,11 +1507,14 @@ static int x_begin(sqlite3_vtab *vt) {
 }
 
 static int x_sync(sqlite3_vtab *vt) {
-  return cdbx_maintain((cdbx_table *)vt);
+  cdbx_table *t = (cdbx_table *)vt;
+  int rc = cdbx_pending_flush(t);
+  return rc == SQLITE_OK ? cdbx_maintain(t) : rc;
 }
 
 static int x_commit(sqlite3_vtab *vt) {
   cdbx_table *t = (cdbx_table *)vt;
+  pending_free(t); /* empty after xSync; the buffers are not kept between transactions */
   t->in_txn = 0;
   t->touched.n = 0;
   t->n_sp = 0;
@@ -1301,6 +1535,7 @@ static int rollback_from(cdbx_table *t, int64_t from, int64_t seq) {
 
 static int x_rollback(sqlite3_vtab *vt) {
   cdbx_table *t = (cdbx_table *)vt;
+  pending_free(t);
   rollback_from(t, 0, t->begin_seq);
   t->in_txn = 0;
   t->touched.n = 0;
@@ -1309,8 +1544,13 @@ static int x_rollback(sqlite3_vtab *vt) {
   return SQLITE_OK;
 }
 
+/* SQLite opens a savepoint for user SAVEPOINTs and at the start of multi-row statements inside a
+ * transaction (not for single-row INSERTs, so executemany keeps batching). Flushing here keeps
+ * the queue newer than every open savepoint: a ROLLBACK TO then simply discards it. */
 static int x_savepoint(sqlite3_vtab *vt, int i) {
   cdbx_table *t = (cdbx_table *)vt;
+  int rc = cdbx_pending_flush(t);
+  if (rc != SQLITE_OK) return rc;
   if (i >= t->cap_sp) {
     int cap = i + 8;
     int64_t *marks = realloc(t->sp_marks, sizeof *marks * (size_t)cap);
@@ -1337,6 +1577,7 @@ static int x_release(sqlite3_vtab *vt, int i) {
 static int x_rollback_to(sqlite3_vtab *vt, int i) {
   cdbx_table *t = (cdbx_table *)vt;
   int have = i < t->n_sp;
+  pending_clear(t); /* every queued row is newer than savepoint i: SQLite removed it */
   rollback_from(t, have ? t->sp_marks[i] : 0, have ? t->sp_seq[i] : t->begin_seq);
   if (have) t->n_sp = i + 1;
   return SQLITE_OK;
@@ -1344,7 +1585,8 @@ static int x_rollback_to(sqlite3_vtab *vt, int i) {
 
 static int x_rename(sqlite3_vtab *vt, const char *to) {
   cdbx_table *t = (cdbx_table *)vt;
-  int rc = cdbx_store_rename(t, to);
+  int rc = cdbx_pending_flush(t);
+  if (rc == SQLITE_OK) rc = cdbx_store_rename(t, to);
   if (rc != SQLITE_OK) return rc;
   char *name = sqlite3_mprintf("%s", to);
   if (!name) return SQLITE_NOMEM;

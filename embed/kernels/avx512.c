@@ -381,6 +381,12 @@ static inline __attribute__((always_inline)) TARGET void tile_x32(
   __m512 c[MR][2];
 #pragma GCC unroll 14
   for (int i = 0; i < mr; i++) c[i][0] = c[i][1] = _mm512_setzero_ps();
+  /* The output rows this tile adds to are read at the end; start fetching them now. */
+  if (accumulate)
+    for (int i = 0; i < rows; i++) {
+      _mm_prefetch((const char *)(C + (size_t)i * ldc), _MM_HINT_T0);
+      _mm_prefetch((const char *)(C + (size_t)i * ldc + 16), _MM_HINT_T0);
+    }
   for (int k = 0; k < K; k++) {
     __m512 b0, b1;
     _mm_prefetch((const char *)(Ap + (size_t)k * mr) + A_PF_DIST, _MM_HINT_T0);

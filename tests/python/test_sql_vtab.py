@@ -382,6 +382,22 @@ def test_commands(filled):
         db.execute("insert into p(p) values('integrity-check')")
 
 
+def test_rebuild_drops_vectors_of_rows_deleted_behind_its_back(filled):
+    db, rng = filled
+    ids, vecs = stored(db)
+    victim = int(ids[7])
+    db.execute("delete from p_rows where rowid = ?", (victim,))
+    with pytest.raises(sqlite3.DatabaseError, match="1 vectors without a row"):
+        db.execute("insert into p(p) values('integrity-check')")
+    db.execute("insert into p(p) values('rebuild')")
+    db.execute("insert into p(p) values('integrity-check')")
+    keep = ids != victim
+    assert db.execute("select count(*) from p_vectors").fetchone()[0] == int(keep.sum())
+    got, _ = zip(*knn(db, vecs[7], 10))
+    want, _ = brute_force(ids[keep], vecs[keep], vecs[7], 10)
+    assert victim not in got and list(got) == want
+
+
 def test_rename(filled):
     db, rng = filled
     q = unit(rng, 1)[0]
