@@ -16,6 +16,14 @@ DEMO_DIR = ROOT / "examples" / "shapes"
 BAD_DIR = DATA / "bad"
 
 
+def connect(path, ext_path):
+    """An autocommit connection (explicit BEGIN/COMMIT in tests) with clipdb loaded."""
+    db = sqlite3.connect(path, isolation_level=None, timeout=30)
+    db.enable_load_extension(True)
+    db.load_extension(ext_path)
+    return db
+
+
 @pytest.fixture(scope="session")
 def build_dir():
     return BUILD

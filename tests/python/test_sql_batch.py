@@ -12,15 +12,10 @@ import sqlite3
 import numpy as np
 import pytest
 
+from conftest import connect
+
 IMAGE_BATCH = 32
 TEXT_BATCH = 64
-
-
-def connect(path, ext_path):
-    db = sqlite3.connect(path, isolation_level=None, timeout=30)
-    db.enable_load_extension(True)
-    db.load_extension(ext_path)
-    return db
 
 
 @pytest.fixture

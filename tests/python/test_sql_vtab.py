@@ -12,14 +12,9 @@ import time
 import numpy as np
 import pytest
 
+from conftest import connect
+
 DIMS = 16
-
-
-def connect(path, ext_path):
-    db = sqlite3.connect(path, isolation_level=None, timeout=30)
-    db.enable_load_extension(True)
-    db.load_extension(ext_path)
-    return db
 
 
 def blob(v):
