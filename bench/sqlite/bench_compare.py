@@ -4,7 +4,9 @@ numpy brute force).
 
 usage: /usr/bin/python3 bench/sqlite/bench_compare.py BUILD_DIR [VEC0_PATH] [rows] [dims] [queries]
 VEC0_PATH: sqlite-vec's loadable vec0 (e.g. `cd /tmp && npm install sqlite-vec-linux-x64`,
-then /tmp/node_modules/sqlite-vec-linux-x64/vec0); "-" skips it."""
+then /tmp/node_modules/sqlite-vec-linux-x64/vec0); "-" skips it.
+BENCH_INDEXES: the clip tables' index= options, ';'-separated (default "auto;flat"; e.g.
+"'IVF1024,Flat'" at 1M rows, where auto's IVF4096 training takes many minutes on 2 cores)."""
 import os
 import sqlite3
 import sys
@@ -58,8 +60,8 @@ def main():
     truth = [list(np.argsort(-(x @ q))[:10] + 1) for q in queries]
     print(f"rows {n}, dims {d}, queries {nq}, sqlite {sqlite3.sqlite_version}")
     with tempfile.TemporaryDirectory() as tmp:
-        for index in ("auto", "flat"):
-            db = sqlite3.connect(os.path.join(tmp, f"clip-{index}.db"), isolation_level=None)
+        for i, index in enumerate(os.environ.get("BENCH_INDEXES", "auto;flat").split(";")):
+            db = sqlite3.connect(os.path.join(tmp, f"clip-{i}.db"), isolation_level=None)
             db.enable_load_extension(True)
             db.load_extension(os.path.join(build, "sqlite-ext", "clipdb"))
             run(f"clipdb clip(index={index})", db,

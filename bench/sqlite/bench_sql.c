@@ -7,7 +7,8 @@
  * both. Also times a filtered query and cold opens (first query on a new connection).
  *
  * usage: bench_sqlite [rows=100000] [dims=512] [queries=200] [db=/tmp/clipdb-bench.db] [insert]
- * (a fifth argument "insert" stops after the inserts, for profiling them) */
+ * (a fifth argument "insert" stops after the inserts, for profiling them; BENCH_INDEX='IVF1024,Flat'
+ * in the environment gives the table that index instead of index=auto) */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -149,7 +150,9 @@ int main(int argc, char **argv) {
 
   sqlite3 *db = open_db(path);
   char sql[256];
-  snprintf(sql, sizeof sql, "CREATE VIRTUAL TABLE t USING clip(dims=%d, tag INTEGER)", d);
+  const char *index = getenv("BENCH_INDEX");
+  snprintf(sql, sizeof sql, "CREATE VIRTUAL TABLE t USING clip(dims=%d, index='%s', tag INTEGER)",
+           d, index && *index ? index : "auto");
   check(sqlite3_exec(db, sql, NULL, NULL, NULL), db, "create");
   sqlite3_stmt *ins = NULL;
   check(sqlite3_prepare_v2(db, "INSERT INTO t(embedding, tag) VALUES(?, ?)", -1, &ins, NULL), db,
