@@ -66,6 +66,25 @@ static double text_latency(clip_model *m, const char *text, int reps, int *token
   return med;
 }
 
+/* Texts per second for batches of n copies of text (median over reps). */
+static double texts_per_s(clip_model *m, const char *text, int n, int reps) {
+  const char **texts = malloc(sizeof(char *) * (size_t)n);
+  float *out = malloc(sizeof(float) * (size_t)n * (size_t)clip_model_dim(m));
+  double *t = malloc(sizeof(double) * (size_t)reps);
+  cdb_error err = {{0}};
+  for (int i = 0; i < n; i++) texts[i] = text;
+  for (int i = 0; i < reps; i++) {
+    double t0 = now();
+    if (clip_embed_texts(m, texts, n, out, &err) != 0) die("texts", &err);
+    t[i] = now() - t0;
+  }
+  double med = median(t, reps);
+  free(texts);
+  free(out);
+  free(t);
+  return n / med;
+}
+
 static double images_per_s(clip_model *m, const float *pixels, int batch, int reps) {
   float *out = malloc(sizeof(float) * (size_t)batch * (size_t)clip_model_dim(m));
   double *t = malloc(sizeof(double) * (size_t)reps);
@@ -146,6 +165,7 @@ int main(int argc, char **argv) {
   double t_long = text_latency(m, long_q, reps * 2, &ntok_l);
   printf("text: %d tokens %.2f ms, %d tokens %.2f ms (median)\n", ntok_s, t_short * 1e3, ntok_l,
          t_long * 1e3);
+  printf("text batch 32 (%d tokens): %.1f texts/s\n", ntok_l, texts_per_s(m, long_q, 32, reps));
 
   /* The same queries with float32 text weights (CLIPDB_WEIGHTS=f32, read when a tower is
    * prepared): speed, and how far the default half-float text weights move the embeddings. */
