@@ -79,6 +79,12 @@
  *     embedding, metadata (JSON object of the user columns); k defaults to 10
  *
  *   INSERT INTO photos(photos) VALUES('train' | 'rebuild' | 'optimize' | 'integrity-check');
+ *     train: (re)train the IVF index now; optimize: train if it has grown enough, compact the log;
+ *     integrity-check: rows and vectors match, vectors normalised, the index holds exactly them;
+ *     rebuild: reload the index from the vectors, dropping vectors whose row was deleted from
+ *     photos_rows directly and embedding again (from the stored image or text) rows whose vector
+ *     was deleted from photos_vectors; a row that cannot be (file gone, no source) is an error
+ *     naming it, and the command then changes nothing.
  *
  * Storage: shadow tables photos_config, photos_rows, photos_vectors, photos_changes and
  * photos_index hold everything; the in-memory FAISS index is a cache (see store.c). A trained

@@ -126,6 +126,9 @@ int cdbx_id_list_push(id_list *l, int64_t id);
 
 /* vtab.c: embeds the queued rows and writes their vectors (before anything reads vectors). */
 int cdbx_pending_flush(cdbx_table *t);
+/* vtab.c, for 'rebuild': rows that lost their vector (deleted from T_vectors behind the table's
+ * back) are embedded again from their stored image or text; one that cannot be is an error. */
+int cdbx_reembed_missing(cdbx_table *t);
 
 /* Commands and commit-time maintenance. */
 int cdbx_command(cdbx_table *t, const char *cmd);

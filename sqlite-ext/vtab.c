@@ -1379,6 +1379,54 @@ static int stored_source(cdbx_table *t, int64_t rowid, sqlite3_value **image,
   return rc;
 }
 
+/* Rows of T_rows that have no vector, collected first (their vectors are written while a
+ * statement over the same tables would still be open). */
+static int rows_without_vector(cdbx_table *t, id_list *ids) {
+  char *sql = sqlite3_mprintf("SELECT rowid FROM \"%w\".\"%w_rows\" r WHERE NOT EXISTS "
+                              "(SELECT 1 FROM \"%w\".\"%w_vectors\" v WHERE v.rowid = r.rowid)",
+                              t->schema, t->name, t->schema, t->name);
+  sqlite3_stmt *st = NULL;
+  int rc = sql ? sqlite3_prepare_v2(t->db, sql, -1, &st, NULL) : SQLITE_NOMEM;
+  sqlite3_free(sql);
+  while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW)
+    rc = cdbx_id_list_push(ids, sqlite3_column_int64(st, 0));
+  if (rc == SQLITE_DONE) rc = SQLITE_OK;
+  if (rc != SQLITE_OK && rc != SQLITE_NOMEM) rc = cdbx_table_error(t, "clip: %s: %s", t->name,
+                                                                   sqlite3_errmsg(t->db));
+  sqlite3_finalize(st);
+  return rc;
+}
+
+/* One row's vector again, from its stored image or text (queued like an INSERT's). */
+static int reembed_row(cdbx_table *t, int64_t rowid) {
+  sqlite3_value *image = NULL, *text = NULL;
+  row_source src = {0};
+  int rc = stored_source(t, rowid, &image, &text);
+  if (rc == SQLITE_OK) rc = row_source_of(t, image, text, NULL, &src);
+  if (rc == SQLITE_OK) rc = cdbx_touch(t, rowid);
+  if (rc == SQLITE_OK) rc = source_commit(t, rowid, &src);
+  if (rc != SQLITE_OK && t->base.zErrMsg) {
+    char *why = sqlite3_mprintf("%s", t->base.zErrMsg);
+    cdbx_table_error(t, "clip: %s: rebuild: row %lld has no vector and cannot be embedded again "
+                        "(%s); fix or delete the row, then rebuild", t->name, (long long)rowid,
+                     why ? why : "out of memory");
+    sqlite3_free(why);
+  }
+  source_free(&src);
+  sqlite3_value_free(image);
+  sqlite3_value_free(text);
+  return rc;
+}
+
+int cdbx_reembed_missing(cdbx_table *t) {
+  id_list ids = {0};
+  int rc = rows_without_vector(t, &ids);
+  for (int64_t i = 0; rc == SQLITE_OK && i < ids.n; i++) rc = reembed_row(t, ids.ids[i]);
+  if (rc == SQLITE_OK) rc = cdbx_pending_flush(t);
+  free(ids.ids);
+  return rc;
+}
+
 static int move_row(cdbx_table *t, int64_t from, int64_t to) {
   int rc = resolve_conflict(t, to);
   if (rc == SQLITE_OK) rc = cdbx_touch(t, from);

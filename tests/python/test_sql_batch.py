@@ -296,3 +296,49 @@ def test_commands_and_rebuild_flush_first(db, images):
     db.execute("COMMIT")
     assert info(db)["count"] == 12
     integrity(db)
+
+
+def test_rebuild_embeds_rows_whose_vector_was_deleted(db, images, tmp_path):
+    """Vectors deleted from the shadow table behind the table's back: integrity-check reports
+    them, 'rebuild' embeds those rows again from their stored image / text (reference:
+    clip_embed_image / clip_embed_text of the same sources) and KNN finds them again."""
+    db.execute("CREATE VIRTUAL TABLE t USING clip()")
+    db.execute("BEGIN")
+    db.executemany("INSERT INTO t(image) VALUES (?)", [(p,) for p in images[:6]])
+    db.executemany("INSERT INTO t(text) VALUES (?)", [(s,) for s in TEXTS[:4]])
+    db.execute("COMMIT")
+    rows = dict(db.execute("SELECT rowid, coalesce(image, text) FROM t"))
+    lost_image, lost_text = min(rows), max(rows)
+    db.execute("DELETE FROM t_vectors WHERE rowid IN (?, ?)", (lost_image, lost_text))
+    with pytest.raises(sqlite3.DatabaseError, match="2 rows without a vector"):
+        integrity(db)
+    before = info(db)["embedded_rows"]
+    db.execute("INSERT INTO t(t) VALUES('rebuild')")
+    integrity(db)
+    assert info(db)["embedded_rows"] == before + 2
+    got = embeddings(db)
+    assert_close(got[lost_image], ref_image(db, rows[lost_image]))
+    assert_close(got[lost_text], ref_text(db, rows[lost_text]))
+    for rowid in (lost_image, lost_text):
+        hit = db.execute("SELECT rowid FROM t WHERE t MATCH ? AND k = 1",
+                         (got[rowid].tobytes(),)).fetchone()[0]
+        assert hit == rowid
+
+
+def test_rebuild_refuses_a_row_it_cannot_embed_again(db, images, tmp_path):
+    """A lost vector whose image file is gone: 'rebuild' names the row and changes nothing."""
+    db.execute("CREATE VIRTUAL TABLE t USING clip()")
+    copied = tmp_path / "copy.png"
+    copied.write_bytes(open(images[0], "rb").read())
+    db.execute("INSERT INTO t(text) VALUES ('a red star')")
+    db.execute("INSERT INTO t(image) VALUES (?)", (images[1],))
+    db.execute("INSERT INTO t(image) VALUES (?)", (str(copied),))
+    rowid = db.execute("SELECT max(rowid) FROM t").fetchone()[0]
+    copied.unlink()
+    db.execute("DELETE FROM t_vectors WHERE rowid = ?", (rowid,))
+    with pytest.raises(sqlite3.OperationalError, match=f"row {rowid} has no vector"):
+        db.execute("INSERT INTO t(t) VALUES('rebuild')")
+    with pytest.raises(sqlite3.DatabaseError, match="1 rows without a vector"):
+        integrity(db)
+    assert db.execute("SELECT count(*) FROM t").fetchone()[0] == 3
+    assert db.execute("SELECT count(*) FROM t_vectors").fetchone()[0] == 2
