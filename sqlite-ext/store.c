@@ -862,12 +862,14 @@ int cdbx_command(cdbx_table *t, const char *cmd) {
   int rc = SQLITE_OK;
   if (strcmp(cmd, "integrity-check") == 0) return integrity_check(t);
   if (strcmp(cmd, "rebuild") == 0) {
-    /* Repairs damage done behind the table's back: vectors whose row was deleted from T_rows
-     * go, rows whose vector was deleted from T_vectors are embedded again. */
-    rc = exec_fmt(t, "DELETE FROM \"%w\".\"%w_vectors\" WHERE rowid NOT IN "
-                     "(SELECT rowid FROM \"%w\".\"%w_rows\")",
-                  t->schema, t->name, t->schema, t->name);
-    if (rc == SQLITE_OK) rc = cdbx_reembed_missing(t);
+    /* Repairs damage done behind the table's back: rows whose vector was deleted from
+     * T_vectors are embedded again (all checked before anything is written), vectors whose row
+     * was deleted from T_rows go. */
+    rc = cdbx_reembed_missing(t);
+    if (rc == SQLITE_OK)
+      rc = exec_fmt(t, "DELETE FROM \"%w\".\"%w_vectors\" WHERE rowid NOT IN "
+                       "(SELECT rowid FROM \"%w\".\"%w_rows\")",
+                    t->schema, t->name, t->schema, t->name);
     if (rc == SQLITE_OK) rc = config_set_int(t, "snapshot_seq", -1);
     if (rc == SQLITE_OK) rc = load_full(t);
     if (rc == SQLITE_OK && wants_training(t)) rc = train(t);

@@ -1397,14 +1397,16 @@ static int rows_without_vector(cdbx_table *t, id_list *ids) {
   return rc;
 }
 
-/* One row's vector again, from its stored image or text (queued like an INSERT's). */
-static int reembed_row(cdbx_table *t, int64_t rowid) {
+/* One row's vector again, from its stored image or text: checked and preprocessed, then queued
+ * like an INSERT's when `queue` is set. Without it nothing is written (an image lands in the
+ * queue's free slot but stays uncounted): a dry run. */
+static int reembed_row(cdbx_table *t, int64_t rowid, int queue) {
   sqlite3_value *image = NULL, *text = NULL;
   row_source src = {0};
   int rc = stored_source(t, rowid, &image, &text);
   if (rc == SQLITE_OK) rc = row_source_of(t, image, text, NULL, &src);
-  if (rc == SQLITE_OK) rc = cdbx_touch(t, rowid);
-  if (rc == SQLITE_OK) rc = source_commit(t, rowid, &src);
+  if (rc == SQLITE_OK && queue) rc = cdbx_touch(t, rowid);
+  if (rc == SQLITE_OK && queue) rc = source_commit(t, rowid, &src);
   if (rc != SQLITE_OK && t->base.zErrMsg) {
     char *why = sqlite3_mprintf("%s", t->base.zErrMsg);
     cdbx_table_error(t, "clip: %s: rebuild: row %lld has no vector and cannot be embedded again "
@@ -1418,10 +1420,13 @@ static int reembed_row(cdbx_table *t, int64_t rowid) {
   return rc;
 }
 
+/* Every row is checked before any is queued, so a row that cannot be embedded (its file gone)
+ * fails the command before it writes anything. */
 int cdbx_reembed_missing(cdbx_table *t) {
   id_list ids = {0};
   int rc = rows_without_vector(t, &ids);
-  for (int64_t i = 0; rc == SQLITE_OK && i < ids.n; i++) rc = reembed_row(t, ids.ids[i]);
+  for (int64_t i = 0; rc == SQLITE_OK && i < ids.n; i++) rc = reembed_row(t, ids.ids[i], 0);
+  for (int64_t i = 0; rc == SQLITE_OK && i < ids.n; i++) rc = reembed_row(t, ids.ids[i], 1);
   if (rc == SQLITE_OK) rc = cdbx_pending_flush(t);
   free(ids.ids);
   return rc;

@@ -326,19 +326,23 @@ def test_rebuild_embeds_rows_whose_vector_was_deleted(db, images, tmp_path):
 
 
 def test_rebuild_refuses_a_row_it_cannot_embed_again(db, images, tmp_path):
-    """A lost vector whose image file is gone: 'rebuild' names the row and changes nothing."""
+    """Two lost vectors, one of a row whose image file is gone: 'rebuild' (inside a
+    transaction, where no statement journal undoes a failed command) names that row and
+    writes nothing, not even the vector it could have recomputed."""
     db.execute("CREATE VIRTUAL TABLE t USING clip()")
     copied = tmp_path / "copy.png"
     copied.write_bytes(open(images[0], "rb").read())
     db.execute("INSERT INTO t(text) VALUES ('a red star')")
     db.execute("INSERT INTO t(image) VALUES (?)", (images[1],))
     db.execute("INSERT INTO t(image) VALUES (?)", (str(copied),))
-    rowid = db.execute("SELECT max(rowid) FROM t").fetchone()[0]
+    gone = db.execute("SELECT max(rowid) FROM t").fetchone()[0]
     copied.unlink()
-    db.execute("DELETE FROM t_vectors WHERE rowid = ?", (rowid,))
-    with pytest.raises(sqlite3.OperationalError, match=f"row {rowid} has no vector"):
+    db.execute("DELETE FROM t_vectors WHERE rowid IN (1, ?)", (gone,))
+    db.execute("BEGIN")
+    with pytest.raises(sqlite3.OperationalError, match=f"row {gone} has no vector"):
         db.execute("INSERT INTO t(t) VALUES('rebuild')")
-    with pytest.raises(sqlite3.DatabaseError, match="1 rows without a vector"):
+    db.execute("COMMIT")
+    with pytest.raises(sqlite3.DatabaseError, match="2 rows without a vector"):
         integrity(db)
     assert db.execute("SELECT count(*) FROM t").fetchone()[0] == 3
-    assert db.execute("SELECT count(*) FROM t_vectors").fetchone()[0] == 2
+    assert db.execute("SELECT count(*) FROM t_vectors").fetchone()[0] == 1
