@@ -24,6 +24,20 @@ def connect(path, ext_path):
     return db
 
 
+def read_pty(fd):
+    """Everything written to a pseudo-terminal until its other side is closed (as bytes)."""
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # EIO once the writer has closed its end
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
 @pytest.fixture(scope="session")
 def build_dir():
     return BUILD

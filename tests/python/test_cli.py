@@ -16,6 +16,8 @@ import subprocess
 import numpy as np
 import pytest
 
+from conftest import read_pty
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 GOLDENS = ROOT / "tests" / "data" / "goldens" / "goldens.json"
 COMMANDS = ["index", "search", "similar", "dedup", "classify", "info", "tokenize", "embed", "model"]
@@ -467,17 +469,8 @@ def test_progress_bar_on_a_terminal(tmp_path, demo_dir, clipdb_bin, env):
                             env=env, stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)
     out, _ = proc.communicate(timeout=60)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
+    tty = read_pty(master).decode()
     os.close(master)
-    tty = b"".join(chunks).decode()
     assert proc.returncode == 0
     assert "indexing [" in tty and "20/20" in tty and "/s ETA" in tty
     assert b"20 added" in out
@@ -528,18 +521,9 @@ def test_preview_sends_kitty_graphics_on_a_kitty_terminal(library, clipdb_bin, e
                              "--preview", "a red star"], env=e, stdout=slave,
                             stderr=subprocess.PIPE)
     os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
+    out = read_pty(master)
     os.close(master)
     proc.wait(timeout=60)
-    out = b"".join(chunks)
     assert proc.returncode == 0
     starts = out.count(b"\x1b_Gf=100,a=T,")
     assert starts == 2

@@ -19,6 +19,7 @@ import types
 
 import pytest
 
+from conftest import read_pty
 from hubserver import Hub
 
 REPO = "clipdb-test/tiny-shapes"
@@ -314,16 +315,7 @@ def test_progress_bar_on_a_terminal(clipdb_bin, env, hub):
                            stderr=follower, timeout=60)
         os.close(follower)
         follower = None
-        chunks = []
-        while True:
-            try:
-                data = os.read(leader, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-        shown = b"".join(chunks).decode(errors="replace")
+        shown = read_pty(leader).decode(errors="replace")
     finally:
         if follower is not None:
             os.close(follower)
