@@ -240,83 +240,186 @@ static TARGET void gemm_nt256(int M, int N, int K, const float *A, int lda, cons
   }
 }
 
-/* ---- packed GEMM: 6 x 16 micro-tile (half a panel), 12 accumulators ---- */
-#define MR 6
-
-static TARGET void pack_rows(const float *A, int lda, int rows, int K, float *dst) {
-  for (int i = 0; i < MR; i++)
-    for (int k = 0; k < K; k++) dst[(size_t)k * MR + i] = i < rows ? A[(size_t)i * lda + k] : 0.0f;
+/* Lanes [0, n) of 8 set, as a maskload/maskstore mask. */
+static inline TARGET __m256i lanes256(int n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-static inline __attribute__((always_inline)) TARGET void tile6x16(
-    int K, const float *Ap, const void *Bp, int f16, float *C, int ldc, int rows, int cols,
-    int accumulate) {
+/* C = A B for small row-major B (attention): 4 rows x 24 columns of C in 12 registers, B rows
+ * loaded once per 4 rows of A. */
+static TARGET void gemm_nn256(int M, int N, int K, const float *A, int lda, const float *B,
+                              int ldb, float *C, int ldc) {
+  for (int n0 = 0; n0 < N; n0 += 24) {
+    __m256i mk[3];
+    for (int v = 0; v < 3; v++) mk[v] = lanes256(N - n0 - 8 * v);
+    for (int m0 = 0; m0 < M; m0 += 4) {
+      int rows = M - m0 < 4 ? M - m0 : 4;
+      const float *a[4];
+      for (int i = 0; i < 4; i++) a[i] = A + (size_t)(m0 + (i < rows ? i : rows - 1)) * lda;
+      __m256 acc[4][3];
+      for (int i = 0; i < 4; i++)
+        for (int v = 0; v < 3; v++) acc[i][v] = _mm256_setzero_ps();
+      for (int k = 0; k < K; k++) {
+        const float *b = B + (size_t)k * ldb + n0;
+        __m256 bv[3];
+        for (int v = 0; v < 3; v++) bv[v] = _mm256_maskload_ps(b + 8 * v, mk[v]);
+        for (int i = 0; i < 4; i++) {
+          __m256 ai = _mm256_broadcast_ss(a[i] + k);
+          for (int v = 0; v < 3; v++) acc[i][v] = _mm256_fmadd_ps(ai, bv[v], acc[i][v]);
+        }
+      }
+      for (int i = 0; i < rows; i++)
+        for (int v = 0; v < 3; v++)
+          _mm256_maskstore_ps(C + (size_t)(m0 + i) * ldc + n0 + 8 * v, mk[v], acc[i][v]);
+    }
+  }
+}
+
+/* ---- packed GEMM: mr x 16 micro-tile (half a panel), up to 12 accumulators, weights read
+ * from an L1-sized slice of the panel; the same loops as avx512.c, sized for 16 registers and
+ * 32 KB of L1 data cache. ---- */
+#define MR 6
+#define KC 128     /* K slice: a whole panel's slice is 16 KB of float32 */
+#define KSLAB 768  /* K slab of packed rows kept in L2 */
+#define PF_DIST 1024
+
+/* rows of A (the rest zero) as [K][mr], for broadcasts from one stream. */
+static TARGET void pack_rows(const float *A, int lda, int rows, int K, int mr, float *dst) {
+  for (int k = 0; k < K; k++) {
+    float *d = dst + (size_t)k * mr;
+    for (int i = 0; i < rows; i++) d[i] = A[(size_t)i * lda + k];
+    for (int i = rows; i < mr; i++) d[i] = 0.0f;
+  }
+}
+
+/* Prefetches of one tile call: the slice itself from L2 (the first tile), and this tile's share
+ * of the next slice into L2 (byte offset and bytes per k in 16.16), as in avx512.c. */
+typedef struct tile_plan {
+  const char *b_stream, *l2_next;
+  uint64_t pf_at, pf_step;
+} tile_plan;
+
+/* One mr x 16 tile over kc steps of k; B is one half of a float32 panel slice (row stride
+ * CLIP_PANEL). cmask: the valid columns, as maskload/maskstore lanes. */
+static inline __attribute__((always_inline)) TARGET void tile_x16(
+    int kc, const float *Ap, const float *B, const int mr, float *C, int ldc, int rows, __m256i m0,
+    __m256i m1, int accumulate, const tile_plan *plan, const int pf_stream) {
   __m256 c[MR][2];
 #pragma GCC unroll 6
-  for (int i = 0; i < MR; i++) c[i][0] = c[i][1] = _mm256_setzero_ps();
-  for (int k = 0; k < K; k++) {
-    __m256 b0, b1;
-    if (f16) {
-      const uint16_t *h = (const uint16_t *)Bp + (size_t)k * CLIP_PANEL;
-      b0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
-      b1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + 8)));
-    } else {
-      b0 = _mm256_loadu_ps((const float *)Bp + (size_t)k * CLIP_PANEL);
-      b1 = _mm256_loadu_ps((const float *)Bp + (size_t)k * CLIP_PANEL + 8);
-    }
-    const float *a = Ap + (size_t)k * MR;
+  for (int i = 0; i < mr; i++) c[i][0] = c[i][1] = _mm256_setzero_ps();
+  uint64_t pf_at = plan->pf_at;
+  for (int k = 0; k < kc; k++) {
+    if (pf_stream) _mm_prefetch(plan->b_stream + (size_t)k * CLIP_PANEL * 4 + PF_DIST, _MM_HINT_T0);
+    _mm_prefetch(plan->l2_next + (pf_at >> 16), _MM_HINT_T1);
+    pf_at += plan->pf_step;
+    __m256 b0 = _mm256_loadu_ps(B + (size_t)k * CLIP_PANEL);
+    __m256 b1 = _mm256_loadu_ps(B + (size_t)k * CLIP_PANEL + 8);
+    const float *a = Ap + (size_t)k * mr;
 #pragma GCC unroll 6
-    for (int i = 0; i < MR; i++) {
+    for (int i = 0; i < mr; i++) {
       __m256 ai = _mm256_broadcast_ss(a + i);
       c[i][0] = _mm256_fmadd_ps(ai, b0, c[i][0]);
       c[i][1] = _mm256_fmadd_ps(ai, b1, c[i][1]);
     }
   }
-  for (int i = 0; i < rows; i++) {
-    float tmp[16];
-    _mm256_storeu_ps(tmp, c[i][0]);
-    _mm256_storeu_ps(tmp + 8, c[i][1]);
+#pragma GCC unroll 6
+  for (int i = 0; i < mr; i++) {
+    if (i >= rows) break;
     float *row = C + (size_t)i * ldc;
-    for (int j = 0; j < cols; j++) row[j] = accumulate ? row[j] + tmp[j] : tmp[j];
+    if (accumulate) {
+      c[i][0] = _mm256_add_ps(c[i][0], _mm256_maskload_ps(row, m0));
+      c[i][1] = _mm256_add_ps(c[i][1], _mm256_maskload_ps(row + 8, m1));
+    }
+    _mm256_maskstore_ps(row, m0, c[i][0]);
+    _mm256_maskstore_ps(row + 8, m1, c[i][1]);
   }
 }
 
+/* Loops, outside in: row chunks whose packed slab (rows x KSLAB) stays in L2; K slabs; weight
+ * panels; KC slices (half floats widened once into an L1 buffer); row tiles; panel halves. */
 static inline __attribute__((always_inline)) TARGET void gemm_packed_any(
-    int M, int N, int K, const float *A, int lda, const void *Wp, int f16, int p0, int p1,
-    const clip_gemm_out *out, float *scratch) {
-  float *C = out->C;
-  int ldc = out->ldc, accumulate = out->accumulate;
+    int M, int N, int K, const float *A, int lda, const void *Wp, int f16, const int mr, int p0,
+    int p1, const clip_gemm_out *out, float *scratch) {
   size_t esize = f16 ? 2 : 4;
-  int tiles = (int)(clip_gemm_scratch_floats(K) / ((size_t)K * MR));
-  for (int m0 = 0; m0 < M; m0 += tiles * MR) {
-    int mc = M - m0 < tiles * MR ? M - m0 : tiles * MR, nt = (mc + MR - 1) / MR;
-    for (int t = 0; t < nt; t++)
-      pack_rows(A + (size_t)(m0 + t * MR) * lda, lda, mc - t * MR < MR ? mc - t * MR : MR, K,
-                scratch + (size_t)t * MR * K);
-    for (int p = p0; p < p1; p++)
-      for (int half = 0; half < 2; half++) {
-        int c0 = p * CLIP_PANEL + half * 16;
-        if (c0 >= N) break;
-        int cols = N - c0 < 16 ? N - c0 : 16;
-        const char *panel = (const char *)Wp + ((size_t)p * CLIP_PANEL * K + half * 16) * esize;
-        for (int t = 0; t < nt; t++)
-          tile6x16(K, scratch + (size_t)t * MR * K, panel, f16, C + (size_t)(m0 + t * MR) * ldc + c0,
-                   ldc, mc - t * MR < MR ? mc - t * MR : MR, cols, accumulate);
+  float wide[KC * CLIP_PANEL] __attribute__((aligned(32)));
+  int kslab = K < KSLAB ? K : KSLAB;
+  int tiles = (int)(clip_gemm_scratch_floats(K) / ((size_t)kslab * mr));
+  for (int m0 = 0; m0 < M; m0 += tiles * mr) {
+    int mc = M - m0 < tiles * mr ? M - m0 : tiles * mr, nt = (mc + mr - 1) / mr;
+    for (int s0 = 0; s0 < K; s0 += kslab) {
+      int ks = K - s0 < kslab ? K - s0 : kslab;
+      for (int t = 0; t < nt; t++)
+        pack_rows(A + (size_t)(m0 + t * mr) * lda + s0, lda, mc - t * mr < mr ? mc - t * mr : mr,
+                  ks, mr, scratch + (size_t)t * mr * ks);
+      for (int p = p0; p < p1; p++) {
+        int cols = N - p * CLIP_PANEL < CLIP_PANEL ? N - p * CLIP_PANEL : CLIP_PANEL;
+        __m256i mask[4];
+        for (int v = 0; v < 4; v++) mask[v] = lanes256(cols - 8 * v);
+        const char *panel = (const char *)Wp + (size_t)p * CLIP_PANEL * K * esize;
+        for (int k0 = s0; k0 < s0 + ks; k0 += KC) {
+          int kc = s0 + ks - k0 < KC ? s0 + ks - k0 : KC;
+          const char *slice = panel + (size_t)k0 * CLIP_PANEL * esize;
+          const char *next = k0 + KC < s0 + ks ? slice + (size_t)KC * CLIP_PANEL * esize
+                             : p + 1 < p1 ? (const char *)Wp + ((size_t)(p + 1) * K + s0) * CLIP_PANEL * esize
+                                          : slice;
+          const float *B = (const float *)slice;
+          if (f16) {
+            for (int k = 0; k < kc * CLIP_PANEL; k += 8)
+              _mm256_store_ps(wide + k, _mm256_cvtph_ps(_mm_loadu_si128(
+                                           (const __m128i *)((const uint16_t *)slice + k))));
+            B = wide;
+          }
+          uint64_t pf_step = ((uint64_t)CLIP_PANEL * esize << 16) / (uint64_t)nt;
+          for (int t = 0; t < nt; t++) {
+            const float *At = scratch + (size_t)t * mr * ks + (size_t)(k0 - s0) * mr;
+            float *Ct = out->C + (size_t)(m0 + t * mr) * out->ldc + p * CLIP_PANEL;
+            int rows = mc - t * mr < mr ? mc - t * mr : mr, acc = out->accumulate || k0 > 0;
+            tile_plan plan = {slice, next, (uint64_t)t * kc * pf_step, pf_step};
+            tile_plan quiet = {slice, next, 0, 0}; /* second half: the first one prefetched */
+            if (t == 0 && !f16)
+              tile_x16(kc, At, B, mr, Ct, out->ldc, rows, mask[0], mask[1], acc, &plan, 1);
+            else
+              tile_x16(kc, At, B, mr, Ct, out->ldc, rows, mask[0], mask[1], acc, &plan, 0);
+            if (cols > 16)
+              tile_x16(kc, At, B + 16, mr, Ct + 16, out->ldc, rows, mask[2], mask[3], acc, &quiet,
+                       0);
+          }
+        }
       }
+    }
   }
   int c1 = p1 * CLIP_PANEL < N ? p1 * CLIP_PANEL : N;
   if (p0 < p1) clip_gemm_epilogue(&clip_kernels_avx2, out, M, p0 * CLIP_PANEL, c1);
 }
 
+/* Tile height padding the fewest rows among 6, 5, 4 (50 rows = 10 x 5; 7 = 2 x 4); taller wins
+ * ties. */
+static int choose_mr(int M) {
+  static const int h[] = {MR, 5, 4};
+  int best = h[0], best_pad = (M + h[0] - 1) / h[0] * h[0] - M;
+  for (int i = 1; i < 3; i++) {
+    int pad = (M + h[i] - 1) / h[i] * h[i] - M;
+    if (pad < best_pad) best = h[i], best_pad = pad;
+  }
+  return best;
+}
+
+#define DISPATCH_MR(f16)                                                                   \
+  switch (choose_mr(M)) {                                                                  \
+    case 4: gemm_packed_any(M, N, K, A, lda, Wp, f16, 4, p0, p1, out, scratch); break; \
+    case 5: gemm_packed_any(M, N, K, A, lda, Wp, f16, 5, p0, p1, out, scratch); break; \
+    default: gemm_packed_any(M, N, K, A, lda, Wp, f16, MR, p0, p1, out, scratch); break; \
+  }
+
 static TARGET void gemm_packed256(int M, int N, int K, const float *A, int lda, const float *Wp,
                                   int p0, int p1, const clip_gemm_out *out, float *scratch) {
-  gemm_packed_any(M, N, K, A, lda, Wp, 0, p0, p1, out, scratch);
+  DISPATCH_MR(0)
 }
 
 static TARGET void gemm_packed_f16_256(int M, int N, int K, const float *A, int lda,
                                        const uint16_t *Wp, int p0, int p1,
                                        const clip_gemm_out *out, float *scratch) {
-  gemm_packed_any(M, N, K, A, lda, Wp, 1, p0, p1, out, scratch);
+  DISPATCH_MR(1)
 }
 
 const clip_kernels clip_kernels_avx2 = {
@@ -334,7 +437,7 @@ const clip_kernels clip_kernels_avx2 = {
     .gemm_nt = gemm_nt256,
     .gemm_packed = gemm_packed256,
     .gemm_packed_f16 = gemm_packed_f16_256,
-    .gemm_nn = clip_gemm_nn_c,
+    .gemm_nn = gemm_nn256,
 };
 
 #else /* other architectures: never selected (clip_isa_supported says no) */
