@@ -21,6 +21,11 @@
  * the threads instead of weight panels. */
 #define SPLIT_ROWS_MIN 256
 #define ROW_ALIGN 14
+/* Rows per task when splitting rows: more tasks than threads, handed out as threads come free,
+ * so a core slowed by a neighbour does not hold the other back at every GEMM's end. */
+#ifndef ROW_TASK_ROWS
+#define ROW_TASK_ROWS 112
+#endif
 
 static clip_gemm_mode gemm_mode = CLIP_GEMM_AUTO;
 static pthread_once_t gemm_once = PTHREAD_ONCE_INIT;
@@ -155,7 +160,12 @@ static void linear(const float *A, int M, int K, const float *W, const clip_pack
   int max_tasks = !(Wp && Wp->data)  ? (N + GEMM_COL_ALIGN - 1) / GEMM_COL_ALIGN
                   : M >= SPLIT_ROWS_MIN ? (M + ROW_ALIGN - 1) / ROW_ALIGN
                                         : (N + CLIP_PANEL - 1) / CLIP_PANEL;
-  cdb_parallel(linear_task, &j, nth < max_tasks ? nth : max_tasks);
+  int tasks = nth;
+  if (Wp && Wp->data && M >= SPLIT_ROWS_MIN && nth > 1) {
+    int by_rows = (M + ROW_TASK_ROWS - 1) / ROW_TASK_ROWS;
+    tasks = by_rows > nth ? by_rows : nth;
+  }
+  cdb_parallel(linear_task, &j, tasks < max_tasks ? tasks : max_tasks);
 }
 
 typedef struct layernorm_job {

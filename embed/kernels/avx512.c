@@ -381,12 +381,13 @@ typedef struct tile_plan {
   clip_epi_act act;     /* CLIP_EPI_NONE unless the last slice */
 } tile_plan;
 
-/* One mr x 32 tile over kc steps of k; weights F32 or F16. f16, mr and the two prefetch
- * switches are constants after inlining, so each caller gets its own branch-free loop. */
+/* One mr x 32 tile over kc steps of k; weights F32 or F16. With keep_wide the widened half
+ * floats are also stored to wide, for the row tiles after this one. f16, mr and the switches are
+ * constants after inlining, so each caller gets its own branch-free loop. */
 static inline __attribute__((always_inline)) TARGET void tile_x32(
     int K, const float *Ap, const void *Bp, int f16, const int mr, float *C, int ldc, int rows,
     __mmask16 mask0, __mmask16 mask1, int accumulate, const tile_plan *plan, const int pf_stream,
-    const int pf_next) {
+    const int pf_next, const int keep_wide, float *wide) {
   const size_t step = (size_t)CLIP_PANEL * (f16 ? 2 : 4); /* weight bytes per step of k */
   uint64_t pf_at = plan->pf_at;
   __m512 c[MR][2];
@@ -420,6 +421,10 @@ static inline __attribute__((always_inline)) TARGET void tile_x32(
       const uint16_t *h = (const uint16_t *)Bp + (size_t)k * CLIP_PANEL;
       b0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)h));
       b1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + 16)));
+      if (keep_wide) {
+        _mm512_store_ps(wide + (size_t)k * CLIP_PANEL, b0);
+        _mm512_store_ps(wide + (size_t)k * CLIP_PANEL + 16, b1);
+      }
     } else {
       b0 = _mm512_loadu_ps((const float *)Bp + (size_t)k * CLIP_PANEL);
       b1 = _mm512_loadu_ps((const float *)Bp + (size_t)k * CLIP_PANEL + 16);
@@ -489,13 +494,9 @@ static inline __attribute__((always_inline)) TARGET void gemm_packed_any(
           int kc = s0 + ks - k0 < KC ? s0 + ks - k0 : KC, last = k0 + kc == K;
           const char *slice = panel + (size_t)k0 * CLIP_PANEL * esize;
           const char *next = next_slice(Wp, esize, K, p, p1, k0, s0, ks);
-          /* Half floats shared by several tiles are widened once, into an L1-sized buffer. */
+          /* Half floats shared by several tiles are widened once, by the first tile, into an
+           * L1-sized buffer that the others read. */
           int widen = f16 && nt > 1;
-          if (widen) {
-            for (int k = 0; k < kc * CLIP_PANEL; k += 16)
-              _mm512_store_ps(wide + k, _mm512_cvtph_ps(_mm256_loadu_si256(
-                                            (const __m256i *)((const uint16_t *)slice + k))));
-          }
           for (int t = 0; t < nt; t++) {
             const float *At = scratch + (size_t)t * mr * ks + (size_t)(k0 - s0) * mr;
             float *Ct = out->C + (size_t)(m0 + t * mr) * out->ldc + p * CLIP_PANEL;
@@ -506,12 +507,18 @@ static inline __attribute__((always_inline)) TARGET void gemm_packed_any(
                               !f16 && nt == 1,
                               last && out->bias ? out->bias + p * CLIP_PANEL : NULL,
                               last ? out->act : CLIP_EPI_NONE};
-            if (widen)
-              tile_x32(kc, At, wide, 0, mr, Ct, out->ldc, rows, mask0, mask1, acc, &plan, 0, 1);
+            if (t == 0 && widen)
+              tile_x32(kc, At, slice, 1, mr, Ct, out->ldc, rows, mask0, mask1, acc, &plan, 1, 1, 1,
+                       wide);
             else if (t == 0)
-              tile_x32(kc, At, slice, f16, mr, Ct, out->ldc, rows, mask0, mask1, acc, &plan, 1, 1);
+              tile_x32(kc, At, slice, f16, mr, Ct, out->ldc, rows, mask0, mask1, acc, &plan, 1, 1, 0,
+                       NULL);
+            else if (widen)
+              tile_x32(kc, At, wide, 0, mr, Ct, out->ldc, rows, mask0, mask1, acc, &plan, 0, 1, 0,
+                       NULL);
             else
-              tile_x32(kc, At, slice, f16, mr, Ct, out->ldc, rows, mask0, mask1, acc, &plan, 0, 1);
+              tile_x32(kc, At, slice, f16, mr, Ct, out->ldc, rows, mask0, mask1, acc, &plan, 0, 1, 0,
+                       NULL);
           }
         }
       }
