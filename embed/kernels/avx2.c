@@ -240,6 +240,70 @@ static TARGET void gemm_nt256(int M, int N, int K, const float *A, int lda, cons
   }
 }
 
+/* In place: afterwards r[k] holds element k of every input row (8 x 8 floats). */
+static inline TARGET void transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int g = 0; g < 8; g += 4) { /* u[g + e], each 128-bit lane: element e (of 4) of 4 rows */
+    u[g] = _mm256_shuffle_ps(t[g], t[g + 2], 0x44);
+    u[g + 1] = _mm256_shuffle_ps(t[g], t[g + 2], 0xEE);
+    u[g + 2] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0x44);
+    u[g + 3] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0xEE);
+  }
+  for (int e = 0; e < 4; e++) {
+    r[e] = _mm256_permute2f128_ps(u[e], u[4 + e], 0x20);
+    r[4 + e] = _mm256_permute2f128_ps(u[e], u[4 + e], 0x31);
+  }
+}
+
+/* One panel of 32 rows (row stride K) as [K][32]: 8 x 8 blocks transposed in registers, the
+ * K % 8 tail by scalars; with f16 rounded to half floats (returns 1 when a value overflowed or
+ * was NaN). Packing the text tower is most of a model's first text query. */
+static inline __attribute__((always_inline)) TARGET int pack_panel_any(const float *W, int K,
+                                                                        void *dst, int f16) {
+  int bad = 0;
+  const __m256 half_limit = _mm256_set1_ps(65520.0f), abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  int k0 = 0;
+  for (; k0 + 8 <= K; k0 += 8)
+    for (int g = 0; g < 4; g++) {
+      __m256 r[8];
+      for (int i = 0; i < 8; i++) {
+        r[i] = _mm256_loadu_ps(W + (size_t)(g * 8 + i) * K + k0);
+        if (f16)
+          bad |= _mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(r[i], abs_mask), half_limit, _CMP_NLT_UQ));
+      }
+      transpose8(r);
+      for (int k = 0; k < 8; k++) {
+        size_t at = (size_t)(k0 + k) * CLIP_PANEL + g * 8;
+        if (f16)
+          _mm_storeu_si128((__m128i *)((uint16_t *)dst + at), _mm256_cvtps_ph(r[k], _MM_FROUND_TO_NEAREST_INT));
+        else
+          _mm256_storeu_ps((float *)dst + at, r[k]);
+      }
+    }
+  for (int k = k0; k < K; k++)
+    for (int j = 0; j < CLIP_PANEL; j++) {
+      float v = W[(size_t)j * K + k];
+      size_t at = (size_t)k * CLIP_PANEL + j;
+      if (f16) {
+        ((uint16_t *)dst)[at] = (uint16_t)_mm_extract_epi16(_mm_cvtps_ph(_mm_set_ss(v), _MM_FROUND_TO_NEAREST_INT), 0);
+        bad |= !(fabsf(v) < 65520.0f);
+      } else {
+        ((float *)dst)[at] = v;
+      }
+    }
+  return bad != 0;
+}
+
+static TARGET void pack_panel256(const float *W, int K, float *dst) { pack_panel_any(W, K, dst, 0); }
+
+static TARGET int pack_panel_f16_256(const float *W, int K, uint16_t *dst) {
+  return pack_panel_any(W, K, dst, 1);
+}
+
 /* Lanes [0, n) of 8 set, as a maskload/maskstore mask. */
 static inline TARGET __m256i lanes256(int n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -438,6 +502,8 @@ const clip_kernels clip_kernels_avx2 = {
     .gemm_packed = gemm_packed256,
     .gemm_packed_f16 = gemm_packed_f16_256,
     .gemm_nn = gemm_nn256,
+    .pack_panel = pack_panel256,
+    .pack_panel_f16 = pack_panel_f16_256,
 };
 
 #else /* other architectures: never selected (clip_isa_supported says no) */
