@@ -423,9 +423,8 @@ static inline __attribute__((always_inline)) TARGET void gemm_packed_any(
         for (int k0 = s0; k0 < s0 + ks; k0 += KC) {
           int kc = s0 + ks - k0 < KC ? s0 + ks - k0 : KC;
           const char *slice = panel + (size_t)k0 * CLIP_PANEL * esize;
-          const char *next = k0 + KC < s0 + ks ? slice + (size_t)KC * CLIP_PANEL * esize
-                             : p + 1 < p1 ? (const char *)Wp + ((size_t)(p + 1) * K + s0) * CLIP_PANEL * esize
-                                          : slice;
+          const char *next = clip_next_slice(Wp, esize, K, p, p1, k0, KC, s0, ks);
+          if (!next) next = slice; /* nothing left to fetch: re-touching this one is harmless */
           const float *B = (const float *)slice;
           if (f16) {
             for (int k = 0; k < kc * CLIP_PANEL; k += 8)
@@ -433,7 +432,7 @@ static inline __attribute__((always_inline)) TARGET void gemm_packed_any(
                                            (const __m128i *)((const uint16_t *)slice + k))));
             B = wide;
           }
-          uint64_t pf_step = ((uint64_t)CLIP_PANEL * esize << 16) / (uint64_t)nt;
+          uint64_t pf_step = clip_prefetch_step(esize, nt);
           for (int t = 0; t < nt; t++) {
             const float *At = scratch + (size_t)t * mr * ks + (size_t)(k0 - s0) * mr;
             float *Ct = out->C + (size_t)(m0 + t * mr) * out->ldc + p * CLIP_PANEL;
@@ -456,16 +455,10 @@ static inline __attribute__((always_inline)) TARGET void gemm_packed_any(
   if (p0 < p1) clip_gemm_epilogue(&clip_kernels_avx2, out, M, p0 * CLIP_PANEL, c1);
 }
 
-/* Tile height padding the fewest rows among 6, 5, 4 (50 rows = 10 x 5; 7 = 2 x 4); taller wins
- * ties. */
+/* Tile height padding the fewest rows among 6, 5, 4 (50 rows = 10 x 5; 7 = 2 x 4). */
 static int choose_mr(int M) {
-  static const int h[] = {MR, 5, 4};
-  int best = h[0], best_pad = (M + h[0] - 1) / h[0] * h[0] - M;
-  for (int i = 1; i < 3; i++) {
-    int pad = (M + h[i] - 1) / h[i] * h[i] - M;
-    if (pad < best_pad) best = h[i], best_pad = pad;
-  }
-  return best;
+  static const int heights[] = {MR, 5, 4};
+  return clip_tile_rows(M, heights, 3);
 }
 
 #define DISPATCH_MR(f16)                                                                   \

@@ -459,16 +459,6 @@ static inline __attribute__((always_inline)) TARGET void tile_x32(
   }
 }
 
-/* The slice of packed weights that follows (p, k0) in loop order: the next K slice of the
- * panel within the slab, else the slab's first slice of the next panel; NULL at the end. */
-static inline const char *next_slice(const char *Wp, size_t esize, int K, int p, int p1, int k0,
-                                     int s0, int ks) {
-  size_t panel_bytes = (size_t)CLIP_PANEL * K * esize, step = (size_t)CLIP_PANEL * esize;
-  if (k0 + KC < s0 + ks) return Wp + p * panel_bytes + (size_t)(k0 + KC) * step;
-  if (p + 1 < p1) return Wp + (p + 1) * panel_bytes + (size_t)s0 * step;
-  return NULL;
-}
-
 /* Loops, outside in: chunks of rows whose packed slab of A (rows x KSLAB) stays in L2; slabs of
  * K; weight panels; L1-sized slices of K; 14-row tiles. A long K (the MLP's second layer) is
  * cut into slabs so that chunks stay tall and each weight panel is fetched fewer times. */
@@ -493,7 +483,7 @@ static inline __attribute__((always_inline)) TARGET void gemm_packed_any(
         for (int k0 = s0; k0 < s0 + ks; k0 += KC) {
           int kc = s0 + ks - k0 < KC ? s0 + ks - k0 : KC, last = k0 + kc == K;
           const char *slice = panel + (size_t)k0 * CLIP_PANEL * esize;
-          const char *next = next_slice(Wp, esize, K, p, p1, k0, s0, ks);
+          const char *next = clip_next_slice(Wp, esize, K, p, p1, k0, KC, s0, ks);
           /* Half floats shared by several tiles are widened once, by the first tile, into an
            * L1-sized buffer that the others read. */
           int widen = f16 && nt > 1;
@@ -502,7 +492,7 @@ static inline __attribute__((always_inline)) TARGET void gemm_packed_any(
             float *Ct = out->C + (size_t)(m0 + t * mr) * out->ldc + p * CLIP_PANEL;
             int rows = mc - t * mr < mr ? mc - t * mr : mr, acc = out->accumulate || k0 > 0;
             /* After the last slice there is nothing to fetch: re-touching this one is harmless. */
-            uint64_t pf_step = ((uint64_t)CLIP_PANEL * esize << 16) / (uint64_t)nt;
+            uint64_t pf_step = clip_prefetch_step(esize, nt);
             tile_plan plan = {slice, next ? next : slice, (uint64_t)t * kc * pf_step, pf_step,
                               !f16 && nt == 1,
                               last && out->bias ? out->bias + p * CLIP_PANEL : NULL,
@@ -530,15 +520,9 @@ static inline __attribute__((always_inline)) TARGET void gemm_packed_any(
  * texts) and 14, 11, 10 for up to 8 tiles (77 tokens = 7 x 11, one image's 50 = 5 x 10); else
  * 14. Taller tiles win ties (more accumulators per weight load). */
 static int choose_mr(int M) {
-  if (M > 8 * MR) return MR;
   static const int small[] = {10, 7, 4}, mid[] = {MR, 11, 10};
-  const int *h = M <= 10 ? small : mid;
-  int best = h[0], best_pad = (M + h[0] - 1) / h[0] * h[0] - M;
-  for (int i = 1; i < 3; i++) {
-    int pad = (M + h[i] - 1) / h[i] * h[i] - M;
-    if (pad < best_pad) best = h[i], best_pad = pad;
-  }
-  return best;
+  if (M > 8 * MR) return MR;
+  return clip_tile_rows(M, M <= 10 ? small : mid, 3);
 }
 
 /* One copy of the loops per tile height and weight type (constants after inlining). */

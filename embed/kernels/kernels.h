@@ -75,6 +75,37 @@ typedef struct clip_kernels {
   int (*pack_panel_f16)(const float *W, int K, uint16_t *dst);
 } clip_kernels;
 
+/* ---- blocking shared by the SIMD packed GEMMs (avx2.c, avx512.c) ---- */
+
+/* The tile height among heights[0..n) that pads M rows the least; earlier (taller) ones win
+ * ties: more accumulators per weight load. */
+static inline int clip_tile_rows(int M, const int *heights, int n) {
+  int best = heights[0], best_pad = (M + best - 1) / best * best - M;
+  for (int i = 1; i < n; i++) {
+    int pad = (M + heights[i] - 1) / heights[i] * heights[i] - M;
+    if (pad < best_pad) best = heights[i], best_pad = pad;
+  }
+  return best;
+}
+
+/* The K slice of packed weights (kc deep, elements of esize bytes) that follows (panel p, k0) in
+ * the loop order: the next slice of the panel within the slab [s0, s0 + ks), else the slab's
+ * first slice of the next panel; NULL after the last. */
+static inline const char *clip_next_slice(const char *Wp, size_t esize, int K, int p, int p1,
+                                          int k0, int kc, int s0, int ks) {
+  size_t panel_bytes = (size_t)CLIP_PANEL * K * esize, step = (size_t)CLIP_PANEL * esize;
+  if (k0 + kc < s0 + ks) return Wp + p * panel_bytes + (size_t)(k0 + kc) * step;
+  if (p + 1 < p1) return Wp + (p + 1) * panel_bytes + (size_t)s0 * step;
+  return NULL;
+}
+
+/* Row tile t of nt fetches its share of the next slice into L2 while it works: start offset and
+ * bytes per step of k, in 16.16 fixed point, so that together the tiles cover the slice and
+ * the requests to memory are spread over the whole slice's time. */
+static inline uint64_t clip_prefetch_step(size_t esize, int nt) {
+  return ((uint64_t)CLIP_PANEL * esize << 16) / (uint64_t)nt;
+}
+
 /* Bias and activation on out->C's rows [0, M), columns [c0, c1), with k's vector kernels (the
  * variants that do not fuse them into the tile store). */
 void clip_gemm_epilogue(const clip_kernels *k, const clip_gemm_out *out, int M, int c0, int c1);
