@@ -347,17 +347,23 @@ static TARGET void gemm_nn256(int M, int N, int K, const float *A, int lda, cons
 #define KSLAB 768  /* K slab of packed rows kept in L2 */
 #define PF_DIST 1024
 
-/* rows of A (the rest zero) as [K][mr], for broadcasts from one stream. */
+/* rows of A (the rest zero) as [K][mr], for broadcasts from one stream: blocks of 8 steps of k
+ * transposed in registers, each stored mr lanes wide. */
 static TARGET void pack_rows(const float *A, int lda, int rows, int K, int mr, float *dst) {
-  for (int k = 0; k < K; k++) {
-    float *d = dst + (size_t)k * mr;
-    for (int i = 0; i < rows; i++) d[i] = A[(size_t)i * lda + k];
-    for (int i = rows; i < mr; i++) d[i] = 0.0f;
+  __m256i lanes = lanes256(mr);
+  for (int k0 = 0; k0 < K; k0 += 8) {
+    __m256i kmask = lanes256(K - k0);
+    __m256 r[8];
+    for (int i = 0; i < 8; i++)
+      r[i] = i < rows ? _mm256_maskload_ps(A + (size_t)i * lda + k0, kmask) : _mm256_setzero_ps();
+    transpose8(r);
+    int kn = K - k0 < 8 ? K - k0 : 8;
+    for (int k = 0; k < kn; k++) _mm256_maskstore_ps(dst + (size_t)(k0 + k) * mr, lanes, r[k]);
   }
 }
 
-/* Prefetches of one tile call: the slice itself from L2 (the first tile), and this tile's share
- * of the next slice into L2 (byte offset and bytes per k in 16.16), as in avx512.c. */
+/* How one tile call streams: the slice itself from L2 (the first tile), and this tile's share
+ * of the next slice into L2 (byte offset and bytes per k in 16.16, as in avx512.c). */
 typedef struct tile_plan {
   const char *b_stream, *l2_next;
   uint64_t pf_at, pf_step;
@@ -367,15 +373,17 @@ typedef struct tile_plan {
  * CLIP_PANEL). cmask: the valid columns, as maskload/maskstore lanes. */
 static inline __attribute__((always_inline)) TARGET void tile_x16(
     int kc, const float *Ap, const float *B, const int mr, float *C, int ldc, int rows, __m256i m0,
-    __m256i m1, int accumulate, const tile_plan *plan, const int pf_stream) {
+    __m256i m1, int accumulate, const tile_plan *plan, const int pf_stream, const int pf_next) {
   __m256 c[MR][2];
 #pragma GCC unroll 6
   for (int i = 0; i < mr; i++) c[i][0] = c[i][1] = _mm256_setzero_ps();
   uint64_t pf_at = plan->pf_at;
   for (int k = 0; k < kc; k++) {
     if (pf_stream) _mm_prefetch(plan->b_stream + (size_t)k * CLIP_PANEL * 4 + PF_DIST, _MM_HINT_T0);
-    _mm_prefetch(plan->l2_next + (pf_at >> 16), _MM_HINT_T1);
-    pf_at += plan->pf_step;
+    if (pf_next) {
+      _mm_prefetch(plan->l2_next + (pf_at >> 16), _MM_HINT_T1);
+      pf_at += plan->pf_step;
+    }
     __m256 b0 = _mm256_loadu_ps(B + (size_t)k * CLIP_PANEL);
     __m256 b1 = _mm256_loadu_ps(B + (size_t)k * CLIP_PANEL + 8);
     const float *a = Ap + (size_t)k * mr;
@@ -438,21 +446,25 @@ static inline __attribute__((always_inline)) TARGET void gemm_packed_any(
             float *Ct = out->C + (size_t)(m0 + t * mr) * out->ldc + p * CLIP_PANEL;
             int rows = mc - t * mr < mr ? mc - t * mr : mr, acc = out->accumulate || k0 > 0;
             tile_plan plan = {slice, next, (uint64_t)t * kc * pf_step, pf_step};
-            tile_plan quiet = {slice, next, 0, 0}; /* second half: the first one prefetched */
             if (t == 0 && !f16)
-              tile_x16(kc, At, B, mr, Ct, out->ldc, rows, mask[0], mask[1], acc, &plan, 1);
+              tile_x16(kc, At, B, mr, Ct, out->ldc, rows, mask[0], mask[1], acc, &plan, 1, 1);
             else
-              tile_x16(kc, At, B, mr, Ct, out->ldc, rows, mask[0], mask[1], acc, &plan, 0);
-            if (cols > 16)
-              tile_x16(kc, At, B + 16, mr, Ct + 16, out->ldc, rows, mask[2], mask[3], acc, &quiet,
-                       0);
+              tile_x16(kc, At, B, mr, Ct, out->ldc, rows, mask[0], mask[1], acc, &plan, 0, 1);
+            if (cols > 16) /* the second half: the first one did the prefetching */
+              tile_x16(kc, At, B + 16, mr, Ct + 16, out->ldc, rows, mask[2], mask[3], acc, &plan,
+                       0, 0);
+            /* Bias and activation while the tile is in L1 (kept out of the tile's loop: with
+             * 16 registers its constants would push accumulators to the stack). */
+            if (k0 + kc == K) {
+              clip_gemm_out tile = *out;
+              tile.C = out->C + (size_t)(m0 + t * mr) * out->ldc;
+              clip_gemm_epilogue(&clip_kernels_avx2, &tile, rows, p * CLIP_PANEL, p * CLIP_PANEL + cols);
+            }
           }
         }
       }
     }
   }
-  int c1 = p1 * CLIP_PANEL < N ? p1 * CLIP_PANEL : N;
-  if (p0 < p1) clip_gemm_epilogue(&clip_kernels_avx2, out, M, p0 * CLIP_PANEL, c1);
 }
 
 /* Tile height padding the fewest rows among 6, 5, 4 (50 rows = 10 x 5; 7 = 2 x 4). */
