@@ -1,4 +1,5 @@
-/* pool.c: a small fork-join worker pool (one job at a time; workers sleep on a condition). */
+/* pool.c: a small fork-join worker pool (one job at a time; idle threads poll briefly, then
+ * sleep on a condition). */
 #include "src/pool.h"
 
 #include <pthread.h>

@@ -339,8 +339,8 @@ static TARGET void gemm_nn512(int M, int N, int K, const float *A, int lda, cons
 
 /* rows of A (the rest zero) as [K][mr], so the micro-kernel broadcasts from one stream: blocks
  * of 16 steps of k are transposed in registers and stored mr lanes at a time (each store's
- * unused lanes are overwritten by the next). A text's few rows are packed by every thread, so
- * this runs often enough to matter (measured: scalar packing was ~10% of a 77-token text). */
+ * unused lanes are overwritten by the next). A text's rows are packed by every thread, once
+ * per GEMM, so this runs often. */
 static TARGET void pack_rows(const float *A, int lda, int rows, int K, int mr, float *dst) {
   __mmask16 lanes = tail_mask(mr);
   for (int k0 = 0; k0 < K; k0 += 16) {
