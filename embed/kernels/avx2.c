@@ -370,7 +370,7 @@ typedef struct tile_plan {
 } tile_plan;
 
 /* One mr x 16 tile over kc steps of k; B is one half of a float32 panel slice (row stride
- * CLIP_PANEL). cmask: the valid columns, as maskload/maskstore lanes. */
+ * CLIP_PANEL). m0, m1: the valid columns of its two registers, as maskload/maskstore lanes. */
 static inline __attribute__((always_inline)) TARGET void tile_x16(
     int kc, const float *Ap, const float *B, const int mr, float *C, int ldc, int rows, __m256i m0,
     __m256i m1, int accumulate, const tile_plan *plan, const int pf_stream, const int pf_next) {
