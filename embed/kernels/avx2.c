@@ -263,9 +263,10 @@ static inline TARGET void transpose8(__m256 r[8]) {
  * K % 8 tail by scalars; with f16 rounded to half floats (returns 1 when a value overflowed or
  * was NaN). Packing the text tower is most of a model's first text query. */
 static inline __attribute__((always_inline)) TARGET int pack_panel_any(const float *W, int K,
-                                                                        void *dst, int f16) {
+                                                                       void *dst, int f16) {
   int bad = 0;
-  const __m256 half_limit = _mm256_set1_ps(65520.0f), abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 half_limit = _mm256_set1_ps(65520.0f),
+               abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   int k0 = 0;
   for (; k0 + 8 <= K; k0 += 8)
     for (int g = 0; g < 4; g++) {
@@ -273,13 +274,15 @@ static inline __attribute__((always_inline)) TARGET int pack_panel_any(const flo
       for (int i = 0; i < 8; i++) {
         r[i] = _mm256_loadu_ps(W + (size_t)(g * 8 + i) * K + k0);
         if (f16)
-          bad |= _mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(r[i], abs_mask), half_limit, _CMP_NLT_UQ));
+          bad |= _mm256_movemask_ps(
+              _mm256_cmp_ps(_mm256_and_ps(r[i], abs_mask), half_limit, _CMP_NLT_UQ));
       }
       transpose8(r);
       for (int k = 0; k < 8; k++) {
         size_t at = (size_t)(k0 + k) * CLIP_PANEL + g * 8;
         if (f16)
-          _mm_storeu_si128((__m128i *)((uint16_t *)dst + at), _mm256_cvtps_ph(r[k], _MM_FROUND_TO_NEAREST_INT));
+          _mm_storeu_si128((__m128i *)((uint16_t *)dst + at),
+                           _mm256_cvtps_ph(r[k], _MM_FROUND_TO_NEAREST_INT));
         else
           _mm256_storeu_ps((float *)dst + at, r[k]);
       }
@@ -289,7 +292,8 @@ static inline __attribute__((always_inline)) TARGET int pack_panel_any(const flo
       float v = W[(size_t)j * K + k];
       size_t at = (size_t)k * CLIP_PANEL + j;
       if (f16) {
-        ((uint16_t *)dst)[at] = (uint16_t)_mm_extract_epi16(_mm_cvtps_ph(_mm_set_ss(v), _MM_FROUND_TO_NEAREST_INT), 0);
+        ((uint16_t *)dst)[at] =
+            (uint16_t)_mm_extract_epi16(_mm_cvtps_ph(_mm_set_ss(v), _MM_FROUND_TO_NEAREST_INT), 0);
         bad |= !(fabsf(v) < 65520.0f);
       } else {
         ((float *)dst)[at] = v;
@@ -298,7 +302,9 @@ static inline __attribute__((always_inline)) TARGET int pack_panel_any(const flo
   return bad != 0;
 }
 
-static TARGET void pack_panel256(const float *W, int K, float *dst) { pack_panel_any(W, K, dst, 0); }
+static TARGET void pack_panel256(const float *W, int K, float *dst) {
+  pack_panel_any(W, K, dst, 0);
+}
 
 static TARGET int pack_panel_f16_256(const float *W, int K, uint16_t *dst) {
   return pack_panel_any(W, K, dst, 1);
@@ -370,7 +376,8 @@ typedef struct tile_plan {
 } tile_plan;
 
 /* One mr x 16 tile over kc steps of k; B is one half of a float32 panel slice (row stride
- * CLIP_PANEL). m0, m1: the valid columns of its two registers, as maskload/maskstore lanes. */
+ * CLIP_PANEL). m0, m1: the valid columns of its two registers, as maskload/maskstore
+ * lanes. */
 static inline __attribute__((always_inline)) TARGET void tile_x16(
     int kc, const float *Ap, const float *B, const int mr, float *C, int ldc, int rows, __m256i m0,
     __m256i m1, int accumulate, const tile_plan *plan, const int pf_stream, const int pf_next) {
@@ -451,14 +458,15 @@ static inline __attribute__((always_inline)) TARGET void gemm_packed_any(
             else
               tile_x16(kc, At, B, mr, Ct, out->ldc, rows, mask[0], mask[1], acc, &plan, 0, 1);
             if (cols > 16) /* the second half: the first one did the prefetching */
-              tile_x16(kc, At, B + 16, mr, Ct + 16, out->ldc, rows, mask[2], mask[3], acc, &plan,
-                       0, 0);
+              tile_x16(kc, At, B + 16, mr, Ct + 16, out->ldc, rows, mask[2], mask[3], acc, &plan, 0,
+                       0);
             /* Bias and activation while the tile is in L1 (kept out of the tile's loop: with
              * 16 registers its constants would push accumulators to the stack). */
             if (k0 + kc == K) {
               clip_gemm_out tile = *out;
               tile.C = out->C + (size_t)(m0 + t * mr) * out->ldc;
-              clip_gemm_epilogue(&clip_kernels_avx2, &tile, rows, p * CLIP_PANEL, p * CLIP_PANEL + cols);
+              clip_gemm_epilogue(&clip_kernels_avx2, &tile, rows, p * CLIP_PANEL,
+                                 p * CLIP_PANEL + cols);
             }
           }
         }

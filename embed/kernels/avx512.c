@@ -347,7 +347,8 @@ static TARGET void pack_rows(const float *A, int lda, int rows, int K, int mr, f
     __mmask16 kmask = tail_mask(K - k0);
     __m512 r[16];
     for (int i = 0; i < 16; i++)
-      r[i] = i < rows ? _mm512_maskz_loadu_ps(kmask, A + (size_t)i * lda + k0) : _mm512_setzero_ps();
+      r[i] =
+          i < rows ? _mm512_maskz_loadu_ps(kmask, A + (size_t)i * lda + k0) : _mm512_setzero_ps();
     transpose16(r);
     int kn = K - k0 < 16 ? K - k0 : 16;
     for (int k = 0; k < kn; k++) _mm512_mask_storeu_ps(dst + (size_t)(k0 + k) * mr, lanes, r[k]);
@@ -501,14 +502,14 @@ static inline __attribute__((always_inline)) TARGET void gemm_packed_any(
               tile_x32(kc, At, slice, 1, mr, Ct, out->ldc, rows, mask0, mask1, acc, &plan, 1, 1, 1,
                        wide);
             else if (t == 0)
-              tile_x32(kc, At, slice, f16, mr, Ct, out->ldc, rows, mask0, mask1, acc, &plan, 1, 1, 0,
-                       NULL);
+              tile_x32(kc, At, slice, f16, mr, Ct, out->ldc, rows, mask0, mask1, acc, &plan, 1, 1,
+                       0, NULL);
             else if (widen)
               tile_x32(kc, At, wide, 0, mr, Ct, out->ldc, rows, mask0, mask1, acc, &plan, 0, 1, 0,
                        NULL);
             else
-              tile_x32(kc, At, slice, f16, mr, Ct, out->ldc, rows, mask0, mask1, acc, &plan, 0, 1, 0,
-                       NULL);
+              tile_x32(kc, At, slice, f16, mr, Ct, out->ldc, rows, mask0, mask1, acc, &plan, 0, 1,
+                       0, NULL);
           }
         }
       }
