@@ -260,8 +260,8 @@ static inline TARGET void transpose8(__m256 r[8]) {
 }
 
 /* One panel of 32 rows (row stride K) as [K][32]: 8 x 8 blocks transposed in registers, the
- * K % 8 tail by scalars; with f16 rounded to half floats (returns 1 when a value overflowed or
- * was NaN). Packing the text tower is most of a model's first text query. */
+ * K % 8 tail by the shared scalar loop; with f16 rounded to half floats (returns 1 when a value
+ * overflowed or was NaN). Packing the text tower is most of a model's first text query. */
 static inline __attribute__((always_inline)) TARGET int pack_panel_any(const float *W, int K,
                                                                        void *dst, int f16) {
   int bad = 0;
@@ -287,19 +287,7 @@ static inline __attribute__((always_inline)) TARGET int pack_panel_any(const flo
           _mm256_storeu_ps((float *)dst + at, r[k]);
       }
     }
-  for (int k = k0; k < K; k++)
-    for (int j = 0; j < CLIP_PANEL; j++) {
-      float v = W[(size_t)j * K + k];
-      size_t at = (size_t)k * CLIP_PANEL + j;
-      if (f16) {
-        ((uint16_t *)dst)[at] =
-            (uint16_t)_mm_extract_epi16(_mm_cvtps_ph(_mm_set_ss(v), _MM_FROUND_TO_NEAREST_INT), 0);
-        bad |= !(fabsf(v) < 65520.0f);
-      } else {
-        ((float *)dst)[at] = v;
-      }
-    }
-  return bad != 0;
+  return (bad != 0) | clip_pack_panel_tail(W, K, k0, dst, f16);
 }
 
 static TARGET void pack_panel256(const float *W, int K, float *dst) {

@@ -192,8 +192,9 @@ static inline TARGET void transpose16(__m512 r[16]) {
   }
 }
 
-/* One panel of 32 rows: 16 x 16 blocks transposed in registers; the K % 16 tail by scalars.
- * With f16 the rows are rounded to half floats; returns 1 when one overflowed (or was NaN). */
+/* One panel of 32 rows: 16 x 16 blocks transposed in registers; the K % 16 tail by the shared
+ * scalar loop. With f16 the rows are rounded to half floats; returns 1 when one overflowed (or
+ * was NaN). */
 static inline __attribute__((always_inline)) TARGET int pack_panel_any(const float *W, int K,
                                                                         void *dst, int f16) {
   __mmask16 bad = 0;
@@ -216,19 +217,7 @@ static inline __attribute__((always_inline)) TARGET int pack_panel_any(const flo
           _mm512_storeu_ps((float *)dst + at, r[k]);
       }
     }
-  for (int k = k0; k < K; k++)
-    for (int j = 0; j < CLIP_PANEL; j++) {
-      float v = W[(size_t)j * K + k];
-      size_t at = (size_t)k * CLIP_PANEL + j;
-      if (f16) {
-        __m128i h = _mm_cvtps_ph(_mm_set_ss(v), _MM_FROUND_TO_NEAREST_INT);
-        ((uint16_t *)dst)[at] = (uint16_t)_mm_extract_epi16(h, 0);
-        bad |= !(fabsf(v) < 65520.0f);
-      } else {
-        ((float *)dst)[at] = v;
-      }
-    }
-  return bad != 0;
+  return (bad != 0) | clip_pack_panel_tail(W, K, k0, dst, f16);
 }
 
 static TARGET void pack_panel512(const float *W, int K, float *dst) { pack_panel_any(W, K, dst, 0); }
@@ -488,12 +477,12 @@ static inline __attribute__((always_inline)) TARGET void gemm_packed_any(
           /* Half floats shared by several tiles are widened once, by the first tile, into an
            * L1-sized buffer that the others read. */
           int widen = f16 && nt > 1;
+          uint64_t pf_step = clip_prefetch_step(esize, nt);
           for (int t = 0; t < nt; t++) {
             const float *At = scratch + (size_t)t * mr * ks + (size_t)(k0 - s0) * mr;
             float *Ct = out->C + (size_t)(m0 + t * mr) * out->ldc + p * CLIP_PANEL;
             int rows = mc - t * mr < mr ? mc - t * mr : mr, acc = out->accumulate || k0 > 0;
             /* After the last slice there is nothing to fetch: re-touching this one is harmless. */
-            uint64_t pf_step = clip_prefetch_step(esize, nt);
             tile_plan plan = {slice, next ? next : slice, (uint64_t)t * kc * pf_step, pf_step,
                               !f16 && nt == 1,
                               last && out->bias ? out->bias + p * CLIP_PANEL : NULL,

@@ -1,6 +1,7 @@
 /* kernels.c: run-time choice of the kernel table. */
 #include "embed/kernels/kernels.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +64,22 @@ void clip_gemm_epilogue(const clip_kernels *k, const clip_gemm_out *out, int M, 
     if (out->act == CLIP_EPI_QUICK_GELU) k->quick_gelu(row, c1 - c0);
     if (out->act == CLIP_EPI_GELU) k->gelu(row, c1 - c0);
   }
+}
+
+int clip_pack_panel_tail(const float *W, int K, int k0, void *dst, int f16) {
+  int bad = 0;
+  for (int k = k0; k < K; k++)
+    for (int j = 0; j < CLIP_PANEL; j++) {
+      float v = W[(size_t)j * K + k];
+      size_t at = (size_t)k * CLIP_PANEL + j;
+      if (f16) {
+        clip_kernels_generic.f32_to_f16(&v, (uint16_t *)dst + at, 1);
+        bad |= !(fabsf(v) < 65520.0f); /* rounds to infinity from here on */
+      } else {
+        ((float *)dst)[at] = v;
+      }
+    }
+  return bad;
 }
 
 size_t clip_packed_floats(int N, int K) {

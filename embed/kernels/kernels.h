@@ -106,6 +106,10 @@ static inline uint64_t clip_prefetch_step(size_t esize, int nt) {
   return ((uint64_t)CLIP_PANEL * esize << 16) / (uint64_t)nt;
 }
 
+/* Steps k0..K-1 of one 32-row panel (the part the SIMD packers' register blocks leave), as
+ * float32 or rounded to half floats; returns 1 when a rounded value overflowed or was NaN. */
+int clip_pack_panel_tail(const float *W, int K, int k0, void *dst, int f16);
+
 /* Bias and activation on out->C's rows [0, M), columns [c0, c1), with k's vector kernels (the
  * variants that do not fuse them into the tile store). */
 void clip_gemm_epilogue(const clip_kernels *k, const clip_gemm_out *out, int M, int c0, int c1);
