@@ -2,11 +2,13 @@
 
 The writer commits batches of precomputed vectors (batch b has size_of(b) rows, rowids
 b*100 + i), sometimes deletes a whole earlier batch, sometimes runs 'train', and appends each
-commit to a log file after COMMIT returns. Each reader repeatedly:
+commit to a log file after COMMIT returns. A deletion is logged twice: its intent ('d') before the
+DELETE starts, since a reader can see it committed before COMMIT returns to the writer, and
+'D' after COMMIT returns. Each reader repeatedly:
   1. reads the log (batches known committed / deleted before its snapshot starts),
   2. opens a read transaction and, inside it, counts rows per batch, runs a KNN query whose k
      covers the table, and looks up a known row by its own vector,
-  3. reads the log again (deletions that may have happened meanwhile).
+  3. reads the log again (deletions that may have happened meanwhile, intents included).
 Checks: every batch in the snapshot is complete (all-or-nothing); every batch known committed
 before the snapshot (and not deleted by the end) is in it; batches known deleted are not; the
 KNN result is exactly the snapshot's row set; a known row is its own top-1.
@@ -44,13 +46,16 @@ def connect(ext, path):
     db.load_extension(ext)
     return db
 def read_log(path):
-    ins, dels = set(), set()
+    # -> (batches committed, batches whose deletion committed, batches possibly deleted)
+    ins, dels, maybe_dels = set(), set(), set()
     with open(path) as f:
         for line in f:
             p = line.split()
-            if len(p) == 2 and p[0] == 'I': ins.add(int(p[1]))
-            if len(p) == 2 and p[0] == 'D': dels.add(int(p[1]))
-    return ins, dels
+            if len(p) != 2: continue
+            if p[0] == 'I': ins.add(int(p[1]))
+            if p[0] == 'D': dels.add(int(p[1]))
+            if p[0] in ('d', 'D'): maybe_dels.add(int(p[1]))
+    return ins, dels, maybe_dels
 """ % {"dims": DIMS}
 
 WRITER = COMMON + r"""
@@ -72,6 +77,7 @@ while time.monotonic() < end:
     x = rng.random()
     if x < 0.1 and b > 3:
         victim = rng.randint(1, b - 1)
+        out.write('d %d\n' % victim); out.flush()
         db.execute('BEGIN IMMEDIATE')
         db.execute('DELETE FROM t WHERE batch = ?', (victim,))
         db.execute('COMMIT')
@@ -89,7 +95,7 @@ db = connect(ext, path)
 end = time.monotonic() + run_s
 snapshots = knn_checks = 0
 while time.monotonic() < end:
-    known, deleted_before = read_log(log)
+    known, deleted_before, _ = read_log(log)
     db.execute('BEGIN')
     counts = dict(db.execute('SELECT batch, count(*) FROM t GROUP BY batch').fetchall())
     ids = sorted(r[0] for r in db.execute('SELECT rowid FROM t'))
@@ -104,10 +110,10 @@ while time.monotonic() < end:
         top = (b * 100, db.execute('SELECT rowid FROM t WHERE t MATCH ? AND k = 1',
                                    (vec(b * 100),)).fetchall())
     db.execute('COMMIT')
-    _, deleted_after = read_log(log)
+    _, _, maybe_deleted_after = read_log(log)
     for b, n in counts.items():
         assert n == size_of(b), 'torn batch %d: %d of %d rows' % (b, n, size_of(b))
-    for b in known - deleted_after:
+    for b in known - maybe_deleted_after:
         assert b in counts, 'committed batch %d missing from a later snapshot' % b
     for b in deleted_before:
         assert b not in counts, 'deleted batch %d visible' % b
