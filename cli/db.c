@@ -177,6 +177,11 @@ static int take_writer_lock(cli_db *db, cdb_error *err) {
   return rc;
 }
 
+static int foreign_error(cli_db *db, cdb_error *err) {
+  return cdb_error_set(err, "%s is not a clipdb library (it holds other tables); pass another --db",
+                       db->path);
+}
+
 /* "file:" URI of a path with immutable=1 (%, ? and # percent-encoded). sqlite3_malloc'd. */
 static char *immutable_uri(const char *path) {
   sqlite3_str *s = sqlite3_str_new(NULL);
@@ -210,6 +215,16 @@ static int open_read_only(cli_db *out, db_kind *kind, cdb_error *err) {
   sqlite3_free(uri);
   if (rc != SQLITE_OK) return cli_db_fail(out, out->path, err);
   return classify_db(out, kind, err);
+}
+
+/* Fails, writing nothing, when the existing file is not a clipdb library (nor empty). */
+static int refuse_foreign(cli_db *out, cdb_error *err) {
+  db_kind kind;
+  int rc = open_read_only(out, &kind, err);
+  sqlite3_close_v2(out->db);
+  out->db = NULL;
+  if (rc == 0 && kind == DB_FOREIGN) rc = foreign_error(out, err);
+  return rc;
 }
 
 /* The model reference for this run: the stored one for an existing library (queries must be
@@ -248,6 +263,7 @@ int cli_db_open(const cli_ctx *ctx, const char *local_dir, bool create, cli_db *
     goto fail;
   }
   if (create) {
+    if (exists && refuse_foreign(out, err) != 0) goto fail; /* before the lock file appears */
     if (!exists && make_parent_dirs(out->path, err) != 0) goto fail;
     if (take_writer_lock(out, err) != 0) goto fail;
     if (sqlite3_open_v2(out->path, &out->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
@@ -260,8 +276,7 @@ int cli_db_open(const cli_ctx *ctx, const char *local_dir, bool create, cli_db *
     goto fail;
   }
   if (kind == DB_FOREIGN) {
-    cdb_error_set(err, "%s is not a clipdb library (it holds other tables); pass another --db",
-                  out->path);
+    foreign_error(out, err);
     goto fail;
   }
   if (kind == DB_EMPTY && !create) {
