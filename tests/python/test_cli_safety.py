@@ -259,11 +259,7 @@ def test_a_database_that_is_not_a_library_is_refused_and_untouched(tmp_path, dem
     assert con.execute("PRAGMA journal_mode").fetchone() == ("delete",)
     assert con.execute("SELECT name FROM users").fetchall() == [("ada",)]
     con.close()
-
-
-def test_not_a_database_at_all_is_refused_and_untouched(tmp_path, demo_dir, clipdb_bin, env):
-    image = demo_dir / demo_names(demo_dir, 1)[0]
-    fake = tmp_path / "photo.db"
+    fake = tmp_path / "photo.db"  # not a database at all
     shutil.copy(image, fake)
     before = file_state(fake)
     for cmd in READ_COMMANDS + [("index", str(demo_dir))]:
