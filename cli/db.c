@@ -23,7 +23,7 @@
   "path TEXT, size INTEGER, mtime INTEGER, hash TEXT, taken_at TEXT, date TEXT, width INTEGER, " \
   "height INTEGER, format TEXT"
 
-/* Waiting for another writer (a second `clipdb index`) instead of failing at once. */
+/* Waiting for a writer (another program writing the library) instead of failing at once. */
 #define BUSY_TIMEOUT_MS 10000
 
 char *cli_db_path(const cli_ctx *ctx, const char *local_dir) {
@@ -154,6 +154,14 @@ static char *model_reference(const char *wanted, cdb_error *err) {
   return copy;
 }
 
+/* Opens with the busy timeout set before the first read (a rollback-journal database being
+ * written is locked for a moment). */
+static int open_with_timeout(cli_db *out, const char *name, int flags) {
+  int rc = sqlite3_open_v2(name, &out->db, flags, NULL);
+  if (out->db) sqlite3_busy_timeout(out->db, BUSY_TIMEOUT_MS);
+  return rc;
+}
+
 /* One `index` at a time per library: an flock on PATH-index.lock, held for the whole run and
  * released by the kernel when the process ends, however it ends. SQLite's own locks cannot do
  * this: a run commits many transactions, and two runs would each insert the same new files. */
@@ -198,7 +206,7 @@ static char *immutable_uri(const char *path) {
  * made) cannot be opened read-only by SQLite; when it has no -wal file either, no write is in
  * progress and the file is read as immutable. */
 static int open_read_only(cli_db *out, db_kind *kind, cdb_error *err) {
-  int rc = sqlite3_open_v2(out->path, &out->db, SQLITE_OPEN_READONLY, NULL);
+  int rc = open_with_timeout(out, out->path, SQLITE_OPEN_READONLY);
   if (rc == SQLITE_OK && classify_db(out, kind, err) == 0) return 0;
   int code = out->db ? sqlite3_errcode(out->db) & 0xff : rc;
   char *wal = sqlite3_mprintf("%s-wal", out->path);
@@ -211,7 +219,7 @@ static int open_read_only(cli_db *out, db_kind *kind, cdb_error *err) {
   out->db = NULL;
   char *uri = immutable_uri(out->path);
   if (!uri) return cdb_error_set(err, "out of memory");
-  rc = sqlite3_open_v2(uri, &out->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL);
+  rc = open_with_timeout(out, uri, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI);
   sqlite3_free(uri);
   if (rc != SQLITE_OK) return cli_db_fail(out, out->path, err);
   return classify_db(out, kind, err);
@@ -266,8 +274,8 @@ int cli_db_open(const cli_ctx *ctx, const char *local_dir, bool create, cli_db *
     if (exists && refuse_foreign(out, err) != 0) goto fail; /* before the lock file appears */
     if (!exists && make_parent_dirs(out->path, err) != 0) goto fail;
     if (take_writer_lock(out, err) != 0) goto fail;
-    if (sqlite3_open_v2(out->path, &out->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
-                        NULL) != SQLITE_OK) {
+    if (open_with_timeout(out, out->path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) !=
+        SQLITE_OK) {
       cli_db_fail(out, out->path, err);
       goto fail;
     }
@@ -283,7 +291,6 @@ int cli_db_open(const cli_ctx *ctx, const char *local_dir, bool create, cli_db *
     cdb_error_set(err, "%s has no photos table; run `clipdb index DIR` first", out->path);
     goto fail;
   }
-  sqlite3_busy_timeout(out->db, BUSY_TIMEOUT_MS);
   char *msg = NULL;
   if (clipdb_register(out->db, &msg) != SQLITE_OK) {
     cdb_error_set(err, "cannot start the clipdb extension: %s", msg ? msg : "unknown error");
