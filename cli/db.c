@@ -225,14 +225,17 @@ static int open_read_only(cli_db *out, db_kind *kind, cdb_error *err) {
   return classify_db(out, kind, err);
 }
 
-/* Fails, writing nothing, when the existing file is not a clipdb library (nor empty). */
+/* Fails, writing nothing (not even the lock file), when the existing file is not a clipdb
+ * library nor empty, or not a database. Another failure to read it (busy, a WAL file being
+ * created by a running index) is left to the read after the lock. */
 static int refuse_foreign(cli_db *out, cdb_error *err) {
   db_kind kind;
   int rc = open_read_only(out, &kind, err);
+  bool not_a_db = rc != 0 && out->db && sqlite3_errcode(out->db) == SQLITE_NOTADB;
   sqlite3_close_v2(out->db);
   out->db = NULL;
-  if (rc == 0 && kind == DB_FOREIGN) rc = foreign_error(out, err);
-  return rc;
+  if (rc == 0) return kind == DB_FOREIGN ? foreign_error(out, err) : 0;
+  return not_a_db ? -1 : 0;
 }
 
 /* The model reference for this run: the stored one for an existing library (queries must be
