@@ -135,7 +135,7 @@ int cmd_info(int argc, char **argv, const cli_ctx *ctx) {
     output_json_path(o, "database", db.path);
     json_object_object_add(o, "size_bytes", json_object_new_int64(file_size(db.path, "") +
                                                                   file_size(db.path, "-wal")));
-    json_object_object_add(o, "model", json_object_new_string(db.model));
+    json_object_object_add(o, "model", output_json_text(db.model));
     rc = add_scalar(&db, o, "rows", "SELECT count(*) FROM " CLI_TABLE "_rows", &err);
   }
   if (rc == 0) rc = add_config(&db, o, &err);
