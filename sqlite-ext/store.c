@@ -579,9 +579,10 @@ static int data_version(cdbx_table *t, int64_t *out) {
 
 /* ---- cold-start cache file ----
  * Next to a database file, "<db>-clip-<table>.idx" holds the snapshot as a memory-mappable
- * FAISS index (index/ivf.h), tagged with the table's uid, generation and snapshot seq. A new
- * connection maps it instead of reading the T_index pieces: its first query reads only the
- * lists it probes. Missing, stale or corrupt files are rebuilt from the pieces on load. */
+ * FAISS index (index/ivf.h), tagged with the table's uid, generation, snapshot seq and
+ * snapshot uid. A new connection maps it instead of reading the T_index pieces: its first query
+ * reads (and checksums) only the lists it probes. Missing, stale or damaged files are rebuilt
+ * from the pieces; only committed state is ever written to it. */
 
 /* Deserialized databases live in the "memdb" VFS under the made-up file name "x": no file. */
 static int in_memory_vfs(cdbx_table *t) {
