@@ -377,6 +377,19 @@ int cdbx_cache_flush(cdbx_table *t) {
   return rc;
 }
 
+/* At ROLLBACK, where no SQL may run: an index still mapped from the cache file has taken no
+ * write, so it is marked stale (the next use maps the file again and re-reads the log) instead
+ * of being read into memory, which could find the file damaged and need a reload. */
+int cdbx_cache_rollback_flush(cdbx_table *t) {
+  cdb_index_info info;
+  if (t->index) cdb_index_get_info(t->index, &info);
+  if (!t->index || !info.mapped) return cdbx_cache_flush(t);
+  t->pend_ids.n = 0;
+  t->pend_removes.n = 0;
+  t->stale = 1;
+  return SQLITE_OK;
+}
+
 /* Adds or replaces (the index keeps the last of repeated ids in one batch). */
 int cdbx_cache_put(cdbx_table *t, int64_t rowid, const float *vec) {
   if (!t->index) return SQLITE_OK;

@@ -120,6 +120,7 @@ int cdbx_table_index_info(cdbx_table *t, cdb_index_info *info);
 int cdbx_cache_put(cdbx_table *t, int64_t rowid, const float *vec);
 int cdbx_cache_remove(cdbx_table *t, int64_t rowid);
 int cdbx_cache_flush(cdbx_table *t);
+int cdbx_cache_rollback_flush(cdbx_table *t); /* runs no SQL: for xRollback / xRollbackTo */
 void cdbx_cache_drop(cdbx_table *t);
 /* Searches of the cache (cdb_index_search / cdb_index_range_search); one that meets a damaged
  * cache file discards it, rebuilds the cache from the tables and searches again. */

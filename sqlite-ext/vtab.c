@@ -1574,7 +1574,7 @@ static int x_commit(sqlite3_vtab *vt) {
 
 /* Queues the rows touched since touched[from] for re-reading from the (rolled back) tables. */
 static int rollback_from(cdbx_table *t, int64_t from, int64_t seq) {
-  int rc = cdbx_cache_flush(t);
+  int rc = cdbx_cache_rollback_flush(t);
   for (int64_t i = from; rc == SQLITE_OK && i < t->touched.n; i++) {
     rc = cdbx_id_list_push(&t->resync, t->touched.ids[i]);
   }

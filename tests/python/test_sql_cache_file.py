@@ -253,3 +253,34 @@ def test_read_only_file_and_folder_write_nothing(tmp_path, ext_path):
         assert folder_state(folder) == before
     finally:
         os.chmod(folder, 0o755)
+
+
+def test_damaged_file_under_writes_and_rollbacks(tmp_path, ext_path):
+    """Writes to an index mapped from a damaged file (committed or rolled back, to a savepoint
+    or all of it) end with the right rows: the file is checked before any write reads it."""
+    path = tmp_path / "w.db"
+    truth, nlist = build_table(path, ext_path, 12000)
+    good = tmp_path / "good.idx"
+    shutil.copyfile(cache_of(path), good)
+    size = os.path.getsize(good)
+    extra = np.ones(16)
+    for step in ("rollback", "rollback-to", "commit"):
+        shutil.copyfile(good, cache_of(path))
+        flip(cache_of(path), size // 2)
+        db = connect(str(path), ext_path)
+        db.execute("BEGIN")
+        if step == "rollback-to":
+            db.execute("SAVEPOINT s")
+        db.execute("INSERT INTO v(rowid, embedding) VALUES (?, ?)", (99999, blob(extra)))
+        db.execute("DELETE FROM v WHERE rowid = 5")
+        db.execute({"rollback": "ROLLBACK", "rollback-to": "ROLLBACK TO s",
+                    "commit": "COMMIT"}[step])
+        if step == "rollback-to":
+            db.execute("COMMIT")
+        if step == "commit":
+            truth[99999] = extra
+            del truth[5]
+        for q in (extra, truth[6], truth[12000]):
+            check_knn(db, truth, q, 10, nlist)
+        db.execute("INSERT INTO v(v) VALUES('integrity-check')")
+        db.close()
