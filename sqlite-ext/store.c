@@ -357,10 +357,10 @@ static int index_error(cdbx_table *t, const char *what, const cdb_error *err) {
   return cdbx_table_error(t, "clip: %s: %s: %s", t->name, what, err->msg);
 }
 
-/* Pending changes go to the index in batches (FAISS removal costs a pass over the index, so one
- * pass per batch, not per row): removals first, then additions, which always came later. */
 static int ensure_intact(cdbx_table *t);
 
+/* Pending changes go to the index in batches (FAISS removal costs a pass over the index, so one
+ * pass per batch, not per row): removals first, then additions, which always came later. */
 int cdbx_cache_flush(cdbx_table *t) {
   cdb_error err = {{0}};
   int rc = t->pend_removes.n + t->pend_ids.n > 0 ? ensure_intact(t) : SQLITE_OK;
@@ -933,13 +933,17 @@ static int check_list_against_truth(void *ctx, size_t n, const int64_t *ids, con
     int found = 0;
     if (read_vector(t, ids[i], c->vec, &found) != SQLITE_OK)
       return cdb_error_set(err, "%s", t->base.zErrMsg ? t->base.zErrMsg : "reading a vector");
-    if (!found) return cdb_error_set(err, "it holds row %lld, which has no vector", (long long)ids[i]);
+    if (!found) {
+      return cdb_error_set(err, "it holds row %lld, which has no vector", (long long)ids[i]);
+    }
     for (int j = 0; c->exact && j < t->dims; j++) {
       if (!(fabsf(vecs[i * (size_t)t->dims + j] - c->vec[j]) <= 1e-5f))
         return cdb_error_set(err, "its vector of row %lld differs from the stored one",
                              (long long)ids[i]);
     }
-    if (cdbx_id_list_push(&c->seen, ids[i]) != SQLITE_OK) return cdb_error_set(err, "out of memory");
+    if (cdbx_id_list_push(&c->seen, ids[i]) != SQLITE_OK) {
+      return cdb_error_set(err, "out of memory");
+    }
   }
   return 0;
 }
@@ -977,28 +981,27 @@ static int compare_with_truth(cdbx_table *t, const char *what, int64_t n_vectors
   return rc;
 }
 
-/* The cache file for the committed snapshot, when there is one: all its checksums, then its
- * content (with the log replayed) against the truth. A damaged file is removed. */
+/* The cache file of the current snapshot, when there is one (another tag, or a header that
+ * cannot be read, is never used): all its checksums, then its content with the log replayed
+ * against the truth. A damaged file is removed. */
 static int check_cache_file(cdbx_table *t, int64_t n_vectors) {
   char *path = cache_path(t);
   uint64_t tag = 0;
   cdb_error err = {{0}};
-  int present = path && access(path, F_OK) == 0;
+  int current = path && cdb_index_file_generation(path, &tag, &err) == 0 && tag == t->file_tag;
   int rc = SQLITE_OK;
   cdb_index *file = NULL;
-  if (present && cdb_index_file_generation(path, &tag, &err) == 0 && tag == t->file_tag) {
+  if (current) {
     file = cdb_index_open_file_mmap(path, tag, &err);
     if (!file || cdb_index_verify(file, &err) != 0) {
       rc = cdbx_table_error(t, "the cache file is damaged: %s", err.msg);
     }
-  } else if (present && err.msg[0]) {
-    rc = cdbx_table_error(t, "the cache file is damaged: %s", err.msg);
   }
   cdb_index_free(file);
   if (rc != SQLITE_OK) {
     t->bad_file_tag = t->file_tag;
     cdbx_cache_file_remove(t);
-  } else if (present && tag == t->file_tag) {
+  } else if (current) {
     rc = load_full(t); /* maps the file just checked */
     if (rc == SQLITE_OK) rc = compare_with_truth(t, "the cache file", n_vectors);
   }
