@@ -4,6 +4,7 @@
 #include "faiss_ext.h"
 
 #include <atomic>
+#include <cstring>
 #include <exception>
 #include <memory>
 #include <stdexcept>
@@ -151,8 +152,9 @@ int cdbx_IndexIVF_list_get(const FaissIndexIVF* index, size_t list_no, idx_t* id
         }
         size_t n = ivf->invlists->list_size(list_no);
         faiss::InvertedLists::ScopedIds list_ids(ivf->invlists, list_no);
+        // Lists mapped from a cache file need not be 8-byte aligned: copy bytes.
+        std::memcpy(ids, list_ids.get(), n * sizeof(idx_t));
         for (size_t i = 0; i < n; i++) {
-            ids[i] = list_ids[i];
             ivf->reconstruct_from_offset(list_no, i, vectors + i * ivf->d);
         }
         return 0;
