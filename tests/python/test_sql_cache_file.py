@@ -140,6 +140,15 @@ def flip(path, pos):
         f.write(bytes([b[0] ^ 0x01]))
 
 
+def smash(path):
+    """Huge floats or made-up ids at three places in the list data."""
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        for pos in (size // 3, size // 2, 3 * size // 4):
+            f.seek(pos & ~7)
+            f.write(b"\x7f" * 8)
+
+
 def positions(size, nlist):
     trailer = 8 * nlist + 40  # list checksums, then the trailer's five fields
     return sorted({12, 40, 100, 300, size // 3, size // 2, size - size // 4,
@@ -193,11 +202,7 @@ def test_damage_found_after_the_file_was_mapped(tmp_path, ext_path):
     truth, nlist = build_table(path, ext_path, 12000)
     db = connect(str(path), ext_path)
     assert info(db)["mapped"]
-    size = os.path.getsize(cache_of(path))
-    with open(cache_of(path), "r+b") as f:  # in place: the mapping sees it
-        for pos in (size // 3, size // 2, 3 * size // 4):
-            f.seek(pos & ~7)
-            f.write(b"\x7f" * 8)  # a huge float or a made-up id
+    smash(cache_of(path))  # in place: the mapping sees it
     rng = np.random.default_rng(8)
     for q in [truth[r] for r in list(truth)[::500]] + list(rng.standard_normal((20, 16))):
         check_knn(db, truth, q, 10, nlist)
@@ -262,11 +267,10 @@ def test_damaged_file_under_writes_and_rollbacks(tmp_path, ext_path):
     truth, nlist = build_table(path, ext_path, 12000)
     good = tmp_path / "good.idx"
     shutil.copyfile(cache_of(path), good)
-    size = os.path.getsize(good)
     extra = np.ones(16)
     for step in ("rollback", "rollback-to", "commit"):
         shutil.copyfile(good, cache_of(path))
-        flip(cache_of(path), size // 2)
+        smash(cache_of(path))
         db = connect(str(path), ext_path)
         db.execute("BEGIN")
         if step == "rollback-to":
@@ -280,7 +284,8 @@ def test_damaged_file_under_writes_and_rollbacks(tmp_path, ext_path):
         if step == "commit":
             truth[99999] = extra
             del truth[5]
-        for q in (extra, truth[6], truth[12000]):
+        rng = np.random.default_rng(4)
+        for q in [extra, truth[6], truth[12000]] + list(rng.standard_normal((10, 16))):
             check_knn(db, truth, q, 10, nlist)
         db.execute("INSERT INTO v(v) VALUES('integrity-check')")
         db.close()
