@@ -320,10 +320,27 @@ int ivf_rebuild_idset(cdb_index *idx, cdb_error *err) {
   return 0;
 }
 
-/* Before a write: a mapped index is read into memory; the id set is built if missing. */
+int cdb_index_damaged(const cdb_index *idx) {
+  return idx->mapped && cdbx_IndexIVF_verify_lists(idx->ivf, 0) >= 0;
+}
+
+/* After reading a mapped index: -1 with err set when a list it read failed its checksum. */
+static int check_damage(const cdb_index *idx, int all, cdb_error *err) {
+  int64_t bad = idx->mapped ? cdbx_IndexIVF_verify_lists(idx->ivf, all) : -1;
+  return bad < 0 ? 0
+                 : cdb_error_set(err, "index: cache file damaged (inverted list %lld fails its "
+                                      "checksum)", (long long)bad);
+}
+
+int cdb_index_verify(const cdb_index *idx, cdb_error *err) { return check_damage(idx, 1, err); }
+
+/* Before a write: a mapped index is read into memory (every list checked first); the id set is
+ * built if missing. */
 int ivf_make_writable(cdb_index *idx, cdb_error *err) {
   if (idx->mapped) {
     FaissIndex *fi = NULL;
+    if (check_damage(idx, 1, err) < 0)
+      return -1;
     if (fseek(idx->mapped, idx->faiss_offset, SEEK_SET) != 0)
       return cdb_error_set(err, "index: cache file: seek failed: %s", strerror(errno));
     if (faiss_read_index(idx->mapped, 0, &fi))
@@ -630,6 +647,8 @@ int cdb_index_search(const cdb_index *idx, const float *query, int k, const cdb_
       faiss_IDSelector_free(plan.sel);
     free(plan.fctx.bits);
   }
+  if (rc == 0)
+    rc = check_damage(idx, 0, err);
   if (rc == 0) {
     int64_t n = count_found(labels, kk);
     memcpy(ids, labels, (size_t)n * sizeof *ids);
@@ -717,7 +736,7 @@ int cdb_index_range_search(const cdb_index *idx, const float *query, float min_s
     else if (cdbx_Index_range_search_with_params(idx->faiss, 1, q, nextafterf(min_sim, -INFINITY),
                                                  (FaissSearchParameters *)sp, rsr))
       rc = ivf_faiss_fail(err, "range search");
-    else
+    else if ((rc = check_damage(idx, 0, err)) == 0)
       rc = collect_range(rsr, ids, sims, n_found, err);
     if (sp)
       faiss_SearchParametersIVF_free(sp);
@@ -758,10 +777,11 @@ static int in_sample(int64_t id, double fraction) {
 }
 
 /* Walks every list of src, handing (ids, vectors) of each to fn. */
-typedef int (*list_fn)(void *ctx, size_t n, const int64_t *ids, const float *vecs,
-                       cdb_error *err);
+typedef cdb_index_scan_fn list_fn;
 
 static int for_each_list(const cdb_index *src, list_fn fn, void *ctx, cdb_error *err) {
+  if (check_damage(src, 1, err) < 0)
+    return -1;
   size_t cap = 0;
   int64_t *ids = NULL;
   float *vecs = NULL;
@@ -789,6 +809,10 @@ static int for_each_list(const cdb_index *src, list_fn fn, void *ctx, cdb_error 
   free(ids);
   free(vecs);
   return rc;
+}
+
+int cdb_index_scan(const cdb_index *idx, cdb_index_scan_fn fn, void *ctx, cdb_error *err) {
+  return for_each_list(idx, fn, ctx, err);
 }
 
 typedef struct sampler {

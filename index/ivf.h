@@ -150,6 +150,22 @@ int cdb_index_save_file(const cdb_index *idx, const char *path, uint64_t generat
                         cdb_error *err);
 cdb_index *cdb_index_open_file_mmap(const char *path, uint64_t expected_generation,
                                     cdb_error *err);
+/* A cache file carries an XXH64 checksum per inverted list and one over everything before the
+ * lists. The latter is checked at open; a list is checked the first time anything reads it (a
+ * search touches only the lists it probes, so opening stays cheap). A call that meets a damaged
+ * list fails ("cache file damaged") and cdb_index_damaged then returns 1: the caller discards
+ * the file and rebuilds the index from its own data. cdb_index_verify checks every list now
+ * (0, or -1 naming the first damaged list); both are no-ops on an index not mapped from a file.
+ * A mapped index checks every list before it is read into memory for a write. */
+int cdb_index_damaged(const cdb_index *idx);
+int cdb_index_verify(const cdb_index *idx, cdb_error *err);
+
+/* Visits every held item, list by list: fn gets n ids and their n x dim (decoded) vectors;
+ * returning non-zero (with err set) stops the walk with that error. */
+typedef int (*cdb_index_scan_fn)(void *ctx, size_t n, const int64_t *ids, const float *vecs,
+                                 cdb_error *err);
+int cdb_index_scan(const cdb_index *idx, cdb_index_scan_fn fn, void *ctx, cdb_error *err);
+
 /* Reads the generation a cache file is tagged with, without opening the index. */
 int cdb_index_file_generation(const char *path, uint64_t *generation, cdb_error *err);
 

@@ -89,7 +89,9 @@
  * Storage: shadow tables photos_config, photos_rows, photos_vectors, photos_changes and
  * photos_index hold everything; the in-memory FAISS index is a cache (see store.c). A trained
  * (IVF) index is also kept as a memory-mappable cold-start file "<db>-clip-<table>.idx" next to
- * the database (rebuilt when missing or stale; CLIPDB_INDEX_CACHE=0 turns it off). COMMIT
+ * the database (written only from committed state, checksummed, rebuilt when missing, stale or
+ * damaged; never written for a read-only or immutable database; CLIPDB_INDEX_CACHE=0 turns it
+ * off). 'integrity-check' also compares the cache file with the stored vectors. COMMIT
  * trains the index when it has grown enough (index/ivf.h policy) and then rewrites the snapshot;
  * otherwise a commit only appends to the tables. */
 #include "sqlite-ext/clipdb.h"

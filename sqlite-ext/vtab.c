@@ -808,7 +808,6 @@ static int knn_limits(cdbx_table *t, query_parts *q, int *k, int *nprobe, double
 static int run_search(cdbx_table *t, cdbx_cursor *c, int k, double max_dist) {
   cdb_filter filter = {c->allowed.ids, c->allowed.n, NULL, NULL};
   cdb_search_opts opts = {c->nprobe, c->filtered ? &filter : NULL};
-  cdb_error err = {{0}};
   free(c->ids);
   free(c->dist);
   c->ids = NULL;
@@ -819,15 +818,13 @@ static int run_search(cdbx_table *t, cdbx_cursor *c, int k, double max_dist) {
     c->dist = malloc(sizeof(float) * (size_t)k);
     int found = 0;
     if (!c->ids || !c->dist) return SQLITE_NOMEM;
-    if (cdb_index_search(t->index, c->query, k, &opts, c->ids, c->dist, &found, &err) != 0) {
-      return cdbx_table_error(t, "clip: %s: search: %s", t->name, err.msg);
-    }
+    int rc = cdbx_cache_search(t, c->query, k, &opts, c->ids, c->dist, &found);
+    if (rc != SQLITE_OK) return rc;
     c->n = found;
   } else {
-    if (cdb_index_range_search(t->index, c->query, (float)(1.0 - max_dist), &opts, &c->ids,
-                               &c->dist, &c->n, &err) != 0) {
-      return cdbx_table_error(t, "clip: %s: range search: %s", t->name, err.msg);
-    }
+    int rc = cdbx_cache_range_search(t, c->query, (float)(1.0 - max_dist), &opts, &c->ids,
+                                     &c->dist, &c->n);
+    if (rc != SQLITE_OK) return rc;
   }
   int64_t kept = 0;
   c->n_raw = c->n;
@@ -1577,7 +1574,7 @@ static int x_commit(sqlite3_vtab *vt) {
 
 /* Queues the rows touched since touched[from] for re-reading from the (rolled back) tables. */
 static int rollback_from(cdbx_table *t, int64_t from, int64_t seq) {
-  int rc = cdbx_cache_flush(t);
+  int rc = cdbx_cache_rollback_flush(t);
   for (int64_t i = from; rc == SQLITE_OK && i < t->touched.n; i++) {
     rc = cdbx_id_list_push(&t->resync, t->touched.ids[i]);
   }

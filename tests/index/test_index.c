@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "index/ivf.h"
@@ -393,6 +394,67 @@ Test(index, mmap_cache_file_round_trip) {
   unlink(path);
   cr_assert_null(cdb_index_open_file_mmap(path, 9, &err));
   cdb_index_free(mapped);
+  cdb_index_free(idx);
+  free(x);
+}
+
+/* Flips one byte of a cache file (in place). */
+static void flip_byte(const char *path, long pos) {
+  FILE *fp = fopen(path, "r+b");
+  cr_assert_not_null(fp);
+  cr_assert_eq(fseek(fp, pos, SEEK_SET), 0);
+  int c = fgetc(fp);
+  cr_assert_eq(fseek(fp, pos, SEEK_SET), 0);
+  fputc(c ^ 0x01, fp);
+  fclose(fp);
+}
+
+/* A damaged cache file is refused at open (header, quantizer, list sizes, checksums) or, for
+ * list data, by the first call that reads the damaged list: never answered from. */
+Test(index, damaged_cache_file_is_detected) {
+  int d = 16, n = 4000, nlist = 16;
+  float *x = td_clustered(n, d, 40, 0.8, 9);
+  cdb_index *idx = build("IVF16,Flat", x, n, d, 1);
+  cdb_error err = {{0}};
+  char path[] = "/tmp/clipdb-index-test-XXXXXX";
+  int fd = mkstemp(path);
+  cr_assert(fd >= 0);
+  close(fd);
+  cr_assert_eq(cdb_index_save_file(idx, path, 5, &err), 0, "%s", err.msg);
+  struct stat st;
+  cr_assert_eq(stat(path, &st), 0);
+  long size = (long)st.st_size, trailer = 8L * nlist + 40;
+  long list_data = size - trailer - (long)n * (d * 4 + 8);
+  long spots[] = {8, 16, 200, list_data - 1, list_data + 3, size / 2, size - trailer - 1,
+                  size - trailer, size - 8, size - 1};
+  for (size_t s = 0; s < sizeof spots / sizeof spots[0]; s++) {
+    cr_assert_eq(cdb_index_save_file(idx, path, 5, &err), 0, "%s", err.msg);
+    cdb_index *good = cdb_index_open_file_mmap(path, 5, &err);
+    cr_assert_not_null(good, "%s", err.msg);
+    cr_assert_eq(cdb_index_verify(good, &err), 0, "%s", err.msg);
+    cdb_index_free(good);
+    flip_byte(path, spots[s]);
+    cdb_index *mapped = cdb_index_open_file_mmap(path, 5, &err);
+    if (!mapped)
+      continue; /* refused at open */
+    cr_assert(spots[s] >= list_data && spots[s] < size - trailer, "byte %ld", spots[s]);
+    int failed = 0;
+    for (int q = 0; q < n && !failed; q += 50) {
+      int64_t got[K];
+      float gs[K];
+      int found = 0;
+      cdb_search_opts opts = {nlist, NULL};
+      failed = cdb_index_search(mapped, x + (size_t)q * d, K, &opts, got, gs, &found, &err) != 0;
+    }
+    cr_assert(failed, "damage at byte %ld was not found by a search over every list", spots[s]);
+    cr_assert(strstr(err.msg, "damaged"), "%s", err.msg);
+    cr_assert_eq(cdb_index_damaged(mapped), 1);
+    cr_assert_neq(cdb_index_verify(mapped, &err), 0);
+    int64_t id = 1;
+    cr_assert_neq(cdb_index_add(mapped, 1, &id, x, &err), 0); /* never read into memory */
+    cdb_index_free(mapped);
+  }
+  unlink(path);
   cdb_index_free(idx);
   free(x);
 }
