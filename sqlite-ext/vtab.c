@@ -370,6 +370,7 @@ static int init_table(sqlite3 *db, void *aux, int argc, const char *const *argv,
   t->conn = aux;
   t->schema = sqlite3_mprintf("%s", argv[1]);
   t->name = sqlite3_mprintf("%s", argv[2]);
+  t->or_column = CDBX_NO_COLUMN;
   table_args a = {0};
   a.autotrain = 1;
   int rc = t->schema && t->name ? parse_args(t, &a, argc, argv, errmsg) : SQLITE_NOMEM;
@@ -581,7 +582,9 @@ static void plan_filter(cdbx_table *t, sqlite3_index_info *info, plan_builder *b
     b->unusable = 1;
     return;
   }
-  if (!op || (!op_is_function(op) && !plain_collation(collation))) {
+  /* rowid is always an integer: no collation applies to it. */
+  if (op_is_function(op) || c->iColumn == -1) collation = NULL;
+  if (!op || (collation && !plain_collation(collation))) {
     b->inapplicable = 1;
     return;
   }
@@ -596,7 +599,7 @@ static void plan_filter(cdbx_table *t, sqlite3_index_info *info, plan_builder *b
               sqlite3_vtab_rhs_value(info, i, &rhs) == SQLITE_OK;
   if (c->iColumn == -1 && op == OP_EQ) b->rowid_eq = 1;
   b->n_filters++;
-  plan_use(info, b, i, ARG_FILTER, op, c->iColumn, op_is_function(op) ? NULL : collation, exact);
+  plan_use(info, b, i, ARG_FILTER, op, c->iColumn, collation, exact);
 }
 
 /* k and nprobe take one value: k = N. */
@@ -632,6 +635,36 @@ static void plan_constraint(cdbx_table *t, sqlite3_index_info *info, plan_builde
   } else if (is_filter_column(t, col)) {
     plan_filter(t, info, b, i);
   }
+}
+
+/* The query uses the MATCH column of this table (UPDATE reads every column). */
+static int match_used(const cdbx_table *t, const sqlite3_index_info *info) {
+  return column_used(info, COL_COMMAND(t)) && !every_column_used(t, info);
+}
+
+/* SQLite plans an OR term one disjunct at a time, after the plans of the whole WHERE clause,
+ * calling xBestIndex with only that disjunct's constraints: a call without MATCH from a query
+ * that uses MATCH and k (UPDATE reads every column). An OR of equalities on one column SQLite
+ * also hands the KNN plan as IN, so only other ORs would be applied after the cut. */
+static int or_after_cut(cdbx_table *t, const sqlite3_index_info *info, const plan_builder *b) {
+  if (b->has_match) {
+    t->or_column = CDBX_NO_COLUMN;
+    return 0;
+  }
+  if (!match_used(t, info) || !column_used(info, COL_K(t))) return 0;
+  const struct sqlite3_index_constraint *c = NULL;
+  int n_filters = 0;
+  for (int i = 0; i < info->nConstraint; i++) {
+    if (is_filter_column(t, info->aConstraint[i].iColumn)) {
+      c = &info->aConstraint[i];
+      n_filters++;
+    }
+  }
+  if (!c) return 0;
+  int equality = n_filters == 1 && c->op == SQLITE_INDEX_CONSTRAINT_EQ &&
+                 (t->or_column == CDBX_NO_COLUMN || t->or_column == c->iColumn);
+  t->or_column = c->iColumn;
+  return !equality;
 }
 
 static int plan_error(cdbx_table *t, const plan_builder *b) {
@@ -676,17 +709,14 @@ static int x_best_index(sqlite3_vtab *vt, sqlite3_index_info *info) {
     return SQLITE_NOMEM;
   }
   char *idx_str = sqlite3_str_finish(b.idx); /* NULL when no constraint was used */
-  /* The query uses MATCH and k but SQLite hands this plan no MATCH: MATCH or one of the
-   * table's conditions sits in an OR, which SQLite would apply after the cut. (UPDATE reads
-   * every column.) */
-  int match_elsewhere = !b.has_match && column_used(info, COL_COMMAND(t)) &&
-                        !every_column_used(t, info);
   int rc = SQLITE_OK;
-  if (b.bad_k || (match_elsewhere && column_used(info, COL_K(t))) ||
+  if (b.bad_k || or_after_cut(t, info, &b) ||
       (b.has_match && b.has_k && b.inapplicable && !b.unusable)) {
     rc = plan_error(t, &b);
   } else if (b.match_unusable || (b.has_match && b.has_k && b.unusable)) {
     rc = SQLITE_CONSTRAINT; /* another plan hands the values from the other tables */
+  } else if (!b.has_match && match_used(t, info)) {
+    rc = SQLITE_CONSTRAINT; /* SQLite cannot evaluate MATCH itself */
   }
   if (rc != SQLITE_OK) {
     sqlite3_free(idx_str);
