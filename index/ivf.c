@@ -974,8 +974,12 @@ int cdb_index_needs_rebalance(const cdb_index *idx) {
   if (idx->nlist <= 1 || idx->trained_at == 0)
     return 0;
   int64_t n = cdb_index_count(idx);
+  /* The factor cannot exceed nlist: small indexes get a lower bar. */
+  double most = (double)idx->nlist / 2 < 1.5 ? 1.5 : (double)idx->nlist / 2;
+  if (most > CDB_INDEX_MAX_IMBALANCE)
+    most = CDB_INDEX_MAX_IMBALANCE;
   return n * CDB_INDEX_RETRAIN_GROWTH <= idx->trained_at || n < 39LL * (int64_t)idx->nlist / 4 ||
-         imbalance(idx) > CDB_INDEX_MAX_IMBALANCE;
+         imbalance(idx) > most;
 }
 
 int cdb_index_rebalance(cdb_index *idx, cdb_error *err) {

@@ -118,7 +118,8 @@ cdb_index *cdb_index_train_copy(const cdb_index *idx, cdb_error *err);
 
 /* A trained index whose lists no longer fit its vectors: shrunk CDB_INDEX_RETRAIN_GROWTH-fold
  * since training, lists holding under ~10 vectors on average, or an imbalance factor
- * (nlist * sum(list size^2) / n^2) above CDB_INDEX_MAX_IMBALANCE. cdb_index_rebalance retrains
+ * (nlist * sum(list size^2) / n^2) above CDB_INDEX_MAX_IMBALANCE (nlist/2 for nlist < 8, at
+ * least 1.5). cdb_index_rebalance retrains
  * it for its current size, or returns it to the exact (untrained) state when too few vectors
  * remain to train (39 per list). */
 int cdb_index_needs_rebalance(const cdb_index *idx);

@@ -83,9 +83,11 @@
  *   this); for the k nearest among rows another table selects, write
  *   rowid IN (SELECT id FROM m WHERE ...). A condition SQLite would apply only after the cut is
  *   an error rather than fewer rows: another OR over the table's columns, a distance test other
- *   than < / <=, k given as k > N or k IN (...), a collation named other than [A-Za-z0-9_].
+ *   than < / <=, k given as k > N or k IN (...), a collation named other than [A-Za-z0-9_],
+ *   != or IS NOT on a column declared with a collation (SQLite does not say which applies).
  *   SQLite hands virtual tables no expression over a column (lower(album) = 'x', LIKE with
- *   ESCAPE, an OR mixing such terms) and nothing to a table placed left of a CROSS JOIN from the
+ *   ESCAPE, album COLLATE NOCASE != 'x': write album != 'x' COLLATE NOCASE), no OR with such a
+ *   term or with rowid IS NULL, and nothing to a table placed left of a CROSS JOIN from the
  *   tables right of it: such conditions filter the k rows afterwards; put them in
  *   rowid IN (SELECT rowid FROM t WHERE ...) or use ORDER BY distance LIMIT N without k, whose
  *   growing search applies every condition before the LIMIT.

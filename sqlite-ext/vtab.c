@@ -533,6 +533,21 @@ static int column_is_numeric(const cdbx_table *t, int col) {
   return numeric;
 }
 
+/* Whether a user column declares a collation other than BINARY ("name TEXT COLLATE NOCASE"). */
+static int declares_collation(const cdbx_table *t, int col) {
+  if (col < COL_USER0) return 0;
+  const char *type = t->user_types[col - COL_USER0];
+  for (const char *p = type; *p; p++) {
+    if ((p == type || isspace((unsigned char)p[-1])) && sqlite3_strnicmp(p, "COLLATE", 7) == 0 &&
+        isspace((unsigned char)p[7])) {
+      const char *name = p + 7;
+      while (isspace((unsigned char)*name)) name++;
+      return sqlite3_strnicmp(name, "BINARY", 6) != 0 || isalnum((unsigned char)name[6]);
+    }
+  }
+  return 0;
+}
+
 static int is_filter_column(const cdbx_table *t, int col) {
   return col == -1 || col == COL_IMAGE || col == COL_TEXT ||
          (col >= COL_USER0 && col < COL_DISTANCE(t));
@@ -584,7 +599,11 @@ static void plan_filter(cdbx_table *t, sqlite3_index_info *info, plan_builder *b
   }
   /* rowid is always an integer: no collation applies to it. */
   if (op_is_function(op) || c->iColumn == -1) collation = NULL;
-  if (!op || (collation && !plain_collation(collation))) {
+  /* For != and IS NOT SQLite reports only a COLLATE written in the query (BINARY otherwise),
+   * so BINARY on a column declared with another collation is ambiguous: SQLite applies it. */
+  int ambiguous = (op == OP_NE || op == OP_ISNOT) && declares_collation(t, c->iColumn) &&
+                  sqlite3_stricmp(collation, "BINARY") == 0;
+  if (!op || ambiguous || (collation && !plain_collation(collation))) {
     b->inapplicable = 1;
     return;
   }
@@ -652,16 +671,18 @@ static int or_after_cut(cdbx_table *t, const sqlite3_index_info *info, const pla
     return 0;
   }
   if (!match_used(t, info) || !column_used(info, COL_K(t))) return 0;
-  const struct sqlite3_index_constraint *c = NULL;
-  int n_filters = 0;
+  int n_filters = 0, at = -1;
   for (int i = 0; i < info->nConstraint; i++) {
     if (is_filter_column(t, info->aConstraint[i].iColumn)) {
-      c = &info->aConstraint[i];
+      at = i;
       n_filters++;
     }
   }
-  if (!c) return 0;
+  if (at < 0) return 0;
+  const struct sqlite3_index_constraint *c = &info->aConstraint[at];
+  /* sqlite3_vtab_in(): an IN disjunct, which SQLite does not merge into one IN. */
   int equality = n_filters == 1 && c->op == SQLITE_INDEX_CONSTRAINT_EQ &&
+                 !sqlite3_vtab_in((sqlite3_index_info *)info, at, -1) &&
                  (t->or_column == CDBX_NO_COLUMN || t->or_column == c->iColumn);
   t->or_column = c->iColumn;
   return !equality;
@@ -715,8 +736,6 @@ static int x_best_index(sqlite3_vtab *vt, sqlite3_index_info *info) {
     rc = plan_error(t, &b);
   } else if (b.match_unusable || (b.has_match && b.has_k && b.unusable)) {
     rc = SQLITE_CONSTRAINT; /* another plan hands the values from the other tables */
-  } else if (!b.has_match && match_used(t, info)) {
-    rc = SQLITE_CONSTRAINT; /* SQLite cannot evaluate MATCH itself */
   }
   if (rc != SQLITE_OK) {
     sqlite3_free(idx_str);
@@ -725,6 +744,9 @@ static int x_best_index(sqlite3_vtab *vt, sqlite3_index_info *info) {
   info->idxStr = idx_str;
   info->needToFreeIdxStr = 1;
   plan_costs(t, info, &b);
+  /* SQLite cannot evaluate MATCH itself: never the plan to pick (refusing it would stop SQLite
+   * from showing the OR's other disjuncts to or_after_cut). */
+  if (!b.has_match && match_used(t, info)) info->estimatedCost = 1e300;
   return SQLITE_OK;
 }
 
