@@ -99,8 +99,8 @@ typedef struct cdb_search_opts {
 } cdb_search_opts;
 
 /* Top-k for one query: writes up to k (id, similarity) pairs best first; *n_found gets how
- * many (fewer than k only when fewer than k (allowed) items exist, or, unfiltered, when the
- * probed lists hold fewer than k). opts may be NULL. */
+ * many (fewer than k only when fewer than k (allowed) items exist: while the probed lists hold
+ * fewer, nprobe is widened x4 up to every list, with or without a filter). opts may be NULL. */
 int cdb_index_search(const cdb_index *idx, const float *query, int k, const cdb_search_opts *opts,
                      int64_t *ids, float *sims, int *n_found, cdb_error *err);
 
