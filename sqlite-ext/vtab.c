@@ -576,7 +576,8 @@ static int plain_collation(const char *name) {
 typedef struct plan_builder {
   sqlite3_str *idx;
   int argc;
-  int has_match, match_unusable, has_k, bad_k, unusable, inapplicable, rowid_eq, n_filters;
+  int has_match, match_unusable, has_k, bad_k, unusable, unusable_arg, inapplicable, rowid_eq;
+  int n_filters;
 } plan_builder;
 
 static void plan_use(sqlite3_index_info *info, plan_builder *b, int i, char kind, int op, int col,
@@ -626,7 +627,7 @@ static void plan_parameter(sqlite3_index_info *info, plan_builder *b, int i, cha
   const struct sqlite3_index_constraint *c = &info->aConstraint[i];
   int equality = c->op == SQLITE_INDEX_CONSTRAINT_EQ && !sqlite3_vtab_in(info, i, -1);
   if (!equality) b->bad_k = kind;
-  else if (!c->usable) b->unusable = 1;
+  else if (!c->usable) b->unusable_arg = 1;
   else plan_use(info, b, i, kind, OP_EQ, c->iColumn, NULL, 1);
 }
 
@@ -649,7 +650,7 @@ static void plan_constraint(cdbx_table *t, sqlite3_index_info *info, plan_builde
   } else if (col == COL_DISTANCE(t)) {
     int op = filter_op_of(c->op);
     if (op != OP_LT && op != OP_LE) b->inapplicable = 1; /* SQLite checks it on the rows */
-    else if (!c->usable) b->unusable = 1;
+    else if (!c->usable) b->unusable_arg = 1;
     else plan_use(info, b, i, ARG_DISTANCE, op, col, NULL, 1);
   } else if (is_filter_column(t, col)) {
     plan_filter(t, info, b, i);
@@ -723,7 +724,7 @@ static void plan_costs(cdbx_table *t, sqlite3_index_info *info, const plan_build
 
 static int x_best_index(sqlite3_vtab *vt, sqlite3_index_info *info) {
   cdbx_table *t = (cdbx_table *)vt;
-  plan_builder b = {sqlite3_str_new(NULL), 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  plan_builder b = {sqlite3_str_new(NULL), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
   for (int i = 0; i < info->nConstraint; i++) plan_constraint(t, info, &b, i);
   if (sqlite3_str_errcode(b.idx) != SQLITE_OK) {
     sqlite3_free(sqlite3_str_finish(b.idx));
@@ -732,9 +733,9 @@ static int x_best_index(sqlite3_vtab *vt, sqlite3_index_info *info) {
   char *idx_str = sqlite3_str_finish(b.idx); /* NULL when no constraint was used */
   int rc = SQLITE_OK;
   if (b.bad_k || or_after_cut(t, info, &b) ||
-      (b.has_match && b.has_k && b.inapplicable && !b.unusable)) {
+      (b.has_match && b.has_k && b.inapplicable && !b.unusable && !b.unusable_arg)) {
     rc = plan_error(t, &b);
-  } else if (b.match_unusable || (b.has_match && b.has_k && b.unusable)) {
+  } else if (b.match_unusable || (b.has_match && (b.unusable_arg || (b.has_k && b.unusable)))) {
     rc = SQLITE_CONSTRAINT; /* another plan hands the values from the other tables */
   }
   if (rc != SQLITE_OK) {
