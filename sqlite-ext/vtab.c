@@ -576,8 +576,8 @@ static int plain_collation(const char *name) {
 typedef struct plan_builder {
   sqlite3_str *idx;
   int argc;
-  int has_match, match_unusable, has_k, bad_k, unusable, unusable_arg, inapplicable, rowid_eq;
-  int n_filters;
+  int has_match, match_unusable, has_k, bad_k, unusable, unusable_arg, rowid_eq, n_filters;
+  const char *inapplicable; /* why a constraint cannot be applied by the table, or NULL */
 } plan_builder;
 
 static void plan_use(sqlite3_index_info *info, plan_builder *b, int i, char kind, int op, int col,
@@ -605,7 +605,10 @@ static void plan_filter(cdbx_table *t, sqlite3_index_info *info, plan_builder *b
   int ambiguous = (op == OP_NE || op == OP_ISNOT) && declares_collation(t, c->iColumn) &&
                   sqlite3_stricmp(collation, "BINARY") == 0;
   if (!op || ambiguous || (collation && !plain_collation(collation))) {
-    b->inapplicable = 1;
+    b->inapplicable = !op        ? "an operator the table cannot apply"
+                      : ambiguous ? "!= or IS NOT on a column declared with a collation (SQLite "
+                                    "does not tell which collation applies)"
+                                  : "a collation whose name is not plain letters, digits and _";
     return;
   }
   if (op == OP_EQ && sqlite3_vtab_in(info, i, -1)) {
@@ -649,7 +652,7 @@ static void plan_constraint(cdbx_table *t, sqlite3_index_info *info, plan_builde
     plan_parameter(info, b, i, ARG_NPROBE);
   } else if (col == COL_DISTANCE(t)) {
     int op = filter_op_of(c->op);
-    if (op != OP_LT && op != OP_LE) b->inapplicable = 1; /* SQLite checks it on the rows */
+    if (op != OP_LT && op != OP_LE) b->inapplicable = "a distance test other than < or <=";
     else if (!c->usable) b->unusable_arg = 1;
     else plan_use(info, b, i, ARG_DISTANCE, op, col, NULL, 1);
   } else if (is_filter_column(t, col)) {
@@ -695,11 +698,11 @@ static int plan_error(cdbx_table *t, const plan_builder *b) {
                             b->bad_k == ARG_K ? "k" : "nprobe", b->bad_k == ARG_K ? "k" : "nprobe");
   }
   return cdbx_table_error(
-      t, "clip: %s: a condition on %s cannot be applied before the k nearest rows are chosen (an "
-         "OR over its columns, a comparison of distance other than < or <=, or a collation or "
-         "operator the table cannot apply), so fewer than k rows would come back; move it into "
-         "rowid IN (SELECT rowid FROM %s WHERE ...), or use ORDER BY distance LIMIT N instead "
-         "of k", t->name, t->name, t->name);
+      t, "clip: %s: a condition on %s cannot be applied before the k nearest rows are chosen (%s), "
+         "so fewer than k rows would come back; move it into rowid IN (SELECT rowid FROM %s WHERE "
+         "...), or use ORDER BY distance LIMIT N instead of k", t->name, t->name,
+      b->inapplicable ? b->inapplicable
+                      : "an OR over its columns other than equalities on one column", t->name);
 }
 
 static void plan_costs(cdbx_table *t, sqlite3_index_info *info, const plan_builder *b) {
@@ -724,7 +727,7 @@ static void plan_costs(cdbx_table *t, sqlite3_index_info *info, const plan_build
 
 static int x_best_index(sqlite3_vtab *vt, sqlite3_index_info *info) {
   cdbx_table *t = (cdbx_table *)vt;
-  plan_builder b = {sqlite3_str_new(NULL), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  plan_builder b = {sqlite3_str_new(NULL), 0, 0, 0, 0, 0, 0, 0, 0, 0, NULL};
   for (int i = 0; i < info->nConstraint; i++) plan_constraint(t, info, &b, i);
   if (sqlite3_str_errcode(b.idx) != SQLITE_OK) {
     sqlite3_free(sqlite3_str_finish(b.idx));
