@@ -1024,10 +1024,10 @@ static int query_vector(cdbx_table *t, sqlite3_value *v, float *out) {
                  : cdbx_embed_image_value(m, v, out, &err);
     if (rc == 0) return SQLITE_OK;
     if (type == SQLITE_BLOB) {
-      return cdbx_table_error(t, "clip: %s: MATCH query: a BLOB of %d bytes is neither an embedding of "
-                                 "this table (%d float32 values: %d bytes) nor a readable image "
-                                 "(%s)", t->name, sqlite3_value_bytes(v), t->dims, t->dims * 4,
-                              err.msg);
+      return cdbx_table_error(t, "clip: %s: MATCH query: a BLOB of %d bytes is neither an "
+                                 "embedding of this table (%d float32 values: %d bytes) nor a "
+                                 "readable image (%s)", t->name, sqlite3_value_bytes(v), t->dims,
+                              t->dims * 4, err.msg);
     }
   }
   return cdbx_table_error(t, "clip: %s: MATCH query: %s", t->name, err.msg);
