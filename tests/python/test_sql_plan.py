@@ -179,7 +179,8 @@ def collated(db):
 @pytest.mark.parametrize("where", [
     "album = 'beach' COLLATE NOCASE", "name = 'alice' COLLATE BINARY",
     "album < 'b' COLLATE NOCASE", "name = 'alice'", "name > 'b'", "album = 'Beach  ' COLLATE RTRIM",
-    "album COLLATE NOCASE IN ('beach', 'x')", "name IN ('ALICE')", "name COLLATE BINARY IN ('alice')",
+    "album COLLATE NOCASE IN ('beach', 'x')", "name IN ('ALICE')",
+    "name COLLATE BINARY IN ('alice')",
 ])
 def test_collations_apply_in_scans_and_knn(db, collated, where):
     expected = collated.rows(where)
