@@ -42,6 +42,7 @@
 #define CDB_INDEX_MAX_K 1000000      /* k outside 1..CDB_INDEX_MAX_K is an error */
 #define CDB_INDEX_TRAIN_MIN 10000    /* "auto": exact below this many vectors */
 #define CDB_INDEX_RETRAIN_GROWTH 4   /* retrain after growing this many times */
+#define CDB_INDEX_MAX_IMBALANCE 4.0  /* list imbalance factor 'optimize' tolerates */
 
 typedef struct cdb_index cdb_index;
 
@@ -98,8 +99,8 @@ typedef struct cdb_search_opts {
 } cdb_search_opts;
 
 /* Top-k for one query: writes up to k (id, similarity) pairs best first; *n_found gets how
- * many (fewer than k only when fewer than k (allowed) items exist, or, unfiltered, when the
- * probed lists hold fewer than k). opts may be NULL. */
+ * many (fewer than k only when fewer than k (allowed) items exist: while the probed lists hold
+ * fewer, nprobe is widened x4 up to every list, with or without a filter). opts may be NULL. */
 int cdb_index_search(const cdb_index *idx, const float *query, int k, const cdb_search_opts *opts,
                      int64_t *ids, float *sims, int *n_found, cdb_error *err);
 
@@ -114,6 +115,15 @@ int cdb_index_range_search(const cdb_index *idx, const float *query, float min_s
 int cdb_index_needs_training(const cdb_index *idx);
 int cdb_index_train(cdb_index *idx, cdb_error *err);
 cdb_index *cdb_index_train_copy(const cdb_index *idx, cdb_error *err);
+
+/* A trained index whose lists no longer fit its vectors: shrunk CDB_INDEX_RETRAIN_GROWTH-fold
+ * since training, lists holding under ~10 vectors on average, or an imbalance factor
+ * (nlist * sum(list size^2) / n^2) above CDB_INDEX_MAX_IMBALANCE (nlist/2 for nlist < 8, at
+ * least 1.5). cdb_index_rebalance retrains
+ * it for its current size, or returns it to the exact (untrained) state when too few vectors
+ * remain to train (39 per list). */
+int cdb_index_needs_rebalance(const cdb_index *idx);
+int cdb_index_rebalance(cdb_index *idx, cdb_error *err);
 
 /* Description for `info`. */
 typedef struct cdb_index_info {

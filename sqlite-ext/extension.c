@@ -71,15 +71,35 @@
  *   ... AND distance < 0.7   -- with k: drops farther rows; without k: a range search
  *   Without k the search grows as rows are read (SQLite 3.40 does not hand LIMIT to a MATCH
  *   query), so LIMIT/OFFSET and ORDER BY distance work; k = N is the fastest form.
- *   Filters: =, <, <=, >, >=, !=, IN, BETWEEN, LIKE, GLOB, IS on rowid, image, text and user
- *   columns narrow the candidates before the top-k cut (k rows come back when k match).
+ *   What k means: the k nearest rows among those that satisfy every condition on the table
+ *   that SQLite hands it, applied before the cut (k rows come back when k exist):
+ *   =, <, <=, >, >=, !=, IN (a list or a subquery), BETWEEN, LIKE, GLOB, REGEXP, IS, IS NOT,
+ *   IS NULL, IS NOT NULL on rowid, image, text and user columns, with the collation SQLite
+ *   compares with (declared or an explicit COLLATE), and an OR of equalities on one column
+ *   (SQLite turns it into IN). k, nprobe take one value (k = N); distance with k: < or <=.
+ *   In a join, a condition whose value comes from another table (ON m.id = t.rowid, AND
+ *   t.album = m.name) is applied the same way: the table is searched once per combination of
+ *   those values, so k applies per row of the other tables (every plan SQLite may choose does
+ *   this); for the k nearest among rows another table selects, write
+ *   rowid IN (SELECT id FROM m WHERE ...). A condition SQLite would apply only after the cut is
+ *   an error rather than fewer rows: another OR over the table's columns, a distance test other
+ *   than < / <=, k given as k > N or k IN (...), a collation named other than [A-Za-z0-9_],
+ *   != or IS NOT on a column declared with a collation (SQLite does not say which applies).
+ *   SQLite hands virtual tables no expression over a column (lower(album) = 'x', LIKE with
+ *   ESCAPE, album COLLATE NOCASE != 'x': write album != 'x' COLLATE NOCASE), no OR with such a
+ *   term or with rowid IS NULL, and nothing to a table placed left of a CROSS JOIN from the
+ *   tables right of it: such conditions filter the k rows afterwards; put them in
+ *   rowid IN (SELECT rowid FROM t WHERE ...) or use ORDER BY distance LIMIT N without k, whose
+ *   growing search applies every condition before the LIMIT.
  *   :q is TEXT (embedded with the table's model), a BLOB of dims float32 values (an
  *   embedding), or another BLOB (image bytes).
  *   SELECT * FROM clip_search('photos', :q [, k [, nprobe]]) -- rowid, distance, image, text,
  *     embedding, metadata (JSON object of the user columns); k defaults to 10
  *
  *   INSERT INTO photos(photos) VALUES('train' | 'rebuild' | 'optimize' | 'integrity-check');
- *     train: (re)train the IVF index now; optimize: train if it has grown enough, compact the log;
+ *     train: (re)train the IVF index now; optimize: train if it has grown enough, or retrain
+ *     it for its size when its lists no longer fit (most rows deleted, lists unbalanced; back to
+ *     exact search when too few rows remain to train), and compact the log;
  *     integrity-check: rows and vectors match, vectors normalised, the index holds exactly them;
  *     rebuild: reload the index from the vectors, dropping vectors whose row was deleted from
  *     photos_rows directly and embedding again (from the stored image or text) rows whose vector

@@ -867,6 +867,17 @@ static int train(cdbx_table *t) {
   return rc;
 }
 
+/* Lists that no longer fit the vectors (most rows deleted, unbalanced): retrained for the
+ * current size, or back to exact search when too few rows remain to train. */
+static int rebalance(cdbx_table *t) {
+  int rc = cdbx_cache_flush(t);
+  cdb_error err = {{0}};
+  if (rc == SQLITE_OK && cdb_index_rebalance(t->index, &err) != 0) {
+    rc = index_error(t, "rebalancing the index", &err);
+  }
+  return rc;
+}
+
 static int wants_training(const cdbx_table *t) {
   return sqlite3_stricmp(t->index_type, "flat") != 0 && cdb_index_needs_training(t->index);
 }
@@ -1067,6 +1078,8 @@ int cdbx_command(cdbx_table *t, const char *cmd) {
     rc = cdbx_cache_fresh(t);
     int trainable = sqlite3_stricmp(t->index_type, "flat") != 0; /* flat: nothing to train */
     if (rc == SQLITE_OK && trainable && (cmd[0] == 't' || wants_training(t))) rc = train(t);
+    else if (rc == SQLITE_OK && cmd[0] == 'o' && cdb_index_needs_rebalance(t->index))
+      rc = rebalance(t);
     return rc == SQLITE_OK ? compact(t) : rc;
   }
   return cdbx_table_error(t, "clip: unknown command \"%s\" (expected 'train', 'rebuild', "

@@ -101,7 +101,13 @@ struct cdbx_table {
   int64_t embedded_rows; /* rows those calls embedded */
 
   sqlite3_stmt *stmts[ST_COUNT];
+
+  /* Query planning (vtab.c): the column of the OR term whose disjuncts SQLite is planning one
+   * by one after a KNN plan (CDBX_NO_COLUMN: none yet). */
+  int or_column;
 };
+
+#define CDBX_NO_COLUMN (-2)
 
 /* store.c */
 int cdbx_store_create(cdbx_table *t, char **errmsg);

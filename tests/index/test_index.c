@@ -1,6 +1,6 @@
 /* test_index.c: the collection index (index/ivf.h) against brute-force references: exact mode,
  * IVF recall, filters, remove/replace, serialisation (pieces and mmap cache file), retraining,
- * range search and bad inputs. */
+ * rebalancing, range search and bad inputs. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -497,6 +497,49 @@ Test(index, retrain_after_growth_keeps_results_correct) {
   cdb_index_free(fresh);
   cdb_index_free(idx);
   free(ids);
+  free(x);
+}
+
+/* Most vectors removed from a trained index: a search still returns k while k exist, and
+ * rebalancing returns it to exact search (too few left to train its 16 lists). */
+Test(index, shrunk_index_returns_k_and_rebalances) {
+  int d = 16, n = 2000, keep = 30;
+  float *x = td_clustered(n + 1, d, 40, 0.5, 11);
+  const float *q = x + (size_t)n * d;
+  cdb_error err = {{0}};
+  cdb_index *idx = build("IVF16,Flat", x, n, d, 1);
+  cr_assert(!cdb_index_needs_rebalance(idx));
+  int64_t *gone = malloc((size_t)n * sizeof *gone);
+  unsigned char *allowed = calloc((size_t)n, 1);
+  int64_t n_gone = 0;
+  for (int64_t i = 0; i < n; i++) {
+    if (i % (n / keep) == 0) allowed[i] = 1;
+    else gone[n_gone++] = i;
+  }
+  cr_assert_eq(cdb_index_remove(idx, n_gone, gone, NULL, &err), 0, "%s", err.msg);
+  int64_t truth[K], got[K];
+  float tsims[K], gsims[K];
+  int found = 0;
+  cdb_search_opts one = {1, NULL};
+  search_ok(idx, q, K, &one, got, gsims, &found);
+  cr_assert_eq(found, K);
+  cr_assert(cdb_index_needs_rebalance(idx));
+  cr_assert_eq(cdb_index_rebalance(idx, &err), 0, "%s", err.msg);
+  cdb_index_info info;
+  cdb_index_get_info(idx, &info);
+  cr_assert_str_eq(info.kind, "flat");
+  cr_assert_eq(info.count, n - n_gone);
+  cr_assert_eq(info.trained_at_count, 0);
+  cr_assert(!cdb_index_needs_rebalance(idx));
+  td_brute_topk(x, n, d, q, K, allowed, truth, tsims);
+  search_ok(idx, q, K, &one, got, gsims, &found);
+  cr_assert_eq(found, K);
+  for (int i = 0; i < K; i++)
+    cr_assert_eq(got[i], truth[i], "rank %d: %lld vs %lld", i, (long long)got[i],
+                 (long long)truth[i]);
+  cdb_index_free(idx);
+  free(gone);
+  free(allowed);
   free(x);
 }
 
