@@ -98,10 +98,14 @@ int cdbx_register_functions(sqlite3 *db, cdbx_conn *conn);
 const sqlite3_module *cdbx_vtab_module(void);
 int cdbx_register_search(sqlite3 *db, cdbx_conn *conn);
 
-/* Open clip table of this connection by name (case-insensitive), or NULL. */
-cdbx_table *cdbx_conn_find_table(cdbx_conn *conn, const char *name);
-/* The same, connecting the table first when this connection has not used it yet. */
+/* Open clip table of this connection by schema and name (case-insensitive), or NULL. */
+cdbx_table *cdbx_conn_find_table(cdbx_conn *conn, const char *schema, const char *name);
+/* The clip table a name given to a SQL function means, resolved as SQLite resolves table names
+ * ("schema.table", or temp, main, then attached schemas in order), connecting it first when this
+ * connection has not used it yet; NULL when that name is not a clip table. */
 cdbx_table *cdbx_conn_open_table(sqlite3 *db, cdbx_conn *conn, const char *name);
 int cdbx_table_user_columns(const cdbx_table *t, const char *const **names);
+const char *cdbx_table_schema(const cdbx_table *t);
+const char *cdbx_table_name(const cdbx_table *t);
 
 #endif

@@ -295,29 +295,87 @@ static void conn_remove_table(cdbx_table *t) {
   }
 }
 
-cdbx_table *cdbx_conn_find_table(cdbx_conn *conn, const char *name) {
+cdbx_table *cdbx_conn_find_table(cdbx_conn *conn, const char *schema, const char *name) {
   for (cdbx_table *t = conn->tables; t; t = t->next_in_conn) {
-    if (sqlite3_stricmp(t->name, name) == 0) return t;
+    if (sqlite3_stricmp(t->schema, schema) == 0 && sqlite3_stricmp(t->name, name) == 0) return t;
   }
   return NULL;
 }
 
-cdbx_table *cdbx_conn_open_table(sqlite3 *db, cdbx_conn *conn, const char *name) {
-  cdbx_table *t = cdbx_conn_find_table(conn, name);
-  if (t) return t;
-  /* Preparing a statement on the table makes SQLite connect it (xConnect registers it). */
-  char *sql = sqlite3_mprintf("SELECT 1 FROM \"%w\" WHERE 0", name);
+/* Whether schema holds a table or view named `name` (SQLite compares names case-insensitively). */
+static int schema_has(sqlite3 *db, const char *schema, const char *name) {
+  char *sql = sqlite3_mprintf("SELECT 1 FROM \"%w\".sqlite_master WHERE type IN ('table', 'view') "
+                              "AND name = ?1 COLLATE NOCASE", schema);
   sqlite3_stmt *st = NULL;
-  if (sql && sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK)
-    t = cdbx_conn_find_table(conn, name);
+  int found = sql && sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK &&
+              sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC) == SQLITE_OK &&
+              sqlite3_step(st) == SQLITE_ROW;
   sqlite3_finalize(st);
   sqlite3_free(sql);
+  return found;
+}
+
+/* The schema an SQL statement would find `name` in, as SQLite resolves an unqualified name:
+ * temp first, then main, then the attached databases in the order they were attached.
+ * A "schema.table" name whose prefix is an attached schema names that schema's table.
+ * *table points into name. Returns a sqlite3_malloc'd schema name, or NULL. */
+static char *resolve_schema(sqlite3 *db, const char *name, const char **table) {
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(db, "SELECT name FROM pragma_database_list "
+                             "ORDER BY CASE seq WHEN 1 THEN -1 ELSE seq END", -1, &st,
+                         NULL) != SQLITE_OK) {
+    return NULL;
+  }
+  char *found = NULL, *unqualified = NULL;
+  const char *dot = strchr(name, '.');
+  while (!found && sqlite3_step(st) == SQLITE_ROW) {
+    const char *schema = (const char *)sqlite3_column_text(st, 0);
+    size_t n = strlen(schema);
+    if (dot && (size_t)(dot - name) == n && sqlite3_strnicmp(name, schema, (int)n) == 0 &&
+        schema_has(db, schema, dot + 1)) {
+      found = sqlite3_mprintf("%s", schema);
+      *table = dot + 1;
+    } else if (!unqualified && schema_has(db, schema, name)) {
+      unqualified = sqlite3_mprintf("%s", schema);
+    }
+  }
+  sqlite3_finalize(st);
+  if (found) {
+    sqlite3_free(unqualified);
+    return found;
+  }
+  *table = name;
+  return unqualified;
+}
+
+cdbx_table *cdbx_conn_open_table(sqlite3 *db, cdbx_conn *conn, const char *name) {
+  const char *table = name;
+  char *schema = resolve_schema(db, name, &table);
+  if (!schema) return NULL;
+  /* Preparing a statement on the table connects it when this connection has not used it yet
+   * (xConnect registers it), and lets SQLite finish disconnecting tables of detached schemas. */
+  char *sql = sqlite3_mprintf("SELECT 1 FROM \"%w\".\"%w\" WHERE 0", schema, table);
+  sqlite3_stmt *st = NULL;
+  cdbx_table *t = NULL;
+  if (sql && sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK)
+    t = cdbx_conn_find_table(conn, schema, table);
+  sqlite3_finalize(st);
+  sqlite3_free(sql);
+  sqlite3_free(schema);
   return t;
 }
 
 int cdbx_table_user_columns(const cdbx_table *t, const char *const **names) {
   *names = (const char *const *)t->user_names;
   return t->n_user;
+}
+
+const char *cdbx_table_schema(const cdbx_table *t) {
+  return t->schema;
+}
+
+const char *cdbx_table_name(const cdbx_table *t) {
+  return t->name;
 }
 
 /* Sets dims, model name and identity for a new table from its options. */
