@@ -99,13 +99,28 @@ static int parse_option(table_args *a, const char *key, const char *value, char 
   return SQLITE_ERROR;
 }
 
-static int is_reserved(const cdbx_table *t, const char *name) {
+static int is_column_word(const char *name) {
   static const char *const reserved[] = {"image", "text", "embedding", "distance", "k",
                                          "nprobe", "rowid", "oid", "_rowid_"};
   for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++) {
     if (sqlite3_stricmp(name, reserved[i]) == 0) return 1;
   }
-  return sqlite3_stricmp(name, t->name) == 0;
+  return 0;
+}
+
+static int is_reserved(const cdbx_table *t, const char *name) {
+  return is_column_word(name) || sqlite3_stricmp(name, t->name) == 0;
+}
+
+/* The table's hidden command column is named like the table, so a table cannot be named like
+ * another of its columns (its declaration would fail, leaving a table no statement can use). */
+static char *table_name_error(const cdbx_table *t, const char *name) {
+  int user = 0;
+  for (int i = 0; i < t->n_user && !user; i++) user = sqlite3_stricmp(name, t->user_names[i]) == 0;
+  if (!user && !is_column_word(name)) return NULL;
+  return sqlite3_mprintf("clip: a clip table cannot be named \"%s\": that is the name of %s "
+                         "column (image, text, embedding, distance, k, nprobe, rowid and the "
+                         "user columns are reserved)", name, user ? "a user" : "a built-in");
 }
 
 static int valid_type(const char *type) {
@@ -431,6 +446,8 @@ static int init_table(sqlite3 *db, void *aux, int argc, const char *const *argv,
   table_args a = {0};
   a.autotrain = 1;
   int rc = t->schema && t->name ? parse_args(t, &a, argc, argv, errmsg) : SQLITE_NOMEM;
+  if (rc == SQLITE_OK && create && (*errmsg = table_name_error(t, t->name)) != NULL)
+    rc = SQLITE_ERROR;
   if (rc == SQLITE_OK && create) {
     t->index_type = sqlite3_mprintf("%s", a.index_type ? a.index_type : "auto");
     t->nlist = a.nlist;
@@ -1696,6 +1713,12 @@ static int x_rollback_to(sqlite3_vtab *vt, int i) {
 
 static int x_rename(sqlite3_vtab *vt, const char *to) {
   cdbx_table *t = (cdbx_table *)vt;
+  char *refused = table_name_error(t, to);
+  if (refused) {
+    sqlite3_free(t->base.zErrMsg);
+    t->base.zErrMsg = refused;
+    return SQLITE_ERROR;
+  }
   int rc = cdbx_pending_flush(t);
   if (rc == SQLITE_OK) rc = cdbx_store_rename(t, to);
   if (rc != SQLITE_OK) return rc;
