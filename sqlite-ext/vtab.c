@@ -37,7 +37,26 @@ typedef struct table_args {
   char *index_type;
   int nlist, nprobe;
   int autotrain; /* 1 (default): COMMIT trains when the index policy says so */
+  unsigned given; /* bit i: option_names[i] was given */
+  int creating;   /* CREATE VIRTUAL TABLE (not connecting a table created earlier) */
 } table_args;
+
+static const char *const option_names[] = {"model", "index", "dims", "autotrain", "nlist",
+                                           "nprobe"};
+
+/* An option given twice (dims=4, dims=8) is refused at CREATE rather than the last one winning
+ * (tables created before this check still connect). */
+static int check_option_once(table_args *a, const char *key, char **errmsg) {
+  for (unsigned i = 0; i < sizeof option_names / sizeof option_names[0]; i++) {
+    if (sqlite3_stricmp(key, option_names[i]) != 0) continue;
+    if ((a->given & (1u << i)) && a->creating) {
+      *errmsg = sqlite3_mprintf("clip: option %s= is given more than once", option_names[i]);
+      return SQLITE_ERROR;
+    }
+    a->given |= 1u << i;
+  }
+  return SQLITE_OK;
+}
 
 static int parse_int_option(const char *key, const char *value, int lo, int hi, int *out,
                             char **errmsg) {
@@ -53,6 +72,7 @@ static int parse_int_option(const char *key, const char *value, int lo, int hi, 
 }
 
 static int parse_option(table_args *a, const char *key, const char *value, char **errmsg) {
+  if (check_option_once(a, key, errmsg) != SQLITE_OK) return SQLITE_ERROR;
   if (sqlite3_stricmp(key, "model") == 0) {
     if (!value[0]) {
       *errmsg = sqlite3_mprintf("clip: option model= is empty (omit it for the default model)");
@@ -128,6 +148,35 @@ static int valid_type(const char *type) {
     if (!isalnum((unsigned char)*p) && !strchr(" _()+-", *p)) return 0;
   }
   return 1;
+}
+
+/* A declared type may carry COLLATE name, but no constraint: the table would not apply them
+ * (DEFAULT, CHECK, UNIQUE, NOT NULL, ...), so a new table refuses them. */
+static char *type_constraint_error(const char *column, const char *type) {
+  static const char *const constraints[] = {
+      "CONSTRAINT", "PRIMARY", "KEY", "NOT", "NULL", "UNIQUE", "CHECK", "DEFAULT",
+      "REFERENCES", "GENERATED", "AS", "ALWAYS", "STORED", "VIRTUAL", "HIDDEN",
+      "AUTOINCREMENT", "ON", "CONFLICT", "ASC", "DESC"};
+  int depth = 0;
+  for (const char *p = type; *p;) {
+    if (*p == '(' || *p == ')') depth += *p++ == '(' ? 1 : -1;
+    if (!isalnum((unsigned char)*p) && *p != '_') {
+      if (*p) p++;
+      continue;
+    }
+    const char *w = p;
+    while (isalnum((unsigned char)*p) || *p == '_') p++;
+    if (depth > 0) continue;
+    for (size_t i = 0; i < sizeof constraints / sizeof constraints[0]; i++) {
+      if ((size_t)(p - w) == strlen(constraints[i]) &&
+          sqlite3_strnicmp(w, constraints[i], (int)(p - w)) == 0) {
+        return sqlite3_mprintf("clip: column \"%s\": column constraints are not supported "
+                               "(found %.*s); declare only a type name and optionally COLLATE",
+                               column, (int)(p - w), w);
+      }
+    }
+  }
+  return NULL;
 }
 
 /* "name [type]": the name may be quoted; the type is a plain SQL type name. */
@@ -445,9 +494,14 @@ static int init_table(sqlite3 *db, void *aux, int argc, const char *const *argv,
   t->name = sqlite3_mprintf("%s", argv[2]);
   table_args a = {0};
   a.autotrain = 1;
+  a.creating = create;
   int rc = t->schema && t->name ? parse_args(t, &a, argc, argv, errmsg) : SQLITE_NOMEM;
   if (rc == SQLITE_OK && create && (*errmsg = table_name_error(t, t->name)) != NULL)
     rc = SQLITE_ERROR;
+  for (int i = 0; rc == SQLITE_OK && create && i < t->n_user; i++) {
+    if ((*errmsg = type_constraint_error(t->user_names[i], t->user_types[i])) != NULL)
+      rc = SQLITE_ERROR;
+  }
   if (rc == SQLITE_OK && create) {
     t->index_type = sqlite3_mprintf("%s", a.index_type ? a.index_type : "auto");
     t->nlist = a.nlist;
