@@ -1643,6 +1643,18 @@ static int update_row(cdbx_table *t, sqlite3_value *old_v, sqlite3_value *new_v,
   return rc;
 }
 
+/* A command row carries only the command: values in other columns would be silently lost. */
+static int command_alone(cdbx_table *t, int argc, sqlite3_value **argv) {
+  for (int i = 1; i < argc; i++) {
+    if (i != 2 + COL_COMMAND(t) && sqlite3_value_type(argv[i]) != SQLITE_NULL) {
+      return cdbx_table_error(t, "clip: %s: a command (INSERT INTO %s(%s) VALUES(...)) sets no "
+                                 "other column; insert rows in a separate statement",
+                              t->name, t->name, t->name);
+    }
+  }
+  return SQLITE_OK;
+}
+
 static int run_command(cdbx_table *t, sqlite3_value *cmd) {
   if (sqlite3_value_type(cmd) != SQLITE_TEXT) {
     return cdbx_table_error(t, "clip: %s: a command must be TEXT ('train', 'rebuild', "
@@ -1662,7 +1674,8 @@ static int x_update(sqlite3_vtab *vt, int argc, sqlite3_value **argv, sqlite3_in
     rc = rowid_arg(t, argv[0], &id);
     if (rc == SQLITE_OK) rc = delete_row(t, id);
   } else if (is_insert && sqlite3_value_type(argv[2 + COL_COMMAND(t)]) != SQLITE_NULL) {
-    rc = cdbx_pending_flush(t);
+    rc = command_alone(t, argc, argv);
+    if (rc == SQLITE_OK) rc = cdbx_pending_flush(t);
     if (rc == SQLITE_OK) rc = run_command(t, argv[2 + COL_COMMAND(t)]);
     is_insert = 0;
   } else if (is_insert) {
