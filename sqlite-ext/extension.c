@@ -94,6 +94,7 @@
  * otherwise a commit only appends to the tables. */
 #include "sqlite-ext/clipdb.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -106,19 +107,49 @@ SQLITE_EXTENSION_INIT1
 
 #include "sqlite-ext/internal.h"
 
-/* The connection context lives as long as the `clip` module (until sqlite3_close). */
+/* The connection context lives as long as the `clip` module (until sqlite3_close). Loading the
+ * extension again on a connection re-registers everything with the same context (so models
+ * registered with clip_model() stay): each registration of the module holds one reference. */
+static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
+static cdbx_conn *conns;
+
 static void conn_free(void *p) {
   cdbx_conn *conn = p;
   if (!conn) return;
+  pthread_mutex_lock(&conns_lock);
+  int last = --conn->refs == 0;
+  for (cdbx_conn **pc = &conns; last && *pc; pc = &(*pc)->next_conn) {
+    if (*pc == conn) {
+      *pc = conn->next_conn;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&conns_lock);
+  if (!last) return;
   cdbx_conn_free_models(conn);
   free(conn);
 }
 
+/* The context of db, created on first registration; one more reference either way. */
+static cdbx_conn *conn_acquire(sqlite3 *db) {
+  pthread_mutex_lock(&conns_lock);
+  cdbx_conn *conn = conns;
+  while (conn && conn->db != db) conn = conn->next_conn;
+  if (!conn && (conn = calloc(1, sizeof *conn)) != NULL) {
+    conn->db = db;
+    conn->next_conn = conns;
+    conns = conn;
+  }
+  if (conn) conn->refs++;
+  pthread_mutex_unlock(&conns_lock);
+  return conn;
+}
+
 static int register_all(sqlite3 *db, char **errmsg) {
-  cdbx_conn *conn = calloc(1, sizeof *conn);
+  cdbx_conn *conn = conn_acquire(db);
   if (!conn) return SQLITE_NOMEM;
-  conn->db = db;
-  /* The `clip` module owns conn (SQLite calls conn_free even when registration fails). */
+  /* The `clip` module owns one reference (SQLite calls conn_free even when registration fails,
+   * and when a later registration replaces this one). */
   int rc = sqlite3_create_module_v2(db, "clip", cdbx_vtab_module(), conn, conn_free);
   if (rc == SQLITE_OK) rc = cdbx_register_search(db, conn);
   if (rc == SQLITE_OK) rc = cdbx_register_functions(db, conn);

@@ -54,6 +54,8 @@ typedef struct cdbx_conn {
   sqlite3 *db;
   cdbx_model_entry *models;
   cdbx_table *tables; /* open clip tables of this connection (for clip_search) */
+  int refs;           /* registrations of the extension on db holding this context */
+  struct cdbx_conn *next_conn;
 } cdbx_conn;
 
 /* ---- models.c ---- */
