@@ -72,6 +72,9 @@ int cdbx_conn_register_model(cdbx_conn *conn, const char *name, const char *path
                              clip_model **out, cdb_error *err);
 void cdbx_conn_free_models(cdbx_conn *conn);
 
+/* Every encoder output is checked before use: a damaged model (NaN/huge weights) must give an
+ * error, never a NaN vector. rows vectors of clip_model_dim floats. */
+int cdbx_check_embeddings(const clip_model *model, const float *v, int rows, cdb_error *err);
 /* Embeds one text (non-empty UTF-8) or one image given as a SQL value: BLOB bytes, or TEXT
  * naming a file or an http(s) URL. out gets clip_model_dim floats. */
 int cdbx_embed_text(clip_model *model, const char *text, int len, float *out, cdb_error *err);

@@ -1215,7 +1215,8 @@ int cdbx_pending_flush(cdbx_table *t) {
   cdb_error err = {{0}};
   int rc = SQLITE_OK, written = 0;
   if (p->n_images > 0) {
-    if (clip_embed_pixels(t->model, p->pixels, p->n_images, out, &err) != 0) {
+    if (clip_embed_pixels(t->model, p->pixels, p->n_images, out, &err) != 0 ||
+        cdbx_check_embeddings(t->model, out, p->n_images, &err) != 0) {
       rc = flush_error(t, p->n_images, "images", &err);
     } else {
       t->embed_batches++;
@@ -1225,7 +1226,8 @@ int cdbx_pending_flush(cdbx_table *t) {
     }
   }
   if (rc == SQLITE_OK && p->n_texts > 0) {
-    if (clip_embed_texts(t->model, (const char *const *)p->texts, p->n_texts, out, &err) != 0) {
+    if (clip_embed_texts(t->model, (const char *const *)p->texts, p->n_texts, out, &err) != 0 ||
+        cdbx_check_embeddings(t->model, out, p->n_texts, &err) != 0) {
       rc = flush_error(t, p->n_texts, "texts", &err);
     } else {
       t->embed_batches++;
