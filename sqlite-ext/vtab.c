@@ -1598,6 +1598,37 @@ static int changed(sqlite3_value *v) {
   return !sqlite3_value_nochange(v);
 }
 
+/* Whether rowid's stored vector is the embedding of its stored text (up to float noise from
+ * batching) rather than one the user supplied: a text edit re-embeds only the former, since a
+ * supplied embedding wins over the text. Without a model or a text the vector was supplied. */
+static int vector_from_text(cdbx_table *t, int64_t rowid, sqlite3_value *text, int *from_text) {
+  *from_text = 0;
+  if (!t->model_name || sqlite3_value_type(text) != SQLITE_TEXT) return SQLITE_OK;
+  clip_model *m = table_model(t);
+  if (!m) return SQLITE_ERROR;
+  float *mine = malloc(sizeof(float) * (size_t)t->dims);
+  if (!mine) return SQLITE_NOMEM;
+  cdb_error err = {{0}};
+  int rc = cdbx_embed_text(m, (const char *)sqlite3_value_text(text), sqlite3_value_bytes(text),
+                           mine, &err) == 0 &&
+                   cdbx_vec_normalize(mine, t->dims, "text embedding", &err) == 0
+               ? SQLITE_OK
+               : cdbx_table_error(t, "clip: %s: row %lld: %s", t->name, (long long)rowid,
+                                  err.msg);
+  sqlite3_stmt *st = rc == SQLITE_OK ? cdbx_stmt(t, ST_GET_VECTOR) : NULL;
+  if (st) {
+    sqlite3_bind_int64(st, 1, rowid);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_bytes(st, 0) == t->dims * 4) {
+      *from_text = cdbx_vec_dot(mine, sqlite3_column_blob(st, 0), t->dims) > 1.0 - 1e-4;
+    }
+    sqlite3_reset(st);
+  } else if (rc == SQLITE_OK) {
+    rc = SQLITE_ERROR;
+  }
+  free(mine);
+  return rc;
+}
+
 static int update_row(cdbx_table *t, sqlite3_value *old_v, sqlite3_value *new_v,
                       sqlite3_value **cols) {
   int64_t old_id = 0, new_id = 0;
@@ -1617,10 +1648,14 @@ static int update_row(cdbx_table *t, sqlite3_value *old_v, sqlite3_value *new_v,
     if (rc == SQLITE_OK) {
       if (!image_changed) image = old_image;
       if (!text_changed) text = old_text;
-      /* A text edit re-embeds only rows whose vector came from their text. */
-      if (!emb_changed && !image_changed && sqlite3_value_type(old_image) != SQLITE_NULL) {
-        reembed = 0;
-      }
+    }
+    /* A text edit re-embeds only rows whose vector came from their text (not from their image,
+     * not supplied as an embedding). */
+    if (rc == SQLITE_OK && !emb_changed && !image_changed) {
+      int from_text = 0;
+      if (sqlite3_value_type(old_image) == SQLITE_NULL)
+        rc = vector_from_text(t, old_id, old_text, &from_text);
+      reembed = from_text;
     }
   }
   row_source src = {0};
