@@ -274,6 +274,11 @@ static int declare(cdbx_table *t) {
   int rc = sqlite3_declare_vtab(t->db, sql);
   sqlite3_free(sql);
   if (rc == SQLITE_OK) rc = sqlite3_vtab_config(t->db, SQLITE_VTAB_CONSTRAINT_SUPPORT, 1);
+  /* Writing a path or URL into image reads that file or fetches that URL, so a trigger or view
+   * stored in a database file must not reach the table (as for a DIRECTONLY function). SQLite
+   * tells a virtual table nothing about where a write comes from, so the whole table is
+   * direct-only: schema triggers and views may not use it at all, and no trigger may write it. */
+  if (rc == SQLITE_OK) rc = sqlite3_vtab_config(t->db, SQLITE_VTAB_DIRECTONLY);
   return rc;
 }
 
