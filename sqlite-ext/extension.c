@@ -26,9 +26,12 @@
  *     (image: image bytes / path / URL, or an embedding BLOB of the model's dims; default model)
  *   clip_model(name, path)                 -> TEXT   registers a model directory under a name for
  *                                                     this connection ('default' replaces the
- *                                                     default); returns JSON {name, path, dims,
+ *                                                     default; loading the extension again keeps
+ *                                                     it); returns JSON {name, path, dims,
  *                                                     identity}
  *   clip_version()                         -> TEXT
+ *   (a table argument is resolved as SQL resolves a table name: 'aux.photos' is the table of schema
+ *    aux; an unqualified name is looked up in temp, then main, then attached schemas in order)
  *   clip_index_info(table)                 -> TEXT   JSON of the live index: kind ("flat"/"ivf"),
  *                                                     factory, nlist, nprobe, count, mapped;
  *                                                     embed_batches, embedded_rows: encoder calls
@@ -43,15 +46,27 @@
  *             nlist=N, nprobe=N  index parameters (0/omitted: chosen from the size)
  *             autotrain=on|off   on (default): COMMIT trains the IVF index when it has grown
  *                          enough (the first time at 10,000 rows); off: only 'train' does
+ *             each option at most once
  *   columns:  image      BLOB image bytes or TEXT file path / URL, stored as given
  *             text       TEXT
  *             embedding  float32 BLOB: read it, or write it to store a precomputed vector
- *             user columns as declared (name [type])
+ *             user columns as declared (name [type] [COLLATE collation]; constraints such as
+ *             NOT NULL, DEFAULT, UNIQUE, CHECK are refused: the table would not apply them)
  *   hidden:   distance (1 - cosine, in KNN queries), k, nprobe, and a column named like the table
- *             (the MATCH operand and the command column)
+ *             (the MATCH operand and the command column); so a table cannot be named (CREATE
+ *             or ALTER TABLE RENAME) like any of its columns: image, text, embedding, distance,
+ *             k, nprobe, rowid or a user column
  *   Inserting a row with image embeds the image, with only text embeds the text; a non-NULL
- *   embedding wins over both. UPDATE re-embeds when image or text change. Stored embeddings are
- *   normalised.
+ *   embedding wins over both. UPDATE re-embeds when the image changes, or the embedding is set
+ *   (NULL: from the image or text); a text change re-embeds only a row whose vector came from
+ *   its text (a supplied embedding is kept). Stored embeddings are normalised; an encoder output
+ *   that is not finite (a damaged model) is an error, never stored or returned.
+ *   Direct use only: writing a path or URL into image reads that file or fetches that URL, so
+ *   the table is SQLITE_VTAB_DIRECTONLY, like clip_embed_image: triggers and views stored in a
+ *   database file cannot use it ("unsafe use of virtual table"), and no trigger may write it.
+ *   SQLite tells a virtual table nothing about where a write comes from, so this covers the
+ *   whole table, BLOB bytes and reads included; the application's statements and its TEMP
+ *   views use it as usual (clip_search works anywhere: its query only embeds, never fetches).
  *   Batched embedding: an INSERT/UPDATE checks and preprocesses its image (fetch, decode,
  *   resize) or text (UTF-8, tokenizing) at once, so a bad one fails that statement and changes
  *   nothing, writes the row, and queues the input; the encoder then runs once per 32 images /
@@ -79,6 +94,7 @@
  *     embedding, metadata (JSON object of the user columns); k defaults to 10
  *
  *   INSERT INTO photos(photos) VALUES('train' | 'rebuild' | 'optimize' | 'integrity-check');
+ *     (a command row sets no other column)
  *     train: (re)train the IVF index now; optimize: train if it has grown enough, compact the log;
  *     integrity-check: rows and vectors match, vectors normalised, the index holds exactly them;
  *     rebuild: reload the index from the vectors, dropping vectors whose row was deleted from
