@@ -195,7 +195,7 @@ def test_option_given_twice_is_refused(ext_path, tmp_path, options):
 
 @pytest.mark.parametrize("columns,values", [("t, text", "'optimize', 'x'"),
                                             ("t, a", "'optimize', 'x'"),
-                                            ("t, rowid", "'train', 5"),
+                                            ("t, rowid", "'optimize', 5"),
                                             ("t, embedding", "'rebuild', x'0000803f00000000'")])
 def test_command_with_other_columns_is_refused(ext_path, tmp_path, columns, values):
     db = connect(tmp_path / "t.db", ext_path)
