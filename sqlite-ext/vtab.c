@@ -159,9 +159,9 @@ static char *type_constraint_error(const char *column, const char *type) {
       "AUTOINCREMENT", "ON", "CONFLICT", "ASC", "DESC"};
   int depth = 0;
   for (const char *p = type; *p;) {
-    if (*p == '(' || *p == ')') depth += *p++ == '(' ? 1 : -1;
     if (!isalnum((unsigned char)*p) && *p != '_') {
-      if (*p) p++;
+      depth += *p == '(' ? 1 : *p == ')' ? -1 : 0;
+      p++;
       continue;
     }
     const char *w = p;
