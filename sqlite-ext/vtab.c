@@ -396,14 +396,13 @@ static char *resolve_schema(sqlite3 *db, const char *name, const char **table) {
     return NULL;
   }
   char *found = NULL, *unqualified = NULL;
-  const char *dot = strchr(name, '.');
   while (!found && sqlite3_step(st) == SQLITE_ROW) {
     const char *schema = (const char *)sqlite3_column_text(st, 0);
     size_t n = strlen(schema);
-    if (dot && (size_t)(dot - name) == n && sqlite3_strnicmp(name, schema, (int)n) == 0 &&
-        schema_has(db, schema, dot + 1)) {
+    if (strlen(name) > n && name[n] == '.' && sqlite3_strnicmp(name, schema, (int)n) == 0 &&
+        schema_has(db, schema, name + n + 1)) {
       found = sqlite3_mprintf("%s", schema);
-      *table = dot + 1;
+      *table = name + n + 1;
     } else if (!unqualified && schema_has(db, schema, name)) {
       unqualified = sqlite3_mprintf("%s", schema);
     }

@@ -114,6 +114,17 @@ def test_unqualified_name_only_in_attached_schemas_takes_the_first(ext_path, tmp
     db.close()
 
 
+def test_schema_name_with_a_dot(ext_path, tmp_path):
+    db = connect(tmp_path / "main.db", ext_path)
+    fill(db, "main", "c", {1: [1, 0, 0]})
+    db.execute('ATTACH ? AS "x.y"', (str(tmp_path / "xy.db"),))
+    fill(db, '"x.y"', "c", {5: [0, 1, 0], 6: [0, 0, 1]})
+    assert index_count(db, "x.y.photos") == 2
+    assert [r for r, _ in search(db, "x.y.photos", vec(0, 0, 1), 2)] == [6, 5]
+    check_resolves_like_sqlite(db, "photos", "main", "c")
+    db.close()
+
+
 def test_name_of_an_ordinary_table_is_not_a_clip_table(ext_path, tmp_path):
     """temp.photos (ordinary) hides main.photos (clip) from an unqualified name, as in SQL."""
     db = connect(tmp_path / "main.db", ext_path)
