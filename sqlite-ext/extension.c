@@ -26,9 +26,12 @@
  *     (image: image bytes / path / URL, or an embedding BLOB of the model's dims; default model)
  *   clip_model(name, path)                 -> TEXT   registers a model directory under a name for
  *                                                     this connection ('default' replaces the
- *                                                     default); returns JSON {name, path, dims,
+ *                                                     default; loading the extension again keeps
+ *                                                     it); returns JSON {name, path, dims,
  *                                                     identity}
  *   clip_version()                         -> TEXT
+ *   (a table argument is resolved as SQL resolves a table name: 'aux.photos' is the table of schema
+ *    aux; an unqualified name is looked up in temp, then main, then attached schemas in order)
  *   clip_index_info(table)                 -> TEXT   JSON of the live index: kind ("flat"/"ivf"),
  *                                                     factory, nlist, nprobe, count, mapped;
  *                                                     embed_batches, embedded_rows: encoder calls
@@ -43,15 +46,27 @@
  *             nlist=N, nprobe=N  index parameters (0/omitted: chosen from the size)
  *             autotrain=on|off   on (default): COMMIT trains the IVF index when it has grown
  *                          enough (the first time at 10,000 rows); off: only 'train' does
+ *             each option at most once
  *   columns:  image      BLOB image bytes or TEXT file path / URL, stored as given
  *             text       TEXT
  *             embedding  float32 BLOB: read it, or write it to store a precomputed vector
- *             user columns as declared (name [type])
+ *             user columns as declared (name [type] [COLLATE collation]; constraints such as
+ *             NOT NULL, DEFAULT, UNIQUE, CHECK are refused: the table would not apply them)
  *   hidden:   distance (1 - cosine, in KNN queries), k, nprobe, and a column named like the table
- *             (the MATCH operand and the command column)
+ *             (the MATCH operand and the command column); so a table cannot be named (CREATE
+ *             or ALTER TABLE RENAME) like any of its columns: image, text, embedding, distance,
+ *             k, nprobe, rowid or a user column
  *   Inserting a row with image embeds the image, with only text embeds the text; a non-NULL
- *   embedding wins over both. UPDATE re-embeds when image or text change. Stored embeddings are
- *   normalised.
+ *   embedding wins over both. UPDATE re-embeds when the image changes, or the embedding is set
+ *   (NULL: from the image or text); a text change re-embeds only a row whose vector came from
+ *   its text (a supplied embedding is kept). Stored embeddings are normalised; an encoder output
+ *   that is not finite (a damaged model) is an error, never stored or returned.
+ *   Direct use only: writing a path or URL into image reads that file or fetches that URL, so
+ *   the table is SQLITE_VTAB_DIRECTONLY, like clip_embed_image: triggers and views stored in a
+ *   database file cannot use it ("unsafe use of virtual table"), and no trigger may write it.
+ *   SQLite tells a virtual table nothing about where a write comes from, so this covers the
+ *   whole table, BLOB bytes and reads included; the application's statements and its TEMP
+ *   views use it as usual (clip_search works anywhere: its query only embeds, never fetches).
  *   Batched embedding: an INSERT/UPDATE checks and preprocesses its image (fetch, decode,
  *   resize) or text (UTF-8, tokenizing) at once, so a bad one fails that statement and changes
  *   nothing, writes the row, and queues the input; the encoder then runs once per 32 images /
@@ -97,6 +112,7 @@
  *     embedding, metadata (JSON object of the user columns); k defaults to 10
  *
  *   INSERT INTO photos(photos) VALUES('train' | 'rebuild' | 'optimize' | 'integrity-check');
+ *     (a command row sets no other column)
  *     train: (re)train the IVF index now; optimize: train if it has grown enough, or retrain
  *     it for its size when its lists no longer fit (most rows deleted, lists unbalanced; back to
  *     exact search when too few rows remain to train), and compact the log;
@@ -116,6 +132,7 @@
  * otherwise a commit only appends to the tables. */
 #include "sqlite-ext/clipdb.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -128,19 +145,49 @@ SQLITE_EXTENSION_INIT1
 
 #include "sqlite-ext/internal.h"
 
-/* The connection context lives as long as the `clip` module (until sqlite3_close). */
+/* The connection context lives as long as the `clip` module (until sqlite3_close). Loading the
+ * extension again on a connection re-registers everything with the same context (so models
+ * registered with clip_model() stay): each registration of the module holds one reference. */
+static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
+static cdbx_conn *conns;
+
 static void conn_free(void *p) {
   cdbx_conn *conn = p;
   if (!conn) return;
+  pthread_mutex_lock(&conns_lock);
+  int last = --conn->refs == 0;
+  for (cdbx_conn **pc = &conns; last && *pc; pc = &(*pc)->next_conn) {
+    if (*pc == conn) {
+      *pc = conn->next_conn;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&conns_lock);
+  if (!last) return;
   cdbx_conn_free_models(conn);
   free(conn);
 }
 
+/* The context of db, created on first registration; one more reference either way. */
+static cdbx_conn *conn_acquire(sqlite3 *db) {
+  pthread_mutex_lock(&conns_lock);
+  cdbx_conn *conn = conns;
+  while (conn && conn->db != db) conn = conn->next_conn;
+  if (!conn && (conn = calloc(1, sizeof *conn)) != NULL) {
+    conn->db = db;
+    conn->next_conn = conns;
+    conns = conn;
+  }
+  if (conn) conn->refs++;
+  pthread_mutex_unlock(&conns_lock);
+  return conn;
+}
+
 static int register_all(sqlite3 *db, char **errmsg) {
-  cdbx_conn *conn = calloc(1, sizeof *conn);
+  cdbx_conn *conn = conn_acquire(db);
   if (!conn) return SQLITE_NOMEM;
-  conn->db = db;
-  /* The `clip` module owns conn (SQLite calls conn_free even when registration fails). */
+  /* The `clip` module owns one reference (SQLite calls conn_free even when registration fails,
+   * and when a later registration replaces this one). */
   int rc = sqlite3_create_module_v2(db, "clip", cdbx_vtab_module(), conn, conn_free);
   if (rc == SQLITE_OK) rc = cdbx_register_search(db, conn);
   if (rc == SQLITE_OK) rc = cdbx_register_functions(db, conn);

@@ -37,7 +37,26 @@ typedef struct table_args {
   char *index_type;
   int nlist, nprobe;
   int autotrain; /* 1 (default): COMMIT trains when the index policy says so */
+  unsigned given; /* bit i: option_names[i] was given */
+  int creating;   /* CREATE VIRTUAL TABLE (not connecting a table created earlier) */
 } table_args;
+
+static const char *const option_names[] = {"model", "index", "dims", "autotrain", "nlist",
+                                           "nprobe"};
+
+/* An option given twice (dims=4, dims=8) is refused at CREATE rather than the last one winning
+ * (tables created before this check still connect). */
+static int check_option_once(table_args *a, const char *key, char **errmsg) {
+  for (unsigned i = 0; i < sizeof option_names / sizeof option_names[0]; i++) {
+    if (sqlite3_stricmp(key, option_names[i]) != 0) continue;
+    if ((a->given & (1u << i)) && a->creating) {
+      *errmsg = sqlite3_mprintf("clip: option %s= is given more than once", option_names[i]);
+      return SQLITE_ERROR;
+    }
+    a->given |= 1u << i;
+  }
+  return SQLITE_OK;
+}
 
 static int parse_int_option(const char *key, const char *value, int lo, int hi, int *out,
                             char **errmsg) {
@@ -53,6 +72,7 @@ static int parse_int_option(const char *key, const char *value, int lo, int hi, 
 }
 
 static int parse_option(table_args *a, const char *key, const char *value, char **errmsg) {
+  if (check_option_once(a, key, errmsg) != SQLITE_OK) return SQLITE_ERROR;
   if (sqlite3_stricmp(key, "model") == 0) {
     if (!value[0]) {
       *errmsg = sqlite3_mprintf("clip: option model= is empty (omit it for the default model)");
@@ -99,13 +119,28 @@ static int parse_option(table_args *a, const char *key, const char *value, char 
   return SQLITE_ERROR;
 }
 
-static int is_reserved(const cdbx_table *t, const char *name) {
+static int is_column_word(const char *name) {
   static const char *const reserved[] = {"image", "text", "embedding", "distance", "k",
                                          "nprobe", "rowid", "oid", "_rowid_"};
   for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++) {
     if (sqlite3_stricmp(name, reserved[i]) == 0) return 1;
   }
-  return sqlite3_stricmp(name, t->name) == 0;
+  return 0;
+}
+
+static int is_reserved(const cdbx_table *t, const char *name) {
+  return is_column_word(name) || sqlite3_stricmp(name, t->name) == 0;
+}
+
+/* The table's hidden command column is named like the table, so a table cannot be named like
+ * another of its columns (its declaration would fail, leaving a table no statement can use). */
+static char *table_name_error(const cdbx_table *t, const char *name) {
+  int user = 0;
+  for (int i = 0; i < t->n_user && !user; i++) user = sqlite3_stricmp(name, t->user_names[i]) == 0;
+  if (!user && !is_column_word(name)) return NULL;
+  return sqlite3_mprintf("clip: a clip table cannot be named \"%s\": that is the name of %s "
+                         "column (image, text, embedding, distance, k, nprobe, rowid and the "
+                         "user columns are reserved)", name, user ? "a user" : "a built-in");
 }
 
 static int valid_type(const char *type) {
@@ -113,6 +148,35 @@ static int valid_type(const char *type) {
     if (!isalnum((unsigned char)*p) && !strchr(" _()+-", *p)) return 0;
   }
   return 1;
+}
+
+/* A declared type may carry COLLATE name, but no constraint: the table would not apply them
+ * (DEFAULT, CHECK, UNIQUE, NOT NULL, ...), so a new table refuses them. */
+static char *type_constraint_error(const char *column, const char *type) {
+  static const char *const constraints[] = {
+      "CONSTRAINT", "PRIMARY", "KEY", "NOT", "NULL", "UNIQUE", "CHECK", "DEFAULT",
+      "REFERENCES", "GENERATED", "AS", "ALWAYS", "STORED", "VIRTUAL", "HIDDEN",
+      "AUTOINCREMENT", "ON", "CONFLICT", "ASC", "DESC"};
+  int depth = 0;
+  for (const char *p = type; *p;) {
+    if (!isalnum((unsigned char)*p) && *p != '_') {
+      depth += *p == '(' ? 1 : *p == ')' ? -1 : 0;
+      p++;
+      continue;
+    }
+    const char *w = p;
+    while (isalnum((unsigned char)*p) || *p == '_') p++;
+    if (depth > 0) continue;
+    for (size_t i = 0; i < sizeof constraints / sizeof constraints[0]; i++) {
+      if ((size_t)(p - w) == strlen(constraints[i]) &&
+          sqlite3_strnicmp(w, constraints[i], (int)(p - w)) == 0) {
+        return sqlite3_mprintf("clip: column \"%s\": column constraints are not supported "
+                               "(found %.*s); declare only a type name and optionally COLLATE",
+                               column, (int)(p - w), w);
+      }
+    }
+  }
+  return NULL;
 }
 
 /* "name [type]": the name may be quoted; the type is a plain SQL type name. */
@@ -210,6 +274,11 @@ static int declare(cdbx_table *t) {
   int rc = sqlite3_declare_vtab(t->db, sql);
   sqlite3_free(sql);
   if (rc == SQLITE_OK) rc = sqlite3_vtab_config(t->db, SQLITE_VTAB_CONSTRAINT_SUPPORT, 1);
+  /* Writing a path or URL into image reads that file or fetches that URL, so a trigger or view
+   * stored in a database file must not reach the table (as for a DIRECTONLY function). SQLite
+   * tells a virtual table nothing about where a write comes from, so the whole table is
+   * direct-only: schema triggers and views may not use it at all, and no trigger may write it. */
+  if (rc == SQLITE_OK) rc = sqlite3_vtab_config(t->db, SQLITE_VTAB_DIRECTONLY);
   return rc;
 }
 
@@ -295,29 +364,86 @@ static void conn_remove_table(cdbx_table *t) {
   }
 }
 
-cdbx_table *cdbx_conn_find_table(cdbx_conn *conn, const char *name) {
+cdbx_table *cdbx_conn_find_table(cdbx_conn *conn, const char *schema, const char *name) {
   for (cdbx_table *t = conn->tables; t; t = t->next_in_conn) {
-    if (sqlite3_stricmp(t->name, name) == 0) return t;
+    if (sqlite3_stricmp(t->schema, schema) == 0 && sqlite3_stricmp(t->name, name) == 0) return t;
   }
   return NULL;
 }
 
-cdbx_table *cdbx_conn_open_table(sqlite3 *db, cdbx_conn *conn, const char *name) {
-  cdbx_table *t = cdbx_conn_find_table(conn, name);
-  if (t) return t;
-  /* Preparing a statement on the table makes SQLite connect it (xConnect registers it). */
-  char *sql = sqlite3_mprintf("SELECT 1 FROM \"%w\" WHERE 0", name);
+/* Whether schema holds a table or view named `name` (SQLite compares names case-insensitively). */
+static int schema_has(sqlite3 *db, const char *schema, const char *name) {
+  char *sql = sqlite3_mprintf("SELECT 1 FROM \"%w\".sqlite_master WHERE type IN ('table', 'view') "
+                              "AND name = ?1 COLLATE NOCASE", schema);
   sqlite3_stmt *st = NULL;
-  if (sql && sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK)
-    t = cdbx_conn_find_table(conn, name);
+  int found = sql && sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK &&
+              sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC) == SQLITE_OK &&
+              sqlite3_step(st) == SQLITE_ROW;
   sqlite3_finalize(st);
   sqlite3_free(sql);
+  return found;
+}
+
+/* The schema an SQL statement would find `name` in, as SQLite resolves an unqualified name:
+ * temp first, then main, then the attached databases in the order they were attached.
+ * A "schema.table" name whose prefix is an attached schema names that schema's table.
+ * *table points into name. Returns a sqlite3_malloc'd schema name, or NULL. */
+static char *resolve_schema(sqlite3 *db, const char *name, const char **table) {
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(db, "SELECT name FROM pragma_database_list "
+                             "ORDER BY CASE seq WHEN 1 THEN -1 ELSE seq END", -1, &st,
+                         NULL) != SQLITE_OK) {
+    return NULL;
+  }
+  char *found = NULL, *unqualified = NULL;
+  while (!found && sqlite3_step(st) == SQLITE_ROW) {
+    const char *schema = (const char *)sqlite3_column_text(st, 0);
+    size_t n = strlen(schema);
+    if (strlen(name) > n && name[n] == '.' && sqlite3_strnicmp(name, schema, (int)n) == 0 &&
+        schema_has(db, schema, name + n + 1)) {
+      found = sqlite3_mprintf("%s", schema);
+      *table = name + n + 1;
+    } else if (!unqualified && schema_has(db, schema, name)) {
+      unqualified = sqlite3_mprintf("%s", schema);
+    }
+  }
+  sqlite3_finalize(st);
+  if (found) {
+    sqlite3_free(unqualified);
+    return found;
+  }
+  *table = name;
+  return unqualified;
+}
+
+cdbx_table *cdbx_conn_open_table(sqlite3 *db, cdbx_conn *conn, const char *name) {
+  const char *table = name;
+  char *schema = resolve_schema(db, name, &table);
+  if (!schema) return NULL;
+  /* Preparing a statement on the table connects it when this connection has not used it yet
+   * (xConnect registers it), and lets SQLite finish disconnecting tables of detached schemas. */
+  char *sql = sqlite3_mprintf("SELECT 1 FROM \"%w\".\"%w\" WHERE 0", schema, table);
+  sqlite3_stmt *st = NULL;
+  cdbx_table *t = NULL;
+  if (sql && sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK)
+    t = cdbx_conn_find_table(conn, schema, table);
+  sqlite3_finalize(st);
+  sqlite3_free(sql);
+  sqlite3_free(schema);
   return t;
 }
 
 int cdbx_table_user_columns(const cdbx_table *t, const char *const **names) {
   *names = (const char *const *)t->user_names;
   return t->n_user;
+}
+
+const char *cdbx_table_schema(const cdbx_table *t) {
+  return t->schema;
+}
+
+const char *cdbx_table_name(const cdbx_table *t) {
+  return t->name;
 }
 
 /* Sets dims, model name and identity for a new table from its options. */
@@ -373,7 +499,14 @@ static int init_table(sqlite3 *db, void *aux, int argc, const char *const *argv,
   t->or_column = CDBX_NO_COLUMN;
   table_args a = {0};
   a.autotrain = 1;
+  a.creating = create;
   int rc = t->schema && t->name ? parse_args(t, &a, argc, argv, errmsg) : SQLITE_NOMEM;
+  if (rc == SQLITE_OK && create && (*errmsg = table_name_error(t, t->name)) != NULL)
+    rc = SQLITE_ERROR;
+  for (int i = 0; rc == SQLITE_OK && create && i < t->n_user; i++) {
+    if ((*errmsg = type_constraint_error(t->user_names[i], t->user_types[i])) != NULL)
+      rc = SQLITE_ERROR;
+  }
   if (rc == SQLITE_OK && create) {
     t->index_type = sqlite3_mprintf("%s", a.index_type ? a.index_type : "auto");
     t->nlist = a.nlist;
@@ -1360,7 +1493,8 @@ int cdbx_pending_flush(cdbx_table *t) {
   cdb_error err = {{0}};
   int rc = SQLITE_OK, written = 0;
   if (p->n_images > 0) {
-    if (clip_embed_pixels(t->model, p->pixels, p->n_images, out, &err) != 0) {
+    if (clip_embed_pixels(t->model, p->pixels, p->n_images, out, &err) != 0 ||
+        cdbx_check_embeddings(t->model, out, p->n_images, &err) != 0) {
       rc = flush_error(t, p->n_images, "images", &err);
     } else {
       t->embed_batches++;
@@ -1370,7 +1504,8 @@ int cdbx_pending_flush(cdbx_table *t) {
     }
   }
   if (rc == SQLITE_OK && p->n_texts > 0) {
-    if (clip_embed_texts(t->model, (const char *const *)p->texts, p->n_texts, out, &err) != 0) {
+    if (clip_embed_texts(t->model, (const char *const *)p->texts, p->n_texts, out, &err) != 0 ||
+        cdbx_check_embeddings(t->model, out, p->n_texts, &err) != 0) {
       rc = flush_error(t, p->n_texts, "texts", &err);
     } else {
       t->embed_batches++;
@@ -1741,6 +1876,37 @@ static int changed(sqlite3_value *v) {
   return !sqlite3_value_nochange(v);
 }
 
+/* Whether rowid's stored vector is the embedding of its stored text (up to float noise from
+ * batching) rather than one the user supplied: a text edit re-embeds only the former, since a
+ * supplied embedding wins over the text. Without a model or a text the vector was supplied. */
+static int vector_from_text(cdbx_table *t, int64_t rowid, sqlite3_value *text, int *from_text) {
+  *from_text = 0;
+  if (!t->model_name || sqlite3_value_type(text) != SQLITE_TEXT) return SQLITE_OK;
+  clip_model *m = table_model(t);
+  if (!m) return SQLITE_ERROR;
+  float *mine = malloc(sizeof(float) * (size_t)t->dims);
+  if (!mine) return SQLITE_NOMEM;
+  cdb_error err = {{0}};
+  int rc = cdbx_embed_text(m, (const char *)sqlite3_value_text(text), sqlite3_value_bytes(text),
+                           mine, &err) == 0 &&
+                   cdbx_vec_normalize(mine, t->dims, "text embedding", &err) == 0
+               ? SQLITE_OK
+               : cdbx_table_error(t, "clip: %s: row %lld: %s", t->name, (long long)rowid,
+                                  err.msg);
+  sqlite3_stmt *st = rc == SQLITE_OK ? cdbx_stmt(t, ST_GET_VECTOR) : NULL;
+  if (st) {
+    sqlite3_bind_int64(st, 1, rowid);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_bytes(st, 0) == t->dims * 4) {
+      *from_text = cdbx_vec_dot(mine, sqlite3_column_blob(st, 0), t->dims) > 1.0 - 1e-4;
+    }
+    sqlite3_reset(st);
+  } else if (rc == SQLITE_OK) {
+    rc = SQLITE_ERROR;
+  }
+  free(mine);
+  return rc;
+}
+
 static int update_row(cdbx_table *t, sqlite3_value *old_v, sqlite3_value *new_v,
                       sqlite3_value **cols) {
   int64_t old_id = 0, new_id = 0;
@@ -1760,10 +1926,14 @@ static int update_row(cdbx_table *t, sqlite3_value *old_v, sqlite3_value *new_v,
     if (rc == SQLITE_OK) {
       if (!image_changed) image = old_image;
       if (!text_changed) text = old_text;
-      /* A text edit re-embeds only rows whose vector came from their text. */
-      if (!emb_changed && !image_changed && sqlite3_value_type(old_image) != SQLITE_NULL) {
-        reembed = 0;
-      }
+    }
+    /* A text edit re-embeds only rows whose vector came from their text (not from their image,
+     * not supplied as an embedding). */
+    if (rc == SQLITE_OK && !emb_changed && !image_changed) {
+      int from_text = 0;
+      if (sqlite3_value_type(old_image) == SQLITE_NULL)
+        rc = vector_from_text(t, old_id, old_text, &from_text);
+      reembed = from_text;
     }
   }
   row_source src = {0};
@@ -1788,6 +1958,18 @@ static int update_row(cdbx_table *t, sqlite3_value *old_v, sqlite3_value *new_v,
   return rc;
 }
 
+/* A command row carries only the command: values in other columns would be silently lost. */
+static int command_alone(cdbx_table *t, int argc, sqlite3_value **argv) {
+  for (int i = 1; i < argc; i++) {
+    if (i != 2 + COL_COMMAND(t) && sqlite3_value_type(argv[i]) != SQLITE_NULL) {
+      return cdbx_table_error(t, "clip: %s: a command (INSERT INTO %s(%s) VALUES(...)) sets no "
+                                 "other column; insert rows in a separate statement",
+                              t->name, t->name, t->name);
+    }
+  }
+  return SQLITE_OK;
+}
+
 static int run_command(cdbx_table *t, sqlite3_value *cmd) {
   if (sqlite3_value_type(cmd) != SQLITE_TEXT) {
     return cdbx_table_error(t, "clip: %s: a command must be TEXT ('train', 'rebuild', "
@@ -1807,7 +1989,8 @@ static int x_update(sqlite3_vtab *vt, int argc, sqlite3_value **argv, sqlite3_in
     rc = rowid_arg(t, argv[0], &id);
     if (rc == SQLITE_OK) rc = delete_row(t, id);
   } else if (is_insert && sqlite3_value_type(argv[2 + COL_COMMAND(t)]) != SQLITE_NULL) {
-    rc = cdbx_pending_flush(t);
+    rc = command_alone(t, argc, argv);
+    if (rc == SQLITE_OK) rc = cdbx_pending_flush(t);
     if (rc == SQLITE_OK) rc = run_command(t, argv[2 + COL_COMMAND(t)]);
     is_insert = 0;
   } else if (is_insert) {
@@ -1912,6 +2095,12 @@ static int x_rollback_to(sqlite3_vtab *vt, int i) {
 
 static int x_rename(sqlite3_vtab *vt, const char *to) {
   cdbx_table *t = (cdbx_table *)vt;
+  char *refused = table_name_error(t, to);
+  if (refused) {
+    sqlite3_free(t->base.zErrMsg);
+    t->base.zErrMsg = refused;
+    return SQLITE_ERROR;
+  }
   int rc = cdbx_pending_flush(t);
   if (rc == SQLITE_OK) rc = cdbx_store_rename(t, to);
   if (rc != SQLITE_OK) return rc;
