@@ -46,6 +46,8 @@
  *             nlist=N, nprobe=N  index parameters (0/omitted: chosen from the size)
  *             autotrain=on|off   on (default): COMMIT trains the IVF index when it has grown
  *                          enough (the first time at 10,000 rows); off: only 'train' does
+ *             image_paths=on|off on (default): image may be a file path or URL (the table is
+ *                          then direct-only, see below); off: image bytes only
  *             each option at most once
  *   columns:  image      BLOB image bytes or TEXT file path / URL, stored as given
  *             text       TEXT
@@ -67,6 +69,8 @@
  *   SQLite tells a virtual table nothing about where a write comes from, so this covers the
  *   whole table, BLOB bytes and reads included; the application's statements and its TEMP
  *   views use it as usual (clip_search works anywhere: its query only embeds, never fetches).
+ *   A table created with image_paths=off takes image bytes only (any TEXT image is an error,
+ *   wherever it comes from), and so triggers and views may use it like any table.
  *   Batched embedding: an INSERT/UPDATE checks and preprocesses its image (fetch, decode,
  *   resize) or text (UTF-8, tokenizing) at once, so a bad one fails that statement and changes
  *   nothing, writes the row, and queues the input; the encoder then runs once per 32 images /

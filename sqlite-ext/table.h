@@ -67,6 +67,7 @@ struct cdbx_table {
   char *index_type;
   int nlist, nprobe;
   int autotrain;
+  int image_paths;      /* CREATE option: image may name a file or URL (the table is direct-only) */
   int64_t uid;          /* random id of this table (names its cold-start cache file) */
 
   clip_model *model; /* retained; loaded on first need */

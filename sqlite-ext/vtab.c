@@ -37,12 +37,13 @@ typedef struct table_args {
   char *index_type;
   int nlist, nprobe;
   int autotrain; /* 1 (default): COMMIT trains when the index policy says so */
+  int image_paths; /* 1 (default): image may name a file or URL; 0: image bytes only */
   unsigned given; /* bit i: option_names[i] was given */
   int creating;   /* CREATE VIRTUAL TABLE (not connecting a table created earlier) */
 } table_args;
 
 static const char *const option_names[] = {"model", "index", "dims", "autotrain", "nlist",
-                                           "nprobe"};
+                                           "nprobe", "image_paths"};
 
 /* An option given twice (dims=4, dims=8) is refused at CREATE rather than the last one winning
  * (tables created before this check still connect). */
@@ -71,6 +72,19 @@ static int parse_int_option(const char *key, const char *value, int lo, int hi, 
   return SQLITE_OK;
 }
 
+static int parse_bool_option(const char *key, const char *value, int *out, char **errmsg) {
+  int on = sqlite3_stricmp(value, "on") == 0 || strcmp(value, "1") == 0 ||
+           sqlite3_stricmp(value, "true") == 0;
+  int off = sqlite3_stricmp(value, "off") == 0 || strcmp(value, "0") == 0 ||
+            sqlite3_stricmp(value, "false") == 0;
+  if (!on && !off) {
+    *errmsg = sqlite3_mprintf("clip: option %s=%s: expected on or off", key, value);
+    return SQLITE_ERROR;
+  }
+  *out = on;
+  return SQLITE_OK;
+}
+
 static int parse_option(table_args *a, const char *key, const char *value, char **errmsg) {
   if (check_option_once(a, key, errmsg) != SQLITE_OK) return SQLITE_ERROR;
   if (sqlite3_stricmp(key, "model") == 0) {
@@ -96,16 +110,10 @@ static int parse_option(table_args *a, const char *key, const char *value, char 
     return parse_int_option(key, value, 1, CDBX_MAX_DIMS, &a->dims, errmsg);
   }
   if (sqlite3_stricmp(key, "autotrain") == 0) {
-    int on = sqlite3_stricmp(value, "on") == 0 || strcmp(value, "1") == 0 ||
-             sqlite3_stricmp(value, "true") == 0;
-    int off = sqlite3_stricmp(value, "off") == 0 || strcmp(value, "0") == 0 ||
-              sqlite3_stricmp(value, "false") == 0;
-    if (!on && !off) {
-      *errmsg = sqlite3_mprintf("clip: option autotrain=%s: expected on or off", value);
-      return SQLITE_ERROR;
-    }
-    a->autotrain = on;
-    return SQLITE_OK;
+    return parse_bool_option(key, value, &a->autotrain, errmsg);
+  }
+  if (sqlite3_stricmp(key, "image_paths") == 0) {
+    return parse_bool_option(key, value, &a->image_paths, errmsg);
   }
   if (sqlite3_stricmp(key, "nlist") == 0) {
     return parse_int_option(key, value, 0, 1 << 24, &a->nlist, errmsg);
@@ -114,7 +122,7 @@ static int parse_option(table_args *a, const char *key, const char *value, char 
     return parse_int_option(key, value, 0, 1 << 24, &a->nprobe, errmsg);
   }
   *errmsg = sqlite3_mprintf("clip: unknown option \"%s\" (expected model=, dims=, index=, "
-                            "nlist=, nprobe=, autotrain= or a column definition)",
+                            "nlist=, nprobe=, autotrain=, image_paths= or a column definition)",
                             key);
   return SQLITE_ERROR;
 }
@@ -276,9 +284,10 @@ static int declare(cdbx_table *t) {
   if (rc == SQLITE_OK) rc = sqlite3_vtab_config(t->db, SQLITE_VTAB_CONSTRAINT_SUPPORT, 1);
   /* Writing a path or URL into image reads that file or fetches that URL, so a trigger or view
    * stored in a database file must not reach the table (as for a DIRECTONLY function). SQLite
-   * tells a virtual table nothing about where a write comes from, so the whole table is
-   * direct-only: schema triggers and views may not use it at all, and no trigger may write it. */
-  if (rc == SQLITE_OK) rc = sqlite3_vtab_config(t->db, SQLITE_VTAB_DIRECTONLY);
+   * tells a virtual table nothing about where a write comes from, so a table that accepts paths
+   * is direct-only as a whole; one created with image_paths=off takes image bytes only and may
+   * be used from triggers and views. */
+  if (rc == SQLITE_OK && t->image_paths) rc = sqlite3_vtab_config(t->db, SQLITE_VTAB_DIRECTONLY);
   return rc;
 }
 
@@ -499,6 +508,7 @@ static int init_table(sqlite3 *db, void *aux, int argc, const char *const *argv,
   t->or_column = CDBX_NO_COLUMN;
   table_args a = {0};
   a.autotrain = 1;
+  a.image_paths = 1;
   a.creating = create;
   int rc = t->schema && t->name ? parse_args(t, &a, argc, argv, errmsg) : SQLITE_NOMEM;
   if (rc == SQLITE_OK && create && (*errmsg = table_name_error(t, t->name)) != NULL)
@@ -515,6 +525,7 @@ static int init_table(sqlite3 *db, void *aux, int argc, const char *const *argv,
     rc = choose_model(t, &a, errmsg);
     if (rc == SQLITE_OK) rc = check_index_params(t, errmsg);
   }
+  t->image_paths = a.image_paths;
   if (rc == SQLITE_OK) rc = declare(t);
   if (rc == SQLITE_OK) rc = create ? cdbx_store_create(t, errmsg) : cdbx_store_read_config(t, errmsg);
   sqlite3_free(a.model);
@@ -1605,6 +1616,10 @@ static int source_text(cdbx_table *t, clip_model *m, sqlite3_value *text, row_so
 }
 
 static int source_image(cdbx_table *t, clip_model *m, sqlite3_value *image, row_source *src) {
+  if (!t->image_paths && sqlite3_value_type(image) != SQLITE_BLOB) {
+    return cdbx_table_error(t, "clip: %s: image must be image bytes (a BLOB): the table was "
+                               "created with image_paths=off", t->name);
+  }
   int rc = pending_reserve(t, 1);
   if (rc != SQLITE_OK) return rc;
   pending_rows *p = &t->pending;

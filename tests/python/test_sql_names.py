@@ -351,12 +351,12 @@ def server(demo_dir, monkeypatch):
     s.close()
 
 
-def hostile_db(path, ext_path, model_dir):
+def hostile_db(path, ext_path, model_dir, options=""):
     """A database as someone else could ship it: a clip table, and triggers and a view that
     write whatever `notes` receive into its image column."""
     db = connect(path, ext_path)
     db.execute("SELECT clip_model('default', ?)", (model_dir,))
-    db.execute("CREATE VIRTUAL TABLE photos USING clip()")
+    db.execute(f"CREATE VIRTUAL TABLE photos USING clip({options})")
     db.execute("CREATE TABLE notes(body)")
     db.execute("CREATE TRIGGER leak AFTER INSERT ON notes "
                "BEGIN INSERT INTO photos(image) VALUES (new.body); END")
@@ -392,4 +392,33 @@ def test_triggers_and_views_cannot_fetch_urls_or_read_paths(ext_path, model_dir,
     # A TEMP view is the application's own: it may read the table.
     db.execute("CREATE TEMP VIEW mine AS SELECT rowid FROM photos")
     assert db.execute("SELECT count(*) FROM mine").fetchone() == (3,)
+    db.close()
+
+
+def test_image_paths_off_tables_take_bytes_from_triggers_and_never_paths(
+        ext_path, model_dir, demo_dir, tmp_path, monkeypatch, server):
+    """image_paths=off: the table is usable from triggers and views, and refuses every TEXT
+    image, wherever it comes from (a shipped database may set the option, never lift it)."""
+    monkeypatch.setenv("CLIPDB_MODEL", model_dir)
+    hostile_db(tmp_path / "shipped.db", ext_path, model_dir, "image_paths=off")
+    db = connect(tmp_path / "shipped.db", ext_path)
+    image = sorted(demo_dir.glob("*.jpg"))[0]
+    for source in [f"{server.url}/leak?secret=1", str(image)]:
+        with pytest.raises(sqlite3.OperationalError, match="image_paths=off"):
+            db.execute("INSERT INTO notes VALUES (?)", (source,))
+        with pytest.raises(sqlite3.OperationalError, match="image_paths=off"):
+            db.execute("INSERT INTO inbox(image) VALUES (?)", (source,))
+        with pytest.raises(sqlite3.OperationalError, match="image_paths=off"):
+            db.execute("INSERT INTO photos(image) VALUES (?)", (source,))
+    assert server.log == []
+    db.execute("INSERT INTO notes VALUES (?)", (image.read_bytes(),))
+    db.execute("INSERT INTO inbox(image) VALUES (?)", (image.read_bytes(),))
+    assert db.execute("SELECT count(*) FROM inbox").fetchone() == (2,)
+    assert db.execute("SELECT count(*) FROM notes").fetchone() == (1,)
+    direct = np.frombuffer(db.execute("SELECT clip_embed_image(?)", (str(image),)).fetchone()[0],
+                           "<f4")
+    for (e,) in db.execute("SELECT embedding FROM photos"):
+        assert float(np.frombuffer(e, "<f4") @ direct) > 1 - 1e-6
+    with pytest.raises(sqlite3.OperationalError, match="image_paths=yes: expected on or off"):
+        db.execute("CREATE VIRTUAL TABLE other USING clip(image_paths=yes)")
     db.close()
