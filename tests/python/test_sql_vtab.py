@@ -2,6 +2,7 @@
 brute-force reference over the vectors the test wrote (never ones read back through the
 extension), filters, writes, transactions, two connections, reopening, a killed writer,
 commands, rename, clip_search, IVF nprobe/nlist."""
+import json
 import os
 import signal
 import sqlite3
@@ -339,9 +340,16 @@ def test_cold_start_cache_file(dbpath, ext_path):
             assert_same_ranking(knn(db, q, 10, "and nprobe = 8"), ref_ids, ref_dist)
         return db
 
-    check_fresh_connection().close()  # first load writes the cache file
+    first = check_fresh_connection()  # first load writes the cache file
+    assert index_info(first)["mapped"] is False
+    first.close()
     assert os.path.getsize(cache) > 1000 * 16 * 4
-    check_fresh_connection().close()  # second load maps it
+    second = check_fresh_connection()  # second load maps it
+    assert index_info(second)["mapped"] is True
+    second.execute("insert into p(rowid, embedding) values (5000, ?)", (blob(queries[0]),))
+    assert index_info(second)["mapped"] is False  # the first write reads it into memory
+    second.execute("delete from p where rowid = 5000")
+    second.close()
     with open(cache, "wb") as f:      # a corrupt cache file is ignored and rewritten
         f.write(b"garbage" * 100)
     check_fresh_connection().close()
@@ -571,7 +579,6 @@ def ivf64(dbpath, ext_path):
 
 
 def index_info(db, table="p"):
-    import json
     return json.loads(db.execute("select clip_index_info(?)", (table,)).fetchone()[0])
 
 
@@ -630,4 +637,75 @@ def test_nlist_option_is_reported_and_used(dbpath, ext_path):
     ids, want = Mirror(range(1, 3001), vecs).arrays()
     for q in unit(rng, 10):  # nprobe = nlist: exact
         assert_same_ranking(knn(db, q, 10), *brute_force(ids, want, q, 10))
+    db.close()
+
+
+def test_index_cache_off_writes_no_file(dbpath, ext_path, tmp_path):
+    """CLIPDB_INDEX_CACHE=0: no cold-start file is written or read; results stay exact."""
+    rng = np.random.default_rng(6)
+    vecs = unit(rng, 1000)
+    db = connect(dbpath, ext_path)
+    db.execute("create virtual table p using clip(dims=16, index='IVF8,Flat')")
+    db.execute("begin")
+    db.executemany("insert into p(embedding) values (?)", [(blob(v),) for v in vecs])
+    db.execute("commit")
+    db.execute("insert into p(p) values('train')")
+    db.close()
+    script = textwrap.dedent("""
+        import json, sqlite3, sys
+        import numpy as np
+        db = sqlite3.connect(sys.argv[1])
+        db.enable_load_extension(True)
+        db.load_extension(sys.argv[2])
+        q = np.frombuffer(bytes.fromhex(sys.argv[3]), dtype="<f4")
+        rows = db.execute("select rowid from p where p match ? and k = 10 and nprobe = 8",
+                          (q.tobytes(),)).fetchall()
+        info = json.loads(db.execute("select clip_index_info('p')").fetchone()[0])
+        print(json.dumps({"rows": [r[0] for r in rows], "mapped": info["mapped"]}))
+    """)
+    q = unit(rng, 1)[0]
+    ids, want = Mirror(range(1, 1001), vecs).arrays()
+    expected = [int(i) for i in brute_force(ids, want, q, 10)[0]]
+    env = dict(os.environ, CLIPDB_INDEX_CACHE="0")
+    for _ in range(2):  # a second process would map the file if there were one
+        out = subprocess.run([sys.executable, "-c", script, dbpath, ext_path, blob(q).hex()],
+                             env=env, capture_output=True, text=True, timeout=120, check=True)
+        got = json.loads(out.stdout)
+        assert got == {"rows": expected, "mapped": False}
+        assert not os.path.exists(dbpath + "-clip-p.idx")
+    # the same with the cache on: the second process maps the file
+    env["CLIPDB_INDEX_CACHE"] = "1"
+    outs = [json.loads(subprocess.run([sys.executable, "-c", script, dbpath, ext_path,
+                                       blob(q).hex()], env=env, capture_output=True, text=True,
+                                      timeout=120, check=True).stdout) for _ in range(2)]
+    assert outs == [{"rows": expected, "mapped": False}, {"rows": expected, "mapped": True}]
+    assert os.path.exists(dbpath + "-clip-p.idx")
+
+
+def test_commit_retrains_after_fourfold_growth(dbpath, ext_path):
+    """autotrain: the first COMMIT at 10,000 rows trains; the index is trained again only
+    once it has grown 4-fold since (index/ivf.h), and answers exactly with all lists probed."""
+    rng = np.random.default_rng(12)
+    vecs = unit(rng, 40000, 8)
+    db = connect(dbpath, ext_path)
+    db.execute("create virtual table p using clip(dims=8)")
+
+    def add(lo, hi):
+        db.execute("begin")
+        db.executemany("insert into p(rowid, embedding) values (?, ?)",
+                       [(i + 1, blob(vecs[i])) for i in range(lo, hi)])
+        db.execute("commit")
+        return index_info(db)
+
+    assert add(0, 9999)["kind"] == "flat"
+    first = add(9999, 10000)
+    assert (first["kind"], first["trained_at_count"]) == ("ivf", 10000), first
+    grown = add(10000, 39999)  # 3.9999-fold: not yet
+    assert grown["trained_at_count"] == 10000 and grown["nlist"] == first["nlist"], grown
+    again = add(39999, 40000)
+    assert again["trained_at_count"] == 40000 and again["nlist"] > first["nlist"], again
+    ids, want = Mirror(range(1, 40001), vecs).arrays()
+    for q in unit(rng, 5, 8):
+        got = knn(db, q, 10, f"and nprobe = {again['nlist']}")
+        assert_same_ranking(got, *brute_force(ids, want, q, 10))
     db.close()
