@@ -3,9 +3,12 @@ the demo images, agreement with clip_embed_* and the goldens, classification, mo
 import functools
 import http.server
 import json
+import os
 import shutil
 import sqlite3
+import struct
 import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -245,3 +248,85 @@ def test_image_urls_are_fetched_and_stored_as_given(conn, model_dir, demo_dir, h
     with pytest.raises(sqlite3.OperationalError, match="404|not found|HTTP"):
         conn.execute("insert into u(image) values (?)", (f"{http_demo}/missing.png",))
     assert conn.execute("select count(*) from u").fetchone()[0] == 1
+
+
+def test_embedding_wins_over_image_and_image_over_text(conn, model_dir, demo_dir):
+    """Documented precedence on INSERT: a non-NULL embedding is stored as given (normalised),
+    else the image is embedded, else the text."""
+    conn.execute(f"create virtual table t using clip(model='{model_dir}')")
+    img = demo_dir / "010-blue-star-on-orange.png"
+    given = np.zeros(64, dtype="<f4")
+    given[5] = 2.0
+    conn.execute("insert into t(rowid, image, text, embedding) values (1, ?, 'a red star', ?)",
+                 (str(img), given.tobytes()))
+    conn.execute("insert into t(rowid, image, text) values (2, ?, 'a red star')", (str(img),))
+    conn.execute("insert into t(rowid, text, embedding) values (3, 'a red star', ?)",
+                 (given.tobytes(),))
+    stored = {r: vec(e) for r, e in conn.execute("select rowid, embedding from t")}
+    unit5 = np.eye(64)[5]
+    image = vec(conn.execute("select clip_embed_image(?)", (str(img),)).fetchone()[0])
+    text = vec(conn.execute("select clip_embed_text('a red star')").fetchone()[0])
+    assert np.array_equal(stored[1], unit5) and np.array_equal(stored[3], unit5)
+    np.testing.assert_allclose(stored[2], image, rtol=0, atol=1e-6)
+    assert abs(stored[2] @ text) < 0.999  # not the text's vector
+    # the row keeps what it was given
+    assert conn.execute("select image, text from t where rowid = 1").fetchone() == \
+        (str(img), "a red star")
+
+
+def test_clip_model_default_replaces_the_default(conn, model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPDB_MODEL", str(tmp_path / "no-model-here"))
+    with pytest.raises(sqlite3.OperationalError, match="no-model-here\": no such directory"):
+        conn.execute("select clip_embed_text('a red star')").fetchone()
+    info = json.loads(conn.execute("select clip_model('default', ?)", (model_dir,)).fetchone()[0])
+    assert info["name"] == "default" and info["dims"] == 64
+    got = conn.execute("select clip_embed_text('a red star')").fetchone()[0]
+    assert got == conn.execute("select clip_embed_text('a red star', ?)", (model_dir,)).fetchone()[0]
+    # a table created without model= uses it too
+    conn.execute("create virtual table t using clip()")
+    conn.execute("insert into t(text) values ('a red star')")
+    assert conn.execute("select embedding from t").fetchone()[0] == got
+
+
+def run_embed(ext_path, model_dir, env_extra, sql, params=()):
+    """Runs one SQL query in a fresh process (environment variables are read once per process):
+    prints its result as JSON, or {"error": message}; also reports the process's threads."""
+    script = (
+        "import json, os, sqlite3, sys\n"
+        "db = sqlite3.connect(':memory:')\n"
+        "db.enable_load_extension(True)\n"
+        "db.load_extension(sys.argv[1])\n"
+        "params = json.loads(sys.argv[3])\n"
+        "try:\n"
+        "    r = db.execute(sys.argv[2], params).fetchone()[0]\n"
+        "    out = {'value': r.hex() if isinstance(r, bytes) else r}\n"
+        "except sqlite3.Error as e:\n"
+        "    out = {'error': str(e)}\n"
+        "out['threads'] = len(os.listdir('/proc/self/task'))\n"
+        "print(json.dumps(out))\n")
+    env = dict(os.environ, CLIPDB_MODEL=model_dir, OMP_NUM_THREADS="1", **env_extra)
+    r = subprocess.run([sys.executable, "-c", script, ext_path, sql, json.dumps(list(params))],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_max_image_pixels_from_the_environment(ext_path, model_dir, demo_dir):
+    img = str(demo_dir / "010-blue-star-on-orange.png")
+    w, h = struct.unpack(">II", (demo_dir / "010-blue-star-on-orange.png").read_bytes()[16:24])
+    sql = "select clip_embed_image(?)"
+    small = run_embed(ext_path, model_dir, {"CLIPDB_MAX_IMAGE_PIXELS": str(w * h - 1)}, sql, [img])
+    assert f"image is {w}x{h} pixels, more than the {w * h - 1} allowed" in small["error"], small
+    exact = run_embed(ext_path, model_dir, {"CLIPDB_MAX_IMAGE_PIXELS": str(w * h)}, sql, [img])
+    assert "value" in exact, exact
+
+
+def test_threads_from_the_environment(ext_path, model_dir, demo_dir):
+    """CLIPDB_THREADS sizes the encoder's pool: the process gains that many threads less one
+    (the caller works too) when it first embeds, and the embedding does not change."""
+    img = str(demo_dir / "010-blue-star-on-orange.png")
+    sql = "select clip_embed_image(?)"
+    runs = {n: run_embed(ext_path, model_dir, {"CLIPDB_THREADS": str(n)}, sql, [img])
+            for n in (1, 4)}
+    assert runs[1]["value"] == runs[4]["value"]
+    assert runs[4]["threads"] - runs[1]["threads"] == 3, runs
