@@ -531,3 +531,28 @@ def test_cli_long_query_and_invalid_utf8(clipdb_bin, model_dir, tmp_path):
     r = subprocess.run([clipdb_bin, "--db", db, "embed", "--text", b"caf\xc3 \xff"],
                        capture_output=True, timeout=60, env=env)
     assert r.returncode == 1 and re.search(rb"utf-?8", r.stderr, re.I), r.stderr
+
+
+def tga_image(width=32, height=32):
+    """An uncompressed 24-bit true-colour TGA (a format libvips reads only through its
+    ImageMagick loader, which it marks untrusted): a red square on blue, bottom-up rows."""
+    header = struct.pack("<BBBHHBHHHHBB", 0, 0, 2, 0, 0, 0, 0, 0, width, height, 24, 0)
+    rows = []
+    for y in range(height):
+        inside = height // 4 <= y < 3 * height // 4
+        rows.append(b"".join(b"\x00\x00\xff" if inside and width // 4 <= x < 3 * width // 4
+                             else b"\xff\x00\x00" for x in range(width)))  # BGR
+    return header + b"".join(rows)
+
+
+def test_untrusted_libvips_loaders_are_refused(table, tmp_path):
+    """libvips' ImageMagick loader (vips-magick) would decode this TGA; clipdb disables the
+    loaders libvips marks untrusted, so libvips refuses to run it."""
+    tga = tmp_path / "square.tga"
+    tga.write_bytes(tga_image())
+    for source in (str(tga), tga.read_bytes()):
+        expect_error(table, "SELECT clip_embed_image(?)", (source,),
+                     r"magickload(_buffer)?: operation is blocked")
+    expect_error(table, "INSERT INTO t(image, label) VALUES(?, 'tga')", (str(tga),),
+                 r"magickload(_buffer)?: operation is blocked")
+    unchanged(table)
