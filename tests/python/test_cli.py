@@ -366,8 +366,13 @@ def test_dedup_groups_planted_copies(library, clipdb_bin, env):
                         if p.stem == copy.stem[:-len("-copy")])
         assert group_of.get(str(copy)) is not None, copy
         assert group_of.get(str(copy)) == group_of.get(str(original)), (copy, groups)
+    by_path = {p: v.astype(np.float64) for p, v in stored_vectors(library["db"]).values()}
     for g in groups:
         assert len(g["paths"]) >= 2 and 0.97 <= g["similarity"] <= 1.0001
+        # "similarity": the group's highest pairwise cosine
+        vs = [by_path[p] for p in g["paths"]]
+        best = max(float(a @ b) for i, a in enumerate(vs) for b in vs[i + 1:])
+        assert abs(g["similarity"] - best) < 1e-5, (g, best)
     # reference: every pair within the threshold is in one group
     vecs = list(stored_vectors(library["db"]).values())
     for i, (pa, va) in enumerate(vecs):
@@ -378,6 +383,66 @@ def test_dedup_groups_planted_copies(library, clipdb_bin, env):
     assert text.count("# group") == len(groups)
 
 
+def union_find_groups(paths, vecs, threshold):
+    """Groups of paths linked (transitively) by a pair with cosine >= threshold (numpy)."""
+    parent = list(range(len(paths)))
+
+    def find(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+    sims = vecs @ vecs.T
+    for i, j in zip(*np.nonzero(np.triu(sims >= threshold, 1))):
+        parent[max(find(i), find(j))] = min(find(i), find(j))
+    groups = {}
+    for i, p in enumerate(paths):
+        groups.setdefault(find(i), set()).add(p)
+    return sorted(sorted(g) for g in groups.values() if len(g) > 1)
+
+
+def test_dedup_nprobe_on_a_trained_ivf_library(tmp_path, demo_dir, clipdb_bin, env, ext_path,
+                                              model_dir):
+    """On an IVF library, --nprobe covering every list groups exactly like a numpy scan of all
+    pairs; --nprobe 1 misses pairs whose vectors fell into different lists."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(demo_dir / "010-blue-star-on-orange.png", photos)
+    db = tmp_path / "ivf.db"
+    run(clipdb_bin, env, "--db", db, "index", photos)
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal((1500, 64))
+    near = base[:400] + 0.12 * rng.standard_normal((400, 64))  # cosine about 0.72 to its base
+    vecs = np.vstack([base, near])
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    paths = [f"/synthetic/{i:05d}.png" for i in range(len(vecs))]
+    con = sqlite3.connect(db)
+    con.enable_load_extension(True)
+    con.load_extension(ext_path)
+    con.execute("SELECT clip_model('default', ?)", (model_dir,))
+    with con:
+        con.executemany("INSERT INTO photos(embedding, path) VALUES (?, ?)",
+                        [(v.astype("<f4").tobytes(), p) for v, p in zip(vecs, paths)])
+    with con:
+        con.execute("INSERT INTO photos(photos) VALUES ('train')")
+    info = json.loads(con.execute("SELECT clip_index_info('photos')").fetchone()[0])
+    con.close()
+    assert info["kind"] == "ivf" and info["nlist"] > 8, info
+    threshold = 0.65
+    sims = vecs @ vecs.T
+    assert not np.any(np.abs(sims[np.triu_indices(len(vecs), 1)] - threshold) < 1e-4)
+    want = union_find_groups(paths, vecs, threshold)
+    assert len(want) > 100
+
+    def dedup(nprobe):
+        out = run(clipdb_bin, env, "--db", db, "dedup", "--json", "--threshold", threshold,
+                  "--nprobe", nprobe).stdout
+        return sorted(sorted(g["paths"]) for g in json.loads(out))
+    assert dedup(info["nlist"]) == want
+    fewer = dedup(1)
+    assert len(fewer) < len(want)
+    assert all(any(set(g) <= set(w) for w in want) for g in fewer)  # no false pairs
+
+
 def test_classify_red_star(clipdb_bin, env, demo_dir):
     labels = [f"{c} {s}" for c in COLOURS for s in SHAPES]
     out = run(clipdb_bin, env, "classify", "--json", demo_dir / "055-red-star-on-blue.png",
@@ -386,6 +451,15 @@ def test_classify_red_star(clipdb_bin, env, demo_dir):
     assert res[0]["label"] == "red star"
     assert abs(sum(r["probability"] for r in res) - 1) < 1e-6
     assert sorted(r["label"] for r in res) == sorted(labels)
+    # reference: softmax of exp(logit_scale) * cosine(image, "a photo of a LABEL")
+    logit_scale = json.loads(GOLDENS.read_text())["logit_scale"]
+    image = embed(clipdb_bin, env, "--image", demo_dir / "055-red-star-on-blue.png")
+    texts = np.array([embed(clipdb_bin, env, "--text", f"a photo of a {lab}") for lab in labels])
+    cos = texts @ image / np.linalg.norm(texts, axis=1) / np.linalg.norm(image)
+    logits = np.exp(logit_scale) * cos
+    ref = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    got = {r["label"]: r["probability"] for r in res}
+    np.testing.assert_allclose([got[lab] for lab in labels], ref, rtol=1e-5, atol=1e-7)
     p = run(clipdb_bin, env, "classify", demo_dir / "missing.png", "a", "b", check=False)
     assert p.returncode == 1 and "missing.png" in p.stderr
 
