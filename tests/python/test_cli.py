@@ -653,3 +653,68 @@ def test_library_keeps_its_model(tmp_path, demo_dir, clipdb_bin, env, model_dir)
     assert p.returncode == 1 and "was indexed with model" in p.stderr
     p = run(clipdb_bin, env, "--db", db, "--model", other, "search", "--paths", "a red star")
     assert "indexed with model" in p.stderr and p.stdout.strip().endswith("055-red-star-on-blue.png")
+
+
+LAYER_LINEAR = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                "self_attn.out_proj.weight", "mlp.fc1.weight", "mlp.fc2.weight")
+
+
+def f32_copy_off_the_half_grid(model_dir, dst):
+    """The tiny (F16) checkpoint as F32, every tensor widened exactly except the layers' linear
+    weights, which are scaled by (1 + 2^-13): not representable in F16, yet less than half an
+    F16 ulp away, so converting them back to F16 gives the original checkpoint's values."""
+    shutil.copytree(model_dir, dst)
+    raw = (dst / "model.safetensors").read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    data, out, offset = raw[8 + n:], {}, 0
+    chunks = []
+    for name, t in sorted(header.items(), key=lambda kv: kv[0]):
+        if name == "__metadata__":
+            out[name] = t
+            continue
+        a, b = t["data_offsets"]
+        blob = data[a:b]
+        if t["dtype"] == "F16":
+            w = np.frombuffer(blob, dtype="<f2").astype(np.float32)
+            if name.endswith(LAYER_LINEAR):
+                w = w * np.float32(1 + 2 ** -13)
+                assert np.array_equal(w.astype("<f2"), np.frombuffer(blob, dtype="<f2"))
+            blob = w.astype("<f4").tobytes()
+            t = dict(t, dtype="F32")
+        out[name] = dict(t, data_offsets=[offset, offset + len(blob)])
+        chunks.append(blob)
+        offset += len(blob)
+    h = json.dumps(out).encode()
+    h += b" " * (-len(h) % 8)
+    (dst / "model.safetensors").write_bytes(struct.pack("<Q", len(h)) + h + b"".join(chunks))
+
+
+def test_clipdb_weights_modes_on_an_f32_checkpoint(tmp_path, model_dir, clipdb_bin, env, demo_dir):
+    """CLIPDB_WEIGHTS (README): by default the text tower's linear weights become half floats
+    and the vision tower's stay F32; f32 keeps both, f16 halves both. On an F32 copy whose
+    layer weights sit just off the half-float grid (rounding back to the F16 original), a
+    halved tower embeds exactly like the original checkpoint and an F32 one does not."""
+    copy = tmp_path / "tiny-f32"
+    f32_copy_off_the_half_grid(model_dir, copy)
+    image = demo_dir / "055-red-star-on-blue.png"
+
+    def both(model, mode):
+        e = dict(env, CLIPDB_WEIGHTS=mode) if mode else env
+        return (embed(clipdb_bin, e, "--model", model, "--text", "a red star"),
+                embed(clipdb_bin, e, "--model", model, "--image", image))
+    text_a, image_a = both(model_dir, None)
+    modes = {m: both(copy, m) for m in (None, "f32", "f16")}
+
+    def same(x, y):
+        return float(np.max(np.abs(x - y))) <= 2e-6
+
+    def moved(x, y):  # measured: 3.8e-5 (text), 1.3e-4 (image)
+        return float(np.max(np.abs(x - y))) >= 1e-5
+    text, img = modes[None]
+    assert same(text, text_a) and moved(img, image_a), "default: text halved, vision F32"
+    text, img = modes["f32"]
+    assert moved(text, text_a) and moved(img, image_a), "f32: both towers F32"
+    assert same(img, modes[None][1])
+    text, img = modes["f16"]
+    assert same(text, text_a) and same(img, image_a), "f16: both towers halved"
