@@ -3,7 +3,9 @@ the demo images, agreement with clip_embed_* and the goldens, classification, mo
 import functools
 import http.server
 import json
+import math
 import os
+import pathlib
 import shutil
 import sqlite3
 import struct
@@ -330,3 +332,86 @@ def test_threads_from_the_environment(ext_path, model_dir, demo_dir):
             for n in (1, 4)}
     assert runs[1]["value"] == runs[4]["value"]
     assert runs[4]["threads"] - runs[1]["threads"] == 3, runs
+
+
+# ---------------------------------------------------------------- a numpy reference text tower
+
+def load_checkpoint(model_dir):
+    raw = (pathlib.Path(model_dir) / "model.safetensors").read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    dtypes = {"F16": "<f2", "F32": "<f4", "I64": "<i8"}
+    return {name: np.frombuffer(raw[8 + n + t["data_offsets"][0]:8 + n + t["data_offsets"][1]],
+                                dtype=dtypes[t["dtype"]]).reshape(t["shape"]).astype(np.float64)
+            for name, t in header.items() if name != "__metadata__"}
+
+
+def reference_text_features(weights, cfg, ids):
+    """CLIP's text tower in float64 numpy (pre-LN transformer, causal attention, pooled at the
+    first end-of-text token, projected), written from the published architecture."""
+    tc = cfg["text_config"]
+    width, heads, eps = tc["hidden_size"], tc["num_attention_heads"], tc["layer_norm_eps"]
+    erf = np.vectorize(math.erf)
+    act = {"quick_gelu": lambda x: x / (1 + np.exp(-1.702 * x)),
+           "gelu": lambda x: 0.5 * x * (1 + erf(x / math.sqrt(2)))}[tc["hidden_act"]]
+
+    def w(name):
+        return weights["text_model." + name]
+
+    def norm(x, name):
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + eps) * w(name + ".weight") + w(name + ".bias")
+
+    def linear(x, name):
+        return x @ w(name + ".weight").T + w(name + ".bias")
+    n = ids.index(49407) + 1  # causal: tokens after the first EOT do not change it
+    x = w("embeddings.token_embedding.weight")[ids[:n]] + w("embeddings.position_embedding.weight")[:n]
+    mask = np.triu(np.full((n, n), -np.inf), 1)
+    d = width // heads
+    for layer in range(tc["num_hidden_layers"]):
+        p = f"encoder.layers.{layer}."
+        h = norm(x, p + "layer_norm1")
+        q, k, v = (linear(h, p + f"self_attn.{m}_proj").reshape(n, heads, d).transpose(1, 0, 2)
+                   for m in "qkv")
+        s = q @ k.transpose(0, 2, 1) / math.sqrt(d) + mask
+        a = np.exp(s - s.max(-1, keepdims=True))
+        a /= a.sum(-1, keepdims=True)
+        x = x + linear((a @ v).transpose(1, 0, 2).reshape(n, width), p + "self_attn.out_proj")
+        x = x + linear(act(linear(norm(x, p + "layer_norm2"), p + "mlp.fc1")), p + "mlp.fc2")
+    pooled = norm(x, "final_layer_norm")[n - 1]
+    return pooled @ weights["text_projection.weight"].T
+
+
+def goldens_texts():
+    return json.loads((pathlib.Path(__file__).parents[1] / "data" / "goldens" /
+                       "goldens.json").read_text())["texts"]
+
+
+def test_reference_text_tower_reproduces_the_goldens(model_dir):
+    """The numpy reference is itself checked against the goldens of the reference CLIP."""
+    weights = load_checkpoint(model_dir)
+    cfg = json.loads((pathlib.Path(model_dir) / "config.json").read_text())
+    for t in goldens_texts():
+        got = reference_text_features(weights, cfg, t["ids"])
+        np.testing.assert_allclose(got, t["embedding"], rtol=0, atol=1e-5, err_msg=t["text"])
+
+
+def test_gelu_activation_end_to_end(conn, model_dir, tmp_path):
+    """hidden_act = "gelu" (exact, erf-based) in config.json selects GELU in both towers: text
+    embeddings agree with the numpy reference run with GELU, and differ from quick_gelu's."""
+    d = tmp_path / "tiny-gelu"
+    shutil.copytree(model_dir, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["text_config"]["hidden_act"] = cfg["vision_config"]["hidden_act"] = "gelu"
+    (d / "config.json").write_text(json.dumps(cfg))
+    weights = load_checkpoint(d)
+    worst = 0.0
+    for t in goldens_texts()[:12]:
+        ref = reference_text_features(weights, cfg, t["ids"])
+        ref /= np.linalg.norm(ref)
+        got = vec(conn.execute("select clip_embed_text(?, ?)", (t["text"], str(d))).fetchone()[0])
+        quick = vec(conn.execute("select clip_embed_text(?)", (t["text"],)).fetchone()[0])
+        worst = max(worst, float(np.max(np.abs(got - ref))))
+        assert float(np.max(np.abs(quick - ref))) > 1e-3, t["text"]
+    assert worst < 2e-6, worst
