@@ -715,6 +715,8 @@ def test_clipdb_weights_modes_on_an_f32_checkpoint(tmp_path, model_dir, clipdb_b
     assert same(text, text_a) and moved(img, image_a), "default: text halved, vision F32"
     text, img = modes["f32"]
     assert moved(text, text_a) and moved(img, image_a), "f32: both towers F32"
+    # the documented cost of half-float text weights: up to 1.1e-4 per element
+    assert float(np.max(np.abs(text - modes[None][0]))) <= 1.1e-4
     assert same(img, modes[None][1])
     text, img = modes["f16"]
     assert same(text, text_a) and same(img, image_a), "f16: both towers halved"

@@ -100,7 +100,7 @@ def test_image_to_text_over_captions(conn, demo_dir, model_dir):
         top = conn.execute("select text from captions where captions match ? and k = 1",
                            (p.read_bytes(),)).fetchone()[0]
         right += top == f"a {colour} {shape}"
-    assert right / len(images) >= 0.8, f"{right}/{len(images)}"
+    assert right / len(images) >= 0.95, f"{right}/{len(images)}"  # measured 58/60
 
 
 def test_text_rows_embed_text_and_updates_reembed(conn, model_dir, demo_dir):
@@ -125,12 +125,19 @@ def test_text_rows_embed_text_and_updates_reembed(conn, model_dir, demo_dir):
 
 
 def test_embed_text_matches_goldens(conn):
-    goldens = json.loads((pytest.importorskip("pathlib").Path(__file__).parents[1] / "data" /
-                          "goldens" / "goldens.json").read_text())
-    for t in goldens["texts"][:5]:
+    """Every golden text through SQL, to about 10x the encoder's measured error (1.6e-7)."""
+    goldens = json.loads((pathlib.Path(__file__).parents[1] / "data" / "goldens" /
+                          "goldens.json").read_text())
+    checked = 0
+    for t in goldens["texts"]:
+        if not t["text"].strip():
+            continue  # clip_embed_text refuses an empty text (test_sql_functions)
         ref = np.array(t["embedding"], dtype=np.float64)
         got = vec(conn.execute("select clip_embed_text(?)", (t["text"],)).fetchone()[0])
-        assert np.dot(got, ref / np.linalg.norm(ref)) > 0.999, t["text"]
+        np.testing.assert_allclose(got, ref / np.linalg.norm(ref), rtol=0, atol=2e-6,
+                                   err_msg=t["text"])
+        checked += 1
+    assert checked >= 38
 
 
 def softmax(x):
