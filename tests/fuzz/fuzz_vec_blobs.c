@@ -8,7 +8,8 @@
  * rolled back (so rollback of the table's index cache is exercised too, and FAISS's slow
  * index_factory is not paid per input). Invariants checked on
  * success: similarities are finite and within [-1, 1], normalised vectors have unit length,
- * stored embeddings are unit length, KNN returns at most k rows. */
+ * a vector's JSON round trip (op 5) is exact, stored embeddings are unit length, KNN returns
+ * at most k rows. */
 #include <math.h>
 
 #include "tests/fuzz/fuzz_sql.h"
@@ -80,6 +81,9 @@ static void check_result(unsigned op, sqlite3_stmt *st, int k) {
       double s = sqlite3_column_double(st, 0);
       FUZZ_CHECK(isfinite(s) && s >= -1.0001 && s <= 1.0001);
     }
+    /* a vector that to_json accepts comes back from from_json bit for bit */
+    if (op == 5) FUZZ_CHECK(sqlite3_column_type(st, 0) == SQLITE_INTEGER &&
+                            sqlite3_column_int64(st, 0) == 1);
     if (op == 4 && sqlite3_column_type(st, 0) == SQLITE_BLOB) {
       double nrm = blob_norm(sqlite3_column_blob(st, 0), sqlite3_column_bytes(st, 0));
       FUZZ_CHECK(fabs(nrm - 1.0) < 1e-3);
