@@ -105,10 +105,11 @@ def seeds_tokenizer_files():
         b'"clipdb</w>": 3, ')
     put("fuzz_tokenizer_files", "splice-vocab-escape", b"\x02" + struct.pack(">IH", at + 1, 5) +
         b"\\u0068\\u00e9")
-    put("fuzz_tokenizer_files", "splice-vocab-end", b"\x02" + struct.pack(">IH", len(vocab_raw) - 2, 2)
-        + b', "x": 1}')
+    put("fuzz_tokenizer_files", "splice-vocab-end",
+        b"\x02" + struct.pack(">IH", len(vocab_raw) - 2, 2) + b', "x": 1}')
     at = merges_raw.index(b"\nh e")
-    put("fuzz_tokenizer_files", "splice-merges-line", b"\x03" + struct.pack(">IH", at + 1, 3) + b"e h")
+    put("fuzz_tokenizer_files", "splice-merges-line",
+        b"\x03" + struct.pack(">IH", at + 1, 3) + b"e h")
     put("fuzz_tokenizer_files", "splice-merges-crlf", b"\x03" + struct.pack(">IH", 40, 0) + b"\r\n")
     put("fuzz_tokenizer_files", "splice-merges-cut", b"\x03" + struct.pack(">IH", 3000, 60000))
 

@@ -216,7 +216,8 @@ def test_arithmetic_overflow_is_an_error(table):
     """A result that overflows float is refused (docs/fuzzing.md), never clamped or returned."""
     big = f32([3e38] * DIMS)
     expect_error(table, "SELECT clip_vec_add(?, ?)", (big, big), r"result: element 0 is not finite")
-    expect_error(table, "SELECT clip_vec_scale(?, 1e30)", (big,), r"result: element 0 is not finite")
+    expect_error(table, "SELECT clip_vec_scale(?, 1e30)", (big,),
+                 r"result: element 0 is not finite")
     expect_error(table, "SELECT clip_vec_from_json('[1e39, 1]')", (),
                  r"JSON array of finite numbers")
     # a sum just inside the float range is still a result
@@ -261,14 +262,16 @@ WRONG_TYPES = [
     ("SELECT clip_similarity('a', 'b')", (), r"argument 1 must be a float32 vector BLOB"),
     ("SELECT clip_similarity(?, 1.5)", ("UNIT",), r"argument 2 must be a float32 vector BLOB"),
     ("SELECT clip_similarity(?, ?)", ("UNIT", "UNIT32"), r"differ in size \(64 and 32 floats\)"),
-    ("SELECT clip_vec_add(?, NULL)", ("UNIT",), r"argument 2 must be a float32 vector BLOB, not NULL"),
+    ("SELECT clip_vec_add(?, NULL)", ("UNIT",),
+     r"argument 2 must be a float32 vector BLOB, not NULL"),
     ("SELECT clip_vec_scale(?, 'x')", ("UNIT",), r"the factor must be a finite number"),
     ("SELECT clip_vec_to_json(42)", (), r"argument 1 must be a float32 vector BLOB"),
     ("SELECT clip_vec_from_json('not json')", (), r"invalid JSON at byte 1"),
     ("SELECT clip_vec_from_json('{\"a\": 1}')", (), r"non-empty JSON array"),
     ("SELECT clip_vec_from_json('[1, \"x\"]')", (), r"array of finite numbers"),
     ("SELECT clip_classify(?)", ("UNIT",), r"give at least one label"),
-    ("SELECT rowid FROM t WHERE t MATCH 42 AND k = 1", (), r"MATCH query must be TEXT.*not a number"),
+    ("SELECT rowid FROM t WHERE t MATCH 42 AND k = 1", (),
+     r"MATCH query must be TEXT.*not a number"),
     ("SELECT rowid FROM t WHERE t MATCH NULL AND k = 1", (), r"MATCH query is NULL"),
     ("INSERT INTO t(embedding) VALUES('text not blob')", (), r"got a non-BLOB of 13 bytes"),
     ("INSERT INTO t(text) VALUES(x'61')", (), r"text must be TEXT"),

@@ -290,7 +290,8 @@ def test_clip_model_default_replaces_the_default(conn, model_dir, tmp_path, monk
     info = json.loads(conn.execute("select clip_model('default', ?)", (model_dir,)).fetchone()[0])
     assert info["name"] == "default" and info["dims"] == 64
     got = conn.execute("select clip_embed_text('a red star')").fetchone()[0]
-    assert got == conn.execute("select clip_embed_text('a red star', ?)", (model_dir,)).fetchone()[0]
+    by_path = conn.execute("select clip_embed_text('a red star', ?)", (model_dir,)).fetchone()[0]
+    assert got == by_path
     # a table created without model= uses it too
     conn.execute("create virtual table t using clip()")
     conn.execute("insert into t(text) values ('a red star')")
@@ -373,7 +374,8 @@ def reference_text_features(weights, cfg, ids):
     def linear(x, name):
         return x @ w(name + ".weight").T + w(name + ".bias")
     n = ids.index(49407) + 1  # causal: tokens after the first EOT do not change it
-    x = w("embeddings.token_embedding.weight")[ids[:n]] + w("embeddings.position_embedding.weight")[:n]
+    x = (w("embeddings.token_embedding.weight")[ids[:n]] +
+         w("embeddings.position_embedding.weight")[:n])
     mask = np.triu(np.full((n, n), -np.inf), 1)
     d = width // heads
     for layer in range(tc["num_hidden_layers"]):
