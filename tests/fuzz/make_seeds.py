@@ -187,9 +187,23 @@ def seeds_sql():
         put("fuzz_shadow", f"cache-truncate-{off}", bytes([16]) + cache_edit(off, 1))
     put("fuzz_shadow", "cache-insert", bytes([16 | 8]) + cache_edit(48, 2, bytes(range(16))))
 
+def seeds_cli_query():
+    # byte 0: 0 the search query grammar, 1 a --before/--after DATE, 2 an EXIF date
+    for i, q in enumerate(["a red star", "sunset + beach - people", "2:sunset 0.5:\"blue sky\"",
+                           "- people", "\"t-shirt + shorts\" - winter", "photos/cat.jpg + hat",
+                           "https://example.com/a.png - red", "0:x", "1e309:y", "+ + -", "\"open"]):
+        put("fuzz_cli_query", f"query-{i:02d}", b"\x00" + q.encode())
+    for i, d in enumerate(["2020", "2020-05", "2020-05-01", "2020-05-01 10:00",
+                           "2020-05-01T10:00:59", "20-05-01", "2020/05/01"]):
+        put("fuzz_cli_query", f"date-{i:02d}", b"\x01" + d.encode())
+    for i, d in enumerate(["2020:05:01 10:00:59", "0000:00:00 00:00:00", "    :  :     :  :  ",
+                           "2020:05:01"]):
+        put("fuzz_cli_query", f"exif-{i:02d}", b"\x02" + d.encode())
+
+
 if __name__ == "__main__":
     for sub in ["fuzz_safetensors", "fuzz_config", "fuzz_tokenizer_files", "fuzz_tokenizer",
-                "fuzz_image", "fuzz_vtab_args", "fuzz_vec_blobs", "fuzz_shadow"]:
+                "fuzz_image", "fuzz_vtab_args", "fuzz_vec_blobs", "fuzz_shadow", "fuzz_cli_query"]:
         for old in (CORPUS / sub).glob("*"):  # regress-* are kept: found inputs
             if not old.name.startswith("regress-"):
                 old.unlink()
@@ -199,5 +213,6 @@ if __name__ == "__main__":
     seeds_tokenizer()
     seeds_image()
     seeds_sql()
+    seeds_cli_query()
     total = sum(p.stat().st_size for p in CORPUS.rglob("*") if p.is_file())
     print(f"seeds written under {CORPUS} ({total} bytes)")
