@@ -13,6 +13,9 @@
 #include "testdata.h"
 
 #define K 10
+/* A predicate filter keeping 1% of the rows widens nprobe but stays approximate; measured
+ * recall@10 on the test's clustered data is 0.56. */
+#define PRED_RECALL_MIN 0.5
 
 /* Builds an index holding rows 0..n-1 of x (id = row), optionally trained. */
 static cdb_index *build(const char *type, const float *x, int64_t n, int d, int train) {
@@ -163,11 +166,15 @@ Test(index, filtered_search_returns_k_allowed) {
     }
   cdb_filter by_ids = {set, n_set, NULL, NULL};
   cdb_filter by_pred = {NULL, 0, allow_mod100, NULL};
+  double pred_recall = 0;
   for (int qi = 0; qi < 10; qi++) {
     const float *q = x + (size_t)(n + qi) * d;
     check_filtered(idx, x, n, d, q, &by_ids, allowed, 1); /* 1%: exact over the set */
-    check_filtered(idx, x, n, d, q, &by_pred, allowed, 0);
+    pred_recall += check_filtered(idx, x, n, d, q, &by_pred, allowed, 0);
   }
+  cr_log_info("1%% predicate filter recall %.3f", pred_recall / 10);
+  cr_assert(pred_recall / 10 >= PRED_RECALL_MIN, "1%% predicate filter recall %.3f",
+            pred_recall / 10);
   /* a large set (50%) takes the widened-nprobe path */
   memset(allowed, 0, (size_t)n);
   n_set = 0;
@@ -236,8 +243,16 @@ Test(index, remove_and_replace) {
   cr_assert_eq(cdb_index_count(idx), n - 1);
   search_ok(idx, x + 50 * d, 2, NULL, got, gs, &found);
   cr_assert(got[0] == 5000 || got[1] == 5000);
+  search_ok(idx, x + 40 * d, 1, NULL, got, gs, &found);
+  cr_assert(got[0] != 5000 || gs[0] < 0.9999f, "the first of two vectors for one id was kept");
+  /* removing it leaves no trace of either vector */
+  cr_assert_eq(cdb_index_remove(idx, 1, &dup[0], &n_removed, &err), 0, "%s", err.msg);
+  cr_assert_eq(n_removed, 1);
+  cr_assert_eq(cdb_index_count(idx), n - 2);
+  search_ok(idx, x + 50 * d, K, NULL, got, gs, &found);
+  for (int i = 0; i < found; i++)
+    cr_assert_neq(got[i], 5000);
   /* same through the IVF path */
-  cr_assert_eq(cdb_index_remove(idx, 1, &dup[0], &n_removed, &err), 0);
   cdb_index_free(idx);
   idx = build("IVF16,Flat", x, n, d, 1);
   cr_assert_eq(cdb_index_remove(idx, 3, rm, &n_removed, &err), 0, "%s", err.msg);
@@ -297,6 +312,26 @@ static void assert_same_results(const cdb_index *a, const cdb_index *b, const fl
     cr_assert_arr_eq(ia, ib, sizeof(int64_t) * (size_t)fa);
     cr_assert_arr_eq(sa, sb, sizeof(float) * (size_t)fa);
   }
+}
+
+/* Range search on b returns the same (id, similarity) list as on a. */
+static void assert_same_range(const cdb_index *a, const cdb_index *b, const float *q,
+                              float min_sim) {
+  cdb_error err = {{0}};
+  int64_t *ia = NULL, *ib = NULL, na = 0, nb = 0;
+  float *sa = NULL, *sb = NULL;
+  cr_assert_eq(cdb_index_range_search(a, q, min_sim, NULL, &ia, &sa, &na, &err), 0, "%s", err.msg);
+  cr_assert_eq(cdb_index_range_search(b, q, min_sim, NULL, &ib, &sb, &nb, &err), 0, "%s", err.msg);
+  cr_assert(na >= 5, "range search found %lld", (long long)na);
+  cr_assert_eq(na, nb);
+  for (int64_t i = 0; i < na; i++) {
+    cr_assert_eq(ia[i], ib[i]);
+    cr_assert_float_eq(sa[i], sb[i], 1e-6);
+  }
+  free(ia);
+  free(ib);
+  free(sa);
+  free(sb);
 }
 
 Test(index, save_load_pieces_round_trip) {
@@ -373,6 +408,8 @@ Test(index, mmap_cache_file_round_trip) {
   int found;
   search_ok(mapped, x, K, &opts, got, gs, &found);
   cr_assert_eq(found, 2);
+  cr_assert((got[0] == 3 && got[1] == 4) || (got[0] == 4 && got[1] == 3));
+  assert_same_range(idx, mapped, x, 0.5f);
   /* the first write reads it into memory */
   int64_t id = 3;
   cr_assert_eq(cdb_index_add(mapped, 1, &id, x + 9 * d, &err), 0, "%s", err.msg);
@@ -570,12 +607,14 @@ Test(index, range_search_finds_near_duplicates) {
   cr_assert_eq(n_found, expect);
   cr_assert(n_found >= 6);
   cr_assert_eq(ids[0], 0);
+  int near_dups = 0;
   for (int64_t i = 0; i < n_found; i++) {
     cr_assert(sims[i] >= min_sim);
-    cr_assert(ids[i] == 0 || (ids[i] >= 100 && ids[i] < 105) || sims[i] >= min_sim);
+    near_dups += ids[i] >= 100 && ids[i] < 105;
     if (i)
       cr_assert(sims[i - 1] >= sims[i]);
   }
+  cr_assert_eq(near_dups, 5, "found %d of the 5 planted near-duplicates", near_dups);
   free(ids);
   free(sims);
   /* with a filter excluding row 0 */
@@ -594,7 +633,7 @@ Test(index, sq8_and_pq_types) {
   int d = 64, n = 12000, nq = 50;
   float *x = td_clustered(n + nq, d, 100, 0.8, 9);
   const char *types[] = {"IVF,SQ8", "IVF64,PQ16"};
-  double min_recall[] = {0.9, 0.5};
+  double min_recall[] = {0.98, 0.58}; /* just below the measured 0.990 and 0.610 */
   for (int t = 0; t < 2; t++) {
     cdb_index *idx = build(types[t], x, n, d, 1);
     cdb_index_info info;
