@@ -5,8 +5,12 @@ rolled-back 'train' (and a ROLLBACK TO after one), after bytes of the file are d
 read-only opens must leave the folder exactly as it was."""
 import json
 import os
+import pathlib
+import pwd
 import shutil
 import sqlite3
+import tempfile
+import traceback
 
 import numpy as np
 import pytest
@@ -241,23 +245,52 @@ def test_read_only_open_writes_nothing(tmp_path, ext_path, how, with_cache_file)
     assert folder_state(folder) == before
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write read-only files and folders")
-def test_read_only_file_and_folder_write_nothing(tmp_path, ext_path):
-    folder = tmp_path / "lib"
-    folder.mkdir()
-    path = folder / "ro.db"
-    truth, nlist = build_table(path, ext_path, 200)
-    os.remove(cache_of(path))
-    os.chmod(path, 0o444)
-    before = folder_state(folder)
-    query_read_only(f"file:{path}", ext_path, truth, nlist)
-    assert folder_state(folder) == before
-    os.chmod(folder, 0o555)
+def run_unprivileged(fn):
+    """Runs fn() as `nobody` in a forked child when the tests run as root (root may write
+    read-only files and folders); fails with the child's traceback if fn raised."""
+    if os.geteuid() != 0:
+        fn()
+        return
+    nobody = pwd.getpwnam("nobody")
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            fn()
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the unprivileged check failed (see stderr)"
+
+
+def test_read_only_file_and_folder_write_nothing(ext_path):
+    work = pathlib.Path(tempfile.mkdtemp(prefix="clipdb-ro-"))  # outside root-only pytest dirs
     try:
-        query_read_only(f"file:{path}", ext_path, truth, nlist)
+        work.chmod(0o755)
+        folder = work / "lib"
+        folder.mkdir()
+        path = folder / "ro.db"
+        truth, nlist = build_table(path, ext_path, 200)
+        os.remove(cache_of(path))
+        os.chmod(path, 0o444)
+        if os.geteuid() == 0:  # the folder is writable by the reader, the file is not
+            nobody = pwd.getpwnam("nobody")
+            os.chown(folder, nobody.pw_uid, nobody.pw_gid)
+        before = folder_state(folder)
+        run_unprivileged(lambda: query_read_only(f"file:{path}", ext_path, truth, nlist))
+        assert folder_state(folder) == before
+        os.chmod(folder, 0o555)
+        run_unprivileged(lambda: query_read_only(f"file:{path}", ext_path, truth, nlist))
         assert folder_state(folder) == before
     finally:
-        os.chmod(folder, 0o755)
+        os.chmod(work / "lib", 0o755)
+        shutil.rmtree(work)
 
 
 def test_damaged_file_under_writes_and_rollbacks(tmp_path, ext_path):
