@@ -1,5 +1,5 @@
-/* table.h: the state of one `clip` virtual table, shared by vtab.c (SQL interface) and store.c
- * (shadow tables and the in-memory index cache). Internal to sqlite-ext/. */
+/* table.h: the state of one `clip` virtual table and the calls between the files that implement
+ * it (vtab.c, options.c, commands.c, queue.c, cache.c, store.c). Internal to sqlite-ext/. */
 #ifndef CLIPDB_TABLE_H
 #define CLIPDB_TABLE_H
 
@@ -37,7 +37,7 @@ typedef struct id_list {
 } id_list;
 
 /* Rows written in the current transaction whose vector the encoder has not computed yet
- * (vtab.c): images wait preprocessed (pixels), texts validated (a copy). A flush embeds each
+ * (queue.c): images wait preprocessed (pixels), texts validated (a copy). A flush embeds each
  * kind in one encoder call. Every rowid appears at most once, and only rows written after the
  * latest savepoint began are ever queued (xSavepoint flushes), so any rollback drops them all. */
 typedef struct pending_rows {
@@ -110,25 +110,56 @@ struct cdbx_table {
 
 #define CDBX_NO_COLUMN (-2)
 
-/* store.c */
-int cdbx_store_create(cdbx_table *t, char **errmsg);
-int cdbx_store_read_config(cdbx_table *t, char **errmsg);
-int cdbx_store_drop(cdbx_table *t);
-int cdbx_store_rename(cdbx_table *t, const char *new_name);
-void cdbx_store_finalize(cdbx_table *t);
-void cdbx_cache_file_remove(cdbx_table *t);
-sqlite3_stmt *cdbx_stmt(cdbx_table *t, int which);
+/* Each file below calls only the files listed after it (and models.c, vec.c, embed/, index/):
+ * vtab.c -> commands.c -> queue.c -> cache.c -> store.c; options.c is called by vtab.c only. */
 
+/* ---- options.c ---- */
+/* Parses and checks the CREATE arguments into t (at CREATE also the model, dims and index
+ * parameters; at connect those come from T_config) and declares the table to SQLite. */
+int cdbx_options_apply(cdbx_table *t, int argc, const char *const *argv, int create,
+                       char **errmsg);
+/* Why `name` cannot name this clip table (it is also one of its column names), or NULL. */
+char *cdbx_table_name_error(const cdbx_table *t, const char *name);
+
+/* ---- commands.c ---- */
+/* A command ('train', 'rebuild', 'optimize', 'integrity-check') and commit-time maintenance. */
+int cdbx_command(cdbx_table *t, const char *cmd);
+int cdbx_maintain(cdbx_table *t);
+/* The index's state (kind, factory, nlist, nprobe, count): queued rows embedded first, the
+ * cache brought up to date. */
+int cdbx_table_index_info(cdbx_table *t, cdb_index_info *info);
+
+/* ---- queue.c ---- */
+/* The model this table embeds with, loaded on first need and checked against the table; NULL
+ * (with the table's error set) for a dims= table or a model whose identity changed. */
+clip_model *cdbx_table_model(cdbx_table *t);
+/* The writes of xUpdate; cols points at the declared columns (argv + 2). */
+int cdbx_row_insert(cdbx_table *t, sqlite3_value *rowid_v, sqlite3_value **cols,
+                    sqlite3_int64 *out_rowid);
+int cdbx_row_update(cdbx_table *t, sqlite3_value *old_v, sqlite3_value *new_v,
+                    sqlite3_value **cols);
+int cdbx_row_delete(cdbx_table *t, sqlite3_value *rowid_v);
+/* Embeds the queued rows and writes their vectors (before anything reads vectors). */
+int cdbx_pending_flush(cdbx_table *t);
+int cdbx_pending_has(const cdbx_table *t, int64_t rowid);
+/* Discards the queue without embedding (its rows were rolled back); free also drops buffers. */
+void cdbx_pending_clear(cdbx_table *t);
+void cdbx_pending_free(cdbx_table *t);
+/* For 'rebuild': rows that lost their vector (deleted from T_vectors behind the table's back)
+ * are embedded again from their stored image or text; one that cannot be is an error. */
+int cdbx_reembed_missing(cdbx_table *t);
+
+/* ---- cache.c ---- */
 /* Brings the cache up to date with the tables (another connection's commits, rollbacks). */
 int cdbx_cache_fresh(cdbx_table *t);
-/* The index's state (kind, factory, nlist, nprobe, count), with the cache brought up to date. */
-int cdbx_table_index_info(cdbx_table *t, cdb_index_info *info);
+int cdbx_cache_info(cdbx_table *t, cdb_index_info *info);
 /* Adds/replaces and removes rows in the cache; the tables are written by the caller. */
 int cdbx_cache_put(cdbx_table *t, int64_t rowid, const float *vec);
 int cdbx_cache_remove(cdbx_table *t, int64_t rowid);
 int cdbx_cache_flush(cdbx_table *t);
 int cdbx_cache_rollback_flush(cdbx_table *t); /* runs no SQL: for xRollback / xRollbackTo */
 void cdbx_cache_drop(cdbx_table *t);
+void cdbx_cache_file_remove(cdbx_table *t);
 /* Searches of the cache (cdb_index_search / cdb_index_range_search); one that meets a damaged
  * cache file discards it, rebuilds the cache from the tables and searches again. */
 int cdbx_cache_search(cdbx_table *t, const float *query, int k, const cdb_search_opts *opts,
@@ -139,19 +170,66 @@ int cdbx_cache_range_search(cdbx_table *t, const float *query, float min_sim,
 /* Records a change of rowid's vector in the log (same transaction) and in `touched`. */
 int cdbx_log_change(cdbx_table *t, int64_t rowid, int op);
 int cdbx_touch(cdbx_table *t, int64_t rowid);
+/* The index operations of the commands: training, rebalancing the lists, writing a snapshot
+ * (T_index, the log truncated before it) and reloading from T_vectors. */
+int cdbx_cache_train(cdbx_table *t);
+int cdbx_cache_rebalance(cdbx_table *t);
+int cdbx_cache_compact(cdbx_table *t);
+int cdbx_cache_reload_from_vectors(cdbx_table *t);
+int cdbx_cache_wants_training(const cdbx_table *t);
+int cdbx_cache_needs_rebalance(const cdbx_table *t);
+int cdbx_cache_log_is_long(const cdbx_table *t);
+int cdbx_cache_in_use(const cdbx_table *t);
+void cdbx_cache_invalidate(cdbx_table *t);
+/* For integrity-check: the cache in every form it takes (in memory, rebuilt from the tables,
+ * the cache file) against the n_vectors rows of T_vectors. */
+int cdbx_cache_check(cdbx_table *t, int64_t n_vectors);
+
+/* ---- store.c: every SQL statement on the shadow tables ---- */
+int cdbx_store_create(cdbx_table *t, char **errmsg);
+int cdbx_store_read_config(cdbx_table *t, char **errmsg);
+int cdbx_store_drop(cdbx_table *t);
+int cdbx_store_rename(cdbx_table *t, const char *new_name);
+void cdbx_store_finalize(cdbx_table *t);
+sqlite3_stmt *cdbx_stmt(cdbx_table *t, int which);
+/* Whether T_<suffix> is one of the shadow tables (xShadowName). */
+int cdbx_store_is_shadow_name(const char *suffix);
+/* Reads of T_rows: the rows a query's filters select (`where` is " AND ..." on the declared
+ * column names; all stored columns, or rowids only), one row's stored columns (rowid bound to
+ * ?1), the image and text a row was embedded from, the rows that have no vector. */
+int cdbx_store_prepare_rows(cdbx_table *t, int all_columns, const char *where,
+                            sqlite3_stmt **out);
+int cdbx_store_prepare_row_lookup(cdbx_table *t, sqlite3_stmt **out);
+int cdbx_store_row_source(cdbx_table *t, int64_t rowid, sqlite3_value **image,
+                          sqlite3_value **text);
+int cdbx_store_rows_without_vector(cdbx_table *t, id_list *ids);
+/* Vectors: one row's (*found = 0 when it has none; vec gets dims floats), or each in turn. */
+int cdbx_store_read_vector(cdbx_table *t, int64_t rowid, float *vec, int *found);
+typedef int (*cdbx_vector_fn)(cdbx_table *t, void *ctx, int64_t rowid, const float *v,
+                              int bytes);
+int cdbx_store_scan_vectors(cdbx_table *t, const char *what, cdbx_vector_fn fn, void *ctx);
+/* The change log: append (op 1 = put, 2 = delete; *seq gets its seq), rows changed after a seq,
+ * the last seq, the entries after a seq. */
+int cdbx_store_append_log(cdbx_table *t, int64_t rowid, int op, int64_t *seq);
+int cdbx_store_changed_ids(cdbx_table *t, int64_t after, id_list *ids);
+int cdbx_store_log_end(cdbx_table *t, int64_t *end);
+int cdbx_store_log_count_after(cdbx_table *t, int64_t after, int64_t *n);
+/* The snapshot (T_index) and the config that versions it. NULL from read_snapshot (not an
+ * error) when it is missing or unusable. */
+cdb_index *cdbx_store_read_snapshot(cdbx_table *t);
+int cdbx_store_save_snapshot(cdbx_table *t, cdb_index *idx, int64_t snap, int64_t log_from,
+                             int64_t generation, int64_t *snap_uid);
+int cdbx_store_forget_snapshot(cdbx_table *t);
+int cdbx_store_snapshot_state(cdbx_table *t, int64_t *gen, int64_t *snap, int64_t *snap_uid);
+int cdbx_store_generation(cdbx_table *t, int64_t *gen);
+int cdbx_store_data_version(cdbx_table *t, int64_t *out);
+/* For integrity-check and rebuild: rows without a vector and vectors without a row. */
+int cdbx_store_count_unpaired(cdbx_table *t, int64_t *missing, int64_t *orphans);
+int cdbx_store_delete_orphan_vectors(cdbx_table *t);
 int cdbx_id_list_push(id_list *l, int64_t id);
-
-/* vtab.c: embeds the queued rows and writes their vectors (before anything reads vectors). */
-int cdbx_pending_flush(cdbx_table *t);
-/* vtab.c, for 'rebuild': rows that lost their vector (deleted from T_vectors behind the table's
- * back) are embedded again from their stored image or text; one that cannot be is an error. */
-int cdbx_reembed_missing(cdbx_table *t);
-
-/* Commands and commit-time maintenance. */
-int cdbx_command(cdbx_table *t, const char *cmd);
-int cdbx_maintain(cdbx_table *t);
-
-/* Sets the table's error message (printf style) and returns SQLITE_ERROR. */
+/* Sets the table's error message (printf style) and returns SQLITE_ERROR; cdbx_fail prefixes
+ * the message with "clip: <table>: ", as almost every message of a table operation is. */
 int cdbx_table_error(cdbx_table *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int cdbx_fail(cdbx_table *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif
