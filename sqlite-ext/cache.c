@@ -7,10 +7,8 @@
  * entries after cache_seq, or reloads fully when the config generation moved (log truncated).
  * The snapshot is rewritten only on 'train'/'optimize'/'rebuild', after automatic training at
  * commit, or when the log grows large next to the index; a flat index needs no snapshot.
- * Owns: cdbx_table.index, .stale, .cache_seq, .generation, .data_version, .log_since_snapshot,
- * .file_tag, .bad_file_tag, .pend_* (batched index changes), and the transaction's .touched,
- * .resync lists. Runs no SQL itself: calls down into store.c; called by queue.c, commands.c and
- * vtab.c. */
+ * Owns: cdbx_table.cache (and appends to the transaction's list of touched rows). Runs no
+ * SQL: calls down into store.c; called by queue.c, commands.c and vtab.c. */
 #include <ctype.h>
 #include <math.h>
 #include <stdlib.h>
@@ -33,15 +31,15 @@ static cdb_index_params index_params(const cdbx_table *t) {
 }
 
 void cdbx_cache_drop(cdbx_table *t) {
-  cdb_index_free(t->index);
-  t->index = NULL;
-  t->pend_ids.n = 0;
-  t->pend_removes.n = 0;
-  t->resync.n = 0;
+  cdb_index_free(t->cache.index);
+  t->cache.index = NULL;
+  t->cache.pend_ids.n = 0;
+  t->cache.pend_removes.n = 0;
+  t->cache.resync.n = 0;
 }
 
 static int index_error(cdbx_table *t, const char *what, const cdb_error *err) {
-  t->stale = 1;
+  t->cache.stale = 1;
   return cdbx_fail(t, "%s: %s", what, err->msg);
 }
 
@@ -50,18 +48,19 @@ static int ensure_intact(cdbx_table *t);
 /* Pending changes go to the index in batches (FAISS removal costs a pass over the index, so one
  * pass per batch, not per row): removals first, then additions, which always came later. */
 int cdbx_cache_flush(cdbx_table *t) {
+  table_cache *c = &t->cache;
   cdb_error err = {{0}};
-  int rc = t->pend_removes.n + t->pend_ids.n > 0 ? ensure_intact(t) : SQLITE_OK;
-  if (t->index && t->pend_removes.n > 0 &&
-      cdb_index_remove(t->index, t->pend_removes.n, t->pend_removes.ids, NULL, &err) != 0) {
+  int rc = c->pend_removes.n + c->pend_ids.n > 0 ? ensure_intact(t) : SQLITE_OK;
+  if (c->index && c->pend_removes.n > 0 &&
+      cdb_index_remove(c->index, c->pend_removes.n, c->pend_removes.ids, NULL, &err) != 0) {
     rc = index_error(t, "removing from the index", &err);
   }
-  if (rc == SQLITE_OK && t->index && t->pend_ids.n > 0 &&
-      cdb_index_add(t->index, t->pend_ids.n, t->pend_ids.ids, t->pend_vecs, &err) != 0) {
+  if (rc == SQLITE_OK && c->index && c->pend_ids.n > 0 &&
+      cdb_index_add(c->index, c->pend_ids.n, c->pend_ids.ids, c->pend_vecs, &err) != 0) {
     rc = index_error(t, "adding to the index", &err);
   }
-  t->pend_removes.n = 0;
-  t->pend_ids.n = 0;
+  c->pend_removes.n = 0;
+  c->pend_ids.n = 0;
   return rc;
 }
 
@@ -70,48 +69,50 @@ int cdbx_cache_flush(cdbx_table *t) {
  * of being read into memory, which could find the file damaged and need a reload. */
 int cdbx_cache_rollback_flush(cdbx_table *t) {
   cdb_index_info info;
-  if (t->index) cdb_index_get_info(t->index, &info);
-  if (!t->index || !info.mapped) return cdbx_cache_flush(t);
-  t->pend_ids.n = 0;
-  t->pend_removes.n = 0;
-  t->stale = 1;
+  if (t->cache.index) cdb_index_get_info(t->cache.index, &info);
+  if (!t->cache.index || !info.mapped) return cdbx_cache_flush(t);
+  t->cache.pend_ids.n = 0;
+  t->cache.pend_removes.n = 0;
+  t->cache.stale = 1;
   return SQLITE_OK;
 }
 
 /* Adds or replaces (the index keeps the last of repeated ids in one batch). */
 int cdbx_cache_put(cdbx_table *t, int64_t rowid, const float *vec) {
-  if (!t->index) return SQLITE_OK;
-  if (t->pend_ids.n == t->pend_cap) {
-    int64_t cap = t->pend_cap ? t->pend_cap * 2 : 256;
-    float *v = realloc(t->pend_vecs, sizeof(float) * (size_t)cap * (size_t)t->dims);
+  table_cache *c = &t->cache;
+  if (!c->index) return SQLITE_OK;
+  if (c->pend_ids.n == c->pend_cap) {
+    int64_t cap = c->pend_cap ? c->pend_cap * 2 : 256;
+    float *v = realloc(c->pend_vecs, sizeof(float) * (size_t)cap * (size_t)t->dims);
     if (!v) return SQLITE_NOMEM;
-    t->pend_vecs = v;
-    t->pend_cap = cap;
+    c->pend_vecs = v;
+    c->pend_cap = cap;
   }
-  memcpy(t->pend_vecs + (size_t)t->pend_ids.n * t->dims, vec, sizeof(float) * (size_t)t->dims);
-  int rc = cdbx_id_list_push(&t->pend_ids, rowid);
-  if (rc == SQLITE_OK && t->pend_ids.n >= PEND_BATCH) rc = cdbx_cache_flush(t);
+  memcpy(c->pend_vecs + (size_t)c->pend_ids.n * t->dims, vec, sizeof(float) * (size_t)t->dims);
+  int rc = cdbx_id_list_push(&c->pend_ids, rowid);
+  if (rc == SQLITE_OK && c->pend_ids.n >= PEND_BATCH) rc = cdbx_cache_flush(t);
   return rc;
 }
 
 int cdbx_cache_remove(cdbx_table *t, int64_t rowid) {
-  if (!t->index) return SQLITE_OK;
-  int rc = t->pend_ids.n > 0 ? cdbx_cache_flush(t) : SQLITE_OK;
-  if (rc == SQLITE_OK) rc = cdbx_id_list_push(&t->pend_removes, rowid);
-  if (rc == SQLITE_OK && t->pend_removes.n >= PEND_BATCH) rc = cdbx_cache_flush(t);
+  if (!t->cache.index) return SQLITE_OK;
+  int rc = t->cache.pend_ids.n > 0 ? cdbx_cache_flush(t) : SQLITE_OK;
+  if (rc == SQLITE_OK) rc = cdbx_id_list_push(&t->cache.pend_removes, rowid);
+  if (rc == SQLITE_OK && t->cache.pend_removes.n >= PEND_BATCH) rc = cdbx_cache_flush(t);
   return rc;
 }
 
 int cdbx_touch(cdbx_table *t, int64_t rowid) {
-  return t->in_txn ? cdbx_id_list_push(&t->touched, rowid) : SQLITE_OK;
+  return t->txn.in_txn ? cdbx_id_list_push(&t->txn.touched, rowid) : SQLITE_OK;
 }
 
 int cdbx_log_change(cdbx_table *t, int64_t rowid, int op) {
   int64_t seq = 0;
   int rc = cdbx_store_append_log(t, rowid, op, &seq);
   if (rc != SQLITE_OK) return rc;
-  if (seq == t->cache_seq + 1) t->cache_seq = seq; /* else a later refresh replays the gap */
-  t->log_since_snapshot++;
+  /* A gap (seq not next) is left for a later refresh to replay. */
+  if (seq == t->cache.cache_seq + 1) t->cache.cache_seq = seq;
+  t->cache.log_since_snapshot++;
   return SQLITE_OK;
 }
 
@@ -137,7 +138,7 @@ static int replay_log(cdbx_table *t, int64_t from) {
   if (rc == SQLITE_OK) rc = resync_ids(t, ids.ids, ids.n);
   free(ids.ids);
   if (rc == SQLITE_OK) rc = cdbx_store_log_end(t, &end);
-  if (rc == SQLITE_OK && end > t->cache_seq) t->cache_seq = end;
+  if (rc == SQLITE_OK && end > t->cache.cache_seq) t->cache.cache_seq = end;
   return rc;
 }
 
@@ -223,18 +224,19 @@ enum { FROM_FILE_OR_PIECES, FROM_PIECES };
 static cdb_index *open_snapshot(cdbx_table *t, int source) {
   char *path = cache_path(t);
   cdb_error err = {{0}};
-  int use_file = path && source == FROM_FILE_OR_PIECES && t->file_tag != t->bad_file_tag;
-  cdb_index *idx = use_file ? cdb_index_open_file_mmap(path, t->file_tag, &err) : NULL;
+  int use_file =
+      path && source == FROM_FILE_OR_PIECES && t->cache.file_tag != t->cache.bad_file_tag;
+  cdb_index *idx = use_file ? cdb_index_open_file_mmap(path, t->cache.file_tag, &err) : NULL;
   if (idx && cdb_index_dim(idx) != t->dims) {
     cdb_index_free(idx);
     idx = NULL;
   }
   if (!idx) {
     idx = cdbx_store_read_snapshot(t);
-    int replace = source == FROM_FILE_OR_PIECES || t->bad_file_tag == t->file_tag;
+    int replace = source == FROM_FILE_OR_PIECES || t->cache.bad_file_tag == t->cache.file_tag;
     if (idx && path && replace && may_write_cache_file(t) &&
-        cdb_index_save_file(idx, path, t->file_tag, &err) == 0) {
-      t->bad_file_tag = 0;
+        cdb_index_save_file(idx, path, t->cache.file_tag, &err) == 0) {
+      t->cache.bad_file_tag = 0;
     }
   }
   sqlite3_free(path);
@@ -247,27 +249,27 @@ static int load_full_from(cdbx_table *t, int source) {
   int rc = cdbx_store_data_version(t, &dv);
   if (rc == SQLITE_OK) rc = cdbx_store_snapshot_state(t, &gen, &snap, &snap_uid);
   if (rc != SQLITE_OK) return rc;
-  t->file_tag = cache_tag(t, gen, snap, snap_uid);
-  t->index = snap >= 0 ? open_snapshot(t, source) : NULL;
-  if (t->index) {
-    t->cache_seq = snap;
+  t->cache.file_tag = cache_tag(t, gen, snap, snap_uid);
+  t->cache.index = snap >= 0 ? open_snapshot(t, source) : NULL;
+  if (t->cache.index) {
+    t->cache.cache_seq = snap;
     rc = replay_log(t, snap);
   } else {
     cdb_index_params p = index_params(t);
     cdb_error err = {{0}};
-    t->index = cdb_index_new(t->dims, &p, &err);
-    if (!t->index) return index_error(t, "creating the index", &err);
+    t->cache.index = cdb_index_new(t->dims, &p, &err);
+    if (!t->cache.index) return index_error(t, "creating the index", &err);
     rc = bulk_load(t);
-    if (rc == SQLITE_OK) rc = cdbx_store_log_end(t, &t->cache_seq);
+    if (rc == SQLITE_OK) rc = cdbx_store_log_end(t, &t->cache.cache_seq);
   }
-  if (rc == SQLITE_OK) rc = cdbx_store_log_count_after(t, snap, &t->log_since_snapshot);
+  if (rc == SQLITE_OK) rc = cdbx_store_log_count_after(t, snap, &t->cache.log_since_snapshot);
   if (rc != SQLITE_OK) {
     cdbx_cache_drop(t);
     return rc;
   }
-  t->generation = gen;
-  t->data_version = dv;
-  t->stale = 0;
+  t->cache.generation = gen;
+  t->cache.data_version = dv;
+  t->cache.stale = 0;
   return SQLITE_OK;
 }
 
@@ -276,7 +278,7 @@ static int load_full(cdbx_table *t) { return load_full_from(t, FROM_FILE_OR_PIEC
 /* The cache file behind the (mapped) index failed a checksum: it is removed (never used again
  * by this connection if it cannot be) and the cache rebuilt from the tables. */
 static int discard_damaged_file(cdbx_table *t) {
-  t->bad_file_tag = t->file_tag;
+  t->cache.bad_file_tag = t->cache.file_tag;
   cdbx_cache_file_remove(t);
   return load_full_from(t, FROM_PIECES);
 }
@@ -284,7 +286,7 @@ static int discard_damaged_file(cdbx_table *t) {
 /* Before writing to an index mapped from the cache file, all of its lists are checked. */
 static int ensure_intact(cdbx_table *t) {
   cdb_error err = {{0}};
-  if (!t->index || cdb_index_verify(t->index, &err) == 0) return SQLITE_OK;
+  if (!t->cache.index || cdb_index_verify(t->cache.index, &err) == 0) return SQLITE_OK;
   return discard_damaged_file(t);
 }
 
@@ -292,8 +294,8 @@ int cdbx_cache_search(cdbx_table *t, const float *query, int k, const cdb_search
                       int64_t *ids, float *sims, int *n_found) {
   cdb_error err = {{0}};
   int rc = SQLITE_OK;
-  while (cdb_index_search(t->index, query, k, opts, ids, sims, n_found, &err) != 0) {
-    if (rc != SQLITE_OK || !cdb_index_damaged(t->index)) {
+  while (cdb_index_search(t->cache.index, query, k, opts, ids, sims, n_found, &err) != 0) {
+    if (rc != SQLITE_OK || !cdb_index_damaged(t->cache.index)) {
       return cdbx_fail(t, "search: %s", err.msg);
     }
     rc = discard_damaged_file(t);
@@ -308,8 +310,9 @@ int cdbx_cache_range_search(cdbx_table *t, const float *query, float min_sim,
                             int64_t *n_found) {
   cdb_error err = {{0}};
   int rc = SQLITE_OK;
-  while (cdb_index_range_search(t->index, query, min_sim, opts, ids, sims, n_found, &err) != 0) {
-    if (rc != SQLITE_OK || !cdb_index_damaged(t->index)) {
+  while (cdb_index_range_search(t->cache.index, query, min_sim, opts, ids, sims, n_found,
+                                &err) != 0) {
+    if (rc != SQLITE_OK || !cdb_index_damaged(t->cache.index)) {
       return cdbx_fail(t, "range search: %s", err.msg);
     }
     rc = discard_damaged_file(t);
@@ -320,26 +323,27 @@ int cdbx_cache_range_search(cdbx_table *t, const float *query, float min_sim,
 }
 
 int cdbx_cache_fresh(cdbx_table *t) {
-  if (!t->index || t->stale) return load_full(t);
+  if (!t->cache.index || t->cache.stale) return load_full(t);
   int rc = SQLITE_OK;
-  if (t->resync.n > 0) {
-    rc = resync_ids(t, t->resync.ids, t->resync.n);
-    t->resync.n = 0;
+  if (t->cache.resync.n > 0) {
+    rc = resync_ids(t, t->cache.resync.ids, t->cache.resync.n);
+    t->cache.resync.n = 0;
     if (rc != SQLITE_OK) {
-      t->stale = 1;
+      t->cache.stale = 1;
       return rc;
     }
   }
-  if (t->in_txn && t->version_checked) return SQLITE_OK;
+  if (t->txn.in_txn && t->txn.version_checked) return SQLITE_OK;
   int64_t dv = 0, gen = 0;
   rc = cdbx_store_data_version(t, &dv);
-  if (rc == SQLITE_OK && dv != t->data_version) {
+  if (rc == SQLITE_OK && dv != t->cache.data_version) {
     rc = cdbx_store_generation(t, &gen);
-    if (rc == SQLITE_OK) rc = gen != t->generation ? load_full(t) : replay_log(t, t->cache_seq);
-    if (rc == SQLITE_OK) t->data_version = dv;
+    if (rc == SQLITE_OK)
+      rc = gen != t->cache.generation ? load_full(t) : replay_log(t, t->cache.cache_seq);
+    if (rc == SQLITE_OK) t->cache.data_version = dv;
   }
-  if (rc == SQLITE_OK && t->in_txn) t->version_checked = 1;
-  if (rc != SQLITE_OK) t->stale = 1;
+  if (rc == SQLITE_OK && t->txn.in_txn) t->txn.version_checked = 1;
+  if (rc != SQLITE_OK) t->cache.stale = 1;
   return rc;
 }
 
@@ -347,7 +351,7 @@ int cdbx_cache_fresh(cdbx_table *t) {
 
 static int index_is_ivf(const cdbx_table *t) {
   cdb_index_info info;
-  cdb_index_get_info(t->index, &info);
+  cdb_index_get_info(t->cache.index, &info);
   return strcmp(info.kind, "flat") != 0;
 }
 
@@ -355,18 +359,18 @@ static int index_is_ivf(const cdbx_table *t) {
  * truncates the log before it and bumps the generation so other connections reload. */
 int cdbx_cache_compact(cdbx_table *t) {
   int rc = cdbx_cache_flush(t);
-  if (rc == SQLITE_OK) rc = replay_log(t, t->cache_seq);
+  if (rc == SQLITE_OK) rc = replay_log(t, t->cache.cache_seq);
   if (rc == SQLITE_OK) rc = ensure_intact(t);
   int ivf = rc == SQLITE_OK && index_is_ivf(t);
-  int64_t snap = ivf ? t->cache_seq : -1, snap_uid = 0; /* -1: no snapshot, load T_vectors */
+  int64_t snap = ivf ? t->cache.cache_seq : -1, snap_uid = 0; /* -1: no snapshot, load T_vectors */
   if (rc == SQLITE_OK) {
-    rc = cdbx_store_save_snapshot(t, ivf ? t->index : NULL, snap, t->cache_seq,
-                                  t->generation + 1, &snap_uid);
+    rc = cdbx_store_save_snapshot(t, ivf ? t->cache.index : NULL, snap, t->cache.cache_seq,
+                                  t->cache.generation + 1, &snap_uid);
   }
   if (rc == SQLITE_OK) {
-    t->generation++;
-    t->file_tag = cache_tag(t, t->generation, snap, snap_uid);
-    t->log_since_snapshot = 0;
+    t->cache.generation++;
+    t->cache.file_tag = cache_tag(t, t->cache.generation, snap, snap_uid);
+    t->cache.log_since_snapshot = 0;
   }
   return rc;
 }
@@ -375,7 +379,7 @@ int cdbx_cache_train(cdbx_table *t) {
   int rc = cdbx_cache_flush(t);
   if (rc == SQLITE_OK) rc = ensure_intact(t);
   cdb_error err = {{0}};
-  if (rc == SQLITE_OK && cdb_index_train(t->index, &err) != 0) {
+  if (rc == SQLITE_OK && cdb_index_train(t->cache.index, &err) != 0) {
     rc = index_error(t, "training the index", &err);
   }
   return rc;
@@ -386,14 +390,14 @@ int cdbx_cache_train(cdbx_table *t) {
 int cdbx_cache_rebalance(cdbx_table *t) {
   int rc = cdbx_cache_flush(t);
   cdb_error err = {{0}};
-  if (rc == SQLITE_OK && cdb_index_rebalance(t->index, &err) != 0) {
+  if (rc == SQLITE_OK && cdb_index_rebalance(t->cache.index, &err) != 0) {
     rc = index_error(t, "rebalancing the index", &err);
   }
   return rc;
 }
 
 int cdbx_cache_wants_training(const cdbx_table *t) {
-  return sqlite3_stricmp(t->index_type, "flat") != 0 && cdb_index_needs_training(t->index);
+  return sqlite3_stricmp(t->index_type, "flat") != 0 && cdb_index_needs_training(t->cache.index);
 }
 
 /* ---- integrity-check: every form of the cache against T_vectors ---- */
@@ -437,13 +441,13 @@ static int cmp_id(const void *a, const void *b) {
  * same vector). `what` names the index in the message. */
 static int compare_with_truth(cdbx_table *t, const char *what, int64_t n_vectors) {
   cdb_index_info info;
-  cdb_index_get_info(t->index, &info);
+  cdb_index_get_info(t->cache.index, &info);
   size_t len = strlen(info.factory);
   truth_check c = {t, len >= 5 && strcmp(info.factory + len - 5, ",Flat") == 0,
                    malloc(sizeof(float) * (size_t)t->dims), {0}};
   cdb_error err = {{0}};
   int rc = c.vec ? SQLITE_OK : SQLITE_NOMEM;
-  if (rc == SQLITE_OK && cdb_index_scan(t->index, check_list_against_truth, &c, &err) != 0) {
+  if (rc == SQLITE_OK && cdb_index_scan(t->cache.index, check_list_against_truth, &c, &err) != 0) {
     rc = cdbx_table_error(t, "%s: %s", what, err.msg);
   }
   if (rc == SQLITE_OK) qsort(c.seen.ids, (size_t)c.seen.n, sizeof(int64_t), cmp_id);
@@ -452,7 +456,7 @@ static int compare_with_truth(cdbx_table *t, const char *what, int64_t n_vectors
       rc = cdbx_table_error(t, "%s holds row %lld twice", what, (long long)c.seen.ids[i]);
     }
   }
-  if (rc == SQLITE_OK && (c.seen.n != n_vectors || cdb_index_count(t->index) != n_vectors)) {
+  if (rc == SQLITE_OK && (c.seen.n != n_vectors || cdb_index_count(t->cache.index) != n_vectors)) {
     rc = cdbx_table_error(t, "%s holds %lld vectors, the table %lld", what,
                           (long long)c.seen.n, (long long)n_vectors);
   }
@@ -468,7 +472,8 @@ static int check_cache_file(cdbx_table *t, int64_t n_vectors) {
   char *path = cache_path(t);
   uint64_t tag = 0;
   cdb_error err = {{0}};
-  int current = path && cdb_index_file_generation(path, &tag, &err) == 0 && tag == t->file_tag;
+  int current =
+      path && cdb_index_file_generation(path, &tag, &err) == 0 && tag == t->cache.file_tag;
   int rc = SQLITE_OK;
   cdb_index *file = NULL;
   if (current) {
@@ -479,7 +484,7 @@ static int check_cache_file(cdbx_table *t, int64_t n_vectors) {
   }
   cdb_index_free(file);
   if (rc != SQLITE_OK) {
-    t->bad_file_tag = t->file_tag;
+    t->cache.bad_file_tag = t->cache.file_tag;
     cdbx_cache_file_remove(t);
   } else if (current) {
     rc = load_full(t); /* maps the file just checked */
@@ -510,28 +515,28 @@ int cdbx_cache_reload_from_vectors(cdbx_table *t) {
 
 /* Whether the cache is loaded and in use (commit-time maintenance has something to do). */
 int cdbx_cache_in_use(const cdbx_table *t) {
-  return t->index && !t->stale;
+  return t->cache.index && !t->cache.stale;
 }
 
 /* Whether the change log has grown large next to the index: time for a new snapshot. */
 int cdbx_cache_log_is_long(const cdbx_table *t) {
-  return t->log_since_snapshot > LOG_COMPACT_MIN &&
-         t->log_since_snapshot > cdb_index_count(t->index) / 2;
+  return t->cache.log_since_snapshot > LOG_COMPACT_MIN &&
+         t->cache.log_since_snapshot > cdb_index_count(t->cache.index) / 2;
 }
 
 /* Forces a rebuild from the shadow tables before the next use. */
 void cdbx_cache_invalidate(cdbx_table *t) {
-  t->stale = 1;
+  t->cache.stale = 1;
 }
 
 int cdbx_cache_needs_rebalance(const cdbx_table *t) {
-  return cdb_index_needs_rebalance(t->index);
+  return cdb_index_needs_rebalance(t->cache.index);
 }
 
 /* The index's state (kind, factory, nlist, nprobe, count), with the cache brought up to date. */
 int cdbx_cache_info(cdbx_table *t, cdb_index_info *info) {
   int rc = cdbx_cache_fresh(t);
   if (rc == SQLITE_OK) rc = cdbx_cache_flush(t);
-  if (rc == SQLITE_OK) cdb_index_get_info(t->index, info);
+  if (rc == SQLITE_OK) cdb_index_get_info(t->cache.index, info);
   return rc;
 }

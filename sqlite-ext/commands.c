@@ -91,7 +91,7 @@ int cdbx_table_index_info(cdbx_table *t, cdb_index_info *info) {
 }
 
 int cdbx_command(cdbx_table *t, const char *cmd) {
-  t->command_in_txn = 1;
+  t->txn.command_in_txn = 1;
   if (strcmp(cmd, "integrity-check") == 0) return integrity_check(t);
   if (strcmp(cmd, "rebuild") == 0) return rebuild(t);
   if (strcmp(cmd, "train") == 0 || strcmp(cmd, "optimize") == 0) return train_or_optimize(t, cmd);

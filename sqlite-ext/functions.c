@@ -491,7 +491,7 @@ static void fn_index_info(sqlite3_context *ctx, int argc, sqlite3_value **argv) 
       "\"trained_at_count\":%lld,\"mapped\":%s,\"embed_batches\":%lld,\"embedded_rows\":%lld}",
       info.kind, info.factory, info.nlist, info.nprobe, (long long)info.count,
       (long long)info.trained_at_count, info.mapped ? "true" : "false",
-      (long long)t->embed_batches, (long long)t->embedded_rows);
+      (long long)t->queue.embed_batches, (long long)t->queue.embedded_rows);
   sqlite3_result_text(ctx, json, -1, sqlite3_free);
 }
 

@@ -6,7 +6,8 @@
  * functions.c  the clip_* scalar SQL functions
  * search.c     the clip_search table-valued function
  * The `clip` virtual table (state in table.h; each file calls only those listed after it):
- * vtab.c       the sqlite3_module methods: connect, plan, cursors, update, transactions
+ * vtab.c       the sqlite3_module methods: connect, cursors, update, transactions
+ * plan.c       the query plan: idxStr written at xBestIndex, read back at xFilter
  * options.c    CREATE arguments: options, user columns, validation, the table declaration
  * commands.c   train, rebuild, optimize, integrity-check, commit-time maintenance
  * queue.c      row writes, the embedding queue, the table's model

@@ -1,8 +1,9 @@
 /* options.c: the arguments of CREATE VIRTUAL TABLE ... USING clip(...): options (model=,
  * dims=, index=, nlist=, nprobe=, autotrain=, image_paths=) and user columns, their validation,
  * and the table's declaration to SQLite (sqlite3_declare_vtab) built from them.
- * Owns: cdbx_table.n_user, .user_names, .user_types, and at CREATE the choice of dims, model
- * name and identity, index type and parameters (later read back from T_config by store.c).
+ * Owns: the table's definition (cdbx_table.n_user ... .uid): the user columns, and at CREATE the
+ * choice of dims, model name and identity, index type and parameters (store.c persists them in
+ * T_config and reads them back at connect).
  * Calls only models.c and index/; called by vtab.c (xCreate, xConnect, xRename). */
 #include <ctype.h>
 #include <stdlib.h>
@@ -311,7 +312,7 @@ static int choose_model(cdbx_table *t, table_args *a, char **errmsg) {
   t->model_name = sqlite3_mprintf("%s", name);
   t->model_identity = sqlite3_mprintf("%s", clip_model_identity(m));
   cdbx_registry_retain(m);
-  t->model = m;
+  t->queue.model = m;
   return t->model_name && t->model_identity ? SQLITE_OK : SQLITE_NOMEM;
 }
 

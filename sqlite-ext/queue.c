@@ -3,7 +3,7 @@
  * queue until a flush embeds each kind in one encoder call and stores the vectors (T_vectors, the
  * change log and the index cache). Also the table's model (loaded on first need, identity
  * checked) and the re-embedding of rows that lost their vector (for 'rebuild').
- * Owns: cdbx_table.pending, .model, .embed_batches, .embedded_rows.
+ * Owns: cdbx_table.queue.
  * Calls down into cache.c (the change log, the cache) and store.c (statements on T_rows and
  * T_vectors); called by vtab.c and commands.c. */
 #include <stdlib.h>
@@ -18,7 +18,7 @@ static int short_id(const char *identity) {
 
 /* The model this table embeds with, loaded on first need and checked against the table. */
 clip_model *cdbx_table_model(cdbx_table *t) {
-  if (t->model) return t->model;
+  if (t->queue.model) return t->queue.model;
   if (!t->model_name) {
     cdbx_table_error(t, "clip: %s holds precomputed vectors only (created with dims=, no model): "
                         "write the embedding column, and query with an embedding BLOB",
@@ -44,7 +44,7 @@ clip_model *cdbx_table_model(cdbx_table *t) {
     return NULL;
   }
   cdbx_registry_retain(m);
-  t->model = m;
+  t->queue.model = m;
   return m;
 }
 
@@ -62,7 +62,7 @@ clip_model *cdbx_table_model(cdbx_table *t) {
 #define PENDING_TEXTS 64
 
 int cdbx_pending_has(const cdbx_table *t, int64_t rowid) {
-  const pending_rows *p = &t->pending;
+  const pending_rows *p = &t->queue.pending;
   for (int i = 0; i < p->n_images; i++)
     if (p->image_ids[i] == rowid) return 1;
   for (int i = 0; i < p->n_texts; i++)
@@ -71,8 +71,8 @@ int cdbx_pending_has(const cdbx_table *t, int64_t rowid) {
 }
 
 static void pending_drop_images(cdbx_table *t, int from, int count) {
-  pending_rows *p = &t->pending;
-  size_t img = cdbx_image_floats(t->model);
+  pending_rows *p = &t->queue.pending;
+  size_t img = cdbx_image_floats(t->queue.model);
   int rest = p->n_images - from - count;
   memmove(p->image_ids + from, p->image_ids + from + count, sizeof(int64_t) * (size_t)rest);
   memmove(p->pixels + img * (size_t)from, p->pixels + img * (size_t)(from + count),
@@ -81,7 +81,7 @@ static void pending_drop_images(cdbx_table *t, int from, int count) {
 }
 
 static void pending_drop_texts(cdbx_table *t, int from, int count) {
-  pending_rows *p = &t->pending;
+  pending_rows *p = &t->queue.pending;
   for (int i = from; i < from + count; i++) free(p->texts[i]);
   int rest = p->n_texts - from - count;
   memmove(p->text_ids + from, p->text_ids + from + count, sizeof(int64_t) * (size_t)rest);
@@ -91,7 +91,7 @@ static void pending_drop_texts(cdbx_table *t, int from, int count) {
 
 /* Forgets rowid's queued input (its row is being deleted). */
 static void pending_drop(cdbx_table *t, int64_t rowid) {
-  pending_rows *p = &t->pending;
+  pending_rows *p = &t->queue.pending;
   for (int i = 0; i < p->n_images; i++) {
     if (p->image_ids[i] == rowid) {
       pending_drop_images(t, i, 1);
@@ -108,14 +108,14 @@ static void pending_drop(cdbx_table *t, int64_t rowid) {
 
 /* Discards the queue without embedding (its rows were rolled back). */
 void cdbx_pending_clear(cdbx_table *t) {
-  pending_rows *p = &t->pending;
+  pending_rows *p = &t->queue.pending;
   if (p->n_texts) pending_drop_texts(t, 0, p->n_texts);
   p->n_images = 0;
 }
 
 void cdbx_pending_free(cdbx_table *t) {
   cdbx_pending_clear(t);
-  pending_rows *p = &t->pending;
+  pending_rows *p = &t->queue.pending;
   free(p->image_ids);
   free(p->pixels);
   free(p->text_ids);
@@ -138,8 +138,21 @@ static int flush_error(cdbx_table *t, int n, const char *what, const cdb_error *
   return cdbx_fail(t, "embedding %d queued %s: %s", n, what, err->msg);
 }
 
+/* After one encoder call over n queued rows of a kind (`failed` when it failed): checks its
+ * output and stores the vectors; *written counts those stored. */
+static int store_embedded(cdbx_table *t, int failed, const int64_t *ids, int n, const float *out,
+                          const char *what, cdb_error *err, int *written) {
+  *written = 0;
+  if (failed || cdbx_check_embeddings(t->queue.model, out, n, err) != 0) {
+    return flush_error(t, n, what, err);
+  }
+  t->queue.embed_batches++;
+  t->queue.embedded_rows += n;
+  return put_vectors(t, ids, n, out, written);
+}
+
 int cdbx_pending_flush(cdbx_table *t) {
-  pending_rows *p = &t->pending;
+  pending_rows *p = &t->queue.pending;
   if (p->n_images == 0 && p->n_texts == 0) return SQLITE_OK;
   int most = p->n_images > p->n_texts ? p->n_images : p->n_texts;
   float *out = malloc(sizeof(float) * (size_t)t->dims * (size_t)most);
@@ -147,26 +160,15 @@ int cdbx_pending_flush(cdbx_table *t) {
   cdb_error err = {{0}};
   int rc = SQLITE_OK, written = 0;
   if (p->n_images > 0) {
-    if (clip_embed_pixels(t->model, p->pixels, p->n_images, out, &err) != 0 ||
-        cdbx_check_embeddings(t->model, out, p->n_images, &err) != 0) {
-      rc = flush_error(t, p->n_images, "images", &err);
-    } else {
-      t->embed_batches++;
-      t->embedded_rows += p->n_images;
-      rc = put_vectors(t, p->image_ids, p->n_images, out, &written);
-      pending_drop_images(t, 0, written);
-    }
+    int failed = clip_embed_pixels(t->queue.model, p->pixels, p->n_images, out, &err) != 0;
+    rc = store_embedded(t, failed, p->image_ids, p->n_images, out, "images", &err, &written);
+    pending_drop_images(t, 0, written);
   }
   if (rc == SQLITE_OK && p->n_texts > 0) {
-    if (clip_embed_texts(t->model, (const char *const *)p->texts, p->n_texts, out, &err) != 0 ||
-        cdbx_check_embeddings(t->model, out, p->n_texts, &err) != 0) {
-      rc = flush_error(t, p->n_texts, "texts", &err);
-    } else {
-      t->embed_batches++;
-      t->embedded_rows += p->n_texts;
-      rc = put_vectors(t, p->text_ids, p->n_texts, out, &written);
-      pending_drop_texts(t, 0, written);
-    }
+    int failed = clip_embed_texts(t->queue.model, (const char *const *)p->texts, p->n_texts, out,
+                                  &err) != 0;
+    rc = store_embedded(t, failed, p->text_ids, p->n_texts, out, "texts", &err, &written);
+    pending_drop_texts(t, 0, written);
   }
   free(out);
   return rc;
@@ -174,7 +176,7 @@ int cdbx_pending_flush(cdbx_table *t) {
 
 /* Room for one more entry of a kind: a full queue is flushed first (before the row writes). */
 static int pending_reserve(cdbx_table *t, int image) {
-  pending_rows *p = &t->pending;
+  pending_rows *p = &t->queue.pending;
   if (image ? p->n_images >= PENDING_IMAGES : p->n_texts >= PENDING_TEXTS) {
     int rc = cdbx_pending_flush(t);
     if (rc != SQLITE_OK) return rc;
@@ -184,7 +186,7 @@ static int pending_reserve(cdbx_table *t, int image) {
     if (cap > PENDING_IMAGES) cap = PENDING_IMAGES;
     int64_t *ids = realloc(p->image_ids, sizeof *ids * (size_t)cap);
     if (ids) p->image_ids = ids;
-    float *px = realloc(p->pixels, sizeof(float) * cdbx_image_floats(t->model) * (size_t)cap);
+    float *px = realloc(p->pixels, sizeof(float) * cdbx_image_floats(t->queue.model) * (size_t)cap);
     if (px) p->pixels = px;
     if (!ids || !px) return SQLITE_NOMEM;
     p->cap_images = cap;
@@ -265,7 +267,7 @@ static int source_image(cdbx_table *t, clip_model *m, sqlite3_value *image, row_
   }
   int rc = pending_reserve(t, 1);
   if (rc != SQLITE_OK) return rc;
-  pending_rows *p = &t->pending;
+  pending_rows *p = &t->queue.pending;
   cdb_error err = {{0}};
   float *slot = p->pixels + cdbx_image_floats(m) * (size_t)p->n_images;
   if (cdbx_image_value_pixels(m, image, slot, &err) != 0) {
@@ -293,7 +295,7 @@ static int row_source_of(cdbx_table *t, sqlite3_value *image, sqlite3_value *tex
 
 /* The row is written: store its vector now, or queue its input (the queue takes the text). */
 static int source_commit(cdbx_table *t, int64_t rowid, row_source *src) {
-  pending_rows *p = &t->pending;
+  pending_rows *p = &t->queue.pending;
   switch (src->kind) {
   case SRC_VECTOR:
     return put_vector(t, rowid, src->vec);

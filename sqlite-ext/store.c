@@ -50,6 +50,22 @@ int cdbx_fail(cdbx_table *t, const char *fmt, ...) {
   return rc;
 }
 
+/* Prepares the statement that fmt (sqlite3_mprintf style, for quoting names with %w) formats. */
+static int prepare_vfmt(cdbx_table *t, sqlite3_stmt **st, const char *fmt, va_list ap) {
+  char *sql = sqlite3_vmprintf(fmt, ap);
+  int rc = sql ? sqlite3_prepare_v2(t->db, sql, -1, st, NULL) : SQLITE_NOMEM;
+  sqlite3_free(sql);
+  return rc;
+}
+
+static int prepare_fmt(cdbx_table *t, sqlite3_stmt **st, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int rc = prepare_vfmt(t, st, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
 static int sql_error(cdbx_table *t, const char *what) {
   int rc = sqlite3_errcode(t->db);
   cdbx_fail(t, "%s: %s", what, sqlite3_errmsg(t->db));
@@ -242,11 +258,9 @@ int cdbx_store_prepare_row_lookup(cdbx_table *t, sqlite3_stmt **out) {
 /* Stored image and text of a row, for UPDATEs that change only one of them. */
 int cdbx_store_row_source(cdbx_table *t, int64_t rowid, sqlite3_value **image,
                           sqlite3_value **text) {
-  char *sql = sqlite3_mprintf("SELECT image, text FROM \"%w\".\"%w_rows\" WHERE rowid = ?1",
-                              t->schema, t->name);
   sqlite3_stmt *st = NULL;
-  int rc = sql ? sqlite3_prepare_v2(t->db, sql, -1, &st, NULL) : SQLITE_NOMEM;
-  sqlite3_free(sql);
+  int rc = prepare_fmt(t, &st, "SELECT image, text FROM \"%w\".\"%w_rows\" WHERE rowid = ?1",
+                       t->schema, t->name);
   if (rc == SQLITE_OK) {
     sqlite3_bind_int64(st, 1, rowid);
     rc = sqlite3_step(st);
@@ -265,12 +279,10 @@ int cdbx_store_row_source(cdbx_table *t, int64_t rowid, sqlite3_value **image,
 /* Rows of T_rows that have no vector, collected first (their vectors are written while a
  * statement over the same tables would still be open). */
 int cdbx_store_rows_without_vector(cdbx_table *t, id_list *ids) {
-  char *sql = sqlite3_mprintf("SELECT rowid FROM \"%w\".\"%w_rows\" r WHERE NOT EXISTS "
-                              "(SELECT 1 FROM \"%w\".\"%w_vectors\" v WHERE v.rowid = r.rowid)",
-                              t->schema, t->name, t->schema, t->name);
   sqlite3_stmt *st = NULL;
-  int rc = sql ? sqlite3_prepare_v2(t->db, sql, -1, &st, NULL) : SQLITE_NOMEM;
-  sqlite3_free(sql);
+  int rc = prepare_fmt(t, &st, "SELECT rowid FROM \"%w\".\"%w_rows\" r WHERE NOT EXISTS "
+                       "(SELECT 1 FROM \"%w\".\"%w_vectors\" v WHERE v.rowid = r.rowid)",
+                       t->schema, t->name, t->schema, t->name);
   while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW)
     rc = cdbx_id_list_push(ids, sqlite3_column_int64(st, 0));
   if (rc == SQLITE_DONE) rc = SQLITE_OK;
@@ -452,11 +464,9 @@ int cdbx_store_read_vector(cdbx_table *t, int64_t rowid, float *vec, int *found)
 static int query_int(cdbx_table *t, int64_t *out, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  char *sql = sqlite3_vmprintf(fmt, ap);
-  va_end(ap);
   sqlite3_stmt *st = NULL;
-  int rc = sql ? sqlite3_prepare_v2(t->db, sql, -1, &st, NULL) : SQLITE_NOMEM;
-  sqlite3_free(sql);
+  int rc = prepare_vfmt(t, &st, fmt, ap);
+  va_end(ap);
   if (rc == SQLITE_OK) rc = sqlite3_step(st);
   if (rc == SQLITE_ROW) {
     *out = sqlite3_column_int64(st, 0);
@@ -474,11 +484,9 @@ static int query_int(cdbx_table *t, int64_t *out, const char *fmt, ...) {
 /* Every vector of T_vectors in turn to fn (raw blob and its length); `what` names the reading
  * in an SQL error. Stops at the first error fn returns. */
 int cdbx_store_scan_vectors(cdbx_table *t, const char *what, cdbx_vector_fn fn, void *ctx) {
-  char *sql = sqlite3_mprintf("SELECT rowid, embedding FROM \"%w\".\"%w_vectors\"", t->schema,
-                              t->name);
   sqlite3_stmt *st = NULL;
-  int rc = sql ? sqlite3_prepare_v2(t->db, sql, -1, &st, NULL) : SQLITE_NOMEM;
-  sqlite3_free(sql);
+  int rc = prepare_fmt(t, &st, "SELECT rowid, embedding FROM \"%w\".\"%w_vectors\"", t->schema,
+                       t->name);
   while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
     rc = fn(t, ctx, sqlite3_column_int64(st, 0), sqlite3_column_blob(st, 1),
             sqlite3_column_bytes(st, 1));
@@ -501,11 +509,9 @@ int cdbx_store_append_log(cdbx_table *t, int64_t rowid, int op, int64_t *seq) {
 
 /* The rows changed in the log after seq `after`, each once. */
 int cdbx_store_changed_ids(cdbx_table *t, int64_t after, id_list *ids) {
-  char *sql = sqlite3_mprintf("SELECT DISTINCT id FROM \"%w\".\"%w_changes\" WHERE seq > ?1",
-                              t->schema, t->name);
   sqlite3_stmt *st = NULL;
-  int rc = sql ? sqlite3_prepare_v2(t->db, sql, -1, &st, NULL) : SQLITE_NOMEM;
-  sqlite3_free(sql);
+  int rc = prepare_fmt(t, &st, "SELECT DISTINCT id FROM \"%w\".\"%w_changes\" WHERE seq > ?1",
+                       t->schema, t->name);
   if (rc == SQLITE_OK) {
     sqlite3_bind_int64(st, 1, after);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -547,11 +553,9 @@ static int next_piece(void *ctx, const void **data, size_t *len) {
 
 /* Loads the snapshot; NULL (not an error) when it is unusable: the caller rebuilds instead. */
 cdb_index *cdbx_store_read_snapshot(cdbx_table *t) {
-  char *sql = sqlite3_mprintf("SELECT data FROM \"%w\".\"%w_index\" ORDER BY piece", t->schema,
-                              t->name);
   piece_reader r = {0};
-  int rc = sql ? sqlite3_prepare_v2(t->db, sql, -1, &r.st, NULL) : SQLITE_NOMEM;
-  sqlite3_free(sql);
+  int rc = prepare_fmt(t, &r.st, "SELECT data FROM \"%w\".\"%w_index\" ORDER BY piece", t->schema,
+                       t->name);
   cdb_error err = {{0}};
   cdb_index *idx = rc == SQLITE_OK ? cdb_index_load(next_piece, &r, &err) : NULL;
   sqlite3_finalize(r.st);
@@ -605,11 +609,9 @@ static int emit_piece(void *ctx, const void *data, size_t len) {
 }
 
 static int write_pieces(cdbx_table *t, cdb_index *idx) {
-  char *sql = sqlite3_mprintf("INSERT INTO \"%w\".\"%w_index\"(piece, data) VALUES(?1, ?2)",
-                              t->schema, t->name);
   piece_writer w = {t, NULL, 0};
-  int rc = sql ? sqlite3_prepare_v2(t->db, sql, -1, &w.st, NULL) : SQLITE_NOMEM;
-  sqlite3_free(sql);
+  int rc = prepare_fmt(t, &w.st, "INSERT INTO \"%w\".\"%w_index\"(piece, data) VALUES(?1, ?2)",
+                       t->schema, t->name);
   cdb_error err = {{0}};
   if (rc == SQLITE_OK && cdb_index_save(idx, PIECE_BYTES, emit_piece, &w, &err) != 0) {
     rc = err.msg[0] ? cdbx_fail(t, "saving the index: %s", err.msg)

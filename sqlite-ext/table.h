@@ -49,18 +49,59 @@ typedef struct pending_rows {
   int n_texts, cap_texts;
 } pending_rows;
 
+/* The in-memory index cache (cache.c): an index over the vectors, covering the change log up to
+ * cache_seq, with changes batched before they reach FAISS. */
+typedef struct table_cache {
+  cdb_index *index;
+  int stale;                /* rebuild from the shadow tables before next use */
+  int64_t cache_seq;        /* highest change-log seq reflected in the cache */
+  int64_t generation;       /* config generation the cache was loaded at */
+  int64_t data_version;     /* PRAGMA data_version at the last check */
+  int64_t log_since_snapshot;
+  uint64_t file_tag;        /* cold-start cache file tag of the state the cache was loaded at */
+  uint64_t bad_file_tag;    /* a cache file with this tag failed its checksums: not used */
+  id_list pend_removes;     /* removals not yet handed to the index (batched) */
+  id_list pend_ids;         /* additions not yet handed to the index (batched, after removals) */
+  float *pend_vecs;
+  int64_t pend_cap;
+  id_list resync;           /* rows to re-read from the tables (after a rollback) */
+} table_cache;
+
+/* Transaction state (vtab.c's transaction hooks; cdbx_touch in cache.c records rows): rows
+ * changed since BEGIN and per-savepoint marks into that list. */
+typedef struct table_txn {
+  int in_txn;
+  int version_checked;
+  int command_in_txn;
+  id_list touched;
+  int64_t *sp_marks;   /* sp_marks[i]: touched.n when savepoint i began */
+  int64_t *sp_seq;     /* sp_seq[i]: cache_seq when savepoint i began */
+  int n_sp, cap_sp;
+  int64_t begin_seq;
+} table_txn;
+
+/* The embedding queue and the model it embeds with (queue.c). */
+typedef struct table_queue {
+  clip_model *model; /* retained; loaded on first need (or chosen at CREATE by options.c) */
+  pending_rows pending;
+  int64_t embed_batches; /* encoder calls for this table's rows on this connection */
+  int64_t embedded_rows; /* rows those calls embedded */
+} table_queue;
+
 struct cdbx_table {
-  sqlite3_vtab base;
+  sqlite3_vtab base;   /* vtab.c: the module's handle and the connection's list of tables */
   sqlite3 *db;
   cdbx_conn *conn;
   struct cdbx_table *next_in_conn;
   char *schema;
   char *name;
+
+  /* The table's definition, fixed once xCreate / xConnect returns: user columns and CREATE
+   * options (options.c), and the values kept in T_config (store.c writes them at CREATE and
+   * reads them at connect). */
   int n_user;
   char **user_names;
   char **user_types;
-
-  /* From the config shadow table. */
   int dims;
   char *model_name;     /* "" = the default model; NULL = no model (dims= table) */
   char *model_identity; /* NULL when no model */
@@ -70,40 +111,12 @@ struct cdbx_table {
   int image_paths;      /* CREATE option: image may name a file or URL (the table is direct-only) */
   int64_t uid;          /* random id of this table (names its cold-start cache file) */
 
-  clip_model *model; /* retained; loaded on first need */
+  table_queue queue;
+  table_cache cache;
+  table_txn txn;
+  sqlite3_stmt *stmts[ST_COUNT]; /* store.c: prepared statements on the shadow tables */
 
-  /* The cache: an index over the vectors, covering the change log up to cache_seq. */
-  cdb_index *index;
-  int stale;                /* rebuild from the shadow tables before next use */
-  int64_t cache_seq;        /* highest change-log seq reflected in the cache */
-  int64_t generation;       /* config generation the cache was loaded at */
-  int64_t data_version;     /* PRAGMA data_version at the last check */
-  int64_t log_since_snapshot;
-  uint64_t file_tag;        /* cold-start cache file tag of the state the cache was loaded at */
-  uint64_t bad_file_tag;    /* a cache file with this tag failed its checksums: not used */
-  id_list pend_removes;      /* removals not yet handed to the index (batched) */
-  id_list pend_ids;          /* additions not yet handed to the index (batched, after removals) */
-  float *pend_vecs;
-  int64_t pend_cap;
-
-  /* Transaction state: rows changed since BEGIN and per-savepoint marks into that list. */
-  int in_txn;
-  int version_checked;
-  int command_in_txn;
-  id_list touched;
-  int64_t *sp_marks;   /* sp_marks[i]: touched.n when savepoint i began */
-  int64_t *sp_seq;     /* sp_seq[i]: cache_seq when savepoint i began */
-  int n_sp, cap_sp;
-  int64_t begin_seq;
-  id_list resync;       /* rows to re-read from the tables (after a rollback) */
-
-  pending_rows pending;
-  int64_t embed_batches; /* encoder calls for this table's rows on this connection */
-  int64_t embedded_rows; /* rows those calls embedded */
-
-  sqlite3_stmt *stmts[ST_COUNT];
-
-  /* Query planning (vtab.c): the column of the OR term whose disjuncts SQLite is planning one
+  /* Query planning (plan.c): the column of the OR term whose disjuncts SQLite is planning one
    * by one after a KNN plan (CDBX_NO_COLUMN: none yet). */
   int or_column;
 };
@@ -111,7 +124,29 @@ struct cdbx_table {
 #define CDBX_NO_COLUMN (-2)
 
 /* Each file below calls only the files listed after it (and models.c, vec.c, embed/, index/):
- * vtab.c -> commands.c -> queue.c -> cache.c -> store.c; options.c is called by vtab.c only. */
+ * vtab.c -> commands.c -> queue.c -> cache.c -> store.c; plan.c and options.c are called by
+ * vtab.c only. */
+
+/* ---- plan.c ---- */
+/* idxNum: the kind of plan (idxStr's grammar is in plan.c and ARCHITECTURE.md). */
+typedef enum plan_kind { PLAN_SCAN = 0, PLAN_KNN = 1 } plan_kind;
+
+/* A query's parts, read from its plan at xFilter (NULL values: not constrained). */
+typedef struct query_parts {
+  sqlite3_value *match, *k, *nprobe, *limit, *offset, *distance;
+  int distance_le;        /* the distance bound is <= (else <) */
+  sqlite3_str *where;     /* " AND ..." conditions on the stored columns (for T_rows) */
+  sqlite3_value **binds;  /* values for the ?s in where, in order */
+  int n_binds, cap_binds;
+  unsigned char *owned;   /* owned[i]: binds[i] is a copy to free (IN list values) */
+} query_parts;
+
+/* xBestIndex: chooses the plan and writes it into info (idxNum, idxStr, costs). */
+int cdbx_plan_best_index(cdbx_table *t, sqlite3_index_info *info);
+/* xFilter: reads idxStr's entries against argv into q (an error when they do not match). */
+int cdbx_plan_parse(cdbx_table *t, const char *idx_str, int argc, sqlite3_value **argv,
+                    query_parts *q);
+void cdbx_plan_parts_free(query_parts *q);
 
 /* ---- options.c ---- */
 /* Parses and checks the CREATE arguments into t (at CREATE also the model, dims and index
