@@ -34,14 +34,14 @@ clip_params clip_default_params(void) {
 static char *model_file(const char *dir, const char *name, cdb_error *err) {
   char *path = cdb_path_join(dir, name);
   if (!path) {
-    cdb_error_set(err, "clip: out of memory");
+    cdb_error_set(err, "encoder: out of memory");
     return NULL;
   }
   struct stat st;
   if (stat(path, &st) != 0) {
     cdb_error_set(err,
-                  "clip: model directory %s has no %s; run `clipdb model pull NAME` to download a "
-                  "model (e.g. %s)",
+                  "encoder: model directory %s has no %s; run `clipdb model pull NAME` to "
+                  "download a model (e.g. %s)",
                   dir, name, "openai/clip-vit-base-patch32");
     free(path);
     return NULL;
@@ -102,13 +102,13 @@ done:
 
 clip_model *clip_model_load(const char *dir, const clip_params *params, cdb_error *err) {
   if (!dir) {
-    cdb_error_set(err, "clip: no model directory given");
+    cdb_error_set(err, "encoder: no model directory given");
     return NULL;
   }
   clip_model *m = calloc(1, sizeof *m);
   if (!m || !(m->dir = strdup(dir))) {
     free(m);
-    cdb_error_set(err, "clip: out of memory");
+    cdb_error_set(err, "encoder: out of memory");
     return NULL;
   }
   m->params = params ? *params : clip_default_params();
@@ -165,7 +165,7 @@ int clip_tokenize(const clip_model *model, const char *text, size_t len, int32_t
   if (!m->tok) {
     char *vocab = cdb_path_join(m->dir, "vocab.json"), *merges = cdb_path_join(m->dir, "merges.txt");
     if (vocab && merges) m->tok = clip_tokenizer_load(vocab, merges, 0, err);
-    else cdb_error_set(err, "clip: out of memory");
+    else cdb_error_set(err, "encoder: out of memory");
     free(vocab);
     free(merges);
   }
@@ -176,7 +176,7 @@ int clip_tokenize(const clip_model *model, const char *text, size_t len, int32_t
 }
 
 int clip_embed_token_ids(clip_model *m, const int32_t *ids, int n, float *out, cdb_error *err) {
-  if (n < 0 || (n > 0 && (!ids || !out))) return cdb_error_set(err, "clip: bad arguments");
+  if (n < 0 || (n > 0 && (!ids || !out))) return cdb_error_set(err, "encoder: bad arguments");
   if (n == 0) return 0;
   if (clip_ensure_text(m, err) != 0) return -1;
   int ctx = m->cfg.context_length, dim = m->cfg.projection_dim;
@@ -203,10 +203,10 @@ static void *prepare_text_thread(void *arg) {
 }
 
 int clip_embed_texts(clip_model *m, const char *const *texts, int n, float *out, cdb_error *err) {
-  if (n < 0 || (n > 0 && (!texts || !out))) return cdb_error_set(err, "clip: bad arguments");
+  if (n < 0 || (n > 0 && (!texts || !out))) return cdb_error_set(err, "encoder: bad arguments");
   int ctx = m->cfg.context_length;
   int32_t *ids = malloc(sizeof(int32_t) * (size_t)ctx * (size_t)(n ? n : 1));
-  if (!ids) return cdb_error_set(err, "clip: out of memory for %d texts", n);
+  if (!ids) return cdb_error_set(err, "encoder: out of memory for %d texts", n);
   /* On first use the text tower is prepared (memory-bound packing) while this thread loads the
    * tokenizer and tokenizes (CPU-bound): the two overlap. */
   text_prep prep = {m, 0, {{0}}};
@@ -215,7 +215,7 @@ int clip_embed_texts(clip_model *m, const char *const *texts, int n, float *out,
                 pthread_create(&th, NULL, prepare_text_thread, &prep) == 0;
   int rc = 0;
   for (int i = 0; i < n && rc == 0; i++) {
-    if (!texts[i]) rc = cdb_error_set(err, "clip: text %d is NULL", i);
+    if (!texts[i]) rc = cdb_error_set(err, "encoder: text %d is NULL", i);
     else if (clip_tokenize(m, texts[i], strlen(texts[i]), ids + (size_t)i * ctx, err) < 0) rc = -1;
   }
   if (started) {
@@ -231,7 +231,7 @@ int clip_embed_texts(clip_model *m, const char *const *texts, int n, float *out,
 }
 
 int clip_embed_pixels(clip_model *m, const float *pixels, int n, float *out, cdb_error *err) {
-  if (n < 0 || (n > 0 && (!pixels || !out))) return cdb_error_set(err, "clip: bad arguments");
+  if (n < 0 || (n > 0 && (!pixels || !out))) return cdb_error_set(err, "encoder: bad arguments");
   if (n == 0) return 0;
   if (clip_ensure_vision(m, err) != 0) return -1;
   size_t img = (size_t)m->cfg.num_channels * m->cfg.image_size * m->cfg.image_size;
@@ -281,13 +281,13 @@ static void decode_task(void *ctx, int ith, int nth) {
 static int embed_images(clip_model *m, const char *const *paths, const void *const *bufs,
                         const size_t *lens, int n, float *out, cdb_error *err) {
   if (n < 0 || (n > 0 && (!out || (!paths && (!bufs || !lens)))))
-    return cdb_error_set(err, "clip: bad arguments");
+    return cdb_error_set(err, "encoder: bad arguments");
   size_t img = (size_t)3 * m->cfg.image_size * m->cfg.image_size;
   int dim = m->cfg.projection_dim, rc = 0;
   float *pixels = malloc(sizeof(float) * img * IMAGE_CHUNK);
   cdb_error *errs = calloc(IMAGE_CHUNK, sizeof *errs);
   int *failed = calloc(IMAGE_CHUNK, sizeof *failed);
-  if (!pixels || !errs || !failed) rc = cdb_error_set(err, "clip: out of memory");
+  if (!pixels || !errs || !failed) rc = cdb_error_set(err, "encoder: out of memory");
   for (int i = 0; i < n && rc == 0; i += IMAGE_CHUNK) {
     int k = n - i < IMAGE_CHUNK ? n - i : IMAGE_CHUNK;
     decode_job j = {m, paths ? paths + i : NULL, bufs ? bufs + i : NULL, lens ? lens + i : NULL,
@@ -310,7 +310,7 @@ static int embed_images(clip_model *m, const char *const *paths, const void *con
 
 int clip_embed_image_files(clip_model *m, const char *const *paths, int n, float *out,
                            cdb_error *err) {
-  if (n > 0 && !paths) return cdb_error_set(err, "clip: bad arguments");
+  if (n > 0 && !paths) return cdb_error_set(err, "encoder: bad arguments");
   return embed_images(m, paths, NULL, NULL, n, out, err);
 }
 

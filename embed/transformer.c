@@ -361,7 +361,7 @@ static int encoder_forward(const clip_tower_config *cfg, clip_layer_weights *lay
     free(qkv);
     free(mlp);
     free(scratch);
-    return cdb_error_set(err, "clip: out of memory for %d tokens", total);
+    return cdb_error_set(err, "encoder: out of memory for %d tokens", total);
   }
   encoder_run r = {.cfg = cfg, .total = total, .n_seq = n_seq, .causal = causal,
                    .max_len = max_len, .seq_start = seq_start, .seq_len = seq_len, .x = x,
@@ -406,7 +406,7 @@ int clip_vision_forward(const clip_config *cfg, const clip_vision_weights *w, co
   int *pool = calloc((size_t)n, sizeof(int)); /* each image pools its class token, row 0 */
   int rc = -1;
   if (!x || !cols || !emb || !pooled || !start || !len || !pool) {
-    cdb_error_set(err, "clip: out of memory for %d images", n);
+    cdb_error_set(err, "encoder: out of memory for %d images", n);
     goto done;
   }
   for (int b = 0; b < n; b++) im2col(pixels + b * img_len, C, size, p, cols + (size_t)b * P * patch_len);
@@ -479,7 +479,7 @@ int clip_text_forward(const clip_config *cfg, const clip_text_weights *w, const 
     const int32_t *row = ids + (size_t)i * ctx;
     for (int t = 0; t < ctx; t++)
       if (row[t] < 0 || row[t] >= cfg->vocab_size) {
-        cdb_error_set(err, "clip: token id %d at position %d is outside the vocabulary (%d)",
+        cdb_error_set(err, "encoder: token id %d at position %d is outside the vocabulary (%d)",
                       row[t], t, cfg->vocab_size);
         goto done;
       }
@@ -507,7 +507,7 @@ int clip_text_forward(const clip_config *cfg, const clip_text_weights *w, const 
   rc = 0;
   goto done;
 oom:
-  cdb_error_set(err, "clip: out of memory for %d texts", n);
+  cdb_error_set(err, "encoder: out of memory for %d texts", n);
 done:
   free(start);
   free(len);

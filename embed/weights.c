@@ -163,7 +163,7 @@ static const float *weight(clip_model *m, clip_tower *tw, const char *name, cdb_
   float *copy = to_f32_copy(t);
   if (!copy || keep(tw, copy) != 0) {
     free(copy);
-    cdb_error_set(err, "clip: out of memory converting %s", name);
+    cdb_error_set(err, "encoder: out of memory converting %s", name);
     return NULL;
   }
   return copy;
@@ -171,7 +171,7 @@ static const float *weight(clip_model *m, clip_tower *tw, const char *name, cdb_
 
 static int load_layers(clip_model *m, clip_tower *tw, const char *prefix, int n_layers, cdb_error *err) {
   tw->layers = calloc((size_t)n_layers, sizeof *tw->layers);
-  if (!tw->layers) return cdb_error_set(err, "clip: out of memory");
+  if (!tw->layers) return cdb_error_set(err, "encoder: out of memory");
   for (int l = 0; l < n_layers; l++) {
     clip_layer_weights *L = &tw->layers[l];
     struct {
@@ -301,7 +301,7 @@ static clip_packed packed_as(clip_model *m, clip_tower *tw, const char *const *n
   if (ok && !aligned) pack_parallel(stacked, N * n_names, K, PACK_F32, dst);
   free(stacked);
   if (!ok) {
-    cdb_error_set(err, "clip: out of memory packing %s", names[0]);
+    cdb_error_set(err, "encoder: out of memory packing %s", names[0]);
     return (clip_packed){NULL, 0};
   }
   return (clip_packed){dst, f16};
@@ -322,13 +322,13 @@ static const float *stacked_bias(clip_model *m, clip_tower *tw, const char *cons
   float *dst = malloc(sizeof(float) * (size_t)n * D);
   if (!dst || keep(tw, dst) != 0) {
     free(dst);
-    cdb_error_set(err, "clip: out of memory");
+    cdb_error_set(err, "encoder: out of memory");
     return NULL;
   }
   for (int i = 0; i < n; i++) {
     float *temp;
     const float *src = f32_data(st_find(&m->st, names[i]), &temp);
-    if (!src) return cdb_error_set(err, "clip: out of memory"), NULL;
+    if (!src) return cdb_error_set(err, "encoder: out of memory"), NULL;
     memcpy(dst + (size_t)i * D, src, sizeof(float) * (size_t)D);
     free(temp);
   }
@@ -339,7 +339,7 @@ static const float *stacked_bias(clip_model *m, clip_tower *tw, const char *cons
 static int pack_layers(clip_model *m, clip_tower *tw, const char *prefix, const clip_tower_config *c,
                        cdb_error *err) {
   tw->layers = calloc((size_t)c->layers, sizeof *tw->layers);
-  if (!tw->layers) return cdb_error_set(err, "clip: out of memory");
+  if (!tw->layers) return cdb_error_set(err, "encoder: out of memory");
   for (int l = 0; l < c->layers; l++) {
     clip_layer_weights *L = &tw->layers[l];
     char nm[9][160];
@@ -414,7 +414,7 @@ static int prepare_vision(clip_model *m, cdb_error *err) {
                    sizeof(float) * (clip_packed_floats(D, patch_len) +
                                     clip_packed_floats(c->projection_dim, D));
     if (arena_open(tw, tw->round_f16 ? bytes / 2 * 3 : bytes) != 0)
-      return cdb_error_set(err, "clip: out of memory for the vision tower");
+      return cdb_error_set(err, "encoder: out of memory for the vision tower");
     if (!(w->patch_p = packed(m, tw, patch, 1, D, patch_len, err)).data ||
         !(w->proj_p = packed(m, tw, proj, 1, c->projection_dim, D, err)).data ||
         pack_layers(m, tw, "vision_model", &c->vision, err) != 0)
@@ -434,7 +434,7 @@ static int prepare_text(clip_model *m, cdb_error *err) {
     float *copy = to_f32_copy(tok);
     if (!copy || keep(tw, copy) != 0) {
       free(copy);
-      return cdb_error_set(err, "clip: out of memory converting the token embedding");
+      return cdb_error_set(err, "encoder: out of memory converting the token embedding");
     }
     tw->tok_emb_f32 = *tok;
     tw->tok_emb_f32.dtype = ST_F32;
@@ -451,7 +451,7 @@ static int prepare_text(clip_model *m, cdb_error *err) {
   /* Room for a weight packed twice (half floats that overflowed, then float32). */
   size_t bytes = packed_layer_bytes(&m->cfg.text) * (tw->round_f16 ? 3 : 2) / 2;
   if (!blas && arena_open(tw, bytes) != 0)
-    return cdb_error_set(err, "clip: out of memory for the text tower");
+    return cdb_error_set(err, "encoder: out of memory for the text tower");
   int rc = blas ? load_layers(m, tw, "text_model", m->cfg.text.layers, err)
                 : pack_layers(m, tw, "text_model", &m->cfg.text, err);
   if (rc != 0) return -1;

@@ -127,7 +127,7 @@
  *     naming it, and the command then changes nothing.
  *
  * Storage: shadow tables photos_config, photos_rows, photos_vectors, photos_changes and
- * photos_index hold everything; the in-memory FAISS index is a cache (see store.c). A trained
+ * photos_index hold everything; the in-memory FAISS index is a cache (see cache.c). A trained
  * (IVF) index is also kept as a memory-mappable cold-start file "<db>-clip-<table>.idx" next to
  * the database (written only from committed state, checksummed, rebuilt when missing, stale or
  * damaged; never written for a read-only or immutable database; CLIPDB_INDEX_CACHE=0 turns it

@@ -477,7 +477,13 @@ static void fn_index_info(sqlite3_context *ctx, int argc, sqlite3_value **argv) 
   }
   cdb_index_info info;
   if (cdbx_table_index_info(t, &info) != SQLITE_OK) {
-    sqlite3_result_error(ctx, "clip_index_info: the index could not be loaded", -1);
+    /* The table's own message says why (a damaged snapshot, a model that cannot load, ...). */
+    char *msg = sqlite3_mprintf("clip_index_info: %s", t->base.zErrMsg ? t->base.zErrMsg
+                                                       : "the index could not be loaded");
+    sqlite3_free(t->base.zErrMsg);
+    t->base.zErrMsg = NULL;
+    sqlite3_result_error(ctx, msg ? msg : "clip_index_info: out of memory", -1);
+    sqlite3_free(msg);
     return;
   }
   char *json = sqlite3_mprintf(
@@ -485,7 +491,7 @@ static void fn_index_info(sqlite3_context *ctx, int argc, sqlite3_value **argv) 
       "\"trained_at_count\":%lld,\"mapped\":%s,\"embed_batches\":%lld,\"embedded_rows\":%lld}",
       info.kind, info.factory, info.nlist, info.nprobe, (long long)info.count,
       (long long)info.trained_at_count, info.mapped ? "true" : "false",
-      (long long)t->embed_batches, (long long)t->embedded_rows);
+      (long long)t->queue.embed_batches, (long long)t->queue.embedded_rows);
   sqlite3_result_text(ctx, json, -1, sqlite3_free);
 }
 

@@ -4,9 +4,15 @@
  * models.c     process-wide model registry, per-connection model names, embedding helpers
  * vec.c        float32 BLOB vectors: parsing, checking, normalising
  * functions.c  the clip_* scalar SQL functions
- * vtab.c       the `clip` virtual table module
- * store.c      shadow tables and the in-memory index cache kept consistent with them
- * search.c     the clip_search table-valued function */
+ * search.c     the clip_search table-valued function
+ * The `clip` virtual table (state in table.h; each file calls only those listed after it):
+ * vtab.c       the sqlite3_module methods: connect, cursors, update, transactions
+ * plan.c       the query plan: idxStr written at xBestIndex, read back at xFilter
+ * options.c    CREATE arguments: options, user columns, validation, the table declaration
+ * commands.c   train, rebuild, optimize, integrity-check, commit-time maintenance
+ * queue.c      row writes, the embedding queue, the table's model
+ * cache.c      the in-memory index cache and its cold-start cache file
+ * store.c      the shadow tables: every SQL statement on them */
 #ifndef CLIPDB_INTERNAL_H
 #define CLIPDB_INTERNAL_H
 
