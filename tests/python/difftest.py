@@ -1,0 +1,890 @@
+"""Differential tester of the `clip` virtual table against an oracle.
+
+Seeded random sequences of SQL operations run against a clip table and, step by step, against an
+oracle: an ordinary SQLite table in a separate database file holding the same vectors and user
+columns, searched by exact brute force in numpy. Every query result is compared. IVF tables use
+nprobe = nlist ('IVF4,Flat', nprobe=4), so results must match brute force exactly (distances
+within a tolerance; rowids at equal distance compared as sets). A failing sequence is minimised
+(delta debugging: drop operations while the same check still fails) and printed as a short
+runnable Python repro.
+
+Semantics the oracle assumes (the SQL reference in sqlite-ext/extension.c):
+  - constraints on the clip table's own columns (rowid, image, text, user columns, with their
+    declared or explicit collations, IN, OR, ...) select the candidates before the top-k cut:
+    k rows come back whenever k candidates exist; `distance < d` drops farther rows;
+  - constraints on another table of a join filter the k rows afterwards (the join filters used
+    are on columns that SQLite cannot transfer to the clip table);
+  - clip_search('v' | 'aux.v', ...) and clip_index_info(...) resolve names as SQLite does;
+  - everything in a transaction is visible to its connection at once; a second connection sees
+    the committed state; ROLLBACK / ROLLBACK TO undo everything, including 'train'.
+
+Operation areas (each can be switched off, e.g. to exclude a known bug): see AREAS below or
+--list-areas.
+
+CLI (run with Debian's interpreter, from the repository root):
+  /usr/bin/python3 tests/python/difftest.py --seeds 0..999            # a range of seeds
+  /usr/bin/python3 tests/python/difftest.py --seconds 600             # random seeds for 10 min
+  /usr/bin/python3 tests/python/difftest.py --seeds 17 --minimize     # minimise, print a repro
+  ... --exclude cache_damage,join --only-areas ... --kind model       # areas; model sequences
+Environment: CLIPDB_BUILD_DIR (default build/). Exit status 1 when a sequence failed.
+"""
+import argparse
+import json
+import os
+import pathlib
+import random
+import re
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BUILD = pathlib.Path(os.environ.get("CLIPDB_BUILD_DIR", ROOT / "build")).resolve()
+EXT = str(BUILD / "sqlite-ext" / "clipdb")
+MODEL_DIR = ROOT / "tests" / "data" / "clip-tiny-shapes"
+DEMO_DIR = ROOT / "examples" / "shapes"
+
+DIMS = 4
+NLIST = 2
+TRAIN_MIN = 39 * NLIST  # rows 'train' needs (index/ivf.h policy); fewer: an error, not a finding
+TOL = 1e-4
+ALBUMS = ["a", "A", "b", "Beach", "beach", None]
+NAMES = ["alice", "Alice", "bob", "BOB", None]
+TAGS = ["x", "y", None]
+TEXTS = ["a red circle", "a blue square", "a green triangle", "a yellow cross", "red", "circle"]
+
+# Every area an operation or a query belongs to. An operation runs only when all its areas are on.
+AREAS = {
+    "dml": "INSERT / UPDATE / DELETE of rows with precomputed vectors and user columns",
+    "bulk": "multi-row INSERT statements",
+    "upsert": "INSERT OR REPLACE",
+    "move": "UPDATE ... SET rowid = (moving a row)",
+    "txn": "BEGIN / COMMIT / ROLLBACK",
+    "savepoint": "SAVEPOINT / ROLLBACK TO / RELEASE",
+    "cmd_in_txn": "'train' / 'optimize' / 'rebuild' / 'integrity-check' inside a transaction",
+    "train": "the 'train' command",
+    "optimize": "the 'optimize' command",
+    "rebuild": "the 'rebuild' command",
+    "reopen": "close and reopen the connection",
+    "cache_delete": "the <db>-clip-<table>.idx cache file deleted between opens",
+    "cache_damage": "the cache file damaged (a flipped byte, a truncation) between opens",
+    "reader": "a second connection reading the committed state",
+    "attach": "ATTACH of a second database with a same-named clip table",
+    "collate": "filters with declared or explicit collations",
+    "in": "IN filters",
+    "or": "OR filters",
+    "join": "joins against an ordinary table (filters on the ordinary table)",
+    "join_outer": "CROSS JOIN with the ordinary table as the outer loop",
+    "limit": "ORDER BY distance LIMIT n without k",
+    "distance": "distance bounds (with k, and range searches without k)",
+    "filter": "plain filters on rowid and user columns",
+    "few_rows": "k queries after deleting most rows of a trained index",
+    "search_fn": "clip_search(table, query, k, nprobe)",
+    "info_fn": "clip_index_info(table) count",
+    "text": "rows with texts embedded by the model",
+    "image": "rows with demo images embedded by the model",
+}
+DEFAULT_OFF = set()
+
+
+class Failure(Exception):
+    """A difference between the clip table and the oracle, at one check."""
+
+    def __init__(self, check, message):
+        super().__init__(f"{check}: {message}")
+        self.check = check
+        self.message = message
+
+
+def sql_str(s):
+    return "NULL" if s is None else "'" + s.replace("'", "''") + "'"
+
+
+def sql_vec(v):
+    return "clip_vec_from_json('[%s]')" % ",".join(str(x) for x in v)
+
+
+def connect(path):
+    db = sqlite3.connect(path, isolation_level=None, timeout=5)
+    db.enable_load_extension(True)
+    db.load_extension(EXT)
+    return db
+
+
+# ---- generation: a sequence is a list of plain tuples, replayable on any subset ----
+
+class Generator:
+    def __init__(self, seed, areas, kind, length):
+        self.rng = random.Random(seed)
+        self.areas = areas
+        self.kind = kind
+        self.length = length
+        self.pool = [self.rand_vec() for _ in range(10)]
+        self.max_rowid = 100
+
+    def on(self, *areas):
+        return all(a in self.areas for a in areas)
+
+    def rand_vec(self):
+        while True:
+            v = tuple(self.rng.randint(-9, 9) for _ in range(DIMS))
+            if any(v):
+                return v
+
+    def vec(self):
+        return self.rng.choice(self.pool) if self.rng.random() < 0.4 else self.rand_vec()
+
+    def rowid(self):
+        return self.rng.randint(1, self.max_rowid)
+
+    def row_values(self):
+        r = self.rng
+        if self.kind == "model":
+            if self.on("image") and r.random() < 0.4:
+                src = ("image", r.choice(sorted(p.name for p in DEMO_DIR.iterdir())))
+            else:
+                src = ("text", r.choice(TEXTS))
+        else:
+            src = ("vec", self.vec())
+        return src, r.choice(ALBUMS), r.choice(NAMES)
+
+    def filt(self):
+        """A constraint on the clip table's own columns (SQL text, valid on the oracle too)."""
+        r = self.rng
+        choices = []
+        if self.on("filter"):
+            choices += [f"rowid > {self.rowid()}", f"rowid BETWEEN {self.rowid()} AND "
+                        f"{self.rowid() + 20}", f"album = {sql_str(r.choice(ALBUMS[:-1]))}",
+                        "album IS NULL", f"album != {sql_str(r.choice(ALBUMS[:-1]))}",
+                        "name LIKE 'a%'", f"rowid = {self.rowid()}"]
+        if self.on("collate"):
+            choices += [f"album = {sql_str(r.choice(ALBUMS[:-1]))} COLLATE NOCASE",
+                        f"name = {sql_str(r.choice(NAMES[:-1]))}",
+                        f"name = {sql_str(r.choice(NAMES[:-1]))} COLLATE BINARY",
+                        f"album < 'b' COLLATE NOCASE", f"name > 'B'"]
+        if self.on("in"):
+            ids = ",".join(str(self.rowid()) for _ in range(r.randint(1, 6)))
+            choices += [f"rowid IN ({ids})",
+                        f"album IN ({sql_str(r.choice(ALBUMS[:-1]))}, "
+                        f"{sql_str(r.choice(ALBUMS[:-1]))})"]
+        if self.on("or"):
+            choices += [f"(album = {sql_str(r.choice(ALBUMS[:-1]))} OR album IS NULL)",
+                        f"(rowid < {self.rowid()} OR name = 'bob')"]
+        if not choices or r.random() < 0.3:
+            return None
+        return r.choice(choices)
+
+    def query(self):
+        r = self.rng
+        q = ("vec", self.vec()) if self.kind == "vec" else r.choice(
+            [("text", r.choice(TEXTS)), ("vec", self.rand_vec())])
+        if self.kind == "model" and q[0] == "vec":
+            q = ("vecn", tuple(self.rng.gauss(0, 1) for _ in range(512)))
+        forms = [("knn",)]
+        if self.on("limit"):
+            forms.append(("limit",))
+        if self.on("distance"):
+            forms += [("knn_dist",), ("range",)]
+        if self.on("join"):
+            forms.append(("join", r.choice(["inner", "cross_v", "left"])))
+        if self.on("join", "join_outer"):
+            forms.append(("join", "cross_m"))
+        if self.on("search_fn"):
+            forms.append(("search_fn",))
+        form = r.choice(forms)
+        schema = "aux" if self.on("attach") and r.random() < 0.3 else "main"
+        k = r.choice([1, 2, 3, 5, 10, 50])
+        dist = round(r.uniform(0.05, 1.5), 3)
+        tag = r.choice(TAGS)
+        return ("query", form, schema, q, k, self.filt(), dist, tag)
+
+    def op(self):
+        r = self.rng
+        ops = []  # (weight, builder)
+        if self.on("dml"):
+            ops += [(10, lambda: ("insert", self.rowid()) + self.row_values()),
+                    (2, lambda: ("insert_auto",) + self.row_values()),
+                    (4, lambda: ("update", self.rowid()) + self.row_values()),
+                    (2, lambda: ("update_cols", self.rowid(), r.choice(ALBUMS), r.choice(NAMES))),
+                    (4, lambda: ("delete", self.rowid())),
+                    (1, lambda: ("delete_where", self.filt() or "rowid % 3 = 0"))]
+        if self.on("dml", "bulk"):
+            ops.append((4, lambda: ("bulk", [(self.rowid() + 100 * r.randint(0, 2),)
+                                             + self.row_values()
+                                             for _ in range(r.randint(4, 40))])))
+        if self.on("dml", "upsert"):
+            ops.append((3, lambda: ("upsert", self.rowid()) + self.row_values()))
+        if self.on("dml", "move"):
+            ops.append((2, lambda: ("move", self.rowid(), self.rowid() + r.choice([0, 70]))))
+        if self.on("txn"):
+            ops += [(4, lambda: ("begin",)), (3, lambda: ("commit",)), (2, lambda: ("rollback",))]
+        if self.on("txn", "savepoint"):
+            ops += [(2, lambda: ("savepoint", r.choice("pq"))),
+                    (2, lambda: ("rollback_to", r.choice("pq"))),
+                    (1, lambda: ("release", r.choice("pq")))]
+        for cmd in ("train", "optimize", "rebuild"):
+            if self.on(cmd):
+                ops.append((2, lambda cmd=cmd: ("command", cmd)))
+        ops.append((2, lambda: ("command", "integrity-check")))
+        if self.on("few_rows", "train"):
+            ops.append((1, lambda: ("few_rows", r.randint(1, 6), r.choice(["optimize", "none"]))))
+        if self.on("reopen"):
+            damages = ["none"]
+            if self.on("cache_delete"):
+                damages.append("delete")
+            if self.on("cache_damage"):
+                damages += ["flip", "truncate"]
+            ops.append((2, lambda: ("reopen", r.choice(damages), r.random())))
+        if self.on("reader"):
+            ops.append((3, lambda: ("reader",) + self.query()[1:]))
+        if self.on("attach"):
+            ops += [(1, lambda: ("attach",)), (1, lambda: ("detach",)),
+                    (3, lambda: ("aux_insert", self.rowid()) + self.row_values())]
+        if self.on("info_fn"):
+            ops.append((1, lambda: ("info", r.choice(["v", "main.v", "aux.v"]))))
+        ops += [(10, self.query), (1, lambda: ("scan", self.filt()))]
+        total = sum(w for w, _ in ops)
+        x = r.uniform(0, total)
+        for w, build in ops:
+            x -= w
+            if x <= 0:
+                return build()
+        return ops[-1][1]()
+
+    def sequence(self):
+        seq = [("journal", self.rng.choice(["delete", "wal"]))]
+        if self.on("dml", "bulk"):  # enough rows to train early
+            seq.append(("bulk", [(i,) + self.row_values() for i in range(1, TRAIN_MIN + 3)]))
+        seq += [self.op() for _ in range(self.length)]
+        return seq
+
+
+# ---- execution on the clip table and the oracle ----
+
+class Runner:
+    """Runs a sequence; self.log holds the steps as Python source lines of a repro."""
+
+    def __init__(self, workdir, kind):
+        self.dir = pathlib.Path(workdir)
+        self.kind = kind
+        self.path = str(self.dir / "t.db")
+        self.aux_path = str(self.dir / "aux.db")
+        self.log = []
+        self.db = self.db2 = None
+        self.oracle = connect(":memory:")
+        self.oracle.execute(f"ATTACH {sql_str(str(self.dir / 'oracle-main.db'))} AS o")
+        self.oracle.execute(f"ATTACH {sql_str(str(self.dir / 'oracle-aux.db'))} AS oaux")
+        self.oracle2 = None
+        self.in_txn = False
+        self.savepoints = []
+        self.attached = False
+        self.aux_created = False
+        self.journal = "delete"
+
+    # the repro log
+    def note(self, line):
+        self.log.append(line)
+
+    def clip_exec(self, sql, db="db"):
+        self.note(f"run({db}, {sql!r})")
+        conn = self.db if db == "db" else self.db2
+        return conn.execute(sql).fetchall()
+
+    def table_sql(self, name):
+        cols = "album TEXT, name TEXT COLLATE NOCASE"
+        if self.kind == "model":
+            return (f"CREATE VIRTUAL TABLE {name} USING clip(index='IVF{NLIST},Flat', "
+                    f"nprobe={NLIST}, autotrain=off, {cols})")
+        return (f"CREATE VIRTUAL TABLE {name} USING clip(dims={DIMS}, index='IVF{NLIST},Flat', "
+                f"nprobe={NLIST}, autotrain=off, {cols})")
+
+    def setup(self):
+        self.open()
+        self.clip_exec(self.table_sql("v"))
+        self.clip_exec("CREATE TABLE meta(id INTEGER PRIMARY KEY, tag TEXT)")
+        rows = ",".join(f"({i}, {sql_str(TAGS[i % 3])})" for i in range(1, 200))
+        self.clip_exec(f"INSERT INTO meta VALUES {rows}")
+        for schema in ("o", "oaux"):
+            self.oracle.execute(f"CREATE TABLE {schema}.v(rowid INTEGER PRIMARY KEY, "
+                                "embedding BLOB, album TEXT, name TEXT COLLATE NOCASE, "
+                                "text TEXT, image TEXT)")
+        self.oracle.execute("CREATE TABLE o.meta(id INTEGER PRIMARY KEY, tag TEXT)")
+        self.oracle.execute(f"INSERT INTO o.meta VALUES {rows}")
+
+    def op_journal(self, mode):
+        if not self.in_txn:
+            self.journal = mode
+            self.clip_exec(f"PRAGMA journal_mode={mode}")
+
+    def open(self):
+        self.db = connect(self.path)
+        self.note(f"db = connect({self.path!r})")
+        if self.journal == "wal":
+            self.clip_exec("PRAGMA journal_mode=wal")
+
+    def close(self):
+        for c in (self.db, self.db2):
+            if c is not None:
+                c.close()
+        self.db = self.db2 = None
+        if self.oracle2 is not None:
+            self.oracle2.close()
+            self.oracle2 = None
+        self.oracle.close()
+
+    # values
+    def embedding_sql(self, src):
+        """(SQL for the clip table's columns, SQL for the oracle's embedding column)."""
+        kind, val = src
+        if kind == "vec":
+            return {"embedding": sql_vec(val)}, sql_vec(val)
+        if kind == "text":
+            return {"text": sql_str(val)}, f"clip_embed_text({sql_str(val)})"
+        path = str(DEMO_DIR / val)
+        return {"image": sql_str(path)}, f"clip_embed_image({sql_str(path)})"
+
+    def row_sqls(self, rowid, src, album, name):
+        cols, emb = self.embedding_sql(src)
+        cols = dict(cols, album=sql_str(album), name=sql_str(name))
+        ocols = {"embedding": emb, "album": sql_str(album), "name": sql_str(name)}
+        if "text" in cols:
+            ocols["text"] = cols["text"]
+        if "image" in cols:
+            ocols["image"] = cols["image"]
+        if rowid is not None:
+            cols = dict(rowid=str(rowid), **cols)
+            ocols = dict(rowid=str(rowid), **ocols)
+        return cols, ocols
+
+    def both(self, clip_sql, oracle_sql, check):
+        """Runs a write on both; both must fail or both succeed."""
+        clip_err = oracle_err = None
+        try:
+            self.clip_exec(clip_sql)
+        except sqlite3.Error as e:
+            clip_err = str(e)
+        try:
+            self.oracle.execute(oracle_sql)
+        except sqlite3.Error as e:
+            oracle_err = str(e)
+        if (clip_err is None) != (oracle_err is None):
+            raise Failure(check, f"clip: {clip_err or 'ok'}; oracle: {oracle_err or 'ok'}")
+        return clip_err
+
+    @staticmethod
+    def insert_sql(verb, table, cols):
+        return f"{verb} INTO {table}({', '.join(cols)}) VALUES({', '.join(cols.values())})"
+
+    # operations
+    def run_op(self, op):
+        getattr(self, "op_" + op[0])(*op[1:])
+
+    def op_insert(self, rowid, src, album, name, verb="INSERT", schema="main"):
+        cols, ocols = self.row_sqls(rowid, src, album, name)
+        osch = "o" if schema == "main" else "oaux"
+        self.both(self.insert_sql(verb, f"{schema}.v", cols),
+                  self.insert_sql(verb, f"{osch}.v", ocols), verb.lower())
+
+    def op_insert_auto(self, src, album, name):
+        cols, ocols = self.row_sqls(None, src, album, name)
+        self.both(self.insert_sql("INSERT", "v", cols), "SELECT 1", "insert_auto")
+        rowid = self.db.execute("SELECT last_insert_rowid()").fetchone()[0]
+        ocols = dict(rowid=str(rowid), **ocols)
+        self.oracle.execute(self.insert_sql("INSERT", "o.v", ocols))
+
+    def op_upsert(self, rowid, src, album, name):
+        self.op_insert(rowid, src, album, name, verb="INSERT OR REPLACE")
+
+    def op_aux_insert(self, rowid, src, album, name):
+        if self.attached:
+            self.op_insert(rowid, src, album, name, schema="aux")
+
+    def op_bulk(self, rows):
+        sqls = [self.row_sqls(*row) for row in rows]
+        keys = set().union(*[set(c) for c, _ in sqls])
+        okeys = set().union(*[set(o) for _, o in sqls])
+        order = [k for k in ("rowid", "image", "text", "embedding", "album", "name") if k in keys]
+        oorder = [k for k in ("rowid", "image", "text", "embedding", "album", "name") if k in okeys]
+        vals = ", ".join("(" + ", ".join(c.get(k, "NULL") for k in order) + ")" for c, _ in sqls)
+        ovals = ", ".join("(" + ", ".join(o.get(k, "NULL") for k in oorder) + ")" for _, o in sqls)
+        self.both(f"INSERT OR REPLACE INTO v({', '.join(order)}) VALUES {vals}",
+                  f"INSERT OR REPLACE INTO o.v({', '.join(oorder)}) VALUES {ovals}", "bulk")
+
+    def op_update(self, rowid, src, album, name):
+        cols, ocols = self.row_sqls(None, src, album, name)
+        if self.kind == "model":  # a model row's embedding always follows its text / image
+            ocols.setdefault("text", "NULL")
+            ocols.setdefault("image", "NULL")
+            cols.setdefault("text", "NULL")
+            cols.setdefault("image", "NULL")
+            if "image" in cols and cols["image"] != "NULL":
+                cols.pop("text")
+                cols["text"] = "NULL"
+        sets = ", ".join(f"{k} = {v}" for k, v in cols.items())
+        osets = ", ".join(f"{k} = {v}" for k, v in ocols.items())
+        self.both(f"UPDATE v SET {sets} WHERE rowid = {rowid}",
+                  f"UPDATE o.v SET {osets} WHERE rowid = {rowid}", "update")
+
+    def op_update_cols(self, rowid, album, name):
+        sets = f"album = {sql_str(album)}, name = {sql_str(name)}"
+        self.both(f"UPDATE v SET {sets} WHERE rowid = {rowid}",
+                  f"UPDATE o.v SET {sets} WHERE rowid = {rowid}", "update_cols")
+
+    def op_delete(self, rowid):
+        self.both(f"DELETE FROM v WHERE rowid = {rowid}",
+                  f"DELETE FROM o.v WHERE rowid = {rowid}", "delete")
+
+    def op_delete_where(self, filt):
+        self.both(f"DELETE FROM v WHERE {filt}", f"DELETE FROM o.v WHERE {filt}", "delete_where")
+
+    def op_move(self, old, new):
+        self.both(f"UPDATE v SET rowid = {new} WHERE rowid = {old}",
+                  f"UPDATE o.v SET rowid = {new} WHERE rowid = {old}", "move")
+
+    def op_begin(self):
+        if not self.in_txn:
+            self.both("BEGIN", "BEGIN", "begin")
+            self.in_txn = True
+
+    def op_commit(self):
+        if self.in_txn:
+            self.both("COMMIT", "COMMIT", "commit")
+            self.in_txn = False
+            self.savepoints = []
+
+    def op_rollback(self):
+        if self.in_txn:
+            self.both("ROLLBACK", "ROLLBACK", "rollback")
+            self.in_txn = False
+            self.savepoints = []
+
+    def op_savepoint(self, name):
+        if self.in_txn:
+            self.both(f"SAVEPOINT {name}", f"SAVEPOINT {name}", "savepoint")
+            self.savepoints.append(name)
+
+    def op_rollback_to(self, name):
+        if name in self.savepoints:
+            self.both(f"ROLLBACK TO {name}", f"ROLLBACK TO {name}", "rollback_to")
+            del self.savepoints[len(self.savepoints) - self.savepoints[::-1].index(name):]
+
+    def op_release(self, name):
+        if name in self.savepoints:
+            self.both(f"RELEASE {name}", f"RELEASE {name}", "release")
+            del self.savepoints[len(self.savepoints) - 1 - self.savepoints[::-1].index(name):]
+
+    def op_command(self, cmd, schema="main"):
+        count = self.oracle.execute("SELECT count(*) FROM o.v").fetchone()[0]
+        try:
+            self.clip_exec(f"INSERT INTO {schema}.v(v) VALUES('{cmd}')")
+        except sqlite3.Error as e:
+            # training needs at least nlist rows; any other failure is a finding
+            if not (cmd == "train" and count < TRAIN_MIN and "too few" in str(e)):
+                raise Failure(cmd, f"failed: {e} ({count} rows)")
+
+    def op_few_rows(self, keep, then):
+        """Trains on the current rows, deletes all but `keep`, optionally optimizes."""
+        if self.in_txn:
+            return
+        self.op_command("train")
+        ids = [r[0] for r in self.oracle.execute("SELECT rowid FROM o.v ORDER BY rowid")]
+        for rowid in ids[keep:]:
+            self.op_delete(rowid)
+        if then == "optimize":
+            self.op_command("optimize")
+
+    def cache_file(self):
+        return pathlib.Path(self.path + "-clip-v.idx")
+
+    def op_reopen(self, damage, where):
+        if self.in_txn:
+            return
+        self.db.close()
+        if self.db2 is not None:
+            self.db2.close()
+            self.db2 = None
+            self.note("db2.close()")
+        self.note("db.close()")
+        self.attached = False
+        cache = self.cache_file()
+        if damage != "none" and cache.exists():
+            size = cache.stat().st_size
+            if damage == "delete":
+                cache.unlink()
+                self.note(f"os.unlink({str(cache)!r})")
+            elif damage == "truncate":
+                n = int(size * where)
+                os.truncate(cache, n)
+                self.note(f"os.truncate({str(cache)!r}, {n})")
+            else:
+                pos = min(size - 1, int(size * where))
+                with open(cache, "r+b") as f:
+                    f.seek(pos)
+                    b = f.read(1)
+                    f.seek(pos)
+                    f.write(bytes([b[0] ^ 0x10]))
+                self.note(f"flip_byte({str(cache)!r}, {pos})")
+        self.open()
+
+    def op_attach(self):
+        if self.attached or self.in_txn:
+            return
+        self.clip_exec(f"ATTACH {sql_str(self.aux_path)} AS aux")
+        self.attached = True
+        if not self.aux_created:
+            self.clip_exec(self.table_sql("aux.v"))
+            self.aux_created = True
+
+    def op_detach(self):
+        if self.attached and not self.in_txn:
+            self.clip_exec("DETACH aux")
+            self.attached = False
+
+    def op_info(self, name):
+        schema = "aux" if name == "aux.v" else "main"
+        if schema == "aux" and not self.attached:
+            return
+        osch = "oaux" if schema == "aux" else "o"
+        want = self.oracle.execute(f"SELECT count(*) FROM {osch}.v").fetchone()[0]
+        try:
+            got = json.loads(self.clip_exec(f"SELECT clip_index_info({sql_str(name)})")[0][0])
+        except sqlite3.Error as e:
+            raise Failure("info", f"clip_index_info({name!r}) failed: {e}")
+        self.note(f"# expected count {want}")
+        if got.get("count") != want:
+            raise Failure("info", f"clip_index_info({name!r}) count {got.get('count')}, "
+                          f"expected {want}")
+
+    def op_scan(self, filt):
+        where = f" WHERE {filt}" if filt else ""
+        cols = "rowid, album, name"
+        got = self.clip_exec(f"SELECT {cols} FROM v{where} ORDER BY rowid")
+        want = self.oracle.execute(f"SELECT {cols} FROM o.v{where} ORDER BY rowid").fetchall()
+        if got != want:
+            self.note(f"# expected {want}")
+            raise Failure("scan", f"SELECT{where}: got {got}, expected {want}")
+
+    # queries
+    def query_operand(self, q):
+        kind, val = q
+        if kind == "text":
+            return sql_str(val), self.oracle.execute("SELECT clip_embed_text(?)", (val,)).fetchone()[0]
+        if kind == "vecn":
+            val = tuple(round(x, 3) for x in val)
+        return sql_vec(val), np.array(val, dtype=np.float64).astype(np.float32).tobytes()
+
+    def oracle_candidates(self, osch, filt, conn=None):
+        conn = conn or self.oracle
+        where = f" WHERE {filt}" if filt else ""
+        return conn.execute(f"SELECT rowid, embedding FROM {osch}.v{where}").fetchall()
+
+    @staticmethod
+    def brute_force(qblob, rows):
+        """[(distance, rowid)] sorted, distance = 1 - cosine as the extension defines it."""
+        if not rows:
+            return []
+        q = np.frombuffer(qblob, dtype=np.float32).astype(np.float64)
+        q /= np.linalg.norm(q)
+        m = np.stack([np.frombuffer(e, dtype=np.float32).astype(np.float64) for _, e in rows])
+        m /= np.linalg.norm(m, axis=1, keepdims=True)
+        d = 1.0 - m @ q
+        return sorted(zip(d.tolist(), [r for r, _ in rows]))
+
+    def op_query(self, form, schema, q, k, filt, dist, tag, reader=False):
+        if schema == "aux" and not self.attached:
+            schema = "main"
+        if reader and schema == "aux":
+            return
+        osch = "o" if schema == "main" else "oaux"
+        operand, qblob = self.query_operand(q)
+        oconn = self.oracle
+        db = "db"
+        if reader:
+            db = "db2"
+            if self.db2 is None:
+                self.db2 = connect(self.path)
+                self.note(f"db2 = connect({self.path!r})")
+            if self.oracle2 is None:
+                self.oracle2 = connect(str(self.dir / "oracle-main.db"))
+                self.oracle2.execute("ATTACH ':memory:' AS o2")
+            oconn = self.oracle2
+            osch = "main"
+        cands = self.brute_force(qblob, self.oracle_candidates(osch, filt, oconn))
+        name = f"{schema}.v" if schema == "aux" else "v"
+        fand = f" AND {filt}" if filt else ""
+        kind = form[0]
+        if kind == "knn":
+            sql = f"SELECT rowid, distance FROM {name} WHERE v MATCH {operand} AND k = {k}{fand}"
+            want = cands[:k]
+        elif kind == "knn_dist":
+            sql = (f"SELECT rowid, distance FROM {name} WHERE v MATCH {operand} AND k = {k} "
+                   f"AND distance < {dist}{fand}")
+            want = [c for c in cands[:k] if c[0] < dist]
+        elif kind == "range":
+            sql = (f"SELECT rowid, distance FROM {name} WHERE v MATCH {operand} "
+                   f"AND distance < {dist}{fand}")
+            want = [c for c in cands if c[0] < dist]
+        elif kind == "limit":
+            sql = (f"SELECT rowid, distance FROM {name} WHERE v MATCH {operand}{fand} "
+                   f"ORDER BY distance LIMIT {k}")
+            want = cands[:k]
+        elif kind == "search_fn":
+            if filt:
+                cands = self.brute_force(qblob, self.oracle_candidates(osch, None, oconn))
+            sql = (f"SELECT rowid, distance FROM clip_search({sql_str(name)}, {operand}, {k}, "
+                   f"{NLIST})")
+            want = cands[:k]
+        else:
+            return self.join_query(form[1], name, operand, k, filt, tag, cands, db)
+        self.compare(sql, db, want, cands, exact_len=True)
+
+    def join_query(self, jform, name, operand, k, filt, tag, cands, db):
+        if name != "v":
+            return
+        top = cands[:k]
+        meta = dict(self.oracle.execute("SELECT id, tag FROM o.meta").fetchall())
+        tcond = " AND m.tag = " + sql_str(tag) if tag else ""
+        fand = " AND " + re.sub(r"\b(rowid|album|name)\b", r"v.\1", filt) if filt else ""
+        knn = f"v MATCH {operand} AND k = {k}{fand}"
+        cols = "v.rowid, v.distance, m.tag"
+        if jform == "inner":
+            sql = f"SELECT {cols} FROM v JOIN meta m ON m.id = v.rowid WHERE {knn}{tcond}"
+        elif jform == "cross_v":
+            sql = f"SELECT {cols} FROM v CROSS JOIN meta m WHERE {knn} AND m.id = v.rowid{tcond}"
+        elif jform == "cross_m":
+            sql = f"SELECT {cols} FROM meta m CROSS JOIN v WHERE {knn} AND m.id = v.rowid{tcond}"
+        else:
+            sql = f"SELECT {cols} FROM v LEFT JOIN meta m ON m.id = v.rowid WHERE {knn}"
+            tag = None
+        want = []
+        for d, rowid in top:
+            if rowid in meta and (tag is None or meta[rowid] == tag):
+                want.append((d, rowid, meta[rowid]))
+            elif rowid not in meta and jform == "left":
+                want.append((d, rowid, None))
+        try:
+            got = self.clip_exec(sql, db)
+        except sqlite3.Error as e:
+            raise Failure("join_" + jform, f"{sql}: {e}")
+        got_tags = sorted((r, t) for r, _, t in got)
+        want_tags = sorted((r, t) for _, r, t in want)
+        self.compare_rows(sql, [(r, d) for r, d, _ in got], [(d, r) for d, r, _ in want],
+                          cands, "join_" + jform, exact_len=True)
+        # rowids may differ among ties; the tags of matching rowids must agree
+        for r, t in got_tags:
+            if r in meta and t != meta[r]:
+                raise Failure("join_" + jform, f"{sql}: row {r} joined with tag {t}")
+        del want_tags
+
+    def op_reader(self, form, schema, q, k, filt, dist, tag):
+        if form[0] == "join":
+            form = ("knn",)
+        self.op_query(form, schema, q, k, filt, dist, tag, reader=True)
+
+    def compare(self, sql, db, want, cands, exact_len):
+        try:
+            got = self.clip_exec(sql, db)
+        except sqlite3.Error as e:
+            raise Failure("query", f"{sql}: {e}")
+        self.compare_rows(sql, got, want, cands, "query", exact_len)
+
+    def compare_rows(self, sql, got, want, cands, check, exact_len):
+        """got: [(rowid, distance)] from the clip table; want: [(distance, rowid)] sorted."""
+        dist_of = {r: d for d, r in cands}
+        self.note(f"# expected {[(r, round(d, 4)) for d, r in want]}")
+        shown = f"{sql}\n  got      {[(r, round(d, 4)) for r, d in got]}\n" \
+                f"  expected {[(r, round(d, 4)) for d, r in want]}"
+        if exact_len and len(got) != len(want):
+            raise Failure(check, f"{len(got)} rows, expected {len(want)}: {shown}")
+        if len(set(r for r, _ in got)) != len(got):
+            raise Failure(check, f"duplicate rowids: {shown}")
+        for r, d in got:
+            if r not in dist_of:
+                raise Failure(check, f"row {r} is not a candidate: {shown}")
+            if abs(dist_of[r] - d) > TOL:
+                raise Failure(check, f"row {r} distance {d}, expected {dist_of[r]}: {shown}")
+        gd = sorted(d for _, d in got)
+        wd = [d for d, _ in want]
+        if any(abs(a - b) > TOL for a, b in zip(gd, wd)):
+            raise Failure(check, f"distances differ: {shown}")
+        if want:  # every row strictly closer than the cut must be there
+            cut = want[-1][0]
+            must = {r for d, r in want if d < cut - TOL}
+            missing = must - {r for r, _ in got}
+            if missing:
+                raise Failure(check, f"missing rows {sorted(missing)}: {shown}")
+
+    # the final checks
+    def check_state(self):
+        if self.in_txn:
+            self.op_commit()
+        try:
+            self.clip_exec("INSERT INTO v(v) VALUES('integrity-check')")
+        except sqlite3.Error as e:
+            raise Failure("integrity-check", str(e))
+        self.op_scan(None)
+        got = self.db.execute("SELECT rowid, embedding FROM v ORDER BY rowid").fetchall()
+        want = self.oracle.execute("SELECT rowid, embedding FROM o.v ORDER BY rowid").fetchall()
+        for (r1, e1), (r2, e2) in zip(got, want):
+            a = np.frombuffer(e1, dtype=np.float32)
+            b = np.frombuffer(e2, dtype=np.float32).astype(np.float64)
+            b = b / np.linalg.norm(b)
+            if r1 != r2 or len(a) != len(b) or np.abs(a - b).max() > TOL:
+                raise Failure("embedding", f"row {r1}: stored vector differs from the oracle's")
+        # each row finds itself (at distance 0) in a fresh connection
+        self.op_reopen("none", 0)
+        for rowid, emb in want[:50]:
+            q = self.brute_force(emb, want)
+            at0 = {r for d, r in q if d < TOL}
+            got = self.db.execute("SELECT rowid, distance FROM v WHERE v MATCH ? AND k = 1",
+                                  (emb,)).fetchall()
+            if len(got) != 1 or got[0][0] not in at0 or got[0][1] > TOL:
+                self.note(f"run(db, 'SELECT rowid, distance FROM v WHERE v MATCH "
+                          f"(SELECT embedding FROM v WHERE rowid = {rowid}) AND k = 1')")
+                raise Failure("self_match", f"row {rowid}'s own vector found {got}")
+
+
+def run_sequence(seq, kind="vec", keep=None):
+    """Runs seq in a fresh directory; returns None or (Failure, repro log)."""
+    # tmpfs when there is one: fsync is then free and thousands of sequences fit in CI
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    workdir = tempfile.mkdtemp(prefix="difftest-", dir=shm)
+    runner = Runner(workdir, kind)
+    try:
+        runner.setup()
+        for op in seq:
+            runner.run_op(op)
+        runner.check_state()
+        return None
+    except Failure as f:
+        return f, runner.log
+    finally:
+        runner.close()
+        if keep is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def sequence_for(seed, areas, kind="vec", length=None):
+    rng = random.Random(seed * 7 + 1)
+    n = length or rng.choice([4, 8, 12, 20, 30])
+    return Generator(seed, areas, kind, n).sequence()
+
+
+def minimize(seq, kind, check):
+    """Delta debugging: the shortest sublist found that still fails at the same check."""
+    def fails(s):
+        r = run_sequence(s, kind)
+        return r is not None and r[0].check == check
+
+    n = 2
+    while len(seq) >= 2:
+        chunk = max(1, len(seq) // n)
+        reduced = False
+        for i in range(0, len(seq), chunk):
+            cand = seq[:i] + seq[i + chunk:]
+            if fails(cand):
+                seq, n, reduced = cand, max(n - 1, 2), True
+                break
+        if not reduced:
+            if chunk == 1:
+                break
+            n = min(len(seq), n * 2)
+    # shrink bulk inserts row by row
+    for i, op in enumerate(seq):
+        if op[0] == "bulk":
+            rows = list(op[1])
+            j = 0
+            while j < len(rows) and len(rows) > 1:
+                cand = seq[:i] + [("bulk", rows[:j] + rows[j + 1:])] + seq[i + 1:]
+                if fails(cand):
+                    rows = rows[:j] + rows[j + 1:]
+                    seq = cand
+                else:
+                    j += 1
+    return seq
+
+
+def repro_source(failure, log):
+    lines = [
+        "# difftest repro: " + failure.check,
+        "import os, sqlite3",
+        f"EXT = {EXT!r}",
+        "def connect(p):",
+        "    db = sqlite3.connect(p, isolation_level=None); db.enable_load_extension(True)",
+        "    db.load_extension(EXT); return db",
+        "def run(db, sql):",
+        "    rows = db.execute(sql).fetchall(); print(sql, '->', rows); return rows",
+        "def flip_byte(p, pos):",
+        "    with open(p, 'r+b') as f: f.seek(pos); b = f.read(1); f.seek(pos); "
+        "f.write(bytes([b[0] ^ 0x10]))",
+    ]
+    body = [line for line in log]
+    # start from a clean directory: remove the database files the log names
+    paths = sorted({line.split("(", 1)[1].rstrip(")").strip("'") for line in log
+                    if line.startswith("db = connect(")})
+    for p in paths:
+        lines.append(f"for suffix in ['', '-journal', '-wal', '-shm', '-clip-v.idx']:")
+        lines.append(f"    if os.path.exists({p!r} + suffix): os.unlink({p!r} + suffix)")
+    lines += body
+    lines.append("# FAILED: " + failure.message.replace("\n", "\n# "))
+    return "\n".join(lines)
+
+
+def parse_seeds(text):
+    if ".." in text:
+        a, b = text.split("..")
+        return range(int(a), int(b) + 1)
+    return [int(x) for x in text.split(",")]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", help="A..B or a,b,c")
+    ap.add_argument("--seconds", type=float, help="run random seeds for this long")
+    ap.add_argument("--kind", choices=["vec", "model"], default="vec")
+    ap.add_argument("--exclude", default="", help="areas to switch off (comma-separated)")
+    ap.add_argument("--only-areas", default="", help="run only these areas")
+    ap.add_argument("--length", type=int, help="operations per sequence")
+    ap.add_argument("--minimize", action="store_true", help="minimise failures, print repros")
+    ap.add_argument("--list-areas", action="store_true")
+    args = ap.parse_args(argv)
+    if args.list_areas:
+        for a, d in AREAS.items():
+            print(f"{a:14} {d}")
+        return 0
+    areas = set(args.only_areas.split(",")) if args.only_areas else set(AREAS) - DEFAULT_OFF
+    areas -= set(x for x in args.exclude.split(",") if x)
+    if args.seeds:
+        seeds = iter(parse_seeds(args.seeds))
+    else:
+        seeds = iter(random.Random().sample(range(10**6, 10**9), 10**6))
+    deadline = time.monotonic() + args.seconds if args.seconds else None
+    runs = fails = 0
+    by_check = {}
+    for seed in seeds:
+        if deadline and time.monotonic() > deadline:
+            break
+        seq = sequence_for(seed, areas, args.kind, args.length)
+        runs += 1
+        r = run_sequence(seq, args.kind)
+        if r is None:
+            continue
+        fails += 1
+        by_check.setdefault(r[0].check, []).append(seed)
+        print(f"seed {seed}: FAIL {r[0].check}: {r[0].message.splitlines()[0]}", flush=True)
+        if args.minimize:
+            small = minimize(seq, args.kind, r[0].check)
+            r2 = run_sequence(small, args.kind)
+            print(f"--- minimized to {len(small)} ops: {small!r}")
+            print(repro_source(*r2) if r2 else "(minimized sequence passed?)")
+    print(f"{runs} sequences, {fails} failed; by check: "
+          + ", ".join(f"{c}: {s[:8]}" for c, s in sorted(by_check.items())))
+    return 1 if fails else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
