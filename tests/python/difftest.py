@@ -82,6 +82,8 @@ AREAS = {
     "limit": "ORDER BY distance LIMIT n without k",
     "distance": "distance bounds (with k, and range searches without k)",
     "filter": "plain filters on rowid and user columns",
+    "is_null": "IS NULL / IS NOT NULL filters",
+    "schema_names": "schema-qualified names ('main.v') in clip_index_info / clip_search",
     "few_rows": "k queries after deleting most rows of a trained index",
     "search_fn": "clip_search(table, query, k, nprobe)",
     "info_fn": "clip_index_info(table) count",
@@ -159,13 +161,15 @@ class Generator:
         if self.on("filter"):
             choices += [f"rowid > {self.rowid()}", f"rowid BETWEEN {self.rowid()} AND "
                         f"{self.rowid() + 20}", f"album = {sql_str(r.choice(ALBUMS[:-1]))}",
-                        "album IS NULL", f"album != {sql_str(r.choice(ALBUMS[:-1]))}",
+                        f"album != {sql_str(r.choice(ALBUMS[:-1]))}",
                         "name LIKE 'a%'", f"rowid = {self.rowid()}"]
         if self.on("collate"):
             choices += [f"album = {sql_str(r.choice(ALBUMS[:-1]))} COLLATE NOCASE",
                         f"name = {sql_str(r.choice(NAMES[:-1]))}",
                         f"name = {sql_str(r.choice(NAMES[:-1]))} COLLATE BINARY",
                         f"album < 'b' COLLATE NOCASE", f"name > 'B'"]
+        if self.on("is_null"):
+            choices += ["album IS NULL", "name IS NOT NULL"]
         if self.on("in"):
             ids = ",".join(str(self.rowid()) for _ in range(r.randint(1, 6)))
             choices += [f"rowid IN ({ids})",
@@ -221,14 +225,14 @@ class Generator:
         if self.on("dml", "move"):
             ops.append((2, lambda: ("move", self.rowid(), self.rowid() + r.choice([0, 70]))))
         if self.on("txn"):
-            ops += [(4, lambda: ("begin",)), (3, lambda: ("commit",)), (2, lambda: ("rollback",))]
+            ops += [(5, lambda: ("begin",)), (3, lambda: ("commit",)), (3, lambda: ("rollback",))]
         if self.on("txn", "savepoint"):
             ops += [(2, lambda: ("savepoint", r.choice("pq"))),
                     (2, lambda: ("rollback_to", r.choice("pq"))),
                     (1, lambda: ("release", r.choice("pq")))]
-        for cmd in ("train", "optimize", "rebuild"):
+        for cmd, w in (("train", 4), ("optimize", 2), ("rebuild", 1)):
             if self.on(cmd):
-                ops.append((2, lambda cmd=cmd: ("command", cmd)))
+                ops.append((w, lambda cmd=cmd: ("command", cmd)))
         ops.append((2, lambda: ("command", "integrity-check")))
         if self.on("few_rows", "train"):
             ops.append((1, lambda: ("few_rows", r.randint(1, 6), r.choice(["optimize", "none"]))))
@@ -240,12 +244,14 @@ class Generator:
                 damages += ["flip", "truncate"]
             ops.append((2, lambda: ("reopen", r.choice(damages), r.random())))
         if self.on("reader"):
-            ops.append((3, lambda: ("reader",) + self.query()[1:]))
+            ops.append((4, lambda: ("reader",) + self.query()[1:]))
         if self.on("attach"):
             ops += [(1, lambda: ("attach",)), (1, lambda: ("detach",)),
                     (3, lambda: ("aux_insert", self.rowid()) + self.row_values())]
         if self.on("info_fn"):
-            ops.append((1, lambda: ("info", r.choice(["v", "main.v", "aux.v"]))))
+            names = ["v"] + (["main.v"] if self.on("schema_names") else [])
+            names += ["aux.v"] if self.on("attach") else []
+            ops.append((1, lambda: ("info", r.choice(names))))
         ops += [(10, self.query), (1, lambda: ("scan", self.filt()))]
         total = sum(w for w, _ in ops)
         x = r.uniform(0, total)
@@ -258,9 +264,29 @@ class Generator:
     def sequence(self):
         seq = [("journal", self.rng.choice(["delete", "wal"]))]
         if self.on("dml", "bulk"):  # enough rows to train early
-            seq.append(("bulk", [(i,) + self.row_values() for i in range(1, TRAIN_MIN + 3)]))
-        seq += [self.op() for _ in range(self.length)]
+            seq.append(("bulk", [(i,) + self.row_values() for i in range(1, TRAIN_MIN + 20)]))
+        while len(seq) < self.length:
+            if self.on("txn", "dml") and self.rng.random() < 0.15:
+                seq += self.txn_block()
+            else:
+                seq.append(self.op())
         return seq
+
+    def txn_block(self):
+        """A short transaction: a few writes, maybe a command and a query, COMMIT or ROLLBACK
+        (blocks alike in their number of changes repeat the same change-log positions)."""
+        r = self.rng
+        block = [("begin",)]
+        block += [("update", r.randint(1, 5)) + self.row_values() for _ in range(r.randint(0, 2))]
+        if self.on("cmd_in_txn", "train") and r.random() < 0.6:
+            block.append(("command", "train"))
+        if self.on("txn", "savepoint") and r.random() < 0.3:
+            block += [("savepoint", "p"), ("update", r.randint(1, 5)) + self.row_values(),
+                      self.query(), ("rollback_to", "p")]
+        if r.random() < 0.7:
+            block.append(self.query() if r.random() < 0.5 else ("command", "integrity-check"))
+        block.append((r.choice(["commit", "rollback"]),))
+        return block
 
 
 # ---- execution on the clip table and the oracle ----
@@ -279,6 +305,7 @@ class Runner:
         self.oracle.execute(f"ATTACH {sql_str(str(self.dir / 'oracle-main.db'))} AS o")
         self.oracle.execute(f"ATTACH {sql_str(str(self.dir / 'oracle-aux.db'))} AS oaux")
         self.oracle2 = None
+        self.areas = set(AREAS)
         self.in_txn = False
         self.savepoints = []
         self.attached = False
@@ -306,14 +333,15 @@ class Runner:
         self.open()
         self.clip_exec(self.table_sql("v"))
         self.clip_exec("CREATE TABLE meta(id INTEGER PRIMARY KEY, tag TEXT)")
-        rows = ",".join(f"({i}, {sql_str(TAGS[i % 3])})" for i in range(1, 200))
-        self.clip_exec(f"INSERT INTO meta VALUES {rows}")
+        rows = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300) "
+                "INSERT INTO meta SELECT i, CASE i % 3 WHEN 0 THEN 'x' WHEN 1 THEN 'y' END FROM n")
+        self.clip_exec(rows)
         for schema in ("o", "oaux"):
             self.oracle.execute(f"CREATE TABLE {schema}.v(rowid INTEGER PRIMARY KEY, "
                                 "embedding BLOB, album TEXT, name TEXT COLLATE NOCASE, "
                                 "text TEXT, image TEXT)")
         self.oracle.execute("CREATE TABLE o.meta(id INTEGER PRIMARY KEY, tag TEXT)")
-        self.oracle.execute(f"INSERT INTO o.meta VALUES {rows}")
+        self.oracle.execute(rows.replace("INTO meta", "INTO o.meta"))
 
     def op_journal(self, mode):
         if not self.in_txn:
@@ -478,6 +506,8 @@ class Runner:
             del self.savepoints[len(self.savepoints) - 1 - self.savepoints[::-1].index(name):]
 
     def op_command(self, cmd, schema="main"):
+        if self.in_txn and "cmd_in_txn" not in self.areas:
+            return
         count = self.oracle.execute("SELECT count(*) FROM o.v").fetchone()[0]
         try:
             self.clip_exec(f"INSERT INTO {schema}.v(v) VALUES('{cmd}')")
@@ -645,7 +675,6 @@ class Runner:
     def join_query(self, jform, name, operand, k, filt, tag, cands, db):
         if name != "v":
             return
-        top = cands[:k]
         meta = dict(self.oracle.execute("SELECT id, tag FROM o.meta").fetchall())
         tcond = " AND m.tag = " + sql_str(tag) if tag else ""
         fand = " AND " + re.sub(r"\b(rowid|album|name)\b", r"v.\1", filt) if filt else ""
@@ -660,25 +689,39 @@ class Runner:
         else:
             sql = f"SELECT {cols} FROM v LEFT JOIN meta m ON m.id = v.rowid WHERE {knn}"
             tag = None
-        want = []
-        for d, rowid in top:
-            if rowid in meta and (tag is None or meta[rowid] == tag):
-                want.append((d, rowid, meta[rowid]))
-            elif rowid not in meta and jform == "left":
-                want.append((d, rowid, None))
         try:
             got = self.clip_exec(sql, db)
         except sqlite3.Error as e:
             raise Failure("join_" + jform, f"{sql}: {e}")
-        got_tags = sorted((r, t) for r, _, t in got)
-        want_tags = sorted((r, t) for _, r, t in want)
-        self.compare_rows(sql, [(r, d) for r, d, _ in got], [(d, r) for d, r, _ in want],
-                          cands, "join_" + jform, exact_len=True)
-        # rowids may differ among ties; the tags of matching rowids must agree
-        for r, t in got_tags:
-            if r in meta and t != meta[r]:
-                raise Failure("join_" + jform, f"{sql}: row {r} joined with tag {t}")
-        del want_tags
+        self.check_join(sql, got, cands, k, meta, tag, jform == "left")
+
+    def check_join(self, sql, got, cands, k, meta, tag, left):
+        """The k nearest (ties at the cut: any of them), then the join and its filter."""
+        def passes(r):
+            return (meta.get(r) == tag or (tag is None and r in meta)) if r in meta else left
+
+        check = "join"
+        cut = cands[k - 1][0] if len(cands) >= k else float("inf")
+        dist_of = {r: d for d, r in cands}
+        sure = {r for d, r in cands[:k] if d < cut - TOL and passes(r)}
+        ties = [r for d, r in cands if abs(d - cut) <= TOL]
+        slots = k - sum(1 for d, _ in cands[:k] if d < cut - TOL)
+        shown = f"{sql}\n  got {[(r, round(d, 4), t) for r, d, t in got]}\n  expected " \
+                f"{[(r, round(d, 4), meta.get(r)) for d, r in cands[:k] if passes(r)]}"
+        self.note(f"# expected {[(r, round(d, 4)) for d, r in cands[:k] if passes(r)]}")
+        rows = [r for r, _, _ in got]
+        if len(set(rows)) != len(rows):
+            raise Failure(check, f"duplicate rowids: {shown}")
+        for r, d, t in got:
+            if r not in dist_of or abs(dist_of[r] - d) > TOL or not passes(r) or \
+                    t != meta.get(r) or (r not in sure and r not in ties):
+                raise Failure(check, f"row {r} should not be there: {shown}")
+        if sure - set(rows):
+            raise Failure(check, f"missing rows {sorted(sure - set(rows))}: {shown}")
+        n_ties = sum(1 for r in rows if r in ties and r not in sure)
+        failing = sum(1 for r in ties if not passes(r))
+        if cut != float("inf") and not max(0, slots - failing) <= n_ties <= slots:
+            raise Failure(check, f"{len(rows)} rows: more or fewer than the top {k}: {shown}")
 
     def op_reader(self, form, schema, q, k, filt, dist, tag):
         if form[0] == "join":
@@ -748,12 +791,13 @@ class Runner:
                 raise Failure("self_match", f"row {rowid}'s own vector found {got}")
 
 
-def run_sequence(seq, kind="vec", keep=None):
-    """Runs seq in a fresh directory; returns None or (Failure, repro log)."""
+def run_sequence(seq, kind="vec", keep=None, areas=None):
+    """Runs seq in a fresh directory; returns None or (Failure, repro log, directory)."""
     # tmpfs when there is one: fsync is then free and thousands of sequences fit in CI
     shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     workdir = tempfile.mkdtemp(prefix="difftest-", dir=shm)
     runner = Runner(workdir, kind)
+    runner.areas = areas if areas is not None else set(AREAS)
     try:
         runner.setup()
         for op in seq:
@@ -761,7 +805,7 @@ def run_sequence(seq, kind="vec", keep=None):
         runner.check_state()
         return None
     except Failure as f:
-        return f, runner.log
+        return f, runner.log, workdir
     finally:
         runner.close()
         if keep is None:
@@ -774,10 +818,10 @@ def sequence_for(seed, areas, kind="vec", length=None):
     return Generator(seed, areas, kind, n).sequence()
 
 
-def minimize(seq, kind, check):
+def minimize(seq, kind, check, areas=None):
     """Delta debugging: the shortest sublist found that still fails at the same check."""
     def fails(s):
-        r = run_sequence(s, kind)
+        r = run_sequence(s, kind, areas=areas)
         return r is not None and r[0].check == check
 
     n = 2
@@ -808,28 +852,24 @@ def minimize(seq, kind, check):
     return seq
 
 
-def repro_source(failure, log):
+def repro_source(failure, log, workdir):
+    """A runnable Python script replaying the log in a fresh directory."""
+    fresh = "/tmp/difftest-repro"
     lines = [
-        "# difftest repro: " + failure.check,
-        "import os, sqlite3",
+        "# difftest repro (failed check: %s)" % failure.check,
+        "import os, shutil, sqlite3",
         f"EXT = {EXT!r}",
+        f"shutil.rmtree({fresh!r}, ignore_errors=True); os.makedirs({fresh!r})",
         "def connect(p):",
         "    db = sqlite3.connect(p, isolation_level=None); db.enable_load_extension(True)",
         "    db.load_extension(EXT); return db",
         "def run(db, sql):",
-        "    rows = db.execute(sql).fetchall(); print(sql, '->', rows); return rows",
+        "    rows = db.execute(sql).fetchall(); print(sql[:200], '->', rows); return rows",
         "def flip_byte(p, pos):",
         "    with open(p, 'r+b') as f: f.seek(pos); b = f.read(1); f.seek(pos); "
         "f.write(bytes([b[0] ^ 0x10]))",
     ]
-    body = [line for line in log]
-    # start from a clean directory: remove the database files the log names
-    paths = sorted({line.split("(", 1)[1].rstrip(")").strip("'") for line in log
-                    if line.startswith("db = connect(")})
-    for p in paths:
-        lines.append(f"for suffix in ['', '-journal', '-wal', '-shm', '-clip-v.idx']:")
-        lines.append(f"    if os.path.exists({p!r} + suffix): os.unlink({p!r} + suffix)")
-    lines += body
+    lines += [line.replace(str(workdir), fresh) for line in log]
     lines.append("# FAILED: " + failure.message.replace("\n", "\n# "))
     return "\n".join(lines)
 
@@ -870,15 +910,15 @@ def main(argv=None):
             break
         seq = sequence_for(seed, areas, args.kind, args.length)
         runs += 1
-        r = run_sequence(seq, args.kind)
+        r = run_sequence(seq, args.kind, areas=areas)
         if r is None:
             continue
         fails += 1
         by_check.setdefault(r[0].check, []).append(seed)
         print(f"seed {seed}: FAIL {r[0].check}: {r[0].message.splitlines()[0]}", flush=True)
         if args.minimize:
-            small = minimize(seq, args.kind, r[0].check)
-            r2 = run_sequence(small, args.kind)
+            small = minimize(seq, args.kind, r[0].check, areas)
+            r2 = run_sequence(small, args.kind, areas=areas)
             print(f"--- minimized to {len(small)} ops: {small!r}")
             print(repro_source(*r2) if r2 else "(minimized sequence passed?)")
     print(f"{runs} sequences, {fails} failed; by check: "
