@@ -49,6 +49,8 @@ MODEL_DIR = ROOT / "tests" / "data" / "clip-tiny-shapes"
 DEMO_DIR = ROOT / "examples" / "shapes"
 
 DIMS = 4
+MODEL_DIMS = 64  # the tiny model of tests/data
+os.environ.setdefault("CLIPDB_MODEL", str(MODEL_DIR))  # the default model of model sequences
 NLIST = 2
 TRAIN_MIN = 39 * NLIST  # rows 'train' needs (index/ivf.h policy); fewer: an error, not a finding
 TOL = 1e-4
@@ -73,7 +75,8 @@ AREAS = {
     "cache_delete": "the <db>-clip-<table>.idx cache file deleted between opens",
     "cache_damage": "the cache file damaged (a flipped byte, a truncation) between opens",
     "reader": "a second connection reading the committed state",
-    "attach": "ATTACH of a second database with a same-named clip table",
+    "attach": "ATTACH of a second database with a same-named clip table (SQL on aux.v)",
+    "attach_fn": "clip_index_info / clip_search while a same-named table is attached",
     "collate": "filters with declared or explicit collations",
     "in": "IN filters",
     "or": "OR filters",
@@ -85,6 +88,8 @@ AREAS = {
     "is_null": "IS NULL / IS NOT NULL filters",
     "schema_names": "schema-qualified names ('main.v') in clip_index_info / clip_search",
     "few_rows": "k queries after deleting most rows of a trained index",
+    "low_nprobe": "k queries with nprobe = 1 < nlist: k rows must still come back (not exact)",
+    "auto_rowid": "INSERT without a rowid (the oracle takes last_insert_rowid())",
     "search_fn": "clip_search(table, query, k, nprobe)",
     "info_fn": "clip_index_info(table) count",
     "text": "rows with texts embedded by the model",
@@ -187,10 +192,12 @@ class Generator:
         q = ("vec", self.vec()) if self.kind == "vec" else r.choice(
             [("text", r.choice(TEXTS)), ("vec", self.rand_vec())])
         if self.kind == "model" and q[0] == "vec":
-            q = ("vecn", tuple(self.rng.gauss(0, 1) for _ in range(512)))
+            q = ("vecn", tuple(self.rng.gauss(0, 1) for _ in range(MODEL_DIMS)))
         forms = [("knn",)]
         if self.on("limit"):
             forms.append(("limit",))
+        if self.on("low_nprobe"):
+            forms.append(("knn_np1",))
         if self.on("distance"):
             forms += [("knn_dist",), ("range",)]
         if self.on("join"):
@@ -211,11 +218,12 @@ class Generator:
         ops = []  # (weight, builder)
         if self.on("dml"):
             ops += [(10, lambda: ("insert", self.rowid()) + self.row_values()),
-                    (2, lambda: ("insert_auto",) + self.row_values()),
                     (4, lambda: ("update", self.rowid()) + self.row_values()),
                     (2, lambda: ("update_cols", self.rowid(), r.choice(ALBUMS), r.choice(NAMES))),
                     (4, lambda: ("delete", self.rowid())),
                     (1, lambda: ("delete_where", self.filt() or "rowid % 3 = 0"))]
+        if self.on("dml", "auto_rowid"):
+            ops.append((2, lambda: ("insert_auto",) + self.row_values()))
         if self.on("dml", "bulk"):
             ops.append((4, lambda: ("bulk", [(self.rowid() + 100 * r.randint(0, 2),)
                                              + self.row_values()
@@ -250,7 +258,7 @@ class Generator:
                     (3, lambda: ("aux_insert", self.rowid()) + self.row_values())]
         if self.on("info_fn"):
             names = ["v"] + (["main.v"] if self.on("schema_names") else [])
-            names += ["aux.v"] if self.on("attach") else []
+            names += ["aux.v"] if self.on("attach", "attach_fn") else []
             ops.append((1, lambda: ("info", r.choice(names))))
         ops += [(10, self.query), (1, lambda: ("scan", self.filt()))]
         total = sum(w for w, _ in ops)
@@ -264,7 +272,7 @@ class Generator:
     def sequence(self):
         seq = [("journal", self.rng.choice(["delete", "wal"]))]
         if self.on("dml", "bulk"):  # enough rows to train early
-            seq.append(("bulk", [(i,) + self.row_values() for i in range(1, TRAIN_MIN + 20)]))
+            seq.append(("fill", TRAIN_MIN + 20, self.rng.randint(0, 99)))
         while len(seq) < self.length:
             if self.on("txn", "dml") and self.rng.random() < 0.15:
                 seq += self.txn_block()
@@ -442,6 +450,25 @@ class Runner:
         self.both(f"INSERT OR REPLACE INTO v({', '.join(order)}) VALUES {vals}",
                   f"INSERT OR REPLACE INTO o.v({', '.join(oorder)}) VALUES {ovals}", "bulk")
 
+    def op_fill(self, n, s):
+        """Rows 1..n from one INSERT ... SELECT (vectors, or texts of model tables)."""
+        head = f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) "
+        album = f"CASE (i + {s}) % 4 WHEN 0 THEN 'a' WHEN 1 THEN 'Beach' WHEN 2 THEN 'b' END"
+        name = f"CASE (i * 7 + {s}) % 5 WHEN 0 THEN 'alice' WHEN 1 THEN 'Alice' WHEN 2 THEN 'bob' " \
+               "WHEN 3 THEN 'BOB' END"
+        if self.kind == "model":
+            text = "CASE i % 6 " + " ".join(f"WHEN {j} THEN {sql_str(t)}"
+                                          for j, t in enumerate(TEXTS)) + " END"
+            clip = f"INSERT INTO v(rowid, text, album, name) SELECT i, {text}, {album}, {name}"
+            oracle = (f"INSERT INTO o.v(rowid, text, embedding, album, name) SELECT i, {text}, "
+                      f"clip_embed_text({text}), {album}, {name}")
+        else:
+            vec = (f"clip_vec_from_json(json_array((i * 37 + {s}) % 101 - 50, (i * 53) % 97 - 48, "
+                   f"(i * 71 + {s}) % 89 - 44, (i * 13) % 83 - 40.5))")
+            clip = f"INSERT INTO v(rowid, embedding, album, name) SELECT i, {vec}, {album}, {name}"
+            oracle = clip.replace("INTO v(", "INTO o.v(")
+        self.both(head + clip + " FROM n", head + oracle + " FROM n", "fill")
+
     def op_update(self, rowid, src, album, name):
         cols, ocols = self.row_sqls(None, src, album, name)
         if self.kind == "model":  # a model row's embedding always follows its text / image
@@ -550,8 +577,8 @@ class Runner:
                 n = int(size * where)
                 os.truncate(cache, n)
                 self.note(f"os.truncate({str(cache)!r}, {n})")
-            else:
-                pos = min(size - 1, int(size * where))
+            else:  # where: a fraction of the size, or (negative) bytes before the end
+                pos = max(0, min(size - 1, int(size * where) if where >= 0 else size + int(where)))
                 with open(cache, "r+b") as f:
                     f.seek(pos)
                     b = f.read(1)
@@ -575,6 +602,8 @@ class Runner:
             self.attached = False
 
     def op_info(self, name):
+        if self.attached and "attach_fn" not in self.areas:
+            return
         schema = "aux" if name == "aux.v" else "main"
         if schema == "aux" and not self.attached:
             return
@@ -596,7 +625,9 @@ class Runner:
         want = self.oracle.execute(f"SELECT {cols} FROM o.v{where} ORDER BY rowid").fetchall()
         if got != want:
             self.note(f"# expected {want}")
-            raise Failure("scan", f"SELECT{where}: got {got}, expected {want}")
+            extra = sorted(set(got) - set(want))
+            missing = sorted(set(want) - set(got))
+            raise Failure("scan", f"SELECT{where}: extra rows {extra}, missing rows {missing}")
 
     # queries
     def query_operand(self, q):
@@ -650,6 +681,16 @@ class Runner:
         if kind == "knn":
             sql = f"SELECT rowid, distance FROM {name} WHERE v MATCH {operand} AND k = {k}{fand}"
             want = cands[:k]
+        elif kind == "knn_np1":  # fewer lists probed: not exact, but k rows when k exist
+            sql = (f"SELECT rowid, distance FROM {name} WHERE v MATCH {operand} AND k = {k} "
+                   f"AND nprobe = 1{fand}")
+            got = self.clip_exec(sql, db)
+            self.note(f"# expected {min(k, len(cands))} rows")
+            if len(got) != min(k, len(cands)):
+                raise Failure("low_nprobe", f"{sql}: {len(got)} rows, expected "
+                              f"{min(k, len(cands))} (of {len(cands)} candidates)")
+            self.compare_rows(sql, got, [(d, r) for r, d in got], cands, "low_nprobe", True)
+            return
         elif kind == "knn_dist":
             sql = (f"SELECT rowid, distance FROM {name} WHERE v MATCH {operand} AND k = {k} "
                    f"AND distance < {dist}{fand}")
@@ -663,6 +704,8 @@ class Runner:
                    f"ORDER BY distance LIMIT {k}")
             want = cands[:k]
         elif kind == "search_fn":
+            if self.attached and "attach_fn" not in self.areas:
+                return
             if filt:
                 cands = self.brute_force(qblob, self.oracle_candidates(osch, None, oconn))
             sql = (f"SELECT rowid, distance FROM clip_search({sql_str(name)}, {operand}, {k}, "
@@ -780,7 +823,7 @@ class Runner:
                 raise Failure("embedding", f"row {r1}: stored vector differs from the oracle's")
         # each row finds itself (at distance 0) in a fresh connection
         self.op_reopen("none", 0)
-        for rowid, emb in want[:50]:
+        for rowid, emb in want[:300]:
             q = self.brute_force(emb, want)
             at0 = {r for d, r in q if d < TOL}
             got = self.db.execute("SELECT rowid, distance FROM v WHERE v MATCH ? AND k = 1",
@@ -837,7 +880,13 @@ def minimize(seq, kind, check, areas=None):
             if chunk == 1:
                 break
             n = min(len(seq), n * 2)
-    # shrink bulk inserts row by row
+    # fewer rows in fills, then bulk inserts row by row
+    for i, op in enumerate(seq):
+        while op[0] == "fill" and op[1] > 1:
+            cand = seq[:i] + [("fill", op[1] // 2, op[2])] + seq[i + 1:]
+            if not fails(cand):
+                break
+            seq, op = cand, cand[i]
     for i, op in enumerate(seq):
         if op[0] == "bulk":
             rows = list(op[1])
