@@ -650,7 +650,8 @@ class Runner:
             return []
         q = np.frombuffer(qblob, dtype=np.float32).astype(np.float64)
         q /= np.linalg.norm(q)
-        m = np.stack([np.frombuffer(e, dtype=np.float32).astype(np.float64) for _, e in rows])
+        m = np.frombuffer(b"".join(e for _, e in rows), dtype=np.float32).reshape(len(rows), -1)
+        m = m.astype(np.float64)
         m /= np.linalg.norm(m, axis=1, keepdims=True)
         d = 1.0 - m @ q
         return sorted(zip(d.tolist(), [r for r, _ in rows]))
@@ -821,17 +822,31 @@ class Runner:
             b = b / np.linalg.norm(b)
             if r1 != r2 or len(a) != len(b) or np.abs(a - b).max() > TOL:
                 raise Failure("embedding", f"row {r1}: stored vector differs from the oracle's")
-        # each row finds itself (at distance 0) in a fresh connection
+        # in a fresh connection: sampled rows find themselves at distance 0, and a k covering
+        # the table returns every row at its exact distance
         self.op_reopen("none", 0)
-        for rowid, emb in want[:300]:
-            q = self.brute_force(emb, want)
-            at0 = {r for d, r in q if d < TOL}
+        if not want:
+            return
+        m = np.stack([np.frombuffer(e, dtype=np.float32).astype(np.float64) for _, e in want])
+        m /= np.linalg.norm(m, axis=1, keepdims=True)
+        ids = [r for r, _ in want]
+        for i in range(0, len(want), max(1, len(want) // 25)):
+            rowid, emb = want[i]
+            at0 = {ids[j] for j in np.nonzero(1.0 - m @ m[i] < TOL)[0]}
             got = self.db.execute("SELECT rowid, distance FROM v WHERE v MATCH ? AND k = 1",
                                   (emb,)).fetchall()
             if len(got) != 1 or got[0][0] not in at0 or got[0][1] > TOL:
                 self.note(f"run(db, 'SELECT rowid, distance FROM v WHERE v MATCH "
                           f"(SELECT embedding FROM v WHERE rowid = {rowid}) AND k = 1')")
                 raise Failure("self_match", f"row {rowid}'s own vector found {got}")
+        dist = dict(zip(ids, (1.0 - m @ m[0]).tolist()))
+        sql = f"SELECT rowid, distance FROM v WHERE v MATCH ? AND k = {len(ids)}"
+        got = self.db.execute(sql, (want[0][1],)).fetchall()
+        self.note(f"run(db, 'SELECT rowid, distance FROM v WHERE v MATCH (SELECT embedding FROM "
+                  f"v WHERE rowid = {ids[0]}) AND k = {len(ids)}')")
+        if sorted(r for r, _ in got) != ids or any(abs(dist[r] - d) > TOL for r, d in got):
+            raise Failure("full_k", f"a k covering the table: {len(got)} rows of {len(ids)}, "
+                          "or wrong distances")
 
 
 def run_sequence(seq, kind="vec", keep=None, areas=None):
