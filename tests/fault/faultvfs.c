@@ -51,7 +51,8 @@ static int should_fail(int kind) {
   st.calls[kind]++;
   if (kind != K_CACHE) st.calls[K_ANY]++;
   int hit = 0;
-  if (st.armed_kind >= 0 && (st.armed_kind == kind || (st.armed_kind == K_ANY && kind != K_CACHE))) {
+  int armed = st.armed_kind == kind || (st.armed_kind == K_ANY && kind != K_CACHE);
+  if (st.armed_kind >= 0 && armed) {
     long n = st.calls[st.armed_kind];
     hit = n == st.target || (st.persistent && n > st.target);
   }
@@ -239,7 +240,8 @@ static int fail_cache(void) {
 }
 
 static FILE *open_tracked(const char *sym, const char *path, const char *mode) {
-  FILE *(*real)(const char *, const char *) = (FILE * (*)(const char *, const char *)) next_sym(sym);
+  typedef FILE *(*fopen_fn)(const char *, const char *);
+  fopen_fn real = (fopen_fn)next_sym(sym);
   int writing = mode && (strchr(mode, 'w') || strchr(mode, 'a') || strchr(mode, '+'));
   if (is_cache_path(path) && writing && fail_cache()) return NULL;
   FILE *f = real(path, mode);

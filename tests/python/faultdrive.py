@@ -128,7 +128,8 @@ def check(db, states, where):
         if set(s) == set(rows):
             match = s
     assert match is not None, (f"{where}: rows are neither the state before nor after the failed "
-                               f"step ({len(rows)} rows, expected one of {[len(s) for s in states]})")
+                               f"step ({len(rows)} rows, expected one of "
+                               f"{[len(s) for s in states]})")
     for r, src in match.items():
         want = vec(src)
         want = want / np.linalg.norm(want)

@@ -129,7 +129,8 @@ REGRESSIONS = [
         ("insert", 46, ("vec", (9, 1, 8, -3)), "b", "alice"),
         q((-1, 9, -2, -6), 2, "(rowid < 46 OR name = 'bob')")]),
     ("is_null_filter_before_the_cut", "is_null", "vec", [
-        ("insert", 1, ("vec", (1, 0, 0, 0)), "a", None), ("insert", 2, ("vec", (0, 1, 0, 0)), None, None),
+        ("insert", 1, ("vec", (1, 0, 0, 0)), "a", None),
+        ("insert", 2, ("vec", (0, 1, 0, 0)), None, None),
         q((1, 0, 0, 0), 1, "album IS NULL")]),
     ("cross_join_ordinary_table_outer", "join_outer", "vec", [
         ("insert", 5, ("vec", (3, 7, -2, -4)), "b", "BOB"),
@@ -138,7 +139,8 @@ REGRESSIONS = [
         ("query", ("join", "cross_m"), "main", ("vec", (3, 7, -2, -4)), 2, None, 0.11, "x")]),
     ("schema_qualified_main", "schema_names", "vec", [("info", "main.v")]),
     ("search_attached_table", "attach_fn", "vec", [
-        ("attach",), ("query", ("search_fn",), "aux", ("vec", (-7, -8, 0, 9)), 5, None, 1.0, None)]),
+        ("attach",),
+        ("query", ("search_fn",), "aux", ("vec", (-7, -8, 0, 9)), 5, None, 1.0, None)]),
     ("info_with_same_named_attached", "attach_fn", "vec", [
         ("attach",), ("insert", 192, ("vec", (-6, -2, -3, 3)), "beach", "Alice"), ("info", "v")]),
     ("last_insert_rowid_of_queued_row", "auto_rowid", "model", [
