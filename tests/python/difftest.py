@@ -278,7 +278,7 @@ class Generator:
         if self.on("dml", "bulk"):  # enough rows to train early
             seq.append(("fill", TRAIN_MIN + 20, self.rng.randint(0, 99)))
         while len(seq) < self.length:
-            if self.on("txn", "dml") and self.rng.random() < 0.15:
+            if self.on("txn", "dml") and self.rng.random() < 0.3:
                 seq += self.txn_block()
             else:
                 seq.append(self.op())
