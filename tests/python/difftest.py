@@ -285,19 +285,31 @@ class Generator:
         return seq
 
     def txn_block(self):
-        """A short transaction: a few writes, maybe a command and a query, COMMIT or ROLLBACK
-        (blocks alike in their number of changes repeat the same change-log positions)."""
+        """A short transaction: a few writes, maybe a command and a query, COMMIT or ROLLBACK.
+        Half of the rolled-back ones are retried at once with other values and committed, as
+        applications do (the retry then repeats the change-log positions of the rolled-back
+        one)."""
+        r = self.rng
+        n_updates = r.randint(0, 2)
+        train = self.on("cmd_in_txn", "train") and r.random() < 0.6
+        check = r.random() < 0.7
+        block = self.block_ops(n_updates, train, check, r.choice(["commit", "rollback"]))
+        if block[-1] == ("rollback",) and r.random() < 0.5:
+            block += self.block_ops(n_updates, train, check, "commit")
+        return block
+
+    def block_ops(self, n_updates, train, check, end):
         r = self.rng
         block = [("begin",)]
-        block += [("update", r.randint(1, 5)) + self.row_values() for _ in range(r.randint(0, 2))]
-        if self.on("cmd_in_txn", "train") and r.random() < 0.6:
+        block += [("update", r.randint(1, 5)) + self.row_values() for _ in range(n_updates)]
+        if train:
             block.append(("command", "train"))
         if self.on("txn", "savepoint") and r.random() < 0.3:
             block += [("savepoint", "p"), ("update", r.randint(1, 5)) + self.row_values(),
                       self.query(), ("rollback_to", "p")]
-        if r.random() < 0.7:
+        if check:
             block.append(self.query() if r.random() < 0.5 else ("command", "integrity-check"))
-        block.append((r.choice(["commit", "rollback"]),))
+        block.append((end,))
         return block
 
 
