@@ -247,14 +247,17 @@ class Generator:
                 ops.append((w, lambda cmd=cmd: ("command", cmd)))
         ops.append((2, lambda: ("command", "integrity-check")))
         if self.on("few_rows", "train"):
-            ops.append((1, lambda: ("few_rows", r.randint(1, 6), r.choice(["optimize", "none"]))))
+            ops.append((2, lambda: ("few_rows", r.randint(1, 6), r.choice(["optimize", "none"]),
+                                    self.rand_vec())))
         if self.on("reopen"):
             damages = ["none"]
             if self.on("cache_delete"):
                 damages.append("delete")
             if self.on("cache_damage"):
-                damages += ["flip", "truncate"]
-            ops.append((2, lambda: ("reopen", r.choice(damages), r.random())))
+                damages += ["flip", "flip", "truncate"]
+            # where: a fraction of the file, or bytes before its end (the last list's data)
+            ops.append((2 + 2 * self.on("cache_damage"), lambda: (
+                "reopen", r.choice(damages), r.random() if r.random() < 0.5 else -r.randint(1, 64))))
         if self.on("reader"):
             ops.append((4, lambda: ("reader",) + self.query()[1:]))
         if self.on("attach"):
@@ -560,8 +563,9 @@ class Runner:
             if not (cmd == "train" and count < TRAIN_MIN and "too few" in str(e)):
                 raise Failure(cmd, f"failed: {e} ({count} rows)")
 
-    def op_few_rows(self, keep, then):
-        """Trains on the current rows, deletes all but `keep`, optionally optimizes."""
+    def op_few_rows(self, keep, then, qvec=(1, 0, 0, 0)):
+        """Trains on the current rows, deletes all but `keep`, optionally optimizes; then a
+        query with k = keep (also with nprobe = 1 when that area is on)."""
         if self.in_txn:
             return
         self.op_command("train")
@@ -570,6 +574,9 @@ class Runner:
             self.op_delete(rowid)
         if then == "optimize":
             self.op_command("optimize")
+        forms = [("knn",)] + ([("knn_np1",)] if "low_nprobe" in self.areas else [])
+        for form in forms:
+            self.op_query(form, "main", ("vec", qvec), keep, None, 1.0, None)
 
     def cache_file(self):
         return pathlib.Path(self.path + "-clip-v.idx")
