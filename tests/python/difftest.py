@@ -283,9 +283,19 @@ class Generator:
         while len(seq) < self.length:
             if self.on("txn", "dml") and self.rng.random() < 0.3:
                 seq += self.txn_block()
+            elif self.on("reopen", "cache_damage") and self.rng.random() < 0.1:
+                seq += self.restart_with_damage()
             else:
                 seq.append(self.op())
         return seq
+
+    def restart_with_damage(self):
+        """Reopen and query (the snapshot is loaded and the cache file written), then reopen
+        with the cache file damaged."""
+        r = self.rng
+        where = r.random() if r.random() < 0.5 else -r.randint(1, 64)
+        return [("reopen", "none", 0), self.query(),
+                ("reopen", r.choice(["flip", "flip", "truncate"]), where)]
 
     def txn_block(self):
         """A short transaction: a few writes, maybe a command and a query, COMMIT or ROLLBACK.
@@ -598,7 +608,7 @@ class Runner:
                 cache.unlink()
                 self.note(f"os.unlink({str(cache)!r})")
             elif damage == "truncate":
-                n = int(size * where)
+                n = max(0, int(size * where) if where >= 0 else size + int(where))
                 os.truncate(cache, n)
                 self.note(f"os.truncate({str(cache)!r}, {n})")
             else:  # where: a fraction of the size, or (negative) bytes before the end
