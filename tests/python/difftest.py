@@ -248,7 +248,7 @@ class Generator:
         ops.append((2, lambda: ("command", "integrity-check")))
         if self.on("few_rows", "train"):
             ops.append((2, lambda: ("few_rows", r.randint(1, 6), r.choice(["optimize", "none"]),
-                                    self.rand_vec())))
+                                    self.rand_vec() if self.kind == "vec" else None)))
         if self.on("reopen"):
             damages = ["none"]
             if self.on("cache_delete"):
@@ -573,7 +573,7 @@ class Runner:
             if not (cmd == "train" and count < TRAIN_MIN and "too few" in str(e)):
                 raise Failure(cmd, f"failed: {e} ({count} rows)")
 
-    def op_few_rows(self, keep, then, qvec=(1, 0, 0, 0)):
+    def op_few_rows(self, keep, then, qvec=None):
         """Trains on the current rows, deletes all but `keep`, optionally optimizes; then a
         query with k = keep (also with nprobe = 1 when that area is on)."""
         if self.in_txn:
@@ -585,8 +585,9 @@ class Runner:
         if then == "optimize":
             self.op_command("optimize")
         forms = [("knn",)] + ([("knn_np1",)] if "low_nprobe" in self.areas else [])
+        q = ("vec", qvec) if qvec else ("text", TEXTS[0])
         for form in forms:
-            self.op_query(form, "main", ("vec", qvec), keep, None, 1.0, None)
+            self.op_query(form, "main", q, keep, None, 1.0, None)
 
     def cache_file(self):
         return pathlib.Path(self.path + "-clip-v.idx")
