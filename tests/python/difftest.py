@@ -266,7 +266,7 @@ class Generator:
         if self.on("info_fn"):
             names = ["v"] + (["main.v"] if self.on("schema_names") else [])
             names += ["aux.v"] if self.on("attach", "attach_fn") else []
-            ops.append((1, lambda: ("info", r.choice(names))))
+            ops.append((1 + 2 * self.on("attach_fn"), lambda: ("info", r.choice(names))))
         ops += [(10, self.query), (1, lambda: ("scan", self.filt()))]
         total = sum(w for w, _ in ops)
         x = r.uniform(0, total)
@@ -285,6 +285,9 @@ class Generator:
                 seq += self.txn_block()
             elif self.on("reopen", "cache_damage") and self.rng.random() < 0.1:
                 seq += self.restart_with_damage()
+            elif self.on("attach", "attach_fn") and self.rng.random() < 0.1:
+                seq += [("attach",), ("aux_insert", self.rowid()) + self.row_values(),
+                        ("info", self.rng.choice(["v", "aux.v"])), self.query()]
             else:
                 seq.append(self.op())
         return seq
