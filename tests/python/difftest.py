@@ -588,7 +588,10 @@ class Runner:
         if then == "optimize":
             self.op_command("optimize")
         forms = [("knn",)] + ([("knn_np1",)] if "low_nprobe" in self.areas else [])
-        q = ("vec", qvec) if qvec else ("text", TEXTS[0])
+        if self.kind == "model":
+            q = ("text", TEXTS[0])
+        else:
+            q = ("vec", qvec or (1, 0, 0, 0))
         for form in forms:
             self.op_query(form, "main", q, keep, None, 1.0, None)
 
