@@ -4,7 +4,7 @@
  * name ("search"), the rest are its own arguments (parse them with getopt_long; main has already
  * removed the global options --db/--model wherever they appeared and reset optind). It returns
  * the process exit status: CLI_OK, CLI_FAIL (the operation failed; message printed with
- * cli_error) or CLI_USAGE (bad arguments). Output goes to stdout, messages to stderr. */
+ * cli_error), CLI_USAGE (bad arguments) or CLI_INCOMPLETE (see below). Output goes to stdout, messages to stderr. */
 #ifndef CLIPDB_CLI_H
 #define CLIPDB_CLI_H
 
@@ -13,7 +13,8 @@
 
 #include "src/err.h"
 
-enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
+/* CLI_INCOMPLETE: `index` finished but could not list some folders (their photos were kept). */
+enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2, CLI_INCOMPLETE = 3 };
 
 /* json_object_to_json_string_ext flags for machine-readable output: one line, "/" unescaped. */
 #define CLI_JSON_FLAGS (JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)

@@ -9,6 +9,7 @@
 
 #include "cli/cli.h"
 #include "cli/db.h"
+#include "cli/output.h"
 #include "cli/progress.h"
 
 /* Re-encoded or resized copies of one photo score above this; different photos of one scene
@@ -110,6 +111,18 @@ static int link_neighbours(cli_db *db, photo *p, int n, double threshold, long n
   return rc;
 }
 
+/* The group's paths' exact bytes in base64, in the order of "paths". */
+static json_object *group_path_bytes(photo *p, int n, int lead) {
+  json_object *arr = json_object_new_array();
+  for (int i = lead; i < n; i++) {
+    if (find(p, i) != lead) continue;
+    char *b64 = g_base64_encode((const guchar *)p[i].path, strlen(p[i].path));
+    json_object_array_add(arr, json_object_new_string(b64));
+    g_free(b64);
+  }
+  return arr;
+}
+
 static void print_groups(photo *p, int n, bool json) {
   json_object *arr = json ? json_object_new_array() : NULL;
   int groups = 0;
@@ -121,16 +134,20 @@ static void print_groups(photo *p, int n, bool json) {
       if (find(p, i) == lead) members++, best = p[i].best > best ? p[i].best : best;
     if (members < 2) continue;
     json_object *paths = json ? json_object_new_array() : NULL;
+    json_object *bytes = NULL; /* base64 of each path, only in a group with a non-UTF-8 one */
     if (!json && groups) putchar('\n');
     if (!json) printf("# group %d: %d photos, similarity up to %.4f\n", groups + 1, members, best);
     for (int i = lead; i < n; i++) {
       if (find(p, i) != lead) continue;
-      if (json) json_object_array_add(paths, json_object_new_string(p[i].path));
-      else puts(p[i].path);
+      if (json) json_object_array_add(paths, output_json_text(p[i].path));
+      else output_path_line(stdout, "", p[i].path);
+      if (json && !bytes && !g_utf8_validate(p[i].path, -1, NULL))
+        bytes = group_path_bytes(p, n, lead);
     }
     if (json) {
       json_object *g = json_object_new_object();
       json_object_object_add(g, "paths", paths);
+      if (bytes) json_object_object_add(g, "paths_bytes", bytes);
       json_object_object_add(g, "similarity", json_object_new_double(best));
       json_object_array_add(arr, g);
     }

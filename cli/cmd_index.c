@@ -9,7 +9,10 @@
  *    core) and inserts rows with precomputed embeddings through SQL, committing every
  *    COMMIT_EVERY photos so an interrupted run keeps its progress and the next run resumes.
  * 4. Rows whose files are gone (under the indexed folders) and the old rows of changed files are
- *    deleted at the end, so a moved photo can still reuse its old row's vector. */
+ *    deleted at the end, so a moved photo can still reuse its old row's vector. A folder that
+ *    could not be listed hides nothing: the rows under it are kept, and the run exits with
+ *    CLI_INCOMPLETE.
+ * One run at a time per library: cli_db_open takes the library's writer lock for the run. */
 #include <getopt.h>
 #include <glib.h>
 #include <json-c/json.h>
@@ -24,6 +27,7 @@
 #include "cli/cli.h"
 #include "cli/db.h"
 #include "cli/meta.h"
+#include "cli/output.h"
 #include "cli/progress.h"
 #include "cli/walk.h"
 #include "embed/clip.h"
@@ -42,7 +46,9 @@ static const char USAGE[] =
     "Adds the photos under each DIR (recursively) to the library; run it again to pick up\n"
     "changes: unchanged files (same size and mtime) are skipped, moved or copied files reuse\n"
     "their vector (same SHA-256), deleted files are removed. Unreadable files are listed and\n"
-    "skipped. Progress is committed every 256 photos: an interrupted run resumes.\n"
+    "skipped. A folder that cannot be listed keeps its photos in the library and makes the\n"
+    "exit status 3. Progress is committed every 256 photos: an interrupted run resumes.\n"
+    "Another `index` of the same library at the same time is refused.\n"
     "  --local          keep the library in DIR/.clipdb (the first DIR) instead of the default\n"
     "  --exclude GLOB   skip files and folders matching GLOB (fnmatch; against the base name\n"
     "                   and the path relative to DIR); repeatable\n"
@@ -202,6 +208,7 @@ static void result_free(result *r) {
 
 typedef struct counts {
   size_t added, updated, reused, skipped, removed, failed, embedded;
+  size_t duplicates; /* extra rows of one path (left by concurrent runs of older versions) */
 } counts;
 
 /* Wall seconds of the main thread per stage, and decoder-thread seconds (for bench/cli). */
@@ -216,7 +223,7 @@ typedef struct indexer {
   GArray *stale;      /* rowids to delete at the end (int64_t) */
   counts c;
   stage_times times;
-  json_object *failures;
+  json_object *failures, *unlisted; /* [{"path", "error"}] */
   progress prog;
   bool quiet;
   size_t in_txn; /* photos written since the last commit */
@@ -226,10 +233,20 @@ typedef struct indexer {
 static void report_failure(indexer *ix, const char *path, const char *reason) {
   ix->c.failed++;
   json_object *o = json_object_new_object();
-  json_object_object_add(o, "path", json_object_new_string(path));
-  json_object_object_add(o, "error", json_object_new_string(reason));
+  output_json_path(o, "path", path);
+  json_object_object_add(o, "error", output_json_text(reason));
   json_object_array_add(ix->failures, o);
   progress_message(ix->quiet ? NULL : &ix->prog, "clipdb: skipped %s: %s", path, reason);
+}
+
+/* A folder (or entry) whose content is unknown: its rows are kept (delete_stale). */
+static void report_unlisted(indexer *ix, const char *path, const char *reason) {
+  json_object *o = json_object_new_object();
+  output_json_path(o, "path", path);
+  json_object_object_add(o, "error", output_json_text(reason));
+  json_object_array_add(ix->unlisted, o);
+  progress_message(ix->quiet ? NULL : &ix->prog,
+                   "clipdb: cannot list %s: %s; its photos in the library are kept", path, reason);
 }
 
 static void format_date(int64_t mtime, char out[20]) {
@@ -443,7 +460,10 @@ static int load_stored(indexer *ix, GHashTable *by_hash, cdb_error *err) {
     row->mtime = sqlite3_column_int64(st, 3);
     if (path) {
       stored_row *older = g_hash_table_lookup(ix->stored, path);
-      if (older) g_array_append_val(ix->stale, older->rowid); /* a run cut short: keep newest */
+      if (older) { /* two rows for one path: keep the newest */
+        g_array_append_val(ix->stale, older->rowid);
+        ix->c.duplicates++;
+      }
       g_hash_table_replace(ix->stored, g_strdup(path), row);
     } else {
       g_free(row);
@@ -480,7 +500,18 @@ static job *plan_jobs(indexer *ix, const walk_result *w, size_t *n_jobs) {
   return jobs;
 }
 
-static int delete_stale(indexer *ix, char **roots, int n_roots, bool complete, cdb_error *err) {
+/* Rows of files that no longer exist: under an indexed folder, and not under one that could not
+ * be listed. */
+static bool is_gone(const char *path, const stored_row *row, char **roots, int n_roots,
+                    const walk_result *w) {
+  if (row->seen || !under_roots(path, roots, n_roots)) return false;
+  for (size_t i = 0; i < w->n_problems; i++)
+    if (w->problems[i].unlisted && under_roots(path, &w->problems[i].path, 1)) return false;
+  return true;
+}
+
+static int delete_stale(indexer *ix, char **roots, int n_roots, const walk_result *w,
+                        bool complete, cdb_error *err) {
   sqlite3_stmt *del;
   if (cli_db_prepare(&ix->db, "DELETE FROM " CLI_TABLE " WHERE rowid = ?1", &del, err) != 0)
     return -1;
@@ -491,7 +522,7 @@ static int delete_stale(indexer *ix, char **roots, int n_roots, bool complete, c
     g_hash_table_iter_init(&it, ix->stored);
     while (g_hash_table_iter_next(&it, &key, &value)) {
       stored_row *row = value;
-      if (row->seen || !under_roots(key, roots, n_roots)) continue;
+      if (!is_gone(key, row, roots, n_roots, w)) continue;
       g_array_append_val(ix->stale, row->rowid);
       ix->c.removed++;
     }
@@ -524,12 +555,13 @@ static void print_summary(const indexer *ix, bool json, double seconds, bool was
   const counts *c = &ix->c;
   if (json) {
     json_object *o = json_object_new_object();
-    json_object_object_add(o, "database", json_object_new_string(ix->db.path));
+    output_json_path(o, "database", ix->db.path);
     json_object_object_add(o, "added", json_object_new_int64((int64_t)c->added));
     json_object_object_add(o, "updated", json_object_new_int64((int64_t)c->updated));
     json_object_object_add(o, "reused", json_object_new_int64((int64_t)c->reused));
     json_object_object_add(o, "skipped", json_object_new_int64((int64_t)c->skipped));
     json_object_object_add(o, "removed", json_object_new_int64((int64_t)c->removed));
+    json_object_object_add(o, "duplicates_removed", json_object_new_int64((int64_t)c->duplicates));
     json_object_object_add(o, "failed", json_object_new_int64((int64_t)c->failed));
     json_object_object_add(o, "embedded", json_object_new_int64((int64_t)c->embedded));
     json_object_object_add(o, "seconds", json_object_new_double(seconds));
@@ -541,14 +573,18 @@ static void print_summary(const indexer *ix, bool json, double seconds, bool was
     json_object_object_add(st, "sqlite_seconds", json_object_new_double(ix->times.sqlite_s));
     json_object_object_add(o, "stages", st);
     json_object_object_add(o, "failures", json_object_get(ix->failures));
+    json_object_object_add(o, "not_listed", json_object_get(ix->unlisted));
     puts(json_object_to_json_string_ext(o, CLI_JSON_FLAGS));
     json_object_put(o);
     return;
   }
-  printf("%s%zu added, %zu updated, %zu reused, %zu skipped, %zu removed, %zu failed "
-         "(%zu embedded in %.1f s, %.1f images/s)\n",
+  printf("%s%zu added, %zu updated, %zu reused, %zu skipped, %zu removed, %zu failed",
          was_interrupted ? "interrupted, progress kept: " : "", c->added, c->updated, c->reused,
-         c->skipped, c->removed, c->failed, c->embedded, seconds,
+         c->skipped, c->removed, c->failed);
+  if (c->duplicates) printf(", %zu duplicate rows removed", c->duplicates);
+  size_t unlisted = json_object_array_length(ix->unlisted);
+  if (unlisted) printf(", %zu not listed (photos kept)", unlisted);
+  printf(" (%zu embedded in %.1f s, %.1f images/s)\n", c->embedded, seconds,
          seconds > 0 ? (double)c->embedded / seconds : 0.0);
 }
 
@@ -634,7 +670,7 @@ static int index_run(indexer *ix, const cli_ctx *ctx, const index_opts *o, char 
     if (!ix->quiet) progress_finish(&ix->prog);
     bool complete = rc == 0 && !interrupted && atomic_load(&pl.next_job) >= n_jobs;
     double t = progress_now();
-    if (rc == 0) rc = delete_stale(ix, roots, n_roots, complete, err);
+    if (rc == 0) rc = delete_stale(ix, roots, n_roots, w, complete, err);
     if (rc == 0) rc = cli_db_exec(&ix->db, "COMMIT", err);
     else sqlite3_exec(ix->db.db, "COMMIT", NULL, NULL, NULL); /* keep the photos written */
     ix->times.sqlite_s += progress_now() - t;
@@ -665,6 +701,7 @@ int cmd_index(int argc, char **argv, const cli_ctx *ctx) {
   sigaction(SIGTERM, &sa, NULL);
   double t0 = progress_now();
   indexer ix = {.quiet = o.quiet, .failures = json_object_new_array(),
+                .unlisted = json_object_new_array(),
                 .commit_every = o.commit_every ? (size_t)o.commit_every : COMMIT_EVERY};
   ix.stored = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
   ix.stale = g_array_new(FALSE, FALSE, sizeof(int64_t));
@@ -682,8 +719,10 @@ int cmd_index(int argc, char **argv, const cli_ctx *ctx) {
     rc = cdb_error_set(&err, "%s: %s", w.problems[0].path, w.problems[0].reason);
   if (rc == 0) rc = cli_db_open(ctx, o.local ? abs_roots[0] : NULL, true, &ix.db, &err);
   if (rc == 0) {
-    for (size_t i = 0; i < w.n_problems; i++)
-      report_failure(&ix, w.problems[i].path, w.problems[i].reason);
+    for (size_t i = 0; i < w.n_problems; i++) {
+      if (w.problems[i].unlisted) report_unlisted(&ix, w.problems[i].path, w.problems[i].reason);
+      else report_failure(&ix, w.problems[i].path, w.problems[i].reason);
+    }
     vips_concurrency_set(1); /* parallelism comes from the decoder threads */
     rc = index_run(&ix, ctx, &o, abs_roots, n_roots, &w, t0, &err);
   }
@@ -693,11 +732,19 @@ int cmd_index(int argc, char **argv, const cli_ctx *ctx) {
   cli_db_close(&ix.db);
   for (int i = 0; abs_roots && i < n_roots; i++) free(abs_roots[i]);
   free(abs_roots);
+  size_t w_unlisted = w.n_unlisted;
   walk_result_free(&w);
   g_hash_table_destroy(ix.stored);
   g_array_free(ix.stale, TRUE);
   json_object_put(ix.failures);
+  json_object_put(ix.unlisted);
   free(o.excludes);
   if (rc != 0) return CLI_FAIL;
-  return interrupted ? 130 : CLI_OK;
+  if (interrupted) return 130;
+  if (w_unlisted) {
+    cli_error("index: incomplete: %zu folder(s) could not be listed; nothing under them was "
+              "added, updated or removed", w_unlisted);
+    return CLI_INCOMPLETE;
+  }
+  return CLI_OK;
 }

@@ -9,6 +9,7 @@
 #include "cli/cli.h"
 #include "src/json.h"
 #include "cli/db.h"
+#include "cli/output.h"
 
 static const char USAGE[] =
     "usage: clipdb info [--json] [--local]\n"
@@ -131,10 +132,10 @@ int cmd_info(int argc, char **argv, const cli_ctx *ctx) {
   json_object *o = json_object_new_object();
   int rc = cli_db_open(ctx, local ? "." : NULL, false, &db, &err);
   if (rc == 0) {
-    json_object_object_add(o, "database", json_object_new_string(db.path));
+    output_json_path(o, "database", db.path);
     json_object_object_add(o, "size_bytes", json_object_new_int64(file_size(db.path, "") +
                                                                   file_size(db.path, "-wal")));
-    json_object_object_add(o, "model", json_object_new_string(db.model));
+    json_object_object_add(o, "model", output_json_text(db.model));
     rc = add_scalar(&db, o, "rows", "SELECT count(*) FROM " CLI_TABLE "_rows", &err);
   }
   if (rc == 0) rc = add_config(&db, o, &err);

@@ -4,10 +4,13 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "sqlite-ext/clipdb.h"
 #include "src/file.h"
@@ -20,7 +23,7 @@
   "path TEXT, size INTEGER, mtime INTEGER, hash TEXT, taken_at TEXT, date TEXT, width INTEGER, " \
   "height INTEGER, format TEXT"
 
-/* Waiting for another writer (a second `clipdb index`) instead of failing at once. */
+/* Waiting for a writer (another program writing the library) instead of failing at once. */
 #define BUSY_TIMEOUT_MS 10000
 
 char *cli_db_path(const cli_ctx *ctx, const char *local_dir) {
@@ -71,14 +74,33 @@ int cli_db_prepare(cli_db *db, const char *sql, sqlite3_stmt **st, cdb_error *er
   return cli_db_fail(db, "database", err);
 }
 
-static bool table_exists(cli_db *db) {
+/* What a database holds, read from sqlite_schema before anything is written. */
+typedef enum { DB_EMPTY, DB_LIBRARY, DB_FOREIGN } db_kind;
+
+/* A clipdb library holds the photos clip table (with its photos_* shadow tables) and
+ * clipdb_cli_meta; a database with anything else, or a photos table of another kind, is not one.
+ * SQLite's own objects (sqlite_*) do not count. */
+static int classify_db(cli_db *db, db_kind *kind, cdb_error *err) {
+  static const char sql[] =
+      "SELECT count(*) FILTER (WHERE type = 'table' AND name = '" CLI_TABLE "' AND"
+      "                        sql LIKE 'CREATE VIRTUAL TABLE%USING clip(%'),"
+      "       count(*) FILTER (WHERE type = 'table' AND name = 'clipdb_cli_meta'),"
+      "       count(*) FILTER (WHERE name NOT LIKE 'sqlite!_%' ESCAPE '!' AND"
+      "                        tbl_name NOT LIKE '" CLI_TABLE "!_%' ESCAPE '!' AND"
+      "                        tbl_name <> 'clipdb_cli_meta')"
+      " FROM sqlite_schema";
   sqlite3_stmt *st;
-  if (sqlite3_prepare_v2(db->db, "SELECT 1 FROM sqlite_schema WHERE name = '" CLI_TABLE "'", -1,
-                         &st, NULL) != SQLITE_OK)
-    return false;
-  bool found = sqlite3_step(st) == SQLITE_ROW;
+  if (sqlite3_prepare_v2(db->db, sql, -1, &st, NULL) != SQLITE_OK)
+    return cli_db_fail(db, db->path, err);
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    int photos = sqlite3_column_int(st, 0), meta = sqlite3_column_int(st, 1);
+    int other = sqlite3_column_int(st, 2) - photos; /* a photos table counts as other too */
+    if (other > 0 || (photos && !meta)) *kind = DB_FOREIGN;
+    else *kind = photos ? DB_LIBRARY : DB_EMPTY;
+  }
   sqlite3_finalize(st);
-  return found;
+  return rc == SQLITE_ROW ? 0 : cli_db_fail(db, db->path, err);
 }
 
 /* The model the library was built with, kept in clipdb_cli_meta so that every later command
@@ -132,6 +154,112 @@ static char *model_reference(const char *wanted, cdb_error *err) {
   return copy;
 }
 
+/* Opens with the busy timeout set before the first read (a rollback-journal database being
+ * written is locked for a moment). */
+static int open_with_timeout(cli_db *out, const char *name, int flags) {
+  int rc = sqlite3_open_v2(name, &out->db, flags, NULL);
+  if (out->db) sqlite3_busy_timeout(out->db, BUSY_TIMEOUT_MS);
+  return rc;
+}
+
+/* One `index` at a time per library: an flock on PATH-index.lock, held for the whole run and
+ * released by the kernel when the process ends, however it ends. SQLite's own locks cannot do
+ * this: a run commits many transactions, and two runs would each insert the same new files. */
+static int take_writer_lock(cli_db *db, cdb_error *err) {
+  char *lock = sqlite3_mprintf("%s-index.lock", db->path);
+  if (!lock) return cdb_error_set(err, "out of memory");
+  int rc = 0, fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    rc = cdb_error_set(err, "cannot create the lock file %s: %s", lock, strerror(errno));
+  } else if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK)
+      rc = cdb_error_set(err, "another clipdb index is running on this library (%s); run this "
+                              "one again when it has finished", db->path);
+    else rc = cdb_error_set(err, "cannot lock %s: %s", lock, strerror(errno));
+    close(fd);
+  } else {
+    db->lock_fd = fd;
+    db->locked = true;
+  }
+  sqlite3_free(lock);
+  return rc;
+}
+
+static int foreign_error(cli_db *db, cdb_error *err) {
+  return cdb_error_set(err, "%s is not a clipdb library (it holds other tables); pass another --db",
+                       db->path);
+}
+
+/* "file:" URI of a path with immutable=1 (%, ? and # percent-encoded). sqlite3_malloc'd. */
+static char *immutable_uri(const char *path) {
+  sqlite3_str *s = sqlite3_str_new(NULL);
+  sqlite3_str_appendall(s, "file:");
+  for (const char *p = path; *p; p++) {
+    if (*p == '%' || *p == '?' || *p == '#') sqlite3_str_appendf(s, "%%%02X", (unsigned char)*p);
+    else sqlite3_str_appendchar(s, 1, *p);
+  }
+  sqlite3_str_appendall(s, "?immutable=1");
+  return sqlite3_str_finish(s);
+}
+
+/* Read-only, and classified. A WAL library whose folder we cannot write (so no -shm can be
+ * made) cannot be opened read-only by SQLite; when it has no -wal file either, no write is in
+ * progress and the file is read as immutable. */
+static int open_read_only(cli_db *out, db_kind *kind, cdb_error *err) {
+  int rc = open_with_timeout(out, out->path, SQLITE_OPEN_READONLY);
+  if (rc == SQLITE_OK && classify_db(out, kind, err) == 0) return 0;
+  int code = out->db ? sqlite3_errcode(out->db) & 0xff : rc;
+  char *wal = sqlite3_mprintf("%s-wal", out->path);
+  struct stat st;
+  bool no_wal = wal && stat(wal, &st) != 0 && errno == ENOENT;
+  sqlite3_free(wal);
+  if (rc != SQLITE_OK) cli_db_fail(out, out->path, err);
+  if (!no_wal || (code != SQLITE_READONLY && code != SQLITE_CANTOPEN)) return -1;
+  sqlite3_close_v2(out->db);
+  out->db = NULL;
+  char *uri = immutable_uri(out->path);
+  if (!uri) return cdb_error_set(err, "out of memory");
+  rc = open_with_timeout(out, uri, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI);
+  sqlite3_free(uri);
+  if (rc != SQLITE_OK) return cli_db_fail(out, out->path, err);
+  return classify_db(out, kind, err);
+}
+
+/* Fails, writing nothing (not even the lock file), when the existing file is not a clipdb
+ * library nor empty, or not a database. Another failure to read it (busy, a WAL file being
+ * created by a running index) is left to the read after the lock. */
+static int refuse_foreign(cli_db *out, cdb_error *err) {
+  db_kind kind;
+  int rc = open_read_only(out, &kind, err);
+  bool not_a_db = rc != 0 && out->db && sqlite3_errcode(out->db) == SQLITE_NOTADB;
+  sqlite3_close_v2(out->db);
+  out->db = NULL;
+  if (rc == 0) return kind == DB_FOREIGN ? foreign_error(out, err) : 0;
+  return not_a_db ? -1 : 0;
+}
+
+/* The model reference for this run: the stored one for an existing library (queries must be
+ * embedded by the model that embedded the photos), else --model / $CLIPDB_MODEL / the default. */
+static int choose_model(const cli_ctx *ctx, cli_db *out, bool have_table, bool create,
+                        cdb_error *err) {
+  char *stored = have_table ? stored_model(out) : NULL;
+  const char *wanted = ctx->model ? ctx->model : getenv("CLIPDB_MODEL");
+  if (!stored) {
+    out->model = model_reference(wanted, err);
+    return out->model ? 0 : -1;
+  }
+  out->model = stored;
+  char *want_ref = ctx->model ? model_reference(ctx->model, err) : NULL;
+  bool differs = want_ref && strcmp(want_ref, stored) != 0;
+  free(want_ref);
+  if (differs && create)
+    return cdb_error_set(err, "%s was indexed with model %s, not %s; use another --db for it",
+                         out->path, stored, ctx->model);
+  if (differs)
+    fprintf(stderr, "clipdb: note: %s was indexed with model %s; using it\n", out->path, stored);
+  return 0;
+}
+
 int cli_db_open(const cli_ctx *ctx, const char *local_dir, bool create, cli_db *out,
                 cdb_error *err) {
   *out = (cli_db){0};
@@ -139,54 +267,45 @@ int cli_db_open(const cli_ctx *ctx, const char *local_dir, bool create, cli_db *
   if (!out->path) return cdb_error_set(err, "out of memory");
   struct stat st;
   bool exists = stat(out->path, &st) == 0;
+  db_kind kind = DB_EMPTY;
   if (!exists && !create) {
     cdb_error_set(err, "no library at %s; run `clipdb index DIR` first (or pass --db PATH)",
                   out->path);
     goto fail;
   }
-  if (!exists && make_parent_dirs(out->path, err) != 0) goto fail;
-  int flags = create ? SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE : SQLITE_OPEN_READWRITE;
-  if (sqlite3_open_v2(out->path, &out->db, flags, NULL) != SQLITE_OK) {
-    cli_db_fail(out, out->path, err);
+  if (create) {
+    if (exists && refuse_foreign(out, err) != 0) goto fail; /* before the lock file appears */
+    if (!exists && make_parent_dirs(out->path, err) != 0) goto fail;
+    if (take_writer_lock(out, err) != 0) goto fail;
+    if (open_with_timeout(out, out->path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) !=
+        SQLITE_OK) {
+      cli_db_fail(out, out->path, err);
+      goto fail;
+    }
+    if (classify_db(out, &kind, err) != 0) goto fail;
+  } else if (open_read_only(out, &kind, err) != 0) {
     goto fail;
   }
-  sqlite3_busy_timeout(out->db, BUSY_TIMEOUT_MS);
+  if (kind == DB_FOREIGN) {
+    foreign_error(out, err);
+    goto fail;
+  }
+  if (kind == DB_EMPTY && !create) {
+    cdb_error_set(err, "%s has no photos table; run `clipdb index DIR` first", out->path);
+    goto fail;
+  }
   char *msg = NULL;
   if (clipdb_register(out->db, &msg) != SQLITE_OK) {
     cdb_error_set(err, "cannot start the clipdb extension: %s", msg ? msg : "unknown error");
     sqlite3_free(msg);
     goto fail;
   }
-  if (cli_db_exec(out, "PRAGMA journal_mode=WAL", err) != 0) {
+  if (choose_model(ctx, out, kind == DB_LIBRARY, create, err) != 0) goto fail;
+  if (create && cli_db_exec(out, "PRAGMA journal_mode=WAL", err) != 0) {
     cdb_error_prefix(err, "%s", out->path);
     goto fail;
   }
-  bool have_table = table_exists(out);
-  char *stored = have_table ? stored_model(out) : NULL;
-  const char *wanted = ctx->model ? ctx->model : getenv("CLIPDB_MODEL");
-  if (!stored) {
-    out->model = model_reference(wanted, err);
-    if (!out->model) goto fail;
-  } else {
-    out->model = stored; /* queries must be embedded by the model that embedded the photos */
-    char *want_ref = ctx->model ? model_reference(ctx->model, err) : NULL;
-    bool differs = want_ref && strcmp(want_ref, stored) != 0;
-    free(want_ref);
-    if (differs && create) {
-      cdb_error_set(err, "%s was indexed with model %s, not %s; use another --db for it",
-                    out->path, stored, ctx->model);
-      goto fail;
-    }
-    if (differs) fprintf(stderr, "clipdb: note: %s was indexed with model %s; using it\n",
-                         out->path, stored);
-  }
-  if (!have_table) {
-    if (!create) {
-      cdb_error_set(err, "%s has no photos table; run `clipdb index DIR` first", out->path);
-      goto fail;
-    }
-    if (create_table(out, out->model, err) != 0) goto fail;
-  }
+  if (kind == DB_EMPTY && create_table(out, out->model, err) != 0) goto fail;
   return 0;
 fail:
   cli_db_close(out);
@@ -195,6 +314,7 @@ fail:
 
 void cli_db_close(cli_db *db) {
   if (db->db) sqlite3_close_v2(db->db);
+  if (db->locked) close(db->lock_fd); /* after the database: the lock covers every write */
   free(db->path);
   free(db->model);
   *db = (cli_db){0};

@@ -16,14 +16,20 @@ typedef struct cli_db {
   sqlite3 *db;
   char *path;  /* the database file, malloc'd */
   char *model; /* the model reference given to the extension, malloc'd */
+  int lock_fd; /* the writer lock file (PATH-index.lock), held while locked */
+  bool locked;
 } cli_db;
 
 /* --db, else LOCAL_DIR/.clipdb when local_dir is set (--local), else
  * $XDG_DATA_HOME/clipdb/library.db (~/.local/share/clipdb/library.db). malloc'd. */
 char *cli_db_path(const cli_ctx *ctx, const char *local_dir);
 
-/* Opens the database. create: make the file (and its folder) and the photos table when
- * missing; otherwise a missing library is an error telling the user to run `clipdb index`. */
+/* Opens the database. create (for `index`, the only writer): take the library's writer lock
+ * for the whole run (a second `index` is refused with a clear message), make the file (and its
+ * folder) and the photos table when missing. Otherwise the library is opened read-only: nothing
+ * is written, not even the journal mode, and a missing library is an error telling the user to
+ * run `clipdb index`. Either way a database that is not a clipdb library is refused before
+ * anything in it is changed. */
 int cli_db_open(const cli_ctx *ctx, const char *local_dir, bool create, cli_db *out,
                 cdb_error *err);
 void cli_db_close(cli_db *db);

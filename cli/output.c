@@ -2,9 +2,11 @@
 #include "cli/output.h"
 
 #include <getopt.h>
+#include <glib.h>
 #include <json-c/json.h>
 #include <math.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "cli/preview.h"
 
@@ -12,12 +14,60 @@
 #define MAX_TOP 10000
 #define DEFAULT_TOP 10
 
+static bool needs_quoting(const char *path) {
+  if (path[0] != '/') return true;
+  for (const unsigned char *p = (const unsigned char *)path; *p; p++)
+    if (*p < 0x20 || *p == 0x7f) return true;
+  return false;
+}
+
+void output_path_line(FILE *out, const char *prefix, const char *path) {
+  fputs(prefix, out);
+  if (!needs_quoting(path)) {
+    fputs(path, out);
+    fputc('\n', out);
+    return;
+  }
+  fputs("$'", out);
+  for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
+    switch (*p) {
+      case '\n': fputs("\\n", out); break;
+      case '\t': fputs("\\t", out); break;
+      case '\r': fputs("\\r", out); break;
+      case '\\': fputs("\\\\", out); break;
+      case '\'': fputs("\\'", out); break;
+      default:
+        if (*p < 0x20 || *p == 0x7f) fprintf(out, "\\x%02x", *p);
+        else fputc(*p, out);
+    }
+  }
+  fputs("'\n", out);
+}
+
+json_object *output_json_text(const char *s) {
+  if (g_utf8_validate(s, -1, NULL)) return json_object_new_string(s);
+  char *valid = g_utf8_make_valid(s, -1);
+  json_object *o = json_object_new_string(valid);
+  g_free(valid);
+  return o;
+}
+
+void output_json_path(json_object *o, const char *key, const char *path) {
+  json_object_object_add(o, key, output_json_text(path));
+  if (g_utf8_validate(path, -1, NULL)) return;
+  char *b64 = g_base64_encode((const guchar *)path, strlen(path));
+  char *bytes_key = g_strconcat(key, "_bytes", NULL);
+  json_object_object_add(o, bytes_key, json_object_new_string(b64));
+  g_free(bytes_key);
+  g_free(b64);
+}
+
 void output_hits(const cli_hit *hits, int n, output_format fmt, bool preview) {
   if (fmt == OUTPUT_JSON) {
     json_object *arr = json_object_new_array();
     for (int i = 0; i < n; i++) {
       json_object *o = json_object_new_object();
-      json_object_object_add(o, "path", json_object_new_string(hits[i].path));
+      output_json_path(o, "path", hits[i].path);
       json_object_object_add(o, "score", json_object_new_double(hits[i].score));
       json_object_object_add(o, "rowid", json_object_new_int64(hits[i].rowid));
       json_object_object_add(o, "date", hits[i].date ? json_object_new_string(hits[i].date) : NULL);
@@ -31,11 +81,10 @@ void output_hits(const cli_hit *hits, int n, output_format fmt, bool preview) {
   }
   preview_kind kind = preview ? preview_detect() : PREVIEW_NONE;
   for (int i = 0; i < n; i++) {
-    if (fmt == OUTPUT_PATHS) {
-      puts(hits[i].path);
-      continue;
-    }
-    printf("%.4f  %s\n", hits[i].score, hits[i].path);
+    char score[32] = "";
+    if (fmt != OUTPUT_PATHS) snprintf(score, sizeof score, "%.4f  ", hits[i].score);
+    output_path_line(stdout, score, hits[i].path);
+    if (fmt == OUTPUT_PATHS) continue;
     if (kind != PREVIEW_NONE) preview_show(kind, hits[i].path, PREVIEW_PX);
   }
 }

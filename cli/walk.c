@@ -27,7 +27,8 @@ int walk_is_image_name(const char *name) {
   return 0;
 }
 
-static int add_problem(walk_result *res, const char *path, const char *reason) {
+static int add_problem_kind(walk_result *res, const char *path, const char *reason,
+                            int unlisted) {
   if (res->n_problems == res->cap_problems) {
     size_t cap = res->cap_problems ? 2 * res->cap_problems : 16;
     walk_problem *p = realloc(res->problems, cap * sizeof *p);
@@ -43,8 +44,18 @@ static int add_problem(walk_result *res, const char *path, const char *reason) {
     free(p->reason);
     return -1;
   }
+  p->unlisted = unlisted;
   res->n_problems++;
+  res->n_unlisted += unlisted != 0;
   return 0;
+}
+
+static int add_problem(walk_result *res, const char *path, const char *reason) {
+  return add_problem_kind(res, path, reason, 0);
+}
+
+static int add_unlisted(walk_result *res, const char *path, const char *reason) {
+  return add_problem_kind(res, path, reason, 1);
 }
 
 static int add_file(walk_result *res, const char *path, const struct stat *st) {
@@ -83,9 +94,12 @@ static int visit(walker *w, const char *path, const char *name, int depth) {
   const char *rel = path + w->root_len + (path[w->root_len] == '/');
   if (excluded(rel, name, w->excludes, w->n_excludes)) return 0;
   struct stat st;
-  if (lstat(path, &st) != 0) return add_problem(w->res, path, strerror(errno));
+  if (lstat(path, &st) != 0) /* gone since readdir: nothing to keep; else unknown */
+    return errno == ENOENT ? 0 : add_unlisted(w->res, path, strerror(errno));
   if (S_ISLNK(st.st_mode)) {
-    if (stat(path, &st) != 0) return add_problem(w->res, path, "broken symbolic link");
+    if (stat(path, &st) != 0)
+      return errno == ENOENT || errno == ELOOP ? add_problem(w->res, path, "broken symbolic link")
+                                               : add_unlisted(w->res, path, strerror(errno));
     if (S_ISDIR(st.st_mode)) return 0; /* symlinked folders could loop */
   }
   if (S_ISDIR(st.st_mode)) return walk_dir(w, path, depth + 1);
@@ -102,14 +116,16 @@ static int by_name(const void *a, const void *b) {
 }
 
 static int walk_dir(walker *w, const char *dir, int depth) {
-  if (depth > MAX_DEPTH) return add_problem(w->res, dir, "folders nested too deep");
+  if (depth > MAX_DEPTH) return add_unlisted(w->res, dir, "folders nested too deep");
   DIR *d = opendir(dir);
-  if (!d) return add_problem(w->res, dir, strerror(errno));
+  if (!d) return add_unlisted(w->res, dir, strerror(errno));
   char **names = NULL;
   size_t n = 0, cap = 0;
   int rc = 0;
   struct dirent *e;
-  while (rc == 0 && (e = readdir(d))) {
+  for (;;) {
+    errno = 0;
+    if (rc != 0 || !(e = readdir(d))) break;
     if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
     if (n == cap) {
       cap = cap ? 2 * cap : 64;
@@ -119,6 +135,7 @@ static int walk_dir(walker *w, const char *dir, int depth) {
     }
     if (rc == 0 && !(names[n++] = strdup(e->d_name))) rc = -1, n--;
   }
+  if (rc == 0 && errno != 0) rc = add_unlisted(w->res, dir, strerror(errno)); /* listed in part */
   closedir(d);
   if (rc == 0) qsort(names, n, sizeof *names, by_name); /* a stable, readable order */
   for (size_t i = 0; i < n; i++) {
@@ -140,9 +157,9 @@ static int walk_dir(walker *w, const char *dir, int depth) {
 
 int walk_tree(const char *root, char *const *excludes, size_t n_excludes, walk_result *res) {
   char abs[PATH_MAX];
-  if (!realpath(root, abs)) return add_problem(res, root, strerror(errno));
+  if (!realpath(root, abs)) return add_unlisted(res, root, strerror(errno));
   struct stat st;
-  if (stat(abs, &st) != 0) return add_problem(res, root, strerror(errno));
+  if (stat(abs, &st) != 0) return add_unlisted(res, root, strerror(errno));
   walker w = {excludes, n_excludes, strlen(abs), res};
   if (S_ISDIR(st.st_mode)) return walk_dir(&w, abs, 0);
   if (!S_ISREG(st.st_mode)) return add_problem(res, root, "not a regular file or folder");

@@ -15,12 +15,14 @@ typedef struct walk_file {
 typedef struct walk_problem {
   char *path;   /* malloc'd */
   char *reason; /* malloc'd */
+  int unlisted; /* path could not be listed or examined: what is under it is unknown */
 } walk_problem;
 
 typedef struct walk_result {
   walk_file *files;
   size_t n_files, cap_files;
   walk_problem *problems; /* folders or files that could not be read */
+  size_t n_unlisted;      /* problems with unlisted set */
   size_t n_problems, cap_problems;
   size_t n_ignored; /* files whose extension is not an image format */
 } walk_result;
@@ -31,7 +33,9 @@ int walk_is_image_name(const char *name);
 /* Appends every image file under root (a folder or a single file) to res, following no
  * symlinked folders. Paths matching an exclude pattern (fnmatch against the path relative to
  * root and against the base name) are left out, folders included. Returns -1 only on out of
- * memory; unreadable entries become problems. */
+ * memory; unreadable entries become problems: a folder that cannot be opened or read to the
+ * end, or an entry that cannot be examined, is `unlisted` (the caller must not conclude that
+ * the files it held are gone); a broken symbolic link is a plain problem. */
 int walk_tree(const char *root, char *const *excludes, size_t n_excludes, walk_result *res);
 
 void walk_result_free(walk_result *res);

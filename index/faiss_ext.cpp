@@ -3,8 +3,12 @@
 // faiss_get_last_error() finds them, as FAISS's own C API does.
 #include "faiss_ext.h"
 
+#include <atomic>
+#include <cstring>
 #include <exception>
+#include <memory>
 #include <stdexcept>
+#include <vector>
 
 #include <faiss/Index.h>
 #include <faiss/IndexIVF.h>
@@ -13,6 +17,8 @@
 #include <faiss/invlists/OnDiskInvertedLists.h>
 
 #include <faiss/c_api/error_impl.h>
+
+#include "index/checksum.h"
 
 namespace {
 
@@ -24,6 +30,83 @@ struct IDSelectorCallback : faiss::IDSelector {
         return fn(ctx, id) != 0;
     }
 };
+
+// XXH64 over a list as FAISS writes it: its codes, then its ids.
+uint64_t list_hash(const faiss::InvertedLists* il, size_t list_no) {
+    size_t n = il->list_size(list_no);
+    cdb_hash h;
+    cdb_hash_init(&h, list_no);
+    if (n > 0) {
+        faiss::InvertedLists::ScopedCodes codes(il, list_no);
+        faiss::InvertedLists::ScopedIds ids(il, list_no);
+        cdb_hash_update(&h, codes.get(), n * il->code_size);
+        cdb_hash_update(&h, ids.get(), n * sizeof(faiss::InvertedLists::idx_t));
+    }
+    return cdb_hash_final(&h);
+}
+
+// Memory-mapped lists checked against their expected hashes on first touch. A damaged list
+// reads as empty (list_size is the first call of every FAISS scan) and is remembered in
+// first_bad, which the caller checks after each operation.
+struct CheckedLists : faiss::ReadOnlyInvertedLists {
+    std::unique_ptr<faiss::OnDiskInvertedLists> base;
+    std::vector<uint64_t> expected;
+    std::unique_ptr<std::atomic<uint8_t>[]> state; // 0 unchecked, 1 good, 2 damaged
+    mutable std::atomic<int64_t> first_bad{-1};
+
+    CheckedLists(faiss::OnDiskInvertedLists* il, const uint64_t* hashes)
+            : faiss::ReadOnlyInvertedLists(il->nlist, il->code_size),
+              base(il),
+              expected(hashes, hashes + il->nlist),
+              state(new std::atomic<uint8_t>[il->nlist]) {
+        for (size_t i = 0; i < nlist; i++) {
+            state[i] = 0;
+        }
+    }
+
+    bool good(size_t list_no) const {
+        uint8_t s = state[list_no].load(std::memory_order_acquire);
+        if (s == 0) {
+            s = list_hash(base.get(), list_no) == expected[list_no] ? 1 : 2;
+            state[list_no].store(s, std::memory_order_release);
+            int64_t none = -1;
+            if (s == 2) {
+                first_bad.compare_exchange_strong(none, (int64_t)list_no);
+            }
+        }
+        return s == 1;
+    }
+
+    const faiss::InvertedLists* checked(size_t list_no) const {
+        if (list_no >= nlist || !good(list_no)) {
+            throw std::runtime_error("cache file damaged: inverted list checksum mismatch");
+        }
+        return base.get();
+    }
+
+    size_t list_size(size_t list_no) const override {
+        return list_no < nlist && good(list_no) ? base->list_size(list_no) : 0;
+    }
+    const uint8_t* get_codes(size_t list_no) const override {
+        return checked(list_no)->get_codes(list_no);
+    }
+    const faiss::InvertedLists::idx_t* get_ids(size_t list_no) const override {
+        return checked(list_no)->get_ids(list_no);
+    }
+    faiss::InvertedLists::idx_t get_single_id(size_t list_no, size_t offset) const override {
+        return checked(list_no)->get_single_id(list_no, offset);
+    }
+    const uint8_t* get_single_code(size_t list_no, size_t offset) const override {
+        return checked(list_no)->get_single_code(list_no, offset);
+    }
+};
+
+const faiss::OnDiskInvertedLists* mapped_lists(const faiss::IndexIVF* ivf) {
+    if (auto* checked = dynamic_cast<const CheckedLists*>(ivf->invlists)) {
+        return checked->base.get();
+    }
+    return dynamic_cast<const faiss::OnDiskInvertedLists*>(ivf->invlists);
+}
 
 int fail_with_current_exception() {
     faiss_last_exception = std::current_exception();
@@ -69,8 +152,9 @@ int cdbx_IndexIVF_list_get(const FaissIndexIVF* index, size_t list_no, idx_t* id
         }
         size_t n = ivf->invlists->list_size(list_no);
         faiss::InvertedLists::ScopedIds list_ids(ivf->invlists, list_no);
+        // Lists mapped from a cache file need not be 8-byte aligned: copy bytes.
+        std::memcpy(ids, list_ids.get(), n * sizeof(idx_t));
         for (size_t i = 0; i < n; i++) {
-            ids[i] = list_ids[i];
             ivf->reconstruct_from_offset(list_no, i, vectors + i * ivf->d);
         }
         return 0;
@@ -100,6 +184,73 @@ int cdbx_IndexIVF_prepare_mapped(FaissIndexIVF* index) {
     } catch (...) {
         return fail_with_current_exception();
     }
+}
+
+int cdbx_IndexIVF_mapped_view(const FaissIndexIVF* index, const unsigned char** data,
+                              size_t* size, size_t* lists_start, size_t* lists_end) {
+    try {
+        auto* od = mapped_lists(reinterpret_cast<const faiss::IndexIVF*>(index));
+        if (!od) {
+            return 0;
+        }
+        *data = od->ptr;
+        *size = od->totsize;
+        *lists_start = od->nlist ? od->lists[0].offset : 0;
+        *lists_end = *lists_start;
+        for (const auto& l : od->lists) {
+            *lists_end += l.size * (od->code_size + sizeof(faiss::InvertedLists::idx_t));
+        }
+        return 1;
+    } catch (...) {
+        return fail_with_current_exception();
+    }
+}
+
+int cdbx_IndexIVF_list_hashes(const FaissIndexIVF* index, uint64_t* hashes, size_t* list_bytes) {
+    try {
+        auto* ivf = reinterpret_cast<const faiss::IndexIVF*>(index);
+        *list_bytes = 0;
+        for (size_t l = 0; l < ivf->nlist; l++) {
+            hashes[l] = list_hash(ivf->invlists, l);
+            *list_bytes += ivf->invlists->list_size(l) *
+                    (ivf->code_size + sizeof(faiss::InvertedLists::idx_t));
+        }
+        return 0;
+    } catch (...) {
+        return fail_with_current_exception();
+    }
+}
+
+int cdbx_IndexIVF_check_lists(FaissIndexIVF* index, const uint64_t* hashes) {
+    try {
+        auto* ivf = reinterpret_cast<faiss::IndexIVF*>(index);
+        auto* od = dynamic_cast<faiss::OnDiskInvertedLists*>(ivf->invlists);
+        if (!od || !ivf->own_invlists) {
+            throw std::invalid_argument("IndexIVF check_lists: lists are not memory-mapped");
+        }
+        ivf->own_invlists = false; // the checked lists own them from here
+        try {
+            ivf->replace_invlists(new CheckedLists(od, hashes), true);
+        } catch (...) {
+            ivf->own_invlists = true;
+            throw;
+        }
+        return 0;
+    } catch (...) {
+        return fail_with_current_exception();
+    }
+}
+
+int64_t cdbx_IndexIVF_verify_lists(const FaissIndexIVF* index, int all) {
+    auto* ivf = reinterpret_cast<const faiss::IndexIVF*>(index);
+    auto* checked = dynamic_cast<const CheckedLists*>(ivf->invlists);
+    if (!checked) {
+        return -1;
+    }
+    for (size_t l = 0; all && l < checked->nlist; l++) {
+        checked->good(l);
+    }
+    return checked->first_bad.load();
 }
 
 } // extern "C"

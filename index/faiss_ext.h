@@ -41,6 +41,23 @@ int cdbx_IndexIVF_set_kmeans_iterations(FaissIndexIVF *index, int niter);
  * it also turns off FAISS's per-query prefetch threads (useless when pages are cached). */
 int cdbx_IndexIVF_prepare_mapped(FaissIndexIVF *index);
 
+/* Memory-mapped lists: the mapping (the whole file), and where the list data starts and ends in
+ * it. Returns 1 for mapped lists, 0 for others. */
+int cdbx_IndexIVF_mapped_view(const FaissIndexIVF *index, const unsigned char **data,
+                              size_t *size, size_t *lists_start, size_t *lists_end);
+
+/* hashes[l]: XXH64 (seeded with l) over list l's codes then ids, the bytes FAISS writes for it;
+ * *list_bytes: how many bytes all lists take in FAISS's format. */
+int cdbx_IndexIVF_list_hashes(const FaissIndexIVF *index, uint64_t *hashes, size_t *list_bytes);
+
+/* Wraps memory-mapped lists so that each is checked against hashes[list_no] on first touch; a
+ * damaged list then reads as empty and is reported by cdbx_IndexIVF_verify_lists. */
+int cdbx_IndexIVF_check_lists(FaissIndexIVF *index, const uint64_t *hashes);
+
+/* The first damaged list found so far (-1: none, or the lists are not checked); with all != 0
+ * every list not yet checked is checked first. */
+int64_t cdbx_IndexIVF_verify_lists(const FaissIndexIVF *index, int all);
+
 #ifdef __cplusplus
 }
 #endif

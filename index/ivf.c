@@ -320,10 +320,27 @@ int ivf_rebuild_idset(cdb_index *idx, cdb_error *err) {
   return 0;
 }
 
-/* Before a write: a mapped index is read into memory; the id set is built if missing. */
+int cdb_index_damaged(const cdb_index *idx) {
+  return idx->mapped && cdbx_IndexIVF_verify_lists(idx->ivf, 0) >= 0;
+}
+
+/* After reading a mapped index: -1 with err set when a list it read failed its checksum. */
+static int check_damage(const cdb_index *idx, int all, cdb_error *err) {
+  int64_t bad = idx->mapped ? cdbx_IndexIVF_verify_lists(idx->ivf, all) : -1;
+  return bad < 0 ? 0
+                 : cdb_error_set(err, "index: cache file damaged (inverted list %lld fails its "
+                                      "checksum)", (long long)bad);
+}
+
+int cdb_index_verify(const cdb_index *idx, cdb_error *err) { return check_damage(idx, 1, err); }
+
+/* Before a write: a mapped index is read into memory (every list checked first); the id set is
+ * built if missing. */
 int ivf_make_writable(cdb_index *idx, cdb_error *err) {
   if (idx->mapped) {
     FaissIndex *fi = NULL;
+    if (check_damage(idx, 1, err) < 0)
+      return -1;
     if (fseek(idx->mapped, idx->faiss_offset, SEEK_SET) != 0)
       return cdb_error_set(err, "index: cache file: seek failed: %s", strerror(errno));
     if (faiss_read_index(idx->mapped, 0, &fi))
@@ -619,17 +636,19 @@ int cdb_index_search(const cdb_index *idx, const float *query, int k, const cdb_
   if (rc == 0)
     rc = plan_search(idx, opts, &plan, err);
   if (rc == 0) {
-    /* Widen while a filter leaves fewer than k: at nprobe == nlist every list is scanned, so
-     * k results come back whenever k allowed items exist. */
+    /* Widen while the probed lists (or a filter) leave fewer than k: at nprobe == nlist every
+     * list is scanned, so k results come back whenever k (allowed) items exist. */
     for (size_t nprobe = plan.nprobe;; nprobe = nprobe * 4 > idx->nlist ? idx->nlist : nprobe * 4) {
       rc = search_once(idx, q, kk, &plan, nprobe, dist, labels, err);
-      if (rc < 0 || !plan.sel || nprobe >= idx->nlist || count_found(labels, kk) == kk)
+      if (rc < 0 || nprobe >= idx->nlist || count_found(labels, kk) == kk)
         break;
     }
     if (plan.sel)
       faiss_IDSelector_free(plan.sel);
     free(plan.fctx.bits);
   }
+  if (rc == 0)
+    rc = check_damage(idx, 0, err);
   if (rc == 0) {
     int64_t n = count_found(labels, kk);
     memcpy(ids, labels, (size_t)n * sizeof *ids);
@@ -717,7 +736,7 @@ int cdb_index_range_search(const cdb_index *idx, const float *query, float min_s
     else if (cdbx_Index_range_search_with_params(idx->faiss, 1, q, nextafterf(min_sim, -INFINITY),
                                                  (FaissSearchParameters *)sp, rsr))
       rc = ivf_faiss_fail(err, "range search");
-    else
+    else if ((rc = check_damage(idx, 0, err)) == 0)
       rc = collect_range(rsr, ids, sims, n_found, err);
     if (sp)
       faiss_SearchParametersIVF_free(sp);
@@ -758,10 +777,11 @@ static int in_sample(int64_t id, double fraction) {
 }
 
 /* Walks every list of src, handing (ids, vectors) of each to fn. */
-typedef int (*list_fn)(void *ctx, size_t n, const int64_t *ids, const float *vecs,
-                       cdb_error *err);
+typedef cdb_index_scan_fn list_fn;
 
 static int for_each_list(const cdb_index *src, list_fn fn, void *ctx, cdb_error *err) {
+  if (check_damage(src, 1, err) < 0)
+    return -1;
   size_t cap = 0;
   int64_t *ids = NULL;
   float *vecs = NULL;
@@ -789,6 +809,10 @@ static int for_each_list(const cdb_index *src, list_fn fn, void *ctx, cdb_error 
   free(ids);
   free(vecs);
   return rc;
+}
+
+int cdb_index_scan(const cdb_index *idx, cdb_index_scan_fn fn, void *ctx, cdb_error *err) {
+  return for_each_list(idx, fn, ctx, err);
 }
 
 typedef struct sampler {
@@ -846,17 +870,11 @@ static int readd(void *ctx, size_t n, const int64_t *ids, const float *vecs, cdb
   return 0;
 }
 
-static FaissIndex *train_new_faiss(const cdb_index *src, int nlist, char *factory,
-                                   cdb_error *err) {
+/* k-means for the coarse centroids of fi on a sample of src's vectors. */
+static int train_centroids(const cdb_index *src, FaissIndex *fi, int nlist, cdb_error *err) {
   int64_t n = cdb_index_count(src);
-  FaissIndex *fi = new_faiss_ivf(src->dim, nlist, src->encoding, factory, err);
-  if (!fi)
-    return NULL;
-  if (cdbx_IndexIVF_set_kmeans_iterations(faiss_IndexIVF_cast(fi), KMEANS_ITERATIONS)) {
-    ivf_faiss_fail(err, "training");
-    faiss_Index_free(fi);
-    return NULL;
-  }
+  if (cdbx_IndexIVF_set_kmeans_iterations(faiss_IndexIVF_cast(fi), KMEANS_ITERATIONS))
+    return ivf_faiss_fail(err, "training");
   int64_t want = (int64_t)SAMPLE_PER_LIST * nlist;
   if (want < SAMPLE_MIN)
     want = SAMPLE_MIN;
@@ -868,6 +886,18 @@ static FaissIndex *train_new_faiss(const cdb_index *src, int nlist, char *factor
   if (rc == 0 && faiss_Index_train(fi, s.n, s.data))
     rc = ivf_faiss_fail(err, "training");
   free(s.data);
+  return rc;
+}
+
+/* A new FAISS index holding src's vectors: trained with nlist lists, or the exact stage when
+ * nlist is 1. */
+static FaissIndex *train_new_faiss(const cdb_index *src, int nlist, char *factory,
+                                   cdb_error *err) {
+  FaissIndex *fi = nlist > 1 ? new_faiss_ivf(src->dim, nlist, src->encoding, factory, err)
+                             : new_exact_stage(src->dim, factory, err);
+  if (!fi)
+    return NULL;
+  int rc = nlist > 1 ? train_centroids(src, fi, nlist, err) : 0;
   adder a = {fi, src->dim, malloc(ADD_BATCH * (size_t)src->dim * sizeof(float)),
              malloc(ADD_BATCH * sizeof(int64_t)), 0};
   if (rc == 0 && (!a.buf || !a.ids))
@@ -885,18 +915,9 @@ static FaissIndex *train_new_faiss(const cdb_index *src, int nlist, char *factor
   return fi;
 }
 
-cdb_index *cdb_index_train_copy(const cdb_index *idx, cdb_error *err) {
-  if (!train_enabled(idx)) {
-    cdb_error_set(err, "index: type 'flat' is never trained");
-    return NULL;
-  }
+/* A copy of idx holding the same vectors with nlist lists (1: the exact, untrained state). */
+static cdb_index *relist_copy(const cdb_index *idx, int nlist, cdb_error *err) {
   int64_t n = cdb_index_count(idx);
-  int nlist = target_nlist(idx, n);
-  if (nlist < 2 || n < 39LL * nlist) {
-    cdb_error_set(err, "index: %lld vectors are too few to train %d lists (39 per list needed)",
-                  (long long)n, nlist < 2 ? 2 : nlist);
-    return NULL;
-  }
   cdb_index *copy = calloc(1, sizeof *copy);
   if (!copy) {
     cdb_error_set(err, "index: out of memory");
@@ -911,7 +932,7 @@ cdb_index *cdb_index_train_copy(const cdb_index *idx, cdb_error *err) {
     return NULL;
   }
   ivf_set_faiss(copy, fi);
-  copy->trained_at = n;
+  copy->trained_at = nlist > 1 ? n : 0;
   int rc = idx->ids_valid ? (cdb_idset_copy(&copy->ids, &idx->ids) < 0
                                  ? cdb_error_set(err, "index: out of memory")
                                  : 0)
@@ -924,13 +945,72 @@ cdb_index *cdb_index_train_copy(const cdb_index *idx, cdb_error *err) {
   return copy;
 }
 
-int cdb_index_train(cdb_index *idx, cdb_error *err) {
-  cdb_index *fresh = cdb_index_train_copy(idx, err);
-  if (!fresh)
-    return -1;
+static int trainable_nlist(const cdb_index *idx, int64_t n) {
+  int nlist = target_nlist(idx, n);
+  return nlist >= 2 && n >= 39LL * nlist ? nlist : 0;
+}
+
+cdb_index *cdb_index_train_copy(const cdb_index *idx, cdb_error *err) {
+  if (!train_enabled(idx)) {
+    cdb_error_set(err, "index: type 'flat' is never trained");
+    return NULL;
+  }
+  int64_t n = cdb_index_count(idx);
+  int nlist = trainable_nlist(idx, n);
+  if (!nlist) {
+    nlist = target_nlist(idx, n);
+    cdb_error_set(err, "index: %lld vectors are too few to train %d lists (39 per list needed)",
+                  (long long)n, nlist < 2 ? 2 : nlist);
+    return NULL;
+  }
+  return relist_copy(idx, nlist, err);
+}
+
+/* Replaces idx's contents by fresh's (same vectors, new lists). */
+static void swap_in(cdb_index *idx, cdb_index *fresh) {
   release_faiss(idx);
   cdb_idset_free(&idx->ids);
   *idx = *fresh;
   free(fresh);
+}
+
+int cdb_index_train(cdb_index *idx, cdb_error *err) {
+  cdb_index *fresh = cdb_index_train_copy(idx, err);
+  if (!fresh)
+    return -1;
+  swap_in(idx, fresh);
+  return 0;
+}
+
+/* nlist * sum(size^2) / n^2: 1 when every list holds the same number of vectors, nlist when
+ * one list holds them all. */
+static double imbalance(const cdb_index *idx) {
+  double n = 0, sq = 0;
+  for (size_t l = 0; l < idx->nlist; l++) {
+    double size = (double)faiss_IndexIVF_get_list_size(idx->ivf, l);
+    n += size;
+    sq += size * size;
+  }
+  return n > 0 ? (double)idx->nlist * sq / (n * n) : 1.0;
+}
+
+int cdb_index_needs_rebalance(const cdb_index *idx) {
+  if (idx->nlist <= 1 || idx->trained_at == 0)
+    return 0;
+  int64_t n = cdb_index_count(idx);
+  /* The factor cannot exceed nlist: small indexes get a lower bar. */
+  double most = (double)idx->nlist / 2 < 1.5 ? 1.5 : (double)idx->nlist / 2;
+  if (most > CDB_INDEX_MAX_IMBALANCE)
+    most = CDB_INDEX_MAX_IMBALANCE;
+  return n * CDB_INDEX_RETRAIN_GROWTH <= idx->trained_at || n < 39LL * (int64_t)idx->nlist / 4 ||
+         imbalance(idx) > most;
+}
+
+int cdb_index_rebalance(cdb_index *idx, cdb_error *err) {
+  int nlist = train_enabled(idx) ? trainable_nlist(idx, cdb_index_count(idx)) : 0;
+  cdb_index *fresh = relist_copy(idx, nlist ? nlist : 1, err);
+  if (!fresh)
+    return -1;
+  swap_in(idx, fresh);
   return 0;
 }

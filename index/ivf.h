@@ -42,6 +42,7 @@
 #define CDB_INDEX_MAX_K 1000000      /* k outside 1..CDB_INDEX_MAX_K is an error */
 #define CDB_INDEX_TRAIN_MIN 10000    /* "auto": exact below this many vectors */
 #define CDB_INDEX_RETRAIN_GROWTH 4   /* retrain after growing this many times */
+#define CDB_INDEX_MAX_IMBALANCE 4.0  /* list imbalance factor 'optimize' tolerates */
 
 typedef struct cdb_index cdb_index;
 
@@ -98,8 +99,8 @@ typedef struct cdb_search_opts {
 } cdb_search_opts;
 
 /* Top-k for one query: writes up to k (id, similarity) pairs best first; *n_found gets how
- * many (fewer than k only when fewer than k (allowed) items exist, or, unfiltered, when the
- * probed lists hold fewer than k). opts may be NULL. */
+ * many (fewer than k only when fewer than k (allowed) items exist: while the probed lists hold
+ * fewer, nprobe is widened x4 up to every list, with or without a filter). opts may be NULL. */
 int cdb_index_search(const cdb_index *idx, const float *query, int k, const cdb_search_opts *opts,
                      int64_t *ids, float *sims, int *n_found, cdb_error *err);
 
@@ -114,6 +115,15 @@ int cdb_index_range_search(const cdb_index *idx, const float *query, float min_s
 int cdb_index_needs_training(const cdb_index *idx);
 int cdb_index_train(cdb_index *idx, cdb_error *err);
 cdb_index *cdb_index_train_copy(const cdb_index *idx, cdb_error *err);
+
+/* A trained index whose lists no longer fit its vectors: shrunk CDB_INDEX_RETRAIN_GROWTH-fold
+ * since training, lists holding under ~10 vectors on average, or an imbalance factor
+ * (nlist * sum(list size^2) / n^2) above CDB_INDEX_MAX_IMBALANCE (nlist/2 for nlist < 8, at
+ * least 1.5). cdb_index_rebalance retrains
+ * it for its current size, or returns it to the exact (untrained) state when too few vectors
+ * remain to train (39 per list). */
+int cdb_index_needs_rebalance(const cdb_index *idx);
+int cdb_index_rebalance(cdb_index *idx, cdb_error *err);
 
 /* Description for `info`. */
 typedef struct cdb_index_info {
@@ -150,6 +160,22 @@ int cdb_index_save_file(const cdb_index *idx, const char *path, uint64_t generat
                         cdb_error *err);
 cdb_index *cdb_index_open_file_mmap(const char *path, uint64_t expected_generation,
                                     cdb_error *err);
+/* A cache file carries an XXH64 checksum per inverted list and one over everything before the
+ * lists. The latter is checked at open; a list is checked the first time anything reads it (a
+ * search touches only the lists it probes, so opening stays cheap). A call that meets a damaged
+ * list fails ("cache file damaged") and cdb_index_damaged then returns 1: the caller discards
+ * the file and rebuilds the index from its own data. cdb_index_verify checks every list now
+ * (0, or -1 naming the first damaged list); both are no-ops on an index not mapped from a file.
+ * A mapped index checks every list before it is read into memory for a write. */
+int cdb_index_damaged(const cdb_index *idx);
+int cdb_index_verify(const cdb_index *idx, cdb_error *err);
+
+/* Visits every held item, list by list: fn gets n ids and their n x dim (decoded) vectors;
+ * returning non-zero (with err set) stops the walk with that error. */
+typedef int (*cdb_index_scan_fn)(void *ctx, size_t n, const int64_t *ids, const float *vecs,
+                                 cdb_error *err);
+int cdb_index_scan(const cdb_index *idx, cdb_index_scan_fn fn, void *ctx, cdb_error *err);
+
 /* Reads the generation a cache file is tagged with, without opening the index. */
 int cdb_index_file_generation(const char *path, uint64_t *generation, cdb_error *err);
 

@@ -18,7 +18,9 @@
 #define FAISS_CXX_IO_FLAG_MMAP 0x646f0008
 
 #define FILE_MAGIC "CDBIVF01"
-#define FILE_VERSION 1u
+#define FILE_VERSION 1u  /* snapshot pieces */
+#define CACHE_VERSION 2u /* cache files: FAISS's part is followed by a cache_trailer */
+#define TRAILER_MAGIC "CDBSUM01"
 
 struct cdb_index {
   int dim;
@@ -53,6 +55,16 @@ typedef struct file_header {
   int32_t reserved;
   char type[64];
 } file_header;
+
+/* The end of a cache file: nlist uint64 list hashes come before it. `hash` covers those and
+ * the fields before it; prefix_hash covers the file's bytes before lists_start. */
+typedef struct cache_trailer {
+  uint64_t nlist;
+  uint64_t lists_start;
+  uint64_t prefix_hash;
+  uint64_t hash;
+  char magic[8];
+} cache_trailer;
 
 /* Sets err from FAISS's last error ("index: <what>: <message>"); returns -1. */
 int ivf_faiss_fail(cdb_error *err, const char *what);

@@ -1,22 +1,31 @@
 /* serialize.c: cdb_index in bounded pieces (cdb_index_save / cdb_index_load) and as a
  * memory-mappable cache file (cdb_index_save_file / cdb_index_open_file_mmap). Both are a
- * file_header followed by FAISS's own format; FILE streams over pieces come from fopencookie. */
+ * file_header followed by FAISS's own format; FILE streams over pieces come from fopencookie.
+ * A cache file ends with a checksum trailer: XXH64 of everything before the list data (header,
+ * quantizer, list sizes; checked at open, before FAISS parses it) and of each inverted list
+ * (checked when a search first touches the list), so damage is found without reading the
+ * whole file at open. */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <faiss/c_api/index_io_c.h>
 
+#include "index/checksum.h"
 #include "index/faiss_ext.h"
 #include "index/ivf_internal.h"
 
-static void fill_header(const cdb_index *idx, uint64_t generation, file_header *h) {
+static void fill_header(const cdb_index *idx, uint32_t version, uint64_t generation,
+                        file_header *h) {
   memset(h, 0, sizeof *h);
   memcpy(h->magic, FILE_MAGIC, 8);
-  h->version = FILE_VERSION;
+  h->version = version;
   h->dim = (uint32_t)idx->dim;
   h->generation = generation;
   h->trained_at = idx->trained_at;
@@ -26,9 +35,10 @@ static void fill_header(const cdb_index *idx, uint64_t generation, file_header *
   snprintf(h->type, sizeof h->type, "%s", idx->type);
 }
 
-static int write_all(cdb_index *idx, FILE *f, uint64_t generation, cdb_error *err) {
+static int write_all(cdb_index *idx, FILE *f, uint32_t version, uint64_t generation,
+                     cdb_error *err) {
   file_header h;
-  fill_header(idx, generation, &h);
+  fill_header(idx, version, generation, &h);
   if (fwrite(&h, sizeof h, 1, f) != 1)
     return cdb_error_set(err, "index: write failed: %s", strerror(errno));
   if (faiss_write_index(idx->faiss, f))
@@ -69,10 +79,10 @@ static cdb_index *index_from(const file_header *h, FaissIndex *fi, cdb_error *er
   return idx;
 }
 
-static int check_header(const file_header *h, cdb_error *err) {
+static int check_header(const file_header *h, uint32_t version, cdb_error *err) {
   if (memcmp(h->magic, FILE_MAGIC, 8) != 0)
     return cdb_error_set(err, "index: not a clipdb index (bad magic)");
-  if (h->version != FILE_VERSION)
+  if (h->version != version)
     return cdb_error_set(err, "index: unsupported format version %u", h->version);
   if (h->dim < 1 || h->dim > CDB_INDEX_MAX_DIM)
     return cdb_error_set(err, "index: corrupt header (dim %u)", h->dim);
@@ -121,7 +131,7 @@ int cdb_index_save(const cdb_index *cidx, size_t piece_bytes, cdb_piece_emit emi
   FILE *f = fopencookie(&w, "w", io);
   int rc = f ? 0 : cdb_error_set(err, "index: save: %s", strerror(errno));
   if (rc == 0)
-    rc = write_all(idx, f, 0, err);
+    rc = write_all(idx, f, FILE_VERSION, 0, err);
   if (f && fclose(f) != 0 && rc == 0)
     rc = cdb_error_set(err, "index: save: write failed");
   if (rc == 0 && w.len > 0 && emit(ctx, w.buf, w.len) != 0)
@@ -182,7 +192,7 @@ cdb_index *cdb_index_load(cdb_piece_next next, void *ctx, cdb_error *err) {
   cdb_index *idx = NULL;
   if (fread(&h, sizeof h, 1, f) != 1)
     cdb_error_set(err, "index: load: %s", r.failed ? "reading a piece failed" : "truncated header");
-  else if (check_header(&h, err) < 0)
+  else if (check_header(&h, FILE_VERSION, err) < 0)
     ;
   else if (faiss_read_index(f, 0, &fi)) {
     ivf_faiss_fail(err, r.failed ? "load (reading a piece failed)" : "load");
@@ -196,15 +206,74 @@ cdb_index *cdb_index_load(cdb_piece_next next, void *ctx, cdb_error *err) {
 
 /* Rewrites the header of a written cache file with the payload size, so that opening can
  * refuse a truncated file before mapping it (reading past its end would be SIGBUS). */
-static int finish_header(const cdb_index *idx, FILE *f, uint64_t generation, cdb_error *err) {
-  long end = ftell(f);
+static int finish_header(const cdb_index *idx, FILE *f, uint64_t generation, long *end,
+                         cdb_error *err) {
+  *end = ftell(f);
   file_header h;
-  fill_header(idx, generation, &h);
-  h.payload_bytes = (uint64_t)end - sizeof h;
-  if (end < (long)sizeof h || fseek(f, 0, SEEK_SET) != 0 || fwrite(&h, sizeof h, 1, f) != 1 ||
+  fill_header(idx, CACHE_VERSION, generation, &h);
+  h.payload_bytes = (uint64_t)*end - sizeof h;
+  if (*end < (long)sizeof h || fseek(f, 0, SEEK_SET) != 0 || fwrite(&h, sizeof h, 1, f) != 1 ||
       fflush(f) != 0)
     return cdb_error_set(err, "index: write failed: %s", strerror(errno));
   return 0;
+}
+
+/* XXH64 of the file's bytes [0, len) (read back: the header was rewritten after FAISS's part). */
+static int hash_file_prefix(int fd, uint64_t len, uint64_t *out, cdb_error *err) {
+  enum { CHUNK = 1 << 20 };
+  unsigned char *buf = malloc(CHUNK);
+  if (!buf)
+    return cdb_error_set(err, "index: out of memory");
+  cdb_hash h;
+  cdb_hash_init(&h, 0);
+  int rc = 0;
+  for (uint64_t off = 0; rc == 0 && off < len;) {
+    size_t want = len - off < CHUNK ? (size_t)(len - off) : CHUNK;
+    ssize_t got = pread(fd, buf, want, (off_t)off);
+    if (got <= 0)
+      rc = cdb_error_set(err, "index: cache file: read failed: %s",
+                         got < 0 ? strerror(errno) : "unexpected end of file");
+    else {
+      cdb_hash_update(&h, buf, (size_t)got);
+      off += (uint64_t)got;
+    }
+  }
+  free(buf);
+  *out = cdb_hash_final(&h);
+  return rc;
+}
+
+static uint64_t trailer_hash(const uint64_t *list_hashes, const cache_trailer *t) {
+  cdb_hash h;
+  cdb_hash_init(&h, 0);
+  cdb_hash_update(&h, list_hashes, t->nlist * sizeof *list_hashes);
+  cdb_hash_update(&h, t, offsetof(cache_trailer, hash));
+  return cdb_hash_final(&h);
+}
+
+/* Appends the checksums: one per list, then the trailer over the bytes before the lists. */
+static int write_trailer(const cdb_index *idx, FILE *f, long payload_end, cdb_error *err) {
+  uint64_t *hashes = malloc((idx->nlist ? idx->nlist : 1) * sizeof *hashes);
+  if (!hashes)
+    return cdb_error_set(err, "index: out of memory");
+  size_t list_bytes = 0;
+  cache_trailer t = {0};
+  memcpy(t.magic, TRAILER_MAGIC, 8);
+  t.nlist = idx->nlist;
+  int rc = cdbx_IndexIVF_list_hashes(idx->ivf, hashes, &list_bytes) ? ivf_faiss_fail(err, "hash")
+           : list_bytes > (size_t)payload_end
+               ? cdb_error_set(err, "index: cache file: lists larger than the file")
+               : 0;
+  t.lists_start = (uint64_t)payload_end - list_bytes;
+  if (rc == 0)
+    rc = hash_file_prefix(fileno(f), t.lists_start, &t.prefix_hash, err);
+  t.hash = trailer_hash(hashes, &t);
+  if (rc == 0 && (fseek(f, payload_end, SEEK_SET) != 0 ||
+                  fwrite(hashes, sizeof *hashes, idx->nlist, f) != idx->nlist ||
+                  fwrite(&t, sizeof t, 1, f) != 1 || fflush(f) != 0))
+    rc = cdb_error_set(err, "index: write failed: %s", strerror(errno));
+  free(hashes);
+  return rc;
 }
 
 int cdb_index_save_file(const cdb_index *cidx, const char *path, uint64_t generation,
@@ -214,23 +283,28 @@ int cdb_index_save_file(const cdb_index *cidx, const char *path, uint64_t genera
     return cdb_error_set(err, "index: save_file: null path");
   if (ivf_make_writable(idx, err) < 0)
     return -1;
-  size_t len = strlen(path) + 5;
+  /* A name of its own: concurrent writers of the same cache file must not share a temp file. */
+  uint64_t nonce = cdb_hash64(&idx, sizeof idx, (uint64_t)getpid() ^ (uint64_t)time(NULL));
+  size_t len = strlen(path) + 40;
   char *tmp = malloc(len);
   if (!tmp)
     return cdb_error_set(err, "index: out of memory");
-  snprintf(tmp, len, "%s.tmp", path);
-  FILE *f = fopen(tmp, "wb");
-  int rc = f ? write_all(idx, f, generation, err)
+  snprintf(tmp, len, "%s.%d.%016llx.tmp", path, (int)getpid(), (unsigned long long)nonce);
+  FILE *f = fopen(tmp, "w+bx");
+  long end = 0;
+  int rc = f ? write_all(idx, f, CACHE_VERSION, generation, err)
              : cdb_error_set(err, "index: %s: %s", tmp, strerror(errno));
   if (rc == 0)
-    rc = finish_header(idx, f, generation, err);
+    rc = finish_header(idx, f, generation, &end, err);
+  if (rc == 0)
+    rc = write_trailer(idx, f, end, err);
   if (rc == 0 && fsync(fileno(f)) != 0)
     rc = cdb_error_set(err, "index: %s: fsync: %s", tmp, strerror(errno));
   if (f && fclose(f) != 0 && rc == 0)
     rc = cdb_error_set(err, "index: %s: %s", tmp, strerror(errno));
   if (rc == 0 && rename(tmp, path) != 0)
     rc = cdb_error_set(err, "index: rename to %s: %s", path, strerror(errno));
-  if (rc < 0)
+  if (rc < 0 && f)
     unlink(tmp);
   free(tmp);
   return rc;
@@ -244,7 +318,7 @@ static FILE *open_cache_file(const char *path, file_header *h, cdb_error *err) {
   }
   if (fread(h, sizeof *h, 1, f) != 1) {
     cdb_error_set(err, "index: %s: truncated header", path);
-  } else if (check_header(h, err) == 0) {
+  } else if (check_header(h, CACHE_VERSION, err) == 0) {
     return f;
   } else {
     cdb_error_prefix(err, "%s", path);
@@ -263,6 +337,47 @@ int cdb_index_file_generation(const char *path, uint64_t *generation, cdb_error 
   return 0;
 }
 
+/* Reads the checksum trailer of a cache file of file_size bytes whose FAISS part ends at
+ * payload_end, and checks it and the bytes before the lists. *hashes: one per list (malloc'd). */
+static int check_trailer(FILE *f, uint64_t file_size, uint64_t payload_end, cache_trailer *t,
+                         uint64_t **hashes, cdb_error *err) {
+  *hashes = NULL;
+  int fd = fileno(f);
+  uint64_t tail = file_size - payload_end;
+  if (file_size < payload_end || tail < sizeof *t || (tail - sizeof *t) % 8 != 0 ||
+      pread(fd, t, sizeof *t, (off_t)(file_size - sizeof *t)) != (ssize_t)sizeof *t ||
+      memcmp(t->magic, TRAILER_MAGIC, 8) != 0 || t->nlist != (tail - sizeof *t) / 8 ||
+      t->lists_start > payload_end)
+    return cdb_error_set(err, "index: truncated or corrupt cache file (no checksums)");
+  *hashes = malloc((t->nlist ? t->nlist : 1) * sizeof **hashes);
+  if (!*hashes)
+    return cdb_error_set(err, "index: out of memory");
+  uint64_t prefix = 0;
+  size_t bytes = t->nlist * sizeof **hashes;
+  if (pread(fd, *hashes, bytes, (off_t)payload_end) != (ssize_t)bytes ||
+      trailer_hash(*hashes, t) != t->hash)
+    return cdb_error_set(err, "index: cache file damaged (checksum trailer)");
+  if (hash_file_prefix(fd, t->lists_start, &prefix, err) < 0)
+    return -1;
+  if (prefix != t->prefix_hash)
+    return cdb_error_set(err, "index: cache file damaged (header, quantizer or list sizes)");
+  return 0;
+}
+
+/* After FAISS mapped the lists: they must sit where the trailer says, and each is checked
+ * against its hash when first touched. */
+static int check_mapped_lists(cdb_index *idx, const cache_trailer *t, uint64_t payload_end,
+                              const uint64_t *hashes, cdb_error *err) {
+  const unsigned char *data = NULL;
+  size_t size = 0, start = 0, end = 0;
+  if (cdbx_IndexIVF_mapped_view(idx->ivf, &data, &size, &start, &end) != 1 ||
+      start != t->lists_start || end != payload_end || t->nlist != idx->nlist)
+    return cdb_error_set(err, "index: corrupt cache file (lists are not where the checksums say)");
+  if (cdbx_IndexIVF_prepare_mapped(idx->ivf) < 0 || cdbx_IndexIVF_check_lists(idx->ivf, hashes))
+    return ivf_faiss_fail(err, "mapping the lists");
+  return 0;
+}
+
 cdb_index *cdb_index_open_file_mmap(const char *path, uint64_t expected_generation,
                                     cdb_error *err) {
   file_header h;
@@ -277,33 +392,32 @@ cdb_index *cdb_index_open_file_mmap(const char *path, uint64_t expected_generati
   }
   long offset = ftell(f);
   struct stat st;
-  if (fstat(fileno(f), &st) != 0 || h.payload_bytes == 0 ||
-      (uint64_t)st.st_size != sizeof h + h.payload_bytes) {
-    cdb_error_set(err, "index: %s: truncated or corrupt cache file", path);
-    fclose(f);
-    return NULL;
-  }
+  uint64_t payload_end = sizeof h + h.payload_bytes;
+  cache_trailer t;
+  uint64_t *hashes = NULL;
+  int rc = fstat(fileno(f), &st) != 0 || h.payload_bytes == 0 ||
+                   h.payload_bytes > (uint64_t)st.st_size
+               ? cdb_error_set(err, "index: truncated or corrupt cache file")
+               : check_trailer(f, (uint64_t)st.st_size, payload_end, &t, &hashes, err);
+  if (rc < 0)
+    cdb_error_prefix(err, "%s", path);
   FaissIndex *fi = NULL;
-  if (faiss_read_index(f, FAISS_CXX_IO_FLAG_MMAP, &fi)) {
-    ivf_faiss_fail(err, path);
-    fclose(f);
-    return NULL;
-  }
-  if (ftell(f) != (long)st.st_size) { /* the lists FAISS mapped must end where the file does */
-    cdb_error_set(err, "index: %s: corrupt cache file (lists overrun the file)", path);
+  cdb_index *idx = NULL;
+  if (rc < 0)
+    ;
+  else if (faiss_read_index(f, FAISS_CXX_IO_FLAG_MMAP, &fi))
+    rc = ivf_faiss_fail(err, path);
+  else if (ftell(f) != (long)payload_end) { /* the mapped lists must end where the trailer starts */
+    rc = cdb_error_set(err, "index: %s: corrupt cache file (lists overrun their space)", path);
     faiss_Index_free(fi);
-    fclose(f);
-    return NULL;
-  }
-  cdb_index *idx = index_from(&h, fi, err);
-  if (!idx) {
-    fclose(f);
-    return NULL;
-  }
-  if (cdbx_IndexIVF_prepare_mapped(idx->ivf) < 0) {
-    ivf_faiss_fail(err, path);
-    fclose(f);
+  } else if ((idx = index_from(&h, fi, err)) != NULL)
+    rc = check_mapped_lists(idx, &t, payload_end, hashes, err);
+  else
+    rc = -1; /* index_from freed fi */
+  free(hashes);
+  if (rc < 0) {
     cdb_index_free(idx);
+    fclose(f);
     return NULL;
   }
   idx->mapped = f;

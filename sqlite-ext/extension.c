@@ -26,9 +26,12 @@
  *     (image: image bytes / path / URL, or an embedding BLOB of the model's dims; default model)
  *   clip_model(name, path)                 -> TEXT   registers a model directory under a name for
  *                                                     this connection ('default' replaces the
- *                                                     default); returns JSON {name, path, dims,
+ *                                                     default; loading the extension again keeps
+ *                                                     it); returns JSON {name, path, dims,
  *                                                     identity}
  *   clip_version()                         -> TEXT
+ *   (a table argument is resolved as SQL resolves a table name: 'aux.photos' is the table of schema
+ *    aux; an unqualified name is looked up in temp, then main, then attached schemas in order)
  *   clip_index_info(table)                 -> TEXT   JSON of the live index: kind ("flat"/"ivf"),
  *                                                     factory, nlist, nprobe, count, mapped;
  *                                                     embed_batches, embedded_rows: encoder calls
@@ -43,15 +46,31 @@
  *             nlist=N, nprobe=N  index parameters (0/omitted: chosen from the size)
  *             autotrain=on|off   on (default): COMMIT trains the IVF index when it has grown
  *                          enough (the first time at 10,000 rows); off: only 'train' does
+ *             image_paths=on|off on (default): image may be a file path or URL (the table is
+ *                          then direct-only, see below); off: image bytes only
+ *             each option at most once
  *   columns:  image      BLOB image bytes or TEXT file path / URL, stored as given
  *             text       TEXT
  *             embedding  float32 BLOB: read it, or write it to store a precomputed vector
- *             user columns as declared (name [type])
+ *             user columns as declared (name [type] [COLLATE collation]; constraints such as
+ *             NOT NULL, DEFAULT, UNIQUE, CHECK are refused: the table would not apply them)
  *   hidden:   distance (1 - cosine, in KNN queries), k, nprobe, and a column named like the table
- *             (the MATCH operand and the command column)
+ *             (the MATCH operand and the command column); so a table cannot be named (CREATE
+ *             or ALTER TABLE RENAME) like any of its columns: image, text, embedding, distance,
+ *             k, nprobe, rowid or a user column
  *   Inserting a row with image embeds the image, with only text embeds the text; a non-NULL
- *   embedding wins over both. UPDATE re-embeds when image or text change. Stored embeddings are
- *   normalised.
+ *   embedding wins over both. UPDATE re-embeds when the image changes, or the embedding is set
+ *   (NULL: from the image or text); a text change re-embeds only a row whose vector came from
+ *   its text (a supplied embedding is kept). Stored embeddings are normalised; an encoder output
+ *   that is not finite (a damaged model) is an error, never stored or returned.
+ *   Direct use only: writing a path or URL into image reads that file or fetches that URL, so
+ *   the table is SQLITE_VTAB_DIRECTONLY, like clip_embed_image: triggers and views stored in a
+ *   database file cannot use it ("unsafe use of virtual table"), and no trigger may write it.
+ *   SQLite tells a virtual table nothing about where a write comes from, so this covers the
+ *   whole table, BLOB bytes and reads included; the application's statements and its TEMP
+ *   views use it as usual (clip_search works anywhere: its query only embeds, never fetches).
+ *   A table created with image_paths=off takes image bytes only (any TEXT image is an error,
+ *   wherever it comes from), and so triggers and views may use it like any table.
  *   Batched embedding: an INSERT/UPDATE checks and preprocesses its image (fetch, decode,
  *   resize) or text (UTF-8, tokenizing) at once, so a bad one fails that statement and changes
  *   nothing, writes the row, and queues the input; the encoder then runs once per 32 images /
@@ -71,15 +90,36 @@
  *   ... AND distance < 0.7   -- with k: drops farther rows; without k: a range search
  *   Without k the search grows as rows are read (SQLite 3.40 does not hand LIMIT to a MATCH
  *   query), so LIMIT/OFFSET and ORDER BY distance work; k = N is the fastest form.
- *   Filters: =, <, <=, >, >=, !=, IN, BETWEEN, LIKE, GLOB, IS on rowid, image, text and user
- *   columns narrow the candidates before the top-k cut (k rows come back when k match).
+ *   What k means: the k nearest rows among those that satisfy every condition on the table
+ *   that SQLite hands it, applied before the cut (k rows come back when k exist):
+ *   =, <, <=, >, >=, !=, IN (a list or a subquery), BETWEEN, LIKE, GLOB, REGEXP, IS, IS NOT,
+ *   IS NULL, IS NOT NULL on rowid, image, text and user columns, with the collation SQLite
+ *   compares with (declared or an explicit COLLATE), and an OR of equalities on one column
+ *   (SQLite turns it into IN). k, nprobe take one value (k = N); distance with k: < or <=.
+ *   In a join, a condition whose value comes from another table (ON m.id = t.rowid, AND
+ *   t.album = m.name) is applied the same way: the table is searched once per combination of
+ *   those values, so k applies per row of the other tables (every plan SQLite may choose does
+ *   this); for the k nearest among rows another table selects, write
+ *   rowid IN (SELECT id FROM m WHERE ...). A condition SQLite would apply only after the cut is
+ *   an error rather than fewer rows: another OR over the table's columns, a distance test other
+ *   than < / <=, k given as k > N or k IN (...), a collation named other than [A-Za-z0-9_],
+ *   != or IS NOT on a column declared with a collation (SQLite does not say which applies).
+ *   SQLite hands virtual tables no expression over a column (lower(album) = 'x', LIKE with
+ *   ESCAPE, album COLLATE NOCASE != 'x': write album != 'x' COLLATE NOCASE), no OR with such a
+ *   term or with rowid IS NULL, and nothing to a table placed left of a CROSS JOIN from the
+ *   tables right of it: such conditions filter the k rows afterwards; put them in
+ *   rowid IN (SELECT rowid FROM t WHERE ...) or use ORDER BY distance LIMIT N without k, whose
+ *   growing search applies every condition before the LIMIT.
  *   :q is TEXT (embedded with the table's model), a BLOB of dims float32 values (an
  *   embedding), or another BLOB (image bytes).
  *   SELECT * FROM clip_search('photos', :q [, k [, nprobe]]) -- rowid, distance, image, text,
  *     embedding, metadata (JSON object of the user columns); k defaults to 10
  *
  *   INSERT INTO photos(photos) VALUES('train' | 'rebuild' | 'optimize' | 'integrity-check');
- *     train: (re)train the IVF index now; optimize: train if it has grown enough, compact the log;
+ *     (a command row sets no other column)
+ *     train: (re)train the IVF index now; optimize: train if it has grown enough, or retrain
+ *     it for its size when its lists no longer fit (most rows deleted, lists unbalanced; back to
+ *     exact search when too few rows remain to train), and compact the log;
  *     integrity-check: rows and vectors match, vectors normalised, the index holds exactly them;
  *     rebuild: reload the index from the vectors, dropping vectors whose row was deleted from
  *     photos_rows directly and embedding again (from the stored image or text) rows whose vector
@@ -89,11 +129,14 @@
  * Storage: shadow tables photos_config, photos_rows, photos_vectors, photos_changes and
  * photos_index hold everything; the in-memory FAISS index is a cache (see store.c). A trained
  * (IVF) index is also kept as a memory-mappable cold-start file "<db>-clip-<table>.idx" next to
- * the database (rebuilt when missing or stale; CLIPDB_INDEX_CACHE=0 turns it off). COMMIT
+ * the database (written only from committed state, checksummed, rebuilt when missing, stale or
+ * damaged; never written for a read-only or immutable database; CLIPDB_INDEX_CACHE=0 turns it
+ * off). 'integrity-check' also compares the cache file with the stored vectors. COMMIT
  * trains the index when it has grown enough (index/ivf.h policy) and then rewrites the snapshot;
  * otherwise a commit only appends to the tables. */
 #include "sqlite-ext/clipdb.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -106,19 +149,49 @@ SQLITE_EXTENSION_INIT1
 
 #include "sqlite-ext/internal.h"
 
-/* The connection context lives as long as the `clip` module (until sqlite3_close). */
+/* The connection context lives as long as the `clip` module (until sqlite3_close). Loading the
+ * extension again on a connection re-registers everything with the same context (so models
+ * registered with clip_model() stay): each registration of the module holds one reference. */
+static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
+static cdbx_conn *conns;
+
 static void conn_free(void *p) {
   cdbx_conn *conn = p;
   if (!conn) return;
+  pthread_mutex_lock(&conns_lock);
+  int last = --conn->refs == 0;
+  for (cdbx_conn **pc = &conns; last && *pc; pc = &(*pc)->next_conn) {
+    if (*pc == conn) {
+      *pc = conn->next_conn;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&conns_lock);
+  if (!last) return;
   cdbx_conn_free_models(conn);
   free(conn);
 }
 
+/* The context of db, created on first registration; one more reference either way. */
+static cdbx_conn *conn_acquire(sqlite3 *db) {
+  pthread_mutex_lock(&conns_lock);
+  cdbx_conn *conn = conns;
+  while (conn && conn->db != db) conn = conn->next_conn;
+  if (!conn && (conn = calloc(1, sizeof *conn)) != NULL) {
+    conn->db = db;
+    conn->next_conn = conns;
+    conns = conn;
+  }
+  if (conn) conn->refs++;
+  pthread_mutex_unlock(&conns_lock);
+  return conn;
+}
+
 static int register_all(sqlite3 *db, char **errmsg) {
-  cdbx_conn *conn = calloc(1, sizeof *conn);
+  cdbx_conn *conn = conn_acquire(db);
   if (!conn) return SQLITE_NOMEM;
-  conn->db = db;
-  /* The `clip` module owns conn (SQLite calls conn_free even when registration fails). */
+  /* The `clip` module owns one reference (SQLite calls conn_free even when registration fails,
+   * and when a later registration replaces this one). */
   int rc = sqlite3_create_module_v2(db, "clip", cdbx_vtab_module(), conn, conn_free);
   if (rc == SQLITE_OK) rc = cdbx_register_search(db, conn);
   if (rc == SQLITE_OK) rc = cdbx_register_functions(db, conn);

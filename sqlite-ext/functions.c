@@ -289,6 +289,7 @@ static int label_vectors(clip_model *model, const char *const *labels, int n_lab
     if (!prompts[i]) rc = cdb_error_set(err, "out of memory");
   }
   if (rc == 0) rc = clip_embed_texts(model, (const char *const *)prompts, n, emb, err);
+  if (rc == 0) rc = cdbx_check_embeddings(model, emb, n, err);
   for (int l = 0; rc == 0 && l < n_labels; l++) {
     float *acc = out + (size_t)l * dim;
     memset(acc, 0, sizeof(float) * (size_t)dim);

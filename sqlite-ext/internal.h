@@ -54,6 +54,8 @@ typedef struct cdbx_conn {
   sqlite3 *db;
   cdbx_model_entry *models;
   cdbx_table *tables; /* open clip tables of this connection (for clip_search) */
+  int refs;           /* registrations of the extension on db holding this context */
+  struct cdbx_conn *next_conn;
 } cdbx_conn;
 
 /* ---- models.c ---- */
@@ -70,6 +72,9 @@ int cdbx_conn_register_model(cdbx_conn *conn, const char *name, const char *path
                              clip_model **out, cdb_error *err);
 void cdbx_conn_free_models(cdbx_conn *conn);
 
+/* Every encoder output is checked before use: a damaged model (NaN/huge weights) must give an
+ * error, never a NaN vector. rows vectors of clip_model_dim floats. */
+int cdbx_check_embeddings(const clip_model *model, const float *v, int rows, cdb_error *err);
 /* Embeds one text (non-empty UTF-8) or one image given as a SQL value: BLOB bytes, or TEXT
  * naming a file or an http(s) URL. out gets clip_model_dim floats. */
 int cdbx_embed_text(clip_model *model, const char *text, int len, float *out, cdb_error *err);
@@ -98,10 +103,14 @@ int cdbx_register_functions(sqlite3 *db, cdbx_conn *conn);
 const sqlite3_module *cdbx_vtab_module(void);
 int cdbx_register_search(sqlite3 *db, cdbx_conn *conn);
 
-/* Open clip table of this connection by name (case-insensitive), or NULL. */
-cdbx_table *cdbx_conn_find_table(cdbx_conn *conn, const char *name);
-/* The same, connecting the table first when this connection has not used it yet. */
+/* Open clip table of this connection by schema and name (case-insensitive), or NULL. */
+cdbx_table *cdbx_conn_find_table(cdbx_conn *conn, const char *schema, const char *name);
+/* The clip table a name given to a SQL function means, resolved as SQLite resolves table names
+ * ("schema.table", or temp, main, then attached schemas in order), connecting it first when this
+ * connection has not used it yet; NULL when that name is not a clip table. */
 cdbx_table *cdbx_conn_open_table(sqlite3 *db, cdbx_conn *conn, const char *name);
 int cdbx_table_user_columns(const cdbx_table *t, const char *const **names);
+const char *cdbx_table_schema(const cdbx_table *t);
+const char *cdbx_table_name(const cdbx_table *t);
 
 #endif

@@ -4,6 +4,7 @@
  * connection and table that uses it; the last release frees it. Each connection keeps a small
  * list mapping the names it has used (or registered with clip_model) to retained models. */
 #include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -158,11 +159,23 @@ void cdbx_conn_free_models(cdbx_conn *conn) {
   conn->models = NULL;
 }
 
+int cdbx_check_embeddings(const clip_model *model, const float *v, int rows, cdb_error *err) {
+  size_t n = (size_t)rows * (size_t)clip_model_dim(model);
+  for (size_t i = 0; i < n; i++) {
+    if (!isfinite(v[i])) {
+      return cdb_error_set(err, "the model produced a non-finite embedding (NaN or infinity); "
+                                "its weights may be damaged");
+    }
+  }
+  return 0;
+}
+
 int cdbx_embed_text(clip_model *model, const char *text, int len, float *out, cdb_error *err) {
   if (!text || len <= 0) return cdb_error_set(err, "text is empty");
   if ((int)strlen(text) != len) return cdb_error_set(err, "text contains a NUL character");
   const char *texts[1] = {text};
-  return clip_embed_texts(model, texts, 1, out, err);
+  int rc = clip_embed_texts(model, texts, 1, out, err);
+  return rc == 0 ? cdbx_check_embeddings(model, out, 1, err) : rc;
 }
 
 static int load_buffer(clip_model *model, const void *data, size_t len, float *pixels,
@@ -211,6 +224,7 @@ int cdbx_embed_image_value(clip_model *model, sqlite3_value *value, float *out, 
   if (!pixels) return cdb_error_set(err, "out of memory");
   int rc = cdbx_image_value_pixels(model, value, pixels, err);
   if (rc == 0) rc = clip_embed_pixels(model, pixels, 1, out, err);
+  if (rc == 0) rc = cdbx_check_embeddings(model, out, 1, err);
   free(pixels);
   return rc;
 }

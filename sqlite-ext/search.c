@@ -96,14 +96,15 @@ static int s_error(sqlite3_vtab *vt, char *msg) {
   return SQLITE_ERROR;
 }
 
-static char *search_sql(cdbx_table *t, const char *name, int with_nprobe) {
+static char *search_sql(cdbx_table *t, int with_nprobe) {
+  const char *name = cdbx_table_name(t);
   const char *const *cols = NULL;
   int n = cdbx_table_user_columns(t, &cols);
   sqlite3_str *s = sqlite3_str_new(NULL);
   sqlite3_str_appendall(s, "SELECT rowid, distance, image, text, embedding, json_object(");
   for (int i = 0; i < n; i++) sqlite3_str_appendf(s, "%s%Q, \"%w\"", i ? ", " : "", cols[i], cols[i]);
-  sqlite3_str_appendf(s, ") FROM \"%w\" WHERE \"%w\" MATCH ?1 AND k = ?2%s", name, name,
-                      with_nprobe ? " AND nprobe = ?3" : "");
+  sqlite3_str_appendf(s, ") FROM \"%w\".\"%w\" WHERE \"%w\" MATCH ?1 AND k = ?2%s",
+                      cdbx_table_schema(t), name, name, with_nprobe ? " AND nprobe = ?3" : "");
   return cdbx_str_finish(s);
 }
 
@@ -127,7 +128,7 @@ static int s_filter(sqlite3_vtab_cursor *cur, int idx_num, const char *idx_str, 
   const char *name = (const char *)sqlite3_value_text(args[0]);
   cdbx_table *t = cdbx_conn_open_table(v->db, v->conn, name);
   if (!t) return s_error(cur->pVtab, sqlite3_mprintf("clip_search: %s is not a clip table", name));
-  char *sql = search_sql(t, name, args[3] != NULL);
+  char *sql = search_sql(t, args[3] != NULL);
   int rc = sql ? sqlite3_prepare_v2(v->db, sql, -1, &c->st, NULL) : SQLITE_NOMEM;
   sqlite3_free(sql);
   if (rc != SQLITE_OK) {

@@ -5,7 +5,8 @@
  *   T_config(key TEXT PRIMARY KEY, value) WITHOUT ROWID
  *       version, dims, model, model_identity, index_type, nlist, nprobe, autotrain, uid,
  *       generation (bumped whenever the change log is truncated or the snapshot replaced),
- *       snapshot_seq (change-log seq covered by T_index; -1 when there is no snapshot)
+ *       snapshot_seq (change-log seq covered by T_index; -1 when there is no snapshot),
+ *       snapshot_uid (random, new with every snapshot: names it in the cache file's tag)
  *   T_rows(rowid INTEGER PRIMARY KEY, image, text, <user columns>)
  *   T_vectors(rowid INTEGER PRIMARY KEY, embedding BLOB NOT NULL)   normalised float32
  *   T_changes(seq INTEGER PRIMARY KEY, id INTEGER NOT NULL, op INTEGER NOT NULL)
@@ -356,11 +357,13 @@ static int index_error(cdbx_table *t, const char *what, const cdb_error *err) {
   return cdbx_table_error(t, "clip: %s: %s: %s", t->name, what, err->msg);
 }
 
+static int ensure_intact(cdbx_table *t);
+
 /* Pending changes go to the index in batches (FAISS removal costs a pass over the index, so one
  * pass per batch, not per row): removals first, then additions, which always came later. */
 int cdbx_cache_flush(cdbx_table *t) {
   cdb_error err = {{0}};
-  int rc = SQLITE_OK;
+  int rc = t->pend_removes.n + t->pend_ids.n > 0 ? ensure_intact(t) : SQLITE_OK;
   if (t->index && t->pend_removes.n > 0 &&
       cdb_index_remove(t->index, t->pend_removes.n, t->pend_removes.ids, NULL, &err) != 0) {
     rc = index_error(t, "removing from the index", &err);
@@ -372,6 +375,19 @@ int cdbx_cache_flush(cdbx_table *t) {
   t->pend_removes.n = 0;
   t->pend_ids.n = 0;
   return rc;
+}
+
+/* At ROLLBACK, where no SQL may run: an index still mapped from the cache file has taken no
+ * write, so it is marked stale (the next use maps the file again and re-reads the log) instead
+ * of being read into memory, which could find the file damaged and need a reload. */
+int cdbx_cache_rollback_flush(cdbx_table *t) {
+  cdb_index_info info;
+  if (t->index) cdb_index_get_info(t->index, &info);
+  if (!t->index || !info.mapped) return cdbx_cache_flush(t);
+  t->pend_ids.n = 0;
+  t->pend_removes.n = 0;
+  t->stale = 1;
+  return SQLITE_OK;
 }
 
 /* Adds or replaces (the index keeps the last of repeated ids in one batch). */
@@ -576,9 +592,10 @@ static int data_version(cdbx_table *t, int64_t *out) {
 
 /* ---- cold-start cache file ----
  * Next to a database file, "<db>-clip-<table>.idx" holds the snapshot as a memory-mappable
- * FAISS index (index/ivf.h), tagged with the table's uid, generation and snapshot seq. A new
- * connection maps it instead of reading the T_index pieces: its first query reads only the
- * lists it probes. Missing, stale or corrupt files are rebuilt from the pieces on load. */
+ * FAISS index (index/ivf.h), tagged with the table's uid, generation, snapshot seq and
+ * snapshot uid. A new connection maps it instead of reading the T_index pieces: its first query
+ * reads (and checksums) only the lists it probes. Missing, stale or damaged files are rebuilt
+ * from the pieces; only committed state is ever written to it. */
 
 /* Deserialized databases live in the "memdb" VFS under the made-up file name "x": no file. */
 static int in_memory_vfs(cdbx_table *t) {
@@ -602,10 +619,12 @@ static char *cache_path(cdbx_table *t) {
   return sqlite3_str_finish(s);
 }
 
-static uint64_t cache_tag(const cdbx_table *t, int64_t gen, int64_t snap) {
+/* Unique per committed snapshot: snapshot_uid is drawn anew, in the writing transaction, for
+ * every snapshot, so a rolled-back snapshot and the next one never share a tag. */
+static uint64_t cache_tag(const cdbx_table *t, int64_t gen, int64_t snap, int64_t snap_uid) {
   uint64_t h = 1469598103934665603ull;
-  const int64_t parts[3] = {t->uid, gen, snap};
-  for (int i = 0; i < 3; i++) {
+  const int64_t parts[4] = {t->uid, gen, snap, snap_uid};
+  for (int i = 0; i < 4; i++) {
     h ^= (uint64_t)parts[i];
     h *= 1099511628211ull;
     h ^= h >> 29;
@@ -613,39 +632,60 @@ static uint64_t cache_tag(const cdbx_table *t, int64_t gen, int64_t snap) {
   return h;
 }
 
+/* A read-only or immutable database gets no file written or removed beside it. */
+static int may_touch_files(cdbx_table *t) {
+  const char *db = sqlite3_db_filename(t->db, t->schema);
+  return sqlite3_db_readonly(t->db, t->schema) == 0 && !sqlite3_uri_boolean(db, "immutable", 0);
+}
+
+/* Only committed state reaches the cache file: what a connection reads outside a write
+ * transaction is committed; inside one it may still be rolled back. */
+static int may_write_cache_file(cdbx_table *t) {
+  return may_touch_files(t) && sqlite3_txn_state(t->db, t->schema) != SQLITE_TXN_WRITE;
+}
+
 void cdbx_cache_file_remove(cdbx_table *t) {
-  char *path = cache_path(t);
+  char *path = may_touch_files(t) ? cache_path(t) : NULL;
   if (path) unlink(path);
   sqlite3_free(path);
 }
 
-/* The snapshot, from the cache file when it is current, else from the pieces (then the cache
- * file is rewritten, best effort). */
-static cdb_index *open_snapshot(cdbx_table *t, int64_t gen, int64_t snap) {
+enum { FROM_FILE_OR_PIECES, FROM_PIECES };
+
+/* The snapshot, from the cache file when it is current (and not known damaged), else from the
+ * pieces (then the cache file is rewritten, best effort, when committed state was read). */
+static cdb_index *open_snapshot(cdbx_table *t, int source) {
   char *path = cache_path(t);
-  uint64_t tag = cache_tag(t, gen, snap);
   cdb_error err = {{0}};
-  cdb_index *idx = path ? cdb_index_open_file_mmap(path, tag, &err) : NULL;
+  int use_file = path && source == FROM_FILE_OR_PIECES && t->file_tag != t->bad_file_tag;
+  cdb_index *idx = use_file ? cdb_index_open_file_mmap(path, t->file_tag, &err) : NULL;
   if (idx && cdb_index_dim(idx) != t->dims) {
     cdb_index_free(idx);
     idx = NULL;
   }
   if (!idx) {
     idx = load_snapshot(t);
-    if (idx && path) cdb_index_save_file(idx, path, tag, &err);
+    int replace = source == FROM_FILE_OR_PIECES || t->bad_file_tag == t->file_tag;
+    if (idx && path && replace && may_write_cache_file(t) &&
+        cdb_index_save_file(idx, path, t->file_tag, &err) == 0) {
+      t->bad_file_tag = 0;
+    }
   }
   sqlite3_free(path);
   return idx;
 }
 
-static int load_full(cdbx_table *t) {
+static int load_full_from(cdbx_table *t, int source) {
   cdbx_cache_drop(t);
-  int64_t gen = 0, snap = -1, dv = 0;
+  int64_t gen = 0, snap = -1, dv = 0, snap_uid = 0;
+  int found = 0;
   int rc = data_version(t, &dv);
   if (rc == SQLITE_OK) rc = config_int(t, "generation", &gen);
   if (rc == SQLITE_OK) rc = config_int(t, "snapshot_seq", &snap);
+  if (rc == SQLITE_OK) rc = config_get(t, "snapshot_uid", &snap_uid, NULL, &found);
   if (rc != SQLITE_OK) return rc;
-  t->index = snap >= 0 ? open_snapshot(t, gen, snap) : NULL;
+  t->file_tag = cache_tag(t, gen, snap, snap_uid);
+  t->index = snap >= 0 ? open_snapshot(t, source) : NULL;
   if (t->index) {
     t->cache_seq = snap;
     rc = replay_log(t, snap);
@@ -672,6 +712,54 @@ static int load_full(cdbx_table *t) {
   t->generation = gen;
   t->data_version = dv;
   t->stale = 0;
+  return SQLITE_OK;
+}
+
+static int load_full(cdbx_table *t) { return load_full_from(t, FROM_FILE_OR_PIECES); }
+
+/* The cache file behind the (mapped) index failed a checksum: it is removed (never used again
+ * by this connection if it cannot be) and the cache rebuilt from the tables. */
+static int discard_damaged_file(cdbx_table *t) {
+  t->bad_file_tag = t->file_tag;
+  cdbx_cache_file_remove(t);
+  return load_full_from(t, FROM_PIECES);
+}
+
+/* Before writing to an index mapped from the cache file, all of its lists are checked. */
+static int ensure_intact(cdbx_table *t) {
+  cdb_error err = {{0}};
+  if (!t->index || cdb_index_verify(t->index, &err) == 0) return SQLITE_OK;
+  return discard_damaged_file(t);
+}
+
+int cdbx_cache_search(cdbx_table *t, const float *query, int k, const cdb_search_opts *opts,
+                      int64_t *ids, float *sims, int *n_found) {
+  cdb_error err = {{0}};
+  int rc = SQLITE_OK;
+  while (cdb_index_search(t->index, query, k, opts, ids, sims, n_found, &err) != 0) {
+    if (rc != SQLITE_OK || !cdb_index_damaged(t->index)) {
+      return cdbx_table_error(t, "clip: %s: search: %s", t->name, err.msg);
+    }
+    rc = discard_damaged_file(t);
+    if (rc != SQLITE_OK) return rc;
+    rc = SQLITE_ERROR; /* one retry */
+  }
+  return SQLITE_OK;
+}
+
+int cdbx_cache_range_search(cdbx_table *t, const float *query, float min_sim,
+                            const cdb_search_opts *opts, int64_t **ids, float **sims,
+                            int64_t *n_found) {
+  cdb_error err = {{0}};
+  int rc = SQLITE_OK;
+  while (cdb_index_range_search(t->index, query, min_sim, opts, ids, sims, n_found, &err) != 0) {
+    if (rc != SQLITE_OK || !cdb_index_damaged(t->index)) {
+      return cdbx_table_error(t, "clip: %s: range search: %s", t->name, err.msg);
+    }
+    rc = discard_damaged_file(t);
+    if (rc != SQLITE_OK) return rc;
+    rc = SQLITE_ERROR; /* one retry */
+  }
   return SQLITE_OK;
 }
 
@@ -735,8 +823,9 @@ static int index_is_ivf(const cdbx_table *t) {
 static int compact(cdbx_table *t) {
   int rc = cdbx_cache_flush(t);
   if (rc == SQLITE_OK) rc = replay_log(t, t->cache_seq);
+  if (rc == SQLITE_OK) rc = ensure_intact(t);
   if (rc == SQLITE_OK) rc = exec_fmt(t, "DELETE FROM \"%w\".\"%w_index\"", t->schema, t->name);
-  int64_t snap = t->cache_seq;
+  int64_t snap = t->cache_seq, snap_uid = 0;
   if (rc == SQLITE_OK && index_is_ivf(t)) {
     char *sql = sqlite3_mprintf("INSERT INTO \"%w\".\"%w_index\"(piece, data) VALUES(?1, ?2)",
                                 t->schema, t->name);
@@ -753,6 +842,8 @@ static int compact(cdbx_table *t) {
     snap = -1; /* no snapshot: loading reads T_vectors */
   }
   if (rc == SQLITE_OK) rc = config_set_int(t, "snapshot_seq", snap);
+  sqlite3_randomness(sizeof snap_uid, &snap_uid);
+  if (rc == SQLITE_OK) rc = config_set_int(t, "snapshot_uid", snap_uid);
   if (rc == SQLITE_OK) rc = config_set_int(t, "generation", t->generation + 1);
   if (rc == SQLITE_OK) {
     rc = exec_fmt(t, "DELETE FROM \"%w\".\"%w_changes\" WHERE seq < %lld", t->schema, t->name,
@@ -760,6 +851,7 @@ static int compact(cdbx_table *t) {
   }
   if (rc == SQLITE_OK) {
     t->generation++;
+    t->file_tag = cache_tag(t, t->generation, snap, snap_uid);
     t->log_since_snapshot = 0;
   }
   return rc;
@@ -767,9 +859,21 @@ static int compact(cdbx_table *t) {
 
 static int train(cdbx_table *t) {
   int rc = cdbx_cache_flush(t);
+  if (rc == SQLITE_OK) rc = ensure_intact(t);
   cdb_error err = {{0}};
   if (rc == SQLITE_OK && cdb_index_train(t->index, &err) != 0) {
     rc = index_error(t, "training the index", &err);
+  }
+  return rc;
+}
+
+/* Lists that no longer fit the vectors (most rows deleted, unbalanced): retrained for the
+ * current size, or back to exact search when too few rows remain to train. */
+static int rebalance(cdbx_table *t) {
+  int rc = cdbx_cache_flush(t);
+  cdb_error err = {{0}};
+  if (rc == SQLITE_OK && cdb_index_rebalance(t->index, &err) != 0) {
+    rc = index_error(t, "rebalancing the index", &err);
   }
   return rc;
 }
@@ -823,6 +927,99 @@ static int check_vectors(cdbx_table *t, int64_t *n_vectors) {
   return rc;
 }
 
+/* ---- integrity-check: every form of the cache against T_vectors ---- */
+
+typedef struct truth_check {
+  cdbx_table *t;
+  int exact;      /* the index keeps vectors exactly (Flat): compare them too */
+  float *vec;
+  id_list seen;
+} truth_check;
+
+static int check_list_against_truth(void *ctx, size_t n, const int64_t *ids, const float *vecs,
+                                    cdb_error *err) {
+  truth_check *c = ctx;
+  cdbx_table *t = c->t;
+  for (size_t i = 0; i < n; i++) {
+    int found = 0;
+    if (read_vector(t, ids[i], c->vec, &found) != SQLITE_OK)
+      return cdb_error_set(err, "%s", t->base.zErrMsg ? t->base.zErrMsg : "reading a vector");
+    if (!found) {
+      return cdb_error_set(err, "it holds row %lld, which has no vector", (long long)ids[i]);
+    }
+    for (int j = 0; c->exact && j < t->dims; j++) {
+      if (!(fabsf(vecs[i * (size_t)t->dims + j] - c->vec[j]) <= 1e-5f))
+        return cdb_error_set(err, "its vector of row %lld differs from the stored one",
+                             (long long)ids[i]);
+    }
+    if (cdbx_id_list_push(&c->seen, ids[i]) != SQLITE_OK) {
+      return cdb_error_set(err, "out of memory");
+    }
+  }
+  return 0;
+}
+
+static int cmp_id(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* The index must hold exactly the rows of T_vectors, each once (and, exact encodings, with the
+ * same vector). `what` names the index in the message. */
+static int compare_with_truth(cdbx_table *t, const char *what, int64_t n_vectors) {
+  cdb_index_info info;
+  cdb_index_get_info(t->index, &info);
+  size_t len = strlen(info.factory);
+  truth_check c = {t, len >= 5 && strcmp(info.factory + len - 5, ",Flat") == 0,
+                   malloc(sizeof(float) * (size_t)t->dims), {0}};
+  cdb_error err = {{0}};
+  int rc = c.vec ? SQLITE_OK : SQLITE_NOMEM;
+  if (rc == SQLITE_OK && cdb_index_scan(t->index, check_list_against_truth, &c, &err) != 0) {
+    rc = cdbx_table_error(t, "%s: %s", what, err.msg);
+  }
+  if (rc == SQLITE_OK) qsort(c.seen.ids, (size_t)c.seen.n, sizeof(int64_t), cmp_id);
+  for (int64_t i = 1; rc == SQLITE_OK && i < c.seen.n; i++) {
+    if (c.seen.ids[i] == c.seen.ids[i - 1]) {
+      rc = cdbx_table_error(t, "%s holds row %lld twice", what, (long long)c.seen.ids[i]);
+    }
+  }
+  if (rc == SQLITE_OK && (c.seen.n != n_vectors || cdb_index_count(t->index) != n_vectors)) {
+    rc = cdbx_table_error(t, "%s holds %lld vectors, the table %lld", what,
+                          (long long)c.seen.n, (long long)n_vectors);
+  }
+  free(c.vec);
+  free(c.seen.ids);
+  return rc;
+}
+
+/* The cache file of the current snapshot, when there is one (another tag, or a header that
+ * cannot be read, is never used): all its checksums, then its content with the log replayed
+ * against the truth. A damaged file is removed. */
+static int check_cache_file(cdbx_table *t, int64_t n_vectors) {
+  char *path = cache_path(t);
+  uint64_t tag = 0;
+  cdb_error err = {{0}};
+  int current = path && cdb_index_file_generation(path, &tag, &err) == 0 && tag == t->file_tag;
+  int rc = SQLITE_OK;
+  cdb_index *file = NULL;
+  if (current) {
+    file = cdb_index_open_file_mmap(path, tag, &err);
+    if (!file || cdb_index_verify(file, &err) != 0) {
+      rc = cdbx_table_error(t, "the cache file is damaged: %s", err.msg);
+    }
+  }
+  cdb_index_free(file);
+  if (rc != SQLITE_OK) {
+    t->bad_file_tag = t->file_tag;
+    cdbx_cache_file_remove(t);
+  } else if (current) {
+    rc = load_full(t); /* maps the file just checked */
+    if (rc == SQLITE_OK) rc = compare_with_truth(t, "the cache file", n_vectors);
+  }
+  sqlite3_free(path);
+  return rc;
+}
+
 static int integrity_check(cdbx_table *t) {
   int64_t orphans = 0, missing = 0, n_vectors = 0;
   int rc = query_int(t, &missing,
@@ -840,12 +1037,14 @@ static int integrity_check(cdbx_table *t) {
                           (long long)missing, (long long)orphans);
   }
   if (rc == SQLITE_OK) rc = check_vectors(t, &n_vectors);
-  /* The persisted index state (snapshot + log, or the vectors) must hold exactly the rows. */
-  if (rc == SQLITE_OK) rc = load_full(t);
-  if (rc == SQLITE_OK && cdb_index_count(t->index) != n_vectors) {
-    rc = cdbx_table_error(t, "the index holds %lld vectors, the table %lld",
-                          (long long)cdb_index_count(t->index), (long long)n_vectors);
-  }
+  /* The index queries use now, then the persisted state (snapshot + log, or the vectors), then
+   * the cache file: each must hold exactly the rows. */
+  if (rc == SQLITE_OK) rc = cdbx_cache_fresh(t);
+  if (rc == SQLITE_OK) rc = cdbx_cache_flush(t);
+  if (rc == SQLITE_OK) rc = compare_with_truth(t, "the in-memory index", n_vectors);
+  if (rc == SQLITE_OK) rc = load_full_from(t, FROM_PIECES);
+  if (rc == SQLITE_OK) rc = compare_with_truth(t, "the index stored in the database", n_vectors);
+  if (rc == SQLITE_OK) rc = check_cache_file(t, n_vectors);
   if (rc != SQLITE_OK) {
     char *msg = sqlite3_mprintf("clip: integrity-check of %s failed: %s", t->name,
                                 t->base.zErrMsg ? t->base.zErrMsg : sqlite3_errmsg(t->db));
@@ -879,6 +1078,8 @@ int cdbx_command(cdbx_table *t, const char *cmd) {
     rc = cdbx_cache_fresh(t);
     int trainable = sqlite3_stricmp(t->index_type, "flat") != 0; /* flat: nothing to train */
     if (rc == SQLITE_OK && trainable && (cmd[0] == 't' || wants_training(t))) rc = train(t);
+    else if (rc == SQLITE_OK && cmd[0] == 'o' && cdb_index_needs_rebalance(t->index))
+      rc = rebalance(t);
     return rc == SQLITE_OK ? compact(t) : rc;
   }
   return cdbx_table_error(t, "clip: unknown command \"%s\" (expected 'train', 'rebuild', "

@@ -67,6 +67,7 @@ struct cdbx_table {
   char *index_type;
   int nlist, nprobe;
   int autotrain;
+  int image_paths;      /* CREATE option: image may name a file or URL (the table is direct-only) */
   int64_t uid;          /* random id of this table (names its cold-start cache file) */
 
   clip_model *model; /* retained; loaded on first need */
@@ -78,6 +79,8 @@ struct cdbx_table {
   int64_t generation;       /* config generation the cache was loaded at */
   int64_t data_version;     /* PRAGMA data_version at the last check */
   int64_t log_since_snapshot;
+  uint64_t file_tag;        /* cold-start cache file tag of the state the cache was loaded at */
+  uint64_t bad_file_tag;    /* a cache file with this tag failed its checksums: not used */
   id_list pend_removes;      /* removals not yet handed to the index (batched) */
   id_list pend_ids;          /* additions not yet handed to the index (batched, after removals) */
   float *pend_vecs;
@@ -99,7 +102,13 @@ struct cdbx_table {
   int64_t embedded_rows; /* rows those calls embedded */
 
   sqlite3_stmt *stmts[ST_COUNT];
+
+  /* Query planning (vtab.c): the column of the OR term whose disjuncts SQLite is planning one
+   * by one after a KNN plan (CDBX_NO_COLUMN: none yet). */
+  int or_column;
 };
+
+#define CDBX_NO_COLUMN (-2)
 
 /* store.c */
 int cdbx_store_create(cdbx_table *t, char **errmsg);
@@ -118,7 +127,15 @@ int cdbx_table_index_info(cdbx_table *t, cdb_index_info *info);
 int cdbx_cache_put(cdbx_table *t, int64_t rowid, const float *vec);
 int cdbx_cache_remove(cdbx_table *t, int64_t rowid);
 int cdbx_cache_flush(cdbx_table *t);
+int cdbx_cache_rollback_flush(cdbx_table *t); /* runs no SQL: for xRollback / xRollbackTo */
 void cdbx_cache_drop(cdbx_table *t);
+/* Searches of the cache (cdb_index_search / cdb_index_range_search); one that meets a damaged
+ * cache file discards it, rebuilds the cache from the tables and searches again. */
+int cdbx_cache_search(cdbx_table *t, const float *query, int k, const cdb_search_opts *opts,
+                      int64_t *ids, float *sims, int *n_found);
+int cdbx_cache_range_search(cdbx_table *t, const float *query, float min_sim,
+                            const cdb_search_opts *opts, int64_t **ids, float **sims,
+                            int64_t *n_found);
 /* Records a change of rowid's vector in the log (same transaction) and in `touched`. */
 int cdbx_log_change(cdbx_table *t, int64_t rowid, int op);
 int cdbx_touch(cdbx_table *t, int64_t rowid);

@@ -37,7 +37,27 @@ typedef struct table_args {
   char *index_type;
   int nlist, nprobe;
   int autotrain; /* 1 (default): COMMIT trains when the index policy says so */
+  int image_paths; /* 1 (default): image may name a file or URL; 0: image bytes only */
+  unsigned given; /* bit i: option_names[i] was given */
+  int creating;   /* CREATE VIRTUAL TABLE (not connecting a table created earlier) */
 } table_args;
+
+static const char *const option_names[] = {"model", "index", "dims", "autotrain", "nlist",
+                                           "nprobe", "image_paths"};
+
+/* An option given twice (dims=4, dims=8) is refused at CREATE rather than the last one winning
+ * (tables created before this check still connect). */
+static int check_option_once(table_args *a, const char *key, char **errmsg) {
+  for (unsigned i = 0; i < sizeof option_names / sizeof option_names[0]; i++) {
+    if (sqlite3_stricmp(key, option_names[i]) != 0) continue;
+    if ((a->given & (1u << i)) && a->creating) {
+      *errmsg = sqlite3_mprintf("clip: option %s= is given more than once", option_names[i]);
+      return SQLITE_ERROR;
+    }
+    a->given |= 1u << i;
+  }
+  return SQLITE_OK;
+}
 
 static int parse_int_option(const char *key, const char *value, int lo, int hi, int *out,
                             char **errmsg) {
@@ -52,7 +72,21 @@ static int parse_int_option(const char *key, const char *value, int lo, int hi, 
   return SQLITE_OK;
 }
 
+static int parse_bool_option(const char *key, const char *value, int *out, char **errmsg) {
+  int on = sqlite3_stricmp(value, "on") == 0 || strcmp(value, "1") == 0 ||
+           sqlite3_stricmp(value, "true") == 0;
+  int off = sqlite3_stricmp(value, "off") == 0 || strcmp(value, "0") == 0 ||
+            sqlite3_stricmp(value, "false") == 0;
+  if (!on && !off) {
+    *errmsg = sqlite3_mprintf("clip: option %s=%s: expected on or off", key, value);
+    return SQLITE_ERROR;
+  }
+  *out = on;
+  return SQLITE_OK;
+}
+
 static int parse_option(table_args *a, const char *key, const char *value, char **errmsg) {
+  if (check_option_once(a, key, errmsg) != SQLITE_OK) return SQLITE_ERROR;
   if (sqlite3_stricmp(key, "model") == 0) {
     if (!value[0]) {
       *errmsg = sqlite3_mprintf("clip: option model= is empty (omit it for the default model)");
@@ -76,16 +110,10 @@ static int parse_option(table_args *a, const char *key, const char *value, char 
     return parse_int_option(key, value, 1, CDBX_MAX_DIMS, &a->dims, errmsg);
   }
   if (sqlite3_stricmp(key, "autotrain") == 0) {
-    int on = sqlite3_stricmp(value, "on") == 0 || strcmp(value, "1") == 0 ||
-             sqlite3_stricmp(value, "true") == 0;
-    int off = sqlite3_stricmp(value, "off") == 0 || strcmp(value, "0") == 0 ||
-              sqlite3_stricmp(value, "false") == 0;
-    if (!on && !off) {
-      *errmsg = sqlite3_mprintf("clip: option autotrain=%s: expected on or off", value);
-      return SQLITE_ERROR;
-    }
-    a->autotrain = on;
-    return SQLITE_OK;
+    return parse_bool_option(key, value, &a->autotrain, errmsg);
+  }
+  if (sqlite3_stricmp(key, "image_paths") == 0) {
+    return parse_bool_option(key, value, &a->image_paths, errmsg);
   }
   if (sqlite3_stricmp(key, "nlist") == 0) {
     return parse_int_option(key, value, 0, 1 << 24, &a->nlist, errmsg);
@@ -94,18 +122,33 @@ static int parse_option(table_args *a, const char *key, const char *value, char 
     return parse_int_option(key, value, 0, 1 << 24, &a->nprobe, errmsg);
   }
   *errmsg = sqlite3_mprintf("clip: unknown option \"%s\" (expected model=, dims=, index=, "
-                            "nlist=, nprobe=, autotrain= or a column definition)",
+                            "nlist=, nprobe=, autotrain=, image_paths= or a column definition)",
                             key);
   return SQLITE_ERROR;
 }
 
-static int is_reserved(const cdbx_table *t, const char *name) {
+static int is_column_word(const char *name) {
   static const char *const reserved[] = {"image", "text", "embedding", "distance", "k",
                                          "nprobe", "rowid", "oid", "_rowid_"};
   for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++) {
     if (sqlite3_stricmp(name, reserved[i]) == 0) return 1;
   }
-  return sqlite3_stricmp(name, t->name) == 0;
+  return 0;
+}
+
+static int is_reserved(const cdbx_table *t, const char *name) {
+  return is_column_word(name) || sqlite3_stricmp(name, t->name) == 0;
+}
+
+/* The table's hidden command column is named like the table, so a table cannot be named like
+ * another of its columns (its declaration would fail, leaving a table no statement can use). */
+static char *table_name_error(const cdbx_table *t, const char *name) {
+  int user = 0;
+  for (int i = 0; i < t->n_user && !user; i++) user = sqlite3_stricmp(name, t->user_names[i]) == 0;
+  if (!user && !is_column_word(name)) return NULL;
+  return sqlite3_mprintf("clip: a clip table cannot be named \"%s\": that is the name of %s "
+                         "column (image, text, embedding, distance, k, nprobe, rowid and the "
+                         "user columns are reserved)", name, user ? "a user" : "a built-in");
 }
 
 static int valid_type(const char *type) {
@@ -113,6 +156,35 @@ static int valid_type(const char *type) {
     if (!isalnum((unsigned char)*p) && !strchr(" _()+-", *p)) return 0;
   }
   return 1;
+}
+
+/* A declared type may carry COLLATE name, but no constraint: the table would not apply them
+ * (DEFAULT, CHECK, UNIQUE, NOT NULL, ...), so a new table refuses them. */
+static char *type_constraint_error(const char *column, const char *type) {
+  static const char *const constraints[] = {
+      "CONSTRAINT", "PRIMARY", "KEY", "NOT", "NULL", "UNIQUE", "CHECK", "DEFAULT",
+      "REFERENCES", "GENERATED", "AS", "ALWAYS", "STORED", "VIRTUAL", "HIDDEN",
+      "AUTOINCREMENT", "ON", "CONFLICT", "ASC", "DESC"};
+  int depth = 0;
+  for (const char *p = type; *p;) {
+    if (!isalnum((unsigned char)*p) && *p != '_') {
+      depth += *p == '(' ? 1 : *p == ')' ? -1 : 0;
+      p++;
+      continue;
+    }
+    const char *w = p;
+    while (isalnum((unsigned char)*p) || *p == '_') p++;
+    if (depth > 0) continue;
+    for (size_t i = 0; i < sizeof constraints / sizeof constraints[0]; i++) {
+      if ((size_t)(p - w) == strlen(constraints[i]) &&
+          sqlite3_strnicmp(w, constraints[i], (int)(p - w)) == 0) {
+        return sqlite3_mprintf("clip: column \"%s\": column constraints are not supported "
+                               "(found %.*s); declare only a type name and optionally COLLATE",
+                               column, (int)(p - w), w);
+      }
+    }
+  }
+  return NULL;
 }
 
 /* "name [type]": the name may be quoted; the type is a plain SQL type name. */
@@ -210,6 +282,12 @@ static int declare(cdbx_table *t) {
   int rc = sqlite3_declare_vtab(t->db, sql);
   sqlite3_free(sql);
   if (rc == SQLITE_OK) rc = sqlite3_vtab_config(t->db, SQLITE_VTAB_CONSTRAINT_SUPPORT, 1);
+  /* Writing a path or URL into image reads that file or fetches that URL, so a trigger or view
+   * stored in a database file must not reach the table (as for a DIRECTONLY function). SQLite
+   * tells a virtual table nothing about where a write comes from, so a table that accepts paths
+   * is direct-only as a whole; one created with image_paths=off takes image bytes only and may
+   * be used from triggers and views. */
+  if (rc == SQLITE_OK && t->image_paths) rc = sqlite3_vtab_config(t->db, SQLITE_VTAB_DIRECTONLY);
   return rc;
 }
 
@@ -295,29 +373,86 @@ static void conn_remove_table(cdbx_table *t) {
   }
 }
 
-cdbx_table *cdbx_conn_find_table(cdbx_conn *conn, const char *name) {
+cdbx_table *cdbx_conn_find_table(cdbx_conn *conn, const char *schema, const char *name) {
   for (cdbx_table *t = conn->tables; t; t = t->next_in_conn) {
-    if (sqlite3_stricmp(t->name, name) == 0) return t;
+    if (sqlite3_stricmp(t->schema, schema) == 0 && sqlite3_stricmp(t->name, name) == 0) return t;
   }
   return NULL;
 }
 
-cdbx_table *cdbx_conn_open_table(sqlite3 *db, cdbx_conn *conn, const char *name) {
-  cdbx_table *t = cdbx_conn_find_table(conn, name);
-  if (t) return t;
-  /* Preparing a statement on the table makes SQLite connect it (xConnect registers it). */
-  char *sql = sqlite3_mprintf("SELECT 1 FROM \"%w\" WHERE 0", name);
+/* Whether schema holds a table or view named `name` (SQLite compares names case-insensitively). */
+static int schema_has(sqlite3 *db, const char *schema, const char *name) {
+  char *sql = sqlite3_mprintf("SELECT 1 FROM \"%w\".sqlite_master WHERE type IN ('table', 'view') "
+                              "AND name = ?1 COLLATE NOCASE", schema);
   sqlite3_stmt *st = NULL;
-  if (sql && sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK)
-    t = cdbx_conn_find_table(conn, name);
+  int found = sql && sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK &&
+              sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC) == SQLITE_OK &&
+              sqlite3_step(st) == SQLITE_ROW;
   sqlite3_finalize(st);
   sqlite3_free(sql);
+  return found;
+}
+
+/* The schema an SQL statement would find `name` in, as SQLite resolves an unqualified name:
+ * temp first, then main, then the attached databases in the order they were attached.
+ * A "schema.table" name whose prefix is an attached schema names that schema's table.
+ * *table points into name. Returns a sqlite3_malloc'd schema name, or NULL. */
+static char *resolve_schema(sqlite3 *db, const char *name, const char **table) {
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(db, "SELECT name FROM pragma_database_list "
+                             "ORDER BY CASE seq WHEN 1 THEN -1 ELSE seq END", -1, &st,
+                         NULL) != SQLITE_OK) {
+    return NULL;
+  }
+  char *found = NULL, *unqualified = NULL;
+  while (!found && sqlite3_step(st) == SQLITE_ROW) {
+    const char *schema = (const char *)sqlite3_column_text(st, 0);
+    size_t n = strlen(schema);
+    if (strlen(name) > n && name[n] == '.' && sqlite3_strnicmp(name, schema, (int)n) == 0 &&
+        schema_has(db, schema, name + n + 1)) {
+      found = sqlite3_mprintf("%s", schema);
+      *table = name + n + 1;
+    } else if (!unqualified && schema_has(db, schema, name)) {
+      unqualified = sqlite3_mprintf("%s", schema);
+    }
+  }
+  sqlite3_finalize(st);
+  if (found) {
+    sqlite3_free(unqualified);
+    return found;
+  }
+  *table = name;
+  return unqualified;
+}
+
+cdbx_table *cdbx_conn_open_table(sqlite3 *db, cdbx_conn *conn, const char *name) {
+  const char *table = name;
+  char *schema = resolve_schema(db, name, &table);
+  if (!schema) return NULL;
+  /* Preparing a statement on the table connects it when this connection has not used it yet
+   * (xConnect registers it), and lets SQLite finish disconnecting tables of detached schemas. */
+  char *sql = sqlite3_mprintf("SELECT 1 FROM \"%w\".\"%w\" WHERE 0", schema, table);
+  sqlite3_stmt *st = NULL;
+  cdbx_table *t = NULL;
+  if (sql && sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK)
+    t = cdbx_conn_find_table(conn, schema, table);
+  sqlite3_finalize(st);
+  sqlite3_free(sql);
+  sqlite3_free(schema);
   return t;
 }
 
 int cdbx_table_user_columns(const cdbx_table *t, const char *const **names) {
   *names = (const char *const *)t->user_names;
   return t->n_user;
+}
+
+const char *cdbx_table_schema(const cdbx_table *t) {
+  return t->schema;
+}
+
+const char *cdbx_table_name(const cdbx_table *t) {
+  return t->name;
 }
 
 /* Sets dims, model name and identity for a new table from its options. */
@@ -370,9 +505,18 @@ static int init_table(sqlite3 *db, void *aux, int argc, const char *const *argv,
   t->conn = aux;
   t->schema = sqlite3_mprintf("%s", argv[1]);
   t->name = sqlite3_mprintf("%s", argv[2]);
+  t->or_column = CDBX_NO_COLUMN;
   table_args a = {0};
   a.autotrain = 1;
+  a.image_paths = 1;
+  a.creating = create;
   int rc = t->schema && t->name ? parse_args(t, &a, argc, argv, errmsg) : SQLITE_NOMEM;
+  if (rc == SQLITE_OK && create && (*errmsg = table_name_error(t, t->name)) != NULL)
+    rc = SQLITE_ERROR;
+  for (int i = 0; rc == SQLITE_OK && create && i < t->n_user; i++) {
+    if ((*errmsg = type_constraint_error(t->user_names[i], t->user_types[i])) != NULL)
+      rc = SQLITE_ERROR;
+  }
   if (rc == SQLITE_OK && create) {
     t->index_type = sqlite3_mprintf("%s", a.index_type ? a.index_type : "auto");
     t->nlist = a.nlist;
@@ -381,6 +525,7 @@ static int init_table(sqlite3 *db, void *aux, int argc, const char *const *argv,
     rc = choose_model(t, &a, errmsg);
     if (rc == SQLITE_OK) rc = check_index_params(t, errmsg);
   }
+  t->image_paths = a.image_paths;
   if (rc == SQLITE_OK) rc = declare(t);
   if (rc == SQLITE_OK) rc = create ? cdbx_store_create(t, errmsg) : cdbx_store_read_config(t, errmsg);
   sqlite3_free(a.model);
@@ -421,96 +566,335 @@ static int x_destroy(sqlite3_vtab *vt) {
 }
 
 /* ---- query planning ----
- * idxStr lists one 3-character entry per argv value: kind, column, operator.
- * Kinds: M match, K k, P nprobe, L limit, O offset, D distance bound, F filter on a column
- * (column '0' + index, '/' for rowid). Operators: = < > l(<=) g(>=) I(IN) N(!=) L(LIKE) G(GLOB)
- * i(IS) j(IS NOT). */
+ * idxStr lists one entry per argv value, each "<kind><op><column>[:<collation>];": kind and op
+ * are the characters of arg_kind and filter_op below, column is the declared column number (-1
+ * for rowid), collation the name SQLite compares with (filters only). idxNum is a plan_kind.
+ * Semantics (documented in extension.c): every constraint SQLite hands the table on rowid, image,
+ * text and user columns narrows the candidates before the top-k cut; a KNN query with k is
+ * searched once per combination of the values its constraints take from other tables (so the
+ * table is an inner loop of any join it is constrained by); a condition on the table that SQLite
+ * would apply after the cut (an OR over its columns, a collation it cannot name, a non-equality
+ * k) is an error instead of a silently shorter result. */
 
-enum { PLAN_SCAN = 0, PLAN_KNN = 1 };
+typedef enum plan_kind { PLAN_SCAN = 0, PLAN_KNN = 1 } plan_kind;
 
-static char filter_op(unsigned char op) {
-  switch (op) {
-  case SQLITE_INDEX_CONSTRAINT_EQ: return '=';
-  case SQLITE_INDEX_CONSTRAINT_LT: return '<';
-  case SQLITE_INDEX_CONSTRAINT_GT: return '>';
-  case SQLITE_INDEX_CONSTRAINT_LE: return 'l';
-  case SQLITE_INDEX_CONSTRAINT_GE: return 'g';
-  case SQLITE_INDEX_CONSTRAINT_NE: return 'N';
-  case SQLITE_INDEX_CONSTRAINT_LIKE: return 'L';
-  case SQLITE_INDEX_CONSTRAINT_GLOB: return 'G';
-  case SQLITE_INDEX_CONSTRAINT_IS: return 'i';
-  case SQLITE_INDEX_CONSTRAINT_ISNOT: return 'j';
-  default: return 0;
+typedef enum arg_kind {
+  ARG_MATCH = 'M',
+  ARG_K = 'K',
+  ARG_NPROBE = 'P',
+  ARG_LIMIT = 'L',
+  ARG_OFFSET = 'O',
+  ARG_DISTANCE = 'D',
+  ARG_FILTER = 'F'
+} arg_kind;
+
+typedef enum filter_op {
+  OP_EQ = '=',
+  OP_LT = '<',
+  OP_LE = 'l',
+  OP_GT = '>',
+  OP_GE = 'g',
+  OP_NE = 'N',
+  OP_LIKE = 'L',
+  OP_GLOB = 'G',
+  OP_REGEXP = 'R',
+  OP_IS = 'i',
+  OP_ISNOT = 'j',
+  OP_ISNULL = 'n',
+  OP_NOTNULL = 'z',
+  OP_IN = 'I'
+} filter_op;
+
+/* How each operator SQLite hands a filter is written in SQL on the rows table. */
+static const struct {
+  unsigned char sqlite_op;
+  filter_op op;
+  const char *sql;
+} filter_ops[] = {
+    {SQLITE_INDEX_CONSTRAINT_EQ, OP_EQ, "= ?"},
+    {SQLITE_INDEX_CONSTRAINT_LT, OP_LT, "< ?"},
+    {SQLITE_INDEX_CONSTRAINT_LE, OP_LE, "<= ?"},
+    {SQLITE_INDEX_CONSTRAINT_GT, OP_GT, "> ?"},
+    {SQLITE_INDEX_CONSTRAINT_GE, OP_GE, ">= ?"},
+    {SQLITE_INDEX_CONSTRAINT_NE, OP_NE, "!= ?"},
+    {SQLITE_INDEX_CONSTRAINT_LIKE, OP_LIKE, "LIKE ?"},
+    {SQLITE_INDEX_CONSTRAINT_GLOB, OP_GLOB, "GLOB ?"},
+    {SQLITE_INDEX_CONSTRAINT_REGEXP, OP_REGEXP, "REGEXP ?"},
+    {SQLITE_INDEX_CONSTRAINT_IS, OP_IS, "IS ?"},
+    {SQLITE_INDEX_CONSTRAINT_ISNOT, OP_ISNOT, "IS NOT ?"},
+    {SQLITE_INDEX_CONSTRAINT_ISNULL, OP_ISNULL, "IS NULL"},
+    {SQLITE_INDEX_CONSTRAINT_ISNOTNULL, OP_NOTNULL, "IS NOT NULL"},
+    {SQLITE_INDEX_CONSTRAINT_EQ, OP_IN, "IN"},
+};
+
+static int filter_op_of(unsigned char sqlite_op) {
+  for (size_t i = 0; i < sizeof filter_ops / sizeof filter_ops[0]; i++) {
+    if (filter_ops[i].sqlite_op == sqlite_op) return filter_ops[i].op;
+  }
+  return 0;
+}
+
+static const char *filter_op_sql(int op) {
+  for (size_t i = 0; i < sizeof filter_ops / sizeof filter_ops[0]; i++) {
+    if ((int)filter_ops[i].op == op) return filter_ops[i].sql;
+  }
+  return NULL;
+}
+
+/* LIKE, GLOB and REGEXP call functions (no affinity, no collation); the null tests compare
+ * nothing: the rows table applies them exactly as SQLite would. */
+static int op_is_function(int op) {
+  return op == OP_LIKE || op == OP_GLOB || op == OP_REGEXP || op == OP_ISNULL || op == OP_NOTNULL;
+}
+
+/* Whether a column has INTEGER, REAL or NUMERIC affinity: comparing it with anything converts
+ * the other operand the same way in the rows table as in SQLite, whatever that operand's own
+ * affinity. The affinity comes from the type name before any column constraint. */
+static int column_is_numeric(const cdbx_table *t, int col) {
+  if (col == -1) return 1;
+  if (col < COL_USER0) return 0;
+  static const char *const stops[] = {"COLLATE", "NOT", "NULL", "DEFAULT", "PRIMARY", "UNIQUE",
+                                      "CHECK", "REFERENCES", "CONSTRAINT", "GENERATED", "AS"};
+  const char *type = t->user_types[col - COL_USER0];
+  size_t len = 0;
+  while (type[len]) {
+    size_t w = 0;
+    while (type[len + w] && !isspace((unsigned char)type[len + w]) && type[len + w] != '(') w++;
+    int stop = 0;
+    for (size_t i = 0; i < sizeof stops / sizeof stops[0]; i++) {
+      if (strlen(stops[i]) == w && sqlite3_strnicmp(type + len, stops[i], (int)w) == 0) stop = 1;
+    }
+    if (stop) break;
+    len += w ? w : 1;
+  }
+  char *name = sqlite3_mprintf("%.*s", (int)len, type);
+  if (!name) return 0;
+  for (char *p = name; *p; p++) *p = (char)toupper((unsigned char)*p);
+  int numeric = strstr(name, "INT") ||
+                (!strstr(name, "CHAR") && !strstr(name, "CLOB") && !strstr(name, "TEXT") &&
+                 !strstr(name, "BLOB") && strspn(name, " ") < strlen(name));
+  sqlite3_free(name);
+  return numeric;
+}
+
+/* Whether a user column declares a collation other than BINARY ("name TEXT COLLATE NOCASE"). */
+static int declares_collation(const cdbx_table *t, int col) {
+  if (col < COL_USER0) return 0;
+  const char *type = t->user_types[col - COL_USER0];
+  for (const char *p = type; *p; p++) {
+    if ((p == type || isspace((unsigned char)p[-1])) && sqlite3_strnicmp(p, "COLLATE", 7) == 0 &&
+        isspace((unsigned char)p[7])) {
+      const char *name = p + 7;
+      while (isspace((unsigned char)*name)) name++;
+      return sqlite3_strnicmp(name, "BINARY", 6) != 0 || isalnum((unsigned char)name[6]);
+    }
+  }
+  return 0;
+}
+
+static int is_filter_column(const cdbx_table *t, int col) {
+  return col == -1 || col == COL_IMAGE || col == COL_TEXT ||
+         (col >= COL_USER0 && col < COL_DISTANCE(t));
+}
+
+static int column_used(const sqlite3_index_info *info, int col) {
+  return (info->colUsed >> (col < 63 ? col : 63)) & 1;
+}
+
+static int every_column_used(const cdbx_table *t, const sqlite3_index_info *info) {
+  for (int col = 0; col <= COL_COMMAND(t); col++) {
+    if (!column_used(info, col)) return 0;
+  }
+  return 1;
+}
+
+/* A collation name that can be written back into SQL unquoted. */
+static int plain_collation(const char *name) {
+  if (!name || !name[0]) return 0;
+  for (const char *p = name; *p; p++) {
+    if (!isalnum((unsigned char)*p) && *p != '_') return 0;
+  }
+  return 1;
+}
+
+typedef struct plan_builder {
+  sqlite3_str *idx;
+  int argc;
+  int has_match, match_unusable, has_k, bad_k, unusable, unusable_arg, rowid_eq, n_filters;
+  const char *inapplicable; /* why a constraint cannot be applied by the table, or NULL */
+} plan_builder;
+
+static void plan_use(sqlite3_index_info *info, plan_builder *b, int i, char kind, int op, int col,
+                     const char *collation, int omit) {
+  sqlite3_str_appendf(b->idx, "%c%c%d", kind, op ? op : '_', col);
+  if (collation) sqlite3_str_appendf(b->idx, ":%s", collation);
+  sqlite3_str_appendchar(b->idx, 1, ';');
+  info->aConstraintUsage[i].argvIndex = ++b->argc;
+  info->aConstraintUsage[i].omit = (unsigned char)omit;
+}
+
+/* A constraint on rowid, image, text or a user column. */
+static void plan_filter(cdbx_table *t, sqlite3_index_info *info, plan_builder *b, int i) {
+  const struct sqlite3_index_constraint *c = &info->aConstraint[i];
+  int op = filter_op_of(c->op);
+  const char *collation = sqlite3_vtab_collation(info, i);
+  if (!c->usable) {
+    b->unusable = 1;
+    return;
+  }
+  /* rowid is always an integer: no collation applies to it. */
+  if (op_is_function(op) || c->iColumn == -1) collation = NULL;
+  /* For != and IS NOT SQLite reports only a COLLATE written in the query (BINARY otherwise),
+   * so BINARY on a column declared with another collation is ambiguous: SQLite applies it. */
+  int ambiguous = (op == OP_NE || op == OP_ISNOT) && declares_collation(t, c->iColumn) &&
+                  sqlite3_stricmp(collation, "BINARY") == 0;
+  if (!op || ambiguous || (collation && !plain_collation(collation))) {
+    b->inapplicable = !op        ? "an operator the table cannot apply"
+                      : ambiguous ? "!= or IS NOT on a column declared with a collation (SQLite "
+                                    "does not tell which collation applies)"
+                                  : "a collation whose name is not plain letters, digits and _";
+    return;
+  }
+  if (op == OP_EQ && sqlite3_vtab_in(info, i, -1)) {
+    sqlite3_vtab_in(info, i, 1);
+    op = OP_IN;
+  }
+  sqlite3_value *rhs = NULL;
+  /* The rows table compares with the value as if it were a parameter: exact unless the
+   * operand is an expression whose own affinity would convert this column's values. */
+  int exact = op == OP_IN || op_is_function(op) || column_is_numeric(t, c->iColumn) ||
+              sqlite3_vtab_rhs_value(info, i, &rhs) == SQLITE_OK;
+  if (c->iColumn == -1 && op == OP_EQ) b->rowid_eq = 1;
+  b->n_filters++;
+  plan_use(info, b, i, ARG_FILTER, op, c->iColumn, collation, exact);
+}
+
+/* k and nprobe take one value: k = N. */
+static void plan_parameter(sqlite3_index_info *info, plan_builder *b, int i, char kind) {
+  const struct sqlite3_index_constraint *c = &info->aConstraint[i];
+  int equality = c->op == SQLITE_INDEX_CONSTRAINT_EQ && !sqlite3_vtab_in(info, i, -1);
+  if (!equality) b->bad_k = kind;
+  else if (!c->usable) b->unusable_arg = 1;
+  else plan_use(info, b, i, kind, OP_EQ, c->iColumn, NULL, 1);
+}
+
+static void plan_constraint(cdbx_table *t, sqlite3_index_info *info, plan_builder *b, int i) {
+  const struct sqlite3_index_constraint *c = &info->aConstraint[i];
+  int col = c->iColumn;
+  if (c->op == SQLITE_INDEX_CONSTRAINT_MATCH && col == COL_COMMAND(t)) {
+    if (b->has_match) return; /* a second MATCH: SQLite reports it */
+    b->has_match = 1;
+    if (c->usable) plan_use(info, b, i, ARG_MATCH, OP_EQ, col, NULL, 1);
+    else b->match_unusable = 1;
+  } else if (c->op == SQLITE_INDEX_CONSTRAINT_LIMIT || c->op == SQLITE_INDEX_CONSTRAINT_OFFSET) {
+    char kind = c->op == SQLITE_INDEX_CONSTRAINT_LIMIT ? ARG_LIMIT : ARG_OFFSET;
+    if (c->usable) plan_use(info, b, i, kind, OP_EQ, col, NULL, 0);
+  } else if (col == COL_K(t)) {
+    b->has_k = 1;
+    plan_parameter(info, b, i, ARG_K);
+  } else if (col == COL_NPROBE(t)) {
+    plan_parameter(info, b, i, ARG_NPROBE);
+  } else if (col == COL_DISTANCE(t)) {
+    int op = filter_op_of(c->op);
+    if (op != OP_LT && op != OP_LE) b->inapplicable = "a distance test other than < or <=";
+    else if (!c->usable) b->unusable_arg = 1;
+    else plan_use(info, b, i, ARG_DISTANCE, op, col, NULL, 1);
+  } else if (is_filter_column(t, col)) {
+    plan_filter(t, info, b, i);
   }
 }
 
-static int x_best_index(sqlite3_vtab *vt, sqlite3_index_info *info) {
-  cdbx_table *t = (cdbx_table *)vt;
-  char entries[3 * 128 + 1];
-  int n = 0, argv_i = 0, has_match = 0, match_unusable = 0, rowid_eq = 0, n_filters = 0;
-  for (int i = 0; i < info->nConstraint && n < 128; i++) {
-    const struct sqlite3_index_constraint *c = &info->aConstraint[i];
-    int col = c->iColumn;
-    char kind = 0, op = '_';
-    if (c->op == SQLITE_INDEX_CONSTRAINT_MATCH && col == COL_COMMAND(t)) {
-      if (!c->usable) match_unusable = 1;
-      kind = has_match ? 0 : 'M';
-      has_match = 1;
-    } else if (!c->usable) {
-      continue;
-    } else if (c->op == SQLITE_INDEX_CONSTRAINT_LIMIT) {
-      kind = 'L';
-    } else if (c->op == SQLITE_INDEX_CONSTRAINT_OFFSET) {
-      kind = 'O';
-    } else if (col == COL_K(t) && c->op == SQLITE_INDEX_CONSTRAINT_EQ) {
-      kind = 'K';
-    } else if (col == COL_NPROBE(t) && c->op == SQLITE_INDEX_CONSTRAINT_EQ) {
-      kind = 'P';
-    } else if (col == COL_DISTANCE(t) && (c->op == SQLITE_INDEX_CONSTRAINT_LT ||
-                                          c->op == SQLITE_INDEX_CONSTRAINT_LE)) {
-      kind = 'D';
-      op = filter_op(c->op);
-    } else if ((col == -1 || col == COL_IMAGE || col == COL_TEXT ||
-                (col >= COL_USER0 && col < COL_DISTANCE(t))) &&
-               (op = filter_op(c->op)) != 0) {
-      kind = 'F';
-      if (op == '=' && sqlite3_vtab_in(info, i, -1)) {
-        sqlite3_vtab_in(info, i, 1);
-        op = 'I';
-      }
-      if (col == -1 && op == '=') rowid_eq = 1;
+/* The query uses the MATCH column of this table (UPDATE reads every column). */
+static int match_used(const cdbx_table *t, const sqlite3_index_info *info) {
+  return column_used(info, COL_COMMAND(t)) && !every_column_used(t, info);
+}
+
+/* SQLite plans an OR term one disjunct at a time, after the plans of the whole WHERE clause,
+ * calling xBestIndex with only that disjunct's constraints: a call without MATCH from a query
+ * that uses MATCH and k (UPDATE reads every column). An OR of equalities on one column SQLite
+ * also hands the KNN plan as IN, so only other ORs would be applied after the cut. */
+static int or_after_cut(cdbx_table *t, const sqlite3_index_info *info, const plan_builder *b) {
+  if (b->has_match) {
+    t->or_column = CDBX_NO_COLUMN;
+    return 0;
+  }
+  if (!match_used(t, info) || !column_used(info, COL_K(t))) return 0;
+  int n_filters = 0, at = -1;
+  for (int i = 0; i < info->nConstraint; i++) {
+    if (is_filter_column(t, info->aConstraint[i].iColumn)) {
+      at = i;
       n_filters++;
     }
-    if (!kind || !c->usable) continue;
-    entries[3 * n] = kind;
-    entries[3 * n + 1] = (char)('0' + col);
-    entries[3 * n + 2] = op;
-    n++;
-    info->aConstraintUsage[i].argvIndex = ++argv_i;
-    info->aConstraintUsage[i].omit = kind != 'L' && kind != 'O';
   }
-  if (match_unusable) return SQLITE_CONSTRAINT;
-  entries[3 * n] = 0;
-  info->idxStr = sqlite3_mprintf("%s", entries);
-  if (!info->idxStr) return SQLITE_NOMEM;
-  info->needToFreeIdxStr = 1;
-  if (has_match) {
+  if (at < 0) return 0;
+  const struct sqlite3_index_constraint *c = &info->aConstraint[at];
+  /* sqlite3_vtab_in(): an IN disjunct, which SQLite does not merge into one IN. */
+  int equality = n_filters == 1 && c->op == SQLITE_INDEX_CONSTRAINT_EQ &&
+                 !sqlite3_vtab_in((sqlite3_index_info *)info, at, -1) &&
+                 (t->or_column == CDBX_NO_COLUMN || t->or_column == c->iColumn);
+  t->or_column = c->iColumn;
+  return !equality;
+}
+
+static int plan_error(cdbx_table *t, const plan_builder *b) {
+  if (b->bad_k) {
+    return cdbx_table_error(t, "clip: %s: %s must be given as %s = N (one integer)", t->name,
+                            b->bad_k == ARG_K ? "k" : "nprobe", b->bad_k == ARG_K ? "k" : "nprobe");
+  }
+  return cdbx_table_error(
+      t, "clip: %s: a condition on %s cannot be applied before the k nearest rows are chosen (%s), "
+         "so fewer than k rows would come back; move it into rowid IN (SELECT rowid FROM %s WHERE "
+         "...), or use ORDER BY distance LIMIT N instead of k", t->name, t->name,
+      b->inapplicable ? b->inapplicable
+                      : "an OR over its columns other than equalities on one column", t->name);
+}
+
+static void plan_costs(cdbx_table *t, sqlite3_index_info *info, const plan_builder *b) {
+  if (b->has_match) {
     info->idxNum = PLAN_KNN;
-    info->estimatedCost = 10.0 + n_filters;
+    info->estimatedCost = 10.0 + b->n_filters;
     info->estimatedRows = 10;
     if (info->nOrderBy == 1 && info->aOrderBy[0].iColumn == COL_DISTANCE(t) &&
         !info->aOrderBy[0].desc) {
       info->orderByConsumed = 1;
     }
-  } else {
-    info->idxNum = PLAN_SCAN;
-    info->estimatedCost = rowid_eq ? 1.0 : n_filters ? 1e5 : 1e6;
-    info->estimatedRows = rowid_eq ? 1 : n_filters ? 10000 : 100000;
-    if (rowid_eq) info->idxFlags |= SQLITE_INDEX_SCAN_UNIQUE;
-    if (info->nOrderBy == 1 && info->aOrderBy[0].iColumn == -1 && !info->aOrderBy[0].desc) {
-      info->orderByConsumed = 1;
-    }
+    return;
   }
+  info->idxNum = PLAN_SCAN;
+  info->estimatedCost = b->rowid_eq ? 1.0 : b->n_filters ? 1e5 : 1e6;
+  info->estimatedRows = b->rowid_eq ? 1 : b->n_filters ? 10000 : 100000;
+  if (b->rowid_eq) info->idxFlags |= SQLITE_INDEX_SCAN_UNIQUE;
+  if (info->nOrderBy == 1 && info->aOrderBy[0].iColumn == -1 && !info->aOrderBy[0].desc) {
+    info->orderByConsumed = 1;
+  }
+}
+
+static int x_best_index(sqlite3_vtab *vt, sqlite3_index_info *info) {
+  cdbx_table *t = (cdbx_table *)vt;
+  plan_builder b = {sqlite3_str_new(NULL), 0, 0, 0, 0, 0, 0, 0, 0, 0, NULL};
+  for (int i = 0; i < info->nConstraint; i++) plan_constraint(t, info, &b, i);
+  if (sqlite3_str_errcode(b.idx) != SQLITE_OK) {
+    sqlite3_free(sqlite3_str_finish(b.idx));
+    return SQLITE_NOMEM;
+  }
+  char *idx_str = sqlite3_str_finish(b.idx); /* NULL when no constraint was used */
+  int rc = SQLITE_OK;
+  if (b.bad_k || or_after_cut(t, info, &b) ||
+      (b.has_match && b.has_k && b.inapplicable && !b.unusable && !b.unusable_arg)) {
+    rc = plan_error(t, &b);
+  } else if (b.match_unusable || (b.has_match && (b.unusable_arg || (b.has_k && b.unusable)))) {
+    rc = SQLITE_CONSTRAINT; /* another plan hands the values from the other tables */
+  }
+  if (rc != SQLITE_OK) {
+    sqlite3_free(idx_str);
+    return rc;
+  }
+  info->idxStr = idx_str;
+  info->needToFreeIdxStr = 1;
+  plan_costs(t, info, &b);
+  /* SQLite cannot evaluate MATCH itself: never the plan to pick (refusing it would stop SQLite
+   * from showing the OR's other disjuncts to or_after_cut). */
+  if (!b.has_match && match_used(t, info)) info->estimatedCost = 1e300;
   return SQLITE_OK;
 }
 
@@ -582,25 +966,9 @@ static int x_close(sqlite3_vtab_cursor *cur) {
   return SQLITE_OK;
 }
 
-static const char *sql_op(char op) {
-  switch (op) {
-  case '=': return "=";
-  case '<': return "<";
-  case '>': return ">";
-  case 'l': return "<=";
-  case 'g': return ">=";
-  case 'N': return "!=";
-  case 'L': return "LIKE";
-  case 'G': return "GLOB";
-  case 'i': return "IS";
-  case 'j': return "IS NOT";
-  default: return "=";
-  }
-}
-
 typedef struct query_parts {
   sqlite3_value *match, *k, *nprobe, *limit, *offset, *distance;
-  char distance_op;
+  int distance_op;
   sqlite3_str *where;     /* " AND ..." conditions on T_rows */
   sqlite3_value **binds;  /* values for the ?s in where, in order */
   int n_binds, cap_binds;
@@ -632,14 +1000,44 @@ static void column_sql(cdbx_table *t, sqlite3_str *s, int col) {
   else sqlite3_str_appendf(s, "\"%w\"", t->user_names[col - COL_USER0]);
 }
 
-static int add_filter(cdbx_table *t, query_parts *q, int col, char op, sqlite3_value *v) {
-  sqlite3_str_appendall(q->where, " AND ");
-  column_sql(t, q->where, col);
-  if (op != 'I') {
-    sqlite3_str_appendf(q->where, " %s ?", sql_op(op));
-    return add_bind(q, v, 0);
+/* One entry of idxStr (see "query planning"). */
+typedef struct plan_entry {
+  int kind, op, col;
+  char collation[64]; /* "" when none */
+} plan_entry;
+
+/* Parses the entry at *p and moves *p past it; 0 when malformed. */
+static int next_entry(const char **p, plan_entry *e) {
+  const char *s = *p;
+  if (!s[0] || !s[1]) return 0;
+  e->kind = s[0];
+  e->op = s[1];
+  char *end = NULL;
+  e->col = (int)strtol(s + 2, &end, 10);
+  if (end == s + 2) return 0;
+  e->collation[0] = 0;
+  if (*end == ':') {
+    size_t n = strcspn(end + 1, ";");
+    if (n >= sizeof e->collation) return 0;
+    memcpy(e->collation, end + 1, n);
+    e->collation[n] = 0;
+    end += 1 + n;
   }
-  sqlite3_str_appendall(q->where, " IN (");
+  if (*end != ';') return 0;
+  *p = end + 1;
+  return 1;
+}
+
+static int add_filter(cdbx_table *t, query_parts *q, const plan_entry *e, sqlite3_value *v) {
+  const char *op_sql = filter_op_sql(e->op);
+  if (!op_sql || !is_filter_column(t, e->col)) return SQLITE_ERROR;
+  sqlite3_str_appendall(q->where, " AND ");
+  column_sql(t, q->where, e->col);
+  if (e->collation[0]) sqlite3_str_appendf(q->where, " COLLATE \"%w\"", e->collation);
+  sqlite3_str_appendf(q->where, " %s", op_sql);
+  if (e->op == OP_ISNULL || e->op == OP_NOTNULL) return SQLITE_OK;
+  if (e->op != OP_IN) return add_bind(q, v, 0);
+  sqlite3_str_appendall(q->where, " (");
   sqlite3_value *x = NULL;
   int rc, first = 1;
   for (rc = sqlite3_vtab_in_first(v, &x); rc == SQLITE_OK && x; rc = sqlite3_vtab_in_next(v, &x)) {
@@ -651,28 +1049,37 @@ static int add_filter(cdbx_table *t, query_parts *q, int col, char op, sqlite3_v
   return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+static int plan_arg(cdbx_table *t, query_parts *q, const plan_entry *e, sqlite3_value *v) {
+  switch (e->kind) {
+  case ARG_MATCH: q->match = v; break;
+  case ARG_K: q->k = v; break;
+  case ARG_NPROBE: q->nprobe = v; break;
+  case ARG_LIMIT: q->limit = v; break;
+  case ARG_OFFSET: q->offset = v; break;
+  case ARG_DISTANCE:
+    q->distance = v;
+    q->distance_op = e->op;
+    break;
+  case ARG_FILTER: return add_filter(t, q, e, v);
+  default: return SQLITE_ERROR;
+  }
+  return SQLITE_OK;
+}
+
+/* Reads idxStr's entries against argv: one each, or the plan is refused. */
 static int parse_plan(cdbx_table *t, const char *idx_str, int argc, sqlite3_value **argv,
                       query_parts *q) {
   q->where = sqlite3_str_new(NULL);
-  int n = idx_str ? (int)strlen(idx_str) / 3 : 0;
-  for (int i = 0; i < n && i < argc; i++) {
-    char kind = idx_str[3 * i], op = idx_str[3 * i + 2];
-    int col = idx_str[3 * i + 1] - '0';
-    int rc = SQLITE_OK;
-    switch (kind) {
-    case 'M': q->match = argv[i]; break;
-    case 'K': q->k = argv[i]; break;
-    case 'P': q->nprobe = argv[i]; break;
-    case 'L': q->limit = argv[i]; break;
-    case 'O': q->offset = argv[i]; break;
-    case 'D':
-      q->distance = argv[i];
-      q->distance_op = op;
-      break;
-    case 'F': rc = add_filter(t, q, col, op, argv[i]); break;
-    default: break;
-    }
-    if (rc != SQLITE_OK) return rc;
+  const char *p = idx_str ? idx_str : "";
+  int i = 0, rc = SQLITE_OK;
+  plan_entry e;
+  for (; rc == SQLITE_OK && *p && i < argc && next_entry(&p, &e); i++) {
+    rc = plan_arg(t, q, &e, argv[i]);
+  }
+  if (rc == SQLITE_NOMEM) return rc;
+  if (rc != SQLITE_OK || *p || i != argc) {
+    return cdbx_table_error(t, "clip: %s: the query plan \"%s\" does not match its %d "
+                               "arguments", t->name, idx_str ? idx_str : "", argc);
   }
   return sqlite3_str_errcode(q->where);
 }
@@ -723,6 +1130,11 @@ static int filter_scan(cdbx_table *t, cdbx_cursor *c, query_parts *q) {
                            : cdbx_table_error(t, "clip: %s: %s", t->name, sqlite3_errmsg(t->db));
 }
 
+static int is_blank(const char *s) {
+  while (s && isspace((unsigned char)*s)) s++;
+  return !s || !*s;
+}
+
 /* The MATCH operand as a normalised query vector. */
 static int query_vector(cdbx_table *t, sqlite3_value *v, float *out) {
   cdb_error err = {{0}};
@@ -731,6 +1143,9 @@ static int query_vector(cdbx_table *t, sqlite3_value *v, float *out) {
   if (type == SQLITE_INTEGER || type == SQLITE_FLOAT) {
     return cdbx_table_error(t, "clip: %s: MATCH query must be TEXT, an embedding BLOB or image "
                                "bytes, not a number", t->name);
+  }
+  if (type == SQLITE_TEXT && is_blank((const char *)sqlite3_value_text(v))) {
+    return cdbx_table_error(t, "clip: %s: MATCH query: text is empty", t->name);
   }
   if (cdbx_value_is_vector(v, t->dims)) {
     memcpy(out, sqlite3_value_blob(v), sizeof(float) * (size_t)t->dims);
@@ -752,6 +1167,12 @@ static int query_vector(cdbx_table *t, sqlite3_value *v, float *out) {
                                    out, &err)
                  : cdbx_embed_image_value(m, v, out, &err);
     if (rc == 0) return SQLITE_OK;
+    if (type == SQLITE_BLOB) {
+      return cdbx_table_error(t, "clip: %s: MATCH query: a BLOB of %d bytes is neither an "
+                                 "embedding of this table (%d float32 values: %d bytes) nor a "
+                                 "readable image (%s)", t->name, sqlite3_value_bytes(v), t->dims,
+                              t->dims * 4, err.msg);
+    }
   }
   return cdbx_table_error(t, "clip: %s: MATCH query: %s", t->name, err.msg);
 }
@@ -808,7 +1229,6 @@ static int knn_limits(cdbx_table *t, query_parts *q, int *k, int *nprobe, double
 static int run_search(cdbx_table *t, cdbx_cursor *c, int k, double max_dist) {
   cdb_filter filter = {c->allowed.ids, c->allowed.n, NULL, NULL};
   cdb_search_opts opts = {c->nprobe, c->filtered ? &filter : NULL};
-  cdb_error err = {{0}};
   free(c->ids);
   free(c->dist);
   c->ids = NULL;
@@ -819,15 +1239,13 @@ static int run_search(cdbx_table *t, cdbx_cursor *c, int k, double max_dist) {
     c->dist = malloc(sizeof(float) * (size_t)k);
     int found = 0;
     if (!c->ids || !c->dist) return SQLITE_NOMEM;
-    if (cdb_index_search(t->index, c->query, k, &opts, c->ids, c->dist, &found, &err) != 0) {
-      return cdbx_table_error(t, "clip: %s: search: %s", t->name, err.msg);
-    }
+    int rc = cdbx_cache_search(t, c->query, k, &opts, c->ids, c->dist, &found);
+    if (rc != SQLITE_OK) return rc;
     c->n = found;
   } else {
-    if (cdb_index_range_search(t->index, c->query, (float)(1.0 - max_dist), &opts, &c->ids,
-                               &c->dist, &c->n, &err) != 0) {
-      return cdbx_table_error(t, "clip: %s: range search: %s", t->name, err.msg);
-    }
+    int rc = cdbx_cache_range_search(t, c->query, (float)(1.0 - max_dist), &opts, &c->ids,
+                                     &c->dist, &c->n);
+    if (rc != SQLITE_OK) return rc;
   }
   int64_t kept = 0;
   c->n_raw = c->n;
@@ -861,7 +1279,7 @@ static int filter_knn(cdbx_table *t, cdbx_cursor *c, query_parts *q) {
   if (rc == SQLITE_OK) rc = cdbx_cache_flush(t);
   if (rc == SQLITE_OK) rc = allowed_ids(t, q, &c->allowed, &c->filtered);
   if (rc == SQLITE_OK && (!c->filtered || c->allowed.n > 0)) {
-    c->dist_op_le = q->distance_op == 'l';
+    c->dist_op_le = q->distance_op == OP_LE;
     rc = run_search(t, c, k, max_dist);
   }
   c->eof = rc != SQLITE_OK || c->n == 0;
@@ -1086,7 +1504,8 @@ int cdbx_pending_flush(cdbx_table *t) {
   cdb_error err = {{0}};
   int rc = SQLITE_OK, written = 0;
   if (p->n_images > 0) {
-    if (clip_embed_pixels(t->model, p->pixels, p->n_images, out, &err) != 0) {
+    if (clip_embed_pixels(t->model, p->pixels, p->n_images, out, &err) != 0 ||
+        cdbx_check_embeddings(t->model, out, p->n_images, &err) != 0) {
       rc = flush_error(t, p->n_images, "images", &err);
     } else {
       t->embed_batches++;
@@ -1096,7 +1515,8 @@ int cdbx_pending_flush(cdbx_table *t) {
     }
   }
   if (rc == SQLITE_OK && p->n_texts > 0) {
-    if (clip_embed_texts(t->model, (const char *const *)p->texts, p->n_texts, out, &err) != 0) {
+    if (clip_embed_texts(t->model, (const char *const *)p->texts, p->n_texts, out, &err) != 0 ||
+        cdbx_check_embeddings(t->model, out, p->n_texts, &err) != 0) {
       rc = flush_error(t, p->n_texts, "texts", &err);
     } else {
       t->embed_batches++;
@@ -1196,6 +1616,10 @@ static int source_text(cdbx_table *t, clip_model *m, sqlite3_value *text, row_so
 }
 
 static int source_image(cdbx_table *t, clip_model *m, sqlite3_value *image, row_source *src) {
+  if (!t->image_paths && sqlite3_value_type(image) != SQLITE_BLOB) {
+    return cdbx_table_error(t, "clip: %s: image must be image bytes (a BLOB): the table was "
+                               "created with image_paths=off", t->name);
+  }
   int rc = pending_reserve(t, 1);
   if (rc != SQLITE_OK) return rc;
   pending_rows *p = &t->pending;
@@ -1467,6 +1891,37 @@ static int changed(sqlite3_value *v) {
   return !sqlite3_value_nochange(v);
 }
 
+/* Whether rowid's stored vector is the embedding of its stored text (up to float noise from
+ * batching) rather than one the user supplied: a text edit re-embeds only the former, since a
+ * supplied embedding wins over the text. Without a model or a text the vector was supplied. */
+static int vector_from_text(cdbx_table *t, int64_t rowid, sqlite3_value *text, int *from_text) {
+  *from_text = 0;
+  if (!t->model_name || sqlite3_value_type(text) != SQLITE_TEXT) return SQLITE_OK;
+  clip_model *m = table_model(t);
+  if (!m) return SQLITE_ERROR;
+  float *mine = malloc(sizeof(float) * (size_t)t->dims);
+  if (!mine) return SQLITE_NOMEM;
+  cdb_error err = {{0}};
+  int rc = cdbx_embed_text(m, (const char *)sqlite3_value_text(text), sqlite3_value_bytes(text),
+                           mine, &err) == 0 &&
+                   cdbx_vec_normalize(mine, t->dims, "text embedding", &err) == 0
+               ? SQLITE_OK
+               : cdbx_table_error(t, "clip: %s: row %lld: %s", t->name, (long long)rowid,
+                                  err.msg);
+  sqlite3_stmt *st = rc == SQLITE_OK ? cdbx_stmt(t, ST_GET_VECTOR) : NULL;
+  if (st) {
+    sqlite3_bind_int64(st, 1, rowid);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_bytes(st, 0) == t->dims * 4) {
+      *from_text = cdbx_vec_dot(mine, sqlite3_column_blob(st, 0), t->dims) > 1.0 - 1e-4;
+    }
+    sqlite3_reset(st);
+  } else if (rc == SQLITE_OK) {
+    rc = SQLITE_ERROR;
+  }
+  free(mine);
+  return rc;
+}
+
 static int update_row(cdbx_table *t, sqlite3_value *old_v, sqlite3_value *new_v,
                       sqlite3_value **cols) {
   int64_t old_id = 0, new_id = 0;
@@ -1486,10 +1941,14 @@ static int update_row(cdbx_table *t, sqlite3_value *old_v, sqlite3_value *new_v,
     if (rc == SQLITE_OK) {
       if (!image_changed) image = old_image;
       if (!text_changed) text = old_text;
-      /* A text edit re-embeds only rows whose vector came from their text. */
-      if (!emb_changed && !image_changed && sqlite3_value_type(old_image) != SQLITE_NULL) {
-        reembed = 0;
-      }
+    }
+    /* A text edit re-embeds only rows whose vector came from their text (not from their image,
+     * not supplied as an embedding). */
+    if (rc == SQLITE_OK && !emb_changed && !image_changed) {
+      int from_text = 0;
+      if (sqlite3_value_type(old_image) == SQLITE_NULL)
+        rc = vector_from_text(t, old_id, old_text, &from_text);
+      reembed = from_text;
     }
   }
   row_source src = {0};
@@ -1514,6 +1973,18 @@ static int update_row(cdbx_table *t, sqlite3_value *old_v, sqlite3_value *new_v,
   return rc;
 }
 
+/* A command row carries only the command: values in other columns would be silently lost. */
+static int command_alone(cdbx_table *t, int argc, sqlite3_value **argv) {
+  for (int i = 1; i < argc; i++) {
+    if (i != 2 + COL_COMMAND(t) && sqlite3_value_type(argv[i]) != SQLITE_NULL) {
+      return cdbx_table_error(t, "clip: %s: a command (INSERT INTO %s(%s) VALUES(...)) sets no "
+                                 "other column; insert rows in a separate statement",
+                              t->name, t->name, t->name);
+    }
+  }
+  return SQLITE_OK;
+}
+
 static int run_command(cdbx_table *t, sqlite3_value *cmd) {
   if (sqlite3_value_type(cmd) != SQLITE_TEXT) {
     return cdbx_table_error(t, "clip: %s: a command must be TEXT ('train', 'rebuild', "
@@ -1533,7 +2004,8 @@ static int x_update(sqlite3_vtab *vt, int argc, sqlite3_value **argv, sqlite3_in
     rc = rowid_arg(t, argv[0], &id);
     if (rc == SQLITE_OK) rc = delete_row(t, id);
   } else if (is_insert && sqlite3_value_type(argv[2 + COL_COMMAND(t)]) != SQLITE_NULL) {
-    rc = cdbx_pending_flush(t);
+    rc = command_alone(t, argc, argv);
+    if (rc == SQLITE_OK) rc = cdbx_pending_flush(t);
     if (rc == SQLITE_OK) rc = run_command(t, argv[2 + COL_COMMAND(t)]);
     is_insert = 0;
   } else if (is_insert) {
@@ -1577,7 +2049,7 @@ static int x_commit(sqlite3_vtab *vt) {
 
 /* Queues the rows touched since touched[from] for re-reading from the (rolled back) tables. */
 static int rollback_from(cdbx_table *t, int64_t from, int64_t seq) {
-  int rc = cdbx_cache_flush(t);
+  int rc = cdbx_cache_rollback_flush(t);
   for (int64_t i = from; rc == SQLITE_OK && i < t->touched.n; i++) {
     rc = cdbx_id_list_push(&t->resync, t->touched.ids[i]);
   }
@@ -1638,6 +2110,12 @@ static int x_rollback_to(sqlite3_vtab *vt, int i) {
 
 static int x_rename(sqlite3_vtab *vt, const char *to) {
   cdbx_table *t = (cdbx_table *)vt;
+  char *refused = table_name_error(t, to);
+  if (refused) {
+    sqlite3_free(t->base.zErrMsg);
+    t->base.zErrMsg = refused;
+    return SQLITE_ERROR;
+  }
   int rc = cdbx_pending_flush(t);
   if (rc == SQLITE_OK) rc = cdbx_store_rename(t, to);
   if (rc != SQLITE_OK) return rc;

@@ -179,7 +179,8 @@ Test(checkpoint, f32_copy_reproduces_goldens) {
   float ic, id, tc, td;
   embed_goldens(m, &ic, &id, &tc, &td);
   cr_log_info("F32 copy: images max-abs %.3g, texts max-abs %.3g", id, td);
-  cr_assert(id <= 1e-4f && td <= 1e-4f, "F32: image diff %g, text diff %g", id, td);
+  /* exact widening of the F16 weights: the goldens' tolerance (measured 1.8e-7 / 1.6e-7) */
+  cr_assert(id <= 2e-6f && td <= 2e-6f, "F32: image diff %g, text diff %g", id, td);
   clip_model_free(m);
   clip_model_free(f16);
   remove_tree(dir);
@@ -194,7 +195,8 @@ Test(checkpoint, bf16_copy_close_to_goldens) {
   float ic, id, tc, td;
   embed_goldens(m, &ic, &id, &tc, &td);
   cr_log_info("BF16 copy: min cosine images %.5f texts %.5f (max-abs %.3g / %.3g)", ic, tc, id, td);
-  cr_assert(ic >= 0.99f && tc >= 0.99f, "BF16: min cosine image %g text %g", ic, tc);
+  /* measured 0.99999 / 0.99998 */
+  cr_assert(ic >= 0.9999f && tc >= 0.9999f, "BF16: min cosine image %g text %g", ic, tc);
   clip_model_free(m);
   remove_tree(dir);
   free_checkpoint(&c);

@@ -122,7 +122,8 @@ Test(image, golden_pixels) {
       cr_expect_leq(d.mean, 0.15, "%s: mean difference %.3f levels", file, d.mean);
       cr_expect_leq(d.max, 10.0, "%s: max difference %.1f levels", file, d.max);
     } else {
-      cr_expect_leq(d.max, 0.01, "%s: should match Pillow exactly, max %.3f levels", file, d.max);
+      /* exact up to the goldens' 7 printed digits (below 1e-4 of a level) */
+      cr_expect_leq(d.max, 1e-3, "%s: should match Pillow exactly, max %.3g levels", file, d.max);
     }
     free(want);
     free(got);
@@ -142,6 +143,17 @@ static double cosine(const float *a, const float *b, int n) {
   return dot / sqrt(na * nb);
 }
 
+/* Largest element difference between a and b after normalising both. */
+static double max_abs_unit_diff(const float *a, const float *b, int n) {
+  double na = 0, nb = 0, worst = 0;
+  for (int i = 0; i < n; i++) {
+    na += (double)a[i] * a[i];
+    nb += (double)b[i] * b[i];
+  }
+  for (int i = 0; i < n; i++) worst = fmax(worst, fabs(a[i] / sqrt(na) - b[i] / sqrt(nb)));
+  return worst;
+}
+
 /* End to end with the tiny model: our preprocessing + encoder vs the reference embedding. */
 Test(image, golden_embeddings) {
   char *dir = data_path("clip-tiny-shapes");
@@ -159,7 +171,14 @@ Test(image, golden_embeddings) {
     cr_assert_eq(clip_embed_pixels(model, px, 1, got, &err), 0, "%s", err.msg);
     double cos = cosine(got, want, dim);
     cr_log_info("%-40s cosine %.6f", file, cos);
-    cr_expect_geq(cos, 0.999, "%s: cosine %.6f to the reference embedding", file, cos);
+    int w = json_int(item, "width"), h = json_int(item, "height");
+    if (g_str_has_suffix(file, ".jpg") && (w < h ? w : h) >= 4 * SIZE) {
+      /* shrunk on load: a few levels off (golden_pixels); measured worst cosine 0.99999 */
+      cr_expect_geq(cos, 0.9999, "%s: cosine %.6f to the reference embedding", file, cos);
+    } else {  /* pixel-exact: the encoder's tolerance on normalised embeddings */
+      double worst = max_abs_unit_diff(got, want, dim);
+      cr_expect_leq(worst, 2e-6, "%s: max-abs diff %.3g to the reference embedding", file, worst);
+    }
     free(px);
     free(want);
     free(got);

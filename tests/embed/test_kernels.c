@@ -2,6 +2,7 @@
  * random inputs (in the spirit of ggml's test-backend-ops). */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -295,6 +296,49 @@ static void check_pack_panel(const clip_kernels *ref, const clip_kernels *k, int
   free(W);
   free(got);
   free(got16);
+}
+
+/* 1 when /proc/cpuinfo's first "flags" line lists every flag in `need` (NULL-terminated). */
+static int cpu_has_flags(const char *const *need) {
+  FILE *f = fopen("/proc/cpuinfo", "r");
+  cr_assert_not_null(f, "cannot read /proc/cpuinfo");
+  static char line[16384];
+  int found = 0;
+  while (!found && fgets(line, sizeof line, f)) found = strncmp(line, "flags", 5) == 0;
+  fclose(f);
+  cr_assert(found, "no flags line in /proc/cpuinfo");
+  for (; *need; need++) {
+    size_t len = strlen(*need);
+    const char *p = line;
+    while ((p = strstr(p, *need)) && !((p[-1] == ' ' || p[-1] == '\t') &&
+                                       (p[len] == ' ' || p[len] == '\n' || p[len] == '\0')))
+      p += len;
+    if (!p) return 0;
+  }
+  return 1;
+}
+
+/* The variants the CPU can run, read from the kernel's flags independently of the dispatcher's
+ * __builtin_cpu_supports: each must be available, or every SIMD test above passes having run
+ * only the reference. Prints the variants tested (CI shows the line). */
+Test(kernels, every_variant_the_cpu_supports_is_tested) {
+  static const char *const avx2[] = {"avx2", "fma", "f16c", NULL};
+  static const char *const avx512[] = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma",
+                                       "f16c", NULL};
+  static const char *const *const needs[CLIP_ISA_COUNT] = {NULL, avx2, avx512};
+  char tested[64] = "generic";
+  for (int isa = CLIP_ISA_AVX2; isa < CLIP_ISA_COUNT; isa++) {
+    const clip_kernels *k = clip_kernels_for((clip_isa)isa);
+    int cpu_has = cpu_has_flags(needs[isa]);
+    cr_assert_eq(k != NULL, cpu_has, "variant %d: the CPU %s it but the dispatcher %s it", isa,
+                 cpu_has ? "has" : "lacks", k ? "offers" : "does not offer");
+    if (k) {
+      strcat(tested, " ");
+      strcat(tested, k->name);
+    }
+  }
+  printf("kernels: SIMD variants tested: %s\n", tested);
+  fflush(stdout);
 }
 
 Test(kernels, pack_panel) { for_each_variant(check_pack_panel); }

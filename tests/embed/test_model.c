@@ -7,8 +7,9 @@
 #include "embed/transformer.h"
 #include "embed_test_util.h"
 
-/* The tolerance on L2-normalised embeddings. */
-#define EMB_TOL 1e-4f
+/* Tolerance on L2-normalised embeddings: about 10x the measured worst max-abs difference to the
+ * goldens (1.6e-7 to 2.2e-7 over the ISA and GEMM variants). */
+#define EMB_TOL 2e-6f
 
 static void check_images_from_pixels(clip_model *m) {
   int side = clip_model_image_size(m), dim = clip_model_dim(m);
@@ -144,8 +145,9 @@ Test(model, logits_match_reference) {
       float got = 0;
       for (int d = 0; d < dim; d++) got += img[(size_t)i * dim + d] * txt[(size_t)t * dim + d];
       got *= scale;
-      /* 2e-4 cosine error (two embeddings at 1e-4) times the scale. */
-      cr_expect(fabsf(got - want) <= 2e-4f * scale * 2, "logit[%d][%d]: %g vs %g", i, t, got, want);
+      /* a cosine off by at most 2 * dim * EMB_TOL (two embeddings), times the scale */
+      cr_expect(fabsf(got - want) <= 2 * dim * EMB_TOL * scale, "logit[%d][%d]: %g vs %g", i, t,
+                got, want);
     }
   free(pixels);
   free(img_want);
@@ -240,8 +242,9 @@ Test(model, concurrent_first_use) {
   clip_model_free(m);
 }
 
-/* Whole pipeline from files; our decoder is libvips, not Pillow, so pixels differ slightly and
- * the check is on meaning (cosine), the pixel-exact check being images_from_golden_pixels. */
+/* Whole pipeline from files; our decoder is libvips, not Pillow: JPEGs shrunk on load differ by
+ * a few levels (test_image.c), so the check is a cosine about 10x below the measured worst
+ * (0.99999); the pixel-exact check is images_from_golden_pixels. */
 Test(model, images_from_files) {
   clip_model *m = load_tiny();
   int side = clip_model_image_size(m), dim = clip_model_dim(m);
@@ -260,7 +263,7 @@ Test(model, images_from_files) {
   cr_assert_eq(clip_embed_image_files(m, (const char *const *)paths, n, got, &err), 0, "%s", err.msg);
   for (int i = 0; i < n; i++) {
     float c = cosine(want + (size_t)i * dim, got + (size_t)i * dim, dim);
-    cr_expect(c >= 0.99f, "%s: cosine %g", paths[i], c);
+    cr_expect(c >= 0.9999f, "%s: cosine %g", paths[i], c);
     free(paths[i]);
   }
   free(paths);
@@ -308,8 +311,8 @@ Test(model, bad_image_file_named_in_error) {
   float out[64];
   cdb_error err = {{0}};
   cr_assert_eq(clip_embed_image_files(m, paths, 1, out, &err), -1);
-  cr_log_info("bad image: %s", err.msg);
-  cr_assert(strlen(err.msg) > 0);
+  cr_assert(strstr(err.msg, bad), "the error does not name %s: %s", bad, err.msg);
+  cr_assert(strstr(err.msg, "Premature end"), "%s", err.msg);
   free(bad);
   clip_model_free(m);
 }

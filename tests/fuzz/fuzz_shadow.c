@@ -9,6 +9,10 @@
  * caches are built (byte 0: bits 0-2 = edits before first use, bit 3 = run maintenance).
  * Then every read and write path runs: scans, KNN by vector and by text, clip_search,
  * insert/update/delete, and with bit 3 'integrity-check', 'rebuild', 'optimize', 'train'.
+ * Cache-file mode (byte 0 bit 4): the same database as a file, and beside it the table v's
+ * memory-mapped cold-start file "<db>-clip-v.idx" (the valid one, written at start-up) with
+ * the input's edits applied (overwrite, truncate or insert bytes at an offset), so the cache
+ * file's parser and the mapped index are fuzzed; the shadow tables stay intact.
  * Errors are fine; a crash, sanitizer report, leak or hang is a finding. */
 #include <math.h>
 
@@ -22,6 +26,9 @@ static char tables[MAX_TABLES][64];
 static char cols[MAX_TABLES][MAX_COLS][64];
 static int n_tables, n_cols[MAX_TABLES];
 static float query16[V_DIMS];
+static char run_db[4096], run_cache[4200]; /* cache-file mode: the database and its cache */
+static unsigned char *cache_bytes, *cache_scratch;
+static size_t cache_len;
 
 static void must(sqlite3 *db, const char *sql) {
   if (fuzz_sql_exec(db, sql) != SQLITE_OK) {
@@ -93,11 +100,73 @@ static void build_template(void) {
   sqlite3_close(db);
 }
 
+static void write_file(const char *path, const void *data, size_t n) {
+  FILE *f = fopen(path, "wb");
+  if (!f || (n && fwrite(data, 1, n, f) != n) || fclose(f) != 0) {
+    perror(path);
+    abort();
+  }
+}
+
+/* Writes the template as a file database and lets clipdb write v's cache file beside it: the
+ * valid cache file that cache-file mode edits. */
+static void build_cache_template(void) {
+  char dir[] = "/tmp/clipdb-fuzz-shadow-XXXXXX";
+  if (!mkdtemp(dir)) abort();
+  snprintf(run_db, sizeof run_db, "%s/run.db", dir);
+  snprintf(run_cache, sizeof run_cache, "%s-clip-v.idx", run_db);
+  write_file(run_db, image, (size_t)image_size);
+  sqlite3 *db = NULL;
+  char *msg = NULL;
+  if (sqlite3_open(run_db, &db) != SQLITE_OK || clipdb_register(db, &msg) != SQLITE_OK) abort();
+  sqlite3_stmt *st = NULL; /* the first search loads the index and writes the cache file */
+  if (sqlite3_prepare_v2(db, "SELECT rowid FROM v WHERE v MATCH ?1 AND k = 1", -1, &st, NULL))
+    abort();
+  sqlite3_bind_blob(st, 1, query16, sizeof query16, SQLITE_STATIC);
+  if (sqlite3_step(st) != SQLITE_ROW) abort();
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  FILE *f = fopen(run_cache, "rb");
+  if (!f || fseek(f, 0, SEEK_END) != 0) {
+    fprintf(stderr, "fuzz_shadow: no cache file %s was written\n", run_cache);
+    abort();
+  }
+  cache_len = (size_t)ftell(f);
+  rewind(f);
+  cache_bytes = malloc(cache_len);
+  cache_scratch = malloc(cache_len + 65536 * 2);
+  if (!cache_bytes || !cache_scratch || fread(cache_bytes, 1, cache_len, f) != cache_len) abort();
+  fclose(f);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc, (void)argv;
   fuzz_sql_init();
   build_template();
+  build_cache_template();
   return 0;
+}
+
+/* The valid cache file with the input's edits: (4-byte offset, kind, bytes) each. */
+static size_t edited_cache(fuzz_reader *r) {
+  size_t n = cache_len;
+  memcpy(cache_scratch, cache_bytes, n);
+  for (int i = 0; i < 8 && r->left; i++) {
+    size_t off = fuzz_u32(r) % (n + 1), len;
+    unsigned kind = fuzz_u8(r) % 3;
+    const uint8_t *p = fuzz_bytes(r, &len);
+    if (kind == 0) { /* overwrite */
+      if (len > n - off) len = n - off;
+      memcpy(cache_scratch + off, p, len);
+    } else if (kind == 1) { /* truncate */
+      n = off;
+    } else if (n + len <= cache_len + 65536) { /* insert */
+      memmove(cache_scratch + off + len, cache_scratch + off, n - off);
+      memcpy(cache_scratch + off, p, len);
+      n += len;
+    }
+  }
+  return n;
 }
 
 /* One edit: table, row (offset in rowid order), column, kind, payload. */
@@ -193,7 +262,29 @@ static void maintenance(sqlite3 *db, const char *table) {
   }
 }
 
+static void run_cache_file_mode(fuzz_reader *r, unsigned control) {
+  size_t n = edited_cache(r);
+  write_file(run_db, image, (size_t)image_size);
+  write_file(run_cache, cache_scratch, n);
+  sqlite3 *db = NULL;
+  char *msg = NULL;
+  if (sqlite3_open(run_db, &db) != SQLITE_OK || clipdb_register(db, &msg) != SQLITE_OK) abort();
+  read_everything(db);
+  write_some(db);
+  read_everything(db);
+  if (control & 8) {
+    maintenance(db, "v");
+    read_everything(db);
+  }
+  sqlite3_close(db);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  if (size && (data[0] & 16)) {
+    fuzz_reader r = {data + 1, size - 1};
+    run_cache_file_mode(&r, data[0]);
+    return 0;
+  }
   sqlite3 *db = fuzz_sql_open();
   unsigned char *copy = sqlite3_malloc64((sqlite3_uint64)image_size);
   if (!copy) abort();

@@ -84,12 +84,34 @@ def seeds_tokenizer_files():
     byid = sorted(vocab.items(), key=lambda kv: kv[1])
     small = dict(byid[:512])
     small.update({k: v for k, v in byid[-2:]})  # <|startoftext|>, <|endoftext|>
-    put("fuzz_tokenizer_files", "small-vocab", json.dumps(small).encode() + SPLIT +
+    # byte 0: the mode (see fuzz_tokenizer_files.c); 0: both files from the input
+    put("fuzz_tokenizer_files", "small-vocab", b"\x00" + json.dumps(small).encode() + SPLIT +
         "\n".join(merges[:200]).encode())
-    put("fuzz_tokenizer_files", "no-version-line", json.dumps(dict(byid[:300])).encode() + SPLIT +
-        "\n".join(merges[1:50]).encode())
-    put("fuzz_tokenizer_files", "bad-merges", b'{"a": 0, "b": 1, "ab": 2}' + SPLIT +
+    put("fuzz_tokenizer_files", "no-version-line", b"\x00" + json.dumps(dict(byid[:300])).encode()
+        + SPLIT + "\n".join(merges[1:50]).encode())
+    put("fuzz_tokenizer_files", "bad-merges", b"\x00" + b'{"a": 0, "b": 1, "ab": 2}' + SPLIT +
         b"#version: 0.2\na b\nab\nx y z\n\xff\xfe c\n")
+    # 1: merges.txt with the real vocabulary, loading the first N merges (2 bytes)
+    for n in (1, 100, 2000):
+        put("fuzz_tokenizer_files", f"real-vocab-merges-{n}", b"\x01" + struct.pack(">H", n - 1) +
+            "\n".join(merges[:n + 1]).encode())
+    put("fuzz_tokenizer_files", "real-vocab-merges-no-version", b"\x01\x00\x31" +
+        "\n".join(merges[1:60]).encode())
+    # 2 and 3: bytes spliced into the real vocab.json / merges.txt (4-byte offset, 2-byte cut)
+    vocab_raw = (MODEL / "vocab.json").read_bytes()
+    merges_raw = (MODEL / "merges.txt").read_bytes()
+    at = vocab_raw.index(b'"hello</w>"')
+    put("fuzz_tokenizer_files", "splice-vocab-entry", b"\x02" + struct.pack(">IH", at, 0) +
+        b'"clipdb</w>": 3, ')
+    put("fuzz_tokenizer_files", "splice-vocab-escape", b"\x02" + struct.pack(">IH", at + 1, 5) +
+        b"\\u0068\\u00e9")
+    put("fuzz_tokenizer_files", "splice-vocab-end",
+        b"\x02" + struct.pack(">IH", len(vocab_raw) - 2, 2) + b', "x": 1}')
+    at = merges_raw.index(b"\nh e")
+    put("fuzz_tokenizer_files", "splice-merges-line",
+        b"\x03" + struct.pack(">IH", at + 1, 3) + b"e h")
+    put("fuzz_tokenizer_files", "splice-merges-crlf", b"\x03" + struct.pack(">IH", 40, 0) + b"\r\n")
+    put("fuzz_tokenizer_files", "splice-merges-cut", b"\x03" + struct.pack(">IH", 3000, 60000))
 
 
 def seeds_tokenizer():
@@ -128,8 +150,15 @@ def seeds_sql():
         return bytes([len(b)]) + b if len(b) < 255 else b"\xff" + struct.pack(">I", len(b)) + b
     unit = struct.pack("<64f", *([0.125] * 64))
     other = struct.pack("<64f", *([0.125] * 32 + [-0.125] * 32))
-    for op in range(12):
-        put("fuzz_vec_blobs", f"op{op:02d}", bytes([op, 3]) + blob(unit) + blob(other))
+    # byte 1: bits 0-2 the argument types (0: BLOBs), bits 4-7 pick k (index into ks[]:
+    # 0 -> -1, 2 -> 1, 3 -> 3, 5 -> 1000); b's first 8 bytes are the scale factor
+    scale = struct.pack("<d", 0.5) + other[8:]
+    for op in range(14):
+        for k_index in ((2, 3, 5) if op in (8, 9, 12) else (0,)):
+            put("fuzz_vec_blobs", f"op{op:02d}-k{k_index}", bytes([op, k_index << 4]) + blob(unit)
+                + blob(scale))
+    put("fuzz_vec_blobs", "op05-json-edge-values", bytes([5, 0]) + blob(
+        struct.pack("<6f", -0.0, 1e-45, 3.4028235e38, -1.1754944e-38, 0.1, 1 / 3)) + blob(b""))
     put("fuzz_vec_blobs", "nan", bytes([0, 5]) + blob(struct.pack("<4f", float("nan"), 1, 2, 3))
         + blob(struct.pack("<4f", float("inf"), 1, 2, 3)))
     put("fuzz_vec_blobs", "odd-length", bytes([1, 7]) + blob(b"\x00" * 7) + blob(b""))
@@ -147,10 +176,34 @@ def seeds_sql():
     put("fuzz_shadow", "after-cache", bytes([8]) + edit(2, 0, 1, 4, b"\x03") + edit(5, 3, 1, 6))
     put("fuzz_shadow", "many", bytes([12]) + b"".join(edit(t, t * 3, t, t % 9, bytes(range(t)))
                                                   for t in range(12)))
+    # cache-file mode (byte 0 bit 4): edits (4-byte offset, kind 0 overwrite / 1 truncate /
+    # 2 insert, bytes) of the valid cold-start file of table v
+    def cache_edit(offset, kind, payload=b""):
+        return struct.pack(">IB", offset, kind) + blob(payload)
+    put("fuzz_shadow", "cache-valid", bytes([16]))
+    put("fuzz_shadow", "cache-valid-maintenance", bytes([16 | 8]))
+    for off in (0, 8, 16, 24, 40, 64, 100, 200, 400, 1000, 3000):
+        put("fuzz_shadow", f"cache-overwrite-{off}", bytes([16]) + cache_edit(off, 0, b"\xff" * 4))
+        put("fuzz_shadow", f"cache-truncate-{off}", bytes([16]) + cache_edit(off, 1))
+    put("fuzz_shadow", "cache-insert", bytes([16 | 8]) + cache_edit(48, 2, bytes(range(16))))
+
+def seeds_cli_query():
+    # byte 0: 0 the search query grammar, 1 a --before/--after DATE, 2 an EXIF date
+    for i, q in enumerate(["a red star", "sunset + beach - people", "2:sunset 0.5:\"blue sky\"",
+                           "- people", "\"t-shirt + shorts\" - winter", "photos/cat.jpg + hat",
+                           "https://example.com/a.png - red", "0:x", "1e309:y", "+ + -", "\"open"]):
+        put("fuzz_cli_query", f"query-{i:02d}", b"\x00" + q.encode())
+    for i, d in enumerate(["2020", "2020-05", "2020-05-01", "2020-05-01 10:00",
+                           "2020-05-01T10:00:59", "20-05-01", "2020/05/01"]):
+        put("fuzz_cli_query", f"date-{i:02d}", b"\x01" + d.encode())
+    for i, d in enumerate(["2020:05:01 10:00:59", "0000:00:00 00:00:00", "    :  :     :  :  ",
+                           "2020:05:01"]):
+        put("fuzz_cli_query", f"exif-{i:02d}", b"\x02" + d.encode())
+
 
 if __name__ == "__main__":
     for sub in ["fuzz_safetensors", "fuzz_config", "fuzz_tokenizer_files", "fuzz_tokenizer",
-                "fuzz_image", "fuzz_vtab_args", "fuzz_vec_blobs", "fuzz_shadow"]:
+                "fuzz_image", "fuzz_vtab_args", "fuzz_vec_blobs", "fuzz_shadow", "fuzz_cli_query"]:
         for old in (CORPUS / sub).glob("*"):  # regress-* are kept: found inputs
             if not old.name.startswith("regress-"):
                 old.unlink()
@@ -160,5 +213,6 @@ if __name__ == "__main__":
     seeds_tokenizer()
     seeds_image()
     seeds_sql()
+    seeds_cli_query()
     total = sum(p.stat().st_size for p in CORPUS.rglob("*") if p.is_file())
     print(f"seeds written under {CORPUS} ({total} bytes)")

@@ -1,17 +1,21 @@
 /* test_index.c: the collection index (index/ivf.h) against brute-force references: exact mode,
  * IVF recall, filters, remove/replace, serialisation (pieces and mmap cache file), retraining,
- * range search and bad inputs. */
+ * rebalancing, range search and bad inputs. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "index/ivf.h"
 #include "testdata.h"
 
 #define K 10
+/* A predicate filter keeping 1% of the rows widens nprobe but stays approximate; measured
+ * recall@10 on the test's clustered data is 0.56. */
+#define PRED_RECALL_MIN 0.5
 
 /* Builds an index holding rows 0..n-1 of x (id = row), optionally trained. */
 static cdb_index *build(const char *type, const float *x, int64_t n, int d, int train) {
@@ -162,11 +166,15 @@ Test(index, filtered_search_returns_k_allowed) {
     }
   cdb_filter by_ids = {set, n_set, NULL, NULL};
   cdb_filter by_pred = {NULL, 0, allow_mod100, NULL};
+  double pred_recall = 0;
   for (int qi = 0; qi < 10; qi++) {
     const float *q = x + (size_t)(n + qi) * d;
     check_filtered(idx, x, n, d, q, &by_ids, allowed, 1); /* 1%: exact over the set */
-    check_filtered(idx, x, n, d, q, &by_pred, allowed, 0);
+    pred_recall += check_filtered(idx, x, n, d, q, &by_pred, allowed, 0);
   }
+  cr_log_info("1%% predicate filter recall %.3f", pred_recall / 10);
+  cr_assert(pred_recall / 10 >= PRED_RECALL_MIN, "1%% predicate filter recall %.3f",
+            pred_recall / 10);
   /* a large set (50%) takes the widened-nprobe path */
   memset(allowed, 0, (size_t)n);
   n_set = 0;
@@ -235,8 +243,16 @@ Test(index, remove_and_replace) {
   cr_assert_eq(cdb_index_count(idx), n - 1);
   search_ok(idx, x + 50 * d, 2, NULL, got, gs, &found);
   cr_assert(got[0] == 5000 || got[1] == 5000);
+  search_ok(idx, x + 40 * d, 1, NULL, got, gs, &found);
+  cr_assert(got[0] != 5000 || gs[0] < 0.9999f, "the first of two vectors for one id was kept");
+  /* removing it leaves no trace of either vector */
+  cr_assert_eq(cdb_index_remove(idx, 1, &dup[0], &n_removed, &err), 0, "%s", err.msg);
+  cr_assert_eq(n_removed, 1);
+  cr_assert_eq(cdb_index_count(idx), n - 2);
+  search_ok(idx, x + 50 * d, K, NULL, got, gs, &found);
+  for (int i = 0; i < found; i++)
+    cr_assert_neq(got[i], 5000);
   /* same through the IVF path */
-  cr_assert_eq(cdb_index_remove(idx, 1, &dup[0], &n_removed, &err), 0);
   cdb_index_free(idx);
   idx = build("IVF16,Flat", x, n, d, 1);
   cr_assert_eq(cdb_index_remove(idx, 3, rm, &n_removed, &err), 0, "%s", err.msg);
@@ -296,6 +312,26 @@ static void assert_same_results(const cdb_index *a, const cdb_index *b, const fl
     cr_assert_arr_eq(ia, ib, sizeof(int64_t) * (size_t)fa);
     cr_assert_arr_eq(sa, sb, sizeof(float) * (size_t)fa);
   }
+}
+
+/* Range search on b returns the same (id, similarity) list as on a. */
+static void assert_same_range(const cdb_index *a, const cdb_index *b, const float *q,
+                              float min_sim) {
+  cdb_error err = {{0}};
+  int64_t *ia = NULL, *ib = NULL, na = 0, nb = 0;
+  float *sa = NULL, *sb = NULL;
+  cr_assert_eq(cdb_index_range_search(a, q, min_sim, NULL, &ia, &sa, &na, &err), 0, "%s", err.msg);
+  cr_assert_eq(cdb_index_range_search(b, q, min_sim, NULL, &ib, &sb, &nb, &err), 0, "%s", err.msg);
+  cr_assert(na >= 5, "range search found %lld", (long long)na);
+  cr_assert_eq(na, nb);
+  for (int64_t i = 0; i < na; i++) {
+    cr_assert_eq(ia[i], ib[i]);
+    cr_assert_float_eq(sa[i], sb[i], 1e-6);
+  }
+  free(ia);
+  free(ib);
+  free(sa);
+  free(sb);
 }
 
 Test(index, save_load_pieces_round_trip) {
@@ -372,6 +408,8 @@ Test(index, mmap_cache_file_round_trip) {
   int found;
   search_ok(mapped, x, K, &opts, got, gs, &found);
   cr_assert_eq(found, 2);
+  cr_assert((got[0] == 3 && got[1] == 4) || (got[0] == 4 && got[1] == 3));
+  assert_same_range(idx, mapped, x, 0.5f);
   /* the first write reads it into memory */
   int64_t id = 3;
   cr_assert_eq(cdb_index_add(mapped, 1, &id, x + 9 * d, &err), 0, "%s", err.msg);
@@ -393,6 +431,67 @@ Test(index, mmap_cache_file_round_trip) {
   unlink(path);
   cr_assert_null(cdb_index_open_file_mmap(path, 9, &err));
   cdb_index_free(mapped);
+  cdb_index_free(idx);
+  free(x);
+}
+
+/* Flips one byte of a cache file (in place). */
+static void flip_byte(const char *path, long pos) {
+  FILE *fp = fopen(path, "r+b");
+  cr_assert_not_null(fp);
+  cr_assert_eq(fseek(fp, pos, SEEK_SET), 0);
+  int c = fgetc(fp);
+  cr_assert_eq(fseek(fp, pos, SEEK_SET), 0);
+  fputc(c ^ 0x01, fp);
+  fclose(fp);
+}
+
+/* A damaged cache file is refused at open (header, quantizer, list sizes, checksums) or, for
+ * list data, by the first call that reads the damaged list: never answered from. */
+Test(index, damaged_cache_file_is_detected) {
+  int d = 16, n = 4000, nlist = 16;
+  float *x = td_clustered(n, d, 40, 0.8, 9);
+  cdb_index *idx = build("IVF16,Flat", x, n, d, 1);
+  cdb_error err = {{0}};
+  char path[] = "/tmp/clipdb-index-test-XXXXXX";
+  int fd = mkstemp(path);
+  cr_assert(fd >= 0);
+  close(fd);
+  cr_assert_eq(cdb_index_save_file(idx, path, 5, &err), 0, "%s", err.msg);
+  struct stat st;
+  cr_assert_eq(stat(path, &st), 0);
+  long size = (long)st.st_size, trailer = 8L * nlist + 40;
+  long list_data = size - trailer - (long)n * (d * 4 + 8);
+  long spots[] = {8, 16, 200, list_data - 1, list_data + 3, size / 2, size - trailer - 1,
+                  size - trailer, size - 8, size - 1};
+  for (size_t s = 0; s < sizeof spots / sizeof spots[0]; s++) {
+    cr_assert_eq(cdb_index_save_file(idx, path, 5, &err), 0, "%s", err.msg);
+    cdb_index *good = cdb_index_open_file_mmap(path, 5, &err);
+    cr_assert_not_null(good, "%s", err.msg);
+    cr_assert_eq(cdb_index_verify(good, &err), 0, "%s", err.msg);
+    cdb_index_free(good);
+    flip_byte(path, spots[s]);
+    cdb_index *mapped = cdb_index_open_file_mmap(path, 5, &err);
+    if (!mapped)
+      continue; /* refused at open */
+    cr_assert(spots[s] >= list_data && spots[s] < size - trailer, "byte %ld", spots[s]);
+    int failed = 0;
+    for (int q = 0; q < n && !failed; q += 50) {
+      int64_t got[K];
+      float gs[K];
+      int found = 0;
+      cdb_search_opts opts = {nlist, NULL};
+      failed = cdb_index_search(mapped, x + (size_t)q * d, K, &opts, got, gs, &found, &err) != 0;
+    }
+    cr_assert(failed, "damage at byte %ld was not found by a search over every list", spots[s]);
+    cr_assert(strstr(err.msg, "damaged"), "%s", err.msg);
+    cr_assert_eq(cdb_index_damaged(mapped), 1);
+    cr_assert_neq(cdb_index_verify(mapped, &err), 0);
+    int64_t id = 1;
+    cr_assert_neq(cdb_index_add(mapped, 1, &id, x, &err), 0); /* never read into memory */
+    cdb_index_free(mapped);
+  }
+  unlink(path);
   cdb_index_free(idx);
   free(x);
 }
@@ -438,6 +537,49 @@ Test(index, retrain_after_growth_keeps_results_correct) {
   free(x);
 }
 
+/* Most vectors removed from a trained index: a search still returns k while k exist, and
+ * rebalancing returns it to exact search (too few left to train its 16 lists). */
+Test(index, shrunk_index_returns_k_and_rebalances) {
+  int d = 16, n = 2000, keep = 30;
+  float *x = td_clustered(n + 1, d, 40, 0.5, 11);
+  const float *q = x + (size_t)n * d;
+  cdb_error err = {{0}};
+  cdb_index *idx = build("IVF16,Flat", x, n, d, 1);
+  cr_assert(!cdb_index_needs_rebalance(idx));
+  int64_t *gone = malloc((size_t)n * sizeof *gone);
+  unsigned char *allowed = calloc((size_t)n, 1);
+  int64_t n_gone = 0;
+  for (int64_t i = 0; i < n; i++) {
+    if (i % (n / keep) == 0) allowed[i] = 1;
+    else gone[n_gone++] = i;
+  }
+  cr_assert_eq(cdb_index_remove(idx, n_gone, gone, NULL, &err), 0, "%s", err.msg);
+  int64_t truth[K], got[K];
+  float tsims[K], gsims[K];
+  int found = 0;
+  cdb_search_opts one = {1, NULL};
+  search_ok(idx, q, K, &one, got, gsims, &found);
+  cr_assert_eq(found, K);
+  cr_assert(cdb_index_needs_rebalance(idx));
+  cr_assert_eq(cdb_index_rebalance(idx, &err), 0, "%s", err.msg);
+  cdb_index_info info;
+  cdb_index_get_info(idx, &info);
+  cr_assert_str_eq(info.kind, "flat");
+  cr_assert_eq(info.count, n - n_gone);
+  cr_assert_eq(info.trained_at_count, 0);
+  cr_assert(!cdb_index_needs_rebalance(idx));
+  td_brute_topk(x, n, d, q, K, allowed, truth, tsims);
+  search_ok(idx, q, K, &one, got, gsims, &found);
+  cr_assert_eq(found, K);
+  for (int i = 0; i < K; i++)
+    cr_assert_eq(got[i], truth[i], "rank %d: %lld vs %lld", i, (long long)got[i],
+                 (long long)truth[i]);
+  cdb_index_free(idx);
+  free(gone);
+  free(allowed);
+  free(x);
+}
+
 Test(index, range_search_finds_near_duplicates) {
   int d = 64, n = 3000;
   float *x = td_clustered(n, d, 30, 0.8, 8);
@@ -465,12 +607,14 @@ Test(index, range_search_finds_near_duplicates) {
   cr_assert_eq(n_found, expect);
   cr_assert(n_found >= 6);
   cr_assert_eq(ids[0], 0);
+  int near_dups = 0;
   for (int64_t i = 0; i < n_found; i++) {
     cr_assert(sims[i] >= min_sim);
-    cr_assert(ids[i] == 0 || (ids[i] >= 100 && ids[i] < 105) || sims[i] >= min_sim);
+    near_dups += ids[i] >= 100 && ids[i] < 105;
     if (i)
       cr_assert(sims[i - 1] >= sims[i]);
   }
+  cr_assert_eq(near_dups, 5, "found %d of the 5 planted near-duplicates", near_dups);
   free(ids);
   free(sims);
   /* with a filter excluding row 0 */
@@ -489,7 +633,7 @@ Test(index, sq8_and_pq_types) {
   int d = 64, n = 12000, nq = 50;
   float *x = td_clustered(n + nq, d, 100, 0.8, 9);
   const char *types[] = {"IVF,SQ8", "IVF64,PQ16"};
-  double min_recall[] = {0.9, 0.5};
+  double min_recall[] = {0.98, 0.58}; /* just below the measured 0.990 and 0.610 */
   for (int t = 0; t < 2; t++) {
     cdb_index *idx = build(types[t], x, n, d, 1);
     cdb_index_info info;

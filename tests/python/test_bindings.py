@@ -101,13 +101,15 @@ def test_load_embeds_like_goldens(model_dir, goldens):
         blob, = conn.execute("SELECT clip_embed_text(?, 'tiny')", (t["text"],)).fetchone()
         v = clipdb.deserialize(blob)
         assert v.dtype == np.float32 and v.shape == (goldens["embed_dim"],)
-        assert np.dot(unit(v), unit(t["embedding"])) > 0.999, t["text"]
+        np.testing.assert_allclose(v, unit(t["embedding"]), rtol=0, atol=2e-6, err_msg=t["text"])
     for im in goldens["images"][:3]:
         blob, = conn.execute("SELECT clip_embed_image(?, 'tiny')",
                              (str(GOLDENS / im["file"]),)).fetchone()
-        assert np.dot(unit(clipdb.deserialize(blob)), unit(im["embedding"])) > 0.999, im["file"]
-    # extension loading is switched off again afterwards
-    with pytest.raises(sqlite3.OperationalError):
+        np.testing.assert_allclose(clipdb.deserialize(blob), unit(im["embedding"]), rtol=0,
+                                   atol=2e-6, err_msg=im["file"])
+    # extension loading is switched off again afterwards ('x' does not exist either: with loading
+    # on, the error would be "cannot open shared object file")
+    with pytest.raises(sqlite3.OperationalError, match="^not authorized$"):
         conn.execute("SELECT load_extension('x')").fetchone()
     conn.close()
 
@@ -140,6 +142,45 @@ def test_serialize_round_trip_and_layout():
         clipdb.deserialize(b"\0" * 7)
     with pytest.raises(ValueError):
         clipdb.serialize(np.zeros((2, 2), np.float32))
+
+
+@pytest.mark.parametrize("vector", [
+    [1e40], [1.0, -1e39], [float("inf")], [0.5, float("nan")], [10**400],
+    np.array([1.0, 1e40]), np.array([np.inf], np.float32), array.array("f", [float("-inf")]),
+    [], np.zeros(0, np.float32)])
+def test_serialize_refuses_what_float32_cannot_hold(vector):
+    """Out of float32's range, NaN, infinite or empty: an error, never a silent inf."""
+    with pytest.raises(ValueError, match="serialize"):
+        clipdb.serialize(vector)
+
+
+def test_serialize_keeps_the_float32_extremes():
+    edge = [float(np.finfo(np.float32).max), float(-np.finfo(np.float32).max), 1e-45, 0.0]
+    assert struct.unpack("<4f", clipdb.serialize(edge)) == struct.unpack(
+        "<4f", struct.pack("<4f", *edge))
+
+
+@pytest.mark.parametrize("blob", [b"", b"\0" * 9, bytearray(3), memoryview(b"\0" * 5)])
+def test_deserialize_refuses_blobs_that_are_not_vectors(blob):
+    with pytest.raises(ValueError, match="deserialize"):
+        clipdb.deserialize(blob)
+    with pytest.raises(ValueError, match="deserialize"):
+        clipdb.deserialize(blob, numpy=False)
+
+
+@pytest.mark.parametrize("value", [8, 0, "abcd", None, 2.0])
+def test_deserialize_refuses_what_is_not_a_blob(value):
+    """deserialize(8) must not read as bytes(8), eight zero bytes."""
+    with pytest.raises(TypeError, match="deserialize"):
+        clipdb.deserialize(value)
+
+
+def test_deserialize_of_8_bytes_is_a_2_vector_as_sql_sees_it(db):
+    """An 8-byte BLOB is a valid 2-dimensional vector (a clip table accepts dims=2)."""
+    blob = struct.pack("<2f", 0.25, -2.0)
+    assert list(clipdb.deserialize(blob, numpy=False)) == [0.25, -2.0]
+    as_json, = db.execute("SELECT clip_vec_to_json(?)", (blob,)).fetchone()
+    assert json.loads(as_json) == [0.25, -2.0]
 
 
 def test_vectors_interoperate_with_sql(db):

@@ -205,8 +205,8 @@ def test_stalled_server_times_out(cli, hub, cache_dir):
     r = cli("model", "pull", REPO, "--timeout", "1", "--retries", "2", timeout=30)
     assert r.returncode == 1
     assert "timed out" in r.stderr and "vocab.json" in r.stderr
-    assert time.monotonic() - start < 15
-    assert len(hub.requests("hub", "vocab.json")) == 2
+    assert len(hub.requests("hub", "vocab.json")) == 2  # one per try, each cut by --timeout
+    assert time.monotonic() - start < 30  # 2 tries x 1 s, generously (the drip would take days)
     assert not (cache_dir / "clipdb-test--tiny-shapes").exists()
 
 
@@ -386,7 +386,7 @@ def test_image_url_errors(url_conn, hub, monkeypatch):
     hub.faults.stall["a.png"] = 0.2
     start = time.monotonic()
     assert "timed out" in error_of(f"{hub.url}/img/a.png")
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 30  # CLIPDB_FETCH_TIMEOUT=1, generously
 
 
 def test_image_url_through_the_cli(clipdb_bin, model_dir, url_conn, hub, tmp_path):

@@ -96,23 +96,25 @@ def unchanged(db, n=3):
 
 # ---------------------------------------------------------------- images
 
+# Each pattern names the specific reason (never only the function's or argument's name, which
+# every error of that function contains).
 BAD_IMAGES = [
-    ("bomb-100000x100000.png", r"pixel|too large|exceeds|limit"),
-    ("truncated.jpg", r"jpeg|truncat|premature|decode|image"),
-    ("not-an-image.jpg", r"not a known|format|decode|image"),
-    ("empty.png", r"empty|format|decode|image"),
+    ("bomb-100000x100000.png",
+     r"100000x100000 pixels, more than the 100000000 allowed; raise CLIPDB_MAX_IMAGE_PIXELS"),
+    ("truncated.jpg", r"cannot decode: VipsJpeg: Premature end of input file"),
+    ("not-an-image.jpg", r"not an image in a format libvips can read"),
+    ("empty.png", r"image is an empty BLOB|empty \(0 bytes\)"),
 ]
 
 
 @pytest.mark.parametrize("name,pattern", BAD_IMAGES)
 def test_bad_image_bytes_and_paths(table, bad_dir, name, pattern):
     data = (bad_dir / name).read_bytes()
-    t0 = time.monotonic()
     expect_error(table, "SELECT clip_embed_image(?)", (data,), pattern)
     expect_error(table, "SELECT clip_embed_image(?)", (str(bad_dir / name),), pattern)
     expect_error(table, "INSERT INTO t(image, label) VALUES(?, 'bad')", (data,), pattern)
     expect_error(table, "SELECT rowid FROM t WHERE t MATCH ? AND k = 1", (data,), pattern)
-    assert time.monotonic() - t0 < 10, "refusing a bad image must be fast (no full decode)"
+    # the bomb's message is the header check's: it is refused before any pixel is decoded
     unchanged(table)
 
 
@@ -165,7 +167,8 @@ def test_one_megabyte_query_is_truncated_like_the_reference(table):
     elapsed = time.monotonic() - t0
     small = table.execute("SELECT clip_embed_text(?)", (phrase * 40,)).fetchone()[0]
     assert table.execute("SELECT clip_similarity(?, ?)", (big, small)).fetchone()[0] > 0.99999
-    assert elapsed < 5, f"1 MB text took {elapsed:.1f} s"
+    # a hang guard only (truncation is checked above; the text normally takes ~0.1 s)
+    assert elapsed < 60, f"1 MB text took {elapsed:.1f} s"
     rows = table.execute("SELECT rowid FROM t WHERE t MATCH ? AND k = 2", (huge,)).fetchall()
     assert len(rows) == 2
 
@@ -175,7 +178,7 @@ def test_one_megabyte_query_is_truncated_like_the_reference(table):
 @pytest.mark.parametrize("k", [-1, 0, 100001, 2**62, -2**63, "abc", 1.5, None])
 def test_bad_k(table, k):
     expect_error(table, "SELECT rowid FROM t WHERE t MATCH ? AND k = ?", (unit(0), k),
-                 r"\bk\b.*(integer|1 to|between)|k = N|needs k")
+                 r"k must be an integer from 1 to 100000")
 
 
 def test_match_without_k_streams_every_row_by_distance(table):
@@ -200,7 +203,7 @@ def test_non_finite_vectors(table, bad):
     v = [0.1] * DIMS
     v[5] = bad
     blob = f32(v)
-    pattern = r"finite|nan|inf"
+    pattern = r"element 5 is not finite"
     expect_error(table, "INSERT INTO t(embedding) VALUES(?)", (blob,), pattern)
     expect_error(table, "SELECT clip_similarity(?, ?)", (blob, unit(0)), pattern)
     expect_error(table, "SELECT clip_vec_normalize(?)", (blob,), pattern)
@@ -209,18 +212,18 @@ def test_non_finite_vectors(table, bad):
     unchanged(table)
 
 
-def test_arithmetic_overflow_never_yields_non_finite_vectors(table):
+def test_arithmetic_overflow_is_an_error(table):
+    """A result that overflows float is refused (docs/fuzzing.md), never clamped or returned."""
     big = f32([3e38] * DIMS)
-    for sql, params in [("SELECT clip_vec_add(?, ?)", (big, big)),
-                        ("SELECT clip_vec_scale(?, 1e30)", (big,)),
-                        ("SELECT clip_vec_from_json('[1e39, 1]')", ())]:
-        try:
-            out = table.execute(sql, params).fetchone()[0]
-        except sqlite3.Error as e:
-            assert re.search(r"finite|overflow|range", str(e), re.I), str(e)
-            continue
-        vals = struct.unpack("<%df" % (len(out) // 4), out)
-        assert all(math.isfinite(x) for x in vals), f"{sql} returned a non-finite vector"
+    expect_error(table, "SELECT clip_vec_add(?, ?)", (big, big), r"result: element 0 is not finite")
+    expect_error(table, "SELECT clip_vec_scale(?, 1e30)", (big,),
+                 r"result: element 0 is not finite")
+    expect_error(table, "SELECT clip_vec_from_json('[1e39, 1]')", (),
+                 r"JSON array of finite numbers")
+    # a sum just inside the float range is still a result
+    near = f32([1e38] * DIMS)
+    out = table.execute("SELECT clip_vec_add(?, ?)", (near, near)).fetchone()[0]
+    assert out == f32([2e38] * DIMS)
 
 
 @pytest.mark.parametrize("scale", [1e20, 1e-30], ids=["huge", "tiny"])
@@ -237,11 +240,11 @@ def test_similarity_of_extreme_but_finite_vectors(table, scale):
 
 
 @pytest.mark.parametrize("blob,pattern", [
-    (b"", r"1 to|bytes|empty"),
-    (b"\x00\x00\x80", r"bytes|multiple"),
-    (f32([1.0] * 32), r"64|dims|size"),
-    (bytes(4 * 65537), r"65536|bytes|64"),
-    (f32([0.0] * DIMS), r"zero|normalis"),
+    (b"", r"64 float32 values \(256 bytes\), got a BLOB of 0 bytes"),
+    (b"\x00\x00\x80", r"got a BLOB of 3 bytes"),
+    (f32([1.0] * 32), r"got a BLOB of 128 bytes"),
+    (bytes(4 * 65537), r"got a BLOB of 262148 bytes"),
+    (f32([0.0] * DIMS), r"a zero vector cannot be normalised"),
 ], ids=["empty", "odd-length", "wrong-dims", "too-long", "zero"])
 def test_malformed_vector_blobs_in_the_table(table, blob, pattern):
     expect_error(table, "INSERT INTO t(embedding) VALUES(?)", (blob,), pattern)
@@ -251,31 +254,33 @@ def test_malformed_vector_blobs_in_the_table(table, blob, pattern):
 # ---------------------------------------------------------------- wrong SQL argument types
 
 WRONG_TYPES = [
-    ("SELECT clip_embed_text(42)", (), r"TEXT"),
-    ("SELECT clip_embed_text(NULL)", (), r"TEXT|NULL"),
-    ("SELECT clip_embed_text(x'00ff')", (), r"TEXT"),
-    ("SELECT clip_embed_text('x', 42)", (), r"model.*TEXT"),
-    ("SELECT clip_embed_image(42)", (), r"BLOB|TEXT|image"),
-    ("SELECT clip_similarity('a', 'b')", (), r"BLOB"),
-    ("SELECT clip_similarity(?, 1.5)", ("UNIT",), r"BLOB"),
-    ("SELECT clip_similarity(?, ?)", ("UNIT", "UNIT32"), r"differ|size"),
-    ("SELECT clip_vec_add(?, NULL)", ("UNIT",), r"BLOB|NULL"),
-    ("SELECT clip_vec_scale(?, 'x')", ("UNIT",), r"number|REAL|numeric|scale"),
-    ("SELECT clip_vec_to_json(42)", (), r"BLOB"),
-    ("SELECT clip_vec_from_json('not json')", (), r"json"),
-    ("SELECT clip_vec_from_json('{\"a\": 1}')", (), r"array|json"),
-    ("SELECT clip_vec_from_json('[1, \"x\"]')", (), r"number|json"),
-    ("SELECT clip_classify(?)", ("UNIT",), r"label|argument"),
-    ("SELECT rowid FROM t WHERE t MATCH 42 AND k = 1", (), r"MATCH.*(TEXT|BLOB)"),
-    ("SELECT rowid FROM t WHERE t MATCH NULL AND k = 1", (), r"NULL"),
-    ("INSERT INTO t(embedding) VALUES('text not blob')", (), r"BLOB"),
-    ("INSERT INTO t(text) VALUES(x'61')", (), r"TEXT"),
-    ("INSERT INTO t(image) VALUES(42)", (), r"BLOB|TEXT"),
+    ("SELECT clip_embed_text(42)", (), r"the text argument must be TEXT"),
+    ("SELECT clip_embed_text(NULL)", (), r"the text argument must be TEXT"),
+    ("SELECT clip_embed_text(x'00ff')", (), r"the text argument must be TEXT"),
+    ("SELECT clip_embed_text('x', 42)", (), r"the model argument must be TEXT"),
+    ("SELECT clip_embed_image(42)", (), r"BLOB of image bytes or a TEXT path or URL, not a number"),
+    ("SELECT clip_similarity('a', 'b')", (), r"argument 1 must be a float32 vector BLOB"),
+    ("SELECT clip_similarity(?, 1.5)", ("UNIT",), r"argument 2 must be a float32 vector BLOB"),
+    ("SELECT clip_similarity(?, ?)", ("UNIT", "UNIT32"), r"differ in size \(64 and 32 floats\)"),
+    ("SELECT clip_vec_add(?, NULL)", ("UNIT",),
+     r"argument 2 must be a float32 vector BLOB, not NULL"),
+    ("SELECT clip_vec_scale(?, 'x')", ("UNIT",), r"the factor must be a finite number"),
+    ("SELECT clip_vec_to_json(42)", (), r"argument 1 must be a float32 vector BLOB"),
+    ("SELECT clip_vec_from_json('not json')", (), r"invalid JSON at byte 1"),
+    ("SELECT clip_vec_from_json('{\"a\": 1}')", (), r"non-empty JSON array"),
+    ("SELECT clip_vec_from_json('[1, \"x\"]')", (), r"array of finite numbers"),
+    ("SELECT clip_classify(?)", ("UNIT",), r"give at least one label"),
+    ("SELECT rowid FROM t WHERE t MATCH 42 AND k = 1", (),
+     r"MATCH query must be TEXT.*not a number"),
+    ("SELECT rowid FROM t WHERE t MATCH NULL AND k = 1", (), r"MATCH query is NULL"),
+    ("INSERT INTO t(embedding) VALUES('text not blob')", (), r"got a non-BLOB of 13 bytes"),
+    ("INSERT INTO t(text) VALUES(x'61')", (), r"text must be TEXT"),
+    ("INSERT INTO t(image) VALUES(42)", (), r"image must be a BLOB of image bytes or a TEXT path"),
     ("INSERT INTO t(label) VALUES('nothing to embed')", (), r"image, a text or an embedding"),
-    ("INSERT INTO t(t) VALUES('frobnicate')", (), r"command|train|rebuild"),
-    ("INSERT INTO t(t) VALUES(42)", (), r"command|TEXT"),
-    ("SELECT * FROM clip_search('no_such_table', 'x')", (), r"no_such_table"),
-    ("SELECT * FROM clip_search('t', 'x', -5)", (), r"\bk\b"),
+    ("INSERT INTO t(t) VALUES('frobnicate')", (), r"unknown command \"frobnicate\""),
+    ("INSERT INTO t(t) VALUES(42)", (), r"a command must be TEXT"),
+    ("SELECT * FROM clip_search('no_such_table', 'x')", (), r"no_such_table is not a clip table"),
+    ("SELECT * FROM clip_search('t', 'x', -5)", (), r"k must be an integer from 1 to 100000"),
 ]
 
 
@@ -352,32 +357,40 @@ def _config(edit):
 
 BROKEN_MODELS = [
     ("offsets-past-end", lambda d: rewrite_header(d / "model.safetensors", _offsets_past_end),
-     r"past the end|truncated"),
-    ("truncated-file", lambda d: _truncate(d / "model.safetensors"), r"past the end|truncated"),
+     r"tensor logit_scale: data_offsets \[0, 1000000000000\] past the end of the data"),
+    ("truncated-file", lambda d: _truncate(d / "model.safetensors"),
+     r"data_offsets \[\d+, \d+\] past the end of the data \(\d+ bytes; file truncated\?\)"),
     ("header-longer-than-file", lambda d: _header_longer_than_file(d / "model.safetensors"),
-     r"header length|exceeds"),
-    ("header-not-json", lambda d: _not_json_header(d / "model.safetensors"), r"json|header"),
+     r"header length \d+ exceeds the file size \d+"),
+    ("header-not-json", lambda d: _not_json_header(d / "model.safetensors"),
+     r"model\.safetensors: header: invalid JSON at byte 0"),
     ("wrong-shape", lambda d: rewrite_header(d / "model.safetensors", _transpose_token_embedding),
-     r"shape"),
+     r"has shape \[64, 49408\] but the config needs \[49408, 64\]"),
     ("wrong-dtype", lambda d: rewrite_header(d / "model.safetensors", _wrong_dtype),
-     r"dtype|bytes of data"),
+     r"has unsupported dtype I16"),
     ("missing-tensor", lambda d: rewrite_header(d / "model.safetensors", _drop_tensor),
-     r"missing|text_projection"),
-    ("no-weights-file", lambda d: (d / "model.safetensors").unlink(), r"model\.safetensors"),
-    ("absurd-hidden", _config(lambda c: c["text_config"].update(hidden_size=10**9)), r"range"),
+     r"missing tensor text_projection\.weight"),
+    ("no-weights-file", lambda d: (d / "model.safetensors").unlink(),
+     r"has no model\.safetensors; run `clipdb model pull"),
+    ("absurd-hidden", _config(lambda c: c["text_config"].update(hidden_size=10**9)),
+     r'"hidden_size" = 1000000000 is out of range \[1, 8192\]'),
     ("absurd-layers", _config(lambda c: c["vision_config"].update(num_hidden_layers=10**6)),
-     r"range"),
-    ("absurd-vocab", _config(lambda c: c["text_config"].update(vocab_size=2**40)), r"range"),
+     r'"num_hidden_layers" = 1000000 is out of range \[1, 256\]'),
+    ("absurd-vocab", _config(lambda c: c["text_config"].update(vocab_size=2**40)),
+     r'"vocab_size" = 1099511627776 is out of range'),
     ("absurd-image-size", _config(lambda c: c["vision_config"].update(image_size=10**6)),
-     r"range"),
+     r'"image_size" = 1000000 is out of range'),
     ("negative-heads", _config(lambda c: c["text_config"].update(num_attention_heads=-2)),
-     r"range"),
+     r'"num_attention_heads" = -2 is out of range'),
     ("ln-eps-underflows-float",
-     _config(lambda c: c["text_config"].update(layer_norm_eps=1e-51)), r"layer_norm_eps"),
-    ("string-size", _config(lambda c: c.update(projection_dim="64")), r"projection_dim"),
+     _config(lambda c: c["text_config"].update(layer_norm_eps=1e-51)),
+     r"layer_norm_eps 1e-51 out of range \[1e-12, 1\)"),
+    ("string-size", _config(lambda c: c.update(projection_dim="64")),
+     r'"projection_dim" must be an integer'),
     ("config-disagrees-with-weights", _config(lambda c: c["text_config"].update(hidden_size=128)),
-     r"shape"),
-    ("config-not-json", lambda d: (d / "config.json").write_text("{not json"), r"json|config"),
+     r"has shape \[49408, 64\] but the config needs \[49408, 128\]"),
+    ("config-not-json", lambda d: (d / "config.json").write_text("{not json"),
+     r"config\.json: invalid JSON at byte 1"),
     ("vocab-missing", lambda d: (d / "vocab.json").unlink(), r"no vocab\.json.*clipdb model pull"),
     ("merges-missing", lambda d: (d / "merges.txt").unlink(), r"no merges\.txt"),
 ]
@@ -385,9 +398,10 @@ BROKEN_MODELS = [
 # The tokenizer is loaded on first text use (a text query never needs the vision weights and
 # vice versa): the model loads, text fails with the message, images still embed.
 BROKEN_TOKENIZERS = [
-    ("vocab-not-json", lambda d: (d / "vocab.json").write_text("[1, 2"), r"vocab\.json.*json"),
+    ("vocab-not-json", lambda d: (d / "vocab.json").write_text("[1, 2"),
+     r"vocab\.json: expected a JSON object of token -> id"),
     ("merges-garbage", lambda d: (d / "merges.txt").write_bytes(b"#version: 0.2\n\xff\xfe\n"),
-     r"merges|utf|line"),
+     r"merges\.txt: not UTF-8 text"),
 ]
 
 
@@ -395,10 +409,8 @@ BROKEN_TOKENIZERS = [
 def test_broken_checkpoints_sql(conn, model_dir, tmp_path, name, breaker, pattern):
     d = model_copy(model_dir, tmp_path, name)
     breaker(d)
-    t0 = time.monotonic()
     expect_error(conn, "SELECT clip_model('bad', ?)", (str(d),), pattern)
     expect_error(conn, "SELECT clip_embed_text('a red star', ?)", (str(d),), pattern)
-    assert time.monotonic() - t0 < 10
 
 
 @pytest.mark.parametrize("name,breaker,pattern", BROKEN_TOKENIZERS,
@@ -418,7 +430,7 @@ def test_broken_tokenizer_files(conn, model_dir, tmp_path, name, breaker, patter
 def test_empty_option_values(conn):
     for opt in ["model=''", "index=''", 'index=""', "dims=''"]:
         msg = expect_error(conn, f"CREATE VIRTUAL TABLE u USING clip({opt})", (),
-                           r"empty|model|index|dims|integer")
+                           r"option (model|index)= is empty|option dims=: expected an integer")
         assert "out of memory" not in msg
 
 
@@ -436,6 +448,16 @@ def test_broken_checkpoints_cli(clipdb_bin, model_dir, tmp_path, name, breaker, 
     assert "Sanitizer" not in r.stderr and "Segmentation" not in r.stderr
 
 
+UNKNOWN_MODEL_REASONS = {
+    "/nonexistent/model-dir": r'model "/nonexistent/model-dir": no such directory',
+    "no-such-org/no-such-model": r'"no-such-org/no-such-model" is not in the cache .*; '
+                                 r'run `clipdb model pull no-such-org/no-such-model',
+    "../../etc": r"model directory /etc has no config\.json",
+    "bad name with spaces": r'model "bad name with spaces": no such directory',
+    "": r'unset-model": no such directory',
+}
+
+
 @pytest.mark.parametrize("model", ["/nonexistent/model-dir", "no-such-org/no-such-model",
                                    "../../etc", "bad name with spaces", ""],
                          ids=["missing-dir", "unknown-hub-name", "dotdot", "spaces", "empty"])
@@ -443,12 +465,11 @@ def test_unknown_models(conn, tmp_path, monkeypatch, model):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     if model == "":
         monkeypatch.setenv("CLIPDB_MODEL", str(tmp_path / "unset-model"))
-    msg = expect_error(conn, "SELECT clip_embed_text('x', ?)", (model or None,),
-                       r"model|not exist|pull|director")
+    reason = UNKNOWN_MODEL_REASONS[model]
+    msg = expect_error(conn, "SELECT clip_embed_text('x', ?)", (model or None,), reason)
     assert len(msg) < 2000
     opts = "model='%s'" % model.replace("'", "''") if model else ""  # "": the default model
-    expect_error(conn, f"CREATE VIRTUAL TABLE u USING clip({opts})", (),
-                 r"model|not exist|pull|director")
+    expect_error(conn, f"CREATE VIRTUAL TABLE u USING clip({opts})", (), reason)
 
 
 def test_unknown_model_cli(clipdb_bin, tmp_path):
@@ -457,7 +478,8 @@ def test_unknown_model_cli(clipdb_bin, tmp_path):
     r = subprocess.run([clipdb_bin, "--model", "no-such-org/no-such-model", "embed", "--text", "x"],
                        capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 1, r.stderr
-    assert re.search(r"clipdb model pull|not found|no such", r.stderr, re.I), r.stderr
+    assert re.search(r'"no-such-org/no-such-model" is not in the cache .*; '
+                     r"run `clipdb model pull no-such-org/no-such-model`", r.stderr), r.stderr
 
 
 # ---------------------------------------------------------------- CLI
@@ -510,3 +532,28 @@ def test_cli_long_query_and_invalid_utf8(clipdb_bin, model_dir, tmp_path):
     r = subprocess.run([clipdb_bin, "--db", db, "embed", "--text", b"caf\xc3 \xff"],
                        capture_output=True, timeout=60, env=env)
     assert r.returncode == 1 and re.search(rb"utf-?8", r.stderr, re.I), r.stderr
+
+
+def tga_image(width=32, height=32):
+    """An uncompressed 24-bit true-colour TGA (a format libvips reads only through its
+    ImageMagick loader, which it marks untrusted): a red square on blue, bottom-up rows."""
+    header = struct.pack("<BBBHHBHHHHBB", 0, 0, 2, 0, 0, 0, 0, 0, width, height, 24, 0)
+    rows = []
+    for y in range(height):
+        inside = height // 4 <= y < 3 * height // 4
+        rows.append(b"".join(b"\x00\x00\xff" if inside and width // 4 <= x < 3 * width // 4
+                             else b"\xff\x00\x00" for x in range(width)))  # BGR
+    return header + b"".join(rows)
+
+
+def test_untrusted_libvips_loaders_are_refused(table, tmp_path):
+    """libvips' ImageMagick loader (vips-magick) would decode this TGA; clipdb disables the
+    loaders libvips marks untrusted, so libvips refuses to run it."""
+    tga = tmp_path / "square.tga"
+    tga.write_bytes(tga_image())
+    for source in (str(tga), tga.read_bytes()):
+        expect_error(table, "SELECT clip_embed_image(?)", (source,),
+                     r"magickload(_buffer)?: operation is blocked")
+    expect_error(table, "INSERT INTO t(image, label) VALUES(?, 'tga')", (str(tga),),
+                 r"magickload(_buffer)?: operation is blocked")
+    unchanged(table)

@@ -3,9 +3,14 @@ the demo images, agreement with clip_embed_* and the goldens, classification, mo
 import functools
 import http.server
 import json
+import math
+import os
+import pathlib
 import shutil
 import sqlite3
+import struct
 import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -95,7 +100,7 @@ def test_image_to_text_over_captions(conn, demo_dir, model_dir):
         top = conn.execute("select text from captions where captions match ? and k = 1",
                            (p.read_bytes(),)).fetchone()[0]
         right += top == f"a {colour} {shape}"
-    assert right / len(images) >= 0.8, f"{right}/{len(images)}"
+    assert right / len(images) >= 0.95, f"{right}/{len(images)}"  # measured 58/60
 
 
 def test_text_rows_embed_text_and_updates_reembed(conn, model_dir, demo_dir):
@@ -120,12 +125,19 @@ def test_text_rows_embed_text_and_updates_reembed(conn, model_dir, demo_dir):
 
 
 def test_embed_text_matches_goldens(conn):
-    goldens = json.loads((pytest.importorskip("pathlib").Path(__file__).parents[1] / "data" /
-                          "goldens" / "goldens.json").read_text())
-    for t in goldens["texts"][:5]:
+    """Every golden text through SQL, to about 10x the encoder's measured error (1.6e-7)."""
+    goldens = json.loads((pathlib.Path(__file__).parents[1] / "data" / "goldens" /
+                          "goldens.json").read_text())
+    checked = 0
+    for t in goldens["texts"]:
+        if not t["text"].strip():
+            continue  # clip_embed_text refuses an empty text (test_sql_functions)
         ref = np.array(t["embedding"], dtype=np.float64)
         got = vec(conn.execute("select clip_embed_text(?)", (t["text"],)).fetchone()[0])
-        assert np.dot(got, ref / np.linalg.norm(ref)) > 0.999, t["text"]
+        np.testing.assert_allclose(got, ref / np.linalg.norm(ref), rtol=0, atol=2e-6,
+                                   err_msg=t["text"])
+        checked += 1
+    assert checked >= 38
 
 
 def softmax(x):
@@ -245,3 +257,170 @@ def test_image_urls_are_fetched_and_stored_as_given(conn, model_dir, demo_dir, h
     with pytest.raises(sqlite3.OperationalError, match="404|not found|HTTP"):
         conn.execute("insert into u(image) values (?)", (f"{http_demo}/missing.png",))
     assert conn.execute("select count(*) from u").fetchone()[0] == 1
+
+
+def test_embedding_wins_over_image_and_image_over_text(conn, model_dir, demo_dir):
+    """Documented precedence on INSERT: a non-NULL embedding is stored as given (normalised),
+    else the image is embedded, else the text."""
+    conn.execute(f"create virtual table t using clip(model='{model_dir}')")
+    img = demo_dir / "010-blue-star-on-orange.png"
+    given = np.zeros(64, dtype="<f4")
+    given[5] = 2.0
+    conn.execute("insert into t(rowid, image, text, embedding) values (1, ?, 'a red star', ?)",
+                 (str(img), given.tobytes()))
+    conn.execute("insert into t(rowid, image, text) values (2, ?, 'a red star')", (str(img),))
+    conn.execute("insert into t(rowid, text, embedding) values (3, 'a red star', ?)",
+                 (given.tobytes(),))
+    stored = {r: vec(e) for r, e in conn.execute("select rowid, embedding from t")}
+    unit5 = np.eye(64)[5]
+    image = vec(conn.execute("select clip_embed_image(?)", (str(img),)).fetchone()[0])
+    text = vec(conn.execute("select clip_embed_text('a red star')").fetchone()[0])
+    assert np.array_equal(stored[1], unit5) and np.array_equal(stored[3], unit5)
+    np.testing.assert_allclose(stored[2], image, rtol=0, atol=1e-6)
+    assert abs(stored[2] @ text) < 0.999  # not the text's vector
+    # the row keeps what it was given
+    assert conn.execute("select image, text from t where rowid = 1").fetchone() == \
+        (str(img), "a red star")
+
+
+def test_clip_model_default_replaces_the_default(conn, model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPDB_MODEL", str(tmp_path / "no-model-here"))
+    with pytest.raises(sqlite3.OperationalError, match="no-model-here\": no such directory"):
+        conn.execute("select clip_embed_text('a red star')").fetchone()
+    info = json.loads(conn.execute("select clip_model('default', ?)", (model_dir,)).fetchone()[0])
+    assert info["name"] == "default" and info["dims"] == 64
+    got = conn.execute("select clip_embed_text('a red star')").fetchone()[0]
+    by_path = conn.execute("select clip_embed_text('a red star', ?)", (model_dir,)).fetchone()[0]
+    assert got == by_path
+    # a table created without model= uses it too
+    conn.execute("create virtual table t using clip()")
+    conn.execute("insert into t(text) values ('a red star')")
+    assert conn.execute("select embedding from t").fetchone()[0] == got
+
+
+def run_embed(ext_path, model_dir, env_extra, sql, params=()):
+    """Runs one SQL query in a fresh process (environment variables are read once per process):
+    prints its result as JSON, or {"error": message}; also reports the process's threads."""
+    script = (
+        "import json, os, sqlite3, sys\n"
+        "db = sqlite3.connect(':memory:')\n"
+        "db.enable_load_extension(True)\n"
+        "db.load_extension(sys.argv[1])\n"
+        "params = json.loads(sys.argv[3])\n"
+        "try:\n"
+        "    r = db.execute(sys.argv[2], params).fetchone()[0]\n"
+        "    out = {'value': r.hex() if isinstance(r, bytes) else r}\n"
+        "except sqlite3.Error as e:\n"
+        "    out = {'error': str(e)}\n"
+        "out['threads'] = len(os.listdir('/proc/self/task'))\n"
+        "print(json.dumps(out))\n")
+    env = dict(os.environ, CLIPDB_MODEL=model_dir, OMP_NUM_THREADS="1", **env_extra)
+    r = subprocess.run([sys.executable, "-c", script, ext_path, sql, json.dumps(list(params))],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_max_image_pixels_from_the_environment(ext_path, model_dir, demo_dir):
+    img = str(demo_dir / "010-blue-star-on-orange.png")
+    w, h = struct.unpack(">II", (demo_dir / "010-blue-star-on-orange.png").read_bytes()[16:24])
+    sql = "select clip_embed_image(?)"
+    small = run_embed(ext_path, model_dir, {"CLIPDB_MAX_IMAGE_PIXELS": str(w * h - 1)}, sql, [img])
+    assert f"image is {w}x{h} pixels, more than the {w * h - 1} allowed" in small["error"], small
+    exact = run_embed(ext_path, model_dir, {"CLIPDB_MAX_IMAGE_PIXELS": str(w * h)}, sql, [img])
+    assert "value" in exact, exact
+
+
+def test_threads_from_the_environment(ext_path, model_dir, demo_dir):
+    """CLIPDB_THREADS sizes the encoder's pool: the process gains that many threads less one
+    (the caller works too) when it first embeds, and the embedding does not change."""
+    img = str(demo_dir / "010-blue-star-on-orange.png")
+    sql = "select clip_embed_image(?)"
+    runs = {n: run_embed(ext_path, model_dir, {"CLIPDB_THREADS": str(n)}, sql, [img])
+            for n in (1, 4)}
+    assert runs[1]["value"] == runs[4]["value"]
+    assert runs[4]["threads"] - runs[1]["threads"] == 3, runs
+
+
+# ---------------------------------------------------------------- a numpy reference text tower
+
+def load_checkpoint(model_dir):
+    raw = (pathlib.Path(model_dir) / "model.safetensors").read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    dtypes = {"F16": "<f2", "F32": "<f4", "I64": "<i8"}
+    return {name: np.frombuffer(raw[8 + n + t["data_offsets"][0]:8 + n + t["data_offsets"][1]],
+                                dtype=dtypes[t["dtype"]]).reshape(t["shape"]).astype(np.float64)
+            for name, t in header.items() if name != "__metadata__"}
+
+
+def reference_text_features(weights, cfg, ids):
+    """CLIP's text tower in float64 numpy (pre-LN transformer, causal attention, pooled at the
+    first end-of-text token, projected), written from the published architecture."""
+    tc = cfg["text_config"]
+    width, heads, eps = tc["hidden_size"], tc["num_attention_heads"], tc["layer_norm_eps"]
+    erf = np.vectorize(math.erf)
+    act = {"quick_gelu": lambda x: x / (1 + np.exp(-1.702 * x)),
+           "gelu": lambda x: 0.5 * x * (1 + erf(x / math.sqrt(2)))}[tc["hidden_act"]]
+
+    def w(name):
+        return weights["text_model." + name]
+
+    def norm(x, name):
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + eps) * w(name + ".weight") + w(name + ".bias")
+
+    def linear(x, name):
+        return x @ w(name + ".weight").T + w(name + ".bias")
+    n = ids.index(49407) + 1  # causal: tokens after the first EOT do not change it
+    x = (w("embeddings.token_embedding.weight")[ids[:n]] +
+         w("embeddings.position_embedding.weight")[:n])
+    mask = np.triu(np.full((n, n), -np.inf), 1)
+    d = width // heads
+    for layer in range(tc["num_hidden_layers"]):
+        p = f"encoder.layers.{layer}."
+        h = norm(x, p + "layer_norm1")
+        q, k, v = (linear(h, p + f"self_attn.{m}_proj").reshape(n, heads, d).transpose(1, 0, 2)
+                   for m in "qkv")
+        s = q @ k.transpose(0, 2, 1) / math.sqrt(d) + mask
+        a = np.exp(s - s.max(-1, keepdims=True))
+        a /= a.sum(-1, keepdims=True)
+        x = x + linear((a @ v).transpose(1, 0, 2).reshape(n, width), p + "self_attn.out_proj")
+        x = x + linear(act(linear(norm(x, p + "layer_norm2"), p + "mlp.fc1")), p + "mlp.fc2")
+    pooled = norm(x, "final_layer_norm")[n - 1]
+    return pooled @ weights["text_projection.weight"].T
+
+
+def goldens_texts():
+    return json.loads((pathlib.Path(__file__).parents[1] / "data" / "goldens" /
+                       "goldens.json").read_text())["texts"]
+
+
+def test_reference_text_tower_reproduces_the_goldens(model_dir):
+    """The numpy reference is itself checked against the goldens of the reference CLIP."""
+    weights = load_checkpoint(model_dir)
+    cfg = json.loads((pathlib.Path(model_dir) / "config.json").read_text())
+    for t in goldens_texts():
+        got = reference_text_features(weights, cfg, t["ids"])
+        np.testing.assert_allclose(got, t["embedding"], rtol=0, atol=1e-5, err_msg=t["text"])
+
+
+def test_gelu_activation_end_to_end(conn, model_dir, tmp_path):
+    """hidden_act = "gelu" (exact, erf-based) in config.json selects GELU in both towers: text
+    embeddings agree with the numpy reference run with GELU, and differ from quick_gelu's."""
+    d = tmp_path / "tiny-gelu"
+    shutil.copytree(model_dir, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["text_config"]["hidden_act"] = cfg["vision_config"]["hidden_act"] = "gelu"
+    (d / "config.json").write_text(json.dumps(cfg))
+    weights = load_checkpoint(d)
+    worst = 0.0
+    for t in goldens_texts()[:12]:
+        ref = reference_text_features(weights, cfg, t["ids"])
+        ref /= np.linalg.norm(ref)
+        got = vec(conn.execute("select clip_embed_text(?, ?)", (t["text"], str(d))).fetchone()[0])
+        quick = vec(conn.execute("select clip_embed_text(?)", (t["text"],)).fetchone()[0])
+        worst = max(worst, float(np.max(np.abs(got - ref))))
+        assert float(np.max(np.abs(quick - ref))) > 1e-3, t["text"]
+    assert worst < 2e-6, worst

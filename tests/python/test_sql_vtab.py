@@ -1,6 +1,8 @@
 """The clip virtual table with precomputed vectors (no encoder needed): KNN against a numpy
-brute-force reference, filters, writes, transactions, two connections, reopening, a killed
-writer, commands, rename, clip_search."""
+brute-force reference over the vectors the test wrote (never ones read back through the
+extension), filters, writes, transactions, two connections, reopening, a killed writer,
+commands, rename, clip_search, IVF nprobe/nlist."""
+import json
 import os
 import signal
 import sqlite3
@@ -27,11 +29,32 @@ def unit(rng, n, dims=DIMS):
 
 
 def stored(db, table="p"):
-    """All stored (rowid, embedding) read back through SQL: the reference's input."""
+    """All stored (rowid, embedding) read back through SQL (checked against a Mirror)."""
     rows = db.execute(f"select rowid, embedding from {table}").fetchall()
     ids = np.array([r[0] for r in rows], dtype=np.int64)
     vecs = np.array([np.frombuffer(r[1], dtype="<f4") for r in rows]).reshape(len(rows), -1)
     return ids, vecs
+
+
+class Mirror:
+    """The (rowid, vector) pairs a test wrote, kept in numpy: the brute-force reference's input.
+    Vectors are kept normalised in float64, as the table stores them normalised."""
+
+    def __init__(self, ids=(), vecs=()):
+        self.rows = {}
+        for i, v in zip(ids, vecs):
+            self.put(i, v)
+
+    def put(self, rowid, v):
+        v = np.asarray(v, dtype=np.float64)
+        self.rows[int(rowid)] = v / np.linalg.norm(v)
+
+    def delete(self, rowid):
+        del self.rows[int(rowid)]
+
+    def arrays(self):
+        ids = np.array(sorted(self.rows), dtype=np.int64)
+        return ids, np.array([self.rows[i] for i in ids])
 
 
 def brute_force(ids, vecs, q, k):
@@ -65,7 +88,7 @@ def filled(dbpath, ext_path):
     db.executemany("insert into p(embedding, album, year) values (?, ?, ?)",
                    [(blob(v), a, 1990 + i % 30) for i, (v, a) in enumerate(zip(vecs, albums))])
     db.execute("commit")
-    yield db, rng
+    yield db, rng, Mirror(range(1, 501), vecs)
     db.close()
 
 
@@ -75,19 +98,19 @@ def assert_same_ranking(got, ref_ids, ref_dist):
 
 
 def test_knn_equals_brute_force(filled):
-    db, rng = filled
-    ids, vecs = stored(db)
-    assert len(ids) == 500
-    norms = np.linalg.norm(vecs, axis=1)
-    np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+    db, rng, mirror = filled
+    ids, vecs = mirror.arrays()
+    got_ids, got_vecs = stored(db)
+    assert list(got_ids) == list(ids)
+    np.testing.assert_allclose(got_vecs, vecs, rtol=0, atol=1e-7)  # stored as written
     for q in unit(rng, 20):
         ref_ids, ref_dist = brute_force(ids, vecs, q, 10)
         assert_same_ranking(knn(db, q, 10), ref_ids, ref_dist)
 
 
 def test_limit_without_k_and_offset(filled):
-    db, rng = filled
-    ids, vecs = stored(db)
+    db, rng, mirror = filled
+    ids, vecs = mirror.arrays()
     q = unit(rng, 1)[0]
     ref_ids, _ = brute_force(ids, vecs, q, 150)
     got = db.execute("select rowid from p where p match ? order by distance limit 150",
@@ -98,10 +121,11 @@ def test_limit_without_k_and_offset(filled):
 
 
 def test_filters_apply_before_top_k(filled):
-    db, rng = filled
-    ids, vecs = stored(db)
-    albums = dict(db.execute("select rowid, album from p"))
-    years = dict(db.execute("select rowid, year from p"))
+    db, rng, mirror = filled
+    ids, vecs = mirror.arrays()
+    # the metadata the fixture wrote (row i + 1 of its list)
+    albums = {i + 1: "rare" if i % 33 == 0 else "abc"[i % 3] for i in range(500)}
+    years = {i + 1: 1990 + i % 30 for i in range(500)}
     q = unit(rng, 1)[0]
     cases = [
         ("and album = ?", ("rare",), lambda i: albums[i] == "rare"),
@@ -119,8 +143,8 @@ def test_filters_apply_before_top_k(filled):
 
 
 def test_distance_bound(filled):
-    db, rng = filled
-    ids, vecs = stored(db)
+    db, rng, mirror = filled
+    ids, vecs = mirror.arrays()
     q = vecs[5]
     ref_ids, ref_dist = brute_force(ids, vecs, q, 500)
     expected = [i for i, d in zip(ref_ids, ref_dist) if d < 0.8]
@@ -132,7 +156,7 @@ def test_distance_bound(filled):
 
 
 def test_columns_and_scan(filled):
-    db, _ = filled
+    db, _, _ = filled
     row = db.execute("select rowid, image, text, album, year, distance from p where rowid = 34") \
         .fetchone()
     assert row == (34, None, None, "rare", 1990 + 33 % 30, None)
@@ -143,13 +167,15 @@ def test_columns_and_scan(filled):
 
 
 def test_update_and_delete(filled):
-    db, rng = filled
+    db, rng, mirror = filled
     q = unit(rng, 1)[0]
     top = knn(db, q, 3)
     db.execute("delete from p where rowid = ?", (top[0][0],))
+    mirror.delete(top[0][0])
     assert top[0][0] not in [r[0] for r in knn(db, q, 10)]
     # Moving row 7's vector onto the query makes it the nearest.
     db.execute("update p set embedding = ? where rowid = 7", (blob(q),))
+    mirror.put(7, q)
     got = knn(db, q, 1)
     assert got[0][0] == 7 and got[0][1] < 1e-5
     # Metadata-only update keeps the vector.
@@ -158,15 +184,17 @@ def test_update_and_delete(filled):
     assert db.execute("select album from p where rowid = 7").fetchone()[0] == "moved"
     # Changing the rowid moves row and vector.
     db.execute("update p set rowid = 100000 where rowid = 7")
+    mirror.put(100000, q)
+    mirror.delete(7)
     assert knn(db, q, 1)[0][0] == 100000
-    ids, vecs = stored(db)
+    ids, vecs = mirror.arrays()
     ref_ids, ref_dist = brute_force(ids, vecs, q, 10)
     assert_same_ranking(knn(db, q, 10), ref_ids, ref_dist)
     db.execute("insert into p(p) values('integrity-check')")
 
 
 def test_insert_conflicts(filled):
-    db, rng = filled
+    db, rng, _ = filled
     v = unit(rng, 1)[0]
     with pytest.raises(sqlite3.IntegrityError, match="UNIQUE constraint failed"):
         db.execute("insert into p(rowid, embedding) values (3, ?)", (blob(v),))
@@ -185,7 +213,7 @@ def snapshot_results(db, queries):
 
 
 def test_rollback_leaves_no_trace(filled):
-    db, rng = filled
+    db, rng, _ = filled
     queries = unit(rng, 5)
     before = snapshot_results(db, queries)
     db.execute("begin")
@@ -201,7 +229,7 @@ def test_rollback_leaves_no_trace(filled):
 
 
 def test_savepoints(filled):
-    db, rng = filled
+    db, rng, mirror = filled
     a, b, c = unit(rng, 3)
     db.execute("begin")
     db.execute("insert into p(rowid, embedding) values (9001, ?)", (blob(a),))
@@ -219,13 +247,14 @@ def test_savepoints(filled):
     db.execute("release s1")
     db.execute("commit")
     assert knn(db, a, 1)[0][0] == 9001
-    ids, vecs = stored(db)
+    mirror.put(9001, a)
+    ids, vecs = mirror.arrays()
     ref_ids, ref_dist = brute_force(ids, vecs, c, 10)
     assert_same_ranking(knn(db, c, 10), ref_ids, ref_dist)
 
 
 def test_failed_statement_is_undone(filled):
-    db, rng = filled
+    db, rng, _ = filled
     v = unit(rng, 1)[0]
     # The second row conflicts: the statement fails and its first row must vanish too.
     with pytest.raises(sqlite3.IntegrityError):
@@ -235,7 +264,7 @@ def test_failed_statement_is_undone(filled):
 
 
 def test_two_connections(filled, dbpath, ext_path):
-    db, rng = filled
+    db, rng, mirror = filled
     other = connect(dbpath, ext_path)
     q = unit(rng, 1)[0]
     assert knn(other, q, 5) == knn(db, q, 5)
@@ -247,14 +276,15 @@ def test_two_connections(filled, dbpath, ext_path):
     other.execute("insert into p(p) values('optimize')")
     db.execute("insert into p(rowid, embedding) values (5001, ?)", (blob(q),))
     assert knn(other, q, 1)[0][0] == 5001
-    ids, vecs = stored(db)
+    mirror.put(5001, q)
+    ids, vecs = mirror.arrays()
     ref_ids, ref_dist = brute_force(ids, vecs, q, 10)
     assert_same_ranking(knn(other, q, 10), ref_ids, ref_dist)
     other.close()
 
 
 def test_reopen(filled, dbpath, ext_path):
-    db, rng = filled
+    db, rng, _ = filled
     queries = unit(rng, 3)
     before = snapshot_results(db, queries)
     db.close()
@@ -279,7 +309,7 @@ def test_ivf_index_snapshot_and_nprobe(dbpath, ext_path):
     db.execute("insert into p(rowid, embedding) values (99999, ?)", (blob(extra),))
     db.close()
     db = connect(dbpath, ext_path)
-    ids, stored_vecs = stored(db)
+    ids, stored_vecs = Mirror(list(range(1, 2001)) + [99999], list(vecs) + [extra]).arrays()
     for q in list(unit(rng, 10)) + [extra]:
         ref_ids, ref_dist = brute_force(ids, stored_vecs, q, 10)
         got = knn(db, q, 10, "and nprobe = 8")  # all lists: exact
@@ -293,24 +323,33 @@ def test_cold_start_cache_file(dbpath, ext_path):
     db = connect(dbpath, ext_path)
     db.execute("create virtual table p using clip(dims=16, index='IVF8,Flat')")
     db.execute("begin")
-    db.executemany("insert into p(embedding) values (?)", [(blob(v),) for v in unit(rng, 1000)])
+    vecs = unit(rng, 1000)
+    db.executemany("insert into p(embedding) values (?)", [(blob(v),) for v in vecs])
     db.execute("commit")
     db.execute("insert into p(p) values('train')")
     db.close()
+    mirror = Mirror(range(1, 1001), vecs)
     cache = dbpath + "-clip-p.idx"
     queries = unit(rng, 5)
 
     def check_fresh_connection():
         db = connect(dbpath, ext_path)
-        ids, vecs = stored(db)
+        ids, vecs = mirror.arrays()
         for q in queries:
             ref_ids, ref_dist = brute_force(ids, vecs, q, 10)
             assert_same_ranking(knn(db, q, 10, "and nprobe = 8"), ref_ids, ref_dist)
         return db
 
-    check_fresh_connection().close()  # first load writes the cache file
+    first = check_fresh_connection()  # first load writes the cache file
+    assert index_info(first)["mapped"] is False
+    first.close()
     assert os.path.getsize(cache) > 1000 * 16 * 4
-    check_fresh_connection().close()  # second load maps it
+    second = check_fresh_connection()  # second load maps it
+    assert index_info(second)["mapped"] is True
+    second.execute("insert into p(rowid, embedding) values (5000, ?)", (blob(queries[0]),))
+    assert index_info(second)["mapped"] is False  # the first write reads it into memory
+    second.execute("delete from p where rowid = 5000")
+    second.close()
     with open(cache, "wb") as f:      # a corrupt cache file is ignored and rewritten
         f.write(b"garbage" * 100)
     check_fresh_connection().close()
@@ -320,6 +359,8 @@ def test_cold_start_cache_file(dbpath, ext_path):
     db.execute("delete from p where rowid <= 500")
     db.execute("insert into p(p) values('optimize')")
     db.close()
+    for rowid in range(1, 501):
+        mirror.delete(rowid)
     check_fresh_connection().close()
     db = connect(dbpath, ext_path)
     db.execute("drop table p")
@@ -342,7 +383,7 @@ KILL_SCRIPT = textwrap.dedent("""
 
 
 def test_kill_during_bulk_insert(filled, dbpath, ext_path, tmp_path):
-    db, rng = filled
+    db, rng, _ = filled
     q = unit(rng, 1)[0]
     before = knn(db, q, 10)
     db.close()
@@ -363,7 +404,7 @@ def test_kill_during_bulk_insert(filled, dbpath, ext_path, tmp_path):
 
 
 def test_commands(filled):
-    db, rng = filled
+    db, rng, _ = filled
     q = unit(rng, 1)[0]
     before = knn(db, q, 10)
     for cmd in ("optimize", "rebuild", "train", "integrity-check"):
@@ -378,8 +419,8 @@ def test_commands(filled):
 
 
 def test_rebuild_drops_vectors_of_rows_deleted_behind_its_back(filled):
-    db, rng = filled
-    ids, vecs = stored(db)
+    db, rng, mirror = filled
+    ids, vecs = mirror.arrays()
     victim = int(ids[7])
     db.execute("delete from p_rows where rowid = ?", (victim,))
     with pytest.raises(sqlite3.DatabaseError, match="1 vectors without a row"):
@@ -394,7 +435,7 @@ def test_rebuild_drops_vectors_of_rows_deleted_behind_its_back(filled):
 
 
 def test_rename(filled):
-    db, rng = filled
+    db, rng, _ = filled
     q = unit(rng, 1)[0]
     before = knn(db, q, 5)
     db.execute("alter table p rename to photos2")
@@ -407,7 +448,7 @@ def test_rename(filled):
 
 
 def test_clip_search(filled):
-    db, rng = filled
+    db, rng, _ = filled
     db.execute("create virtual table other using clip(dims=16, note TEXT)")
     db.execute("insert into other(embedding, note) values (?, 'hello')", (blob(unit(rng, 1)[0]),))
     q = unit(rng, 1)[0]
@@ -425,7 +466,7 @@ def test_clip_search(filled):
 
 
 def test_shadow_tables_are_protected(filled, dbpath, ext_path):
-    db, _ = filled
+    db, _, _ = filled
     names = {r[0] for r in db.execute("select name from sqlite_schema")}
     assert {"p_config", "p_rows", "p_vectors", "p_changes", "p_index"} <= names
     db.close()
@@ -438,7 +479,7 @@ def test_shadow_tables_are_protected(filled, dbpath, ext_path):
 
 
 def test_knn_per_row_of_a_join(filled):
-    db, rng = filled
+    db, rng, _ = filled
     queries = unit(rng, 3)
     db.execute("create table queries(id integer primary key, v blob)")
     db.executemany("insert into queries(v) values (?)", [(blob(q),) for q in queries])
@@ -462,7 +503,6 @@ def test_commit_trains_once_large_enough(dbpath, ext_path, autotrain):
     if autotrain == "off":
         db.execute("insert into p(p) values('train')")
         assert db.execute("select count(*) from p_index").fetchone()[0] > 0
-    ids, stored_vecs = stored(db)
     q = vecs[123]
     got = knn(db, q, 1)
     assert got[0][0] == 124 and got[0][1] < 1e-5
@@ -487,8 +527,8 @@ def test_deserialized_database_writes_no_cache_file(ext_path, tmp_path, monkeypa
     q = unit(rng, 1)[0]
     got = [r[0] for r in db.execute("select rowid from v where v match ? and k = 5 and nprobe = 2",
                                     (blob(q),))]
-    ids, stored_vecs = stored(db, "v")
-    assert got == brute_force(ids, stored_vecs, q, 5)[0]
+    ids, want_vecs = Mirror(range(1, 201), vecs).arrays()
+    assert got == brute_force(ids, want_vecs, q, 5)[0]
     assert list(tmp_path.iterdir()) == []
 
 
@@ -514,3 +554,158 @@ def test_clip_index_info_reports_the_live_index(ext_path, tmp_path):
     assert seen["count"] == 390
     with pytest.raises(sqlite3.OperationalError, match="no clip table named"):
         db.execute("select clip_index_info('missing')").fetchone()
+
+
+# ---------------------------------------------------------------- a trained IVF64 table
+
+def recall(got, want):
+    return len(set(r[0] for r in got) & set(int(i) for i in want)) / len(want)
+
+
+@pytest.fixture
+def ivf64(dbpath, ext_path):
+    """A trained IVF64 table of 6000 random unit vectors whose default nprobe is 2."""
+    rng = np.random.default_rng(21)
+    db = connect(dbpath, ext_path)
+    db.execute("create virtual table p using clip(dims=16, index='IVF64,Flat', nprobe=2, "
+               "autotrain=off)")
+    vecs = unit(rng, 6000)
+    db.execute("begin")
+    db.executemany("insert into p(embedding) values (?)", [(blob(v),) for v in vecs])
+    db.execute("commit")
+    db.execute("insert into p(p) values('train')")
+    yield db, rng, Mirror(range(1, 6001), vecs)
+    db.close()
+
+
+def index_info(db, table="p"):
+    return json.loads(db.execute("select clip_index_info(?)", (table,)).fetchone()[0])
+
+
+def test_ivf64_nprobe_all_lists_is_exact_and_one_list_loses_recall(ivf64):
+    db, rng, mirror = ivf64
+    info = index_info(db)
+    assert (info["kind"], info["nlist"], info["nprobe"], info["count"]) == ("ivf", 64, 2, 6000)
+    ids, vecs = mirror.arrays()
+    recalls = {1: [], 2: [], 16: []}
+    for q in unit(rng, 30):
+        ref_ids, ref_dist = brute_force(ids, vecs, q, 10)
+        assert_same_ranking(knn(db, q, 10, "and nprobe = 64"), ref_ids, ref_dist)
+        assert_same_ranking(knn(db, q, 10, "and nprobe = 1000"), ref_ids, ref_dist)  # clamped
+        for nprobe in recalls:
+            got = knn(db, q, 10, f"and nprobe = {nprobe}")
+            # each row returned is a real row at its true distance, only fewer of the nearest
+            true = {int(i): 1 - float(v @ (q / np.linalg.norm(q))) for i, v in zip(ids, vecs)}
+            assert all(abs(d - true[r]) < 1e-5 for r, d in got)
+            recalls[nprobe].append(recall(got, ref_ids))
+    mean = {n: float(np.mean(r)) for n, r in recalls.items()}
+    assert mean[1] < 0.8, mean           # one list of 64 misses most of the true neighbours
+    assert mean[1] < mean[2] < mean[16] < 1.0, mean
+
+
+def test_ivf64_table_nprobe_is_the_default_and_clip_search_takes_one(ivf64):
+    db, rng, mirror = ivf64
+    ids, vecs = mirror.arrays()
+    differs = 0
+    for q in unit(rng, 10):
+        default = knn(db, q, 10)
+        assert default == knn(db, q, 10, "and nprobe = 2")   # the table's nprobe=2
+        differs += default != knn(db, q, 10, "and nprobe = 64")
+        for nprobe in (1, 2, 64):
+            got = db.execute("select rowid, distance from clip_search('p', ?, 10, ?)",
+                             (blob(q), nprobe)).fetchall()
+            assert got == knn(db, q, 10, f"and nprobe = {nprobe}"), nprobe
+        ref_ids, ref_dist = brute_force(ids, vecs, q, 10)
+        assert_same_ranking(db.execute("select rowid, distance from clip_search('p', ?, 10, 64)",
+                                       (blob(q),)).fetchall(), ref_ids, ref_dist)
+    assert differs >= 5, "nprobe=2 answered like an exhaustive search"
+
+
+def test_nlist_option_is_reported_and_used(dbpath, ext_path):
+    rng = np.random.default_rng(22)
+    db = connect(dbpath, ext_path)
+    db.execute("create virtual table p using clip(dims=16, nlist=32, nprobe=32, autotrain=off)")
+    vecs = unit(rng, 3000)
+    db.execute("begin")
+    db.executemany("insert into p(embedding) values (?)", [(blob(v),) for v in vecs])
+    db.execute("commit")
+    assert index_info(db)["kind"] == "flat"
+    db.execute("insert into p(p) values('train')")
+    info = index_info(db)
+    assert (info["kind"], info["nlist"], info["nprobe"]) == ("ivf", 32, 32), info
+    assert "IVF32," in info["factory"], info
+    ids, want = Mirror(range(1, 3001), vecs).arrays()
+    for q in unit(rng, 10):  # nprobe = nlist: exact
+        assert_same_ranking(knn(db, q, 10), *brute_force(ids, want, q, 10))
+    db.close()
+
+
+def test_index_cache_off_writes_no_file(dbpath, ext_path, tmp_path):
+    """CLIPDB_INDEX_CACHE=0: no cold-start file is written or read; results stay exact."""
+    rng = np.random.default_rng(6)
+    vecs = unit(rng, 1000)
+    db = connect(dbpath, ext_path)
+    db.execute("create virtual table p using clip(dims=16, index='IVF8,Flat')")
+    db.execute("begin")
+    db.executemany("insert into p(embedding) values (?)", [(blob(v),) for v in vecs])
+    db.execute("commit")
+    db.execute("insert into p(p) values('train')")
+    db.close()
+    script = textwrap.dedent("""
+        import json, sqlite3, sys
+        import numpy as np
+        db = sqlite3.connect(sys.argv[1])
+        db.enable_load_extension(True)
+        db.load_extension(sys.argv[2])
+        q = np.frombuffer(bytes.fromhex(sys.argv[3]), dtype="<f4")
+        rows = db.execute("select rowid from p where p match ? and k = 10 and nprobe = 8",
+                          (q.tobytes(),)).fetchall()
+        info = json.loads(db.execute("select clip_index_info('p')").fetchone()[0])
+        print(json.dumps({"rows": [r[0] for r in rows], "mapped": info["mapped"]}))
+    """)
+    q = unit(rng, 1)[0]
+    ids, want = Mirror(range(1, 1001), vecs).arrays()
+    expected = [int(i) for i in brute_force(ids, want, q, 10)[0]]
+    env = dict(os.environ, CLIPDB_INDEX_CACHE="0")
+    for _ in range(2):  # a second process would map the file if there were one
+        out = subprocess.run([sys.executable, "-c", script, dbpath, ext_path, blob(q).hex()],
+                             env=env, capture_output=True, text=True, timeout=120, check=True)
+        got = json.loads(out.stdout)
+        assert got == {"rows": expected, "mapped": False}
+        assert not os.path.exists(dbpath + "-clip-p.idx")
+    # the same with the cache on: the second process maps the file
+    env["CLIPDB_INDEX_CACHE"] = "1"
+    outs = [json.loads(subprocess.run([sys.executable, "-c", script, dbpath, ext_path,
+                                       blob(q).hex()], env=env, capture_output=True, text=True,
+                                      timeout=120, check=True).stdout) for _ in range(2)]
+    assert outs == [{"rows": expected, "mapped": False}, {"rows": expected, "mapped": True}]
+    assert os.path.exists(dbpath + "-clip-p.idx")
+
+
+def test_commit_retrains_after_fourfold_growth(dbpath, ext_path):
+    """autotrain: the first COMMIT at 10,000 rows trains; the index is trained again only
+    once it has grown 4-fold since (index/ivf.h), and answers exactly with all lists probed."""
+    rng = np.random.default_rng(12)
+    vecs = unit(rng, 40000, 8)
+    db = connect(dbpath, ext_path)
+    db.execute("create virtual table p using clip(dims=8)")
+
+    def add(lo, hi):
+        db.execute("begin")
+        db.executemany("insert into p(rowid, embedding) values (?, ?)",
+                       [(i + 1, blob(vecs[i])) for i in range(lo, hi)])
+        db.execute("commit")
+        return index_info(db)
+
+    assert add(0, 9999)["kind"] == "flat"
+    first = add(9999, 10000)
+    assert (first["kind"], first["trained_at_count"]) == ("ivf", 10000), first
+    grown = add(10000, 39999)  # 3.9999-fold: not yet
+    assert grown["trained_at_count"] == 10000 and grown["nlist"] == first["nlist"], grown
+    again = add(39999, 40000)
+    assert again["trained_at_count"] == 40000 and again["nlist"] > first["nlist"], again
+    ids, want = Mirror(range(1, 40001), vecs).arrays()
+    for q in unit(rng, 5, 8):
+        got = knn(db, q, 10, f"and nprobe = {again['nlist']}")
+        assert_same_ranking(got, *brute_force(ids, want, q, 10))
+    db.close()

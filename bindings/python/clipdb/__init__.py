@@ -30,6 +30,7 @@ open one per thread: the extension loads each model once per process and shares 
 """
 import array
 import ctypes
+import math
 import os
 import pathlib
 import sqlite3
@@ -178,23 +179,54 @@ def connect(database, model=None, **kwargs):
 
 def serialize(vector):
     """A vector (numpy array, array('f'), or any sequence of numbers) as the extension's BLOB
-    format: little-endian float32."""
+    format: little-endian float32. Raises ValueError for an empty vector and for values that are
+    not finite float32 numbers (NaN, infinities, or beyond float32's range, about 3.4e38), which
+    would otherwise be stored as inf or NaN."""
     if _np is not None and isinstance(vector, _np.ndarray):
         if vector.ndim != 1:
             raise ValueError(f"serialize: expected a 1-D vector, got shape {vector.shape}")
-        return vector.astype("<f4", copy=False).tobytes()
-    values = vector if isinstance(vector, array.array) and vector.typecode == "f" \
-        else array.array("f", vector)
+        with _np.errstate(over="ignore", invalid="ignore"):
+            values = vector.astype("<f4", copy=False)
+        if values.size == 0 or not _np.isfinite(values).all():
+            _check_finite(values.tolist(), vector)
+        return values.tobytes()
+    try:
+        values = vector if isinstance(vector, array.array) and vector.typecode == "f" \
+            else array.array("f", vector)
+    except OverflowError as e:  # an int too large for a double
+        raise ValueError(f"serialize: {e}") from None
+    _check_finite(values, vector)
     if sys.byteorder == "big":
         values = array.array("f", values)
         values.byteswap()
     return values.tobytes()
 
 
+def _check_finite(values, given):
+    """values: the float32 values made from the sequence given."""
+    if len(values) == 0:
+        raise ValueError("serialize: the vector is empty")
+    for i, x in enumerate(values):
+        if not math.isfinite(x):
+            try:
+                x = given[i]
+            except Exception:  # an iterator, already consumed
+                pass
+            raise ValueError(f"serialize: value {i} ({x!r}) is not a finite float32 number")
+
+
 def deserialize(blob, numpy=None):
     """A float32 BLOB (as the extension returns) as a vector: a numpy float32 array when numpy is
-    installed (numpy=False forces ``array('f')``), else ``array('f')``."""
-    data = bytes(blob)
+    installed (numpy=False forces ``array('f')``), else ``array('f')``. Raises TypeError when
+    blob is not bytes-like (an int, a str, None) and ValueError when it is empty or its length
+    is not a multiple of 4."""
+    try:
+        data = memoryview(blob).tobytes()  # bytes(8) would be eight zero bytes
+    except TypeError:
+        raise TypeError("deserialize: expected a BLOB (bytes-like), got "
+                        f"{type(blob).__name__}") from None
+    if not data:
+        raise ValueError("deserialize: the BLOB is empty (no vector)")
     if len(data) % 4:
         raise ValueError(f"deserialize: {len(data)} bytes is not a whole number of float32 values")
     if numpy is None:
