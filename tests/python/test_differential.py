@@ -19,21 +19,6 @@ import difftest
 # Operation areas that fail today, excluded from the random sequences; each entry names the
 # symptom. Empty it as the fixes land (test_regression then XPASSes for the area).
 KNOWN_BROKEN = {
-    "cmd_in_txn": "a 'train' rolled back (ROLLBACK / ROLLBACK TO) leaves its snapshot in the "
-                  "cache file; a later committed train reuses its tag: a new connection finds "
-                  "rolled-back vectors and misses committed ones",
-    "cache_damage": "a flipped byte in the cache file's list data is not detected: wrong rows "
-                    "and distances, integrity-check passes",
-    "low_nprobe": "IVF with nprobe < nlist after deleting most rows (+ 'optimize'): fewer than k "
-                  "rows though k rows exist",
-    "collate": "declared (COLLATE NOCASE column) and explicit COLLATE on filters ignored: rows "
-               "missing or extra, in KNN and in plain scans",
-    "or": "an OR filter is applied after the k cut: fewer than k rows",
-    "is_null": "IS NULL / IS NOT NULL filters are applied after the k cut: fewer than k rows",
-    "join_outer": "CROSS JOIN with the ordinary table as the outer loop: k rows per outer row",
-    "schema_names": "clip_index_info('main.v'): no clip table named \"main.v\"",
-    "attach_fn": "with a same-named table attached, clip_index_info('v') reports aux's count; "
-                 "clip_search('aux.v', ...) says \"not a clip table\"",
     "auto_rowid": "model tables: after an INSERT without rowid whose text/image is queued, "
                   "last_insert_rowid() returns an internal rowid (2 for a row stored as 65)",
 }
