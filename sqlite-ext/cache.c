@@ -501,6 +501,10 @@ int cdbx_cache_check(cdbx_table *t, int64_t n_vectors) {
   int rc = cdbx_cache_fresh(t);
   if (rc == SQLITE_OK) rc = cdbx_cache_flush(t);
   if (rc == SQLITE_OK) rc = compare_with_truth(t, "the in-memory index", n_vectors);
+  if (rc != SQLITE_OK && t->cache.index && cdb_index_damaged(t->cache.index)) {
+    discard_damaged_file(t); /* reported now; the next statement uses the rebuilt cache */
+    return rc;
+  }
   if (rc == SQLITE_OK) rc = load_full_from(t, FROM_PIECES);
   if (rc == SQLITE_OK) rc = compare_with_truth(t, "the index stored in the database", n_vectors);
   if (rc == SQLITE_OK) rc = check_cache_file(t, n_vectors);

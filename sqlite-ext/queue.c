@@ -159,6 +159,8 @@ int cdbx_pending_flush(cdbx_table *t) {
   if (!out) return SQLITE_NOMEM;
   cdb_error err = {{0}};
   int rc = SQLITE_OK, written = 0;
+  /* The vector and change-log writes are internal: the user's last_insert_rowid is kept. */
+  sqlite3_int64 last = sqlite3_last_insert_rowid(t->db);
   if (p->n_images > 0) {
     int failed = clip_embed_pixels(t->queue.model, p->pixels, p->n_images, out, &err) != 0;
     rc = store_embedded(t, failed, p->image_ids, p->n_images, out, "images", &err, &written);
@@ -171,6 +173,7 @@ int cdbx_pending_flush(cdbx_table *t) {
     pending_drop_texts(t, 0, written);
   }
   free(out);
+  sqlite3_set_last_insert_rowid(t->db, last);
   return rc;
 }
 

@@ -608,8 +608,11 @@ static int x_begin(sqlite3_vtab *vt) {
 
 static int x_sync(sqlite3_vtab *vt) {
   cdbx_table *t = (cdbx_table *)vt;
+  sqlite3_int64 last = sqlite3_last_insert_rowid(t->db); /* training writes are internal */
   int rc = cdbx_pending_flush(t);
-  return rc == SQLITE_OK ? cdbx_maintain(t) : rc;
+  if (rc == SQLITE_OK) rc = cdbx_maintain(t);
+  sqlite3_set_last_insert_rowid(t->db, last);
+  return rc;
 }
 
 static int x_commit(sqlite3_vtab *vt) {
