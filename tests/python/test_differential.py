@@ -10,6 +10,7 @@
 Long runs on demand (see difftest.py): /usr/bin/python3 tests/python/difftest.py --seconds 600
 """
 import concurrent.futures
+import multiprocessing
 import time
 
 import pytest
@@ -42,7 +43,10 @@ def run_seed(seed, kind="vec"):
 def test_random_sequences():
     deadline = time.monotonic() + BUDGET_S
     failures, done = [], 0
-    with concurrent.futures.ProcessPoolExecutor(max_workers=2) as pool:
+    # spawn, not fork: this pytest process may already run the encoder's threads (other test
+    # files loaded the extension), and a forked child would inherit their held locks.
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=spawn) as pool:
         pending = {}
         seeds = iter(SEEDS)
         for seed in seeds:
