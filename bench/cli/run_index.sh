@@ -55,12 +55,13 @@ folder, cpus, out, tim, ort = sys.argv[1:6]
 s = json.load(open(out))
 t = open(tim).read()
 cpu = re.search(r"Percent of CPU this job got: (\d+)%", t).group(1)
+cpu_s = sum(float(re.search(p + r" \(seconds\): ([\d.]+)", t).group(1)) for p in ("User time", "System time"))
 wall = s["seconds"]
 rate = s["embedded"] / wall if wall else 0.0
 st = s["stages"]
 ratio = f", {rate / float(ort):.2f}x ONNX Runtime" if ort else ""
 print(f"{folder} cpus={cpus}: {s['embedded']} images in {wall:.2f} s = {rate:.1f} images/s"
-      f"{ratio}, CPU {cpu}%; stages: decode (thread s) {st['decode_thread_seconds']:.2f}, "
+      f"{ratio}, CPU {cpu}% ({cpu_s:.1f} CPU s); stages: decode (thread s) {st['decode_thread_seconds']:.2f}, "
       f"wait {st['wait_for_decode_seconds']:.2f}, encode {st['encode_seconds']:.2f}, "
       f"sqlite {st['sqlite_seconds']:.2f}")
 PY
