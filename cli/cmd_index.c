@@ -6,8 +6,9 @@
  *    a stored row with that hash (a moved or copied photo: its vector is reused) or read the
  *    header metadata and decode + preprocess the pixels (clip_image_load_buffer).
  * 3. The main thread batches decoded images through clip_embed_pixels (which itself uses every
- *    core) and inserts rows with precomputed embeddings through SQL, committing every
- *    COMMIT_EVERY photos so an interrupted run keeps its progress and the next run resumes.
+ *    core; a batch is cut short instead of waiting for the decoders) and inserts rows with
+ *    precomputed embeddings through SQL, committing every COMMIT_EVERY photos so an interrupted
+ *    run keeps its progress and the next run resumes.
  * 4. Rows whose files are gone (under the indexed folders) and the old rows of changed files are
  *    deleted at the end, so a moved photo can still reuse its old row's vector. A folder that
  *    could not be listed hides nothing: the rows under it are kept, and the run exits with
@@ -128,6 +129,14 @@ static result *queue_pop(pipeline *pl) {
   }
   pthread_mutex_unlock(&pl->lock);
   return r;
+}
+
+/* True when no decoded image is waiting but decoders are still at work. */
+static bool queue_starved(pipeline *pl) {
+  pthread_mutex_lock(&pl->lock);
+  bool starved = pl->q_len == 0 && pl->producers_left > 0;
+  pthread_mutex_unlock(&pl->lock);
+  return starved;
 }
 
 static int64_t lookup_hash(pipeline *pl, const char *hash) {
@@ -324,7 +333,7 @@ static int write_reused(indexer *ix, result *r, cdb_error *err) {
   if (!r->job->old_rowid) ix->c.reused++;
   mark_done(ix, r->job);
   ix->in_txn++;
-  return 0;
+  return commit_if_due(ix, false, err);
 }
 
 typedef struct batch {
@@ -354,6 +363,7 @@ static int flush_batch(indexer *ix, pipeline *pl, batch *b, int dim, cdb_error *
     ix->c.embedded++;
     mark_done(ix, r->job);
     ix->in_txn++;
+    rc = commit_if_due(ix, false, err); /* every commit_every photos exactly */
   }
   ix->times.sqlite_s += progress_now() - t2;
   for (int i = 0; i < b->n; i++) result_free(b->items[i]);
@@ -397,7 +407,15 @@ static int run_writer(indexer *ix, pipeline *pl, int dim, cdb_error *err) {
   int rc = 0;
   result *r;
   double t = progress_now();
-  while ((r = queue_pop(pl))) {
+  for (;;) {
+    /* Rather than wait for a full batch, encode what has arrived: the encoder's cost per image
+     * barely depends on the batch size, and the first call prepares the vision tower while the
+     * decoders carry on. */
+    if (rc == 0 && !interrupted && b.n > 0 && queue_starved(pl)) {
+      if ((rc = flush_batch(ix, pl, &b, dim, err)) != 0) atomic_store(&pl->stop, 1);
+      t = progress_now();
+    }
+    if (!(r = queue_pop(pl))) break;
     double t2 = progress_now();
     ix->times.wait_s += t2 - t;
     if (rc != 0 || interrupted) {

@@ -2,13 +2,20 @@
  * reference preprocessing (Pillow decode, convert("RGB"), bicubic resize of the short side to
  * `resize_shortest` with the long side int(size * long / short), centre crop at
  * int(round((h - crop) / 2)), /255, mean/std), plus what the reference lacks: EXIF
- * orientation, a pixel limit checked on the header before decoding, and shrink-on-load for
- * large JPEGs (never below twice the target size).
+ * orientation and a pixel limit checked on the header before decoding.
+ *
+ * Two resize modes, chosen by CLIPDB_RESIZE (read once per process):
+ * - fast (the default): JPEGs are shrunk on load by libjpeg's DCT scaling to the smallest scale
+ *   (1/2, 1/4, 1/8) that keeps the short side >= the target (a 12 MP photo decodes at 1/8 for
+ *   224), then resized exactly as below; embeddings stay within cosine 0.999 of the reference
+ *   (bench/embed/fidelity.py).
+ * - exact: no shrink-on-load, Pillow's resize at every size: the reference pixels.
  *
  * Colour: grey, 16-bit, CMYK (colour-managed: embedded or libvips's default profile) and the
  * rest become 8-bit sRGB; alpha is dropped, not composited, as Pillow's convert("RGB") does.
- * Resizing: Pillow's own algorithm (bit-exact) for images up to 4 MP after shrink-on-load
- * and for every enlargement; larger images stream through libvips's cubic reduce.
+ * Resizing: Pillow's own algorithm (bit-exact) for images up to 4 MP after shrink-on-load,
+ * for every enlargement, and for every image in exact mode; larger images in fast mode stream
+ * through libvips's cubic reduce.
  *
  * Files are read into memory and decoded from the buffer, so both entry points share one
  * path (and a file name containing "[...]" is never parsed as libvips load options). */
@@ -31,6 +38,7 @@
 
 static pthread_once_t vips_once = PTHREAD_ONCE_INIT;
 static bool vips_ready;
+static bool exact_resize; /* CLIPDB_RESIZE=exact */
 
 /* libvips reports decoder warnings through g_log; bad input is reported through our errors,
  * so its warnings (and only its: the "VIPS" domain) are dropped instead of reaching stderr. */
@@ -39,6 +47,8 @@ static void drop_log(const gchar *domain, GLogLevelFlags level, const gchar *msg
 }
 
 static void init_vips(void) {
+  const char *mode = getenv("CLIPDB_RESIZE");
+  exact_resize = mode && strcmp(mode, "exact") == 0;
   if (VIPS_INIT("clipdb") != 0) return;
   /* Every image is decoded once: caching operations would only hold memory. */
   vips_cache_set_max(0);
@@ -79,17 +89,17 @@ static int centre_offset(int d) {
   return (d % 2 != 0 && half % 2 != 0) ? half + 1 : half;
 }
 
-/* JPEG shrink-on-load factor: the largest of 2, 4, 8 that keeps the short side at least
- * twice the target, so the exact resize that follows still has detail to work with. */
+/* JPEG shrink-on-load factor: the largest of 2, 4, 8 that keeps the short side at least the
+ * target (libjpeg rounds the scaled size up, so this never enlarges afterwards). */
 static int jpeg_shrink_factor(int w, int h, int target) {
   int short_side = w < h ? w : h, shrink = 1;
-  while (shrink < 8 && short_side / (shrink * 2) >= 2 * target) shrink *= 2;
+  while (shrink < 8 && short_side / (shrink * 2) >= target) shrink *= 2;
   return shrink;
 }
 
 /* ---- Pillow's bicubic resampling ----
- * Images up to PIL_MAX_PIXELS (after shrink-on-load) and every image that must be enlarged
- * are resized here exactly as Pillow does it (separable Catmull-Rom convolution, support
+ * Images up to PIL_MAX_PIXELS (after shrink-on-load), every image that must be enlarged and
+ * every image in exact mode are resized here exactly as Pillow does it (separable Catmull-Rom convolution, support
  * scaled when shrinking, horizontal pass first, 22-bit fixed-point weights, 8-bit
  * intermediate), which reproduces the reference bit for bit. libvips's reduce is within a
  * fraction of a level when shrinking but its upsizing interpolates and differs visibly on
@@ -152,9 +162,40 @@ static void pil_coeffs_free(pil_coeffs *c) {
   free(c->k);
 }
 
-static uint8_t pil_clip8(int64_t v) {
+/* Pillow accumulates in 32 bits: |sum| <= 255 * 1.25 * 2^22 (the kernel's absolute sum) fits. */
+static uint8_t pil_clip8(int32_t v) {
   v >>= PIL_PRECISION_BITS;
   return v < 0 ? 0 : v > 255 ? 255 : (uint8_t)v;
+}
+
+/* One row of the horizontal pass: cw RGB outputs from the input row src. */
+static void pil_row_h(const uint8_t *src, const pil_coeffs *hc, int cw, uint8_t *dst) {
+  for (int x = 0; x < cw; x++) {
+    const int32_t *k = hc->k + (size_t)x * hc->ksize;
+    const uint8_t *p = src + (size_t)hc->bounds[2 * x] * 3;
+    int taps = hc->bounds[2 * x + 1];
+    int32_t r = 1 << (PIL_PRECISION_BITS - 1), g = r, b = r;
+    for (int t = 0; t < taps; t++, p += 3) {
+      r += p[0] * k[t];
+      g += p[1] * k[t];
+      b += p[2] * k[t];
+    }
+    dst[3 * x] = pil_clip8(r);
+    dst[3 * x + 1] = pil_clip8(g);
+    dst[3 * x + 2] = pil_clip8(b);
+  }
+}
+
+/* One row of the vertical pass, tap by tap over the whole row (vectorises). */
+static void pil_row_v(const uint8_t *rows, size_t stride, const int32_t *k, int taps, int n,
+                      int32_t *acc, uint8_t *dst) {
+  for (int x = 0; x < n; x++) acc[x] = 1 << (PIL_PRECISION_BITS - 1);
+  for (int t = 0; t < taps; t++) {
+    const uint8_t *row = rows + (size_t)t * stride;
+    int32_t kt = k[t];
+    for (int x = 0; x < n; x++) acc[x] += row[x] * kt;
+  }
+  for (int x = 0; x < n; x++) dst[x] = pil_clip8(acc[x]);
 }
 
 /* in: in_w x in_h RGB; out: the cw x ch window at (left, top) of the out_w x out_h resize. */
@@ -162,31 +203,18 @@ static bool pil_resize_crop(const uint8_t *in, int in_w, int in_h, int out_w, in
                             int left, int top, int cw, int ch, uint8_t *out) {
   pil_coeffs hc = {0}, vc = {0};
   uint8_t *tmp = NULL;
+  int32_t *acc = NULL;
   bool ok = pil_coeffs_init(&hc, in_w, out_w, left, cw) && pil_coeffs_init(&vc, in_h, out_h, top, ch);
   int row0 = ok ? vc.bounds[0] : 0;
   int rows = ok ? vc.bounds[2 * (ch - 1)] + vc.bounds[2 * (ch - 1) + 1] - row0 : 0;
-  if (ok) ok = (tmp = malloc((size_t)rows * cw * 3)) != NULL;
-  for (int y = 0; ok && y < rows; y++) {
-    const uint8_t *src = in + (size_t)(row0 + y) * in_w * 3;
-    for (int x = 0; x < cw; x++) {
-      const int32_t *k = hc.k + (size_t)x * hc.ksize;
-      int lo = hc.bounds[2 * x], taps = hc.bounds[2 * x + 1];
-      for (int c = 0; c < 3; c++) {
-        int64_t ss = 1 << (PIL_PRECISION_BITS - 1);
-        for (int t = 0; t < taps; t++) ss += (int64_t)src[(lo + t) * 3 + c] * k[t];
-        tmp[((size_t)y * cw + x) * 3 + c] = pil_clip8(ss);
-      }
-    }
-  }
-  for (int y = 0; ok && y < ch; y++) {
-    const int32_t *k = vc.k + (size_t)y * vc.ksize;
-    int lo = vc.bounds[2 * y] - row0, taps = vc.bounds[2 * y + 1];
-    for (int x = 0; x < cw * 3; x++) {
-      int64_t ss = 1 << (PIL_PRECISION_BITS - 1);
-      for (int t = 0; t < taps; t++) ss += (int64_t)tmp[(size_t)(lo + t) * cw * 3 + x] * k[t];
-      out[(size_t)y * cw * 3 + x] = pil_clip8(ss);
-    }
-  }
+  if (ok) ok = (tmp = malloc((size_t)rows * cw * 3)) && (acc = malloc(sizeof *acc * cw * 3));
+  for (int y = 0; ok && y < rows; y++)
+    pil_row_h(in + (size_t)(row0 + y) * in_w * 3, &hc, cw, tmp + (size_t)y * cw * 3);
+  for (int y = 0; ok && y < ch; y++)
+    pil_row_v(tmp + (size_t)(vc.bounds[2 * y] - row0) * cw * 3, (size_t)cw * 3,
+              vc.k + (size_t)y * vc.ksize, vc.bounds[2 * y + 1], cw * 3, acc,
+              out + (size_t)y * cw * 3);
+  free(acc);
   free(tmp);
   pil_coeffs_free(&hc);
   pil_coeffs_free(&vc);
@@ -266,8 +294,9 @@ static VipsImage *open_upright(const clip_image_spec *spec, const source *src, i
     return NULL;
   }
   const char *loader = vips_foreign_find_load_buffer(src->buf, src->len);
-  int shrink = loader && strstr(loader, "Jpeg") ? jpeg_shrink_factor(w, h, spec->resize_shortest)
-                                                : 1;
+  int shrink = !exact_resize && loader && strstr(loader, "Jpeg")
+                   ? jpeg_shrink_factor(w, h, spec->resize_shortest)
+                   : 1;
   bool rotate = orientation >= 2 && orientation <= 8;
   VipsImage *img = hdr;
   if (shrink > 1 || rotate) {
@@ -302,7 +331,7 @@ static int resize_and_crop(const clip_image_spec *spec, VipsImage **img, int ori
   int left = centre_offset(rw - cw), top = centre_offset(rh - ch);
   int in_w = (*img)->Xsize, in_h = (*img)->Ysize;
   VipsImage *out = NULL;
-  if (rw > in_w || rh > in_h || (int64_t)in_w * in_h <= PIL_MAX_PIXELS) {
+  if (exact_resize || rw > in_w || rh > in_h || (int64_t)in_w * in_h <= PIL_MAX_PIXELS) {
     size_t size;
     uint8_t *all = vips_image_write_to_memory(*img, &size);
     if (!all) return vips_fail(err, src->what, "cannot decode");

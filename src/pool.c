@@ -3,6 +3,7 @@
 #include "src/pool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
@@ -34,11 +35,19 @@ static struct {
           .work = PTHREAD_COND_INITIALIZER,
           .done = PTHREAD_COND_INITIALIZER};
 
+/* CPUs this process may run on (taskset, cgroup cpusets), not all online ones: a pool larger
+ * than that has threads spinning for a partner that cannot run. */
+static int usable_cpus(void) {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+  return (int)sysconf(_SC_NPROCESSORS_ONLN);
+}
+
 static void pool_init(void) {
   int n = 0;
   const char *env = getenv("CLIPDB_THREADS");
   if (env) n = atoi(env);
-  if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+  if (n <= 0) n = usable_cpus();
   if (n <= 0) n = 1;
   if (n > POOL_MAX_THREADS) n = POOL_MAX_THREADS;
   if (pool.n_threads <= 0) pool.n_threads = n;

@@ -9,7 +9,8 @@
 
 typedef void (*cdb_pool_fn)(void *ctx, int ith, int nth);
 
-/* Number of threads kernels should split work into (default: online CPUs, or CLIPDB_THREADS). */
+/* Number of threads kernels should split work into (default: the CPUs this process may use,
+ * or CLIPDB_THREADS). */
 int cdb_pool_threads(void);
 
 /* Sets the thread count for later calls (1 = no workers). Call before heavy use. */

@@ -1,0 +1,74 @@
+#!/bin/sh
+# run_index.sh: times `clipdb index --json` end to end on folders of images, each on a fresh
+# library, under /usr/bin/time (CPU %), optionally pinned with taskset; prints images/s, CPU %
+# and the per-stage times of the summary. When the ONNX Runtime anchor of bench/embed/run.sh is
+# ready (bench/out/anchors: node_modules/onnxruntime-node and vision.onnx), its batch-32 image
+# rate is measured in the same run and the ratio printed.
+#
+# usage: bench/cli/run_index.sh [--build DIR] [--model DIR] [--cpus LIST]... DIR...
+#   defaults: build, bench/data/clip-vit-b-32-random, no pinning; each --cpus adds a run
+#   pinned with `taskset -c LIST` (e.g. --cpus 0 --cpus 0,1)
+set -eu
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BUILD=$ROOT/build
+MODEL=$ROOT/bench/data/clip-vit-b-32-random
+CPUS=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --build) BUILD=$(realpath "$2"); shift 2 ;;
+    --model) MODEL=$(realpath "$2"); shift 2 ;;
+    --cpus) CPUS="$CPUS $2"; shift 2 ;;
+    --) shift; break ;;
+    -*) echo "usage: $0 [--build DIR] [--model DIR] [--cpus LIST]... DIR..." >&2; exit 2 ;;
+    *) break ;;
+  esac
+done
+[ $# -gt 0 ] || { echo "usage: $0 [--build DIR] [--model DIR] [--cpus LIST]... DIR..." >&2; exit 2; }
+CLIPDB=$BUILD/cli/clipdb
+[ -x "$CLIPDB" ] || { echo "build first: ninja -C $BUILD cli/clipdb" >&2; exit 1; }
+[ -f "$MODEL/model.safetensors" ] || { echo "no model: /usr/bin/python3 bench/embed/make_checkpoint.py" >&2; exit 1; }
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "model: $MODEL; CLIPDB_RESIZE=${CLIPDB_RESIZE:-fast (default)}"
+
+ort_rate=""
+ANCHORS=$ROOT/bench/out/anchors
+if command -v node >/dev/null && [ -d "$ANCHORS/node_modules/onnxruntime-node" ] &&
+   [ -f "$ANCHORS/vision.onnx" ]; then
+  ort_rate=$(cd "$ROOT" && node bench/embed/anchor_ort.mjs --dir "$ANCHORS" --reps 2 | tail -1 |
+             /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); print(next(v for k,v in d.items() if "32" in k and "image" in k))' || true)
+  echo "ONNX Runtime fp32, image batch 32: ${ort_rate:-?} images/s"
+else
+  echo "ONNX Runtime anchor not ready (see bench/embed/run.sh): ours only"
+fi
+
+run_one() { # $1 folder, $2 cpu list or "" (no pinning)
+  rm -rf "$WORK/data"
+  pin=""
+  [ -n "$2" ] && pin="taskset -c $2"
+  XDG_DATA_HOME=$WORK/data CLIPDB_MODEL=$MODEL /usr/bin/time -v -o "$WORK/time" \
+    $pin "$CLIPDB" index --json --quiet "$1" > "$WORK/out.json"
+  /usr/bin/python3 - "$1" "${2:-all}" "$WORK/out.json" "$WORK/time" "$ort_rate" <<'PY'
+import json, re, sys
+folder, cpus, out, tim, ort = sys.argv[1:6]
+s = json.load(open(out))
+t = open(tim).read()
+cpu = re.search(r"Percent of CPU this job got: (\d+)%", t).group(1)
+cpu_s = sum(float(re.search(p + r" \(seconds\): ([\d.]+)", t).group(1)) for p in ("User time", "System time"))
+wall = s["seconds"]
+rate = s["embedded"] / wall if wall else 0.0
+st = s["stages"]
+ratio = f", {rate / float(ort):.2f}x ONNX Runtime" if ort else ""
+print(f"{folder} cpus={cpus}: {s['embedded']} images in {wall:.2f} s = {rate:.1f} images/s"
+      f"{ratio}, CPU {cpu}% ({cpu_s:.1f} CPU s); stages: decode (thread s) {st['decode_thread_seconds']:.2f}, "
+      f"wait {st['wait_for_decode_seconds']:.2f}, encode {st['encode_seconds']:.2f}, "
+      f"sqlite {st['sqlite_seconds']:.2f}")
+PY
+}
+
+for dir in "$@"; do
+  dir=$(realpath "$dir")
+  if [ -z "$CPUS" ]; then run_one "$dir" ""; fi
+  for c in $CPUS; do run_one "$dir" "$c"; done
+done
