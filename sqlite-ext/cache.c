@@ -290,36 +290,38 @@ static int ensure_intact(cdbx_table *t) {
   return discard_damaged_file(t);
 }
 
+/* After a failed search: an index mapped from a damaged cache file is rebuilt from the tables
+ * and the search retried once (SQLITE_OK); any other failure, or a second one, is the error. */
+static int retry_after_damage(cdbx_table *t, const char *what, const cdb_error *err,
+                              int *retried) {
+  if (*retried || !cdb_index_damaged(t->cache.index)) {
+    return cdbx_fail(t, "%s: %s", what, err->msg);
+  }
+  *retried = 1;
+  return discard_damaged_file(t);
+}
+
 int cdbx_cache_search(cdbx_table *t, const float *query, int k, const cdb_search_opts *opts,
                       int64_t *ids, float *sims, int *n_found) {
   cdb_error err = {{0}};
-  int rc = SQLITE_OK;
-  while (cdb_index_search(t->cache.index, query, k, opts, ids, sims, n_found, &err) != 0) {
-    if (rc != SQLITE_OK || !cdb_index_damaged(t->cache.index)) {
-      return cdbx_fail(t, "search: %s", err.msg);
-    }
-    rc = discard_damaged_file(t);
-    if (rc != SQLITE_OK) return rc;
-    rc = SQLITE_ERROR; /* one retry */
+  int retried = 0, rc = SQLITE_OK;
+  while (rc == SQLITE_OK &&
+         cdb_index_search(t->cache.index, query, k, opts, ids, sims, n_found, &err) != 0) {
+    rc = retry_after_damage(t, "search", &err, &retried);
   }
-  return SQLITE_OK;
+  return rc;
 }
 
 int cdbx_cache_range_search(cdbx_table *t, const float *query, float min_sim,
                             const cdb_search_opts *opts, int64_t **ids, float **sims,
                             int64_t *n_found) {
   cdb_error err = {{0}};
-  int rc = SQLITE_OK;
-  while (cdb_index_range_search(t->cache.index, query, min_sim, opts, ids, sims, n_found,
-                                &err) != 0) {
-    if (rc != SQLITE_OK || !cdb_index_damaged(t->cache.index)) {
-      return cdbx_fail(t, "range search: %s", err.msg);
-    }
-    rc = discard_damaged_file(t);
-    if (rc != SQLITE_OK) return rc;
-    rc = SQLITE_ERROR; /* one retry */
+  int retried = 0, rc = SQLITE_OK;
+  while (rc == SQLITE_OK && cdb_index_range_search(t->cache.index, query, min_sim, opts, ids,
+                                                   sims, n_found, &err) != 0) {
+    rc = retry_after_damage(t, "range search", &err, &retried);
   }
-  return SQLITE_OK;
+  return rc;
 }
 
 int cdbx_cache_fresh(cdbx_table *t) {

@@ -105,8 +105,13 @@ def test_load_embeds_like_goldens(model_dir, goldens):
     for im in goldens["images"][:3]:
         blob, = conn.execute("SELECT clip_embed_image(?, 'tiny')",
                              (str(GOLDENS / im["file"]),)).fetchone()
-        np.testing.assert_allclose(clipdb.deserialize(blob), unit(im["embedding"]), rtol=0,
-                                   atol=2e-6, err_msg=im["file"])
+        got, want = clipdb.deserialize(blob), unit(im["embedding"])
+        if im["file"].lower().endswith((".jpg", ".jpeg")):
+            # JPEGs are shrunk on load by default (CLIPDB_RESIZE=exact gives reference pixels);
+            # its documented bound, as tests/embed's embed-image-fast checks it
+            assert float(got @ want) >= 0.999, im["file"]
+        else:
+            np.testing.assert_allclose(got, want, rtol=0, atol=2e-6, err_msg=im["file"])
     # extension loading is switched off again afterwards ('x' does not exist either: with loading
     # on, the error would be "cannot open shared object file")
     with pytest.raises(sqlite3.OperationalError, match="^not authorized$"):
