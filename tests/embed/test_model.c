@@ -245,6 +245,16 @@ Test(model, concurrent_first_use) {
 /* Whole pipeline from files; our decoder is libvips, not Pillow: JPEGs shrunk on load differ by
  * a few levels (test_image.c), so the check is a cosine about 10x below the measured worst
  * (0.99999); the pixel-exact check is images_from_golden_pixels. */
+static bool resize_exact(void) {
+  const char *mode = getenv("CLIPDB_RESIZE");
+  return mode && strcmp(mode, "exact") == 0;
+}
+
+static bool is_jpeg_name(const char *path) {
+  size_t n = strlen(path);
+  return n >= 4 && strcmp(path + n - 4, ".jpg") == 0;
+}
+
 Test(model, images_from_files) {
   clip_model *m = load_tiny();
   int side = clip_model_image_size(m), dim = clip_model_dim(m);
@@ -263,7 +273,10 @@ Test(model, images_from_files) {
   cr_assert_eq(clip_embed_image_files(m, (const char *const *)paths, n, got, &err), 0, "%s", err.msg);
   for (int i = 0; i < n; i++) {
     float c = cosine(want + (size_t)i * dim, got + (size_t)i * dim, dim);
-    cr_expect(c >= 0.9999f, "%s: cosine %g", paths[i], c);
+    /* JPEGs are shrunk on load by DCT scaling unless CLIPDB_RESIZE=exact: measured worst
+     * cosine 0.99989 on these files (bound with a 10x margin) */
+    float bound = is_jpeg_name(paths[i]) && !resize_exact() ? 0.999f : 0.9999f;
+    cr_expect(c >= bound, "%s: cosine %g", paths[i], c);
     free(paths[i]);
   }
   free(paths);
