@@ -377,9 +377,15 @@ int cdbx_cache_compact(cdbx_table *t) {
   return rc;
 }
 
-int cdbx_cache_train(cdbx_table *t) {
+/* Before the index is rebuilt from its own contents: pending changes applied, and an index
+ * mapped from a damaged cache file replaced by one read from the tables. */
+static int ready_to_relist(cdbx_table *t) {
   int rc = cdbx_cache_flush(t);
-  if (rc == SQLITE_OK) rc = ensure_intact(t);
+  return rc == SQLITE_OK ? ensure_intact(t) : rc;
+}
+
+int cdbx_cache_train(cdbx_table *t) {
+  int rc = ready_to_relist(t);
   cdb_error err = {{0}};
   if (rc == SQLITE_OK && cdb_index_train(t->cache.index, &err) != 0) {
     rc = index_error(t, "training the index", &err);
@@ -390,7 +396,7 @@ int cdbx_cache_train(cdbx_table *t) {
 /* Lists that no longer fit the vectors (most rows deleted, unbalanced): retrained for the
  * current size, or back to exact search when too few rows remain to train. */
 int cdbx_cache_rebalance(cdbx_table *t) {
-  int rc = cdbx_cache_flush(t);
+  int rc = ready_to_relist(t);
   cdb_error err = {{0}};
   if (rc == SQLITE_OK && cdb_index_rebalance(t->cache.index, &err) != 0) {
     rc = index_error(t, "rebalancing the index", &err);

@@ -132,6 +132,10 @@ REGRESSIONS = [
     ("last_insert_rowid_of_queued_row", "auto_rowid", "model", [
         ("insert", 64, ("text", "a red circle"), None, "bob"),
         ("insert_auto", ("text", "circle"), "a", "bob")]),
+    ("optimize_over_damaged_cache_file", "cache_damage", "vec", [
+        ("fill", 98, 34), ("command", "train"), ("reopen", "none", 0),
+        q((4, -6, -5, -1), 2, form="knn_np1"), ("reopen", "flip", 0.8260281629585705),
+        ("command", "optimize")]),
 ]
 
 
