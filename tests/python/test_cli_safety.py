@@ -79,11 +79,12 @@ def file_state(path):
 # ---- running the CLI as a user who cannot read a chmod 000 folder ----
 
 @pytest.fixture
-def unprivileged(tmp_path):
-    """(command prefix, a work folder that user may write): nothing when not root, else setpriv
-    to nobody and a folder of nobody's outside pytest's root-only temp folder."""
+def unprivileged(tmp_path, model_dir):
+    """(command prefix, a work folder that user may write, the model folder that user may read):
+    nothing when not root, else setpriv to nobody, a folder of nobody's outside pytest's
+    root-only temp folder, and a copy of the model in it (the checkout may be private)."""
     if os.geteuid() != 0:
-        yield (), tmp_path
+        yield (), tmp_path, model_dir
         return
     if not shutil.which("setpriv"):
         pytest.skip("running as root without setpriv: cannot make a folder unreadable")
@@ -92,17 +93,24 @@ def unprivileged(tmp_path):
     os.chown(work, nobody.pw_uid, nobody.pw_gid)
     work.chmod(0o755)
     prefix = ("setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups")
-    yield prefix, work
+    model = work / "model"
+    shutil.copytree(model_dir, model)
+    yield prefix, work, str(model)
     for root, dirs, _ in os.walk(work):
         for d in dirs:
             os.chmod(os.path.join(root, d), 0o755)
     shutil.rmtree(work)
 
 
+def work_env(env, work, model):
+    """The CLI's environment for a run as the unprivileged user: home and model it may read."""
+    return dict(env, CLIPDB_MODEL=model, HOME=str(work), XDG_DATA_HOME=str(work / "data"),
+                XDG_CACHE_HOME=str(work / "cache"))
+
+
 def test_unreadable_folder_keeps_its_photos(unprivileged, demo_dir, clipdb_bin, env):
-    prefix, work = unprivileged
-    env = dict(env, HOME=str(work), XDG_DATA_HOME=str(work / "data"),
-               XDG_CACHE_HOME=str(work / "cache"))
+    prefix, work, model = unprivileged
+    env = work_env(env, work, model)
     names = demo_names(demo_dir, 8)
     photos, sub = work / "photos", work / "photos" / "sub"
     copy_demo(demo_dir, photos, names[:3])
@@ -271,9 +279,8 @@ def test_a_database_that_is_not_a_library_is_refused_and_untouched(tmp_path, dem
 def test_a_read_only_library_can_be_searched(unprivileged, demo_dir, clipdb_bin, env):
     """In a read-only folder (no -shm can be made) and as a read-only file in a writable folder;
     the files stay as they were, and the answers are those of the writable original."""
-    prefix, work = unprivileged
-    env = dict(env, HOME=str(work), XDG_DATA_HOME=str(work / "data"),
-               XDG_CACHE_HOME=str(work / "cache"))
+    prefix, work, model = unprivileged
+    env = work_env(env, work, model)
     photos = work / "photos"
     copy_demo(demo_dir, photos, demo_names(demo_dir, 12))
     original = work / "lib.db"
