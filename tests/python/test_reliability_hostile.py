@@ -452,7 +452,7 @@ UNKNOWN_MODEL_REASONS = {
     "/nonexistent/model-dir": r'model "/nonexistent/model-dir": no such directory',
     "no-such-org/no-such-model": r'"no-such-org/no-such-model" is not in the cache .*; '
                                  r'run `clipdb model pull no-such-org/no-such-model',
-    "../../etc": r"model directory /etc has no config\.json",
+    "../../etc": r"model directory /\S*/dotdot-root/etc has no config\.json",
     "bad name with spaces": r'model "bad name with spaces": no such directory',
     "": r'unset-model": no such directory',
 }
@@ -463,6 +463,11 @@ UNKNOWN_MODEL_REASONS = {
                          ids=["missing-dir", "unknown-hub-name", "dotdot", "spaces", "empty"])
 def test_unknown_models(conn, tmp_path, monkeypatch, model):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    # "../../etc" must resolve to a real folder without config.json wherever the checkout is
+    root = tmp_path / "dotdot-root"
+    (root / "etc").mkdir(parents=True)
+    (root / "a" / "b").mkdir(parents=True)
+    monkeypatch.chdir(root / "a" / "b")
     if model == "":
         monkeypatch.setenv("CLIPDB_MODEL", str(tmp_path / "unset-model"))
     reason = UNKNOWN_MODEL_REASONS[model]
