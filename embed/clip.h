@@ -32,8 +32,12 @@ int clip_model_dim(const clip_model *model);          /* projection dim (512 for
 int clip_model_image_size(const clip_model *model);   /* input side in pixels (224) */
 int clip_model_context_length(const clip_model *model); /* 77 */
 float clip_model_logit_scale(const clip_model *model);  /* stored log-space value */
-/* Stable identity: hex SHA-256 of config.json plus the safetensors header (64 chars + NUL). */
+/* Stable identity, changed by any change to the config or the weights: hex SHA-256 of
+ * config.json plus the SHA-256 of model.safetensors (64 chars + NUL). */
 const char *clip_model_identity(const clip_model *model);
+/* The identity earlier versions computed (config.json plus the safetensors header only, blind to
+ * the weights' values), for recognising tables that store it. */
+const char *clip_model_legacy_identity(const clip_model *model);
 
 /* Token ids for text: SOT, BPE tokens, EOT, zero padding; exactly context_length ids are
  * written to ids. Returns the count of real tokens (SOT..EOT inclusive), or -1. */

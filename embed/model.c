@@ -11,6 +11,7 @@
 #include "embed/clip_internal.h"
 #include "embed/kernels/kernels.h"
 #include "embed/model_impl.h"
+#include "src/digest.h"
 #include "src/file.h"
 #include "src/pool.h"
 
@@ -67,14 +68,25 @@ float clip_read_scalar(const st_tensor *t) {
   return v;
 }
 
-static int compute_identity(clip_model *m, const char *config_path, cdb_error *err) {
+/* identity: SHA-256 of config.json and of the weights file's SHA-256, so it changes with any
+ * weight (the file's digest is computed once per version of the file: src/digest.h).
+ * legacy_identity: SHA-256 of config.json and the safetensors header, what tables created before
+ * the weights were covered store; kept for their upgrade. */
+static int compute_identity(clip_model *m, const char *config_path, const char *weights_path,
+                            cdb_error *err) {
   size_t len;
+  char weights_sha[65];
+  if (cdb_file_sha256_cached(weights_path, weights_sha, err) != 0) return -1;
   char *config = cdb_file_read(config_path, 1u << 20, &len, err);
   if (!config) return -1;
   GChecksum *sum = g_checksum_new(G_CHECKSUM_SHA256);
   g_checksum_update(sum, (const guchar *)config, (gssize)len);
-  g_checksum_update(sum, m->st.header, (gssize)m->st.header_bytes);
+  g_checksum_update(sum, (const guchar *)weights_sha, 64);
   snprintf(m->identity, sizeof m->identity, "%s", g_checksum_get_string(sum));
+  g_checksum_reset(sum);
+  g_checksum_update(sum, (const guchar *)config, (gssize)len);
+  g_checksum_update(sum, m->st.header, (gssize)m->st.header_bytes);
+  snprintf(m->legacy_identity, sizeof m->legacy_identity, "%s", g_checksum_get_string(sum));
   g_checksum_free(sum);
   free(config);
   return 0;
@@ -90,7 +102,7 @@ static int load_files(clip_model *m, const char *dir, cdb_error *err) {
   if (clip_config_load(paths[0], &m->cfg, err) != 0 ||
       clip_preprocess_config_load(paths[4], m->cfg.image_size, &m->spec, err) != 0 ||
       st_open(paths[1], &m->st, err) != 0 || clip_check_tensors(m, err) != 0 ||
-      compute_identity(m, paths[0], err) != 0)
+      compute_identity(m, paths[0], paths[1], err) != 0)
     goto done;
   m->spec.max_pixels = m->params.max_image_pixels;
   m->logit_scale = clip_read_scalar(st_find(&m->st, "logit_scale"));
@@ -140,6 +152,7 @@ int clip_model_image_size(const clip_model *m) { return m->cfg.image_size; }
 int clip_model_context_length(const clip_model *m) { return m->cfg.context_length; }
 float clip_model_logit_scale(const clip_model *m) { return m->logit_scale; }
 const char *clip_model_identity(const clip_model *m) { return m->identity; }
+const char *clip_model_legacy_identity(const clip_model *m) { return m->legacy_identity; }
 const clip_config *clip_model_config(const clip_model *m) { return &m->cfg; }
 const clip_image_spec *clip_model_image_spec(const clip_model *m) { return &m->spec; }
 

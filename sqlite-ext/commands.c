@@ -63,9 +63,12 @@ static int integrity_check(cdbx_table *t) {
 
 /* Repairs damage done behind the table's back: rows whose vector was deleted from T_vectors
  * are embedded again (all checked before anything is written), vectors whose row was deleted
- * from T_rows go; then the index is rebuilt from the vectors. */
+ * from T_rows go; then the index is rebuilt from the vectors. Under a model name that now loads
+ * a model of another identity, every row is embedded again with it first. */
 static int rebuild(cdbx_table *t) {
-  int rc = cdbx_reembed_missing(t);
+  int adopted = 0;
+  int rc = cdbx_reembed_for_new_model(t, &adopted);
+  if (rc == SQLITE_OK && !adopted) rc = cdbx_reembed_missing(t);
   if (rc == SQLITE_OK) rc = cdbx_store_delete_orphan_vectors(t);
   if (rc == SQLITE_OK) rc = cdbx_cache_reload_from_vectors(t);
   if (rc == SQLITE_OK && cdbx_cache_wants_training(t)) rc = cdbx_cache_train(t);

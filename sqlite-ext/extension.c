@@ -148,6 +148,7 @@ SQLITE_EXTENSION_INIT1
 #endif
 
 #include "sqlite-ext/internal.h"
+#include "sqlite-ext/table.h"
 
 /* The connection context lives as long as the `clip` module (until sqlite3_close). Loading the
  * extension again on a connection re-registers everything with the same context (so models
@@ -203,6 +204,40 @@ static int register_all(sqlite3 *db, char **errmsg) {
 
 int clipdb_register(sqlite3 *db, char **errmsg) {
   return register_all(db, errmsg);
+}
+
+static int api_error(char **errmsg, int rc, const char *msg) {
+  if (errmsg) *errmsg = sqlite3_mprintf("%s", msg);
+  return rc;
+}
+
+int clipdb_table_model(sqlite3 *db, const char *table, clip_model **model, char **errmsg) {
+  *model = NULL;
+  pthread_mutex_lock(&conns_lock);
+  cdbx_conn *conn = conns;
+  while (conn && conn->db != db) conn = conn->next_conn;
+  pthread_mutex_unlock(&conns_lock);
+  if (!conn) return api_error(errmsg, SQLITE_MISUSE, "clipdb is not registered on this connection");
+  cdbx_table *t = cdbx_conn_open_table(db, conn, table);
+  if (!t) {
+    if (errmsg) *errmsg = sqlite3_mprintf("no clip table named \"%s\"", table);
+    return SQLITE_ERROR;
+  }
+  clip_model *m = cdbx_table_model(t);
+  if (!m) {
+    const char *why = t->base.zErrMsg ? t->base.zErrMsg : "the model could not be loaded";
+    int rc = api_error(errmsg, SQLITE_ERROR, why);
+    sqlite3_free(t->base.zErrMsg);
+    t->base.zErrMsg = NULL;
+    return rc;
+  }
+  cdbx_registry_retain(m);
+  *model = m;
+  return SQLITE_OK;
+}
+
+void clipdb_model_release(clip_model *model) {
+  cdbx_registry_release(model);
 }
 
 #ifndef SQLITE_CORE

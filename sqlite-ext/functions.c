@@ -486,13 +486,25 @@ static void fn_index_info(sqlite3_context *ctx, int argc, sqlite3_value **argv) 
     sqlite3_free(msg);
     return;
   }
-  char *json = sqlite3_mprintf(
-      "{\"kind\":\"%s\",\"factory\":\"%s\",\"nlist\":%d,\"nprobe\":%d,\"count\":%lld,"
-      "\"trained_at_count\":%lld,\"mapped\":%s,\"embed_batches\":%lld,\"embedded_rows\":%lld}",
-      info.kind, info.factory, info.nlist, info.nprobe, (long long)info.count,
-      (long long)info.trained_at_count, info.mapped ? "true" : "false",
-      (long long)t->queue.embed_batches, (long long)t->queue.embedded_rows);
-  sqlite3_result_text(ctx, json, -1, sqlite3_free);
+  json_object *o = json_object_new_object();
+  json_object_object_add(o, "kind", json_object_new_string(info.kind));
+  json_object_object_add(o, "factory", json_object_new_string(info.factory));
+  json_object_object_add(o, "nlist", json_object_new_int(info.nlist));
+  json_object_object_add(o, "nprobe", json_object_new_int(info.nprobe));
+  json_object_object_add(o, "count", json_object_new_int64(info.count));
+  json_object_object_add(o, "trained_at_count", json_object_new_int64(info.trained_at_count));
+  json_object_object_add(o, "mapped", json_object_new_boolean(info.mapped));
+  json_object_object_add(o, "embed_batches", json_object_new_int64(t->queue.embed_batches));
+  json_object_object_add(o, "embedded_rows", json_object_new_int64(t->queue.embedded_rows));
+  /* The table's record of its model: the name as created, and the identity of the model its
+   * vectors come from (both null for a dims= table). */
+  json_object_object_add(o, "model", t->model_name ? json_object_new_string(t->model_name) : NULL);
+  json_object_object_add(o, "model_identity", t->model_identity
+                                                  ? json_object_new_string(t->model_identity)
+                                                  : NULL);
+  int flags = JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE;
+  sqlite3_result_text(ctx, json_object_to_json_string_ext(o, flags), -1, SQLITE_TRANSIENT);
+  json_object_put(o);
 }
 
 static const struct {

@@ -291,6 +291,18 @@ int cdbx_store_rows_without_vector(cdbx_table *t, id_list *ids) {
   return rc;
 }
 
+/* Every row, for a 'rebuild' that embeds all of them again with another model. */
+int cdbx_store_all_row_ids(cdbx_table *t, id_list *ids) {
+  sqlite3_stmt *st = NULL;
+  int rc = prepare_fmt(t, &st, "SELECT rowid FROM \"%w\".\"%w_rows\"", t->schema, t->name);
+  while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW)
+    rc = cdbx_id_list_push(ids, sqlite3_column_int64(st, 0));
+  if (rc == SQLITE_DONE) rc = SQLITE_OK;
+  if (rc != SQLITE_OK && rc != SQLITE_NOMEM) rc = cdbx_fail(t, "%s", sqlite3_errmsg(t->db));
+  sqlite3_finalize(st);
+  return rc;
+}
+
 /* ---- config ---- */
 
 static int config_set_int(cdbx_table *t, const char *key, int64_t value) {
@@ -311,6 +323,10 @@ static int config_set_text(cdbx_table *t, const char *key, const char *value) {
     sqlite3_bind_null(st, 2);
   }
   return step_done(t, st, "writing config");
+}
+
+int cdbx_store_set_model_identity(cdbx_table *t, const char *identity) {
+  return config_set_text(t, "model_identity", identity);
 }
 
 /* *found = 0 when the key is absent. Text values are sqlite3_malloc'd copies. */
@@ -334,6 +350,16 @@ static int config_get(cdbx_table *t, const char *key, int64_t *ival, char **tval
   }
   sqlite3_reset(st);
   return rc;
+}
+
+int cdbx_store_read_model_identity(cdbx_table *t) {
+  char *identity = NULL;
+  int found = 0;
+  int rc = config_get(t, "model_identity", NULL, &identity, &found);
+  if (rc != SQLITE_OK) return rc;
+  sqlite3_free(t->model_identity);
+  t->model_identity = identity;
+  return SQLITE_OK;
 }
 
 static int config_int(cdbx_table *t, const char *key, int64_t *out) {

@@ -28,6 +28,7 @@ static void table_free(cdbx_table *t) {
   sqlite3_free(t->name);
   sqlite3_free(t->model_name);
   sqlite3_free(t->model_identity);
+  sqlite3_free(t->queue.identity_pending);
   sqlite3_free(t->index_type);
   sqlite3_free(t->base.zErrMsg);
   free(t->cache.pend_ids.ids);
@@ -611,6 +612,7 @@ static int x_sync(sqlite3_vtab *vt) {
   sqlite3_int64 last = sqlite3_last_insert_rowid(t->db); /* training writes are internal */
   int rc = cdbx_pending_flush(t);
   if (rc == SQLITE_OK) rc = cdbx_maintain(t);
+  if (rc == SQLITE_OK) rc = cdbx_table_model_sync(t);
   sqlite3_set_last_insert_rowid(t->db, last);
   return rc;
 }
@@ -618,6 +620,7 @@ static int x_sync(sqlite3_vtab *vt) {
 static int x_commit(sqlite3_vtab *vt) {
   cdbx_table *t = (cdbx_table *)vt;
   cdbx_pending_free(t); /* empty after xSync; the buffers are not kept between transactions */
+  cdbx_table_model_commit(t);
   t->txn.in_txn = 0;
   t->txn.touched.n = 0;
   t->txn.n_sp = 0;
@@ -639,6 +642,7 @@ static int rollback_from(cdbx_table *t, int64_t from, int64_t seq) {
 static int x_rollback(sqlite3_vtab *vt) {
   cdbx_table *t = (cdbx_table *)vt;
   cdbx_pending_free(t);
+  cdbx_table_model_rollback(t);
   rollback_from(t, 0, t->txn.begin_seq);
   t->txn.in_txn = 0;
   t->txn.touched.n = 0;
@@ -681,6 +685,7 @@ static int x_rollback_to(sqlite3_vtab *vt, int i) {
   cdbx_table *t = (cdbx_table *)vt;
   int have = i < t->txn.n_sp;
   cdbx_pending_clear(t); /* every queued row is newer than savepoint i: SQLite removed it */
+  cdbx_table_model_rollback(t);
   rollback_from(t, have ? t->txn.sp_marks[i] : 0, have ? t->txn.sp_seq[i] : t->txn.begin_seq);
   if (have) t->txn.n_sp = i + 1;
   return SQLITE_OK;
