@@ -24,8 +24,8 @@ static int identity_error(cdbx_table *t, clip_model *m) {
   const char *shown = shown_model_name(t);
   return cdbx_table_error(
       t, "clip: %s: its vectors were embedded by model %s with identity %s, but %s now loads a "
-         "model with identity %s (other weights or configuration: the two models' vectors "
-         "cannot be compared). Either embed every row again from its stored image or text with "
+         "different model, with identity %s (other weights or configuration: the two models' "
+         "vectors cannot be compared). Either embed every row again from its stored image or text with "
          "the new model: INSERT INTO %s(%s) VALUES('rebuild'); or use the original model: "
          "SELECT clip_model(name, path) with its directory",
       t->name, shown, t->model_identity ? t->model_identity : "(none)", shown,
