@@ -22,6 +22,7 @@
 
 #include "cli/cli.h"
 #include "embed/clip.h"
+#include "src/digest.h"
 #include "src/download.h"
 #include "src/fetch.h"
 #include "src/json.h"
@@ -219,6 +220,10 @@ static void record_file(pull_job *job, const char *name, long long bytes, const 
   json_object_object_add(f, "sha256", json_object_new_string(sha256));
   json_object_object_add(f, "verified", json_object_new_boolean(verified));
   json_object_array_add(job->files, f);
+  /* The model's identity covers the weights' digest: remembered, it is not computed again. */
+  char *path = g_build_filename(job->staging, name, NULL);
+  if (strcmp(name, "model.safetensors") == 0) cdb_file_sha256_remember(path, sha256);
+  g_free(path);
 }
 
 static void report_file(const char *name, long long bytes, const char *how) {

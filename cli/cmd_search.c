@@ -111,10 +111,15 @@ int cmd_search(int argc, char **argv, const cli_ctx *ctx) {
     free(text);
     return cli_usage_error("search", "%s", err.msg);
   }
+  clip_model *model; /* checked first: the library's vectors and this model's must agree */
   if (rc == 0) rc = cli_db_open(ctx, a.local ? "." : NULL, false, &db, &err);
-  if (rc == 0) rc = query_vector(&db, &q, &vec, &dim, &err);
+  if (rc == 0) rc = cli_db_model(&db, &model, &err);
+  /* One text with a positive weight is the text itself: the search statement embeds it. */
+  bool one_text = q.n == 1 && !q.terms[0].is_image && q.terms[0].weight > 0;
+  if (rc == 0 && !one_text) rc = query_vector(&db, &q, &vec, &dim, &err);
   cli_search_opts so = {(int)a.top, a.after, a.before, a.threshold, 0};
-  if (rc == 0) rc = cli_db_search(&db, vec, dim, &so, &hits, &n, &err);
+  cli_query cq = {one_text ? q.terms[0].text : NULL, vec, dim};
+  if (rc == 0) rc = cli_db_search(&db, &cq, &so, &hits, &n, &err);
   if (rc == 0) output_hits(hits, n, a.fmt, a.preview);
   else cli_error("search: %s", err.msg);
   cli_hits_free(hits, n);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/db.h"
 #include "embed/clip.h"
 #include "src/fetch.h"
 #include "src/file.h"
@@ -26,17 +27,29 @@ static int embed_image_source(clip_model *model, const char *source, float *vec,
   return rc;
 }
 
-static clip_model *load_model(const cli_ctx *ctx) {
+/* The library's model (db holds it), else the one --model / $CLIPDB_MODEL / the default names. */
+static clip_model *load_model(const cli_ctx *ctx, cli_db *db) {
   cdb_error err = {{0}};
+  clip_model *model = NULL;
+  if (cli_db_library_model(ctx, db, &model, &err) != 0) {
+    cli_error("%s", err.msg);
+    return NULL;
+  }
+  if (model) return model;
   char *dir = cli_model_dir(ctx, &err);
   if (!dir) {
     cli_error("%s", err.msg);
     return NULL;
   }
-  clip_model *model = clip_model_load(dir, NULL, &err);
+  model = clip_model_load(dir, NULL, &err);
   if (!model) cli_error("%s", err.msg);
   free(dir);
   return model;
+}
+
+static void unload_model(clip_model *model, cli_db *db) {
+  if (db->clip) cli_db_close(db);
+  else clip_model_free(model);
 }
 
 static const char TOKENIZE_USAGE[] =
@@ -53,7 +66,8 @@ int cmd_tokenize(int argc, char **argv, const cli_ctx *ctx) {
   }
   if (argc - optind != 1) return cli_usage_error("tokenize", "expected one TEXT argument");
   const char *text = argv[optind];
-  clip_model *model = load_model(ctx);
+  cli_db db = {0};
+  clip_model *model = load_model(ctx, &db);
   if (!model) return CLI_FAIL;
   int n = clip_model_context_length(model);
   int32_t *ids = calloc((size_t)n, sizeof *ids);
@@ -70,7 +84,7 @@ int cmd_tokenize(int argc, char **argv, const cli_ctx *ctx) {
     rc = CLI_OK;
   }
   free(ids);
-  clip_model_free(model);
+  unload_model(model, &db);
   return rc;
 }
 
@@ -150,7 +164,8 @@ int cmd_embed(int argc, char **argv, const cli_ctx *ctx) {
   if (optind != argc) return cli_usage_error("embed", "unexpected argument \"%s\"", argv[optind]);
   if ((text != NULL) + (image != NULL) + (pixels != NULL) != 1)
     return cli_usage_error("embed", "give exactly one of --text, --image, --pixels");
-  clip_model *model = load_model(ctx);
+  cli_db db = {0};
+  clip_model *model = load_model(ctx, &db);
   if (!model) return CLI_FAIL;
   int dim = clip_model_dim(model);
   float *vec = calloc((size_t)dim, sizeof *vec);
@@ -167,6 +182,6 @@ int cmd_embed(int argc, char **argv, const cli_ctx *ctx) {
     cli_error("%s", err.msg);
   }
   free(vec);
-  clip_model_free(model);
+  unload_model(model, &db);
   return rc == 0 ? CLI_OK : CLI_FAIL;
 }
