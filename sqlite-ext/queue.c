@@ -529,12 +529,14 @@ int cdbx_reembed_missing(cdbx_table *t) {
 /* For 'rebuild' when the model under the table's name has another identity than the one its
  * vectors come from: that model is adopted and every row embedded again from its stored image or
  * text (all checked first, so one that cannot be fails the command before anything is written).
- * *adopted is set when it happened; nothing is done when the model matches. */
+ * *adopted is set when it happened; nothing is done when the model matches or cannot load. */
 int cdbx_reembed_for_new_model(cdbx_table *t, int *adopted) {
   *adopted = 0;
   if (!t->model_name || t->queue.model) return SQLITE_OK;
-  clip_model *m = named_model(t);
-  if (!m || cdbx_store_read_model_identity(t) != SQLITE_OK) return SQLITE_ERROR;
+  cdb_error err = {{0}};
+  clip_model *m = cdbx_conn_model(t->conn, t->model_name, &err);
+  if (!m) return SQLITE_OK; /* no model to move to: rows that need one say so */
+  if (cdbx_store_read_model_identity(t) != SQLITE_OK) return SQLITE_ERROR;
   const char *stored = t->model_identity ? t->model_identity : "";
   if (strcmp(stored, clip_model_identity(m)) == 0 ||
       strcmp(stored, clip_model_legacy_identity(m)) == 0)
