@@ -278,11 +278,8 @@ int cdbx_store_row_source(cdbx_table *t, int64_t rowid, sqlite3_value **image,
 
 /* Rows of T_rows that have no vector, collected first (their vectors are written while a
  * statement over the same tables would still be open). */
-int cdbx_store_rows_without_vector(cdbx_table *t, id_list *ids) {
-  sqlite3_stmt *st = NULL;
-  int rc = prepare_fmt(t, &st, "SELECT rowid FROM \"%w\".\"%w_rows\" r WHERE NOT EXISTS "
-                       "(SELECT 1 FROM \"%w\".\"%w_vectors\" v WHERE v.rowid = r.rowid)",
-                       t->schema, t->name, t->schema, t->name);
+/* Appends the rowids st selects (prepared when rc is SQLITE_OK) to ids; finalizes st. */
+static int collect_ids(cdbx_table *t, sqlite3_stmt *st, int rc, id_list *ids) {
   while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW)
     rc = cdbx_id_list_push(ids, sqlite3_column_int64(st, 0));
   if (rc == SQLITE_DONE) rc = SQLITE_OK;
@@ -291,16 +288,19 @@ int cdbx_store_rows_without_vector(cdbx_table *t, id_list *ids) {
   return rc;
 }
 
+int cdbx_store_rows_without_vector(cdbx_table *t, id_list *ids) {
+  sqlite3_stmt *st = NULL;
+  int rc = prepare_fmt(t, &st, "SELECT rowid FROM \"%w\".\"%w_rows\" r WHERE NOT EXISTS "
+                       "(SELECT 1 FROM \"%w\".\"%w_vectors\" v WHERE v.rowid = r.rowid)",
+                       t->schema, t->name, t->schema, t->name);
+  return collect_ids(t, st, rc, ids);
+}
+
 /* Every row, for a 'rebuild' that embeds all of them again with another model. */
 int cdbx_store_all_row_ids(cdbx_table *t, id_list *ids) {
   sqlite3_stmt *st = NULL;
   int rc = prepare_fmt(t, &st, "SELECT rowid FROM \"%w\".\"%w_rows\"", t->schema, t->name);
-  while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW)
-    rc = cdbx_id_list_push(ids, sqlite3_column_int64(st, 0));
-  if (rc == SQLITE_DONE) rc = SQLITE_OK;
-  if (rc != SQLITE_OK && rc != SQLITE_NOMEM) rc = cdbx_fail(t, "%s", sqlite3_errmsg(t->db));
-  sqlite3_finalize(st);
-  return rc;
+  return collect_ids(t, st, rc, ids);
 }
 
 /* ---- config ---- */
