@@ -504,8 +504,10 @@ static int reembed_row(cdbx_table *t, int64_t rowid, int queue) {
   if (rc == SQLITE_OK && queue) rc = source_commit(t, rowid, &src);
   if (rc != SQLITE_OK && t->base.zErrMsg) {
     char *why = sqlite3_mprintf("%s", t->base.zErrMsg);
-    cdbx_fail(t, "rebuild: row %lld cannot be embedded again (%s); fix or delete the row, "
-                 "then rebuild", (long long)rowid, why ? why : "out of memory");
+    const char *state = t->queue.model_adopted ? "needs a vector from the new model but"
+                                               : "has no vector and";
+    cdbx_fail(t, "rebuild: row %lld %s cannot be embedded again (%s); fix or delete the row, "
+                 "then rebuild", (long long)rowid, state, why ? why : "out of memory");
     sqlite3_free(why);
   }
   source_free(&src);

@@ -190,6 +190,30 @@ def test_rebuild_moves_the_table_to_the_new_model(tmp_path, ext_path, model_dir,
     ref.close()
 
 
+def test_rebuild_that_cannot_embed_a_row_changes_nothing(tmp_path, ext_path, model_dir,
+                                                          changed_model, demo_dir):
+    make_table(tmp_path / "m.db", ext_path, model_dir, demo_dir)
+    copied = tmp_path / "copy.png"
+    shutil.copy(sorted(demo_dir.iterdir())[5], copied)
+    db = open_with(tmp_path / "m.db", ext_path, model_dir)
+    db.execute("INSERT INTO t(image, name) VALUES (?, 'copy')", (str(copied),))
+    gone = db.execute("SELECT rowid FROM t WHERE name = 'copy'").fetchone()[0]
+    db.close()
+    copied.unlink()
+    db = open_with(tmp_path / "m.db", ext_path, changed_model)
+    before = stored(db)
+    with pytest.raises(sqlite3.OperationalError, match=f"row {gone} needs a vector from the new"):
+        db.execute("INSERT INTO t(t) VALUES ('rebuild')")
+    assert config_identity(db) == identity(model_dir)
+    after = stored(db)
+    assert after.keys() == before.keys()
+    assert all(np.array_equal(after[k], before[k]) for k in before)
+    with pytest.raises(sqlite3.OperationalError) as e:
+        db.execute("SELECT rowid FROM t WHERE t MATCH 'a red star' AND k = 3").fetchall()
+    assert refused(e.value, identity(model_dir), identity(changed_model)), e.value
+    db.close()
+
+
 def test_legacy_identity_is_accepted_and_upgraded(tmp_path, ext_path, model_dir, changed_model):
     path = tmp_path / "v1.db"
     shutil.copy(LEGACY_DB, path)
