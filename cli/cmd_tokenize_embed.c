@@ -1,5 +1,6 @@
 /* cmd_tokenize_embed.c: `clipdb tokenize` and `clipdb embed`, thin wrappers over embed/clip.h
- * that print token ids / normalised vectors as JSON arrays (for scripting and golden checks). */
+ * that print token ids / normalised vectors as JSON arrays (for scripting and golden checks),
+ * with the library's model when there is a library and no --model (cli_db_library_model). */
 #include <getopt.h>
 #include <math.h>
 #include <stdint.h>
