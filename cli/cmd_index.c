@@ -33,7 +33,7 @@
 #include "cli/walk.h"
 #include "embed/clip.h"
 #include "src/file.h"
-#include "src/models.h"
+#include "src/model_path.h"
 #include "src/pool.h"
 
 #define COMMIT_EVERY 256 /* photos per transaction: progress kept on interruption, few fsyncs */

@@ -25,7 +25,7 @@
 #include "src/download.h"
 #include "src/fetch.h"
 #include "src/json.h"
-#include "src/models.h"
+#include "src/model_path.h"
 
 #define DEFAULT_ENDPOINT "https://huggingface.co"
 #define DEFAULT_REVISION "main"

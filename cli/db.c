@@ -14,7 +14,7 @@
 
 #include "sqlite-ext/clipdb.h"
 #include "src/file.h"
-#include "src/models.h"
+#include "src/model_path.h"
 
 /* The CLI's columns next to the extension's image/text/embedding (documented in
  * docs/clipdb.1.md): `date` is taken_at, or the file's mtime when the photo has no EXIF date,

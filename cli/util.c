@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
-#include "src/models.h"
+#include "src/model_path.h"
 
 void cli_error(const char *fmt, ...) {
   va_list ap;

@@ -11,7 +11,7 @@
 
 #include "sqlite-ext/internal.h"
 #include "src/fetch.h"
-#include "src/models.h"
+#include "src/model_path.h"
 
 typedef struct registry_entry {
   char *dir;

@@ -9,7 +9,7 @@
 #include "src/err.h"
 #include "src/file.h"
 #include "src/json.h"
-#include "src/models.h"
+#include "src/model_path.h"
 #include "src/pool.h"
 
 static char *write_temp(const char *content) {

@@ -1,5 +1,5 @@
 /* models.c: model references -> directories (explicit path, CLIPDB_MODEL, or the cache). */
-#include "src/models.h"
+#include "src/model_path.h"
 
 #include <stdio.h>
 #include <stdlib.h>
