@@ -34,6 +34,9 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format
 /* The model directory for ctx->model (cdb_model_resolve), malloc'd; NULL with err set. */
 char *cli_model_dir(const cli_ctx *ctx, cdb_error *err);
 
+/* Loads the model for ctx->model (free with clip_model_free); NULL after printing the error. */
+struct clip_model *cli_load_model(const cli_ctx *ctx);
+
 /* True when s equals "-h" or "--help" (commands print their usage to stdout and return 0). */
 bool cli_is_help(const char *s);
 

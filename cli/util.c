@@ -1,4 +1,4 @@
-/* util.c: small helpers every command uses: error lines, number parsing, model lookup. */
+/* util.c: small helpers every command uses: error lines, number parsing, model lookup and load. */
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "embed/clip.h"
 #include "src/model_path.h"
 
 void cli_error(const char *fmt, ...) {
@@ -32,6 +33,19 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) {
 
 char *cli_model_dir(const cli_ctx *ctx, cdb_error *err) {
   return cdb_model_resolve(ctx->model, err);
+}
+
+clip_model *cli_load_model(const cli_ctx *ctx) {
+  cdb_error err = {{0}};
+  char *dir = cli_model_dir(ctx, &err);
+  if (!dir) {
+    cli_error("%s", err.msg);
+    return NULL;
+  }
+  clip_model *model = clip_model_load(dir, NULL, &err);
+  if (!model) cli_error("%s", err.msg);
+  free(dir);
+  return model;
 }
 
 bool cli_is_help(const char *s) {
