@@ -7,6 +7,7 @@
 
 #include "cli/cli.h"
 #include "cli/db.h"
+#include "cli/args.h"
 #include "cli/output.h"
 #include "cli/query.h"
 

@@ -5,6 +5,7 @@
 
 #include "cli/cli.h"
 #include "cli/db.h"
+#include "cli/args.h"
 #include "cli/output.h"
 
 static const char USAGE[] =
