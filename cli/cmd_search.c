@@ -5,9 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/db.h"
-#include "cli/args.h"
 #include "cli/output.h"
 #include "cli/query.h"
 

@@ -3,9 +3,9 @@
 #include <getopt.h>
 #include <stdlib.h>
 
+#include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/db.h"
-#include "cli/args.h"
 #include "cli/output.h"
 
 static const char USAGE[] =
