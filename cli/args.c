@@ -11,14 +11,13 @@
 #define MAX_TOP 10000
 #define DEFAULT_TOP 10
 
-int search_parse_args(int argc, char **argv, const char *cmd, const char *usage,
-                      search_args *a) {
+int search_parse_args(int argc, char **argv, const char *cmd, const char *usage, search_args *a) {
   static const struct option longopts[] = {
-      {"top", required_argument, 0, 'n'},   {"json", no_argument, 0, 'j'},
-      {"paths", no_argument, 0, 'p'},       {"after", required_argument, 0, 'a'},
+      {"top", required_argument, 0, 'n'},    {"json", no_argument, 0, 'j'},
+      {"paths", no_argument, 0, 'p'},        {"after", required_argument, 0, 'a'},
       {"before", required_argument, 0, 'b'}, {"threshold", required_argument, 0, 't'},
-      {"preview", no_argument, 0, 'v'},     {"local", no_argument, 0, 'l'},
-      {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
+      {"preview", no_argument, 0, 'v'},      {"local", no_argument, 0, 'l'},
+      {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
   *a = (search_args){.top = DEFAULT_TOP, .threshold = -INFINITY};
   int c;
   while ((c = getopt_long(argc, argv, "hn:", longopts, NULL)) != -1) {
@@ -43,6 +42,6 @@ int search_parse_args(int argc, char **argv, const char *cmd, const char *usage,
   }
   if ((a->after && cli_check_date(a->after)) || (a->before && cli_check_date(a->before)))
     return cli_usage_error(cmd, "dates look like 2021, 2021-06, 2021-06-30 or "
-                                     "\"2021-06-30 18:00\"");
+                                "\"2021-06-30 18:00\"");
   return 0;
 }

@@ -16,7 +16,6 @@ typedef struct search_args {
 } search_args;
 
 /* 0 to go on, -1 after printing usage (--help), or CLI_USAGE after an error message. */
-int search_parse_args(int argc, char **argv, const char *cmd, const char *usage,
-                      search_args *a);
+int search_parse_args(int argc, char **argv, const char *cmd, const char *usage, search_args *a);
 
 #endif

@@ -32,9 +32,12 @@ typedef struct hub_file {
 
 /* Small files first, so that a wrong name or revision fails before the large download. */
 static const hub_file HUB_FILES[] = {
-    {"config.json", true, false},           {"preprocessor_config.json", true, false},
-    {"tokenizer_config.json", false, false}, {"special_tokens_map.json", false, false},
-    {"vocab.json", true, false},            {"merges.txt", true, false},
+    {"config.json", true, false},
+    {"preprocessor_config.json", true, false},
+    {"tokenizer_config.json", false, false},
+    {"special_tokens_map.json", false, false},
+    {"vocab.json", true, false},
+    {"merges.txt", true, false},
     {"model.safetensors", true, true},
 };
 enum { N_HUB_FILES = sizeof HUB_FILES / sizeof HUB_FILES[0] };
@@ -156,7 +159,8 @@ static void for_each_staging(const char *cache, const char *folder,
   const char *entry;
   GPtrArray *found = g_ptr_array_new_with_free_func(g_free);
   while ((entry = g_dir_read_name(d)))
-    if (g_str_has_prefix(entry, prefix)) g_ptr_array_add(found, g_build_filename(cache, entry, NULL));
+    if (g_str_has_prefix(entry, prefix))
+      g_ptr_array_add(found, g_build_filename(cache, entry, NULL));
   g_dir_close(d); /* collect first: fn may delete entries */
   for (guint i = 0; i < found->len; i++)
     if (is_dir(found->pdata[i])) fn(found->pdata[i], arg);
@@ -177,8 +181,10 @@ static bool fill_entry(const char *cache, const char *folder, cdb_hub_entry *e) 
     g_free(dir);
     return false;
   }
-  *e = (cdb_hub_entry){.name = hub_name_of_folder(folder), .dir = dir,
-                       .bytes = folder_bytes(dir), .interrupted = strstr(folder, ".tmp-") != NULL};
+  *e = (cdb_hub_entry){.name = hub_name_of_folder(folder),
+                       .dir = dir,
+                       .bytes = folder_bytes(dir),
+                       .interrupted = strstr(folder, ".tmp-") != NULL};
   json_object *rec = e->interrupted ? NULL : cdb_hub_pull_record(dir);
   const char *rev = record_string(rec, "revision");
   e->revision = rev ? g_strdup(rev) : NULL;
@@ -224,10 +230,8 @@ int cdb_hub_remove(const char *hub_name, cdb_error *err) {
   char *folder = g_path_get_basename(dir);
   for_each_staging(cache, folder, remove_staging, NULL);
   int rc = 0;
-  if (!is_dir(dir))
-    rc = cdb_error_set(err, "%s is not in the cache (%s)", hub_name, dir);
-  else if (remove_tree(dir) != 0)
-    rc = cdb_error_set(err, "removing %s: %s", dir, strerror(errno));
+  if (!is_dir(dir)) rc = cdb_error_set(err, "%s is not in the cache (%s)", hub_name, dir);
+  else if (remove_tree(dir) != 0) rc = cdb_error_set(err, "removing %s: %s", dir, strerror(errno));
   char *lock = g_strdup_printf("%s.lock", dir);
   unlink(lock);
   g_free(lock);
@@ -410,8 +414,9 @@ static int download_file(pull_job *job, const hub_file *f, const char *url, cons
     return 0;
   }
   if (got == CDB_DOWNLOAD_NOT_FOUND)
-    return cdb_error_set(job->err, "%s revision %s has no %s (%s); is it a CLIP model in Hugging "
-                                   "Face format, and are the name and revision right?",
+    return cdb_error_set(job->err,
+                         "%s revision %s has no %s (%s); is it a CLIP model in Hugging "
+                         "Face format, and are the name and revision right?",
                          job->hub_name, job->revision, f->name, why.msg);
   return cdb_error_set(job->err, "%s", why.msg);
 }
@@ -519,10 +524,8 @@ static int lock_model(const pull_job *job) {
 /* After a failure: a staging folder worth resuming is kept (and named in res), else removed. */
 static void keep_or_drop_staging(const pull_job *job, cdb_hub_pull_result *res) {
   if (!job->staging || !is_dir(job->staging)) return;
-  if (has_payload(job->staging))
-    res->kept_staging = g_strdup(job->staging);
-  else
-    remove_tree(job->staging);
+  if (has_payload(job->staging)) res->kept_staging = g_strdup(job->staging);
+  else remove_tree(job->staging);
 }
 
 static int run_pull(pull_job *job, cdb_hub_pull_result *res) {
@@ -542,10 +545,8 @@ static int run_pull(pull_job *job, cdb_hub_pull_result *res) {
   }
   if (rc == 0) rc = write_pull_record(job);
   if (rc == 0) rc = swap_in(job);
-  if (rc == 0)
-    res->bytes = folder_bytes(job->final_dir);
-  else
-    keep_or_drop_staging(job, res);
+  if (rc == 0) res->bytes = folder_bytes(job->final_dir);
+  else keep_or_drop_staging(job, res);
   close(lock);
   return rc;
 }
@@ -556,11 +557,16 @@ int cdb_hub_pull(const char *hub_name, const cdb_hub_pull_opts *opts, cdb_hub_pu
   res->dir = cdb_hub_model_dir(hub_name, err);
   if (!res->dir) return -1;
   if (opts->offline || env_true("HF_HUB_OFFLINE"))
-    return cdb_error_set(err, "offline mode (HF_HUB_OFFLINE or --offline) forbids downloading %s; "
-                              "unset HF_HUB_OFFLINE, or copy the model folder to %s",
+    return cdb_error_set(err,
+                         "offline mode (HF_HUB_OFFLINE or --offline) forbids downloading %s; "
+                         "unset HF_HUB_OFFLINE, or copy the model folder to %s",
                          hub_name, res->dir);
-  pull_job job = {.hub_name = hub_name, .revision = res->revision, .opts = opts,
-                  .final_dir = res->dir, .dl = opts->download, .err = err};
+  pull_job job = {.hub_name = hub_name,
+                  .revision = res->revision,
+                  .opts = opts,
+                  .final_dir = res->dir,
+                  .dl = opts->download,
+                  .err = err};
   job.endpoint = endpoint_from_env();
   int rc = -1;
   if (!cdb_is_url(job.endpoint)) {

@@ -44,11 +44,11 @@ json_object *cdb_hub_pull_record(const char *model_dir);
 /* ---- list and remove ---- */
 
 typedef struct cdb_hub_entry {
-  char *name;        /* ORG/NAME */
-  char *dir;         /* its folder (the staging folder for an interrupted pull) */
-  char *revision;    /* as the pull record names it, or NULL */
-  long long bytes;   /* size of the files in the folder */
-  bool interrupted;  /* an interrupted pull, which the same pull resumes */
+  char *name;       /* ORG/NAME */
+  char *dir;        /* its folder (the staging folder for an interrupted pull) */
+  char *revision;   /* as the pull record names it, or NULL */
+  long long bytes;  /* size of the files in the folder */
+  bool interrupted; /* an interrupted pull, which the same pull resumes */
 } cdb_hub_entry;
 
 /* The cached models and interrupted pulls, sorted by folder name; *n gets the count (0 when the
@@ -87,9 +87,9 @@ typedef struct cdb_hub_pull_opts {
 
 typedef struct cdb_hub_pull_result {
   const char *revision; /* the revision pulled (the option, or main) */
-  char *dir;          /* the model's folder in the cache, malloc'd */
-  long long bytes;    /* its size after a successful pull */
-  char *kept_staging; /* after a failure: the staging folder kept for a resume, or NULL */
+  char *dir;            /* the model's folder in the cache, malloc'd */
+  long long bytes;      /* its size after a successful pull */
+  char *kept_staging;   /* after a failure: the staging folder kept for a resume, or NULL */
 } cdb_hub_pull_result;
 
 /* Pulls hub_name into the cache (see above). 0, or -1 with err set; free res with
