@@ -29,12 +29,13 @@
 /* The cache root, malloc'd. */
 char *cdb_hub_cache_dir(void);
 
-/* The folder the cache keeps a hub name ("ORG/NAME") in, whether or not it is there, malloc'd.
+/* The folder a pull of a hub name ("ORG/NAME") writes, whether or not it is there, malloc'd.
  * NULL (err set) when the name is not of the form ORG/NAME with safe characters. */
 char *cdb_hub_model_dir(const char *hub_name, cdb_error *err);
 
-/* The folder of a cached model, malloc'd: the one place a hub name becomes a model folder. NULL
- * (err set, telling how to pull it) when the name is invalid or the model is not cached. */
+/* The folder a cached model is loaded from, malloc'd: every lookup of a hub name by a reader
+ * (src/model_path.h) comes here. NULL (err set, telling how to pull it) when the name is invalid
+ * or the model is not cached. */
 char *cdb_hub_find(const char *hub_name, cdb_error *err);
 
 /* What the pull that wrote a model folder recorded ({name, endpoint, revision, pulled_at,
