@@ -44,11 +44,6 @@ enum { N_HUB_FILES = sizeof HUB_FILES / sizeof HUB_FILES[0] };
 
 /* ---- the cache layout ---- */
 
-static bool is_dir(const char *path) {
-  struct stat st;
-  return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
   (void)st;
   (void)flag;
@@ -97,7 +92,7 @@ char *cdb_hub_model_dir(const char *hub_name, cdb_error *err) {
 
 char *cdb_hub_find(const char *hub_name, cdb_error *err) {
   char *path = cdb_hub_model_dir(hub_name, err);
-  if (path && !is_dir(path)) {
+  if (path && !cdb_is_dir(path)) {
     cdb_error_set(err, "model \"%s\" is not in the cache (%s); run `clipdb model pull %s`",
                   hub_name, path, hub_name);
     free(path);
@@ -163,7 +158,7 @@ static void for_each_staging(const char *cache, const char *folder,
       g_ptr_array_add(found, g_build_filename(cache, entry, NULL));
   g_dir_close(d); /* collect first: fn may delete entries */
   for (guint i = 0; i < found->len; i++)
-    if (is_dir(found->pdata[i])) fn(found->pdata[i], arg);
+    if (cdb_is_dir(found->pdata[i])) fn(found->pdata[i], arg);
   g_ptr_array_free(found, TRUE);
   g_free(prefix);
 }
@@ -177,7 +172,7 @@ static int compare_strings(const void *a, const void *b) {
 /* A cache entry that names a model (or its interrupted pull): ORG--NAME[.tmp-*], a folder. */
 static bool fill_entry(const char *cache, const char *folder, cdb_hub_entry *e) {
   char *dir = g_build_filename(cache, folder, NULL);
-  if (!is_dir(dir) || !strstr(folder, "--") || strstr(folder, ".old-")) {
+  if (!cdb_is_dir(dir) || !strstr(folder, "--") || strstr(folder, ".old-")) {
     g_free(dir);
     return false;
   }
@@ -230,7 +225,7 @@ int cdb_hub_remove(const char *hub_name, cdb_error *err) {
   char *folder = g_path_get_basename(dir);
   for_each_staging(cache, folder, remove_staging, NULL);
   int rc = 0;
-  if (!is_dir(dir)) rc = cdb_error_set(err, "%s is not in the cache (%s)", hub_name, dir);
+  if (!cdb_is_dir(dir)) rc = cdb_error_set(err, "%s is not in the cache (%s)", hub_name, dir);
   else if (remove_tree(dir) != 0) rc = cdb_error_set(err, "removing %s: %s", dir, strerror(errno));
   char *lock = g_strdup_printf("%s.lock", dir);
   unlink(lock);
@@ -523,7 +518,7 @@ static int lock_model(const pull_job *job) {
 
 /* After a failure: a staging folder worth resuming is kept (and named in res), else removed. */
 static void keep_or_drop_staging(const pull_job *job, cdb_hub_pull_result *res) {
-  if (!job->staging || !is_dir(job->staging)) return;
+  if (!job->staging || !cdb_is_dir(job->staging)) return;
   if (has_payload(job->staging)) res->kept_staging = g_strdup(job->staging);
   else remove_tree(job->staging);
 }

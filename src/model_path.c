@@ -3,20 +3,15 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
+#include "src/file.h"
 #include "src/hub.h"
-
-static int is_dir(const char *path) {
-  struct stat st;
-  return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
 
 char *cdb_model_resolve(const char *name_or_path, cdb_error *err) {
   const char *ref = name_or_path;
   if (!ref || !ref[0]) ref = getenv("CLIPDB_MODEL");
   if (!ref || !ref[0]) ref = CDB_DEFAULT_MODEL;
-  if (is_dir(ref)) return strdup(ref);
+  if (cdb_is_dir(ref)) return strdup(ref);
   if (ref[0] == '/' || ref[0] == '.' || !strchr(ref, '/')) {
     cdb_error_set(err, "model \"%s\": no such directory", ref);
     return NULL;
