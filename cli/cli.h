@@ -50,6 +50,6 @@ int cmd_classify(int argc, char **argv, const cli_ctx *ctx);
 int cmd_tokenize(int argc, char **argv, const cli_ctx *ctx);
 int cmd_embed(int argc, char **argv, const cli_ctx *ctx);
 int cmd_info(int argc, char **argv, const cli_ctx *ctx);
-int cmd_model(int argc, char **argv, const cli_ctx *ctx); /* cli/cmd_model.c (model helper) */
+int cmd_model(int argc, char **argv, const cli_ctx *ctx);
 
 #endif

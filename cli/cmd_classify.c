@@ -10,7 +10,7 @@
 #include "cli/db.h"
 #include "sqlite-ext/clipdb.h"
 #include "src/json.h"
-#include "src/models.h"
+#include "src/model_path.h"
 
 #define DEFAULT_TEMPLATE "a photo of a {}"
 #define MAX_LABEL_BYTES 1000

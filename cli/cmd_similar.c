@@ -3,6 +3,7 @@
 #include <getopt.h>
 #include <stdlib.h>
 
+#include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/db.h"
 #include "cli/output.h"

@@ -17,7 +17,7 @@
 #include "sqlite-ext/clipdb.h"
 #include "src/fetch.h"
 #include "src/file.h"
-#include "src/models.h"
+#include "src/model_path.h"
 
 /* The CLI's columns next to the extension's image/text/embedding (documented in
  * docs/clipdb.1.md): `date` is taken_at, or the file's mtime when the photo has no EXIF date,
@@ -355,6 +355,30 @@ int cli_db_library_model(const cli_ctx *ctx, cli_db *db, clip_model **model, cdb
   if (cli_db_open(ctx, NULL, false, db, err) == 0 && cli_db_model(db, model, err) == 0) return 0;
   cli_db_close(db);
   return -1;
+}
+
+clip_model *cli_load_model(const cli_ctx *ctx, cli_db *db) {
+  cdb_error err = {{0}};
+  clip_model *model = NULL;
+  if (cli_db_library_model(ctx, db, &model, &err) != 0) {
+    cli_error("%s", err.msg);
+    return NULL;
+  }
+  if (model) return model;
+  char *dir = cli_model_dir(ctx, &err);
+  if (!dir) {
+    cli_error("%s", err.msg);
+    return NULL;
+  }
+  model = clip_model_load(dir, NULL, &err);
+  if (!model) cli_error("%s", err.msg);
+  free(dir);
+  return model;
+}
+
+void cli_unload_model(clip_model *model, cli_db *db) {
+  if (db->clip) cli_db_close(db);
+  else clip_model_free(model);
 }
 
 /* One vector of the table's model: room for it, and the model. */

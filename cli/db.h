@@ -51,6 +51,11 @@ int cli_db_model(cli_db *db, clip_model **model, cdb_error *err);
  * --model, $CLIPDB_MODEL or the default names. */
 int cli_db_library_model(const cli_ctx *ctx, cli_db *db, clip_model **model, cdb_error *err);
 
+/* The library's model (db holds it), else the one --model / $CLIPDB_MODEL / the default names;
+ * NULL after printing the error. Release with cli_unload_model. */
+clip_model *cli_load_model(const cli_ctx *ctx, cli_db *db);
+void cli_unload_model(clip_model *model, cli_db *db);
+
 /* Embeds a text, or an image file or http(s) URL, with the table's model. *out is malloc'd (dim
  * floats, normalised). */
 int cli_db_embed_text(cli_db *db, const char *text, float **out, int *dim, cdb_error *err);

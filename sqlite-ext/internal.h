@@ -1,7 +1,7 @@
 /* internal.h: declarations shared by the files of the SQLite extension (not a public header).
  *
  * extension.c  entry points, per-connection context, SQL usage documentation
- * models.c     process-wide model registry, per-connection model names, embedding helpers
+ * encoder.c    process-wide model registry, per-connection model names, embedding SQL values
  * vec.c        float32 BLOB vectors: parsing, checking, normalising
  * functions.c  the clip_* scalar SQL functions
  * search.c     the clip_search table-valued function
@@ -44,7 +44,7 @@ static inline char *cdbx_str_finish(sqlite3_str *s) {
   return r || err != SQLITE_OK ? r : sqlite3_mprintf("");
 }
 
-/* ---- per-connection context (extension.c, models.c) ---- */
+/* ---- per-connection context (extension.c, encoder.c) ---- */
 
 typedef struct cdbx_table cdbx_table;
 
@@ -64,7 +64,7 @@ typedef struct cdbx_conn {
   struct cdbx_conn *next_conn;
 } cdbx_conn;
 
-/* ---- models.c ---- */
+/* ---- encoder.c ---- */
 
 /* The process-wide registry: one clip_model per directory, refcounted. */
 clip_model *cdbx_registry_acquire(const char *dir, cdb_error *err);

@@ -4,7 +4,7 @@
  * Owns: the table's definition (cdbx_table.n_user ... .uid): the user columns, and at CREATE the
  * choice of dims, model name and identity, index type and parameters (store.c persists them in
  * T_config and reads them back at connect).
- * Calls only models.c and index/; called by vtab.c (xCreate, xConnect, xRename). */
+ * Calls only encoder.c and index/; called by vtab.c (xCreate, xConnect, xRename). */
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>

@@ -127,7 +127,7 @@ struct cdbx_table {
 
 #define CDBX_NO_COLUMN (-2)
 
-/* Each file below calls only the files listed after it (and models.c, vec.c, embed/, index/):
+/* Each file below calls only the files listed after it (and encoder.c, vec.c, embed/, index/):
  * vtab.c -> commands.c -> queue.c -> cache.c -> store.c; plan.c and options.c are called by
  * vtab.c only. */
 

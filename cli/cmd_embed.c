@@ -1,6 +1,6 @@
-/* cmd_tokenize_embed.c: `clipdb tokenize` and `clipdb embed`, thin wrappers over embed/clip.h
- * that print token ids / normalised vectors as JSON arrays (for scripting and golden checks),
- * with the library's model when there is a library and no --model (cli_db_library_model). */
+/* cmd_embed.c: `clipdb embed`, a thin wrapper over embed/clip.h that prints the normalised vector
+ * of a text, an image or raw pixels as one JSON array (for scripting and golden checks), with the
+ * library's model when there is a library and no --model. */
 #include <getopt.h>
 #include <math.h>
 #include <stdint.h>
@@ -25,67 +25,6 @@ static int embed_image_source(clip_model *model, const char *source, float *vec,
   const void *bufs[1] = {bytes};
   int rc = clip_embed_image_buffers(model, bufs, &len, 1, vec, err);
   free(bytes);
-  return rc;
-}
-
-/* The library's model (db holds it), else the one --model / $CLIPDB_MODEL / the default names. */
-static clip_model *load_model(const cli_ctx *ctx, cli_db *db) {
-  cdb_error err = {{0}};
-  clip_model *model = NULL;
-  if (cli_db_library_model(ctx, db, &model, &err) != 0) {
-    cli_error("%s", err.msg);
-    return NULL;
-  }
-  if (model) return model;
-  char *dir = cli_model_dir(ctx, &err);
-  if (!dir) {
-    cli_error("%s", err.msg);
-    return NULL;
-  }
-  model = clip_model_load(dir, NULL, &err);
-  if (!model) cli_error("%s", err.msg);
-  free(dir);
-  return model;
-}
-
-static void unload_model(clip_model *model, cli_db *db) {
-  if (db->clip) cli_db_close(db);
-  else clip_model_free(model);
-}
-
-static const char TOKENIZE_USAGE[] =
-    "usage: clipdb tokenize [--model DIR] TEXT\n"
-    "Prints the model's context-length token ids for TEXT (SOT, tokens, EOT, zero padding)\n"
-    "as one JSON array.\n";
-
-int cmd_tokenize(int argc, char **argv, const cli_ctx *ctx) {
-  static const struct option longopts[] = {{"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-  int c;
-  while ((c = getopt_long(argc, argv, "+h", longopts, NULL)) != -1) {
-    if (c == 'h') return fputs(TOKENIZE_USAGE, stdout), CLI_OK;
-    return cli_usage_error("tokenize", "unknown option");
-  }
-  if (argc - optind != 1) return cli_usage_error("tokenize", "expected one TEXT argument");
-  const char *text = argv[optind];
-  cli_db db = {0};
-  clip_model *model = load_model(ctx, &db);
-  if (!model) return CLI_FAIL;
-  int n = clip_model_context_length(model);
-  int32_t *ids = calloc((size_t)n, sizeof *ids);
-  cdb_error err = {{0}};
-  int rc = CLI_FAIL;
-  if (!ids) {
-    cli_error("out of memory");
-  } else if (clip_tokenize(model, text, strlen(text), ids, &err) < 0) {
-    cli_error("%s", err.msg);
-  } else {
-    putchar('[');
-    for (int i = 0; i < n; i++) printf(i ? ",%d" : "%d", (int)ids[i]);
-    puts("]");
-    rc = CLI_OK;
-  }
-  free(ids);
-  unload_model(model, &db);
   return rc;
 }
 
@@ -166,7 +105,7 @@ int cmd_embed(int argc, char **argv, const cli_ctx *ctx) {
   if ((text != NULL) + (image != NULL) + (pixels != NULL) != 1)
     return cli_usage_error("embed", "give exactly one of --text, --image, --pixels");
   cli_db db = {0};
-  clip_model *model = load_model(ctx, &db);
+  clip_model *model = cli_load_model(ctx, &db);
   if (!model) return CLI_FAIL;
   int dim = clip_model_dim(model);
   float *vec = calloc((size_t)dim, sizeof *vec);
@@ -183,6 +122,6 @@ int cmd_embed(int argc, char **argv, const cli_ctx *ctx) {
     cli_error("%s", err.msg);
   }
   free(vec);
-  unload_model(model, &db);
+  cli_unload_model(model, &db);
   return rc == 0 ? CLI_OK : CLI_FAIL;
 }

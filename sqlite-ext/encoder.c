@@ -1,4 +1,5 @@
-/* models.c: the process-wide model registry, per-connection model names, embedding helpers.
+/* encoder.c: the extension's side of the encoder: the process-wide model registry, per-connection
+ * model names, and embedding SQL values (texts; images as bytes, paths or URLs).
  *
  * A model directory is loaded once per process (keyed by its real path) and shared by every
  * connection and table that uses it; the last release frees it. Each connection keeps a small
@@ -11,7 +12,7 @@
 
 #include "sqlite-ext/internal.h"
 #include "src/fetch.h"
-#include "src/models.h"
+#include "src/model_path.h"
 
 typedef struct registry_entry {
   char *dir;
