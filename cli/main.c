@@ -11,6 +11,7 @@
 #include <vips/vips.h>
 
 #include "cli/cli.h"
+#include "embed/clip.h"
 
 typedef struct command {
   const char *name;
@@ -104,6 +105,7 @@ int main(int argc, char **argv) {
   }
   for (size_t i = 0; i < N_COMMANDS; i++) {
     if (strcmp(name, COMMANDS[i].name) != 0) continue;
+    clip_release_blas_threads(); /* one thread here: nothing else is inside OpenBLAS */
     if (VIPS_INIT(argv[0]) != 0) {
       cli_error("libvips failed to start: %s", vips_error_buffer());
       return CLI_FAIL;

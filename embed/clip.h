@@ -28,6 +28,13 @@ clip_params clip_default_params(void);
 clip_model *clip_model_load(const char *dir, const clip_params *params, cdb_error *err);
 void clip_model_free(clip_model *model);
 
+/* Stops OpenBLAS's worker threads, which its library constructor starts and which then poll
+ * (sched_yield) for ~0.1 s, taking a core from a short-lived process's first query or first
+ * batch (the encoder runs on its own pool). OpenBLAS restarts them if a later call wants them.
+ * Only for a program that owns its threads (the CLI, benchmarks): no other thread may be
+ * inside OpenBLAS during the call. A no-op without OpenBLAS. */
+void clip_release_blas_threads(void);
+
 int clip_model_dim(const clip_model *model);          /* projection dim (512 for ViT-B/32) */
 int clip_model_image_size(const clip_model *model);   /* input side in pixels (224) */
 int clip_model_context_length(const clip_model *model); /* 77 */
