@@ -1,9 +1,11 @@
 #!/bin/sh
 # run_index.sh: times `clipdb index --json` end to end on folders of images, each on a fresh
-# library, under /usr/bin/time (CPU %), optionally pinned with taskset; prints images/s, CPU %
-# and the per-stage times of the summary. When the ONNX Runtime anchor of bench/embed/run.sh is
-# ready (bench/out/anchors: node_modules/onnxruntime-node and vision.onnx), its batch-32 image
-# rate is measured in the same run and the ratio printed.
+# library, under /usr/bin/time (CPU %) and schedstat.py (the CPU share the process got, the
+# share it wanted: its threads runnable, and the other processes' load), optionally pinned with
+# taskset; prints images/s, CPU % and the per-stage times of the summary. Then the first text
+# query of fresh processes (bench-first-query, median of 9). When the ONNX Runtime anchor of
+# bench/embed/run.sh is ready (bench/out/anchors: node_modules/onnxruntime-node and
+# vision.onnx), its batch-32 image rate is measured in the same run and the ratio printed.
 #
 # usage: bench/cli/run_index.sh [--build DIR] [--model DIR] [--cpus LIST]... DIR...
 #   defaults: build, bench/data/clip-vit-b-32-random, no pinning; each --cpus adds a run
@@ -47,11 +49,13 @@ run_one() { # $1 folder, $2 cpu list or "" (no pinning)
   rm -rf "$WORK/data"
   pin=""
   [ -n "$2" ] && pin="taskset -c $2"
-  XDG_DATA_HOME=$WORK/data CLIPDB_MODEL=$MODEL /usr/bin/time -v -o "$WORK/time" \
+  XDG_DATA_HOME=$WORK/data CLIPDB_MODEL=$MODEL /usr/bin/python3 "$ROOT/bench/cli/schedstat.py" \
+    "$WORK/sched.json" /usr/bin/time -v -o "$WORK/time" \
     $pin "$CLIPDB" index --json --quiet "$1" > "$WORK/out.json"
-  /usr/bin/python3 - "$1" "${2:-all}" "$WORK/out.json" "$WORK/time" "$ort_rate" <<'PY'
+  /usr/bin/python3 - "$1" "${2:-all}" "$WORK/out.json" "$WORK/time" "$ort_rate" "$WORK/sched.json" <<'PY'
 import json, re, sys
-folder, cpus, out, tim, ort = sys.argv[1:6]
+folder, cpus, out, tim, ort, sched = sys.argv[1:7]
+sc = json.load(open(sched))
 s = json.load(open(out))
 t = open(tim).read()
 cpu = re.search(r"Percent of CPU this job got: (\d+)%", t).group(1)
@@ -64,9 +68,19 @@ print(f"{folder} cpus={cpus}: {s['embedded']} images in {wall:.2f} s = {rate:.1f
       f"{ratio}, CPU {cpu}% ({cpu_s:.1f} CPU s); stages: decode (thread s) {st['decode_thread_seconds']:.2f}, "
       f"wait {st['wait_for_decode_seconds']:.2f}, encode {st['encode_seconds']:.2f}, "
       f"sqlite {st['sqlite_seconds']:.2f}")
+w = sc["wall"]
+print(f"  schedstat: on CPU {100 * sc['on_cpu'] / w:.0f}%, runnable {100 * (sc['on_cpu'] + sc['runqueue_wait']) / w:.0f}% "
+      f"(waited {sc['runqueue_wait']:.2f} s for a core); other processes kept {100 * sc['machine_busy_other'] / w:.0f}% busy")
 PY
 }
 
+first_query() {
+  fq=$BUILD/bench/embed/bench-first-query
+  if [ -x "$fq" ]; then (cd "$ROOT" && "$fq" --model "$MODEL" --runs 9 | tail -1)
+  else echo "first text query: build $fq (ninja -C $BUILD bench/embed/bench-first-query)"; fi
+}
+
+first_query
 for dir in "$@"; do
   dir=$(realpath "$dir")
   if [ -z "$CPUS" ]; then run_one "$dir" ""; fi
