@@ -7,6 +7,8 @@
 #include <string.h>
 #include <vips/vips.h>
 
+#include "embed/clip.h"
+
 void meta_hash(const void *data, size_t len, char out[META_HASH_HEX]) {
   GChecksum *sum = g_checksum_new(G_CHECKSUM_SHA256);
   const guchar *p = data;
@@ -36,6 +38,7 @@ int meta_parse_exif_date(const char *s, char out[20]) {
 
 int meta_read(const void *data, size_t len, photo_meta *out, cdb_error *err) {
   memset(out, 0, sizeof *out);
+  if (clip_vips_start() != 0) return cdb_error_set(err, "libvips failed to start");
   VipsImage *img = vips_image_new_from_buffer(data, len, "", "access", VIPS_ACCESS_SEQUENTIAL,
                                               NULL);
   if (!img) {

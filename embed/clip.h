@@ -35,6 +35,13 @@ void clip_model_free(clip_model *model);
  * inside OpenBLAS during the call. A no-op without OpenBLAS. */
 void clip_release_blas_threads(void);
 
+/* libvips is started on the first image decode (loading its modules costs 50-120 ms, which a
+ * text query need not pay), with its untrusted loaders blocked and its warnings dropped. A
+ * program that calls libvips itself starts it the same way first: 0 on success. */
+int clip_vips_start(void);
+/* Shuts libvips down at exit if it was started (after every thread using it has ended). */
+void clip_vips_stop(void);
+
 int clip_model_dim(const clip_model *model);          /* projection dim (512 for ViT-B/32) */
 int clip_model_image_size(const clip_model *model);   /* input side in pixels (224) */
 int clip_model_context_length(const clip_model *model); /* 77 */

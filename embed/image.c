@@ -59,6 +59,15 @@ static void init_vips(void) {
   vips_ready = true;
 }
 
+int clip_vips_start(void) {
+  pthread_once(&vips_once, init_vips);
+  return vips_ready ? 0 : -1;
+}
+
+void clip_vips_stop(void) {
+  if (vips_ready) vips_shutdown();
+}
+
 void clip_image_set_exact_resize(int exact) {
   pthread_once(&vips_once, init_vips);
   exact_resize = exact != 0;

@@ -726,3 +726,15 @@ def test_clipdb_weights_modes_on_an_f32_checkpoint(tmp_path, model_dir, clipdb_b
     assert same(img, modes[None][1])
     text, img = modes["f16"]
     assert same(text, text_a) and same(img, image_a), "f16: both towers halved"
+
+
+def test_text_query_does_not_start_libvips(library, clipdb_bin, env, demo_dir):
+    """Starting libvips loads its modules (50-120 ms): a text query must not pay for it, an
+    image query does. LD_DEBUG=files makes the loader report each library it opens."""
+    e = dict(env, LD_DEBUG="files")
+    image = images_in(demo_dir)[0]
+    if "vips-modules" not in run(clipdb_bin, e, "embed", "--image", image).stderr:
+        pytest.skip("this libvips loads no modules")
+    for args in (["embed", "--text", "a red star"], ["--db", library["db"], "search", "a red star"]):
+        p = run(clipdb_bin, e, *args)
+        assert "vips-modules" not in p.stderr, f"{args} started libvips"
