@@ -78,6 +78,17 @@ first_query() {
   fq=$BUILD/bench/embed/bench-first-query
   if [ -x "$fq" ]; then (cd "$ROOT" && "$fq" --model "$MODEL" --runs 9 | tail -1)
   else echo "first text query: build $fq (ninja -C $BUILD bench/embed/bench-first-query)"; fi
+  /usr/bin/python3 - "$CLIPDB" "$MODEL" <<'PY'
+import statistics, subprocess, sys, time
+ms = []
+for _ in range(9):
+    t = time.monotonic()
+    subprocess.run([sys.argv[1], "embed", "--model", sys.argv[2], "--text", "a photo of a dog"],
+                   check=True, capture_output=True)
+    ms.append((time.monotonic() - t) * 1e3)
+print(f"clipdb embed --text, process start to exit: median {statistics.median(ms):.1f} ms, "
+      f"min {min(ms):.1f}, max {max(ms):.1f} over 9 processes")
+PY
 }
 
 first_query
