@@ -1,15 +1,24 @@
-/* meta.c: content hashes (GLib SHA-256) and photo metadata from libvips headers. */
+/* meta.c: content hashes (SHA-256) and photo metadata from libvips headers. */
 #include "cli/meta.h"
 
 #include <ctype.h>
 #include <glib.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <string.h>
 #include <vips/vips.h>
 
 #include "embed/clip.h"
 
+/* OpenSSL's SHA-256 uses the CPU's SHA extensions: 2.7 ms for a 5 MB photo where GLib's
+ * portable code takes 22-25 ms, a third of decoding it. GLib's stays as the fallback. */
 void meta_hash(const void *data, size_t len, char out[META_HASH_HEX]) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int md_len = 0;
+  if (EVP_Digest(data, len, md, &md_len, EVP_sha256(), NULL) == 1 && md_len == 32) {
+    for (unsigned i = 0; i < md_len; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
+    return;
+  }
   GChecksum *sum = g_checksum_new(G_CHECKSUM_SHA256);
   const guchar *p = data;
   while (len > 0) { /* g_checksum_update takes a gssize */

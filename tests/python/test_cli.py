@@ -5,6 +5,7 @@ brute-force cosine similarity (numpy) over the vectors stored in the database's 
 shadow tables for search and similar. Run with /usr/bin/python3:
     CLIPDB_BUILD_DIR=build-cli /usr/bin/python3 -m pytest tests/python/test_cli.py
 """
+import hashlib
 import json
 import os
 import pathlib
@@ -159,6 +160,15 @@ def test_first_index_adds_every_photo(library):
     assert s["added"] + s["reused"] == n
     assert s["embedded"] == s["added"]
     assert len(stored_vectors(library["db"])) == n
+
+
+def test_stored_hashes_are_sha256_of_the_files(library):
+    con = sqlite3.connect(library["db"])
+    rows = con.execute("SELECT path, hash FROM photos_rows").fetchall()
+    con.close()
+    assert len(rows) == len(images_in(library["photos"]))
+    for path, digest in rows:
+        assert digest == hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest(), path
 
 
 def test_reindex_embeds_nothing(library, clipdb_bin, env):
