@@ -114,8 +114,8 @@ static shrink_kind shrink_kind_of(const char *loader) {
 }
 
 /* Shrink-on-load factor: the largest of 2, 4, 8 that keeps the short side at least the target
- * (libjpeg rounds the scaled size up, libwebp to nearest from an exact multiple, so this never
- * enlarges afterwards). */
+ * (the short side is >= target * factor; libjpeg rounds the scaled size up and libwebp to the
+ * nearest, so neither loader leaves less than the resize needs). */
 static int shrink_factor(int w, int h, int target) {
   int short_side = w < h ? w : h, shrink = 1;
   while (shrink < 8 && short_side / (shrink * 2) >= target) shrink *= 2;
