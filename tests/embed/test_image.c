@@ -561,11 +561,15 @@ Test(image, webp_shrink_on_load, .init = init_vips) {
 
   const char *mode = getenv("CLIPDB_RESIZE");
   clip_image_set_exact_resize(mode && strcmp(mode, "exact") == 0);
-  free(exact_px), free(fast_px), free(demo_exact_px), free(demo_fast_px);
-  free(fast), free(demo_exact), free(demo_fast), free(want), free(want_px);
-  g_free(webp), g_free(lossy);
+  float *floats[] = {exact_px, fast_px, demo_exact_px, demo_fast_px, fast, demo_exact,
+                     demo_fast, want, want_px};
+  for (size_t i = 0; i < sizeof floats / sizeof *floats; i++) free(floats[i]);
+  g_free(webp);
+  g_free(lossy);
   g_object_unref(img);
   clip_model_free(model);
   json_object_put(root);
-  g_free(png), g_free(demo), g_free(dir);
+  g_free(png);
+  g_free(demo);
+  g_free(dir);
 }
