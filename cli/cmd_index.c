@@ -737,8 +737,9 @@ int cmd_index(int argc, char **argv, const cli_ctx *ctx) {
       if (w.problems[i].unlisted) report_unlisted(&ix, w.problems[i].path, w.problems[i].reason);
       else report_failure(&ix, w.problems[i].path, w.problems[i].reason);
     }
-    vips_concurrency_set(1); /* parallelism comes from the decoder threads */
-    rc = index_run(&ix, ctx, &o, abs_roots, n_roots, &w, t0, &err);
+    if (clip_vips_start() != 0) rc = cdb_error_set(&err, "libvips failed to start");
+    else vips_concurrency_set(1); /* parallelism comes from the decoder threads */
+    if (rc == 0) rc = index_run(&ix, ctx, &o, abs_roots, n_roots, &w, t0, &err);
   }
   if (rc != 0) cli_error("index: %s", err.msg);
   sqlite3_finalize(ix.insert);

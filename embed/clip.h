@@ -28,6 +28,20 @@ clip_params clip_default_params(void);
 clip_model *clip_model_load(const char *dir, const clip_params *params, cdb_error *err);
 void clip_model_free(clip_model *model);
 
+/* Stops OpenBLAS's worker threads, which its library constructor starts and which then poll
+ * (sched_yield) for ~0.1 s, taking a core from a short-lived process's first query or first
+ * batch (the encoder runs on its own pool). OpenBLAS restarts them if a later call wants them.
+ * Only for a program that owns its threads (the CLI, benchmarks): no other thread may be
+ * inside OpenBLAS during the call. A no-op without OpenBLAS. */
+void clip_release_blas_threads(void);
+
+/* libvips is started on the first image decode (loading its modules costs 50-120 ms, which a
+ * text query need not pay), with its untrusted loaders blocked and its warnings dropped. A
+ * program that calls libvips itself starts it the same way first: 0 on success. */
+int clip_vips_start(void);
+/* Shuts libvips down at exit if it was started (after every thread using it has ended). */
+void clip_vips_stop(void);
+
 int clip_model_dim(const clip_model *model);          /* projection dim (512 for ViT-B/32) */
 int clip_model_image_size(const clip_model *model);   /* input side in pixels (224) */
 int clip_model_context_length(const clip_model *model); /* 77 */
