@@ -126,17 +126,17 @@ clip_model *cdbx_conn_model(cdbx_conn *conn, const char *name, cdb_error *err) {
 
 int cdbx_conn_register_model(cdbx_conn *conn, const char *name, const char *path,
                              clip_model **out, cdb_error *err) {
-  clip_model *model = cdbx_registry_acquire(path, err);
-  if (!model) return -1;
-  cdbx_model_entry *e = find_entry(conn, name);
-  if (!e && !(e = add_entry(conn, name, err))) {
+  char *dir = cdb_model_resolve(path, err); /* a folder, or a hub name in the model cache */
+  if (!dir) return -1;
+  clip_model *model = cdbx_registry_acquire(dir, err);
+  cdbx_model_entry *e = model ? find_entry(conn, name) : NULL;
+  if (model && !e && !(e = add_entry(conn, name, err))) {
     cdbx_registry_release(model);
-    return -1;
+    model = NULL;
   }
-  char *dir = strdup(path);
-  if (!dir) {
-    cdbx_registry_release(model);
-    return cdb_error_set(err, "out of memory");
+  if (!model) {
+    free(dir);
+    return -1;
   }
   cdbx_registry_release(e->model); /* tables retain their own reference */
   free(e->dir);
