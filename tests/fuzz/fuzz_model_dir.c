@@ -163,7 +163,9 @@ static void replace_file(unsigned which, const uint8_t *data, size_t size) {
   case 1: write_file(model_files[which % N_FILES], data, size, NULL, 0); break;
   case 2: splice_header(data, size, which & 0x80); break;
   case 3: splice_into(model_files[3], real_vocab, real_vocab_len, data, size, which & 0x80); break;
-  case 4: splice_into(model_files[4], real_merges, real_merges_len, data, size, which & 0x80); break;
+  case 4:
+    splice_into(model_files[4], real_merges, real_merges_len, data, size, which & 0x80);
+    break;
   }
 }
 

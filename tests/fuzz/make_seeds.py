@@ -209,19 +209,23 @@ def splice_offset(pos, length):
 
 def seeds_model_dir():
     put("fuzz_model_dir", "config", b"\x00" + (MODEL / "config.json").read_bytes())
-    put("fuzz_model_dir", "preprocessor", b"\x01" + (MODEL / "preprocessor_config.json").read_bytes())
+    preprocessor = (MODEL / "preprocessor_config.json").read_bytes()
+    put("fuzz_model_dir", "preprocessor", b"\x01" + preprocessor)
     st = (MODEL / "model.safetensors").read_bytes()
     header = st[8:8 + struct.unpack("<Q", st[:8])[0]]
     i = header.index(b'"text_projection.weight"')
     j = header.index(b"}", i) + 1
-    put("fuzz_model_dir", "safetensors-tensor", b"\x02" + splice_offset(i, len(header)) + header[i:j])
-    put("fuzz_model_dir", "safetensors-start", b"\x02" + splice_offset(0, len(header)) + header[:60])
+    at = splice_offset(i, len(header))
+    put("fuzz_model_dir", "safetensors-tensor", b"\x02" + at + header[i:j])
+    start = splice_offset(0, len(header))
+    put("fuzz_model_dir", "safetensors-start", b"\x02" + start + header[:60])
     for byte0, name, fname, at, n in [(3, "vocab-splice", "vocab.json", 2, 40),
                                       (4, "merges-splice", "merges.txt", 2, 40),
                                       (0x84, "merges-truncated", "merges.txt", 3, 20)]:
         text = (MODEL / fname).read_bytes()
         pos = len(text) // at
-        put("fuzz_model_dir", name, bytes([byte0]) + splice_offset(pos, len(text)) + text[pos:pos + n])
+        at = splice_offset(pos, len(text))
+        put("fuzz_model_dir", name, bytes([byte0]) + at + text[pos:pos + n])
 
 
 def seeds_http():
@@ -246,7 +250,8 @@ def seeds_http():
                                   + nxt + ok(b"helloworld", b'ETag: "abc"\r\n'),
         "download-truncated-resume": b"\x01HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello"
                                      + nxt + b"HTTP/1.1 206 Partial Content\r\n"
-                                     b"Content-Range: bytes 5-9/10\r\nContent-Length: 5\r\n\r\nworld",
+                                     b"Content-Range: bytes 5-9/10\r\n"
+                                     b"Content-Length: 5\r\n\r\nworld",
         "download-503-retry": b"\x01HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\n"
                               b"Content-Length: 0\r\n\r\n" + nxt + ok(b"hello"),
         "download-404": b"\x01HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found",
