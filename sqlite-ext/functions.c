@@ -186,7 +186,11 @@ static void fn_vec_to_json(sqlite3_context *ctx, int argc, sqlite3_value **argv)
   sqlite3_str_appendchar(s, 1, '[');
   for (int i = 0; i < n; i++) {
     char num[32];
-    snprintf(num, sizeof num, "%s%.9g", i ? "," : "", (double)a[i]);
+    /* "-0" would read back as the integer 0; "-0.0" keeps the sign bit */
+    if (a[i] == 0 && signbit(a[i]))
+      snprintf(num, sizeof num, "%s-0.0", i ? "," : "");
+    else
+      snprintf(num, sizeof num, "%s%.9g", i ? "," : "", (double)a[i]);
     sqlite3_str_appendall(s, num);
   }
   sqlite3_str_appendchar(s, 1, ']');

@@ -38,6 +38,12 @@ def test_vector_helpers_match_numpy(conn):
     assert back == blob(a)
 
 
+def test_vec_json_round_trip_keeps_negative_zero(conn):
+    a = np.array([-0.0, 0.0, -1.5, -0.0], dtype=np.float32)
+    back = one(conn, "select clip_vec_from_json(clip_vec_to_json(?))", blob(a))
+    assert back == blob(a)  # bit for bit: -0.0 keeps its sign
+
+
 def test_beach_minus_people(conn):
     q = one(conn, "select clip_vec_normalize(clip_vec_sub(clip_embed_text('a red star'), "
                   "clip_vec_scale(clip_embed_text('a star'), 0.5)))")
