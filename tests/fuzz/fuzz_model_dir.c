@@ -30,20 +30,6 @@ static uint8_t *real_st, *real_vocab, *real_merges;
 static size_t real_st_len, real_vocab_len, real_merges_len, real_header_end;
 static unsigned long inputs, loaded, text_bound, vision_bound;
 
-static uint8_t *read_whole(const char *name, size_t *len) {
-  char path[4200];
-  snprintf(path, sizeof path, "%s/%s", real_dir, name);
-  FILE *f = fopen(path, "rb");
-  if (!f || fseek(f, 0, SEEK_END) != 0) abort();
-  long n = ftell(f);
-  uint8_t *buf = malloc((size_t)n);
-  rewind(f);
-  if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) abort();
-  fclose(f);
-  *len = (size_t)n;
-  return buf;
-}
-
 static void model_path(const char *name, char *out, size_t cap) {
   snprintf(out, cap, "%s/%s", model_dir, name);
 }
@@ -110,9 +96,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   if (mkdir(model_dir, 0700) != 0 || mkdir(cache_dir, 0700) != 0) abort();
   setenv("XDG_CACHE_HOME", cache_dir, 1);
   for (int i = 0; i < N_FILES; i++) restore_link(model_files[i]);
-  real_st = read_whole("model.safetensors", &real_st_len);
-  real_vocab = read_whole("vocab.json", &real_vocab_len);
-  real_merges = read_whole("merges.txt", &real_merges_len);
+  real_st = fuzz_read_data("clip-tiny-shapes/model.safetensors", &real_st_len);
+  real_vocab = fuzz_read_data("clip-tiny-shapes/vocab.json", &real_vocab_len);
+  real_merges = fuzz_read_data("clip-tiny-shapes/merges.txt", &real_merges_len);
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; i--) header_len = header_len << 8 | real_st[i];
   real_header_end = 8 + (size_t)header_len;
