@@ -13,6 +13,7 @@
 #include "embed/model_impl.h"
 #include "src/digest.h"
 #include "src/file.h"
+#include "src/model_path.h"
 #include "src/pool.h"
 
 #define DEFAULT_MAX_IMAGE_PIXELS 100000000LL
@@ -43,7 +44,7 @@ static char *model_file(const char *dir, const char *name, cdb_error *err) {
     cdb_error_set(err,
                   "encoder: model directory %s has no %s; run `clipdb model pull NAME` to "
                   "download a model (e.g. %s)",
-                  dir, name, "openai/clip-vit-base-patch32");
+                  dir, name, CDB_DEFAULT_MODEL);
     free(path);
     return NULL;
   }

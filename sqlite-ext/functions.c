@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sqlite-ext/clipdb.h"
 #include "sqlite-ext/internal.h"
 #include "sqlite-ext/table.h"
 #include "src/json.h"
@@ -214,7 +215,7 @@ static void fn_vec_from_json(sqlite3_context *ctx, int argc, sqlite3_value **arg
     return;
   }
   size_t n = json_object_is_type(arr, json_type_array) ? json_object_array_length(arr) : 0;
-  float *v = n > 0 && n <= CDBX_MAX_DIMS ? malloc(n * sizeof(float)) : NULL;
+  float *v = n > 0 && n <= CDB_INDEX_MAX_DIM ? malloc(n * sizeof(float)) : NULL;
   for (size_t i = 0; v && i < n; i++) {
     json_object *x = json_object_array_get_idx(arr, i);
     double d = json_object_get_double(x);
@@ -456,7 +457,7 @@ static void fn_model(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
 static void fn_version(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   (void)argc;
   (void)argv;
-  sqlite3_result_text(ctx, "clipdb 0.1.0", -1, SQLITE_STATIC);
+  sqlite3_result_text(ctx, "clipdb " CLIPDB_VERSION, -1, SQLITE_STATIC);
 }
 
 /* clip_index_info(table) -> JSON of the live index: what `clipdb info` and users inspect. */

@@ -34,8 +34,6 @@ SQLITE_EXTENSION_INIT3
 #error "clipdb stores vectors as host-order float32 and supports little-endian hosts only"
 #endif
 
-#define CDBX_MAX_DIMS 65536
-#define CDBX_MAX_K 100000
 
 /* sqlite3_str_finish, but "" (allocated) rather than NULL for an empty string. */
 static inline char *cdbx_str_finish(sqlite3_str *s) {

@@ -419,7 +419,7 @@ int cdbx_store_read_config(cdbx_table *t, char **errmsg) {
     rc = cdbx_fail(t, "unsupported storage version %lld", (long long)version);
   }
   if (rc == SQLITE_OK) rc = config_int(t, "dims", &dims);
-  if (rc == SQLITE_OK && (dims < 1 || dims > CDBX_MAX_DIMS)) {
+  if (rc == SQLITE_OK && (dims < 1 || dims > CDB_INDEX_MAX_DIM)) {
     rc = cdbx_fail(t, "corrupt config: dims %lld", (long long)dims);
   }
   if (rc == SQLITE_OK) rc = config_get(t, "model", NULL, &t->model_name, &found);

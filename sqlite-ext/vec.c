@@ -12,9 +12,9 @@ float *cdbx_vec_from_value(sqlite3_value *value, const char *what, int *n, cdb_e
     return NULL;
   }
   int bytes = sqlite3_value_bytes(value);
-  if (bytes == 0 || bytes % 4 != 0 || bytes / 4 > CDBX_MAX_DIMS) {
+  if (bytes == 0 || bytes % 4 != 0 || bytes / 4 > CDB_INDEX_MAX_DIM) {
     cdb_error_set(err, "%s: a vector BLOB holds 1 to %d float32 values, got %d bytes", what,
-                  CDBX_MAX_DIMS, bytes);
+                  CDB_INDEX_MAX_DIM, bytes);
     return NULL;
   }
   float *v = malloc((size_t)bytes);
