@@ -43,14 +43,6 @@ static void print_vector(const float *v, int n) {
   puts("]");
 }
 
-/* The vectors from clip.h are normalised already; doing it again keeps the promise explicit. */
-static void normalise(float *v, int n) {
-  double s = 0;
-  for (int i = 0; i < n; i++) s += (double)v[i] * v[i];
-  if (s <= 0) return;
-  float inv = (float)(1.0 / sqrt(s));
-  for (int i = 0; i < n; i++) v[i] *= inv;
-}
 
 static int embed_pixels_file(clip_model *model, const char *path, float *out, cdb_error *err) {
   int side = clip_model_image_size(model);
@@ -116,8 +108,7 @@ int cmd_embed(int argc, char **argv, const cli_ctx *ctx) {
   else if (image) rc = embed_image_source(model, image, vec, &err);
   else rc = embed_pixels_file(model, pixels, vec, &err);
   if (rc == 0) {
-    normalise(vec, dim);
-    print_vector(vec, dim);
+    print_vector(vec, dim); /* clip.h's vectors are unit length already */
   } else {
     cli_error("%s", err.msg);
   }

@@ -15,6 +15,7 @@
 #include "src/file.h"
 #include "src/model_path.h"
 #include "src/pool.h"
+#include "src/vec.h"
 
 #define DEFAULT_MAX_IMAGE_PIXELS 100000000LL
 /* Images per forward pass: enough rows for GEMM efficiency, bounded activation memory. */
@@ -164,11 +165,7 @@ int clip_model_vision_ready(const clip_model *m) { return clip_tower_ready(&m->v
 
 static void normalise_rows(float *v, int n, int dim) {
   for (int i = 0; i < n; i++) {
-    float *row = v + (size_t)i * dim;
-    double ss = 0;
-    for (int d = 0; d < dim; d++) ss += (double)row[d] * row[d];
-    float inv = ss > 0 ? (float)(1.0 / sqrt(ss)) : 0.0f;
-    for (int d = 0; d < dim; d++) row[d] *= inv;
+    cdb_vec_normalise(v + (size_t)i * dim, (size_t)dim); /* NaN rows stay NaN: callers check */
   }
 }
 

@@ -162,11 +162,9 @@ void cdbx_conn_free_models(cdbx_conn *conn) {
 
 int cdbx_check_embeddings(const clip_model *model, const float *v, int rows, cdb_error *err) {
   size_t n = (size_t)rows * (size_t)clip_model_dim(model);
-  for (size_t i = 0; i < n; i++) {
-    if (!isfinite(v[i])) {
-      return cdb_error_set(err, "the model produced a non-finite embedding (NaN or infinity); "
-                                "its weights may be damaged");
-    }
+  if (cdb_vec_first_nonfinite(v, n) < n) {
+    return cdb_error_set(err, "the model produced a non-finite embedding (NaN or infinity); "
+                              "its weights may be damaged");
   }
   return 0;
 }

@@ -117,9 +117,9 @@ static void fn_similarity(sqlite3_context *ctx, int argc, sqlite3_value **argv) 
   float *a = vec_arg(ctx, "clip_similarity", argv, 0, &na);
   float *b = a ? vec_arg(ctx, "clip_similarity", argv, 1, &nb) : NULL;
   if (b && same_dims(ctx, "clip_similarity", na, nb)) {
-    double na2 = cdbx_vec_dot(a, a, na), nb2 = cdbx_vec_dot(b, b, nb);
+    double na2 = cdb_vec_dot(a, a, na), nb2 = cdb_vec_dot(b, b, nb);
     if (na2 > 0 && nb2 > 0) {
-      sqlite3_result_double(ctx, cdbx_vec_dot(a, b, na) / (sqrt(na2) * sqrt(nb2)));
+      sqlite3_result_double(ctx, cdb_vec_dot(a, b, na) / (sqrt(na2) * sqrt(nb2)));
     } else {
       sqlite3_result_error(ctx, "clip_similarity: a zero vector has no direction", -1);
     }
@@ -335,7 +335,7 @@ static int classify(clip_model *model, sqlite3_value *image, const char *const *
     double scale = exp((double)clip_model_logit_scale(model)), max = -INFINITY, sum = 0;
     for (int l = 0; l < n_labels; l++) {
       scores[l].label = labels[l];
-      scores[l].score = scale * cdbx_vec_dot(img, lab + (size_t)l * dim, dim);
+      scores[l].score = scale * cdb_vec_dot(img, lab + (size_t)l * dim, dim);
       if (scores[l].score > max) max = scores[l].score;
     }
     for (int l = 0; l < n_labels; l++) sum += (scores[l].score = exp(scores[l].score - max));

@@ -29,6 +29,7 @@ SQLITE_EXTENSION_INIT3
 #include "embed/clip.h"
 #include "index/ivf.h"
 #include "src/err.h"
+#include "src/vec.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "clipdb stores vectors as host-order float32 and supports little-endian hosts only"
@@ -95,9 +96,9 @@ size_t cdbx_image_floats(const clip_model *model);
  * multiple of 4, empty blobs, NaN/Inf. `what` names the argument. Returns a malloc'd copy. */
 float *cdbx_vec_from_value(sqlite3_value *value, const char *what, int *n, cdb_error *err);
 int cdbx_vec_check_finite(const float *v, int n, const char *what, cdb_error *err);
-/* Scales v to unit length; -1 for the zero vector. */
+/* Scales v to unit length (the one normalisation on the way to index/, which only checks);
+ * -1 for the zero vector. */
 int cdbx_vec_normalize(float *v, int n, const char *what, cdb_error *err);
-double cdbx_vec_dot(const float *a, const float *b, int n);
 /* True when the SQL value is a BLOB of exactly dims float32 values. */
 int cdbx_value_is_vector(sqlite3_value *value, int dims);
 
