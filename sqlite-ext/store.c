@@ -440,14 +440,10 @@ int cdbx_store_read_config(cdbx_table *t, char **errmsg) {
 }
 
 int cdbx_store_drop(cdbx_table *t) {
-  return exec_fmt(t,
-                  "DROP TABLE IF EXISTS \"%w\".\"%w_config\";"
-                  "DROP TABLE IF EXISTS \"%w\".\"%w_rows\";"
-                  "DROP TABLE IF EXISTS \"%w\".\"%w_vectors\";"
-                  "DROP TABLE IF EXISTS \"%w\".\"%w_changes\";"
-                  "DROP TABLE IF EXISTS \"%w\".\"%w_index\";",
-                  t->schema, t->name, t->schema, t->name, t->schema, t->name, t->schema, t->name,
-                  t->schema, t->name);
+  int rc = SQLITE_OK;
+  for (size_t i = 0; rc == SQLITE_OK && i < sizeof suffixes / sizeof suffixes[0]; i++)
+    rc = exec_fmt(t, "DROP TABLE IF EXISTS \"%w\".\"%w_%s\"", t->schema, t->name, suffixes[i]);
+  return rc;
 }
 
 int cdbx_store_rename(cdbx_table *t, const char *to) {
