@@ -22,23 +22,31 @@
 
 /* An attempt whose rate stays under this for stall_timeout_s is abandoned (then retried). */
 #define STALL_BYTES_PER_S 1024L
-/* Backoff doubles up to this; a server's Retry-After is honoured up to RETRY_AFTER_CAP_S. */
+/* Backoff doubles up to this; a server's Retry-After is honoured up to RETRY_AFTER_CAP_S. All the
+ * waits of one download together stay within max_wait_ms (default MAX_WAIT_MS). */
 #define BACKOFF_CAP_MS 30000L
 #define RETRY_AFTER_CAP_S 60L
+#define MAX_WAIT_MS 60000L
 #define PROGRESS_INTERVAL_NS 100000000LL
+
+/* The variable's value when it is a number of milliseconds in [0, cap], else fallback. */
+static long env_ms(const char *name, long fallback, long cap) {
+  const char *env = getenv(name);
+  if (!env || !env[0]) return fallback;
+  char *end;
+  long v = strtol(env, &end, 10);
+  return *end == '\0' && v >= 0 && v <= cap ? v : fallback;
+}
 
 cdb_download_opts cdb_download_default_opts(void) {
   cdb_download_opts o = {.connect_timeout_ms = 15000,
                          .stall_timeout_s = 30,
                          .max_redirects = 5,
                          .max_attempts = 5,
-                         .backoff_ms = 1000};
-  const char *env = getenv("CLIPDB_DOWNLOAD_BACKOFF_MS");
-  if (env && env[0]) {
-    char *end;
-    long v = strtol(env, &end, 10);
-    if (*end == '\0' && v >= 0 && v <= BACKOFF_CAP_MS) o.backoff_ms = v;
-  }
+                         .backoff_ms = 1000,
+                         .max_wait_ms = MAX_WAIT_MS};
+  o.backoff_ms = env_ms("CLIPDB_DOWNLOAD_BACKOFF_MS", o.backoff_ms, BACKOFF_CAP_MS);
+  o.max_wait_ms = env_ms("CLIPDB_DOWNLOAD_MAX_WAIT_MS", o.max_wait_ms, MAX_WAIT_MS);
   return o;
 }
 
@@ -408,6 +416,7 @@ int cdb_download(const char *url, const char *dest, const cdb_download_opts *opt
   char *part = g_strconcat(dest, ".part", NULL);
   int result = -1;
   bool gave_up = true;
+  long waited_ms = 0;
   for (int attempt = 1; attempt <= o.max_attempts; attempt++) {
     transfer t = {.opts = &o, .range_start = -1, .linked_size = -1, .retry_after_s = -1};
     outcome oc = run_attempt(url, part, &t, shown, err);
@@ -432,7 +441,12 @@ int cdb_download(const char *url, const char *dest, const cdb_download_opts *opt
       unlink(part);
       continue;
     }
-    if (attempt < o.max_attempts) sleep_ms(retry_delay_ms(&o, attempt, t.retry_after_s));
+    if (attempt < o.max_attempts) {
+      long ms = retry_delay_ms(&o, attempt, t.retry_after_s), left = o.max_wait_ms - waited_ms;
+      if (ms > left) ms = left > 0 ? left : 0;
+      sleep_ms(ms);
+      waited_ms += ms;
+    }
   }
   if (gave_up && o.max_attempts > 1)
     cdb_error_prefix(err, "gave up after %d attempts", info->attempts);

@@ -27,11 +27,14 @@ typedef struct cdb_download_opts {
   long max_redirects;       /* default 5 */
   int max_attempts;         /* tries per file, the first included; default 5 */
   long backoff_ms;          /* delay before the first retry, doubled each time; default 1000 */
+  long max_wait_ms;         /* all delays between tries together, a server's Retry-After
+                               included (honoured up to 60 s each); default 60000 */
   bool show_progress;       /* draw a progress bar on stderr */
   const char *label;        /* file name shown in the progress bar */
 } cdb_download_opts;
 
-/* The defaults above; CLIPDB_DOWNLOAD_BACKOFF_MS overrides backoff_ms (tests use it). */
+/* The defaults above; CLIPDB_DOWNLOAD_BACKOFF_MS overrides backoff_ms and
+ * CLIPDB_DOWNLOAD_MAX_WAIT_MS max_wait_ms (tests use them; each at most its default cap). */
 cdb_download_opts cdb_download_default_opts(void);
 
 typedef struct cdb_download_info {

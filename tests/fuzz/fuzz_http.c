@@ -78,6 +78,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   unsetenv("no_proxy");
   unsetenv("NO_PROXY");
   setenv("CLIPDB_DOWNLOAD_BACKOFF_MS", "0", 1);
+  setenv("CLIPDB_DOWNLOAD_MAX_WAIT_MS", "0", 1);
   snprintf(url, sizeof url, "http://127.0.0.1:%d/model.safetensors", port);
   snprintf(tmp_dir, sizeof tmp_dir, "/tmp/fuzz_http.XXXXXX");
   if (!mkdtemp(tmp_dir)) abort();
@@ -160,6 +161,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   case 1: {
     cdb_download_opts o = cdb_download_default_opts();
     o.connect_timeout_ms = 2000, o.stall_timeout_s = 2, o.max_attempts = 2, o.backoff_ms = 0;
+    o.max_wait_ms = 0; /* a Retry-After would otherwise wait up to 60 s */
     cdb_download_info info;
     memset(&info, 0, sizeof info);
     int rc = cdb_download(url, dest, &o, &info, &err);

@@ -33,6 +33,7 @@ class Faults:
         self.cut = {}  # name -> [bytes to send before cutting, times left]
         self.stall = {}  # name -> seconds between 1-byte writes
         self.statuses = {}  # name -> list of statuses to answer first
+        self.retry_after = "0"  # the Retry-After those statuses carry
         self.redirect_to = {}  # name -> Location to send instead of the CDN
         self.ignore_range = set()  # names served whole (200) even when a Range is asked
 
@@ -163,7 +164,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _fault_status(self, name):
         statuses = self.hub.faults.statuses.get(name)
         if statuses:
-            self._plain(statuses.pop(0), b"try again", {"Retry-After": "0"})
+            self._plain(statuses.pop(0), b"try again", {"Retry-After": self.hub.faults.retry_after})
             return True
         return False
 

@@ -224,6 +224,17 @@ def test_persistent_5xx_gives_up(cli, hub):
     assert len(hub.requests("hub", "merges.txt")) == 3
 
 
+def test_long_retry_after_stays_within_the_wait_budget(cli, hub):
+    # Each 503 asks for a day's wait; the tries' waits together stay within max_wait_ms.
+    hub.faults.statuses["merges.txt"] = [503] * 10
+    hub.faults.retry_after = "86400"
+    start = time.monotonic()
+    r = cli("model", "pull", REPO, "--retries", "3", timeout=30, CLIPDB_DOWNLOAD_MAX_WAIT_MS="500")
+    assert r.returncode == 1 and "HTTP status 503" in r.stderr
+    assert len(hub.requests("hub", "merges.txt")) == 3
+    assert time.monotonic() - start < 20  # 0.5 s of waits; a Retry-After each would be 120 s
+
+
 def test_optional_files_may_be_missing(cli, hub, cache_dir):
     hub.faults.missing |= {"tokenizer_config.json", "special_tokens_map.json"}
     r = cli("model", "pull", REPO)
