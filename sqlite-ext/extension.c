@@ -208,6 +208,7 @@ static int register_all(sqlite3 *db, char **errmsg) {
    * and when a later registration replaces this one). */
   int rc = sqlite3_create_module_v2(db, "clip", cdbx_vtab_module(), conn, conn_free);
   if (rc == SQLITE_OK) rc = cdbx_register_search(db, conn);
+  if (rc == SQLITE_OK) rc = cdbx_register_video(db, conn);
   if (rc == SQLITE_OK) rc = cdbx_register_functions(db, conn);
   if (rc != SQLITE_OK && errmsg) {
     *errmsg = sqlite3_mprintf("clipdb: registration failed: %s", sqlite3_errstr(rc));
