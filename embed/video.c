@@ -44,6 +44,7 @@ struct clip_video {
   double next_t;    /* time of the next sample */
   double last_t;    /* time of the last decoded frame (-1: none) */
   double read_t;    /* time of the last packet read (-1: none) */
+  double seek_t;    /* keyframe last sought to: never again to it or before it (-1: none) */
   bool keyframes_only, draining, ended;
   int samples;
   int64_t decoded;
@@ -167,6 +168,7 @@ static void plan_sampling(clip_video *v) {
   v->next_t = 0.0;
   v->last_t = -1.0;
   v->read_t = -1.0;
+  v->seek_t = -1.0;
 }
 
 clip_video *clip_video_open(const clip_model *model, const char *path,
@@ -221,7 +223,9 @@ static void skip_ahead(clip_video *v) {
   int64_t target = stream_ts(v, v->next_t);
   int i = av_index_search_timestamp(v->st, target, AVSEEK_FLAG_BACKWARD);
   const AVIndexEntry *e = i >= 0 ? avformat_index_get_entry(v->st, i) : NULL;
-  if (!e || stream_seconds(v, e->timestamp) <= v->read_t + 1e-6) return;
+  double key_t = e ? stream_seconds(v, e->timestamp) : -1.0;
+  if (!e || key_t <= v->read_t + 1e-6 || key_t <= v->seek_t + 1e-6) return;
+  v->seek_t = key_t;
   if (av_seek_frame(v->fmt, v->st->index, e->timestamp, AVSEEK_FLAG_BACKWARD) >= 0)
     avcodec_flush_buffers(v->dec);
 }
