@@ -10,7 +10,8 @@
 
 #include "sqlite-ext/internal.h"
 
-enum { V_FRAME, V_T, V_PATH, V_INTERVAL, V_MODEL };
+enum { V_FRAME, V_T, V_PATH, V_INTERVAL, V_MODEL, V_SCENE };
+#define V_ARGS 4
 
 typedef struct video_vtab {
   sqlite3_vtab base;
@@ -23,6 +24,11 @@ typedef struct video_cursor {
   void *png;
   size_t png_len;
   double t;
+  sqlite3_value *args[V_ARGS]; /* path, interval, model, scene: as given */
+  clip_model *model;
+  double scene;     /* > 0: keep a frame only when its cosine to the last kept one is below */
+  float *pixels, *vec, *last;
+  int have_last;
   int eof;
   int64_t row;
 } video_cursor;
@@ -31,7 +37,7 @@ static int v_connect(sqlite3 *db, void *aux, int argc, const char *const *argv,
                      sqlite3_vtab **out, char **errmsg) {
   (void)argc, (void)argv, (void)errmsg;
   int rc = sqlite3_declare_vtab(db, "CREATE TABLE x(frame, t, path HIDDEN, interval HIDDEN, "
-                                    "model HIDDEN)");
+                                    "model HIDDEN, scene HIDDEN)");
   /* It opens the files it is given: not from a trigger or view stored in a database file. */
   if (rc == SQLITE_OK) rc = sqlite3_vtab_config(db, SQLITE_VTAB_DIRECTONLY);
   if (rc != SQLITE_OK) return rc;
@@ -51,7 +57,7 @@ static int v_disconnect(sqlite3_vtab *vt) {
 /* idxNum bit (col - V_PATH) says the argument is present; argv follows column order. */
 static int v_best_index(sqlite3_vtab *vt, sqlite3_index_info *info) {
   (void)vt;
-  int where[3] = {-1, -1, -1};
+  int where[V_ARGS] = {-1, -1, -1, -1};
   for (int i = 0; i < info->nConstraint; i++) {
     const struct sqlite3_index_constraint *c = &info->aConstraint[i];
     if (c->iColumn < V_PATH || c->op != SQLITE_INDEX_CONSTRAINT_EQ) continue;
@@ -60,7 +66,7 @@ static int v_best_index(sqlite3_vtab *vt, sqlite3_index_info *info) {
   }
   int argv_i = 0;
   info->idxNum = 0;
-  for (int j = 0; j < 3; j++) {
+  for (int j = 0; j < V_ARGS; j++) {
     if (where[j] < 0) continue;
     info->idxNum |= 1 << j;
     info->aConstraintUsage[where[j]].argvIndex = ++argv_i;
@@ -86,8 +92,29 @@ static void reset(video_cursor *c) {
   c->video = NULL;
   g_free(c->png);
   c->png = NULL;
+  for (int j = 0; j < V_ARGS; j++) sqlite3_value_free(c->args[j]);
+  memset(c->args, 0, sizeof c->args);
+  sqlite3_free(c->pixels);
+  sqlite3_free(c->vec);
+  c->pixels = c->vec = c->last = NULL;
+  c->have_last = 0;
+  c->scene = 0;
   c->eof = 1;
   c->row = 0;
+}
+
+/* Scene filter: 1 when the frame differs enough from the last kept one (and is then kept). */
+static int scene_changed(video_cursor *c, const clip_video_frame *f, cdb_error *err) {
+  int dim = clip_model_dim(c->model);
+  if (clip_video_frame_pixels(c->model, f, c->pixels, err) < 0 ||
+      clip_embed_pixels(c->model, c->pixels, 1, c->vec, err) < 0)
+    return -1;
+  double sim = 0;
+  for (int i = 0; c->have_last && i < dim; i++) sim += (double)c->vec[i] * c->last[i];
+  if (c->have_last && sim >= c->scene) return 0;
+  memcpy(c->last, c->vec, sizeof(float) * dim);
+  c->have_last = 1;
+  return 1;
 }
 
 static int v_close(sqlite3_vtab_cursor *cur) {
@@ -108,7 +135,12 @@ static int advance(video_cursor *c) {
   cdb_error err = {0};
   g_free(c->png);
   c->png = NULL;
-  int got = clip_video_next(c->video, &f, &err);
+  int got, keep = 0;
+  while ((got = clip_video_next(c->video, &f, &err)) > 0 && !keep) {
+    keep = c->scene > 0 ? scene_changed(c, &f, &err) : 1;
+    if (keep < 0) got = -1;
+    if (keep != 0) break;
+  }
   if (got > 0 && clip_video_frame_png(&f, &c->png, &c->png_len, &err) < 0) got = -1;
   if (got < 0) {
     c->eof = 1;
@@ -124,12 +156,14 @@ static int v_filter(sqlite3_vtab_cursor *cur, int idx_num, const char *idx_str, 
   (void)idx_str;
   video_cursor *c = (video_cursor *)cur;
   video_vtab *v = (video_vtab *)cur->pVtab;
-  sqlite3_value *args[3] = {NULL, NULL, NULL};
-  for (int j = 0, a = 0; j < 3 && a < argc; j++)
+  sqlite3_value *args[V_ARGS] = {NULL, NULL, NULL, NULL};
+  for (int j = 0, a = 0; j < V_ARGS && a < argc; j++)
     if (idx_num & (1 << j)) args[j] = argv[a++];
   reset(c);
+  for (int j = 0; j < V_ARGS; j++)
+    if (args[j] && !(c->args[j] = sqlite3_value_dup(args[j]))) return SQLITE_NOMEM;
   if (!args[0] || sqlite3_value_type(args[0]) != SQLITE_TEXT)
-    return v_error(cur->pVtab, "usage: clip_video_frames(path TEXT [, interval [, model]])");
+    return v_error(cur->pVtab, "usage: clip_video_frames(path TEXT [, interval [, model [, scene]]])");
   clip_video_params params = clip_video_default_params();
   if (args[1] && sqlite3_value_type(args[1]) != SQLITE_NULL) {
     int type = sqlite3_value_type(args[1]);
@@ -140,6 +174,17 @@ static int v_filter(sqlite3_vtab_cursor *cur, int idx_num, const char *idx_str, 
   cdb_error err = {0};
   const char *model_name = args[2] ? (const char *)sqlite3_value_text(args[2]) : NULL;
   clip_model *model = cdbx_conn_model(v->conn, model_name, &err);
+  if (model && args[3] && sqlite3_value_type(args[3]) != SQLITE_NULL) {
+    c->scene = sqlite3_value_double(args[3]);
+    if (!(c->scene > 0 && c->scene <= 1))
+      return v_error(cur->pVtab, "scene must be a cosine similarity in (0, 1]");
+    size_t dim = clip_model_dim(model), size = clip_model_image_size(model);
+    c->pixels = sqlite3_malloc64(sizeof(float) * 3 * size * size);
+    c->vec = sqlite3_malloc64(sizeof(float) * 2 * dim);
+    if (!c->pixels || !c->vec) return SQLITE_NOMEM;
+    c->last = c->vec + dim;
+  }
+  c->model = model;
   if (model)
     c->video = clip_video_open(model, (const char *)sqlite3_value_text(args[0]), &params, &err);
   if (!c->video) return v_error(cur->pVtab, err.msg);
@@ -160,6 +205,7 @@ static int v_column(sqlite3_vtab_cursor *cur, sqlite3_context *ctx, int col) {
   video_cursor *c = (video_cursor *)cur;
   if (col == V_FRAME) sqlite3_result_blob(ctx, c->png, (int)c->png_len, SQLITE_TRANSIENT);
   else if (col == V_T) sqlite3_result_double(ctx, c->t);
+  else if (c->args[col - V_PATH]) sqlite3_result_value(ctx, c->args[col - V_PATH]);
   return SQLITE_OK;
 }
 
