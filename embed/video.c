@@ -18,6 +18,7 @@
  * that never ends, an absurd frame count). */
 #include <libavcodec/avcodec.h>
 #include <libavformat/avformat.h>
+#include <libavutil/avstring.h>
 #include <libavutil/imgutils.h>
 #include <libswscale/swscale.h>
 #include <math.h>
@@ -171,8 +172,30 @@ static void plan_sampling(clip_video *v) {
   v->seek_t = -1.0;
 }
 
+/* Only local files, and only containers that reference no other file or URL (hls, concat and
+ * the like would open what the file names). */
+#define VIDEO_FORMATS "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpeg,mpegts,flv,ogg,h264,hevc"
+
+static int open_input(clip_video *v, const char *path) {
+  AVDictionary *opts = NULL;
+  av_dict_set(&opts, "protocol_whitelist", "file", 0);
+  v->fmt->format_whitelist = av_strdup(VIDEO_FORMATS);
+  char *url = av_asprintf("file:%s", path); /* never parsed as another protocol */
+  int rc = AVERROR(ENOMEM);
+  if (url && v->fmt->format_whitelist)
+    rc = avformat_open_input(&v->fmt, url, NULL, &opts); /* frees v->fmt on failure */
+  av_free(url);
+  av_dict_free(&opts);
+  return rc;
+}
+
 clip_video *clip_video_open(const clip_model *model, const char *path,
                             const clip_video_params *params, cdb_error *err) {
+  return clip_video_open_spec(clip_model_image_spec(model), path, params, err);
+}
+
+clip_video *clip_video_open_spec(const clip_image_spec *spec, const char *path,
+                                 const clip_video_params *params, cdb_error *err) {
   clip_video *v = calloc(1, sizeof *v);
   if (!v || !(v->path = strdup(path))) {
     free(v);
@@ -185,7 +208,7 @@ clip_video *clip_video_open(const clip_model *model, const char *path,
   int rc = -1;
   if (!(v->fmt = avformat_alloc_context())) goto fail_oom;
   v->fmt->interrupt_callback = (AVIOInterruptCB){interrupt_cb, v};
-  if ((rc = avformat_open_input(&v->fmt, path, NULL, NULL)) < 0) {
+  if ((rc = open_input(v, path)) < 0) {
     /* avformat_open_input frees the context on failure */
     av_fail(v, err, rc == AVERROR_INVALIDDATA ? "not a video in a format FFmpeg can read"
                                               : "cannot open",
@@ -198,7 +221,7 @@ clip_video *clip_video_open(const clip_model *model, const char *path,
   }
   if (open_decoder(v, err) < 0) goto fail;
   int w = v->dec->width, h = v->dec->height;
-  clip_image_resized_dims(clip_model_image_spec(model), w, h, &v->out_w, &v->out_h);
+  clip_image_resized_dims(spec, w, h, &v->out_w, &v->out_h);
   if (v->out_w == 0) {
     cdb_error_set(err, "video: %s: %dx%d has too extreme an aspect ratio", path, w, h);
     goto fail;

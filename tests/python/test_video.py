@@ -144,3 +144,12 @@ def test_direct_only_refused_from_a_stored_view(conn, videos):
                  % ("'" + videos["shapes"].replace("'", "''") + "'"))
     with pytest.raises(sqlite3.OperationalError, match="unsafe use"):
         conn.execute("SELECT * FROM v").fetchall()
+
+
+def test_only_local_files_in_self_contained_containers(conn, videos, tmp_path):
+    """A playlist naming another file (hls), or a URL, is not followed."""
+    playlist = tmp_path / "list.m3u8"
+    playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:12\n#EXTINF:12,\n{videos['shapes']}\n"
+                        "#EXT-X-ENDLIST\n")
+    assert "not a video in a format FFmpeg can read" in bad_message(conn, playlist)
+    assert "No such file" in bad_message(conn, "http://127.0.0.1:9/x.mp4")
