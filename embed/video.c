@@ -255,6 +255,9 @@ static void skip_ahead(clip_video *v) {
 
 static int scale_frame(clip_video *v, clip_video_frame *out, double t, cdb_error *err) {
   AVFrame *f = v->frame;
+  if ((int64_t)f->width * f->height > v->params.max_pixels) /* a size change mid-stream */
+    return cdb_error_set(err, "video: %s: a frame is %dx%d pixels, more than the %lld allowed",
+                         v->path, f->width, f->height, (long long)v->params.max_pixels);
   v->sws = sws_getCachedContext(v->sws, f->width, f->height, f->format, v->out_w, v->out_h,
                                 AV_PIX_FMT_RGB24, SWS_BICUBIC, NULL, NULL, NULL);
   if (!v->sws)

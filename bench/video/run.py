@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """run.py: video indexing speed. Generates clips locally with Debian's ffmpeg (a 1080p H.264 clip
 and, when this libavcodec decodes HEVC, a 4K HEVC clip; moving test patterns, 30 fps, a keyframe
-every 2 s like phone cameras), then, through the SQLite extension:
+every 2 s like phone cameras; one 1080p clip
+with x264's default keyframe every 250 frames, where frames between keyframes are decoded), then, through the SQLite extension:
   1. sampling alone: SELECT count(*) FROM clip_video_frames(clip) (demux, decode, scale, PNG);
   2. indexing: INSERT INTO clips(image, video, t) SELECT frame, path, t FROM clip_video_frames(clip)
      inside one transaction (sampling + batched embedding + storing).
@@ -19,12 +20,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def make_clip(path, size, codec, seconds):
+def make_clip(path, size, codec, seconds, gop):
     if path.exists():
         return True
     args = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-            f"testsrc2=s={size}:r=30:d={seconds}", "-c:v", codec, "-g", "60", "-pix_fmt", "yuv420p",
-            "-preset", "veryfast", str(path)]
+            f"testsrc2=s={size}:r=30:d={seconds}", "-c:v", codec, "-g", str(gop), "-pix_fmt",
+            "yuv420p", "-preset", "veryfast", "-x265-params", "log-level=error", str(path)]
     return subprocess.run(args).returncode == 0
 
 
@@ -57,10 +58,11 @@ def main():
     db.load_extension(str(Path(a.build) / "sqlite-ext/clipdb"))
     db.execute("SELECT clip_model('default', ?)", (a.model,))
     print(f"model {a.model}")
-    clips = [(f"h264-1080p-{a.seconds}s.mp4", "1920x1080", "libx264"),
-             (f"hevc-2160p-{a.seconds}s.mp4", "3840x2160", "libx265")]
-    for name, size, codec in clips:
-        if make_clip(out / name, size, codec, a.seconds):
+    clips = [(f"h264-1080p-{a.seconds}s.mp4", "1920x1080", "libx264", 60),
+             (f"h264-1080p-gop250-{a.seconds}s.mp4", "1920x1080", "libx264", 250),
+             (f"hevc-2160p-{a.seconds}s.mp4", "3840x2160", "libx265", 60)]
+    for name, size, codec, gop in clips:
+        if make_clip(out / name, size, codec, a.seconds, gop):
             run(db, out / name, a.seconds)
         else:
             print(f"{name}: could not be generated ({codec})")
