@@ -210,9 +210,9 @@ clip_video *clip_video_open_spec(const clip_image_spec *spec, const char *path,
   v->fmt->interrupt_callback = (AVIOInterruptCB){interrupt_cb, v};
   if ((rc = open_input(v, path)) < 0) {
     /* avformat_open_input frees the context on failure */
-    av_fail(v, err, rc == AVERROR_INVALIDDATA ? "not a video in a format FFmpeg can read"
-                                              : "cannot open",
-            rc);
+    /* EINVAL: a container off the whitelist (a playlist, say) */
+    bool unknown = rc == AVERROR_INVALIDDATA || rc == AVERROR(EINVAL);
+    av_fail(v, err, unknown ? "not a video in a container clipdb reads" : "cannot open", rc);
     goto fail;
   }
   if ((rc = avformat_find_stream_info(v->fmt, NULL)) < 0) {

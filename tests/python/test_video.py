@@ -117,7 +117,7 @@ def test_bad_inputs_give_their_message(conn, videos, monkeypatch):
     (d / "truncated.mp4").write_bytes(data[:2000])
     assert "empty.mp4" in bad_message(conn, d / "empty.mp4")
     assert "cannot" in bad_message(conn, d / "empty.mp4") or "not a video" in bad_message(conn, d / "empty.mp4")
-    assert "not a video in a format FFmpeg can read" in bad_message(conn, d / "garbage.mp4")
+    assert "not a video in a container clipdb reads" in bad_message(conn, d / "garbage.mp4")
     msg = bad_message(conn, d / "truncated.mp4")
     assert "truncated.mp4" in msg
     assert "no video stream (audio only?)" in bad_message(conn, videos["audio"])
@@ -151,5 +151,5 @@ def test_only_local_files_in_self_contained_containers(conn, videos, tmp_path):
     playlist = tmp_path / "list.m3u8"
     playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:12\n#EXTINF:12,\n{videos['shapes']}\n"
                         "#EXT-X-ENDLIST\n")
-    assert "not a video in a format FFmpeg can read" in bad_message(conn, playlist)
+    assert "not a video in a container clipdb reads" in bad_message(conn, playlist)
     assert "No such file" in bad_message(conn, "http://127.0.0.1:9/x.mp4")
