@@ -41,15 +41,15 @@ struct clip_video {
   struct SwsContext *sws;
   int out_w, out_h; /* the resized size frames come out at */
   uint8_t *rgb;
-  double interval;  /* effective, after the max_samples cap */
-  double next_t;    /* time of the next sample */
-  double last_t;    /* time of the last decoded frame (-1: none) */
-  double read_t;    /* time of the last packet read (-1: none) */
-  double seek_t;    /* keyframe last sought to: never again to it or before it (-1: none) */
+  double interval; /* effective, after the max_samples cap */
+  double next_t;   /* time of the next sample */
+  double last_t;   /* time of the last decoded frame (-1: none) */
+  double read_t;   /* time of the last packet read (-1: none) */
+  double seek_t;   /* keyframe last sought to: never again to it or before it (-1: none) */
   bool keyframes_only, draining, ended;
   int samples;
   int64_t decoded;
-  double deadline;  /* monotonic seconds */
+  double deadline; /* monotonic seconds */
   bool over_time;
 };
 
@@ -391,15 +391,17 @@ static int flush(clip_model *m, pending *p, float *last, bool *have_last, float 
 }
 
 int clip_video_embed(clip_model *m, const char *path, const clip_video_params *params,
-                     float max_similarity, clip_video_sink sink, void *ctx,
-                     clip_video_stats *stats, cdb_error *err) {
+                     float max_similarity, clip_video_sink sink, void *ctx, clip_video_stats *stats,
+                     cdb_error *err) {
   *stats = (clip_video_stats){0};
   clip_video *v = clip_video_open(m, path, params, err);
   if (!v) return -1;
   int dim = clip_model_dim(m), size = clip_model_image_size(m);
   size_t per = (size_t)3 * size * size;
   pending p = {malloc(sizeof(float) * per * VIDEO_BATCH),
-               malloc(sizeof(float) * dim * VIDEO_BATCH), {0}, 0};
+               malloc(sizeof(float) * dim * VIDEO_BATCH),
+               {0},
+               0};
   float *last = malloc(sizeof(float) * dim);
   bool have_last = false;
   int rc = p.pixels && p.vecs && last ? 0 : cdb_error_set(err, "video: out of memory");

@@ -26,15 +26,15 @@ typedef struct video_cursor {
   double t;
   sqlite3_value *args[V_ARGS]; /* path, interval, model, scene: as given */
   clip_model *model;
-  double scene;     /* > 0: keep a frame only when its cosine to the last kept one is below */
+  double scene; /* > 0: keep a frame only when its cosine to the last kept one is below */
   float *pixels, *vec, *last;
   int have_last;
   int eof;
   int64_t row;
 } video_cursor;
 
-static int v_connect(sqlite3 *db, void *aux, int argc, const char *const *argv,
-                     sqlite3_vtab **out, char **errmsg) {
+static int v_connect(sqlite3 *db, void *aux, int argc, const char *const *argv, sqlite3_vtab **out,
+                     char **errmsg) {
   (void)argc, (void)argv, (void)errmsg;
   int rc = sqlite3_declare_vtab(db, "CREATE TABLE x(frame, t, path HIDDEN, interval HIDDEN, "
                                     "model HIDDEN, scene HIDDEN)");
@@ -163,7 +163,8 @@ static int v_filter(sqlite3_vtab_cursor *cur, int idx_num, const char *idx_str, 
   for (int j = 0; j < V_ARGS; j++)
     if (args[j] && !(c->args[j] = sqlite3_value_dup(args[j]))) return SQLITE_NOMEM;
   if (!args[0] || sqlite3_value_type(args[0]) != SQLITE_TEXT)
-    return v_error(cur->pVtab, "usage: clip_video_frames(path TEXT [, interval [, model [, scene]]])");
+    return v_error(cur->pVtab,
+                   "usage: clip_video_frames(path TEXT [, interval [, model [, scene]]])");
   clip_video_params params = clip_video_default_params();
   if (args[1] && sqlite3_value_type(args[1]) != SQLITE_NULL) {
     int type = sqlite3_value_type(args[1]);
@@ -197,9 +198,7 @@ static int v_next(sqlite3_vtab_cursor *cur) {
   return advance(c);
 }
 
-static int v_eof(sqlite3_vtab_cursor *cur) {
-  return ((video_cursor *)cur)->eof;
-}
+static int v_eof(sqlite3_vtab_cursor *cur) { return ((video_cursor *)cur)->eof; }
 
 static int v_column(sqlite3_vtab_cursor *cur, sqlite3_context *ctx, int col) {
   video_cursor *c = (video_cursor *)cur;

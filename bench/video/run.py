@@ -1,11 +1,12 @@
 #!/usr/bin/python3
 """run.py: video indexing speed. Generates clips locally with Debian's ffmpeg (a 1080p H.264 clip
 and, when this libavcodec decodes HEVC, a 4K HEVC clip; moving test patterns, 30 fps, a keyframe
-every 2 s like phone cameras; one 1080p clip
-with x264's default keyframe every 250 frames, where frames between keyframes are decoded), then, through the SQLite extension:
+every 2 s like phone cameras; one 1080p clip with x264's default keyframe every 250 frames, where
+frames between keyframes are decoded), then, through the SQLite extension:
   1. sampling alone: SELECT count(*) FROM clip_video_frames(clip) (demux, decode, scale, PNG);
-  2. indexing: INSERT INTO clips(image, video, t) SELECT frame, path, t FROM clip_video_frames(clip)
-     inside one transaction (sampling + batched embedding + storing).
+  2. indexing: INSERT INTO clips(image, video, t)
+     SELECT frame, path, t FROM clip_video_frames(clip), inside one transaction (sampling +
+     batched embedding + storing).
 Prints samples/s and the real-time factor (video duration / wall time) for each.
 
 usage: /usr/bin/python3 bench/video/run.py [--model DIR] [--build DIR] [--seconds N]

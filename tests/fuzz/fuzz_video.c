@@ -23,8 +23,11 @@ static const clip_image_spec spec = {
 };
 
 static void sample_all(const char *path) {
-  clip_video_params params = {.interval = 0.5, .max_samples = 20, .max_seconds = 2,
-                              .max_decoded_frames = 300, .max_pixels = spec.max_pixels};
+  clip_video_params params = {.interval = 0.5,
+                              .max_samples = 20,
+                              .max_seconds = 2,
+                              .max_decoded_frames = 300,
+                              .max_pixels = spec.max_pixels};
   cdb_error err = {{0}};
   clip_video *v = clip_video_open_spec(&spec, path, &params, &err);
   if (!v) {

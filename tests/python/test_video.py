@@ -43,7 +43,8 @@ def shapes_video(path, gop=10):
 def videos(tmp_path_factory):
     d = tmp_path_factory.mktemp("videos")
     static = d / "static.mp4"
-    ffmpeg("-loop", "1", "-framerate", "5", "-t", "60", "-i", str(SHAPES / "010-blue-star-on-orange.png"),
+    ffmpeg("-loop", "1", "-framerate", "5", "-t", "60", "-i",
+           str(SHAPES / "010-blue-star-on-orange.png"),
            "-vf", "scale=320:240,format=yuv420p", "-c:v", "libx264", "-g", "250", str(static))
     audio = d / "audio.m4a"
     ffmpeg("-f", "lavfi", "-t", "2", "-i", "sine=frequency=440", "-c:a", "aac", str(audio))
@@ -61,7 +62,8 @@ def fill(conn, path, *args):
 
 
 def best(conn, text):
-    return conn.execute("SELECT video, t FROM clips WHERE clips MATCH ? AND k = 1", (text,)).fetchone()
+    return conn.execute("SELECT video, t FROM clips WHERE clips MATCH ? AND k = 1",
+                        (text,)).fetchone()
 
 
 @pytest.mark.parametrize("which", ["shapes", "shapes_long_gop"])
@@ -77,19 +79,25 @@ def test_search_finds_the_moment(conn, videos, which):
 
 def test_frame_embeds_like_the_same_pixels_decoded_elsewhere(conn, videos, tmp_path):
     """The frame at 4 s against the ffmpeg CLI's decode of that moment at the same size."""
-    frame, t = conn.execute("SELECT frame, t FROM clip_video_frames(?, 2.0) WHERE t > 3.9 AND t < 4.1",
+    frame, t = conn.execute("SELECT frame, t FROM clip_video_frames(?, 2.0) "
+                            "WHERE t > 3.9 AND t < 4.1",
                             (videos["shapes"],)).fetchone()
     png = tmp_path / "at4.png"
     # 320x240 -> short side 224: 298x224 (int(224 * 320 / 240)), as images are resized.
-    ffmpeg("-ss", "4", "-i", videos["shapes"], "-frames:v", "1", "-vf", "scale=298:224:flags=bicubic",
+    ffmpeg("-ss", "4", "-i", videos["shapes"], "-frames:v", "1", "-vf",
+           "scale=298:224:flags=bicubic",
            str(png))
-    ours = np.frombuffer(conn.execute("SELECT clip_embed_image(?)", (frame,)).fetchone()[0], "<f4")
-    theirs = np.frombuffer(conn.execute("SELECT clip_embed_image(?)", (png.read_bytes(),)).fetchone()[0], "<f4")
+    def embed(image):
+        return np.frombuffer(conn.execute("SELECT clip_embed_image(?)", (image,)).fetchone()[0],
+                             "<f4")
+
+    ours, theirs = embed(frame), embed(png.read_bytes())
     assert float(ours @ theirs) > 0.99
 
 
 def test_static_clip_stores_few_rows_with_the_scene_filter(conn, videos):
-    every = conn.execute("SELECT count(*) FROM clip_video_frames(?)", (videos["static"],)).fetchone()[0]
+    every = conn.execute("SELECT count(*) FROM clip_video_frames(?)",
+                         (videos["static"],)).fetchone()[0]
     assert every == 30
     fill(conn, videos["static"], 2.0, None, 0.95)
     assert conn.execute("SELECT count(*) FROM clips").fetchone()[0] <= 2
@@ -115,8 +123,8 @@ def test_bad_inputs_give_their_message(conn, videos, monkeypatch):
     (d / "garbage.mp4").write_bytes(bytes(range(256)) * 64)
     data = Path(videos["shapes"]).read_bytes()
     (d / "truncated.mp4").write_bytes(data[:2000])
-    assert "empty.mp4" in bad_message(conn, d / "empty.mp4")
-    assert "cannot" in bad_message(conn, d / "empty.mp4") or "not a video" in bad_message(conn, d / "empty.mp4")
+    empty = bad_message(conn, d / "empty.mp4")
+    assert "empty.mp4" in empty and ("cannot" in empty or "not a video" in empty)
     assert "not a video in a container clipdb reads" in bad_message(conn, d / "garbage.mp4")
     msg = bad_message(conn, d / "truncated.mp4")
     assert "truncated.mp4" in msg
@@ -134,7 +142,8 @@ def test_frame_budget_stops_a_stream_that_goes_on(conn, videos, monkeypatch):
 def test_bad_arguments(conn, videos):
     for args in [(videos["shapes"], 0), (videos["shapes"], "x"), (videos["shapes"], 2, None, 2)]:
         with pytest.raises(sqlite3.OperationalError, match="interval|scene"):
-            conn.execute("SELECT * FROM clip_video_frames(?" + ", ?" * (len(args) - 1) + ")", args).fetchall()
+            marks = ", ".join("?" for _ in args)
+            conn.execute(f"SELECT * FROM clip_video_frames({marks})", args).fetchall()
     with pytest.raises(sqlite3.OperationalError, match="usage"):
         conn.execute("SELECT * FROM clip_video_frames(1)").fetchall()
 
