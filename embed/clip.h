@@ -83,4 +83,58 @@ int clip_embed_image_buffers(clip_model *model, const void *const *bufs, const s
 int clip_embed_image_source(clip_model *model, const char *path_or_url, float *out,
                             cdb_error *err);
 
+/* ---- videos (FFmpeg's libavformat / libavcodec / libswscale, in-process) ---- */
+
+typedef struct clip_video clip_video;
+
+typedef struct clip_video_params {
+  double interval;            /* seconds between samples (2) */
+  int max_samples;            /* per video; a longer video samples more sparsely (1800) */
+  double max_seconds;         /* wall-clock budget per file (600 s) */
+  int64_t max_decoded_frames; /* decoded-frame budget per file (2,000,000) */
+  int64_t max_pixels;         /* frame width*height above this is refused (as for images) */
+} clip_video_params;
+
+/* The defaults above; CLIPDB_VIDEO_MAX_SAMPLES, CLIPDB_VIDEO_MAX_SECONDS,
+ * CLIPDB_VIDEO_MAX_FRAMES and CLIPDB_MAX_IMAGE_PIXELS override them. */
+clip_video_params clip_video_default_params(void);
+
+/* A sampled frame: t in seconds from the start; rgb is width x height HWC RGB24 at the size
+ * images are resized to before the centre crop, valid until the next call. */
+typedef struct clip_video_frame {
+  double t;
+  int width, height;
+  const uint8_t *rgb;
+} clip_video_frame;
+
+/* Opens a video file for sampling (model gives the input size). NULL with err filled. */
+clip_video *clip_video_open(const clip_model *model, const char *path,
+                            const clip_video_params *params, cdb_error *err);
+/* 1 with *frame filled, 0 at the end, -1 on an error (a file that yields no frame at all is an
+ * error). */
+int clip_video_next(clip_video *video, clip_video_frame *frame, cdb_error *err);
+double clip_video_duration(const clip_video *video); /* seconds, 0 when unknown */
+void clip_video_close(clip_video *video);
+
+/* A frame -> pixels[3 * size * size], preprocessed exactly as an image of the same pixels. */
+int clip_video_frame_pixels(const clip_model *model, const clip_video_frame *frame, float *pixels,
+                            cdb_error *err);
+/* A frame as PNG bytes (lossless: embedding them gives the frame's embedding); free with g_free. */
+int clip_video_frame_png(const clip_video_frame *frame, void **buf, size_t *len, cdb_error *err);
+
+typedef struct clip_video_stats {
+  int sampled, embedded, kept;
+  int64_t decoded;
+  double duration;
+} clip_video_stats;
+
+/* Receives each kept frame: its time and embedding (dim floats); -1 (err filled) stops. */
+typedef int (*clip_video_sink)(void *ctx, double t, const float *embedding, cdb_error *err);
+
+/* Samples, embeds in batches, and passes on a frame only when its cosine similarity to the last
+ * kept frame is below max_similarity (a scene change; the first frame is always kept). */
+int clip_video_embed(clip_model *model, const char *path, const clip_video_params *params,
+                     float max_similarity, clip_video_sink sink, void *ctx,
+                     clip_video_stats *stats, cdb_error *err);
+
 #endif

@@ -15,6 +15,10 @@ int clip_embed_token_ids(clip_model *model, const int32_t *ids, int n, float *ou
 const clip_config *clip_model_config(const clip_model *model);
 const clip_image_spec *clip_model_image_spec(const clip_model *model);
 
+/* clip_video_open with an image spec instead of a model (the fuzz target has no model). */
+clip_video *clip_video_open_spec(const clip_image_spec *spec, const char *path,
+                                 const clip_video_params *params, cdb_error *err);
+
 /* 1 once the tower's weights are prepared (tests check that text queries leave vision alone). */
 int clip_model_text_ready(const clip_model *model);
 int clip_model_vision_ready(const clip_model *model);

@@ -429,6 +429,28 @@ static int preprocess(const clip_image_spec *spec, const source *src, float *out
   return rc;
 }
 
+int clip_image_preprocess_rgb(const clip_image_spec *spec, const uint8_t *rgb, int w, int h,
+                              float *out, cdb_error *err) {
+  int rw, rh;
+  if (w <= 0 || h <= 0 || !resized_dims(w, h, spec->resize_shortest, &rw, &rh))
+    return cdb_error_set(err, "image: %dx%d pixels cannot be resized", w, h);
+  int cw = spec->crop_width, ch = spec->crop_height;
+  if (cw > rw || ch > rh)
+    return cdb_error_set(err, "image: crop %dx%d is larger than the resized %dx%d image", cw, ch,
+                         rw, rh);
+  uint8_t *pix = malloc((size_t)cw * ch * 3);
+  bool ok = pix && pil_resize_crop(rgb, w, h, rw, rh, centre_offset(rw - cw),
+                                   centre_offset(rh - ch), cw, ch, pix);
+  if (ok) to_tensor(spec, pix, out);
+  free(pix);
+  return ok ? 0 : cdb_error_set(err, "image: out of memory");
+}
+
+void clip_image_resized_dims(const clip_image_spec *spec, int w, int h, int *out_w, int *out_h) {
+  if (w <= 0 || h <= 0 || !resized_dims(w, h, spec->resize_shortest, out_w, out_h))
+    *out_w = *out_h = 0;
+}
+
 int clip_image_preprocess_buffer(const clip_image_spec *spec, const void *buf, size_t len,
                                  float *out, cdb_error *err) {
   source src = {buf, len, "image buffer"};

@@ -20,6 +20,14 @@ int clip_image_preprocess_file(const clip_image_spec *spec, const char *path, fl
 int clip_image_preprocess_buffer(const clip_image_spec *spec, const void *buf, size_t len,
                                  float *out, cdb_error *err);
 
+/* The same from decoded pixels: rgb is w x h HWC RGB (8-bit); resized (Pillow's bicubic, the
+ * identity when already at the resized size), cropped and normalised as a decoded image is. */
+int clip_image_preprocess_rgb(const clip_image_spec *spec, const uint8_t *rgb, int w, int h,
+                              float *out, cdb_error *err);
+/* The size w x h is resized to before the crop (short side = resize_shortest); 0 x 0 when the
+ * aspect ratio is too extreme. */
+void clip_image_resized_dims(const clip_image_spec *spec, int w, int h, int *out_w, int *out_h);
+
 /* Overrides CLIPDB_RESIZE for this process (1 = exact, 0 = fast): for tests comparing the two
  * modes on one input; not while another thread is preprocessing. */
 void clip_image_set_exact_resize(int exact);

@@ -118,6 +118,26 @@
  *   SELECT * FROM clip_search('photos', :q [, k [, nprobe]]) -- rowid, distance, image, text,
  *     embedding, metadata (JSON object of the user columns); k defaults to 10
  *
+ * Videos
+ *   SELECT frame, t FROM clip_video_frames(path [, interval [, model [, scene]]])
+ *     a video file's sampled frames: one every `interval` seconds (default 2; widened so that a
+ *     video gives at most 1800, CLIPDB_VIDEO_MAX_SAMPLES), each the first decoded frame at or
+ *     after its time (when keyframes are that dense, the first keyframe: only keyframes are
+ *     then decoded). frame: PNG bytes at the size the model (default: the default model)
+ *     resizes images to before its centre crop, lossless, so a clip table embeds it exactly as
+ *     the frame's pixels; t: seconds from the start. scene (a cosine in (0, 1]): embed each
+ *     sample and yield it only when its similarity to the last yielded frame is below scene
+ *     (a static shot gives one row). The hidden columns path, interval, model, scene read back
+ *     as given, so
+ *       INSERT INTO clips(image, video, t) SELECT frame, path, t FROM clip_video_frames('x.mp4');
+ *     fills a table `CREATE VIRTUAL TABLE clips USING clip(video TEXT, t REAL)`.
+ *     Local files only (no URL), in self-contained containers (MP4/MOV, Matroska/WebM, AVI,
+ *     MPEG-PS/TS, FLV, Ogg, raw H.264/HEVC; no playlists). A bad file is an error naming it:
+ *     not a video, no video stream, frames above CLIPDB_MAX_IMAGE_PIXELS, nothing decodable,
+ *     over the per-file budgets (CLIPDB_VIDEO_MAX_SECONDS, default 600 s of wall time;
+ *     CLIPDB_VIDEO_MAX_FRAMES, default 2,000,000 decoded frames). Direct use only, like
+ *     clip_embed_image: it reads the files it is given.
+ *
  *   INSERT INTO photos(photos) VALUES('train' | 'rebuild' | 'optimize' | 'integrity-check');
  *     (a command row sets no other column)
  *     train: (re)train the IVF index now; optimize: train if it has grown enough, or retrain
@@ -208,6 +228,7 @@ static int register_all(sqlite3 *db, char **errmsg) {
    * and when a later registration replaces this one). */
   int rc = sqlite3_create_module_v2(db, "clip", cdbx_vtab_module(), conn, conn_free);
   if (rc == SQLITE_OK) rc = cdbx_register_search(db, conn);
+  if (rc == SQLITE_OK) rc = cdbx_register_video(db, conn);
   if (rc == SQLITE_OK) rc = cdbx_register_functions(db, conn);
   if (rc != SQLITE_OK && errmsg) {
     *errmsg = sqlite3_mprintf("clipdb: registration failed: %s", sqlite3_errstr(rc));

@@ -107,6 +107,8 @@ int cdbx_value_is_vector(sqlite3_value *value, int dims);
 int cdbx_register_functions(sqlite3 *db, cdbx_conn *conn);
 const sqlite3_module *cdbx_vtab_module(void);
 int cdbx_register_search(sqlite3 *db, cdbx_conn *conn);
+/* video.c: the clip_video_frames table-valued function. */
+int cdbx_register_video(sqlite3 *db, cdbx_conn *conn);
 
 /* Open clip table of this connection by schema and name (case-insensitive), or NULL. */
 cdbx_table *cdbx_conn_find_table(cdbx_conn *conn, const char *schema, const char *name);
