@@ -1,6 +1,6 @@
 /* cmd_classify.c: `clipdb classify IMAGE LABEL...`: zero-shot classification (no library
  * database): the extension's clip_classify_templates, i.e. softmax over
- * exp(logit_scale) * cosine(image, "a photo of a LABEL"). */
+ * exp(logit_scale) * cosine(image, "a photo of a LABEL."), the same prompt and JSON keys. */
 #include <getopt.h>
 #include <json-c/json.h>
 #include <stdlib.h>
@@ -10,7 +10,7 @@
 #include "sqlite-ext/clipdb.h"
 #include "src/json.h"
 
-#define DEFAULT_TEMPLATE "a photo of a {}"
+#define DEFAULT_TEMPLATE CLIPDB_CLASSIFY_TEMPLATE
 #define MAX_LABEL_BYTES 1000
 
 static const char USAGE[] =
@@ -21,7 +21,7 @@ static const char USAGE[] =
     "  --json         print [{\"label\": ..., \"probability\": ...}, ...], most likely first\n";
 
 /* The extension's clip_classify_templates on an in-memory connection: one implementation of
- * CLIP's zero-shot scoring for SQL and the CLI. Returns its JSON [{"label","score"}, ...],
+ * CLIP's zero-shot scoring for SQL and the CLI. Returns its JSON [{"label","probability"}, ...],
  * most likely first, malloc'd. */
 static char *classify_sql(const char *model_dir, const char *image, char **labels, int n,
                           const char *tmpl, cdb_error *err) {
@@ -68,12 +68,12 @@ static int print_results(const char *scores_json, bool as_json, cdb_error *err) 
   for (size_t i = 0; i < json_object_array_length(arr); i++) {
     json_object *item = json_object_array_get_idx(arr, i), *label, *score;
     if (!json_object_object_get_ex(item, "label", &label) ||
-        !json_object_object_get_ex(item, "score", &score))
+        !json_object_object_get_ex(item, "probability", &score))
       continue;
     if (!as_json) printf("%.4f  %s\n", json_object_get_double(score), json_object_get_string(label));
     json_object *o = json_object_new_object();
     json_object_object_add(o, "label", json_object_get(label));
-    json_object_object_add(o, "probability", json_object_new_double(json_object_get_double(score)));
+    json_object_object_add(o, "probability", json_object_get(score)); /* printed as SQL did */
     json_object_array_add(out, o);
   }
   if (as_json) puts(json_object_to_json_string_ext(out, CLI_JSON_FLAGS));

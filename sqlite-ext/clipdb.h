@@ -8,6 +8,9 @@
 
 #include <sqlite3.h>
 
+/* The prompt clip_classify (and `clipdb classify`) fills with each label. */
+#define CLIPDB_CLASSIFY_TEMPLATE "a photo of a {}."
+
 #ifdef __cplusplus
 extern "C" {
 #endif

@@ -125,7 +125,10 @@ clip_model *cdbx_conn_model(cdbx_conn *conn, const char *name, cdb_error *err) {
 
 int cdbx_conn_register_model(cdbx_conn *conn, const char *name, const char *path,
                              clip_model **out, cdb_error *err) {
-  clip_model *model = cdbx_registry_acquire(path, err);
+  /* A directory, or a hub name resolved through the model cache as everywhere else. */
+  char *resolved = cdb_model_resolve(path, err);
+  clip_model *model = resolved ? cdbx_registry_acquire(resolved, err) : NULL;
+  free(resolved);
   if (!model) return -1;
   cdbx_model_entry *e = find_entry(conn, name);
   if (!e && !(e = add_entry(conn, name, err))) {

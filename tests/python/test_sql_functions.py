@@ -84,7 +84,7 @@ BAD_FUNCTION_CALLS = [
     ("select clip_classify(x'0000803f', '')", "label 1 must be non-empty"),
     ("select clip_classify_templates(x'00', 'not json', 'a')", "JSON array"),
     ("select clip_classify_templates(x'00', '[\"no hole\"]', 'a')", "contain {}"),
-    ("select clip_model('x', '/no/such/dir')", "does not exist"),
+    ("select clip_model('x', '/no/such/dir')", "no such directory"),
     ("select clip_model('', '/tmp')", "non-empty"),
 ]
 
