@@ -530,9 +530,8 @@ static void fn_model(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   json_object_object_add(o, "path", json_object_new_string(path));
   json_object_object_add(o, "dims", json_object_new_int(clip_model_dim(model)));
   json_object_object_add(o, "identity", json_object_new_string(clip_model_identity(model)));
-  sqlite3_result_text(
-      ctx, json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE),
-      -1, SQLITE_TRANSIENT);
+  int flags = JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE;
+  sqlite3_result_text(ctx, json_object_to_json_string_ext(o, flags), -1, SQLITE_TRANSIENT);
   json_object_put(o);
 }
 

@@ -70,9 +70,9 @@ def test_installed_cli_agrees_with_installed_extension(installed, model_dir, dem
     text = json.loads(subprocess.run([exe, "embed", "--text", "a red star"], env=env,
                                      capture_output=True, text=True, check=True).stdout)
     img = str(demo_dir / "055-red-star-on-blue.png")
-    classified = json.loads(subprocess.run([exe, "classify", "--json", img, "red star", "blue square"],
-                                           env=env, capture_output=True, text=True,
-                                           check=True).stdout)
+    classified = json.loads(subprocess.run(
+        [exe, "classify", "--json", img, "red star", "blue square"], env=env,
+        capture_output=True, text=True, check=True).stdout)
     db = sqlite3.connect(":memory:")
     db.enable_load_extension(True)
     db.load_extension(str(installed["lib"] / "clipdb"))
@@ -130,8 +130,11 @@ complete -p clipdb"""
 def test_pkg_config_compiles_against_the_header(installed, tmp_path):
     env = dict(os.environ, PKG_CONFIG_PATH=str(installed["lib"] / "pkgconfig"),
                PKG_CONFIG_SYSROOT_DIR=str(installed["root"]))
-    pc = lambda *a: subprocess.run(["pkg-config", *a, "clipdb"], env=env, capture_output=True,  # noqa: E731
-                                   text=True, check=True).stdout.split()
+
+    def pc(*args):
+        return subprocess.run(["pkg-config", *args, "clipdb"], env=env, capture_output=True,
+                              text=True, check=True).stdout.split()
+
     flags = pc("--cflags", "--libs")
     assert f"-I{installed['include']}" in flags
     extension = pc("--variable=extension")[0]
