@@ -34,3 +34,14 @@ def test_readme_sql_block_runs(ext_path, tmp_path, monkeypatch):
     # the image query and the liked-rows query find row 1, the red star inserted first
     assert any(re.fullmatch(r"1\|0\.\d+", line) for line in lines), lines
     assert any("red star" in line and "probability" in line for line in lines), lines
+
+
+def test_manual_long_form_lists_the_same_environment():
+    """docs/clipdb.1.md's ENVIRONMENT names every variable the installed roff page names."""
+    roff = (ROOT / "docs" / "clipdb.1").read_text()
+    roff_env = roff.split(".SH ENVIRONMENT")[1].split(".SH FILES")[0]
+    names = set(re.findall(r"\b((?:CLIPDB|HF|XDG)_[A-Z_]+|HOME|TERM_PROGRAM|TERM|KITTY_WINDOW_ID)\b",
+                           re.sub(r"\\f[BIRP]", " ", roff_env)))
+    md = (ROOT / "docs" / "clipdb.1.md").read_text()
+    md_env = md.split("## ENVIRONMENT")[1].split("## FILES")[0]
+    assert len(names) >= 20 and not sorted(n for n in names if f"`{n}" not in md_env)

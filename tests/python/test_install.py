@@ -3,7 +3,7 @@
 The extension is loaded by name from the installed library directory (as sqlite3 and Python
 resolve "clipdb": dlopen of clipdb.so, entry point sqlite3_clipdb_init), the installed clipdb runs
 with the fixture model and agrees with the installed extension, `man -l` renders the page and
-its ENVIRONMENT lists every variable the sources read with getenv, the bash completion completes,
+its ENVIRONMENT lists every variable the sources read (getenv or a CLIPDB_/HF_ name), the bash completion completes,
 and a tiny C program compiles with `pkg-config --cflags --libs clipdb` and loads the extension.
 The Python wheel is built from a copy of bindings/python and carries a platform tag.
 """
@@ -91,7 +91,9 @@ def getenv_names():
     names = set()
     for folder in ("src", "embed", "index", "sqlite-ext", "cli"):
         for f in (ROOT / folder).rglob("*.c"):
-            names.update(re.findall(r'getenv\("([A-Z_0-9]+)"\)', f.read_text(errors="replace")))
+            text = f.read_text(errors="replace")
+            names.update(re.findall(r'getenv\("([A-Z_0-9]+)"\)', text))
+            names.update(re.findall(r'"((?:CLIPDB|HF)_[A-Z_0-9]+)"', text))  # env_true("HF_...")
     return names
 
 
