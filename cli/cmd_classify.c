@@ -1,6 +1,7 @@
 /* cmd_classify.c: `clipdb classify IMAGE LABEL...`: zero-shot classification with the library's
  * model (or --model's; no library needed): the extension's clip_classify_templates, i.e.
- * softmax over exp(logit_scale) * cosine(image, "a photo of a LABEL"). */
+ * softmax over exp(logit_scale) * cosine(image, "a photo of a LABEL."), the prompt and JSON
+ * keys SQL's clip_classify uses. */
 #include <getopt.h>
 #include <json-c/json.h>
 #include <stdlib.h>
@@ -12,7 +13,7 @@
 #include "src/json.h"
 #include "src/model_path.h"
 
-#define DEFAULT_TEMPLATE "a photo of a {}"
+#define DEFAULT_TEMPLATE CLIPDB_CLASSIFY_TEMPLATE
 #define MAX_LABEL_BYTES 1000
 
 static const char USAGE[] =
@@ -24,7 +25,7 @@ static const char USAGE[] =
 
 /* The extension's clip_classify_templates, with model_dir registered as db's default model:
  * one implementation of CLIP's zero-shot scoring for SQL and the CLI. Returns its JSON
- * [{"label","score"}, ...], most likely first, malloc'd. */
+ * [{"label","probability"}, ...], most likely first, malloc'd. */
 static char *classify_sql(sqlite3 *db, const char *model_dir, const char *image, char **labels,
                           int n, const char *tmpl, cdb_error *err) {
   sqlite3_stmt *st = NULL;
@@ -88,12 +89,12 @@ static int print_results(const char *scores_json, bool as_json, cdb_error *err) 
   for (size_t i = 0; i < json_object_array_length(arr); i++) {
     json_object *item = json_object_array_get_idx(arr, i), *label, *score;
     if (!json_object_object_get_ex(item, "label", &label) ||
-        !json_object_object_get_ex(item, "score", &score))
+        !json_object_object_get_ex(item, "probability", &score))
       continue;
     if (!as_json) printf("%.4f  %s\n", json_object_get_double(score), json_object_get_string(label));
     json_object *o = json_object_new_object();
     json_object_object_add(o, "label", json_object_get(label));
-    json_object_object_add(o, "probability", json_object_new_double(json_object_get_double(score)));
+    json_object_object_add(o, "probability", json_object_get(score)); /* printed as SQL did */
     json_object_array_add(out, o);
   }
   if (as_json) puts(json_object_to_json_string_ext(out, CLI_JSON_FLAGS));

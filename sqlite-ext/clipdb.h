@@ -1,7 +1,9 @@
 /* clipdb.h: the SQLite extension's public API.
  *
  * Loaded dynamically (`.load clipdb`), the extension registers itself through its entry point
- * sqlite3_clipdb_init. Programs that link SQLite and the static library clipdb_sql call
+ * sqlite3_clipdb_init: installed programs call sqlite3_load_extension(db, "clipdb",
+ * CLIPDB_ENTRY_POINT, &errmsg) (`pkg-config --variable=extension clipdb` gives the full path).
+ * Programs built in the source tree that link SQLite and the static library clipdb_sql call
  * clipdb_register on each connection instead (or pass it to sqlite3_auto_extension). */
 #ifndef CLIPDB_H
 #define CLIPDB_H
@@ -9,6 +11,10 @@
 #include <sqlite3.h>
 
 #define CLIPDB_VERSION "0.1.0" /* clip_version(), `clipdb --version` */
+/* The prompt clip_classify (and `clipdb classify`) fills with each label. */
+#define CLIPDB_CLASSIFY_TEMPLATE "a photo of a {}."
+/* The installed extension's entry point (its name follows SQLite's rule for "clipdb.so"). */
+#define CLIPDB_ENTRY_POINT "sqlite3_clipdb_init"
 
 #ifdef __cplusplus
 extern "C" {

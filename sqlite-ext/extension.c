@@ -19,13 +19,21 @@
  *   clip_vec_normalize(a)                  -> BLOB   unit length
  *   clip_vec_to_json(a)                    -> TEXT   "[0.1,...]"
  *   clip_vec_from_json(json)               -> BLOB
- *   clip_classify(image, label, ...)       -> TEXT   zero-shot: [{"label":..,"score":..},...]
- *                                                     sorted by score; prompt "a photo of a {}."
+ *   clip_classify(image, label, ...)       -> TEXT   zero-shot: [{"label":..,"probability":..,
+ *                                                     "score":..},...] (score: the older name of
+ *                                                     probability), most likely first; prompt
+ *                                                     "a photo of a {}.", as `clipdb classify`
  *   clip_classify_templates(image, templates_json, label, ...)  same, averaging the prompts
  *                                                     of a JSON array of templates with "{}"
- *     (image: image bytes / path / URL, or an embedding BLOB of the model's dims; default model)
- *   clip_model(name, path)                 -> TEXT   registers a model directory under a name for
- *                                                     this connection ('default' replaces the
+ *     (image: image bytes / path / URL, or an embedding BLOB of the model's dims; default model.
+ *      The labels may instead be one JSON object '{"labels": [...], "model": NAME}' to use the
+ *      model NAME, a directory or cached hub name.)
+ *   JSON results print numbers as the shortest decimal that reads back as the same float32 and
+ *   do not escape "/".
+ *   clip_model(name, path)                 -> TEXT   registers a model (a directory or a cached
+ *                                                     hub name, resolved as clip_embed_text does)
+ *                                                     under a name for this connection
+ *                                                     ('default' replaces the
  *                                                     default; loading the extension again keeps
  *                                                     it); returns JSON {name, path, dims,
  *                                                     identity}

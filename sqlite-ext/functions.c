@@ -20,6 +20,26 @@ static void result_cdb_error(sqlite3_context *ctx, const char *fn, const cdb_err
   sqlite3_free(msg);
 }
 
+/* The shortest decimal that reads back as the same float32 (as Python's repr does for doubles):
+ * embeddings and scores are float32 quantities, so more digits are noise. */
+static void format_float(char *buf, size_t size, float x) {
+  if (x == 0 && signbit(x)) { /* "-0" would read back as the integer 0 */
+    snprintf(buf, size, "-0.0");
+    return;
+  }
+  for (int digits = 6; digits < 9; digits++) {
+    snprintf(buf, size, "%.*g", digits, (double)x);
+    if (strtof(buf, NULL) == x) return;
+  }
+  snprintf(buf, size, "%.9g", (double)x);
+}
+
+static json_object *json_float(float x) {
+  char buf[32];
+  format_float(buf, sizeof buf, x);
+  return json_object_new_double_s((double)x, buf);
+}
+
 static void result_vector(sqlite3_context *ctx, float *v, int n) {
   sqlite3_result_blob(ctx, v, n * (int)sizeof(float), free);
 }
@@ -187,11 +207,8 @@ static void fn_vec_to_json(sqlite3_context *ctx, int argc, sqlite3_value **argv)
   sqlite3_str_appendchar(s, 1, '[');
   for (int i = 0; i < n; i++) {
     char num[32];
-    /* "-0" would read back as the integer 0; "-0.0" keeps the sign bit */
-    if (a[i] == 0 && signbit(a[i]))
-      snprintf(num, sizeof num, "%s-0.0", i ? "," : "");
-    else
-      snprintf(num, sizeof num, "%s%.9g", i ? "," : "", (double)a[i]);
+    format_float(num, sizeof num, a[i]);
+    if (i) sqlite3_str_appendchar(s, 1, ',');
     sqlite3_str_appendall(s, num);
   }
   sqlite3_str_appendchar(s, 1, ']');
@@ -317,10 +334,12 @@ static char *scores_json(label_score *scores, int n) {
   for (int i = 0; i < n; i++) {
     json_object *o = json_object_new_object();
     json_object_object_add(o, "label", json_object_new_string(scores[i].label));
-    json_object_object_add(o, "score", json_object_new_double(scores[i].score));
+    json_object_object_add(o, "probability", json_float((float)scores[i].score));
+    json_object_object_add(o, "score", json_float((float)scores[i].score)); /* the older name */
     json_object_array_add(arr, o);
   }
-  char *text = strdup(json_object_to_json_string_ext(arr, JSON_C_TO_STRING_PLAIN));
+  char *text = strdup(
+      json_object_to_json_string_ext(arr, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
   json_object_put(arr);
   return text;
 }
@@ -374,6 +393,68 @@ static const char **label_args(sqlite3_context *ctx, const char *fn, int argc,
   return labels;
 }
 
+/* The labels of a call and the model they name: argv[first..] as labels with the default model,
+ * or a single JSON object {"labels": [...], "model": NAME} (model optional). */
+typedef struct classify_args {
+  const char **labels;
+  int n_labels;
+  const char *model;
+  json_object *options; /* owns the strings of the JSON form */
+} classify_args;
+
+static json_object *options_object(sqlite3_value *v) {
+  const char *text = (const char *)sqlite3_value_text(v);
+  if (sqlite3_value_type(v) != SQLITE_TEXT || !text) return NULL;
+  while (*text == ' ' || *text == '\t' || *text == '\n') text++;
+  if (*text != '{') return NULL;
+  json_object *o = json_tokener_parse(text);
+  if (o && json_object_is_type(o, json_type_object) && json_object_object_get_ex(o, "labels", NULL))
+    return o;
+  if (o) json_object_put(o);
+  return NULL;
+}
+
+/* Fills args from the JSON form; returns an error message (static) or NULL. */
+static const char *options_labels(json_object *o, classify_args *args) {
+  json_object_object_foreach(o, key, val) {
+    if (strcmp(key, "model") == 0) {
+      if (!json_object_is_type(val, json_type_string) || !json_object_get_string_len(val))
+        return "\"model\" must be a non-empty string";
+      args->model = json_object_get_string(val);
+    } else if (strcmp(key, "labels") != 0) {
+      return "the labels object takes only the keys \"labels\" and \"model\"";
+    }
+  }
+  json_object *arr = json_object_object_get(o, "labels");
+  size_t n = json_object_is_type(arr, json_type_array) ? json_object_array_length(arr) : 0;
+  if (n == 0 || n > 100000) return "\"labels\" must be a non-empty array of non-empty strings";
+  args->labels = calloc(n, sizeof *args->labels);
+  if (!args->labels) return "out of memory";
+  for (size_t i = 0; i < n; i++) {
+    json_object *l = json_object_array_get_idx(arr, i);
+    if (!json_object_is_type(l, json_type_string) || !json_object_get_string_len(l))
+      return "\"labels\" must be a non-empty array of non-empty strings";
+    args->labels[i] = json_object_get_string(l);
+  }
+  args->n_labels = (int)n;
+  return NULL;
+}
+
+static int get_classify_args(sqlite3_context *ctx, const char *fn, int argc, sqlite3_value **argv,
+                             int first, classify_args *args) {
+  if (argc == first + 1 && (args->options = options_object(argv[first]))) {
+    const char *problem = options_labels(args->options, args);
+    if (!problem) return 0;
+    char *msg = sqlite3_mprintf("%s: %s", fn, problem);
+    sqlite3_result_error(ctx, msg, -1);
+    sqlite3_free(msg);
+    return -1;
+  }
+  args->labels = label_args(ctx, fn, argc, argv, first);
+  args->n_labels = argc - first;
+  return args->labels ? 0 : -1;
+}
+
 static void run_classify(sqlite3_context *ctx, const char *fn, int argc, sqlite3_value **argv,
                          int first_label, const char *const *templates, int n_templates) {
   if (argc <= first_label) {
@@ -382,25 +463,25 @@ static void run_classify(sqlite3_context *ctx, const char *fn, int argc, sqlite3
     sqlite3_free(msg);
     return;
   }
+  classify_args args = {0};
   cdb_error err = {{0}};
-  clip_model *model = cdbx_conn_model(sqlite3_user_data(ctx), NULL, &err);
-  if (!model) {
-    result_cdb_error(ctx, fn, &err);
-    return;
-  }
-  const char **labels = label_args(ctx, fn, argc, argv, first_label);
-  if (!labels) return;
+  clip_model *model = NULL;
   char *json = NULL;
-  if (classify(model, argv[0], labels, argc - first_label, templates, n_templates, &json, &err)) {
+  if (get_classify_args(ctx, fn, argc, argv, first_label, &args) != 0) goto done;
+  model = cdbx_conn_model(sqlite3_user_data(ctx), args.model, &err);
+  if (!model || classify(model, argv[0], args.labels, args.n_labels, templates, n_templates, &json,
+                         &err)) {
     result_cdb_error(ctx, fn, &err);
   } else {
     sqlite3_result_text(ctx, json, -1, free);
   }
-  free(labels);
+done:
+  free(args.labels);
+  if (args.options) json_object_put(args.options);
 }
 
 static void fn_classify(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
-  static const char *const templates[] = {"a photo of a {}."};
+  static const char *const templates[] = {CLIPDB_CLASSIFY_TEMPLATE};
   run_classify(ctx, "clip_classify", argc, argv, 1, templates, 1);
 }
 
@@ -453,8 +534,8 @@ static void fn_model(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   json_object_object_add(o, "path", json_object_new_string(path));
   json_object_object_add(o, "dims", json_object_new_int(clip_model_dim(model)));
   json_object_object_add(o, "identity", json_object_new_string(clip_model_identity(model)));
-  sqlite3_result_text(ctx, json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN), -1,
-                      SQLITE_TRANSIENT);
+  int flags = JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE;
+  sqlite3_result_text(ctx, json_object_to_json_string_ext(o, flags), -1, SQLITE_TRANSIENT);
   json_object_put(o);
 }
 

@@ -8,8 +8,13 @@ import os
 import pathlib
 import shutil
 
-from setuptools import setup
+from setuptools import Distribution, setup
 from setuptools.command.build_py import build_py
+
+try:
+    from setuptools.command.bdist_wheel import bdist_wheel
+except ImportError:  # setuptools < 70.1: the wheel package's command
+    from wheel.bdist_wheel import bdist_wheel
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -38,4 +43,21 @@ class BuildPyWithExtension(build_py):
         print(f"clipdb: bundled {ext}")
 
 
-setup(cmdclass={"build_py": BuildPyWithExtension})
+class DistributionWithExtension(Distribution):
+    """With a bundled extension the package holds machine code: platform-specific (platlib)."""
+
+    def has_ext_modules(self):
+        return built_extension() is not None
+
+
+class PlatformWheel(bdist_wheel):
+    """A wheel that bundles the compiled extension is for this platform (py3-none-linux_x86_64
+    on x86-64 Linux): the .so is machine code, but it calls no Python API, so any Python 3."""
+
+    def get_tag(self):
+        python, abi, plat = super().get_tag()
+        return (python, abi, plat) if self.root_is_pure else ("py3", "none", plat)
+
+
+setup(distclass=DistributionWithExtension,
+      cmdclass={"build_py": BuildPyWithExtension, "bdist_wheel": PlatformWheel})

@@ -461,10 +461,10 @@ def test_classify_red_star(clipdb_bin, env, demo_dir):
     assert res[0]["label"] == "red star"
     assert abs(sum(r["probability"] for r in res) - 1) < 1e-6
     assert sorted(r["label"] for r in res) == sorted(labels)
-    # reference: softmax of exp(logit_scale) * cosine(image, "a photo of a LABEL")
+    # reference: softmax of exp(logit_scale) * cosine(image, "a photo of a LABEL.")
     logit_scale = json.loads(GOLDENS.read_text())["logit_scale"]
     image = embed(clipdb_bin, env, "--image", demo_dir / "055-red-star-on-blue.png")
-    texts = np.array([embed(clipdb_bin, env, "--text", f"a photo of a {lab}") for lab in labels])
+    texts = np.array([embed(clipdb_bin, env, "--text", f"a photo of a {lab}.") for lab in labels])
     cos = texts @ image / np.linalg.norm(texts, axis=1) / np.linalg.norm(image)
     logits = np.exp(logit_scale) * cos
     ref = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
