@@ -62,7 +62,7 @@ static int normalise(float *v, int n) {
 }
 
 /* sum of weight * unit(term) over the terms, normalised. */
-static int query_vector(cli_db *db, const query *q, float **out, int *dim, cdb_error *err) {
+int query_vector(cli_db *db, const query *q, float **out, int *dim, cdb_error *err) {
   float *sum = NULL;
   *dim = 0;
   for (size_t i = 0; i < q->n; i++) {
