@@ -26,12 +26,15 @@
 #include "cli/output.h"
 #include "cli/query.h"
 #include "cli/serve_web.h"
+#include "src/model_path.h"
 
 #define MAX_QUERY_BYTES 4096
 #define MAX_UPLOAD_BYTES (20u << 20)
 #define MAX_UPLOAD_PIXELS 100000000.0
 #define MAX_K 1000
 #define THUMB_PX 320
+#define MAX_LABELS 64
+#define MAX_LABELS_BYTES 4096
 
 static const char USAGE[] =
     "usage: clipdb serve [OPTIONS]\n"
@@ -343,7 +346,8 @@ static int add_scalar(cli_db *db, json_object *o, const char *key, const char *s
 static enum MHD_Result api_status(struct MHD_Connection *c, cli_db *db) {
   json_object *o = json_object_new_object();
   json_object_object_add(o, "version", json_object_new_string(CLIPDB_VERSION));
-  json_object_object_add(o, "model", output_json_text(db->model));
+  const char *slash = strrchr(db->model, '/'); /* a model folder: its name, not the server's path */
+  json_object_object_add(o, "model", output_json_text(db->model[0] == '/' ? slash + 1 : db->model));
   int rc = add_scalar(db, o, "photos", "SELECT count(*) AS photos FROM " CLI_TABLE "_rows");
   if (rc == 0) rc = add_scalar(db, o, "index", "SELECT clip_index_info('" CLI_TABLE "') AS \"index\"");
   if (rc == 0) {
@@ -351,6 +355,7 @@ static enum MHD_Result api_status(struct MHD_Connection *c, cli_db *db) {
     json_object_object_get_ex(o, "index", &raw);
     const char *s = raw ? json_object_get_string(raw) : NULL;
     json_object *parsed = s ? json_tokener_parse(s) : NULL;
+    if (parsed) json_object_object_del(parsed, "model");
     if (parsed) json_object_object_add(o, "index", parsed);
   }
   if (rc == 0) return send_json(c, MHD_HTTP_OK, o);
@@ -470,6 +475,64 @@ static enum MHD_Result api_thumb(struct MHD_Connection *c, server *s, cli_db *db
   return ret;
 }
 
+/* GET /api/dedup?threshold=S (default 0.95): dedup's groups of near-duplicate photos. */
+static enum MHD_Result api_dedup(struct MHD_Connection *c, cli_db *db) {
+  double threshold = 0.95;
+  const char *ts = arg(c, "threshold");
+  if (ts && (!cli_parse_float(ts, &threshold) || threshold < 0 || threshold > 1))
+    return send_error(c, MHD_HTTP_BAD_REQUEST, "threshold must be a number from 0 to 1");
+  cdb_error err = {{0}};
+  json_object *groups;
+  if (cli_dedup_groups(db, threshold, &groups, &err) != 0) return send_internal(c, &err);
+  json_object *o = json_object_new_object();
+  json_object_object_add(o, "groups", groups);
+  return send_json(c, MHD_HTTP_OK, o);
+}
+
+/* Splits "cat, dog,bird" into at most MAX_LABELS trimmed, non-empty labels (in place). */
+static int split_labels(char *s, char **labels) {
+  int n = 0;
+  for (char *tok = strtok(s, ","); tok; tok = strtok(NULL, ",")) {
+    while (*tok == ' ') tok++;
+    char *end = tok + strlen(tok);
+    while (end > tok && end[-1] == ' ') *--end = '\0';
+    if (!*tok) continue;
+    if (n == MAX_LABELS) return -1;
+    labels[n++] = tok;
+  }
+  return n;
+}
+
+/* GET /api/classify?id=ROWID&labels=cat,dog: zero-shot probabilities, most likely first. */
+static enum MHD_Result api_classify(struct MHD_Connection *c, cli_db *db) {
+  const char *given = arg(c, "labels");
+  if (!given || strlen(given) > MAX_LABELS_BYTES || !utf8_valid(given))
+    return send_error(c, MHD_HTTP_BAD_REQUEST, "labels must be comma-separated UTF-8 text");
+  char *copy = strdup(given), *labels[MAX_LABELS];
+  int n = copy ? split_labels(copy, labels) : -1;
+  if (n < 2) {
+    free(copy);
+    return send_error(c, MHD_HTTP_BAD_REQUEST, "labels must name 2 to 64 labels");
+  }
+  char *path = NULL, *hash = NULL, *dir = NULL, *scores = NULL;
+  enum MHD_Result ret = MHD_NO;
+  cdb_error err = {{0}};
+  if (lookup_photo(c, db, &path, &hash, &ret)) {
+    dir = cdb_model_resolve(db->model, &err);
+    scores = dir ? cli_classify_sql(db->db, dir, path, labels, n, "a photo of a {}", &err) : NULL;
+    json_object *arr = scores ? json_tokener_parse(scores) : NULL;
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "labels", arr);
+    ret = arr ? send_json(c, MHD_HTTP_OK, o) : (json_object_put(o), send_internal(c, &err));
+  }
+  free(copy);
+  free(path);
+  free(hash);
+  free(dir);
+  free(scores);
+  return ret;
+}
+
 /* ---- dispatch ---- */
 
 static bool token_ok(struct MHD_Connection *c, const server *s) {
@@ -512,6 +575,8 @@ static enum MHD_Result route(struct MHD_Connection *c, server *s, const char *ur
   if (strcmp(url, "/api/photo") == 0) return api_photo(c, db);
   if (strcmp(url, "/api/thumb") == 0) return api_thumb(c, s, db);
   if (strcmp(url, "/api/image") == 0) return api_image(c, db);
+  if (strcmp(url, "/api/dedup") == 0) return api_dedup(c, db);
+  if (strcmp(url, "/api/classify") == 0) return api_classify(c, db);
   if (post_route) return api_search_image(c, db, req);
   return send_error(c, MHD_HTTP_NOT_FOUND, "no such API endpoint");
 }
