@@ -118,7 +118,7 @@ int cmd_search(int argc, char **argv, const cli_ctx *ctx) {
   /* One text with a positive weight is the text itself: the search statement embeds it. */
   bool one_text = q.n == 1 && !q.terms[0].is_image && q.terms[0].weight > 0;
   if (rc == 0 && !one_text) rc = query_vector(&db, &q, &vec, &dim, &err);
-  cli_search_opts so = {(int)a.top, a.after, a.before, a.threshold, 0};
+  cli_search_opts so = {(int)a.top, a.after, a.before, a.threshold, 0, NULL};
   cli_query cq = {one_text ? q.terms[0].text : NULL, vec, dim};
   if (rc == 0) rc = cli_db_search(&db, &cq, &so, &hits, &n, &err);
   if (rc == 0) output_hits(hits, n, a.fmt, a.preview);

@@ -142,7 +142,11 @@ static const char *search_opts(struct MHD_Connection *c, cli_search_opts *opts) 
   long k = 24;
   const char *ks = arg(c, "k");
   if (ks && !cli_parse_int(ks, 1, MAX_K, &k)) return "k must be a whole number from 1 to 1000";
-  *opts = (cli_search_opts){(int)k, arg(c, "after"), arg(c, "before"), -INFINITY, 0};
+  *opts = (cli_search_opts){(int)k, arg(c, "after"), arg(c, "before"), -INFINITY, 0, NULL};
+  const char *folder = arg(c, "folder");
+  if (folder && *folder) opts->folder = folder;
+  if (folder && (strlen(folder) > 4096 || !utf8_valid(folder) || (*folder && *folder != '/')))
+    return "folder must be an absolute folder path";
   if (opts->after && !*opts->after) opts->after = NULL;
   if (opts->before && !*opts->before) opts->before = NULL;
   if ((opts->after && cli_check_date(opts->after) != 0) ||

@@ -78,6 +78,7 @@ typedef struct cli_search_opts {
   const char *after, *before; /* dates "YYYY[-MM[-DD[ HH:MM[:SS]]]]" or NULL */
   double threshold;           /* keep score >= threshold; -INFINITY for all */
   int64_t exclude_rowid;      /* leave this row out (similar IMAGE), 0 for none */
+  const char *folder;         /* only photos under this folder (absolute path), or NULL */
 } cli_search_opts;
 
 /* A query: a text, embedded by the table in the search statement itself (its model's identity

@@ -9,10 +9,15 @@ import urllib.error
 import urllib.request
 
 
-def index_demo(clipdb_bin, model_dir, demo_dir, tmp_path, env):
-    """A library of a copy of the demo photos (so that tests may add files to the folder)."""
+def index_demo(clipdb_bin, model_dir, demo_dir, tmp_path, env, sub=0):
+    """A library of a copy of the demo photos (so that tests may add files to the folder), with
+    copies of the last `sub` demo photos in photos/sub too."""
     photos = tmp_path / "photos"
     shutil.copytree(demo_dir, photos)
+    if sub:
+        (photos / "sub").mkdir()
+        for p in sorted(demo_dir.iterdir())[-sub:]:
+            shutil.copy(p, photos / "sub" / p.name)
     db = tmp_path / "lib.db"
     subprocess.run([clipdb_bin, "--db", str(db), "--model", model_dir, "index", str(photos)],
                    check=True, env=env, capture_output=True)

@@ -21,7 +21,7 @@ from serve_helpers import Server, get_json, index_demo, request, serve_env
 def lib(clipdb_bin, model_dir, demo_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
     env = serve_env(tmp)
-    db, photos = index_demo(clipdb_bin, model_dir, demo_dir, tmp, env)
+    db, photos = index_demo(clipdb_bin, model_dir, demo_dir, tmp, env, sub=3)
     return {"db": db, "photos": photos, "env": env, "tmp": tmp}
 
 
@@ -49,9 +49,9 @@ def q(s):
 def test_status_counts_the_library(server, lib):
     status, body = get_json(server.base + "/api/status")
     assert status == 200
-    assert body["photos"] == 66
+    assert body["photos"] == 69
     assert body["model"] == "clip-tiny-shapes"  # the folder's name, not the server's path
-    assert body["index"]["count"] == 66
+    assert body["index"]["count"] == 69
     assert "/" not in json.dumps(body["index"]).replace("IVF1,Flat", "")
 
 
@@ -66,11 +66,24 @@ def test_search_matches_the_cli(server, lib, clipdb_bin, query):
 
 
 def test_search_date_filter_matches_the_cli(server, lib, clipdb_bin):
-    status, body = get_json(server.base + "/api/search?k=66&q=star&after=2100-01-01")
+    status, body = get_json(server.base + "/api/search?k=69&q=star&after=2100-01-01")
     assert status == 200 and body["results"] == []
-    status, body = get_json(server.base + "/api/search?k=66&q=star&before=2100-01-01")
-    want = cli_json(clipdb_bin, lib, "search", "-n", "66", "--before", "2100-01-01", "star")
+    status, body = get_json(server.base + "/api/search?k=69&q=star&before=2100-01-01")
+    want = cli_json(clipdb_bin, lib, "search", "-n", "69", "--before", "2100-01-01", "star")
     assert [h["path"] for h in body["results"]] == [h["path"] for h in want]
+
+
+def test_folder_filter_applies_before_the_top_k_cut(server, lib, clipdb_bin):
+    every = [h["path"] for h in cli_json(clipdb_bin, lib, "search", "-n", "69", "a red star")]
+    sub = str(lib["photos"] / "sub")
+    want = [p for p in every if p.startswith(sub + "/")]
+    assert len(want) == 3 and every.index(want[0]) > 0  # the folder's best is not the overall best
+    for folder in (sub, sub + "/"):
+        status, body = get_json(server.base + f"/api/search?k=2&q=a%20red%20star&folder={q(folder)}")
+        assert status == 200
+        assert [h["path"] for h in body["results"]] == want[:2]
+    status, body = get_json(server.base + f"/api/search?k=3&q=star&folder={q(sub[:-1])}")
+    assert status == 200 and body["results"] == []  # a name's prefix is not a folder
 
 
 def test_similar_matches_the_cli(server, lib, clipdb_bin):
@@ -169,6 +182,7 @@ BAD_REQUESTS = [
     ("GET", "/api/search?q=%ff%fe", None),
     ("GET", "/api/search?q=%22unclosed", None),
     ("GET", "/api/search?q=star&after=yesterday", None),
+    ("GET", "/api/search?q=star&folder=photos", None),
     ("GET", "/api/similar?id=999999", None),
     ("GET", "/api/similar?id=abc", None),
     ("GET", "/api/photo?id=../../../../etc/passwd", None),
@@ -274,7 +288,7 @@ def test_load_8_clients_while_index_writes(clipdb_bin, model_dir, lib, tmp_path)
         for t in threads:
             t.join()
         assert writer.wait(timeout=300) == 0, writer.stderr.read()
-        assert get_json(s.base + "/api/status")[1]["photos"] == 66 + len(added)  # seen without a restart
+        assert get_json(s.base + "/api/status")[1]["photos"] == 69 + len(added)  # seen without a restart
     finally:
         writer.stderr.close()
         assert s.stop() == 0, s.stderr
