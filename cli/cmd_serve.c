@@ -479,6 +479,37 @@ static enum MHD_Result api_thumb(struct MHD_Connection *c, server *s, cli_db *db
   return ret;
 }
 
+/* Adds "ids": the rowid of each of "paths" to every group (the page asks thumbnails by id). */
+static int add_group_ids(cli_db *db, json_object *groups, cdb_error *err) {
+  sqlite3_stmt *st;
+  if (cli_db_prepare(db, "SELECT rowid FROM " CLI_TABLE " WHERE path = ?1", &st, err) != 0)
+    return -1;
+  int rc = 0;
+  for (size_t g = 0; rc == 0 && g < json_object_array_length(groups); g++) {
+    json_object *group = json_object_array_get_idx(groups, g), *paths, *bytes = NULL;
+    json_object_object_get_ex(group, "paths", &paths);
+    json_object_object_get_ex(group, "paths_bytes", &bytes);
+    json_object *ids = json_object_new_array();
+    for (size_t i = 0; rc == 0 && i < json_object_array_length(paths); i++) {
+      /* a path that is not UTF-8 is exact only in paths_bytes */
+      gsize len = 0;
+      guchar *raw = bytes ? g_base64_decode(json_object_get_string(
+                                json_object_array_get_idx(bytes, i)), &len) : NULL;
+      const char *path = json_object_get_string(json_object_array_get_idx(paths, i));
+      sqlite3_bind_text(st, 1, raw ? (const char *)raw : path, raw ? (int)len : -1, SQLITE_TRANSIENT);
+      g_free(raw);
+      int step = sqlite3_step(st);
+      if (step == SQLITE_ROW) json_object_array_add(ids, json_object_new_int64(sqlite3_column_int64(st, 0)));
+      else if (step == SQLITE_DONE) json_object_array_add(ids, NULL); /* removed since */
+      else rc = cli_db_fail(db, "dedup", err);
+      sqlite3_reset(st);
+    }
+    json_object_object_add(group, "ids", ids);
+  }
+  sqlite3_finalize(st);
+  return rc;
+}
+
 /* GET /api/dedup?threshold=S (default 0.95): dedup's groups of near-duplicate photos. */
 static enum MHD_Result api_dedup(struct MHD_Connection *c, cli_db *db) {
   double threshold = 0.95;
@@ -488,6 +519,10 @@ static enum MHD_Result api_dedup(struct MHD_Connection *c, cli_db *db) {
   cdb_error err = {{0}};
   json_object *groups;
   if (cli_dedup_groups(db, threshold, &groups, &err) != 0) return send_internal(c, &err);
+  if (add_group_ids(db, groups, &err) != 0) {
+    json_object_put(groups);
+    return send_internal(c, &err);
+  }
   json_object *o = json_object_new_object();
   json_object_object_add(o, "groups", groups);
   return send_json(c, MHD_HTTP_OK, o);

@@ -18,6 +18,7 @@ function filters() {
   let s = "";
   if ($("after").value) s += "&after=" + $("after").value;
   if ($("before").value) s += "&before=" + $("before").value;
+  if ($("folder").value.trim()) s += "&folder=" + encodeURIComponent($("folder").value.trim());
   return s;
 }
 
@@ -70,7 +71,7 @@ $("q").addEventListener("input", () => {
     if (state.kind) run(); else render([]);
   }, 200);
 });
-for (const id of ["after", "before"]) $(id).addEventListener("change", () => { state.k = PAGE; run(); });
+for (const id of ["after", "before", "folder"]) $(id).addEventListener("change", () => { state.k = PAGE; run(); });
 
 function searchImage(blob) {
   state.kind = "image";
@@ -105,7 +106,8 @@ async function openViewer(index) {
   state.current = index;
   const hit = state.results[index];
   document.querySelectorAll(".cell.current").forEach((c) => c.classList.remove("current"));
-  $("grid").children[index]?.classList.add("current");
+  document.querySelectorAll("#grid .cell")[index]?.classList.add("current");
+  $("classes").replaceChildren();
   $("viewer").hidden = false;
   $("large").src = withToken("/api/image?id=" + hit.id);
   $("large").alt = hit.path;
@@ -125,6 +127,45 @@ async function openViewer(index) {
     openViewer(i);
   })));
 }
+$("classify").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const hit = state.results[state.current];
+  try {
+    const r = await api("/api/classify?id=" + hit.id + "&labels=" + encodeURIComponent($("labels").value));
+    $("classes").replaceChildren(...r.labels.map((x) => {
+      const li = document.createElement("li");
+      li.textContent = (x.score * 100).toFixed(1) + "%  " + x.label;
+      return li;
+    }));
+  } catch (err) {
+    $("classes").textContent = err.message;
+  }
+});
+
+// The duplicates view: each group of near-duplicates as a row of the grid.
+$("dedup").addEventListener("click", async () => {
+  state.kind = null;
+  $("message").textContent = "Looking for duplicates…";
+  const r = await api("/api/dedup");
+  const results = [];
+  const grid = $("grid");
+  grid.replaceChildren();
+  for (const g of r.groups) {
+    const head = document.createElement("h3");
+    head.className = "group";
+    head.textContent = g.paths.length + " photos, similarity " + g.similarity.toFixed(3);
+    grid.append(head);
+    g.ids.forEach((id, i) => {
+      if (id === null) return;
+      const hit = { id, path: g.paths[i], score: g.similarity };
+      results.push(hit);
+      grid.append(cell(hit, results.length - 1, openViewer));
+    });
+  }
+  state.results = results;
+  $("message").textContent = r.groups.length ? r.groups.length + " groups of duplicates" : "No duplicates.";
+});
+
 function closeViewer() { $("viewer").hidden = true; }
 $("close").onclick = closeViewer;
 

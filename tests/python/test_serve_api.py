@@ -139,7 +139,11 @@ def test_search_by_uploaded_image_finds_itself_first(server, lib):
 def test_dedup_matches_the_cli(server, lib, clipdb_bin):
     status, body = get_json(server.base + "/api/dedup")
     assert status == 200
+    ids = [g.pop("ids") for g in body["groups"]]
     assert body["groups"] == cli_json(clipdb_bin, lib, "dedup")
+    for group, group_ids in zip(body["groups"], ids):
+        assert [get_json(server.base + f"/api/photo?id={i}")[1]["path"] for i in group_ids] == \
+            group["paths"]
 
 
 def test_classify_matches_the_cli(server, lib, clipdb_bin):

@@ -177,3 +177,26 @@ def test_phone_width_shows_the_grid(browser, gallery):
         shot(browser, "6-phone")
     finally:
         browser.set_window_size(1200, 900)
+
+
+def test_duplicates_view_shows_the_planted_copies(browser, gallery, clipdb_bin):
+    open_page(browser, gallery)
+    browser.find_element("id", "dedup").click()
+    out = subprocess.run([clipdb_bin, "--db", str(gallery["db"]), "dedup", "--json"],
+                         env=gallery["env"], check=True, capture_output=True, text=True).stdout
+    want = [p.split("/")[-1] for g in json.loads(out) for p in g["paths"]]
+    assert len(want) >= 6
+    wait(browser, lambda d: names(d) == want)
+    shot(browser, "7-duplicates")
+
+
+def test_classify_box_ranks_the_shape(browser, gallery):
+    open_page(browser, gallery)
+    type_query(browser, "a red star")
+    wait(browser, lambda d: len(cells(d)) > 0)
+    cells(browser)[0].click()
+    wait(browser, lambda d: d.find_element("id", "viewer").is_displayed())
+    browser.find_element("id", "labels").send_keys("circle, star, square\n")
+    wait(browser, lambda d: len(d.find_elements("css selector", "#classes li")) == 3)
+    assert browser.find_elements("css selector", "#classes li")[0].text.endswith("star")
+    shot(browser, "8-classify")
