@@ -32,6 +32,7 @@
 #define MAX_UPLOAD_BYTES (20u << 20)
 #define MAX_UPLOAD_PIXELS 100000000.0
 #define MAX_K 1000
+#define MAX_CONNECTIONS 256 /* each may hold an upload of up to MAX_UPLOAD_BYTES */
 #define THUMB_PX 320
 #define MAX_LABELS 64
 #define MAX_LABELS_BYTES 4096
@@ -641,7 +642,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
   if (!req) {
     if (!(req = calloc(1, sizeof *req))) return MHD_NO;
     *state = req;
-    return MHD_YES;
+    /* before any body is read: an upload without the token is refused unread */
+    return token_ok(c, cls) ? MHD_YES : route(c, cls, url, method, req);
   }
   if (*upload_size) {
     if (req->len + *upload_size > MAX_UPLOAD_BYTES) req->too_big = true;
@@ -753,7 +755,8 @@ static int run_daemon(server *s, const struct sockaddr_in *addr, long threads) {
       MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL, 0, NULL, NULL, on_request, s,
       MHD_OPTION_SOCK_ADDR, addr, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)threads,
       MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-      (size_t)65536, MHD_OPTION_CONNECTION_TIMEOUT, 60u, MHD_OPTION_END);
+      (size_t)65536, MHD_OPTION_CONNECTION_TIMEOUT, 60u, MHD_OPTION_CONNECTION_LIMIT,
+      (unsigned)MAX_CONNECTIONS, MHD_OPTION_END);
   if (!d) {
     cli_error("serve: cannot listen on that address (%s)", strerror(errno));
     return CLI_FAIL;

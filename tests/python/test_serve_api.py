@@ -232,6 +232,8 @@ def test_non_loopback_requires_the_token(clipdb_bin, lib):
         assert request(base + "/api/status")[0] == 401
         assert request(base + "/api/status?token=wrong" + "0" * 27)[0] == 401
         assert request(base + "/")[0] == 401
+        photo = (lib["photos"] / "003-black-cross-on-white.webp").read_bytes()
+        assert request(base + "/api/search_image", data=photo, method="POST")[0] == 401
         assert request(base + "/api/status", headers={"Authorization": "Bearer " + s.token})[0] == 200
         assert request(base + "/api/status?token=" + s.token)[0] == 200
     finally:
