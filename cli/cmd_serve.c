@@ -97,8 +97,8 @@ static void add_server_timing(struct MHD_Response *r) {
 
 static enum MHD_Result send_buffer(struct MHD_Connection *c, unsigned status, const void *data,
                                    size_t len, const char *type, const char *cache) {
-  struct MHD_Response *r =
-      MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_MUST_COPY);
+  struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)data,
+                                                           MHD_RESPMEM_MUST_COPY);
   if (!r) return MHD_NO;
   MHD_add_response_header(r, "Content-Type", type);
   MHD_add_response_header(r, "Cache-Control", cache);
@@ -289,7 +289,8 @@ static enum MHD_Result api_search_image(struct MHD_Connection *c, cli_db *db, re
   cdb_error err = {{0}};
   photo_meta meta;
   if (meta_read(req->body, req->len, &meta, &err) != 0)
-    return send_error(c, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "the body is not an image clipdb can read");
+    return send_error(c, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                      "the body is not an image clipdb can read");
   if ((double)meta.width * meta.height > MAX_UPLOAD_PIXELS)
     return send_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "the image has more than 100 million pixels");
   clip_model *m;
@@ -312,15 +313,17 @@ static enum MHD_Result api_search_image(struct MHD_Connection *c, cli_db *db, re
 static void add_column(json_object *o, sqlite3_stmt *st, int col) {
   const char *name = sqlite3_column_name(st, col);
   switch (sqlite3_column_type(st, col)) {
-  case SQLITE_INTEGER:
-    json_object_object_add(o, name, json_object_new_int64(sqlite3_column_int64(st, col)));
-    break;
-  case SQLITE_TEXT:
-    if (strcmp(name, "path") == 0) output_json_path(o, name, (const char *)sqlite3_column_text(st, col));
-    else json_object_object_add(o, name, output_json_text((const char *)sqlite3_column_text(st, col)));
-    break;
-  default:
-    json_object_object_add(o, name, NULL);
+    case SQLITE_INTEGER:
+      json_object_object_add(o, name, json_object_new_int64(sqlite3_column_int64(st, col)));
+      break;
+    case SQLITE_TEXT:
+      if (strcmp(name, "path") == 0)
+        output_json_path(o, name, (const char *)sqlite3_column_text(st, col));
+      else
+        json_object_object_add(o, name,
+                               output_json_text((const char *)sqlite3_column_text(st, col)));
+      break;
+    default: json_object_object_add(o, name, NULL);
   }
 }
 
@@ -364,7 +367,8 @@ static enum MHD_Result api_status(struct MHD_Connection *c, cli_db *db) {
   const char *slash = strrchr(db->model, '/'); /* a model folder: its name, not the server's path */
   json_object_object_add(o, "model", output_json_text(db->model[0] == '/' ? slash + 1 : db->model));
   int rc = add_scalar(db, o, "photos", "SELECT count(*) AS photos FROM " CLI_TABLE "_rows");
-  if (rc == 0) rc = add_scalar(db, o, "index", "SELECT clip_index_info('" CLI_TABLE "') AS \"index\"");
+  if (rc == 0)
+    rc = add_scalar(db, o, "index", "SELECT clip_index_info('" CLI_TABLE "') AS \"index\"");
   if (rc == 0) {
     json_object *raw = NULL;
     json_object_object_get_ex(o, "index", &raw);
@@ -418,10 +422,11 @@ static bool lookup_photo(struct MHD_Connection *c, cli_db *db, char **path, char
 
 static const char *image_type(const char *path) {
   const char *dot = strrchr(path, '.');
-  static const char *const types[][2] = {
-      {".jpg", "image/jpeg"}, {".jpeg", "image/jpeg"}, {".png", "image/png"},
-      {".webp", "image/webp"}, {".gif", "image/gif"},  {".tif", "image/tiff"},
-      {".tiff", "image/tiff"}, {".heic", "image/heic"}, {".avif", "image/avif"}};
+  static const char *const types[][2] = {{".jpg", "image/jpeg"},  {".jpeg", "image/jpeg"},
+                                         {".png", "image/png"},   {".webp", "image/webp"},
+                                         {".gif", "image/gif"},   {".tif", "image/tiff"},
+                                         {".tiff", "image/tiff"}, {".heic", "image/heic"},
+                                         {".avif", "image/avif"}};
   for (size_t i = 0; dot && i < sizeof types / sizeof types[0]; i++)
     if (strcasecmp(dot, types[i][0]) == 0) return types[i][1];
   return "application/octet-stream";
@@ -505,13 +510,16 @@ static int add_group_ids(cli_db *db, json_object *groups, cdb_error *err) {
     for (size_t i = 0; rc == 0 && i < json_object_array_length(paths); i++) {
       /* a path that is not UTF-8 is exact only in paths_bytes */
       gsize len = 0;
-      guchar *raw = bytes ? g_base64_decode(json_object_get_string(
-                                json_object_array_get_idx(bytes, i)), &len) : NULL;
+      guchar *raw =
+          bytes ? g_base64_decode(json_object_get_string(json_object_array_get_idx(bytes, i)), &len)
+                : NULL;
       const char *path = json_object_get_string(json_object_array_get_idx(paths, i));
-      sqlite3_bind_text(st, 1, raw ? (const char *)raw : path, raw ? (int)len : -1, SQLITE_TRANSIENT);
+      sqlite3_bind_text(st, 1, raw ? (const char *)raw : path, raw ? (int)len : -1,
+                        SQLITE_TRANSIENT);
       g_free(raw);
       int step = sqlite3_step(st);
-      if (step == SQLITE_ROW) json_object_array_add(ids, json_object_new_int64(sqlite3_column_int64(st, 0)));
+      if (step == SQLITE_ROW)
+        json_object_array_add(ids, json_object_new_int64(sqlite3_column_int64(st, 0)));
       else if (step == SQLITE_DONE) json_object_array_add(ids, NULL); /* removed since */
       else rc = cli_db_fail(db, "dedup", err);
       sqlite3_reset(st);
@@ -635,8 +643,8 @@ static enum MHD_Result route(struct MHD_Connection *c, server *s, const char *ur
 
 /* Collects a POST body (at most MAX_UPLOAD_BYTES; the rest is read and dropped), then routes. */
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_size, void **state) {
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_size, void **state) {
   (void)version;
   request *req = *state;
   if (!req) {
@@ -694,8 +702,9 @@ static int make_token(char out[65]) {
 /* $XDG_CACHE_HOME/clipdb/thumbs (~/.cache/clipdb/thumbs), made when missing. malloc'd. */
 static char *thumb_cache_dir(void) {
   const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
-  char *dir = xdg && *xdg ? g_build_filename(xdg, "clipdb", "thumbs", NULL)
-                          : g_build_filename(home ? home : "/tmp", ".cache", "clipdb", "thumbs", NULL);
+  char *dir = xdg && *xdg
+                  ? g_build_filename(xdg, "clipdb", "thumbs", NULL)
+                  : g_build_filename(home ? home : "/tmp", ".cache", "clipdb", "thumbs", NULL);
   if (g_mkdir_with_parents(dir, 0700) != 0) {
     g_free(dir);
     return NULL;
@@ -751,12 +760,14 @@ static int run_daemon(server *s, const struct sockaddr_in *addr, long threads) {
   sigaddset(&stop, SIGINT);
   sigaddset(&stop, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop, NULL); /* the workers inherit it; this thread waits */
-  struct MHD_Daemon *d = MHD_start_daemon(
-      MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL, 0, NULL, NULL, on_request, s,
-      MHD_OPTION_SOCK_ADDR, addr, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)threads,
-      MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-      (size_t)65536, MHD_OPTION_CONNECTION_TIMEOUT, 60u, MHD_OPTION_CONNECTION_LIMIT,
-      (unsigned)MAX_CONNECTIONS, MHD_OPTION_END);
+  struct MHD_Daemon *d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL, 0, NULL,
+                                          NULL, on_request, s, MHD_OPTION_SOCK_ADDR, addr,
+                                          MHD_OPTION_THREAD_POOL_SIZE, (unsigned)threads,
+                                          MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                                          MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536,
+                                          MHD_OPTION_CONNECTION_TIMEOUT, 60u,
+                                          MHD_OPTION_CONNECTION_LIMIT, (unsigned)MAX_CONNECTIONS,
+                                          MHD_OPTION_END);
   if (!d) {
     cli_error("serve: cannot listen on that address (%s)", strerror(errno));
     return CLI_FAIL;
@@ -784,7 +795,8 @@ int cmd_serve(int argc, char **argv, const cli_ctx *ctx) {
   server s = {.ctx = ctx, .local = a.local};
   bool loopback = (ntohl(addr.sin_addr.s_addr) >> 24) == 127;
   if (a.token) snprintf(s.token, sizeof s.token, "%s", a.token);
-  else if (!loopback && make_token(s.token) != 0) return cli_error("serve: no random token"), CLI_FAIL;
+  else if (!loopback && make_token(s.token) != 0)
+    return cli_error("serve: no random token"), CLI_FAIL;
   if (clip_vips_start() != 0 || !(s.cache_dir = thumb_cache_dir())) {
     cli_error("serve: cannot start libvips or make the thumbnail cache folder");
     return CLI_FAIL;

@@ -303,3 +303,20 @@ def test_load_8_clients_while_index_writes(clipdb_bin, model_dir, lib, tmp_path)
     times.sort()
     print(f"serve load: 1600 searches, p50 {statistics.median(times) * 1e3:.1f} ms, "
           f"p99 {times[int(len(times) * 0.99)] * 1e3:.1f} ms")
+
+
+def test_sigint_stops_the_server_cleanly(clipdb_bin, lib):
+    import signal
+    s = Server(clipdb_bin, lib["db"], lib["env"], "--listen", "127.0.0.1:0")
+    s.proc.send_signal(signal.SIGINT)
+    assert s.proc.wait(timeout=30) == 0
+    assert s.stop() == 0 and "stopped" in s.stderr
+    assert request_fails(s.base + "/api/status")
+
+
+def request_fails(url):
+    try:
+        request(url)
+    except OSError:
+        return True
+    return False
