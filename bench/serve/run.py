@@ -99,8 +99,10 @@ def bench_thumbs(build, model, out, env):
             firsts.append(timed_get(s.base + f"/api/thumb?id={big}"))
         first = (statistics.median(f[0] for f in firsts), statistics.median(f[1] for f in firsts))
         cached = [timed_get(s.base + f"/api/thumb?id={big}") for _ in range(200)]
-        print(f"first thumbnail of a 12 MP JPEG, median of 5: server {first[1]:.1f} ms (client {first[0]:.1f} ms)")
-        print(f"cached thumbnail, 200 requests: server p50 {pct([c[1] for c in cached], .5):.3f} ms, "
+        print(f"first thumbnail of a 12 MP JPEG, median of 5: server {first[1]:.1f} ms "
+              f"(client {first[0]:.1f} ms)")
+        server_p50 = pct([c[1] for c in cached], .5)
+        print(f"cached thumbnail, 200 requests: server p50 {server_p50:.3f} ms, "
               f"client p50 {pct([c[0] for c in cached], .5):.2f} ms")
     finally:
         s.stop()
@@ -108,7 +110,8 @@ def bench_thumbs(build, model, out, env):
 
 def main():
     build = (ROOT / (sys.argv[1] if len(sys.argv) > 1 else "build")).resolve()
-    model = str((ROOT / (sys.argv[2] if len(sys.argv) > 2 else "tests/data/clip-tiny-shapes")).resolve())
+    model = sys.argv[2] if len(sys.argv) > 2 else "tests/data/clip-tiny-shapes"
+    model = str((ROOT / model).resolve())
     n = int(sys.argv[3]) if len(sys.argv) > 3 else 100000
     out = ROOT / "bench" / "out" / "serve"
     out.mkdir(parents=True, exist_ok=True)

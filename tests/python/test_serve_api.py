@@ -79,7 +79,8 @@ def test_folder_filter_applies_before_the_top_k_cut(server, lib, clipdb_bin):
     want = [p for p in every if p.startswith(sub + "/")]
     assert len(want) == 3 and every.index(want[0]) > 0  # the folder's best is not the overall best
     for folder in (sub, sub + "/"):
-        status, body = get_json(server.base + f"/api/search?k=2&q=a%20red%20star&folder={q(folder)}")
+        url = server.base + f"/api/search?k=2&q=a%20red%20star&folder={q(folder)}"
+        status, body = get_json(url)
         assert status == 200
         assert [h["path"] for h in body["results"]] == want[:2]
     status, body = get_json(server.base + f"/api/search?k=3&q=star&folder={q(sub[:-1])}")
@@ -159,7 +160,8 @@ def test_classify_matches_the_cli(server, lib, clipdb_bin):
 
 
 def test_page_and_its_files_are_served(server):
-    for path, kind in [("/", "text/html"), ("/app.js", "text/javascript"), ("/style.css", "text/css")]:
+    pages = [("/", "text/html"), ("/app.js", "text/javascript"), ("/style.css", "text/css")]
+    for path, kind in pages:
         status, headers, body = request(server.base + path)
         assert status == 200 and headers["Content-Type"].startswith(kind) and body
 
@@ -170,7 +172,8 @@ def png_bomb(side):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(
             ">I", zlib.crc32(kind + data) & 0xffffffff)
     raw = zlib.compress(b"\0" * (side // 8 + 1) * 64)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
             + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
 
 
@@ -234,7 +237,8 @@ def test_non_loopback_requires_the_token(clipdb_bin, lib):
         assert request(base + "/")[0] == 401
         photo = (lib["photos"] / "003-black-cross-on-white.webp").read_bytes()
         assert request(base + "/api/search_image", data=photo, method="POST")[0] == 401
-        assert request(base + "/api/status", headers={"Authorization": "Bearer " + s.token})[0] == 200
+        bearer = {"Authorization": "Bearer " + s.token}
+        assert request(base + "/api/status", headers=bearer)[0] == 200
         assert request(base + "/api/status?token=" + s.token)[0] == 200
     finally:
         assert s.stop() == 0
@@ -294,7 +298,8 @@ def test_load_8_clients_while_index_writes(clipdb_bin, model_dir, lib, tmp_path)
         for t in threads:
             t.join()
         assert writer.wait(timeout=300) == 0, writer.stderr.read()
-        assert get_json(s.base + "/api/status")[1]["photos"] == 69 + len(added)  # seen without a restart
+        # the new photos are seen without a restart
+        assert get_json(s.base + "/api/status")[1]["photos"] == 69 + len(added)
     finally:
         writer.stderr.close()
         assert s.stop() == 0, s.stderr
