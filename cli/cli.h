@@ -51,5 +51,6 @@ int cmd_tokenize(int argc, char **argv, const cli_ctx *ctx);
 int cmd_embed(int argc, char **argv, const cli_ctx *ctx);
 int cmd_info(int argc, char **argv, const cli_ctx *ctx);
 int cmd_model(int argc, char **argv, const cli_ctx *ctx);
+int cmd_serve(int argc, char **argv, const cli_ctx *ctx);
 
 #endif

@@ -23,10 +23,11 @@ static const char USAGE[] =
     "                 (default \"" DEFAULT_TEMPLATE "\"; \"{}\" uses the bare label)\n"
     "  --json         print [{\"label\": ..., \"probability\": ...}, ...], most likely first\n";
 
-/* The extension's clip_classify_templates, with model_dir registered as db's default model:
+/* The extension's clip_classify_templates, with model_dir registered as db's default model
+ * (declared in db.h):
  * one implementation of CLIP's zero-shot scoring for SQL and the CLI. Returns its JSON
  * [{"label","probability"}, ...], most likely first, malloc'd. */
-static char *classify_sql(sqlite3 *db, const char *model_dir, const char *image, char **labels,
+char *cli_classify_sql(sqlite3 *db, const char *model_dir, const char *image, char **labels,
                           int n, const char *tmpl, cdb_error *err) {
   sqlite3_stmt *st = NULL;
   char *json = NULL;
@@ -72,7 +73,7 @@ static char *classify_with_model(const cli_ctx *ctx, const char *image, char **l
                         clipdb_register(mem, &msg) != SQLITE_OK)) {
     cdb_error_set(err, "%s", msg ? msg : sqlite3_errmsg(mem));
   } else if (dir) {
-    scores = classify_sql(model ? lib.db : mem, dir, image, labels, n, tmpl, err);
+    scores = cli_classify_sql(model ? lib.db : mem, dir, image, labels, n, tmpl, err);
   }
   sqlite3_free(msg);
   sqlite3_close(mem);

@@ -123,40 +123,66 @@ static json_object *group_path_bytes(photo *p, int n, int lead) {
   return arr;
 }
 
-static void print_groups(photo *p, int n, bool json) {
-  json_object *arr = json ? json_object_new_array() : NULL;
-  int groups = 0;
+/* The members of the group led by lead; its best similarity in *best. */
+static int group_size(photo *p, int n, int lead, double *best) {
+  int members = 0;
+  *best = 0;
+  for (int i = lead; i < n; i++)
+    if (find(p, i) == lead) members++, *best = p[i].best > *best ? p[i].best : *best;
+  return members;
+}
+
+/* [{"paths": [...], "paths_bytes"?: [...], "similarity"}, ...] (see --json). */
+static json_object *groups_json(photo *p, int n) {
+  json_object *arr = json_object_new_array();
   for (int lead = 0; lead < n; lead++) {
-    if (find(p, lead) != lead) continue;
-    int members = 0;
-    double best = 0;
-    for (int i = lead; i < n; i++)
-      if (find(p, i) == lead) members++, best = p[i].best > best ? p[i].best : best;
-    if (members < 2) continue;
-    json_object *paths = json ? json_object_new_array() : NULL;
+    double best;
+    if (find(p, lead) != lead || group_size(p, n, lead, &best) < 2) continue;
+    json_object *paths = json_object_new_array();
     json_object *bytes = NULL; /* base64 of each path, only in a group with a non-UTF-8 one */
-    if (!json && groups) putchar('\n');
-    if (!json) printf("# group %d: %d photos, similarity up to %.4f\n", groups + 1, members, best);
     for (int i = lead; i < n; i++) {
       if (find(p, i) != lead) continue;
-      if (json) json_object_array_add(paths, output_json_text(p[i].path));
-      else output_path_line(stdout, "", p[i].path);
-      if (json && !bytes && !g_utf8_validate(p[i].path, -1, NULL))
-        bytes = group_path_bytes(p, n, lead);
+      json_object_array_add(paths, output_json_text(p[i].path));
+      if (!bytes && !g_utf8_validate(p[i].path, -1, NULL)) bytes = group_path_bytes(p, n, lead);
     }
-    if (json) {
-      json_object *g = json_object_new_object();
-      json_object_object_add(g, "paths", paths);
-      if (bytes) json_object_object_add(g, "paths_bytes", bytes);
-      json_object_object_add(g, "similarity", json_object_new_double(best));
-      json_object_array_add(arr, g);
-    }
-    groups++;
+    json_object *g = json_object_new_object();
+    json_object_object_add(g, "paths", paths);
+    if (bytes) json_object_object_add(g, "paths_bytes", bytes);
+    json_object_object_add(g, "similarity", json_object_new_double(best));
+    json_object_array_add(arr, g);
   }
+  return arr;
+}
+
+static void print_groups(photo *p, int n, bool json) {
   if (json) {
+    json_object *arr = groups_json(p, n);
     puts(json_object_to_json_string_ext(arr, CLI_JSON_FLAGS));
     json_object_put(arr);
+    return;
   }
+  int groups = 0;
+  for (int lead = 0; lead < n; lead++) {
+    double best;
+    int members = find(p, lead) == lead ? group_size(p, n, lead, &best) : 0;
+    if (members < 2) continue;
+    if (groups) putchar('\n');
+    printf("# group %d: %d photos, similarity up to %.4f\n", groups + 1, members, best);
+    for (int i = lead; i < n; i++)
+      if (find(p, i) == lead) output_path_line(stdout, "", p[i].path);
+    groups++;
+  }
+}
+
+int cli_dedup_groups(cli_db *db, double threshold, json_object **out, cdb_error *err) {
+  photo *p = NULL;
+  int n = 0;
+  int rc = load_photos(db, &p, &n, err);
+  if (rc == 0) rc = link_neighbours(db, p, n, threshold, DEFAULT_NPROBE, false, err);
+  *out = rc == 0 ? groups_json(p, n) : NULL;
+  for (int i = 0; i < n; i++) g_free(p[i].path);
+  g_free(p);
+  return rc;
 }
 
 int cmd_dedup(int argc, char **argv, const cli_ctx *ctx) {

@@ -57,7 +57,7 @@ static int term_vector(cli_db *db, const query_term *t, float **v, int *dim, cdb
 static int normalise(float *v, int n) { return cdb_vec_normalise(v, (size_t)n) > 1e-12 ? 0 : -1; }
 
 /* sum of weight * unit(term) over the terms, normalised. */
-static int query_vector(cli_db *db, const query *q, float **out, int *dim, cdb_error *err) {
+int query_vector(cli_db *db, const query *q, float **out, int *dim, cdb_error *err) {
   float *sum = NULL;
   *dim = 0;
   for (size_t i = 0; i < q->n; i++) {
@@ -113,7 +113,7 @@ int cmd_search(int argc, char **argv, const cli_ctx *ctx) {
   /* One text with a positive weight is the text itself: the search statement embeds it. */
   bool one_text = q.n == 1 && !q.terms[0].is_image && q.terms[0].weight > 0;
   if (rc == 0 && !one_text) rc = query_vector(&db, &q, &vec, &dim, &err);
-  cli_search_opts so = {(int)a.top, a.after, a.before, a.threshold, 0};
+  cli_search_opts so = {(int)a.top, a.after, a.before, a.threshold, 0, NULL};
   cli_query cq = {one_text ? q.terms[0].text : NULL, vec, dim};
   if (rc == 0) rc = cli_db_search(&db, &cq, &so, &hits, &n, &err);
   if (rc == 0) output_hits(hits, n, a.fmt, a.preview);

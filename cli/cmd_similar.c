@@ -38,7 +38,7 @@ int cmd_similar(int argc, char **argv, const cli_ctx *ctx) {
     free(abs);
     if (rc == 1) rc = cli_db_embed_image_file(&db, image, &vec, &dim, &err);
   }
-  cli_search_opts so = {(int)a.top, a.after, a.before, a.threshold, self};
+  cli_search_opts so = {(int)a.top, a.after, a.before, a.threshold, self, NULL};
   cli_query q = {NULL, vec, dim};
   if (rc == 0) rc = cli_db_search(&db, &q, &so, &hits, &n, &err);
   if (rc == 0) output_hits(hits, n, a.fmt, a.preview);

@@ -463,9 +463,10 @@ int cli_db_search(cli_db *db, const cli_query *q, const cli_search_opts *opts,
   int k = opts->k + (opts->exclude_rowid != 0); /* the excluded row is usually the nearest */
   char *sql = sqlite3_mprintf(
       "SELECT rowid, path, distance, date, width, height FROM " CLI_TABLE
-      " WHERE " CLI_TABLE " MATCH ?1 AND k = ?2%s%s%s ORDER BY distance",
+      " WHERE " CLI_TABLE " MATCH ?1 AND k = ?2%s%s%s%s ORDER BY distance",
       opts->after ? " AND date >= ?3" : "", opts->before ? " AND date < ?4" : "",
-      isfinite(opts->threshold) ? " AND distance <= ?5" : "");
+      isfinite(opts->threshold) ? " AND distance <= ?5" : "",
+      opts->folder ? " AND path >= ?6 AND path < ?7" : "");
   sqlite3_stmt *st;
   int rc = sql ? cli_db_prepare(db, sql, &st, err) : cdb_error_set(err, "out of memory");
   sqlite3_free(sql);
@@ -483,6 +484,15 @@ int cli_db_search(cli_db *db, const cli_query *q, const cli_search_opts *opts,
     sqlite3_bind_text(st, 4, before, -1, SQLITE_STATIC);
   }
   if (isfinite(opts->threshold)) sqlite3_bind_double(st, 5, 1.0 - opts->threshold);
+  size_t flen = opts->folder ? strlen(opts->folder) : 0;
+  while (flen > 0 && opts->folder[flen - 1] == '/') flen--;
+  char *under = opts->folder ? sqlite3_mprintf("%.*s/", (int)flen, opts->folder) : NULL;
+  if (under) { /* the paths starting with "FOLDER/": from "FOLDER/" up to "FOLDER0" ('/' + 1) */
+    sqlite3_bind_text(st, 6, under, -1, SQLITE_TRANSIENT);
+    under[strlen(under) - 1] = '0';
+    sqlite3_bind_text(st, 7, under, -1, SQLITE_TRANSIENT);
+    sqlite3_free(under);
+  }
   cli_hit *out = calloc((size_t)k, sizeof *out);
   int count = 0;
   if (!out) rc = cdb_error_set(err, "out of memory");

@@ -78,6 +78,7 @@ typedef struct cli_search_opts {
   const char *after, *before; /* dates "YYYY[-MM[-DD[ HH:MM[:SS]]]]" or NULL */
   double threshold;           /* keep score >= threshold; -INFINITY for all */
   int64_t exclude_rowid;      /* leave this row out (similar IMAGE), 0 for none */
+  const char *folder;         /* only photos under this folder (absolute path), or NULL */
 } cli_search_opts;
 
 /* A query: a text, embedded by the table in the search statement itself (its model's identity
@@ -92,6 +93,15 @@ typedef struct cli_query {
 int cli_db_search(cli_db *db, const cli_query *q, const cli_search_opts *opts,
                   cli_hit **hits, int *n, cdb_error *err);
 void cli_hits_free(cli_hit *hits, int n);
+
+/* dedup's groups of near-duplicates (threshold: least cosine similarity) as its --json array. */
+struct json_object;
+int cli_dedup_groups(cli_db *db, double threshold, struct json_object **out, cdb_error *err);
+
+/* classify: clip_classify_templates on db with model_dir as its default model; the JSON
+ * [{"label","score"}, ...], most likely first, malloc'd (NULL with err set). */
+char *cli_classify_sql(sqlite3 *db, const char *model_dir, const char *image, char **labels,
+                       int n, const char *tmpl, cdb_error *err);
 
 /* Checks a --after/--before value; 0 when it is a date prefix as above. */
 int cli_check_date(const char *s);

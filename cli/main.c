@@ -29,6 +29,7 @@ static const command COMMANDS[] = {
     {"info", cmd_info, "show the library: rows, index, size, model"},
     {"tokenize", cmd_tokenize, "print a text's CLIP token ids (JSON)"},
     {"embed", cmd_embed, "print the normalised embedding of a text, image or pixels (JSON)"},
+    {"serve", cmd_serve, "serve a web gallery of the library (JSON API under /api/)"},
     {"model", cmd_model, "download, list, inspect and remove models"},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])

@@ -30,4 +30,9 @@ typedef struct query {
 int query_parse(const char *text, query *out, cdb_error *err);
 void query_free(query *q);
 
+/* The query's unit vector (grammar above) with the library's model; *out malloc'd (dim floats).
+ * Image terms use the photo's stored vector when it is indexed. */
+struct cli_db;
+int query_vector(struct cli_db *db, const query *q, float **out, int *dim, cdb_error *err);
+
 #endif
