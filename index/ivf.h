@@ -12,7 +12,7 @@
  *   "IVF,SQ8", "IVF,PQ32", "IVF,Flat"   that encoding, nlist chosen from the size;
  *   "IVF1024,Flat", "IVF256,SQ8", ...   a FAISS factory string with a fixed nlist.
  * Until the first training every type searches exactly (one inverted list holding raw vectors).
- * nlist (auto): a power of two near 4*sqrt(n) with at least 39 points per list. nprobe
+ * nlist (auto): a power of two near 2*sqrt(n) with at least 39 points per list. nprobe
  * (default): max(8, ceil(1.5*sqrt(nlist))), e.g. 48 for nlist 1024: recall@10 0.97-1.0 on the
  * clustered data of the tests and of the 100k bench; recall is data-dependent (bench/README.md),
  * so callers may pass their own nprobe per index or per query.
