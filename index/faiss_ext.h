@@ -6,6 +6,7 @@
 #define CDB_INDEX_FAISS_EXT_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/IndexIVF_c.h>
@@ -57,6 +58,14 @@ int cdbx_IndexIVF_check_lists(FaissIndexIVF *index, const uint64_t *hashes);
 /* The first damaged list found so far (-1: none, or the lists are not checked); with all != 0
  * every list not yet checked is checked first. */
 int64_t cdbx_IndexIVF_verify_lists(const FaissIndexIVF *index, int all);
+
+/* Writes the index in FAISS's format with every inverted list empty (quantizer and encoder
+ * only) to f. The index itself is unchanged. */
+int cdbx_IndexIVF_write_without_lists(FaissIndexIVF *index, FILE *f);
+
+/* Appends n entries (ids, and their codes: raw floats for a Flat encoding) to list list_no. */
+int cdbx_IndexIVF_add_to_list(FaissIndexIVF *index, size_t list_no, size_t n, const idx_t *ids,
+                              const float *vectors);
 
 #ifdef __cplusplus
 }

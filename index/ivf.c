@@ -62,7 +62,7 @@ static int normalise_into(const float *v, int dim, float *out, const char *what,
 }
 
 static int auto_nlist(int64_t n) {
-  double target = 2.0 * sqrt((double)n);
+  double target = 4.0 * sqrt((double)n);
   int p = 1;
   while (p < (1 << 20) && p * 2 <= target * 1.41421356)
     p *= 2;

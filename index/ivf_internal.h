@@ -18,7 +18,8 @@
 #define FAISS_CXX_IO_FLAG_MMAP 0x646f0008
 
 #define FILE_MAGIC "CDBIVF01"
-#define FILE_VERSION 1u  /* snapshot pieces */
+#define FILE_VERSION 1u  /* snapshot pieces: FAISS's index with its vectors */
+#define FILE_VERSION_IDS 2u /* snapshot pieces of IVF<n>,Flat: lists' ids, vectors the caller's */
 #define CACHE_VERSION 2u /* cache files: FAISS's part is followed by a cache_trailer */
 #define TRAILER_MAGIC "CDBSUM01"
 

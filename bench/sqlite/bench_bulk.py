@@ -120,7 +120,8 @@ def main():
     rng = np.random.default_rng(0)
     x = clip_like(rng, n, d)
     tags = rng.integers(0, 10, n)
-    queries = x[rng.integers(0, n, nq)] + 0.3 * rng.standard_normal((nq, d)).astype(np.float32) / np.sqrt(d)
+    noise = rng.standard_normal((nq, d)).astype(np.float32) / np.sqrt(d)
+    queries = x[rng.integers(0, n, nq)] + 0.3 * noise
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
     print(f"rows {n}, dims {d}, queries {nq}, raw vectors {x.nbytes / 2**20:.0f} MiB, "
           f"sqlite {sqlite3.sqlite_version}", flush=True)
