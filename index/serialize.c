@@ -400,8 +400,53 @@ static uint64_t trailer_hash(const uint64_t *list_hashes, const cache_trailer *t
   return cdb_hash_final(&h);
 }
 
+/* A write sink that hashes the first `limit` bytes handed to it and counts the rest. */
+typedef struct hash_sink {
+  cdb_hash h;
+  uint64_t pos, limit;
+} hash_sink;
+
+static ssize_t hash_write(void *cookie, const char *data, size_t size) {
+  hash_sink *s = cookie;
+  if (s->pos < s->limit) {
+    uint64_t n = s->limit - s->pos < size ? s->limit - s->pos : size;
+    cdb_hash_update(&s->h, data, (size_t)n);
+  }
+  s->pos += size;
+  return (ssize_t)size;
+}
+
+/* The written file read back must hash like the bytes that were handed to stdio (header with
+ * payload_bytes, FAISS's part serialised again from memory, the list hashes, the trailer): a
+ * write that reached the file damaged is found before the file is renamed into place. */
+static int check_written(const cdb_index *idx, FILE *f, uint64_t generation, uint64_t payload,
+                         const uint64_t *hashes, const cache_trailer *t, cdb_error *err) {
+  file_header h;
+  fill_header(idx, CACHE_VERSION, generation, &h);
+  h.payload_bytes = payload;
+  hash_sink s = {.pos = 0, .limit = UINT64_MAX};
+  cdb_hash_init(&s.h, 0);
+  cookie_io_functions_t io = {.write = hash_write};
+  FILE *sink = fopencookie(&s, "w", io);
+  if (!sink)
+    return cdb_error_set(err, "index: %s", strerror(errno));
+  int rc = hash_write(&s, (const char *)&h, sizeof h) < 0 || faiss_write_index(idx->faiss, sink)
+               ? ivf_faiss_fail(err, "hashing the cache file")
+               : 0;
+  fclose(sink);
+  cdb_hash_update(&s.h, hashes, t->nlist * sizeof *hashes);
+  cdb_hash_update(&s.h, t, sizeof *t);
+  uint64_t got = 0, size = sizeof h + payload + t->nlist * sizeof *hashes + sizeof *t;
+  if (rc == 0)
+    rc = hash_file_prefix(fileno(f), size, &got, err);
+  if (rc == 0 && got != cdb_hash_final(&s.h))
+    rc = cdb_error_set(err, "index: cache file: the written data reads back different");
+  return rc;
+}
+
 /* Appends the checksums: one per list, then the trailer over the bytes before the lists. */
-static int write_trailer(const cdb_index *idx, FILE *f, long payload_end, cdb_error *err) {
+static int write_trailer(const cdb_index *idx, FILE *f, long payload_end, uint64_t generation,
+                         cdb_error *err) {
   uint64_t *hashes = malloc((idx->nlist ? idx->nlist : 1) * sizeof *hashes);
   if (!hashes)
     return cdb_error_set(err, "index: out of memory");
@@ -421,6 +466,9 @@ static int write_trailer(const cdb_index *idx, FILE *f, long payload_end, cdb_er
                   fwrite(hashes, sizeof *hashes, idx->nlist, f) != idx->nlist ||
                   fwrite(&t, sizeof t, 1, f) != 1 || fflush(f) != 0))
     rc = cdb_error_set(err, "index: write failed: %s", strerror(errno));
+  if (rc == 0)
+    rc = check_written(idx, f, generation, (uint64_t)payload_end - sizeof(file_header), hashes,
+                       &t, err);
   free(hashes);
   return rc;
 }
@@ -446,7 +494,7 @@ int cdb_index_save_file(const cdb_index *cidx, const char *path, uint64_t genera
   if (rc == 0)
     rc = finish_header(idx, f, generation, &end, err);
   if (rc == 0)
-    rc = write_trailer(idx, f, end, err);
+    rc = write_trailer(idx, f, end, generation, err);
   if (rc == 0 && fsync(fileno(f)) != 0)
     rc = cdb_error_set(err, "index: %s: fsync: %s", tmp, strerror(errno));
   if (f && fclose(f) != 0 && rc == 0)
