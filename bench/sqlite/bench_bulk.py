@@ -8,6 +8,8 @@ The vectors look like CLIP embeddings: a common direction shared by all (cosine 
 ~100 intrinsic dimensions, clusters with Zipf-distributed sizes.
 
 usage: /usr/bin/python3 bench/sqlite/bench_bulk.py BUILD_DIR [VEC0_PATH|-] [rows] [dims] [queries]
+BUILD_DIR may list several builds as LABEL=DIR,LABEL=DIR (e.g. before=/tmp/base/build,after=build):
+each gets a row, in that order, on the same data.
 VEC0_PATH: sqlite-vec 0.1.9's vec0 (`cd /tmp && npm install sqlite-vec-linux-x64@0.1.9`, then
 /tmp/node_modules/sqlite-vec-linux-x64/vec0.so); "-" skips it. BENCH_KEEP=DIR keeps the
 databases there."""
@@ -112,7 +114,7 @@ def run(name, path, ext, create, match, x, tags, queries, tmp):
 
 
 def main():
-    build = os.path.abspath(sys.argv[1])
+    builds = [b.split("=", 1) if "=" in b else ["clipdb", b] for b in sys.argv[1].split(",")]
     vec0 = sys.argv[2] if len(sys.argv) > 2 else "-"
     n = int(sys.argv[3]) if len(sys.argv) > 3 else 100000
     d = int(sys.argv[4]) if len(sys.argv) > 4 else 512
@@ -128,16 +130,17 @@ def main():
     keep = os.environ.get("BENCH_KEEP")
     with tempfile.TemporaryDirectory() as tmp:
         where = keep or tmp
-        ours = run("clipdb clip(index=auto)", os.path.join(where, "clip.db"),
-                   os.path.join(build, "sqlite-ext", "clipdb"),
-                   f"create virtual table t using clip(dims={d}, tag INTEGER)", "t",
-                   x, tags, queries, tmp)
+        for i, (label, build) in enumerate(builds):
+            ours = run(f"{label} clip(index=auto)", os.path.join(where, f"clip{i}.db"),
+                       os.path.join(os.path.abspath(build), "sqlite-ext", "clipdb"),
+                       f"create virtual table t using clip(dims={d}, tag INTEGER)", "t",
+                       x, tags, queries, tmp)
         if vec0 == "-":
             return
         vec = run("sqlite-vec vec0 (exact)", os.path.join(where, "vec.db"), vec0,
                   f"create virtual table t using vec0(embedding float[{d}] "
                   f"distance_metric=cosine, tag integer)", "embedding", x, tags, queries, tmp)
-        print("ratio clipdb/sqlite-vec: " + "  ".join(
+        print(f"ratio {builds[-1][0]}/sqlite-vec: " + "  ".join(
             f"{k} {ours[k] / vec[k]:.2f}" for k in ("e2e", "size", "first", "p50", "fp50")))
 
 
