@@ -584,6 +584,10 @@ cdb_index *cdbx_store_read_snapshot(cdbx_table *t) {
   cdb_index *idx =
       rc == SQLITE_OK ? cdb_index_load_ids(next_piece, &r, feed_stored_vectors, t, &err) : NULL;
   sqlite3_finalize(r.st);
+  if (!idx) { /* the caller rebuilds from T_vectors and reports what it finds there */
+    sqlite3_free(t->base.zErrMsg);
+    t->base.zErrMsg = NULL;
+  }
   if (idx && cdb_index_dim(idx) != t->dims) {
     cdb_index_free(idx);
     idx = NULL;
