@@ -1,14 +1,16 @@
-/* cmd_classify.c: `clipdb classify IMAGE LABEL...`: zero-shot classification (no library
- * database): the extension's clip_classify_templates, i.e. softmax over
- * exp(logit_scale) * cosine(image, "a photo of a LABEL"). */
+/* cmd_classify.c: `clipdb classify IMAGE LABEL...`: zero-shot classification with the library's
+ * model (or --model's; no library needed): the extension's clip_classify_templates, i.e.
+ * softmax over exp(logit_scale) * cosine(image, "a photo of a LABEL"). */
 #include <getopt.h>
 #include <json-c/json.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/db.h"
 #include "sqlite-ext/clipdb.h"
 #include "src/json.h"
+#include "src/model_path.h"
 
 #define DEFAULT_TEMPLATE "a photo of a {}"
 #define MAX_LABEL_BYTES 1000
@@ -20,23 +22,18 @@ static const char USAGE[] =
     "                 (default \"" DEFAULT_TEMPLATE "\"; \"{}\" uses the bare label)\n"
     "  --json         print [{\"label\": ..., \"probability\": ...}, ...], most likely first\n";
 
-/* The extension's clip_classify_templates on an in-memory connection: one implementation of
- * CLIP's zero-shot scoring for SQL and the CLI. Returns its JSON [{"label","score"}, ...],
- * most likely first, malloc'd. */
-static char *classify_sql(const char *model_dir, const char *image, char **labels, int n,
-                          const char *tmpl, cdb_error *err) {
-  sqlite3 *db = NULL;
+/* The extension's clip_classify_templates, with model_dir registered as db's default model:
+ * one implementation of CLIP's zero-shot scoring for SQL and the CLI. Returns its JSON
+ * [{"label","score"}, ...], most likely first, malloc'd. */
+static char *classify_sql(sqlite3 *db, const char *model_dir, const char *image, char **labels,
+                          int n, const char *tmpl, cdb_error *err) {
   sqlite3_stmt *st = NULL;
-  char *json = NULL, *errmsg = NULL;
+  char *json = NULL;
   sqlite3_str *sql = sqlite3_str_new(NULL);
   sqlite3_str_appendall(sql, "SELECT clip_classify_templates(?1, json_array(?2)");
   for (int i = 0; i < n; i++) sqlite3_str_appendf(sql, ", ?%d", i + 3);
   sqlite3_str_appendall(sql, ")");
   char *text = sqlite3_str_finish(sql);
-  if (sqlite3_open(":memory:", &db) != SQLITE_OK || clipdb_register(db, &errmsg) != SQLITE_OK) {
-    cdb_error_set(err, "%s", errmsg ? errmsg : sqlite3_errmsg(db));
-    goto done;
-  }
   if (sqlite3_prepare_v2(db, "SELECT clip_model('default', ?1)", -1, &st, NULL) != SQLITE_OK)
     goto sql_error;
   sqlite3_bind_text(st, 1, model_dir, -1, SQLITE_STATIC);
@@ -55,9 +52,32 @@ sql_error:
 done:
   sqlite3_finalize(st);
   sqlite3_free(text);
-  sqlite3_free(errmsg);
-  sqlite3_close(db);
   return json;
+}
+
+/* The connection to classify on and the model directory to register there: the library's when
+ * there is one and no --model (its model loaded and identity checked first, so the directory
+ * registered is that same instance), else an in-memory connection with --model / $CLIPDB_MODEL /
+ * the default. */
+static char *classify_with_model(const cli_ctx *ctx, const char *image, char **labels, int n,
+                                 const char *tmpl, cdb_error *err) {
+  cli_db lib = {0};
+  clip_model *model = NULL;
+  sqlite3 *mem = NULL;
+  char *dir = NULL, *scores = NULL, *msg = NULL;
+  if (cli_db_library_model(ctx, &lib, &model, err) != 0) return NULL;
+  dir = model ? cdb_model_resolve(lib.model, err) : cli_model_dir(ctx, err);
+  if (dir && !model && (sqlite3_open(":memory:", &mem) != SQLITE_OK ||
+                        clipdb_register(mem, &msg) != SQLITE_OK)) {
+    cdb_error_set(err, "%s", msg ? msg : sqlite3_errmsg(mem));
+  } else if (dir) {
+    scores = classify_sql(model ? lib.db : mem, dir, image, labels, n, tmpl, err);
+  }
+  sqlite3_free(msg);
+  sqlite3_close(mem);
+  free(dir);
+  cli_db_close(&lib);
+  return scores;
 }
 
 /* Prints the scores as "probability  label" lines, or as JSON with "probability" keys. */
@@ -108,9 +128,7 @@ int cmd_classify(int argc, char **argv, const cli_ctx *ctx) {
     if (strlen(labels[i]) > MAX_LABEL_BYTES)
       return cli_usage_error("classify", "label %d is longer than %d bytes", i + 1, MAX_LABEL_BYTES);
   cdb_error err = {{0}};
-  char *dir = cli_model_dir(ctx, &err);
-  char *scores = dir ? classify_sql(dir, image, labels, n, tmpl, &err) : NULL;
-  free(dir);
+  char *scores = classify_with_model(ctx, image, labels, n, tmpl, &err);
   int rc = scores && print_results(scores, json, &err) == 0 ? CLI_OK : CLI_FAIL;
   if (rc != CLI_OK) cli_error("%s", err.msg);
   free(scores);

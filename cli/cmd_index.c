@@ -33,7 +33,6 @@
 #include "cli/walk.h"
 #include "embed/clip.h"
 #include "src/file.h"
-#include "src/models.h"
 #include "src/pool.h"
 
 #define COMMIT_EVERY 256 /* photos per transaction: progress kept on interruption, few fsyncs */
@@ -648,10 +647,8 @@ static int parse_opts(int argc, char **argv, index_opts *o) {
 
 static int index_run(indexer *ix, const cli_ctx *ctx, const index_opts *o, char **roots,
                      int n_roots, walk_result *w, double t0, cdb_error *err) {
-  char *dir = cdb_model_resolve(ix->db.model, err);
-  clip_model *model = dir ? clip_model_load(dir, NULL, err) : NULL;
-  free(dir);
-  if (!model) return -1;
+  clip_model *model;
+  if (cli_db_model(&ix->db, &model, err) != 0) return -1;
   int dim = clip_model_dim(model), side = clip_model_image_size(model);
   GHashTable *by_hash = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
   size_t n_jobs = 0;
@@ -701,7 +698,6 @@ static int index_run(indexer *ix, const cli_ctx *ctx, const index_opts *o, char 
   if (rc == 0) print_summary(ix, o->json, progress_now() - t0, interrupted);
   free(jobs);
   g_hash_table_destroy(by_hash);
-  clip_model_free(model);
   return rc;
 }
 
@@ -741,8 +737,9 @@ int cmd_index(int argc, char **argv, const cli_ctx *ctx) {
       if (w.problems[i].unlisted) report_unlisted(&ix, w.problems[i].path, w.problems[i].reason);
       else report_failure(&ix, w.problems[i].path, w.problems[i].reason);
     }
-    vips_concurrency_set(1); /* parallelism comes from the decoder threads */
-    rc = index_run(&ix, ctx, &o, abs_roots, n_roots, &w, t0, &err);
+    if (clip_vips_start() != 0) rc = cdb_error_set(&err, "libvips failed to start");
+    else vips_concurrency_set(1); /* parallelism comes from the decoder threads */
+    if (rc == 0) rc = index_run(&ix, ctx, &o, abs_roots, n_roots, &w, t0, &err);
   }
   if (rc != 0) cli_error("index: %s", err.msg);
   sqlite3_finalize(ix.insert);

@@ -37,7 +37,7 @@ static int add_config(cli_db *db, json_object *o, cdb_error *err) {
   sqlite3_stmt *st;
   if (cli_db_prepare(db,
                      "SELECT key, value FROM " CLI_TABLE "_config WHERE key IN "
-                     "('dims', 'index_type', 'nlist', 'nprobe', 'model_identity')",
+                     "('dims', 'index_type', 'nlist', 'nprobe')",
                      &st, err) != 0)
     return -1;
   int rc;
@@ -52,7 +52,8 @@ static int add_config(cli_db *db, json_object *o, cdb_error *err) {
   return rc == SQLITE_DONE ? 0 : cli_db_fail(db, "config", err);
 }
 
-/* The live index as the extension reports it (clip_index_info): kind, nlist, nprobe in use. */
+/* The live index as the extension reports it (clip_index_info): kind, nlist, nprobe in use;
+ * and the table's record of its model (name and identity), shown at the top level. */
 static int add_index_state(cli_db *db, json_object *o, cdb_error *err) {
   sqlite3_stmt *st;
   if (cli_db_prepare(db, "SELECT clip_index_info('" CLI_TABLE "')", &st, err) != 0) return -1;
@@ -65,6 +66,11 @@ static int add_index_state(cli_db *db, json_object *o, cdb_error *err) {
   sqlite3_finalize(st);
   if (rc != SQLITE_ROW) return cli_db_fail(db, "index state", err);
   if (!state) return -1;
+  json_object *v;
+  if (json_object_object_get_ex(state, "model", &v))
+    json_object_object_add(o, "model", json_object_get(v));
+  if (json_object_object_get_ex(state, "model_identity", &v))
+    json_object_object_add(o, "model_identity", json_object_get(v));
   json_object_object_add(o, "index_state", state);
   return 0;
 }
@@ -135,7 +141,6 @@ int cmd_info(int argc, char **argv, const cli_ctx *ctx) {
     output_json_path(o, "database", db.path);
     json_object_object_add(o, "size_bytes", json_object_new_int64(file_size(db.path, "") +
                                                                   file_size(db.path, "-wal")));
-    json_object_object_add(o, "model", output_json_text(db.model));
     rc = add_scalar(&db, o, "rows", "SELECT count(*) FROM " CLI_TABLE "_rows", &err);
   }
   if (rc == 0) rc = add_config(&db, o, &err);

@@ -5,10 +5,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/db.h"
 #include "cli/output.h"
 #include "cli/query.h"
+#include "src/vec.h"
 
 #define MAX_QUERY_BYTES 4096
 
@@ -51,14 +53,8 @@ static int term_vector(cli_db *db, const query_term *t, float **v, int *dim, cdb
   return rc;
 }
 
-static int normalise(float *v, int n) {
-  double s = 0;
-  for (int i = 0; i < n; i++) s += (double)v[i] * v[i];
-  if (!(s > 1e-12)) return -1;
-  float inv = (float)(1.0 / sqrt(s));
-  for (int i = 0; i < n; i++) v[i] *= inv;
-  return 0;
-}
+/* Scales v to unit length; -1 when it is (nearly) zero: terms that cancel out. */
+static int normalise(float *v, int n) { return cdb_vec_normalise(v, (size_t)n) > 1e-12 ? 0 : -1; }
 
 /* sum of weight * unit(term) over the terms, normalised. */
 static int query_vector(cli_db *db, const query *q, float **out, int *dim, cdb_error *err) {
@@ -111,10 +107,15 @@ int cmd_search(int argc, char **argv, const cli_ctx *ctx) {
     free(text);
     return cli_usage_error("search", "%s", err.msg);
   }
+  clip_model *model; /* checked first: the library's vectors and this model's must agree */
   if (rc == 0) rc = cli_db_open(ctx, a.local ? "." : NULL, false, &db, &err);
-  if (rc == 0) rc = query_vector(&db, &q, &vec, &dim, &err);
+  if (rc == 0) rc = cli_db_model(&db, &model, &err);
+  /* One text with a positive weight is the text itself: the search statement embeds it. */
+  bool one_text = q.n == 1 && !q.terms[0].is_image && q.terms[0].weight > 0;
+  if (rc == 0 && !one_text) rc = query_vector(&db, &q, &vec, &dim, &err);
   cli_search_opts so = {(int)a.top, a.after, a.before, a.threshold, 0};
-  if (rc == 0) rc = cli_db_search(&db, vec, dim, &so, &hits, &n, &err);
+  cli_query cq = {one_text ? q.terms[0].text : NULL, vec, dim};
+  if (rc == 0) rc = cli_db_search(&db, &cq, &so, &hits, &n, &err);
   if (rc == 0) output_hits(hits, n, a.fmt, a.preview);
   else cli_error("search: %s", err.msg);
   cli_hits_free(hits, n);

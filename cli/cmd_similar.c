@@ -3,6 +3,7 @@
 #include <getopt.h>
 #include <stdlib.h>
 
+#include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/db.h"
 #include "cli/output.h"
@@ -28,7 +29,9 @@ int cmd_similar(int argc, char **argv, const cli_ctx *ctx) {
   cli_hit *hits = NULL;
   int dim = 0, n = 0;
   int64_t self = 0;
+  clip_model *model; /* checked first: the library's vectors and this model's must agree */
   int rc = cli_db_open(ctx, a.local ? "." : NULL, false, &db, &err);
+  if (rc == 0) rc = cli_db_model(&db, &model, &err);
   if (rc == 0) {
     char *abs = realpath(image, NULL);
     rc = abs ? cli_db_vector_of_path(&db, abs, &vec, &dim, &self, &err) : 1;
@@ -36,7 +39,8 @@ int cmd_similar(int argc, char **argv, const cli_ctx *ctx) {
     if (rc == 1) rc = cli_db_embed_image_file(&db, image, &vec, &dim, &err);
   }
   cli_search_opts so = {(int)a.top, a.after, a.before, a.threshold, self};
-  if (rc == 0) rc = cli_db_search(&db, vec, dim, &so, &hits, &n, &err);
+  cli_query q = {NULL, vec, dim};
+  if (rc == 0) rc = cli_db_search(&db, &q, &so, &hits, &n, &err);
   if (rc == 0) output_hits(hits, n, a.fmt, a.preview);
   else cli_error("similar: %s", err.msg);
   cli_hits_free(hits, n);

@@ -1,5 +1,6 @@
-/* db.c: opening the CLI's library database through the clipdb extension, the photos table, and
- * the SQL the commands share (embedding queries, KNN search). */
+/* db.c: opening the CLI's library database through the clipdb extension, the photos table, its
+ * model (clipdb_table_model: the table's record of the model, identity checked) and embedding
+ * with it, and the KNN search the commands share. */
 #include "cli/db.h"
 
 #include <ctype.h>
@@ -12,9 +13,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "embed/clip.h"
 #include "sqlite-ext/clipdb.h"
 #include "src/file.h"
-#include "src/models.h"
+#include "src/model_path.h"
 
 /* The CLI's columns next to the extension's image/text/embedding (documented in
  * docs/clipdb.1.md): `date` is taken_at, or the file's mtime when the photo has no EXIF date,
@@ -77,14 +79,15 @@ int cli_db_prepare(cli_db *db, const char *sql, sqlite3_stmt **st, cdb_error *er
 /* What a database holds, read from sqlite_schema before anything is written. */
 typedef enum { DB_EMPTY, DB_LIBRARY, DB_FOREIGN } db_kind;
 
-/* A clipdb library holds the photos clip table (with its photos_* shadow tables) and
- * clipdb_cli_meta; a database with anything else, or a photos table of another kind, is not one.
- * SQLite's own objects (sqlite_*) do not count. */
+/* A clipdb library holds the photos clip table (with its photos_* shadow tables); a database
+ * with anything else, or a photos table of another kind, is not one. SQLite's own objects
+ * (sqlite_*) do not count, nor clipdb_cli_meta, where earlier versions kept a copy of the
+ * model's name (the photos table's own record is the one read now). */
 static int classify_db(cli_db *db, db_kind *kind, cdb_error *err) {
   static const char sql[] =
       "SELECT count(*) FILTER (WHERE type = 'table' AND name = '" CLI_TABLE "' AND"
-      "                        sql LIKE 'CREATE VIRTUAL TABLE%USING clip(%'),"
-      "       count(*) FILTER (WHERE type = 'table' AND name = 'clipdb_cli_meta'),"
+      "                        sql LIKE 'CREATE VIRTUAL TABLE%USING clip(%' AND"
+      "                        sql LIKE '%path TEXT, size INTEGER%'),"
       "       count(*) FILTER (WHERE name NOT LIKE 'sqlite!_%' ESCAPE '!' AND"
       "                        tbl_name NOT LIKE '" CLI_TABLE "!_%' ESCAPE '!' AND"
       "                        tbl_name <> 'clipdb_cli_meta')"
@@ -94,44 +97,38 @@ static int classify_db(cli_db *db, db_kind *kind, cdb_error *err) {
     return cli_db_fail(db, db->path, err);
   int rc = sqlite3_step(st);
   if (rc == SQLITE_ROW) {
-    int photos = sqlite3_column_int(st, 0), meta = sqlite3_column_int(st, 1);
-    int other = sqlite3_column_int(st, 2) - photos; /* a photos table counts as other too */
-    if (other > 0 || (photos && !meta)) *kind = DB_FOREIGN;
+    int photos = sqlite3_column_int(st, 0);
+    int other = sqlite3_column_int(st, 1) - photos; /* a photos table counts as other too */
+    if (other > 0) *kind = DB_FOREIGN;
     else *kind = photos ? DB_LIBRARY : DB_EMPTY;
   }
   sqlite3_finalize(st);
   return rc == SQLITE_ROW ? 0 : cli_db_fail(db, db->path, err);
 }
 
-/* The model the library was built with, kept in clipdb_cli_meta so that every later command
- * embeds queries with the same one. NULL when unknown. */
-static char *stored_model(cli_db *db) {
+/* The model name the photos table was created with (its T_config record), malloc'd; NULL with
+ * err set when it cannot be read. */
+static char *stored_model(cli_db *db, cdb_error *err) {
   sqlite3_stmt *st;
   char *model = NULL;
-  if (sqlite3_prepare_v2(db->db, "SELECT value FROM clipdb_cli_meta WHERE key = 'model'", -1, &st,
-                         NULL) != SQLITE_OK)
+  if (cli_db_prepare(db, "SELECT value FROM " CLI_TABLE "_config WHERE key = 'model'", &st,
+                     err) != 0)
     return NULL;
   if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
     model = strdup((const char *)sqlite3_column_text(st, 0));
+  else cdb_error_set(err, "%s: the photos table names no model", db->path);
   sqlite3_finalize(st);
   return model;
 }
 
 static int create_table(cli_db *db, const char *model, cdb_error *err) {
   char *sql = sqlite3_mprintf(
-      "BEGIN;"
-      "CREATE TABLE IF NOT EXISTS clipdb_cli_meta(key TEXT PRIMARY KEY, value TEXT);"
-      "INSERT OR REPLACE INTO clipdb_cli_meta VALUES ('model', %Q), ('schema', '1');"
-      "CREATE VIRTUAL TABLE " CLI_TABLE " USING clip(model=%Q, index=auto, " CLI_USER_COLUMNS ");"
-      "COMMIT;",
-      model, model);
+      "CREATE VIRTUAL TABLE " CLI_TABLE " USING clip(model=%Q, index=auto, " CLI_USER_COLUMNS ")",
+      model);
   if (!sql) return cdb_error_set(err, "out of memory");
   int rc = cli_db_exec(db, sql, err);
   sqlite3_free(sql);
-  if (rc != 0) {
-    sqlite3_exec(db->db, "ROLLBACK", NULL, NULL, NULL);
-    cdb_error_prefix(err, "cannot create the photos table");
-  }
+  if (rc != 0) cdb_error_prefix(err, "cannot create the photos table");
   return rc;
 }
 
@@ -242,8 +239,9 @@ static int refuse_foreign(cli_db *out, cdb_error *err) {
  * embedded by the model that embedded the photos), else --model / $CLIPDB_MODEL / the default. */
 static int choose_model(const cli_ctx *ctx, cli_db *out, bool have_table, bool create,
                         cdb_error *err) {
-  char *stored = have_table ? stored_model(out) : NULL;
+  char *stored = have_table ? stored_model(out, err) : NULL;
   const char *wanted = ctx->model ? ctx->model : getenv("CLIPDB_MODEL");
+  if (have_table && !stored) return -1;
   if (!stored) {
     out->model = model_reference(wanted, err);
     return out->model ? 0 : -1;
@@ -313,6 +311,7 @@ fail:
 }
 
 void cli_db_close(cli_db *db) {
+  clipdb_model_release(db->clip);
   if (db->db) sqlite3_close_v2(db->db);
   if (db->locked) close(db->lock_fd); /* after the database: the lock covers every write */
   free(db->path);
@@ -333,25 +332,81 @@ static int blob_to_vector(sqlite3_stmt *st, int col, float **out, int *dim, cdb_
   return 0;
 }
 
-static int embed_one(cli_db *db, const char *sql, const char *arg, float **out, int *dim,
-                     cdb_error *err) {
-  sqlite3_stmt *st;
-  if (cli_db_prepare(db, sql, &st, err) != 0) return -1;
-  sqlite3_bind_text(st, 1, arg, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 2, db->model, -1, SQLITE_STATIC);
-  int rc = sqlite3_step(st) == SQLITE_ROW ? blob_to_vector(st, 0, out, dim, err)
-                                          : cdb_error_set(err, "%s", sqlite3_errmsg(db->db));
-  sqlite3_finalize(st);
+int cli_db_model(cli_db *db, clip_model **model, cdb_error *err) {
+  char *msg = NULL;
+  if (!db->clip && clipdb_table_model(db->db, CLI_TABLE, &db->clip, &msg) != SQLITE_OK) {
+    cdb_error_set(err, "%s", msg ? msg : "out of memory");
+    sqlite3_free(msg);
+    return -1;
+  }
+  *model = db->clip;
+  return 0;
+}
+
+int cli_db_library_model(const cli_ctx *ctx, cli_db *db, clip_model **model, cdb_error *err) {
+  *model = NULL;
+  *db = (cli_db){0};
+  char *path = ctx->model ? NULL : cli_db_path(ctx, NULL);
+  struct stat st;
+  bool exists = path && stat(path, &st) == 0;
+  free(path);
+  if (!exists) return 0;
+  if (cli_db_open(ctx, NULL, false, db, err) == 0 && cli_db_model(db, model, err) == 0) return 0;
+  cli_db_close(db);
+  return -1;
+}
+
+clip_model *cli_load_model(const cli_ctx *ctx, cli_db *db) {
+  cdb_error err = {{0}};
+  clip_model *model = NULL;
+  if (cli_db_library_model(ctx, db, &model, &err) != 0) {
+    cli_error("%s", err.msg);
+    return NULL;
+  }
+  if (model) return model;
+  char *dir = cli_model_dir(ctx, &err);
+  if (!dir) {
+    cli_error("%s", err.msg);
+    return NULL;
+  }
+  model = clip_model_load(dir, NULL, &err);
+  if (!model) cli_error("%s", err.msg);
+  free(dir);
+  return model;
+}
+
+void cli_unload_model(clip_model *model, cli_db *db) {
+  if (db->clip) cli_db_close(db);
+  else clip_model_free(model);
+}
+
+/* One vector of the table's model: room for it, and the model. */
+static int embed_start(cli_db *db, clip_model **m, float **out, int *dim, cdb_error *err) {
+  if (cli_db_model(db, m, err) != 0) return -1;
+  *dim = clip_model_dim(*m);
+  *out = malloc(sizeof(float) * (size_t)*dim);
+  return *out ? 0 : cdb_error_set(err, "out of memory");
+}
+
+static int embed_finish(int rc, float **out) {
+  if (rc != 0) {
+    free(*out);
+    *out = NULL;
+  }
   return rc;
 }
 
 int cli_db_embed_text(cli_db *db, const char *text, float **out, int *dim, cdb_error *err) {
-  return embed_one(db, "SELECT clip_embed_text(?1, ?2)", text, out, dim, err);
+  clip_model *m;
+  if (embed_start(db, &m, out, dim, err) != 0) return -1;
+  return embed_finish(clip_embed_texts(m, &text, 1, *out, err), out);
 }
 
-int cli_db_embed_image_file(cli_db *db, const char *path, float **out, int *dim, cdb_error *err) {
-  /* readfile() would need the fileio extension; the path form is part of the SQL surface. */
-  return embed_one(db, "SELECT clip_embed_image(?1, ?2)", path, out, dim, err);
+int cli_db_embed_image_file(cli_db *db, const char *source, float **out, int *dim,
+                            cdb_error *err) {
+  clip_model *m;
+  if (embed_start(db, &m, out, dim, err) != 0) return -1;
+  return embed_finish(clip_embed_image_source(m, source, *out, err), out);
 }
 
 int cli_db_vector_of_path(cli_db *db, const char *path, float **out, int *dim, int64_t *rowid,
@@ -401,7 +456,7 @@ static void normalise_date(const char *in, char out[20]) {
   if (strlen(out) > 10 && out[10] == 'T') out[10] = ' ';
 }
 
-int cli_db_search(cli_db *db, const float *q, int dim, const cli_search_opts *opts,
+int cli_db_search(cli_db *db, const cli_query *q, const cli_search_opts *opts,
                   cli_hit **hits, int *n, cdb_error *err) {
   *hits = NULL;
   *n = 0;
@@ -416,7 +471,8 @@ int cli_db_search(cli_db *db, const float *q, int dim, const cli_search_opts *op
   sqlite3_free(sql);
   if (rc != 0) return -1;
   char after[20], before[20];
-  sqlite3_bind_blob(st, 1, q, dim * (int)sizeof(float), SQLITE_STATIC);
+  if (q->text) sqlite3_bind_text(st, 1, q->text, -1, SQLITE_STATIC);
+  else sqlite3_bind_blob(st, 1, q->vec, q->dim * (int)sizeof(float), SQLITE_STATIC);
   sqlite3_bind_int(st, 2, k);
   if (opts->after) {
     normalise_date(opts->after, after);

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "cli/cli.h"
+#include "embed/clip.h"
 
 #define CLI_TABLE "photos"
 #define CLI_LOCAL_DB_NAME ".clipdb"
@@ -15,7 +16,8 @@
 typedef struct cli_db {
   sqlite3 *db;
   char *path;  /* the database file, malloc'd */
-  char *model; /* the model reference given to the extension, malloc'd */
+  char *model; /* the photos table's model name (as created), malloc'd */
+  clip_model *clip; /* the table's model once cli_db_model loaded it (retained) */
   int lock_fd; /* the writer lock file (PATH-index.lock), held while locked */
   bool locked;
 } cli_db;
@@ -39,7 +41,23 @@ int cli_db_prepare(cli_db *db, const char *sql, sqlite3_stmt **st, cdb_error *er
 /* Fills err from the connection's last error, prefixed with what was being done. -1. */
 int cli_db_fail(cli_db *db, const char *what, cdb_error *err);
 
-/* Embeds with the table's model through SQL. *out is malloc'd (dim floats, normalised). */
+/* The photos table's model (clipdb_table_model: loaded once per process, its identity checked
+ * against the library's), owned by db. */
+int cli_db_model(cli_db *db, clip_model **model, cdb_error *err);
+
+/* For embed, tokenize and classify: without --model, the library's model when there is a
+ * library (opened read-only into db; its identity checked as for a search). *model is NULL
+ * (and db closed) when there is none or --model was given: the caller loads the model that
+ * --model, $CLIPDB_MODEL or the default names. */
+int cli_db_library_model(const cli_ctx *ctx, cli_db *db, clip_model **model, cdb_error *err);
+
+/* The library's model (db holds it), else the one --model / $CLIPDB_MODEL / the default names;
+ * NULL after printing the error. Release with cli_unload_model. */
+clip_model *cli_load_model(const cli_ctx *ctx, cli_db *db);
+void cli_unload_model(clip_model *model, cli_db *db);
+
+/* Embeds a text, or an image file or http(s) URL, with the table's model. *out is malloc'd (dim
+ * floats, normalised). */
 int cli_db_embed_text(cli_db *db, const char *text, float **out, int *dim, cdb_error *err);
 int cli_db_embed_image_file(cli_db *db, const char *path, float **out, int *dim, cdb_error *err);
 
@@ -62,8 +80,16 @@ typedef struct cli_search_opts {
   int64_t exclude_rowid;      /* leave this row out (similar IMAGE), 0 for none */
 } cli_search_opts;
 
-/* The k nearest photos to a normalised query vector, best first. */
-int cli_db_search(cli_db *db, const float *q, int dim, const cli_search_opts *opts,
+/* A query: a text, embedded by the table in the search statement itself (its model's identity
+ * checked there), or a normalised vector of dim floats. */
+typedef struct cli_query {
+  const char *text;
+  const float *vec;
+  int dim;
+} cli_query;
+
+/* The k nearest photos to the query, best first. */
+int cli_db_search(cli_db *db, const cli_query *q, const cli_search_opts *opts,
                   cli_hit **hits, int *n, cdb_error *err);
 void cli_hits_free(cli_hit *hits, int n);
 

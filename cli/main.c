@@ -8,9 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <vips/vips.h>
 
 #include "cli/cli.h"
+#include "embed/clip.h"
+#include "sqlite-ext/clipdb.h"
+#include "src/model_path.h"
 
 typedef struct command {
   const char *name;
@@ -47,7 +49,7 @@ static void print_usage(FILE *out) {
           "  --model NAME   model directory or cached hub name (default $CLIPDB_MODEL, then %s)\n"
           "  -h, --help     this help; `clipdb COMMAND --help` for a command\n"
           "  --version      print the version\n",
-          "openai/clip-vit-base-patch32");
+          CDB_DEFAULT_MODEL);
 }
 
 /* Takes --db/--model (both "--opt V" and "--opt=V") out of argv, up to a "--". Returns the new
@@ -104,13 +106,10 @@ int main(int argc, char **argv) {
   }
   for (size_t i = 0; i < N_COMMANDS; i++) {
     if (strcmp(name, COMMANDS[i].name) != 0) continue;
-    if (VIPS_INIT(argv[0]) != 0) {
-      cli_error("libvips failed to start: %s", vips_error_buffer());
-      return CLI_FAIL;
-    }
+    clip_release_blas_threads(); /* one thread here: nothing else is inside OpenBLAS */
     optind = 0; /* GNU getopt: a full re-initialisation for the command's own parse */
-    int rc = COMMANDS[i].run(argc - 1, argv + 1, &ctx);
-    vips_shutdown();
+    int rc = COMMANDS[i].run(argc - 1, argv + 1, &ctx); /* libvips starts on first use */
+    clip_vips_stop();
     return rc;
   }
   cli_error("unknown command \"%s\" (see `clipdb --help`)", name);

@@ -1,13 +1,24 @@
-/* meta.c: content hashes (GLib SHA-256) and photo metadata from libvips headers. */
+/* meta.c: content hashes (SHA-256) and photo metadata from libvips headers. */
 #include "cli/meta.h"
 
 #include <ctype.h>
 #include <glib.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <string.h>
 #include <vips/vips.h>
 
+#include "embed/clip.h"
+
+/* OpenSSL's SHA-256 uses the CPU's SHA extensions: 2.7 ms for a 5 MB photo where GLib's
+ * portable code takes 22-25 ms, a third of decoding it. GLib's stays as the fallback. */
 void meta_hash(const void *data, size_t len, char out[META_HASH_HEX]) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int md_len = 0;
+  if (EVP_Digest(data, len, md, &md_len, EVP_sha256(), NULL) == 1 && md_len == 32) {
+    for (unsigned i = 0; i < md_len; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
+    return;
+  }
   GChecksum *sum = g_checksum_new(G_CHECKSUM_SHA256);
   const guchar *p = data;
   while (len > 0) { /* g_checksum_update takes a gssize */
@@ -36,6 +47,7 @@ int meta_parse_exif_date(const char *s, char out[20]) {
 
 int meta_read(const void *data, size_t len, photo_meta *out, cdb_error *err) {
   memset(out, 0, sizeof *out);
+  if (clip_vips_start() != 0) return cdb_error_set(err, "libvips failed to start");
   VipsImage *img = vips_image_new_from_buffer(data, len, "", "access", VIPS_ACCESS_SEQUENTIAL,
                                               NULL);
   if (!img) {

@@ -1,18 +1,14 @@
-/* output.c: search/similar result printing shared by the commands. */
+/* output.c: result printing shared by the commands: paths, JSON text, search/similar hits. */
 #include "cli/output.h"
 
-#include <getopt.h>
 #include <glib.h>
 #include <json-c/json.h>
-#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "cli/preview.h"
 
 #define PREVIEW_PX 160
-#define MAX_TOP 10000
-#define DEFAULT_TOP 10
 
 static bool needs_quoting(const char *path) {
   if (path[0] != '/') return true;
@@ -88,40 +84,3 @@ void output_hits(const cli_hit *hits, int n, output_format fmt, bool preview) {
     if (kind != PREVIEW_NONE) preview_show(kind, hits[i].path, PREVIEW_PX);
   }
 }
-
-int search_parse_args(int argc, char **argv, const char *cmd, const char *usage,
-                      search_args *a) {
-  static const struct option longopts[] = {
-      {"top", required_argument, 0, 'n'},   {"json", no_argument, 0, 'j'},
-      {"paths", no_argument, 0, 'p'},       {"after", required_argument, 0, 'a'},
-      {"before", required_argument, 0, 'b'}, {"threshold", required_argument, 0, 't'},
-      {"preview", no_argument, 0, 'v'},     {"local", no_argument, 0, 'l'},
-      {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
-  *a = (search_args){.top = DEFAULT_TOP, .threshold = -INFINITY};
-  int c;
-  while ((c = getopt_long(argc, argv, "hn:", longopts, NULL)) != -1) {
-    switch (c) {
-      case 'h': return fputs(usage, stdout), -1;
-      case 'n':
-        if (!cli_parse_int(optarg, 1, MAX_TOP, &a->top))
-          return cli_usage_error(cmd, "--top wants a number from 1 to %d", MAX_TOP);
-        break;
-      case 'j': a->fmt = OUTPUT_JSON; break;
-      case 'p': a->fmt = OUTPUT_PATHS; break;
-      case 'a': a->after = optarg; break;
-      case 'b': a->before = optarg; break;
-      case 't':
-        if (!cli_parse_float(optarg, &a->threshold) || a->threshold < -1 || a->threshold > 1)
-          return cli_usage_error(cmd, "--threshold wants a number from -1 to 1");
-        break;
-      case 'v': a->preview = true; break;
-      case 'l': a->local = true; break;
-      default: return cli_usage_error(cmd, "unknown option");
-    }
-  }
-  if ((a->after && cli_check_date(a->after)) || (a->before && cli_check_date(a->before)))
-    return cli_usage_error(cmd, "dates look like 2021, 2021-06, 2021-06-30 or "
-                                     "\"2021-06-30 18:00\"");
-  return 0;
-}
-

@@ -10,6 +10,8 @@
 #include <unistd.h>
 #include <vips/vips.h>
 
+#include "embed/clip.h"
+
 #define KITTY_CHUNK 4096 /* the protocol's maximum payload per escape sequence */
 
 preview_kind preview_detect(void) {
@@ -36,7 +38,7 @@ static void send_kitty(const char *b64, size_t len) {
 }
 
 int preview_show(preview_kind kind, const char *path, int px) {
-  if (kind == PREVIEW_NONE) return -1;
+  if (kind == PREVIEW_NONE || clip_vips_start() != 0) return -1;
   VipsImage *thumb = NULL;
   if (vips_thumbnail(path, &thumb, px, "height", px, NULL) != 0) {
     vips_error_clear();

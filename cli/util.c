@@ -1,4 +1,4 @@
-/* util.c: small helpers every command uses: error lines, number parsing, model lookup. */
+/* util.c: small helpers every command uses: error lines, number parsing, model lookup and load. */
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -6,7 +6,8 @@
 #include <string.h>
 
 #include "cli/cli.h"
-#include "src/models.h"
+#include "embed/clip.h"
+#include "src/model_path.h"
 
 void cli_error(const char *fmt, ...) {
   va_list ap;

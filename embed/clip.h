@@ -28,12 +28,30 @@ clip_params clip_default_params(void);
 clip_model *clip_model_load(const char *dir, const clip_params *params, cdb_error *err);
 void clip_model_free(clip_model *model);
 
+/* Stops OpenBLAS's worker threads, which its library constructor starts and which then poll
+ * (sched_yield) for ~0.1 s, taking a core from a short-lived process's first query or first
+ * batch (the encoder runs on its own pool). OpenBLAS restarts them if a later call wants them.
+ * Only for a program that owns its threads (the CLI, benchmarks): no other thread may be
+ * inside OpenBLAS during the call. A no-op without OpenBLAS. */
+void clip_release_blas_threads(void);
+
+/* libvips is started on the first image decode (loading its modules costs 50-120 ms, which a
+ * text query need not pay), with its untrusted loaders blocked and its warnings dropped. A
+ * program that calls libvips itself starts it the same way first: 0 on success. */
+int clip_vips_start(void);
+/* Shuts libvips down at exit if it was started (after every thread using it has ended). */
+void clip_vips_stop(void);
+
 int clip_model_dim(const clip_model *model);          /* projection dim (512 for ViT-B/32) */
 int clip_model_image_size(const clip_model *model);   /* input side in pixels (224) */
 int clip_model_context_length(const clip_model *model); /* 77 */
 float clip_model_logit_scale(const clip_model *model);  /* stored log-space value */
-/* Stable identity: hex SHA-256 of config.json plus the safetensors header (64 chars + NUL). */
+/* Stable identity, changed by any change to the config or the weights: hex SHA-256 of
+ * config.json plus the SHA-256 of model.safetensors (64 chars + NUL). */
 const char *clip_model_identity(const clip_model *model);
+/* The identity earlier versions computed (config.json plus the safetensors header only, blind to
+ * the weights' values), for recognising tables that store it. */
+const char *clip_model_legacy_identity(const clip_model *model);
 
 /* Token ids for text: SOT, BPE tokens, EOT, zero padding; exactly context_length ids are
  * written to ids. Returns the count of real tokens (SOT..EOT inclusive), or -1. */
@@ -49,6 +67,9 @@ int clip_embed_texts(clip_model *model, const char *const *texts, int n, float *
 int clip_image_load_file(const clip_model *model, const char *path, float *pixels, cdb_error *err);
 int clip_image_load_buffer(const clip_model *model, const void *buf, size_t len, float *pixels,
                            cdb_error *err);
+/* A file path, or an http(s) URL fetched within src/fetch.h's default limits. */
+int clip_image_load_source(const clip_model *model, const char *path_or_url, float *pixels,
+                           cdb_error *err);
 
 /* n preprocessed images (n * 3 * size * size floats) -> out[n * dim]. */
 int clip_embed_pixels(clip_model *model, const float *pixels, int n, float *out, cdb_error *err);
@@ -58,5 +79,8 @@ int clip_embed_image_files(clip_model *model, const char *const *paths, int n, f
                            cdb_error *err);
 int clip_embed_image_buffers(clip_model *model, const void *const *bufs, const size_t *lens, int n,
                              float *out, cdb_error *err);
+/* One image from a file path or http(s) URL (clip_image_load_source) -> out[dim]. */
+int clip_embed_image_source(clip_model *model, const char *path_or_url, float *out,
+                            cdb_error *err);
 
 #endif

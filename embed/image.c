@@ -5,10 +5,10 @@
  * orientation and a pixel limit checked on the header before decoding.
  *
  * Two resize modes, chosen by CLIPDB_RESIZE (read once per process):
- * - fast (the default): JPEGs are shrunk on load by libjpeg's DCT scaling to the smallest scale
- *   (1/2, 1/4, 1/8) that keeps the short side >= the target (a 12 MP photo decodes at 1/8 for
- *   224), then resized exactly as below; embeddings stay within cosine 0.999 of the reference
- *   (bench/embed/fidelity.py).
+ * - fast (the default): JPEGs are shrunk on load by libjpeg's DCT scaling, WebPs by libwebp's
+ *   area-averaging rescaler, to the smallest scale (1/2, 1/4, 1/8) that keeps the short side
+ *   >= the target (a 12 MP photo decodes at 1/8 for 224), then resized exactly as below;
+ *   embeddings stay within cosine 0.999 of the reference (bench/embed/fidelity.py).
  * - exact: no shrink-on-load, Pillow's resize at every size: the reference pixels.
  *
  * Colour: grey, 16-bit, CMYK (colour-managed: embedded or libvips's default profile) and the
@@ -59,6 +59,20 @@ static void init_vips(void) {
   vips_ready = true;
 }
 
+int clip_vips_start(void) {
+  pthread_once(&vips_once, init_vips);
+  return vips_ready ? 0 : -1;
+}
+
+void clip_vips_stop(void) {
+  if (vips_ready) vips_shutdown();
+}
+
+void clip_image_set_exact_resize(int exact) {
+  pthread_once(&vips_once, init_vips);
+  exact_resize = exact != 0;
+}
+
 /* Copies libvips's error message (the last line, the most specific) into err. The buffer
  * is process-wide, so under concurrent failures a message may come from another thread. */
 static int vips_fail(cdb_error *err, const char *what, const char *action) {
@@ -89,9 +103,20 @@ static int centre_offset(int d) {
   return (d % 2 != 0 && half % 2 != 0) ? half + 1 : half;
 }
 
-/* JPEG shrink-on-load factor: the largest of 2, 4, 8 that keeps the short side at least the
- * target (libjpeg rounds the scaled size up, so this never enlarges afterwards). */
-static int jpeg_shrink_factor(int w, int h, int target) {
+/* Loaders that can shrink while decoding (fast mode only). */
+typedef enum shrink_kind { SHRINK_NONE, SHRINK_JPEG, SHRINK_WEBP } shrink_kind;
+
+static shrink_kind shrink_kind_of(const char *loader) {
+  if (exact_resize || !loader) return SHRINK_NONE;
+  if (strstr(loader, "Jpeg")) return SHRINK_JPEG;
+  if (strstr(loader, "Webp")) return SHRINK_WEBP;
+  return SHRINK_NONE;
+}
+
+/* Shrink-on-load factor: the largest of 2, 4, 8 that keeps the short side at least the target
+ * (the short side is >= target * factor; libjpeg rounds the scaled size up and libwebp to the
+ * nearest, so neither loader leaves less than the resize needs). */
+static int shrink_factor(int w, int h, int target) {
   int short_side = w < h ? w : h, shrink = 1;
   while (shrink < 8 && short_side / (shrink * 2) >= target) shrink *= 2;
   return shrink;
@@ -229,13 +254,20 @@ typedef struct source {
   const char *what; /* the file name, or "image buffer" */
 } source;
 
-static VipsImage *load(const source *src, VipsAccess access, int shrink, cdb_error *err) {
-  VipsImage *img = shrink > 1
-                       ? vips_image_new_from_buffer(src->buf, src->len, "", "access", access,
-                                                    "fail_on", VIPS_FAIL_ON_ERROR, "shrink",
-                                                    shrink, NULL)
-                       : vips_image_new_from_buffer(src->buf, src->len, "", "access", access,
-                                                    "fail_on", VIPS_FAIL_ON_ERROR, NULL);
+/* Decodes with shrink-on-load by `shrink` (1 = whole): libjpeg's DCT scaling for JPEG,
+ * libwebp's area-averaging rescaler (to width / shrink, rounded) for WebP. */
+static VipsImage *load(const source *src, VipsAccess access, shrink_kind kind, int shrink,
+                       cdb_error *err) {
+  VipsImage *img = NULL;
+  if (shrink > 1 && kind == SHRINK_JPEG)
+    img = vips_image_new_from_buffer(src->buf, src->len, "", "access", access, "fail_on",
+                                     VIPS_FAIL_ON_ERROR, "shrink", shrink, NULL);
+  else if (shrink > 1 && kind == SHRINK_WEBP)
+    img = vips_image_new_from_buffer(src->buf, src->len, "", "access", access, "fail_on",
+                                     VIPS_FAIL_ON_ERROR, "scale", 1.0 / shrink, NULL);
+  else
+    img = vips_image_new_from_buffer(src->buf, src->len, "", "access", access, "fail_on",
+                                     VIPS_FAIL_ON_ERROR, NULL);
   if (!img) vips_fail(err, src->what, "cannot decode");
   return img;
 }
@@ -281,7 +313,7 @@ static int to_srgb8(VipsImage **img, const source *src, cdb_error *err) {
  * size before any shrink-on-load. */
 static VipsImage *open_upright(const clip_image_spec *spec, const source *src, int *orig_w,
                                int *orig_h, cdb_error *err) {
-  VipsImage *hdr = load(src, VIPS_ACCESS_SEQUENTIAL, 1, err);
+  VipsImage *hdr = load(src, VIPS_ACCESS_SEQUENTIAL, SHRINK_NONE, 1, err);
   if (!hdr) return NULL;
   int w = vips_image_get_width(hdr), h = vips_image_get_height(hdr);
   int orientation = vips_image_get_orientation(hdr);
@@ -293,16 +325,14 @@ static VipsImage *open_upright(const clip_image_spec *spec, const source *src, i
     g_object_unref(hdr);
     return NULL;
   }
-  const char *loader = vips_foreign_find_load_buffer(src->buf, src->len);
-  int shrink = !exact_resize && loader && strstr(loader, "Jpeg")
-                   ? jpeg_shrink_factor(w, h, spec->resize_shortest)
-                   : 1;
+  shrink_kind kind = shrink_kind_of(vips_foreign_find_load_buffer(src->buf, src->len));
+  int shrink = kind != SHRINK_NONE ? shrink_factor(w, h, spec->resize_shortest) : 1;
   bool rotate = orientation >= 2 && orientation <= 8;
   VipsImage *img = hdr;
   if (shrink > 1 || rotate) {
     /* Rotation needs random access; shrink is a load option. */
     g_object_unref(hdr);
-    img = load(src, rotate ? VIPS_ACCESS_RANDOM : VIPS_ACCESS_SEQUENTIAL, shrink, err);
+    img = load(src, rotate ? VIPS_ACCESS_RANDOM : VIPS_ACCESS_SEQUENTIAL, kind, shrink, err);
     if (!img) return NULL;
   }
   VipsImage *out = NULL;

@@ -20,4 +20,8 @@ int clip_image_preprocess_file(const clip_image_spec *spec, const char *path, fl
 int clip_image_preprocess_buffer(const clip_image_spec *spec, const void *buf, size_t len,
                                  float *out, cdb_error *err);
 
+/* Overrides CLIPDB_RESIZE for this process (1 = exact, 0 = fast): for tests comparing the two
+ * modes on one input; not while another thread is preprocessing. */
+void clip_image_set_exact_resize(int exact);
+
 #endif

@@ -11,8 +11,12 @@
 #include "embed/clip_internal.h"
 #include "embed/kernels/kernels.h"
 #include "embed/model_impl.h"
+#include "src/digest.h"
+#include "src/fetch.h"
 #include "src/file.h"
+#include "src/model_path.h"
 #include "src/pool.h"
+#include "src/vec.h"
 
 #define DEFAULT_MAX_IMAGE_PIXELS 100000000LL
 /* Images per forward pass: enough rows for GEMM efficiency, bounded activation memory. */
@@ -42,7 +46,7 @@ static char *model_file(const char *dir, const char *name, cdb_error *err) {
     cdb_error_set(err,
                   "encoder: model directory %s has no %s; run `clipdb model pull NAME` to "
                   "download a model (e.g. %s)",
-                  dir, name, "openai/clip-vit-base-patch32");
+                  dir, name, CDB_DEFAULT_MODEL);
     free(path);
     return NULL;
   }
@@ -67,14 +71,25 @@ float clip_read_scalar(const st_tensor *t) {
   return v;
 }
 
-static int compute_identity(clip_model *m, const char *config_path, cdb_error *err) {
+/* identity: SHA-256 of config.json and of the weights file's SHA-256, so it changes with any
+ * weight (the file's digest is computed once per version of the file: src/digest.h).
+ * legacy_identity: SHA-256 of config.json and the safetensors header, what tables created before
+ * the weights were covered store; kept for their upgrade. */
+static int compute_identity(clip_model *m, const char *config_path, const char *weights_path,
+                            cdb_error *err) {
   size_t len;
+  char weights_sha[65];
+  if (cdb_file_sha256_cached(weights_path, weights_sha, err) != 0) return -1;
   char *config = cdb_file_read(config_path, 1u << 20, &len, err);
   if (!config) return -1;
   GChecksum *sum = g_checksum_new(G_CHECKSUM_SHA256);
   g_checksum_update(sum, (const guchar *)config, (gssize)len);
-  g_checksum_update(sum, m->st.header, (gssize)m->st.header_bytes);
+  g_checksum_update(sum, (const guchar *)weights_sha, 64);
   snprintf(m->identity, sizeof m->identity, "%s", g_checksum_get_string(sum));
+  g_checksum_reset(sum);
+  g_checksum_update(sum, (const guchar *)config, (gssize)len);
+  g_checksum_update(sum, m->st.header, (gssize)m->st.header_bytes);
+  snprintf(m->legacy_identity, sizeof m->legacy_identity, "%s", g_checksum_get_string(sum));
   g_checksum_free(sum);
   free(config);
   return 0;
@@ -90,7 +105,7 @@ static int load_files(clip_model *m, const char *dir, cdb_error *err) {
   if (clip_config_load(paths[0], &m->cfg, err) != 0 ||
       clip_preprocess_config_load(paths[4], m->cfg.image_size, &m->spec, err) != 0 ||
       st_open(paths[1], &m->st, err) != 0 || clip_check_tensors(m, err) != 0 ||
-      compute_identity(m, paths[0], err) != 0)
+      compute_identity(m, paths[0], paths[1], err) != 0)
     goto done;
   m->spec.max_pixels = m->params.max_image_pixels;
   m->logit_scale = clip_read_scalar(st_find(&m->st, "logit_scale"));
@@ -140,6 +155,7 @@ int clip_model_image_size(const clip_model *m) { return m->cfg.image_size; }
 int clip_model_context_length(const clip_model *m) { return m->cfg.context_length; }
 float clip_model_logit_scale(const clip_model *m) { return m->logit_scale; }
 const char *clip_model_identity(const clip_model *m) { return m->identity; }
+const char *clip_model_legacy_identity(const clip_model *m) { return m->legacy_identity; }
 const clip_config *clip_model_config(const clip_model *m) { return &m->cfg; }
 const clip_image_spec *clip_model_image_spec(const clip_model *m) { return &m->spec; }
 
@@ -150,11 +166,7 @@ int clip_model_vision_ready(const clip_model *m) { return clip_tower_ready(&m->v
 
 static void normalise_rows(float *v, int n, int dim) {
   for (int i = 0; i < n; i++) {
-    float *row = v + (size_t)i * dim;
-    double ss = 0;
-    for (int d = 0; d < dim; d++) ss += (double)row[d] * row[d];
-    float inv = ss > 0 ? (float)(1.0 / sqrt(ss)) : 0.0f;
-    for (int d = 0; d < dim; d++) row[d] *= inv;
+    cdb_vec_normalise(v + (size_t)i * dim, (size_t)dim); /* NaN rows stay NaN: callers check */
   }
 }
 
@@ -255,6 +267,17 @@ int clip_image_load_buffer(const clip_model *m, const void *buf, size_t len, flo
   return clip_image_preprocess_buffer(&m->spec, buf, len, pixels, err);
 }
 
+int clip_image_load_source(const clip_model *m, const char *path_or_url, float *pixels,
+                           cdb_error *err) {
+  if (!cdb_is_url(path_or_url)) return clip_image_load_file(m, path_or_url, pixels, err);
+  size_t len = 0;
+  void *bytes = cdb_fetch(path_or_url, NULL, &len, err);
+  if (!bytes) return -1;
+  int rc = clip_image_load_buffer(m, bytes, len, pixels, err);
+  free(bytes);
+  return rc;
+}
+
 /* Decoding is spread over the pool; each image records its own error, the first one wins. */
 typedef struct decode_job {
   const clip_model *m;
@@ -317,4 +340,13 @@ int clip_embed_image_files(clip_model *m, const char *const *paths, int n, float
 int clip_embed_image_buffers(clip_model *m, const void *const *bufs, const size_t *lens, int n,
                              float *out, cdb_error *err) {
   return embed_images(m, NULL, bufs, lens, n, out, err);
+}
+
+int clip_embed_image_source(clip_model *m, const char *path_or_url, float *out, cdb_error *err) {
+  float *pixels = malloc(sizeof(float) * 3 * (size_t)m->cfg.image_size * m->cfg.image_size);
+  if (!pixels) return cdb_error_set(err, "encoder: out of memory");
+  int rc = clip_image_load_source(m, path_or_url, pixels, err);
+  if (rc == 0) rc = clip_embed_pixels(m, pixels, 1, out, err);
+  free(pixels);
+  return rc;
 }

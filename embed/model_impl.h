@@ -33,6 +33,7 @@ struct clip_model {
   st_file st;
   float logit_scale;
   char identity[65];
+  char legacy_identity[65];
   pthread_mutex_t tok_mu;
   clip_tokenizer *tok;
   clip_tower text, vision;

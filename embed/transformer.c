@@ -41,6 +41,14 @@ static void gemm_init(void) {
 static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
 static void blas_single_threaded(void) { openblas_set_num_threads(1); }
 
+/* OpenBLAS's (exported, undeclared) shutdown, also used by its fork handler; weak, so that a
+ * build against another BLAS links and skips it. */
+extern int blas_thread_shutdown_(void) __attribute__((weak));
+
+void clip_release_blas_threads(void) {
+  if (blas_thread_shutdown_) blas_thread_shutdown_();
+}
+
 void clip_set_gemm_mode(clip_gemm_mode mode) {
   pthread_once(&gemm_once, gemm_init);
   gemm_mode = mode;

@@ -1,10 +1,12 @@
 /* ivf.h: a collection index over L2-normalised float32 vectors with int64 ids, on FAISS.
- * Owner: index/. It knows nothing of SQLite or CLIP: the caller owns the vectors and keeps the
+ * It knows nothing of SQLite or CLIP: the caller owns the vectors and keeps the
  * index as a cache it can rebuild (re-add), serialise into pieces of bounded size, or save as a
  * memory-mappable cache file.
  *
- * Similarity is the inner product (cosine: vectors and queries are L2-normalised on the way in;
- * zero, NaN and Inf vectors are refused); results come best first.
+ * Similarity is the inner product, which is the cosine because vectors and queries arrive unit
+ * length (src/vec.h's cdb_vec_normalise, done once by the caller): the index checks this and
+ * refuses zero, NaN, Inf and other non-unit vectors with an error, without copying or fixing
+ * them. Results come best first.
  *
  * Index types (cdb_index_params.type):
  *   "auto" (default)  exact while small, then "IVF<nlist>,Flat" once trained;
@@ -39,7 +41,7 @@
 #include "src/err.h"
 
 #define CDB_INDEX_MAX_DIM 65536
-#define CDB_INDEX_MAX_K 1000000      /* k outside 1..CDB_INDEX_MAX_K is an error */
+#define CDB_INDEX_MAX_K 100000       /* k outside 1..CDB_INDEX_MAX_K is an error */
 #define CDB_INDEX_TRAIN_MIN 10000    /* "auto": exact below this many vectors */
 #define CDB_INDEX_RETRAIN_GROWTH 4   /* retrain after growing this many times */
 #define CDB_INDEX_MAX_IMBALANCE 4.0  /* list imbalance factor 'optimize' tolerates */
@@ -149,7 +151,7 @@ cdb_index *cdb_index_load(cdb_piece_next next, void *ctx, cdb_error *err);
 /* The same without the vectors of an IVF<n>,Flat index (other kinds are saved whole): its
  * quantizer and each list's ids. Loading asks `vectors` to hand each (id, vector) to `sink`;
  * a vector whose id the snapshot does not hold is skipped, and an id that gets no vector is left
- * out (both are the caller's changes after the snapshot). Vectors are normalised on the way in.
+ * out (both are the caller's changes after the snapshot). Vectors must be unit length.
  * cdb_index_load_ids reads both kinds of pieces; cdb_index_load only whole ones. */
 typedef int (*cdb_vector_sink)(void *sink_ctx, int64_t id, const float *vec, cdb_error *err);
 typedef int (*cdb_vector_source)(void *ctx, cdb_vector_sink sink, void *sink_ctx,

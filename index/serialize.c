@@ -9,7 +9,6 @@
  * (checked when a search first touches the list), so damage is found without reading the
  * whole file at open. */
 #include <errno.h>
-#include <math.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -153,7 +152,7 @@ static int write_ids_only(cdb_index *idx, FILE *f, cdb_error *err) {
   fill_header(idx, FILE_VERSION_IDS, 0, &h);
   if (fwrite(&h, sizeof h, 1, f) != 1)
     return cdb_error_set(err, "index: write failed: %s", strerror(errno));
-  if (cdbx_IndexIVF_write_without_lists(idx->ivf, f))
+  if (cdb_faiss_IndexIVF_write_without_lists(idx->ivf, f))
     return ivf_faiss_fail(err, "writing index");
   if (write_list_ids(idx, f, err) < 0)
     return -1;
@@ -241,7 +240,6 @@ typedef struct filler {
   cdb_index *idx;
   id_place *places;
   size_t n;
-  float *unit;
 } filler;
 
 static int cmp_place(const void *a, const void *b) {
@@ -284,16 +282,9 @@ static int fill_vector(void *ctx, int64_t id, const float *vec, cdb_error *err) 
   id_place *p = bsearch(&key, fl->places, fl->n, sizeof key, cmp_place);
   if (!p || p->list < 0)
     return 0;
-  int dim = fl->idx->dim;
-  double sum = 0;
-  for (int j = 0; j < dim; j++)
-    sum += (double)vec[j] * vec[j];
-  if (!(sum > 0) || !isfinite(sum))
-    return cdb_error_set(err, "index: vector %lld is zero or not finite", (long long)id);
-  double norm = sqrt(sum);
-  for (int j = 0; j < dim; j++)
-    fl->unit[j] = (float)((double)vec[j] / norm);
-  if (cdbx_IndexIVF_add_to_list(fl->idx->ivf, (size_t)p->list, 1, &id, fl->unit))
+  if (ivf_check_unit(vec, fl->idx->dim, "vector", id, err) < 0)
+    return -1;
+  if (cdb_faiss_IndexIVF_add_to_list(fl->idx->ivf, (size_t)p->list, 1, &id, vec))
     return ivf_faiss_fail(err, "filling a list");
   p->list = -1;
   return 0;
@@ -302,15 +293,13 @@ static int fill_vector(void *ctx, int64_t id, const float *vec, cdb_error *err) 
 /* The lists of an ids-only snapshot, filled with the vectors `vectors` hands over. */
 static int fill_lists(cdb_index *idx, FILE *f, cdb_vector_source vectors, void *vctx,
                       cdb_error *err) {
-  filler fl = {idx, NULL, 0, malloc((size_t)idx->dim * sizeof(float))};
-  int rc = fl.unit ? read_list_ids(f, idx->nlist, &fl, err)
-                   : cdb_error_set(err, "index: out of memory");
+  filler fl = {idx, NULL, 0};
+  int rc = read_list_ids(f, idx->nlist, &fl, err);
   if (rc == 0 && (!vectors || faiss_Index_ntotal(idx->faiss) != 0))
     rc = cdb_error_set(err, "index: load: the snapshot holds ids only and no vectors were given");
   if (rc == 0)
     rc = vectors(vctx, fill_vector, &fl, err) != 0 ? -1 : 0;
   free(fl.places);
-  free(fl.unit);
   return rc;
 }
 
@@ -454,7 +443,8 @@ static int write_trailer(const cdb_index *idx, FILE *f, long payload_end, uint64
   cache_trailer t = {0};
   memcpy(t.magic, TRAILER_MAGIC, 8);
   t.nlist = idx->nlist;
-  int rc = cdbx_IndexIVF_list_hashes(idx->ivf, hashes, &list_bytes) ? ivf_faiss_fail(err, "hash")
+  int rc = cdb_faiss_IndexIVF_list_hashes(idx->ivf, hashes, &list_bytes)
+               ? ivf_faiss_fail(err, "hash")
            : list_bytes > (size_t)payload_end
                ? cdb_error_set(err, "index: cache file: lists larger than the file")
                : 0;
@@ -567,10 +557,11 @@ static int check_mapped_lists(cdb_index *idx, const cache_trailer *t, uint64_t p
                               const uint64_t *hashes, cdb_error *err) {
   const unsigned char *data = NULL;
   size_t size = 0, start = 0, end = 0;
-  if (cdbx_IndexIVF_mapped_view(idx->ivf, &data, &size, &start, &end) != 1 ||
+  if (cdb_faiss_IndexIVF_mapped_view(idx->ivf, &data, &size, &start, &end) != 1 ||
       start != t->lists_start || end != payload_end || t->nlist != idx->nlist)
     return cdb_error_set(err, "index: corrupt cache file (lists are not where the checksums say)");
-  if (cdbx_IndexIVF_prepare_mapped(idx->ivf) < 0 || cdbx_IndexIVF_check_lists(idx->ivf, hashes))
+  if (cdb_faiss_IndexIVF_prepare_mapped(idx->ivf) < 0 ||
+      cdb_faiss_IndexIVF_check_lists(idx->ivf, hashes))
     return ivf_faiss_fail(err, "mapping the lists");
   return 0;
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "sqlite-ext/table.h"
+#include "src/vec.h"
 
 int cdbx_maintain(cdbx_table *t) {
   if (!cdbx_cache_in_use(t)) return SQLITE_OK;
@@ -25,11 +26,9 @@ static int check_vector(cdbx_table *t, void *ctx, int64_t rowid, const float *v,
     return cdbx_table_error(t, "row %lld: vector has %d bytes, expected %d", (long long)rowid,
                             bytes, t->dims * 4);
   }
-  double norm = 0;
-  for (int i = 0; i < t->dims; i++) norm += (double)v[i] * v[i];
-  if (!isfinite(norm) || fabs(norm - 1.0) > 1e-3) {
+  if (!cdb_vec_is_unit(v, (size_t)t->dims)) {
     return cdbx_table_error(t, "row %lld: vector is not normalised (squared norm %g)",
-                            (long long)rowid, norm);
+                            (long long)rowid, cdb_vec_dot(v, v, (size_t)t->dims));
   }
   (*(int64_t *)ctx)++;
   return SQLITE_OK;
@@ -63,9 +62,12 @@ static int integrity_check(cdbx_table *t) {
 
 /* Repairs damage done behind the table's back: rows whose vector was deleted from T_vectors
  * are embedded again (all checked before anything is written), vectors whose row was deleted
- * from T_rows go; then the index is rebuilt from the vectors. */
+ * from T_rows go; then the index is rebuilt from the vectors. Under a model name that now loads
+ * a model of another identity, every row is embedded again with it first. */
 static int rebuild(cdbx_table *t) {
-  int rc = cdbx_reembed_missing(t);
+  int adopted = 0;
+  int rc = cdbx_reembed_for_new_model(t, &adopted);
+  if (rc == SQLITE_OK && !adopted) rc = cdbx_reembed_missing(t);
   if (rc == SQLITE_OK) rc = cdbx_store_delete_orphan_vectors(t);
   if (rc == SQLITE_OK) rc = cdbx_cache_reload_from_vectors(t);
   if (rc == SQLITE_OK && cdbx_cache_wants_training(t)) rc = cdbx_cache_train(t);

@@ -36,7 +36,10 @@
  *                                                     factory, nlist, nprobe, count, mapped;
  *                                                     embed_batches, embedded_rows: encoder calls
  *                                                     and rows embedded for the table by this
- *                                                     connection (batching at work: rows/batch)
+ *                                                     connection (batching at work: rows/batch);
+ *                                                     model (the name as created, "" = default)
+ *                                                     and model_identity (of the model the
+ *                                                     vectors come from); null for a dims= table
  *
  * The clip virtual table
  *   CREATE VIRTUAL TABLE photos USING clip(model=NAME, index=auto, taken_at TEXT, album TEXT);
@@ -124,7 +127,17 @@
  *     rebuild: reload the index from the vectors, dropping vectors whose row was deleted from
  *     photos_rows directly and embedding again (from the stored image or text) rows whose vector
  *     was deleted from photos_vectors; a row that cannot be (file gone, no source) is an error
- *     naming it, and the command then changes nothing.
+ *     naming it, and the command then changes nothing. When the model name now loads a model
+ *     of another identity (same dims), every row is embedded again with it and the table
+ *     records the new identity.
+ *   Model identity: a table stores the identity of the model its vectors come from (SHA-256 of
+ *   config.json and of model.safetensors' SHA-256: any weight counts). When its model name
+ *   loads a model of another identity, everything that embeds for the table (MATCH with a TEXT
+ *   or image BLOB, clip_search with one, INSERT/UPDATE that embed) fails naming both identities
+ *   and the ways out: 'rebuild' above, or register the original model with clip_model().
+ *   Vector queries and reads still work. Tables from earlier versions store the identity of
+ *   config.json + the safetensors header: accepted when the model matches it, and replaced by
+ *   the full identity at the table's next commit.
  *
  * Storage: shadow tables photos_config, photos_rows, photos_vectors, photos_changes and
  * photos_index hold everything; the in-memory FAISS index is a cache (see cache.c). A trained
@@ -149,6 +162,7 @@ SQLITE_EXTENSION_INIT1
 #endif
 
 #include "sqlite-ext/internal.h"
+#include "sqlite-ext/table.h"
 
 /* The connection context lives as long as the `clip` module (until sqlite3_close). Loading the
  * extension again on a connection re-registers everything with the same context (so models
@@ -204,6 +218,40 @@ static int register_all(sqlite3 *db, char **errmsg) {
 
 int clipdb_register(sqlite3 *db, char **errmsg) {
   return register_all(db, errmsg);
+}
+
+static int api_error(char **errmsg, int rc, const char *msg) {
+  if (errmsg) *errmsg = sqlite3_mprintf("%s", msg);
+  return rc;
+}
+
+int clipdb_table_model(sqlite3 *db, const char *table, clip_model **model, char **errmsg) {
+  *model = NULL;
+  pthread_mutex_lock(&conns_lock);
+  cdbx_conn *conn = conns;
+  while (conn && conn->db != db) conn = conn->next_conn;
+  pthread_mutex_unlock(&conns_lock);
+  if (!conn) return api_error(errmsg, SQLITE_MISUSE, "clipdb is not registered on this connection");
+  cdbx_table *t = cdbx_conn_open_table(db, conn, table);
+  if (!t) {
+    if (errmsg) *errmsg = sqlite3_mprintf("no clip table named \"%s\"", table);
+    return SQLITE_ERROR;
+  }
+  clip_model *m = cdbx_table_model(t);
+  if (!m) {
+    const char *why = t->base.zErrMsg ? t->base.zErrMsg : "the model could not be loaded";
+    int rc = api_error(errmsg, SQLITE_ERROR, why);
+    sqlite3_free(t->base.zErrMsg);
+    t->base.zErrMsg = NULL;
+    return rc;
+  }
+  cdbx_registry_retain(m);
+  *model = m;
+  return SQLITE_OK;
+}
+
+void clipdb_model_release(clip_model *model) {
+  cdbx_registry_release(model);
 }
 
 #ifndef SQLITE_CORE

@@ -4,7 +4,7 @@
  * Owns: the table's definition (cdbx_table.n_user ... .uid): the user columns, and at CREATE the
  * choice of dims, model name and identity, index type and parameters (store.c persists them in
  * T_config and reads them back at connect).
- * Calls only models.c and index/; called by vtab.c (xCreate, xConnect, xRename). */
+ * Calls only encoder.c and index/; called by vtab.c (xCreate, xConnect, xRename). */
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,7 +106,7 @@ static int parse_option(table_args *a, const char *key, const char *value, char 
   }
   if (sqlite3_stricmp(key, "dims") == 0) {
     a->has_dims = 1;
-    return parse_int_option(key, value, 1, CDBX_MAX_DIMS, &a->dims, errmsg);
+    return parse_int_option(key, value, 1, CDB_INDEX_MAX_DIM, &a->dims, errmsg);
   }
   if (sqlite3_stricmp(key, "autotrain") == 0) {
     return parse_bool_option(key, value, &a->autotrain, errmsg);

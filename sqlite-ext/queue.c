@@ -10,15 +10,37 @@
 #include <string.h>
 
 #include "sqlite-ext/table.h"
-/* ---- the table's model ---- */
+/* ---- the table's model ----
+ * The table stores the identity of the model its vectors come from (clip_model_identity); the
+ * model now under the table's model name must have it. A table written before identities
+ * covered the weights stores the legacy form: it is accepted when it matches and rewritten by
+ * the next commit. 'rebuild' under a model with another identity embeds every row again. */
 
-static int short_id(const char *identity) {
-  return identity && strlen(identity) > 12 ? 12 : identity ? (int)strlen(identity) : 0;
+static const char *shown_model_name(const cdbx_table *t) {
+  return t->model_name[0] ? t->model_name : "(the default model)";
 }
 
-/* The model this table embeds with, loaded on first need and checked against the table. */
-clip_model *cdbx_table_model(cdbx_table *t) {
-  if (t->queue.model) return t->queue.model;
+static int identity_error(cdbx_table *t, clip_model *m) {
+  const char *shown = shown_model_name(t);
+  return cdbx_table_error(
+      t, "clip: %s: its vectors were embedded by model %s with identity %s, but %s now loads a "
+         "different model, with identity %s (other weights or configuration: the two models' "
+         "vectors cannot be compared). Either embed every row again from its stored image or text with "
+         "the new model: INSERT INTO %s(%s) VALUES('rebuild'); or use the original model: "
+         "SELECT clip_model(name, path) with its directory",
+      t->name, shown, t->model_identity ? t->model_identity : "(none)", shown,
+      clip_model_identity(m), t->name, t->name);
+}
+
+static int dims_error(cdbx_table *t, clip_model *m) {
+  return cdbx_table_error(t, "clip: %s has %d dimensions but its model %s now loads a model of "
+                             "%d (identity %s); use the original model, or create a new table",
+                          t->name, t->dims, shown_model_name(t), clip_model_dim(m),
+                          clip_model_identity(m));
+}
+
+/* The model now under the table's model name, unchecked; NULL with the table's error set. */
+static clip_model *named_model(cdbx_table *t) {
   if (!t->model_name) {
     cdbx_table_error(t, "clip: %s holds precomputed vectors only (created with dims=, no model): "
                         "write the embedding column, and query with an embedding BLOB",
@@ -27,27 +49,63 @@ clip_model *cdbx_table_model(cdbx_table *t) {
   }
   cdb_error err = {{0}};
   clip_model *m = cdbx_conn_model(t->conn, t->model_name, &err);
-  const char *shown = t->model_name[0] ? t->model_name : "(the default model)";
   if (!m) {
     cdbx_table_error(t, "clip: %s uses model %s: %s; register it with SELECT clip_model(name, "
-                        "path)", t->name, shown, err.msg);
-    return NULL;
+                        "path)", t->name, shown_model_name(t), err.msg);
   }
-  const char *id = clip_model_identity(m);
-  if (clip_model_dim(m) != t->dims || !t->model_identity || strcmp(id, t->model_identity) != 0) {
-    cdbx_table_error(t, "clip: %s was created with model %s (identity %.*s, %d dims) but that "
-                        "name now loads a different model (identity %.*s, %d dims); register "
-                        "the original with clip_model() or recreate the table",
-                     t->name, shown, short_id(t->model_identity),
-                     t->model_identity ? t->model_identity : "", t->dims, short_id(id), id,
-                     clip_model_dim(m));
-    return NULL;
-  }
-  cdbx_registry_retain(m);
-  t->queue.model = m;
   return m;
 }
 
+static void take_model(cdbx_table *t, clip_model *m) {
+  cdbx_registry_retain(m);
+  t->queue.model = m;
+}
+
+static int set_identity_pending(cdbx_table *t, clip_model *m) {
+  sqlite3_free(t->queue.identity_pending);
+  t->queue.identity_pending = sqlite3_mprintf("%s", clip_model_identity(m));
+  return t->queue.identity_pending ? SQLITE_OK : SQLITE_NOMEM;
+}
+
+/* The model this table embeds with, loaded on first need and checked against the table. */
+clip_model *cdbx_table_model(cdbx_table *t) {
+  if (t->queue.model) return t->queue.model;
+  clip_model *m = named_model(t);
+  if (!m || cdbx_store_read_model_identity(t) != SQLITE_OK) return NULL;
+  const char *stored = t->model_identity ? t->model_identity : "";
+  if (clip_model_dim(m) != t->dims) {
+    dims_error(t, m);
+    return NULL;
+  }
+  if (strcmp(stored, clip_model_legacy_identity(m)) == 0) {
+    if (set_identity_pending(t, m) != SQLITE_OK) return NULL;
+  } else if (strcmp(stored, clip_model_identity(m)) != 0) {
+    identity_error(t, m);
+    return NULL;
+  }
+  take_model(t, m);
+  return m;
+}
+
+int cdbx_table_model_sync(cdbx_table *t) {
+  if (!t->queue.identity_pending) return SQLITE_OK;
+  return cdbx_store_set_model_identity(t, t->queue.identity_pending);
+}
+
+void cdbx_table_model_commit(cdbx_table *t) {
+  t->queue.model_adopted = 0;
+  if (!t->queue.identity_pending) return;
+  sqlite3_free(t->model_identity);
+  t->model_identity = t->queue.identity_pending;
+  t->queue.identity_pending = NULL;
+}
+
+void cdbx_table_model_rollback(cdbx_table *t) {
+  if (!t->queue.model_adopted) return;
+  cdbx_registry_release(t->queue.model);
+  t->queue.model = NULL;
+  t->queue.model_adopted = 0;
+}
 
 /* ---- writes: the pending queue ----
  * An INSERT (or an UPDATE that re-embeds) validates and preprocesses its image or text at once,
@@ -446,9 +504,10 @@ static int reembed_row(cdbx_table *t, int64_t rowid, int queue) {
   if (rc == SQLITE_OK && queue) rc = source_commit(t, rowid, &src);
   if (rc != SQLITE_OK && t->base.zErrMsg) {
     char *why = sqlite3_mprintf("%s", t->base.zErrMsg);
-    cdbx_fail(t, "rebuild: row %lld has no vector and cannot be embedded again "
-                 "(%s); fix or delete the row, then rebuild", (long long)rowid,
-              why ? why : "out of memory");
+    const char *state = t->queue.model_adopted ? "needs a vector from the new model but"
+                                               : "has no vector and";
+    cdbx_fail(t, "rebuild: row %lld %s cannot be embedded again (%s); fix or delete the row, "
+                 "then rebuild", (long long)rowid, state, why ? why : "out of memory");
     sqlite3_free(why);
   }
   source_free(&src);
@@ -466,6 +525,40 @@ int cdbx_reembed_missing(cdbx_table *t) {
   for (int64_t i = 0; rc == SQLITE_OK && i < ids.n; i++) rc = reembed_row(t, ids.ids[i], 1);
   if (rc == SQLITE_OK) rc = cdbx_pending_flush(t);
   free(ids.ids);
+  return rc;
+}
+
+/* For 'rebuild' when the model under the table's name has another identity than the one its
+ * vectors come from: that model is adopted and every row embedded again from its stored image or
+ * text (all checked first, so one that cannot be fails the command before anything is written).
+ * *adopted is set when it happened; nothing is done when the model matches or cannot load. */
+int cdbx_reembed_for_new_model(cdbx_table *t, int *adopted) {
+  *adopted = 0;
+  if (!t->model_name || t->queue.model) return SQLITE_OK;
+  cdb_error err = {{0}};
+  clip_model *m = cdbx_conn_model(t->conn, t->model_name, &err);
+  if (!m) return SQLITE_OK; /* no model to move to: rows that need one say so */
+  if (cdbx_store_read_model_identity(t) != SQLITE_OK) return SQLITE_ERROR;
+  const char *stored = t->model_identity ? t->model_identity : "";
+  if (strcmp(stored, clip_model_identity(m)) == 0 ||
+      strcmp(stored, clip_model_legacy_identity(m)) == 0)
+    return SQLITE_OK;
+  if (clip_model_dim(m) != t->dims) return dims_error(t, m);
+  take_model(t, m);
+  t->queue.model_adopted = 1;
+  *adopted = 1;
+  id_list ids = {0};
+  int rc = cdbx_store_all_row_ids(t, &ids);
+  for (int64_t i = 0; rc == SQLITE_OK && i < ids.n; i++) rc = reembed_row(t, ids.ids[i], 0);
+  for (int64_t i = 0; rc == SQLITE_OK && i < ids.n; i++) rc = reembed_row(t, ids.ids[i], 1);
+  if (rc == SQLITE_OK) rc = cdbx_pending_flush(t);
+  if (rc == SQLITE_OK) rc = cdbx_store_set_model_identity(t, clip_model_identity(m));
+  if (rc == SQLITE_OK) rc = cdbx_store_read_model_identity(t);
+  free(ids.ids);
+  if (rc != SQLITE_OK) {
+    cdbx_pending_clear(t);
+    cdbx_table_model_rollback(t);
+  }
   return rc;
 }
 
@@ -524,7 +617,7 @@ static int vector_from_text(cdbx_table *t, int64_t rowid, sqlite3_value *text, i
   if (st) {
     sqlite3_bind_int64(st, 1, rowid);
     if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_bytes(st, 0) == t->dims * 4) {
-      *from_text = cdbx_vec_dot(mine, sqlite3_column_blob(st, 0), t->dims) > 1.0 - 1e-4;
+      *from_text = cdb_vec_dot(mine, sqlite3_column_blob(st, 0), t->dims) > 1.0 - 1e-4;
     }
     sqlite3_reset(st);
   } else if (rc == SQLITE_OK) {

@@ -278,17 +278,29 @@ int cdbx_store_row_source(cdbx_table *t, int64_t rowid, sqlite3_value **image,
 
 /* Rows of T_rows that have no vector, collected first (their vectors are written while a
  * statement over the same tables would still be open). */
-int cdbx_store_rows_without_vector(cdbx_table *t, id_list *ids) {
-  sqlite3_stmt *st = NULL;
-  int rc = prepare_fmt(t, &st, "SELECT rowid FROM \"%w\".\"%w_rows\" r WHERE NOT EXISTS "
-                       "(SELECT 1 FROM \"%w\".\"%w_vectors\" v WHERE v.rowid = r.rowid)",
-                       t->schema, t->name, t->schema, t->name);
+/* Appends the rowids st selects (prepared when rc is SQLITE_OK) to ids; finalizes st. */
+static int collect_ids(cdbx_table *t, sqlite3_stmt *st, int rc, id_list *ids) {
   while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW)
     rc = cdbx_id_list_push(ids, sqlite3_column_int64(st, 0));
   if (rc == SQLITE_DONE) rc = SQLITE_OK;
   if (rc != SQLITE_OK && rc != SQLITE_NOMEM) rc = cdbx_fail(t, "%s", sqlite3_errmsg(t->db));
   sqlite3_finalize(st);
   return rc;
+}
+
+int cdbx_store_rows_without_vector(cdbx_table *t, id_list *ids) {
+  sqlite3_stmt *st = NULL;
+  int rc = prepare_fmt(t, &st, "SELECT rowid FROM \"%w\".\"%w_rows\" r WHERE NOT EXISTS "
+                       "(SELECT 1 FROM \"%w\".\"%w_vectors\" v WHERE v.rowid = r.rowid)",
+                       t->schema, t->name, t->schema, t->name);
+  return collect_ids(t, st, rc, ids);
+}
+
+/* Every row, for a 'rebuild' that embeds all of them again with another model. */
+int cdbx_store_all_row_ids(cdbx_table *t, id_list *ids) {
+  sqlite3_stmt *st = NULL;
+  int rc = prepare_fmt(t, &st, "SELECT rowid FROM \"%w\".\"%w_rows\"", t->schema, t->name);
+  return collect_ids(t, st, rc, ids);
 }
 
 /* ---- config ---- */
@@ -313,6 +325,10 @@ static int config_set_text(cdbx_table *t, const char *key, const char *value) {
   return step_done(t, st, "writing config");
 }
 
+int cdbx_store_set_model_identity(cdbx_table *t, const char *identity) {
+  return config_set_text(t, "model_identity", identity);
+}
+
 /* *found = 0 when the key is absent. Text values are sqlite3_malloc'd copies. */
 static int config_get(cdbx_table *t, const char *key, int64_t *ival, char **tval, int *found) {
   sqlite3_stmt *st = cdbx_stmt(t, ST_CONFIG_GET);
@@ -334,6 +350,16 @@ static int config_get(cdbx_table *t, const char *key, int64_t *ival, char **tval
   }
   sqlite3_reset(st);
   return rc;
+}
+
+int cdbx_store_read_model_identity(cdbx_table *t) {
+  char *identity = NULL;
+  int found = 0;
+  int rc = config_get(t, "model_identity", NULL, &identity, &found);
+  if (rc != SQLITE_OK) return rc;
+  sqlite3_free(t->model_identity);
+  t->model_identity = identity;
+  return SQLITE_OK;
 }
 
 static int config_int(cdbx_table *t, const char *key, int64_t *out) {
@@ -393,7 +419,7 @@ int cdbx_store_read_config(cdbx_table *t, char **errmsg) {
     rc = cdbx_fail(t, "unsupported storage version %lld", (long long)version);
   }
   if (rc == SQLITE_OK) rc = config_int(t, "dims", &dims);
-  if (rc == SQLITE_OK && (dims < 1 || dims > CDBX_MAX_DIMS)) {
+  if (rc == SQLITE_OK && (dims < 1 || dims > CDB_INDEX_MAX_DIM)) {
     rc = cdbx_fail(t, "corrupt config: dims %lld", (long long)dims);
   }
   if (rc == SQLITE_OK) rc = config_get(t, "model", NULL, &t->model_name, &found);
@@ -414,14 +440,10 @@ int cdbx_store_read_config(cdbx_table *t, char **errmsg) {
 }
 
 int cdbx_store_drop(cdbx_table *t) {
-  return exec_fmt(t,
-                  "DROP TABLE IF EXISTS \"%w\".\"%w_config\";"
-                  "DROP TABLE IF EXISTS \"%w\".\"%w_rows\";"
-                  "DROP TABLE IF EXISTS \"%w\".\"%w_vectors\";"
-                  "DROP TABLE IF EXISTS \"%w\".\"%w_changes\";"
-                  "DROP TABLE IF EXISTS \"%w\".\"%w_index\";",
-                  t->schema, t->name, t->schema, t->name, t->schema, t->name, t->schema, t->name,
-                  t->schema, t->name);
+  int rc = SQLITE_OK;
+  for (size_t i = 0; rc == SQLITE_OK && i < sizeof suffixes / sizeof suffixes[0]; i++)
+    rc = exec_fmt(t, "DROP TABLE IF EXISTS \"%w\".\"%w_%s\"", t->schema, t->name, suffixes[i]);
+  return rc;
 }
 
 int cdbx_store_rename(cdbx_table *t, const char *to) {

@@ -84,6 +84,10 @@ typedef struct table_txn {
 /* The embedding queue and the model it embeds with (queue.c). */
 typedef struct table_queue {
   clip_model *model; /* retained; loaded on first need (or chosen at CREATE by options.c) */
+  /* The model's identity, sqlite3_malloc'd, to be written into T_config by the next commit
+   * that writes the table, since T_config holds its legacy form; NULL when none. */
+  char *identity_pending;
+  int model_adopted; /* 'rebuild' moved the table to a new model in this transaction */
   pending_rows pending;
   int64_t embed_batches; /* encoder calls for this table's rows on this connection */
   int64_t embedded_rows; /* rows those calls embedded */
@@ -124,7 +128,7 @@ struct cdbx_table {
 
 #define CDBX_NO_COLUMN (-2)
 
-/* Each file below calls only the files listed after it (and models.c, vec.c, embed/, index/):
+/* Each file below calls only the files listed after it (and encoder.c, vec.c, embed/, index/):
  * vtab.c -> commands.c -> queue.c -> cache.c -> store.c; plan.c and options.c are called by
  * vtab.c only. */
 
@@ -169,6 +173,12 @@ int cdbx_table_index_info(cdbx_table *t, cdb_index_info *info);
 /* The model this table embeds with, loaded on first need and checked against the table; NULL
  * (with the table's error set) for a dims= table or a model whose identity changed. */
 clip_model *cdbx_table_model(cdbx_table *t);
+/* A legacy identity's upgrade is written into T_config at xSync and adopted at xCommit; a
+ * rollback after 'rebuild' moved the table to a new model drops the model, so its next use
+ * reads the identity T_config holds again. */
+int cdbx_table_model_sync(cdbx_table *t);
+void cdbx_table_model_commit(cdbx_table *t);
+void cdbx_table_model_rollback(cdbx_table *t);
 /* The writes of xUpdate; cols points at the declared columns (argv + 2). */
 int cdbx_row_insert(cdbx_table *t, sqlite3_value *rowid_v, sqlite3_value **cols,
                     sqlite3_int64 *out_rowid);
@@ -184,6 +194,9 @@ void cdbx_pending_free(cdbx_table *t);
 /* For 'rebuild': rows that lost their vector (deleted from T_vectors behind the table's back)
  * are embedded again from their stored image or text; one that cannot be is an error. */
 int cdbx_reembed_missing(cdbx_table *t);
+/* For 'rebuild' under a model whose identity is not the table's: every row embedded again with
+ * it (*adopted set); nothing when the model matches. */
+int cdbx_reembed_for_new_model(cdbx_table *t, int *adopted);
 
 /* ---- cache.c ---- */
 /* Brings the cache up to date with the tables (another connection's commits, rollbacks). */
@@ -242,6 +255,11 @@ int cdbx_store_prepare_row_lookup(cdbx_table *t, sqlite3_stmt **out);
 int cdbx_store_row_source(cdbx_table *t, int64_t rowid, sqlite3_value **image,
                           sqlite3_value **text);
 int cdbx_store_rows_without_vector(cdbx_table *t, id_list *ids);
+int cdbx_store_all_row_ids(cdbx_table *t, id_list *ids);
+/* The identity of the model the table's vectors come from, in T_config: written, or read back
+ * into t->model_identity. */
+int cdbx_store_set_model_identity(cdbx_table *t, const char *identity);
+int cdbx_store_read_model_identity(cdbx_table *t);
 /* Vectors: one row's (*found = 0 when it has none; vec gets dims floats), or each in turn. */
 int cdbx_store_read_vector(cdbx_table *t, int64_t rowid, float *vec, int *found);
 typedef int (*cdbx_vector_fn)(cdbx_table *t, void *ctx, int64_t rowid, const float *v,

@@ -28,6 +28,7 @@ static void table_free(cdbx_table *t) {
   sqlite3_free(t->name);
   sqlite3_free(t->model_name);
   sqlite3_free(t->model_identity);
+  sqlite3_free(t->queue.identity_pending);
   sqlite3_free(t->index_type);
   sqlite3_free(t->base.zErrMsg);
   free(t->cache.pend_ids.ids);
@@ -360,10 +361,11 @@ static int knn_limits(cdbx_table *t, query_parts *q, int *k, int *nprobe, double
   *nprobe = 0;
   *max_dist = -1;
   if (q->k) {
-    rc = int_arg(t, q->k, "k", 1, CDBX_MAX_K, k);
+    rc = int_arg(t, q->k, "k", 1, CDB_INDEX_MAX_K, k);
   } else if (q->limit) {
-    rc = int_arg(t, q->limit, "LIMIT", 0, CDBX_MAX_K, k);
-    if (rc == SQLITE_OK && q->offset) rc = int_arg(t, q->offset, "OFFSET", 0, CDBX_MAX_K, &offset);
+    rc = int_arg(t, q->limit, "LIMIT", 0, CDB_INDEX_MAX_K, k);
+    if (rc == SQLITE_OK && q->offset)
+      rc = int_arg(t, q->offset, "OFFSET", 0, CDB_INDEX_MAX_K, &offset);
     *k += offset;
   }
   if (rc == SQLITE_OK && q->nprobe) rc = int_arg(t, q->nprobe, "nprobe", 1, 1 << 24, nprobe);
@@ -445,9 +447,9 @@ static int grow_search(cdbx_table *t, cdbx_cursor *c) {
   for (int64_t i = 0; i < c->n; i++) {
     if (cdbx_id_list_push(&c->seen, c->ids[i]) != SQLITE_OK) return SQLITE_NOMEM;
   }
-  if (!full || c->seen.n >= limit || c->k >= CDBX_MAX_K) return SQLITE_DONE;
+  if (!full || c->seen.n >= limit || c->k >= CDB_INDEX_MAX_K) return SQLITE_DONE;
   qsort(c->seen.ids, (size_t)c->seen.n, sizeof(int64_t), cmp_i64);
-  c->k = c->k * 4 > CDBX_MAX_K ? CDBX_MAX_K : c->k * 4;
+  c->k = c->k * 4 > CDB_INDEX_MAX_K ? CDB_INDEX_MAX_K : c->k * 4;
   int rc = run_search(t, c, c->k, -1);
   int64_t kept = 0;
   for (int64_t i = 0; rc == SQLITE_OK && i < c->n; i++) {
@@ -611,6 +613,7 @@ static int x_sync(sqlite3_vtab *vt) {
   sqlite3_int64 last = sqlite3_last_insert_rowid(t->db); /* training writes are internal */
   int rc = cdbx_pending_flush(t);
   if (rc == SQLITE_OK) rc = cdbx_maintain(t);
+  if (rc == SQLITE_OK) rc = cdbx_table_model_sync(t);
   sqlite3_set_last_insert_rowid(t->db, last);
   return rc;
 }
@@ -618,6 +621,7 @@ static int x_sync(sqlite3_vtab *vt) {
 static int x_commit(sqlite3_vtab *vt) {
   cdbx_table *t = (cdbx_table *)vt;
   cdbx_pending_free(t); /* empty after xSync; the buffers are not kept between transactions */
+  cdbx_table_model_commit(t);
   cdbx_cache_after_commit(t);
   t->txn.in_txn = 0;
   t->txn.touched.n = 0;
@@ -640,6 +644,7 @@ static int rollback_from(cdbx_table *t, int64_t from, int64_t seq) {
 static int x_rollback(sqlite3_vtab *vt) {
   cdbx_table *t = (cdbx_table *)vt;
   cdbx_pending_free(t);
+  cdbx_table_model_rollback(t);
   rollback_from(t, 0, t->txn.begin_seq);
   t->txn.in_txn = 0;
   t->txn.touched.n = 0;
@@ -682,6 +687,7 @@ static int x_rollback_to(sqlite3_vtab *vt, int i) {
   cdbx_table *t = (cdbx_table *)vt;
   int have = i < t->txn.n_sp;
   cdbx_pending_clear(t); /* every queued row is newer than savepoint i: SQLite removed it */
+  cdbx_table_model_rollback(t);
   rollback_from(t, have ? t->txn.sp_marks[i] : 0, have ? t->txn.sp_seq[i] : t->txn.begin_seq);
   if (have) t->txn.n_sp = i + 1;
   return SQLITE_OK;

@@ -11,7 +11,7 @@
  * that header when a redirect leads to another host or port (we never set UNRESTRICTED_AUTH), and
  * the token never appears in messages. Only http and https, also after redirects.
  *
- * Owned by the model-download area (cli/cmd_model.c is the caller). Thread-safe: no globals beyond
+ * src/hub.c (pulls from the Hugging Face hub) is the caller. Thread-safe: no globals beyond
  * libcurl's once-only initialisation. */
 #ifndef CDB_DOWNLOAD_H
 #define CDB_DOWNLOAD_H

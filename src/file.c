@@ -1,4 +1,4 @@
-/* file.c: whole-file reads and read-only memory maps. */
+/* file.c: whole-file reads, read-only memory maps and paths. */
 #include "src/file.h"
 
 #include <errno.h>
@@ -91,4 +91,9 @@ char *cdb_path_join(const char *dir, const char *name) {
   out[dl] = '/';
   memcpy(out + dl + 1, name, nl + 1);
   return out;
+}
+
+bool cdb_is_dir(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }

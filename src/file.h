@@ -1,7 +1,8 @@
-/* file.h: whole-file reads and read-only memory maps, with errors naming the path. */
+/* file.h: whole-file reads, read-only memory maps and paths, with errors naming the path. */
 #ifndef CDB_FILE_H
 #define CDB_FILE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "src/err.h"
@@ -21,5 +22,8 @@ void cdb_mmap_close(cdb_mmap *map);
 
 /* Joins dir and name with one '/', malloc'd. */
 char *cdb_path_join(const char *dir, const char *name);
+
+/* True when path names a folder (following symbolic links). */
+bool cdb_is_dir(const char *path);
 
 #endif

@@ -1,4 +1,4 @@
-/* test_core.c: the shared core (errors, files, JSON helpers, worker pool, model paths). */
+/* test_core.c: the shared core (errors, files, JSON helpers, worker pool, model paths, cache). */
 #include <criterion/criterion.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -8,8 +8,9 @@
 
 #include "src/err.h"
 #include "src/file.h"
+#include "src/hub.h"
 #include "src/json.h"
-#include "src/models.h"
+#include "src/model_path.h"
 #include "src/pool.h"
 
 static char *write_temp(const char *content) {
@@ -102,12 +103,12 @@ Test(pool, every_task_runs_exactly_once) {
 Test(models, cache_paths_and_name_validation) {
   cdb_error err;
   setenv("XDG_CACHE_HOME", "/tmp/clipdb-xdg", 1);
-  char *p = cdb_model_cache_path("openai/clip-vit-base-patch32", &err);
+  char *p = cdb_hub_model_dir("openai/clip-vit-base-patch32", &err);
   cr_assert_str_eq(p, "/tmp/clipdb-xdg/clipdb/models/openai--clip-vit-base-patch32");
   free(p);
-  cr_assert_null(cdb_model_cache_path("../etc/passwd", &err));
-  cr_assert_null(cdb_model_cache_path("a/b/c", &err));
-  cr_assert_null(cdb_model_cache_path("noslash", &err));
+  cr_assert_null(cdb_hub_model_dir("../etc/passwd", &err));
+  cr_assert_null(cdb_hub_model_dir("a/b/c", &err));
+  cr_assert_null(cdb_hub_model_dir("noslash", &err));
   char *missing = cdb_model_resolve("nobody/nothing", &err);
   cr_assert_null(missing);
   cr_assert(strstr(err.msg, "clipdb model pull nobody/nothing"), "%s", err.msg);

@@ -3,6 +3,9 @@
  * clear message instead of crashing. */
 #include <stdint.h>
 
+#include <cblas.h>
+#include <glib.h>
+
 #include "embed/clip_internal.h"
 #include "embed/kernels/kernels.h"
 #include "embed/safetensors.h"
@@ -439,4 +442,31 @@ Test(checkpoint, params_reach_image_spec) {
   cr_assert_eq(clip_model_image_spec(m)->max_pixels, 12345);
   clip_model_free(m);
   free(dir);
+}
+
+/* ---- OpenBLAS's own threads ---- */
+
+static int thread_count(void) {
+  GDir *d = g_dir_open("/proc/self/task", 0, NULL);
+  cr_assert_not_null(d);
+  int n = 0;
+  while (g_dir_read_name(d)) n++;
+  g_dir_close(d);
+  return n;
+}
+
+/* A short-lived process stops the threads OpenBLAS starts (they poll a core for ~0.1 s);
+ * OpenBLAS restarts them for a later threaded call (a threaded sgemm, as before the release). */
+Test(checkpoint, release_blas_threads) {
+  enum { N = 512 };
+  float *a = calloc((size_t)N * N, sizeof(float)), *c = calloc((size_t)N * N, sizeof(float));
+  openblas_set_num_threads(2);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, N, N, 1.0f, a, N, a, N, 0.0f, c, N);
+  int with_blas = thread_count();
+  clip_release_blas_threads();
+  cr_expect_lt(thread_count(), with_blas, "OpenBLAS's threads still run");
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, N, N, 1.0f, a, N, a, N, 1.0f, c, N);
+  cr_expect_eq(thread_count(), with_blas, "OpenBLAS did not restart its threads");
+  free(a);
+  free(c);
 }

@@ -504,3 +504,72 @@ Test(image, concurrent) {
     cr_assert_arr_eq(results + (size_t)i * 3 * NPIX, results, sizeof(float) * 3 * NPIX);
   free(results);
 }
+
+/* The tiny model's embedding of preprocessed pixels. */
+static float *embed_pixels(clip_model *model, const float *px) {
+  float *v = malloc(sizeof(float) * (size_t)clip_model_dim(model));
+  cdb_error err = {{0}};
+  cr_assert_eq(clip_embed_pixels(model, px, 1, v, &err), 0, "%s", err.msg);
+  return v;
+}
+
+/* WebPs are shrunk on load in the default mode (libwebp's rescaler, then the exact resize) and
+ * decoded whole in exact mode. A lossless WebP of a golden PNG holds the PNG's pixels: exact
+ * mode must give the reference pixels, the default mode other pixels (it shrank) whose
+ * embedding stays close to the reference one; a lossy demo WebP must embed close to its own
+ * exact-mode pixels. Measured cosines: 0.999998 (golden, 640x480 shrunk 4x for 64 px; mean
+ * 0.07, max 3 levels off) and 0.999996 (demo 1600x1200, shrunk 8x); bounds 10x below. */
+Test(image, webp_shrink_on_load, .init = init_vips) {
+  char *png = data_path("goldens/images/04_red_square_on_blue.png");
+  char *demo = demo_path("051-orange-circle-on-white.webp"), *dir = data_path("clip-tiny-shapes");
+  struct json_object *root, *images = golden_images(&root), *item = json_object_array_get_idx(images, 4);
+  cr_assert_str_eq(json_str(item, "file"), "images/04_red_square_on_blue.png");
+  float *want_px = json_floats(item, "pixels", NPIX), *want = NULL;
+  cdb_error err = {{0}};
+  clip_model *model = clip_model_load(dir, NULL, &err);
+  cr_assert_not_null(model, "%s", err.msg);
+  int dim = clip_model_dim(model);
+  want = json_floats(item, "embedding", (size_t)dim);
+  VipsImage *img = vips_image_new_from_file(png, NULL);
+  cr_assert_not_null(img);
+  void *webp;
+  size_t webp_len;
+  cr_assert_eq(vips_webpsave_buffer(img, &webp, &webp_len, "lossless", TRUE, NULL), 0);
+  gchar *lossy;
+  gsize lossy_len;
+  cr_assert(g_file_get_contents(demo, &lossy, &lossy_len, NULL));
+
+  clip_image_set_exact_resize(1);
+  float *exact_px = preprocess_buffer(webp, webp_len, "lossless webp, exact");
+  float *demo_exact_px = preprocess_buffer(lossy, lossy_len, "demo webp, exact");
+  clip_image_set_exact_resize(0);
+  float *fast_px = preprocess_buffer(webp, webp_len, "lossless webp, fast");
+  float *demo_fast_px = preprocess_buffer(lossy, lossy_len, "demo webp, fast");
+
+  diff exact_d = compare(exact_px, want_px), fast_d = compare(fast_px, want_px);
+  cr_log_info("lossless webp: exact mean %.3f max %.1f, fast mean %.3f max %.1f levels",
+              exact_d.mean, exact_d.max, fast_d.mean, fast_d.max);
+  cr_expect_leq(exact_d.max, 0.01, "exact mode: %.2f levels off the reference", exact_d.max);
+  cr_expect_geq(fast_d.max, 1.0, "default mode gave the exact pixels: not shrunk on load");
+  float *fast = embed_pixels(model, fast_px), *demo_exact = embed_pixels(model, demo_exact_px);
+  float *demo_fast = embed_pixels(model, demo_fast_px);
+  double cos = cosine(fast, want, dim), demo_cos = cosine(demo_fast, demo_exact, dim);
+  cr_log_info("cosine: golden %.6f, demo %.6f", cos, demo_cos);
+  cr_expect_geq(cos, 0.99998, "lossless webp shrunk on load: cosine %.6f to the reference", cos);
+  cr_expect_geq(compare(demo_fast_px, demo_exact_px).max, 1.0, "demo webp not shrunk on load");
+  cr_expect_geq(demo_cos, 0.99996, "demo webp: cosine %.6f to its exact-mode embedding", demo_cos);
+
+  const char *mode = getenv("CLIPDB_RESIZE");
+  clip_image_set_exact_resize(mode && strcmp(mode, "exact") == 0);
+  float *floats[] = {exact_px, fast_px, demo_exact_px, demo_fast_px, fast, demo_exact,
+                     demo_fast, want, want_px};
+  for (size_t i = 0; i < sizeof floats / sizeof *floats; i++) free(floats[i]);
+  g_free(webp);
+  g_free(lossy);
+  g_object_unref(img);
+  clip_model_free(model);
+  json_object_put(root);
+  g_free(png);
+  g_free(demo);
+  g_free(dir);
+}

@@ -5,6 +5,7 @@ brute-force cosine similarity (numpy) over the vectors stored in the database's 
 shadow tables for search and similar. Run with /usr/bin/python3:
     CLIPDB_BUILD_DIR=build-cli /usr/bin/python3 -m pytest tests/python/test_cli.py
 """
+import hashlib
 import json
 import os
 import pathlib
@@ -159,6 +160,15 @@ def test_first_index_adds_every_photo(library):
     assert s["added"] + s["reused"] == n
     assert s["embedded"] == s["added"]
     assert len(stored_vectors(library["db"])) == n
+
+
+def test_stored_hashes_are_sha256_of_the_files(library):
+    con = sqlite3.connect(library["db"])
+    rows = con.execute("SELECT path, hash FROM photos_rows").fetchall()
+    con.close()
+    assert len(rows) == len(images_in(library["photos"]))
+    for path, digest in rows:
+        assert digest == hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest(), path
 
 
 def test_reindex_embeds_nothing(library, clipdb_bin, env):
@@ -726,3 +736,15 @@ def test_clipdb_weights_modes_on_an_f32_checkpoint(tmp_path, model_dir, clipdb_b
     assert same(img, modes[None][1])
     text, img = modes["f16"]
     assert same(text, text_a) and same(img, image_a), "f16: both towers halved"
+
+
+def test_text_query_does_not_start_libvips(library, clipdb_bin, env, demo_dir):
+    """Starting libvips loads its modules (50-120 ms): a text query must not pay for it, an
+    image query does. LD_DEBUG=files makes the loader report each library it opens."""
+    e = dict(env, LD_DEBUG="files")
+    image = images_in(demo_dir)[0]
+    if "vips-modules" not in run(clipdb_bin, e, "embed", "--image", image).stderr:
+        pytest.skip("this libvips loads no modules")
+    for args in (["embed", "--text", "a red star"], ["--db", library["db"], "search", "a red star"]):
+        p = run(clipdb_bin, e, *args)
+        assert "vips-modules" not in p.stderr, f"{args} started libvips"

@@ -1,5 +1,6 @@
-/* cmd_tokenize_embed.c: `clipdb tokenize` and `clipdb embed`, thin wrappers over embed/clip.h
- * that print token ids / normalised vectors as JSON arrays (for scripting and golden checks). */
+/* cmd_embed.c: `clipdb embed`, a thin wrapper over embed/clip.h that prints the normalised vector
+ * of a text, an image or raw pixels as one JSON array (for scripting and golden checks), with the
+ * library's model when there is a library and no --model. */
 #include <getopt.h>
 #include <math.h>
 #include <stdint.h>
@@ -7,72 +8,12 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/db.h"
 #include "embed/clip.h"
-#include "src/fetch.h"
 #include "src/file.h"
 
 /* Raw pixel files are CxHxW float32; 3 x 1024 x 1024 is far above any CLIP input size. */
 #define MAX_PIXEL_FILE_BYTES ((size_t)3 * 1024 * 1024 * sizeof(float))
-
-/* An image path, or an http(s) URL fetched with the core's size/time/redirect limits. */
-static int embed_image_source(clip_model *model, const char *source, float *vec, cdb_error *err) {
-  if (!cdb_is_url(source)) return clip_embed_image_files(model, &source, 1, vec, err);
-  size_t len = 0;
-  void *bytes = cdb_fetch(source, NULL, &len, err);
-  if (!bytes) return -1;
-  const void *bufs[1] = {bytes};
-  int rc = clip_embed_image_buffers(model, bufs, &len, 1, vec, err);
-  free(bytes);
-  return rc;
-}
-
-static clip_model *load_model(const cli_ctx *ctx) {
-  cdb_error err = {{0}};
-  char *dir = cli_model_dir(ctx, &err);
-  if (!dir) {
-    cli_error("%s", err.msg);
-    return NULL;
-  }
-  clip_model *model = clip_model_load(dir, NULL, &err);
-  if (!model) cli_error("%s", err.msg);
-  free(dir);
-  return model;
-}
-
-static const char TOKENIZE_USAGE[] =
-    "usage: clipdb tokenize [--model DIR] TEXT\n"
-    "Prints the model's context-length token ids for TEXT (SOT, tokens, EOT, zero padding)\n"
-    "as one JSON array.\n";
-
-int cmd_tokenize(int argc, char **argv, const cli_ctx *ctx) {
-  static const struct option longopts[] = {{"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-  int c;
-  while ((c = getopt_long(argc, argv, "+h", longopts, NULL)) != -1) {
-    if (c == 'h') return fputs(TOKENIZE_USAGE, stdout), CLI_OK;
-    return cli_usage_error("tokenize", "unknown option");
-  }
-  if (argc - optind != 1) return cli_usage_error("tokenize", "expected one TEXT argument");
-  const char *text = argv[optind];
-  clip_model *model = load_model(ctx);
-  if (!model) return CLI_FAIL;
-  int n = clip_model_context_length(model);
-  int32_t *ids = calloc((size_t)n, sizeof *ids);
-  cdb_error err = {{0}};
-  int rc = CLI_FAIL;
-  if (!ids) {
-    cli_error("out of memory");
-  } else if (clip_tokenize(model, text, strlen(text), ids, &err) < 0) {
-    cli_error("%s", err.msg);
-  } else {
-    putchar('[');
-    for (int i = 0; i < n; i++) printf(i ? ",%d" : "%d", (int)ids[i]);
-    puts("]");
-    rc = CLI_OK;
-  }
-  free(ids);
-  clip_model_free(model);
-  return rc;
-}
 
 static const char EMBED_USAGE[] =
     "usage: clipdb embed [--model DIR] (--text TEXT | --image PATH | --pixels FILE)\n"
@@ -89,14 +30,6 @@ static void print_vector(const float *v, int n) {
   puts("]");
 }
 
-/* The vectors from clip.h are normalised already; doing it again keeps the promise explicit. */
-static void normalise(float *v, int n) {
-  double s = 0;
-  for (int i = 0; i < n; i++) s += (double)v[i] * v[i];
-  if (s <= 0) return;
-  float inv = (float)(1.0 / sqrt(s));
-  for (int i = 0; i < n; i++) v[i] *= inv;
-}
 
 static int embed_pixels_file(clip_model *model, const char *path, float *out, cdb_error *err) {
   int side = clip_model_image_size(model);
@@ -150,7 +83,8 @@ int cmd_embed(int argc, char **argv, const cli_ctx *ctx) {
   if (optind != argc) return cli_usage_error("embed", "unexpected argument \"%s\"", argv[optind]);
   if ((text != NULL) + (image != NULL) + (pixels != NULL) != 1)
     return cli_usage_error("embed", "give exactly one of --text, --image, --pixels");
-  clip_model *model = load_model(ctx);
+  cli_db db = {0};
+  clip_model *model = cli_load_model(ctx, &db);
   if (!model) return CLI_FAIL;
   int dim = clip_model_dim(model);
   float *vec = calloc((size_t)dim, sizeof *vec);
@@ -158,15 +92,14 @@ int cmd_embed(int argc, char **argv, const cli_ctx *ctx) {
   int rc = -1;
   if (!vec) cdb_error_set(&err, "out of memory");
   else if (text) rc = clip_embed_texts(model, &text, 1, vec, &err);
-  else if (image) rc = embed_image_source(model, image, vec, &err);
+  else if (image) rc = clip_embed_image_source(model, image, vec, &err);
   else rc = embed_pixels_file(model, pixels, vec, &err);
   if (rc == 0) {
-    normalise(vec, dim);
-    print_vector(vec, dim);
+    print_vector(vec, dim); /* clip.h's vectors are unit length already */
   } else {
     cli_error("%s", err.msg);
   }
   free(vec);
-  clip_model_free(model);
+  cli_unload_model(model, &db);
   return rc == 0 ? CLI_OK : CLI_FAIL;
 }

@@ -1,0 +1,596 @@
+/* hub.c: the model cache's layout and pulls from the Hugging Face hub (see hub.h). */
+#include "src/hub.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <glib.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "src/digest.h"
+#include "src/fetch.h"
+#include "src/file.h"
+#include "src/json.h"
+
+#define DEFAULT_ENDPOINT "https://huggingface.co"
+#define DEFAULT_REVISION "main"
+#define PULL_RECORD ".clipdb-pull.json"  /* what pull wrote: source, revision, files, digests */
+#define STAGING_SOURCE ".clipdb-staging" /* endpoint + revision a staging folder belongs to */
+#define RECORD_MAX_BYTES (1u << 20)
+
+typedef struct hub_file {
+  const char *name;
+  bool required;
+  bool large; /* stored with LFS on the hub, which names its SHA-256: worth reusing */
+} hub_file;
+
+/* Small files first, so that a wrong name or revision fails before the large download. */
+static const hub_file HUB_FILES[] = {
+    {"config.json", true, false},
+    {"preprocessor_config.json", true, false},
+    {"tokenizer_config.json", false, false},
+    {"special_tokens_map.json", false, false},
+    {"vocab.json", true, false},
+    {"merges.txt", true, false},
+    {"model.safetensors", true, true},
+};
+enum { N_HUB_FILES = sizeof HUB_FILES / sizeof HUB_FILES[0] };
+
+/* ---- the cache layout ---- */
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st;
+  (void)flag;
+  (void)ftw;
+  return remove(path);
+}
+
+/* Deletes a folder and everything in it (without following symbolic links). */
+static int remove_tree(const char *path) {
+  return nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+char *cdb_hub_cache_dir(void) {
+  const char *xdg = getenv("XDG_CACHE_HOME");
+  if (xdg && xdg[0] == '/') return cdb_path_join(xdg, "clipdb/models");
+  const char *home = getenv("HOME");
+  return cdb_path_join(home && home[0] ? home : "/tmp", ".cache/clipdb/models");
+}
+
+static int safe_name_part(const char *s, size_t n) {
+  if (n == 0 || n > 96 || s[0] == '.') return 0;
+  for (size_t i = 0; i < n; i++) {
+    char c = s[i];
+    int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+             c == '-' || c == '_' || c == '.';
+    if (!ok) return 0;
+  }
+  return 1;
+}
+
+char *cdb_hub_model_dir(const char *hub_name, cdb_error *err) {
+  const char *slash = hub_name ? strchr(hub_name, '/') : NULL;
+  if (!slash || strchr(slash + 1, '/') || !safe_name_part(hub_name, (size_t)(slash - hub_name)) ||
+      !safe_name_part(slash + 1, strlen(slash + 1))) {
+    cdb_error_set(err, "model name \"%s\" is not of the form ORG/NAME", hub_name ? hub_name : "");
+    return NULL;
+  }
+  char folder[200];
+  snprintf(folder, sizeof folder, "%.*s--%s", (int)(slash - hub_name), hub_name, slash + 1);
+  char *cache = cdb_hub_cache_dir();
+  if (!cache) return NULL;
+  char *path = cdb_path_join(cache, folder);
+  free(cache);
+  return path;
+}
+
+char *cdb_hub_find(const char *hub_name, cdb_error *err) {
+  char *path = cdb_hub_model_dir(hub_name, err);
+  if (path && !cdb_is_dir(path)) {
+    cdb_error_set(err, "model \"%s\" is not in the cache (%s); run `clipdb model pull %s`",
+                  hub_name, path, hub_name);
+    free(path);
+    return NULL;
+  }
+  return path;
+}
+
+json_object *cdb_hub_pull_record(const char *model_dir) {
+  char *path = g_build_filename(model_dir, PULL_RECORD, NULL);
+  json_object *rec = g_file_test(path, G_FILE_TEST_IS_REGULAR)
+                         ? cdb_json_load_file(path, RECORD_MAX_BYTES, NULL)
+                         : NULL;
+  g_free(path);
+  return rec;
+}
+
+/* rec[key] when it is a string, else NULL. */
+static const char *record_string(json_object *rec, const char *key) {
+  const char *s = NULL;
+  if (rec) cdb_json_get_string(rec, key, "pull record", &s, NULL);
+  return s;
+}
+
+/* "ORG--NAME" (with any suffix) -> "ORG/NAME" (g_free). */
+static char *hub_name_of_folder(const char *folder) {
+  char *name = g_strdup(folder);
+  char *suffix = strstr(name, ".tmp-");
+  if (suffix) *suffix = '\0';
+  char *sep = strstr(name, "--");
+  if (sep) {
+    sep[0] = '/';
+    memmove(sep + 1, sep + 2, strlen(sep + 2) + 1);
+  }
+  return name;
+}
+
+static long long folder_bytes(const char *dir) {
+  long long total = 0;
+  GDir *d = g_dir_open(dir, 0, NULL);
+  if (!d) return 0;
+  const char *entry;
+  while ((entry = g_dir_read_name(d))) {
+    char *path = g_build_filename(dir, entry, NULL);
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) total += st.st_size;
+    g_free(path);
+  }
+  g_dir_close(d);
+  return total;
+}
+
+/* Calls fn for each staging folder (ORG--NAME.tmp-*) of folder in the cache. */
+static void for_each_staging(const char *cache, const char *folder,
+                             void (*fn)(const char *path, void *arg), void *arg) {
+  GDir *d = g_dir_open(cache, 0, NULL);
+  if (!d) return;
+  char *prefix = g_strconcat(folder, ".tmp-", NULL);
+  const char *entry;
+  GPtrArray *found = g_ptr_array_new_with_free_func(g_free);
+  while ((entry = g_dir_read_name(d)))
+    if (g_str_has_prefix(entry, prefix))
+      g_ptr_array_add(found, g_build_filename(cache, entry, NULL));
+  g_dir_close(d); /* collect first: fn may delete entries */
+  for (guint i = 0; i < found->len; i++)
+    if (cdb_is_dir(found->pdata[i])) fn(found->pdata[i], arg);
+  g_ptr_array_free(found, TRUE);
+  g_free(prefix);
+}
+
+/* ---- list and remove ---- */
+
+static int compare_strings(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* A cache entry that names a model (or its interrupted pull): ORG--NAME[.tmp-*], a folder. */
+static bool fill_entry(const char *cache, const char *folder, cdb_hub_entry *e) {
+  char *dir = g_build_filename(cache, folder, NULL);
+  if (!cdb_is_dir(dir) || !strstr(folder, "--") || strstr(folder, ".old-")) {
+    g_free(dir);
+    return false;
+  }
+  *e = (cdb_hub_entry){.name = hub_name_of_folder(folder),
+                       .dir = dir,
+                       .bytes = folder_bytes(dir),
+                       .interrupted = strstr(folder, ".tmp-") != NULL};
+  json_object *rec = e->interrupted ? NULL : cdb_hub_pull_record(dir);
+  const char *rev = record_string(rec, "revision");
+  e->revision = rev ? g_strdup(rev) : NULL;
+  json_object_put(rec);
+  return true;
+}
+
+cdb_hub_entry *cdb_hub_list(size_t *n) {
+  char *cache = cdb_hub_cache_dir();
+  GDir *d = g_dir_open(cache, 0, NULL);
+  GPtrArray *folders = g_ptr_array_new_with_free_func(g_free);
+  const char *entry;
+  while (d && (entry = g_dir_read_name(d))) g_ptr_array_add(folders, g_strdup(entry));
+  if (d) g_dir_close(d);
+  g_ptr_array_sort(folders, compare_strings);
+  cdb_hub_entry *entries = g_new0(cdb_hub_entry, folders->len + 1);
+  *n = 0;
+  for (guint i = 0; i < folders->len; i++)
+    if (fill_entry(cache, folders->pdata[i], &entries[*n])) (*n)++;
+  g_ptr_array_free(folders, TRUE);
+  free(cache);
+  return entries;
+}
+
+void cdb_hub_list_free(cdb_hub_entry *entries, size_t n) {
+  for (size_t i = 0; entries && i < n; i++) {
+    g_free(entries[i].name);
+    g_free(entries[i].dir);
+    g_free(entries[i].revision);
+  }
+  g_free(entries);
+}
+
+static void remove_staging(const char *path, void *arg) {
+  (void)arg;
+  remove_tree(path);
+}
+
+int cdb_hub_remove(const char *hub_name, cdb_error *err) {
+  char *dir = cdb_hub_model_dir(hub_name, err);
+  if (!dir) return -1;
+  char *cache = cdb_hub_cache_dir();
+  char *folder = g_path_get_basename(dir);
+  for_each_staging(cache, folder, remove_staging, NULL);
+  int rc = 0;
+  if (!cdb_is_dir(dir)) rc = cdb_error_set(err, "%s is not in the cache (%s)", hub_name, dir);
+  else if (remove_tree(dir) != 0) rc = cdb_error_set(err, "removing %s: %s", dir, strerror(errno));
+  char *lock = g_strdup_printf("%s.lock", dir);
+  unlink(lock);
+  g_free(lock);
+  g_free(folder);
+  free(cache);
+  free(dir);
+  return rc;
+}
+
+/* ---- pull ---- */
+
+typedef struct pull_job {
+  const char *hub_name;
+  const char *revision;
+  const cdb_hub_pull_opts *opts;
+  char *endpoint;        /* without a trailing slash */
+  char *cache;           /* cache root */
+  char *folder;          /* ORG--NAME */
+  char *final_dir;       /* <cache>/ORG--NAME */
+  char *staging;         /* <cache>/ORG--NAME.tmp-XXXXXX */
+  cdb_download_opts dl;  /* opts->download with the token */
+  json_object *files;    /* the pull record's file list */
+  json_object *previous; /* the cached model's pull record, or NULL */
+  cdb_error *err;
+} pull_job;
+
+static void note(const pull_job *job, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void note(const pull_job *job, const char *fmt, ...) {
+  if (!job->opts->on_note) return;
+  va_list ap;
+  va_start(ap, fmt);
+  char *line = g_strdup_vprintf(fmt, ap);
+  va_end(ap);
+  job->opts->on_note(job->opts->arg, line);
+  g_free(line);
+}
+
+static void report_file(const pull_job *job, const char *file, long long bytes,
+                        cdb_hub_file_state state) {
+  if (job->opts->on_file) job->opts->on_file(job->opts->arg, file, bytes, state);
+}
+
+static bool env_true(const char *name) {
+  const char *v = getenv(name);
+  return v && (g_ascii_strcasecmp(v, "1") == 0 || g_ascii_strcasecmp(v, "true") == 0 ||
+               g_ascii_strcasecmp(v, "yes") == 0 || g_ascii_strcasecmp(v, "on") == 0);
+}
+
+static char *endpoint_from_env(void) {
+  const char *env = getenv("HF_ENDPOINT");
+  char *endpoint = g_strdup(env && env[0] ? env : DEFAULT_ENDPOINT);
+  size_t n = strlen(endpoint);
+  while (n > 0 && endpoint[n - 1] == '/') endpoint[--n] = '\0';
+  return endpoint;
+}
+
+static void pick_staging(const char *path, void *arg) {
+  pull_job *job = arg;
+  char *want = g_strdup_printf("%s\n%s\n", job->endpoint, job->revision);
+  char *have = NULL;
+  char *source = g_build_filename(path, STAGING_SOURCE, NULL);
+  bool same = g_file_get_contents(source, &have, NULL, NULL) && strcmp(have, want) == 0;
+  if (same && !job->staging) {
+    job->staging = g_strdup(path);
+  } else if (remove_tree(path) != 0) {
+    note(job, "cannot remove the stale staging folder %s: %s", path, strerror(errno));
+  }
+  g_free(source);
+  g_free(have);
+  g_free(want);
+}
+
+/* Reuses the staging folder of an interrupted pull of the same source, or makes a new one. */
+static int open_staging(pull_job *job) {
+  for_each_staging(job->cache, job->folder, pick_staging, job);
+  if (job->staging) {
+    note(job, "continuing an interrupted pull in %s", job->staging);
+    return 0;
+  }
+  char *templ = g_strdup_printf("%s/%s.tmp-XXXXXX", job->cache, job->folder);
+  if (!mkdtemp(templ)) {
+    cdb_error_set(job->err, "cannot create %s: %s", templ, strerror(errno));
+    g_free(templ);
+    return -1;
+  }
+  job->staging = templ;
+  char *source = g_build_filename(templ, STAGING_SOURCE, NULL);
+  char *text = g_strdup_printf("%s\n%s\n", job->endpoint, job->revision);
+  GError *gerr = NULL;
+  int rc = g_file_set_contents(source, text, -1, &gerr) ? 0 : -1;
+  if (rc) cdb_error_set(job->err, "%s", gerr->message);
+  g_clear_error(&gerr);
+  g_free(text);
+  g_free(source);
+  return rc;
+}
+
+static char *file_url(const pull_job *job, const char *file) {
+  const char *slash = strchr(job->hub_name, '/');
+  char *rev = g_uri_escape_string(job->revision, NULL, FALSE);
+  char *url = g_strdup_printf("%s/%.*s/%s/resolve/%s/%s", job->endpoint,
+                              (int)(slash - job->hub_name), job->hub_name, slash + 1, rev, file);
+  g_free(rev);
+  return url;
+}
+
+static void record_file(pull_job *job, const char *name, long long bytes, const char *sha256,
+                        bool verified) {
+  json_object *f = json_object_new_object();
+  json_object_object_add(f, "name", json_object_new_string(name));
+  json_object_object_add(f, "bytes", json_object_new_int64(bytes));
+  json_object_object_add(f, "sha256", json_object_new_string(sha256));
+  json_object_object_add(f, "verified", json_object_new_boolean(verified));
+  json_object_array_add(job->files, f);
+  /* The model's identity covers the weights' digest: remembered, it is not computed again. */
+  char *path = g_build_filename(job->staging, name, NULL);
+  if (strcmp(name, "model.safetensors") == 0) cdb_file_sha256_remember(path, sha256);
+  g_free(path);
+}
+
+/* A file already in the staging folder was renamed there only once complete and verified. */
+static int keep_staged_file(pull_job *job, const hub_file *f, const char *dest) {
+  char sha[65];
+  struct stat st;
+  if (stat(dest, &st) != 0) return cdb_error_set(job->err, "%s: %s", dest, strerror(errno));
+  if (cdb_sha256_file(dest, sha, job->err) != 0) return -1;
+  record_file(job, f->name, st.st_size, sha, false);
+  report_file(job, f->name, st.st_size, CDB_HUB_FILE_STAGED);
+  return 0;
+}
+
+/* The SHA-256 a pull record lists for a file, or NULL. */
+static const char *recorded_sha256(json_object *rec, const char *name) {
+  json_object *files = NULL;
+  if (!rec || !json_object_object_get_ex(rec, "files", &files) ||
+      !json_object_is_type(files, json_type_array))
+    return NULL;
+  for (size_t i = 0; i < json_object_array_length(files); i++) {
+    json_object *f = json_object_array_get_idx(files, i);
+    const char *n = record_string(f, "name");
+    if (n && strcmp(n, name) == 0) return record_string(f, "sha256");
+  }
+  return NULL;
+}
+
+/* When the hub still names the SHA-256 that the cached model's copy of a large file has, the copy
+ * is hard-linked into the staging folder instead of downloaded again. True when reused. */
+static bool reuse_cached_file(pull_job *job, const hub_file *f, const char *url, const char *dest) {
+  const char *recorded = recorded_sha256(job->previous, f->name);
+  if (!f->large || !recorded) return false;
+  char *cached = g_build_filename(job->final_dir, f->name, NULL);
+  char announced[65], actual[65];
+  cdb_error err = {{0}};
+  struct stat st;
+  bool reused = stat(cached, &st) == 0 && S_ISREG(st.st_mode) &&
+                cdb_download_probe(url, &job->dl, announced, &err) == 0 &&
+                strcmp(announced, recorded) == 0 && cdb_sha256_file(cached, actual, &err) == 0 &&
+                strcmp(actual, announced) == 0 && link(cached, dest) == 0;
+  if (reused) {
+    record_file(job, f->name, st.st_size, actual, true);
+    report_file(job, f->name, st.st_size, CDB_HUB_FILE_UNCHANGED);
+  }
+  g_free(cached);
+  return reused;
+}
+
+static int download_file(pull_job *job, const hub_file *f, const char *url, const char *dest) {
+  cdb_download_opts opts = job->dl;
+  opts.label = f->name;
+  cdb_download_info info;
+  cdb_error why = {{0}};
+  int got = cdb_download(url, dest, &opts, &info, &why);
+  if (got == 0) {
+    record_file(job, f->name, info.bytes, info.sha256, info.verified);
+    report_file(job, f->name, info.bytes,
+                info.verified  ? CDB_HUB_FILE_VERIFIED
+                : info.resumed ? CDB_HUB_FILE_RESUMED
+                               : CDB_HUB_FILE_DOWNLOADED);
+    return 0;
+  }
+  if (got == CDB_DOWNLOAD_NOT_FOUND && !f->required) {
+    report_file(job, f->name, -1, CDB_HUB_FILE_ABSENT);
+    return 0;
+  }
+  if (got == CDB_DOWNLOAD_NOT_FOUND)
+    return cdb_error_set(job->err,
+                         "%s revision %s has no %s (%s); is it a CLIP model in Hugging "
+                         "Face format, and are the name and revision right?",
+                         job->hub_name, job->revision, f->name, why.msg);
+  return cdb_error_set(job->err, "%s", why.msg);
+}
+
+static int pull_file(pull_job *job, const hub_file *f) {
+  char *dest = g_build_filename(job->staging, f->name, NULL);
+  char *url = NULL;
+  int rc = 0;
+  if (g_file_test(dest, G_FILE_TEST_IS_REGULAR)) {
+    rc = keep_staged_file(job, f, dest);
+  } else {
+    url = file_url(job, f->name);
+    if (!reuse_cached_file(job, f, url, dest)) rc = download_file(job, f, url, dest);
+  }
+  g_free(url);
+  g_free(dest);
+  return rc;
+}
+
+/* The staged files must form a usable model, or nothing replaces the cached model. */
+static int check_staged_model(const pull_job *job) {
+  cdb_error why = {{0}};
+  if (job->opts->check_model(job->staging, job->opts->arg, &why) == 0) return 0;
+  return cdb_error_set(job->err, "the downloaded files of %s do not form a usable model: %s",
+                       job->hub_name, why.msg);
+}
+
+static int write_pull_record(const pull_job *job) {
+  char shown[512], when[32];
+  cdb_url_redact(job->endpoint, shown, sizeof shown);
+  time_t now = time(NULL);
+  strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+  json_object *rec = json_object_new_object();
+  json_object_object_add(rec, "name", json_object_new_string(job->hub_name));
+  json_object_object_add(rec, "endpoint", json_object_new_string(shown));
+  json_object_object_add(rec, "revision", json_object_new_string(job->revision));
+  json_object_object_add(rec, "pulled_at", json_object_new_string(when));
+  json_object_object_add(rec, "files", json_object_get(job->files));
+  char *path = g_build_filename(job->staging, PULL_RECORD, NULL);
+  int rc = json_object_to_file_ext(path, rec, JSON_C_TO_STRING_PRETTY);
+  if (rc != 0) cdb_error_set(job->err, "cannot write %s", path);
+  g_free(path);
+  json_object_put(rec);
+  return rc == 0 ? 0 : -1;
+}
+
+/* Puts the staging folder at final_dir; an existing model there is replaced atomically where the
+ * filesystem allows (RENAME_EXCHANGE), otherwise moved aside first and restored on failure. */
+static int swap_in(pull_job *job) {
+  char *source = g_build_filename(job->staging, STAGING_SOURCE, NULL);
+  unlink(source);
+  g_free(source);
+  if (renameat2(AT_FDCWD, job->staging, AT_FDCWD, job->final_dir, RENAME_NOREPLACE) == 0) return 0;
+  if (errno == EEXIST &&
+      renameat2(AT_FDCWD, job->staging, AT_FDCWD, job->final_dir, RENAME_EXCHANGE) == 0) {
+    remove_tree(job->staging); /* now the old model */
+    return 0;
+  }
+  char *old = g_strdup_printf("%s.old-%ld", job->final_dir, (long)getpid());
+  int rc = -1;
+  if (rename(job->final_dir, old) != 0 && errno != ENOENT) {
+    cdb_error_set(job->err, "cannot move %s aside: %s", job->final_dir, strerror(errno));
+  } else if (rename(job->staging, job->final_dir) != 0) {
+    cdb_error_set(job->err, "cannot rename %s: %s", job->staging, strerror(errno));
+    rename(old, job->final_dir);
+  } else {
+    remove_tree(old);
+    rc = 0;
+  }
+  g_free(old);
+  return rc;
+}
+
+/* True when a staging folder holds any downloaded byte (a file or .part besides its label). */
+static bool has_payload(const char *staging) {
+  GDir *d = g_dir_open(staging, 0, NULL);
+  bool found = false;
+  const char *entry;
+  while (d && !found && (entry = g_dir_read_name(d))) {
+    char *path = g_build_filename(staging, entry, NULL);
+    struct stat st;
+    found = strcmp(entry, STAGING_SOURCE) != 0 && stat(path, &st) == 0 && st.st_size > 0;
+    g_free(path);
+  }
+  if (d) g_dir_close(d);
+  return found;
+}
+
+/* Holds <cache>/ORG--NAME.lock for the whole pull; returns its descriptor or -1. */
+static int lock_model(const pull_job *job) {
+  char *path = g_strdup_printf("%s/%s.lock", job->cache, job->folder);
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    cdb_error_set(job->err, "%s: %s", path, strerror(errno));
+  } else if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    cdb_error_set(job->err, "another `clipdb model pull %s` is running (%s is locked)",
+                  job->hub_name, path);
+    close(fd);
+    fd = -1;
+  }
+  g_free(path);
+  return fd;
+}
+
+/* After a failure: a staging folder worth resuming is kept (and named in res), else removed. */
+static void keep_or_drop_staging(const pull_job *job, cdb_hub_pull_result *res) {
+  if (!job->staging || !cdb_is_dir(job->staging)) return;
+  if (has_payload(job->staging)) res->kept_staging = g_strdup(job->staging);
+  else remove_tree(job->staging);
+}
+
+static int run_pull(pull_job *job, cdb_hub_pull_result *res) {
+  if (g_mkdir_with_parents(job->cache, 0755) != 0)
+    return cdb_error_set(job->err, "cannot create the model cache %s: %s", job->cache,
+                         strerror(errno));
+  int lock = lock_model(job);
+  if (lock < 0) return -1;
+  char shown[512];
+  cdb_url_redact(job->endpoint, shown, sizeof shown);
+  note(job, "pulling %s (revision %s) from %s", job->hub_name, job->revision, shown);
+  int rc = open_staging(job);
+  for (int i = 0; rc == 0 && i < N_HUB_FILES; i++) rc = pull_file(job, &HUB_FILES[i]);
+  if (rc == 0 && check_staged_model(job) != 0) {
+    remove_tree(job->staging); /* a bad download is not worth resuming */
+    rc = -1;
+  }
+  if (rc == 0) rc = write_pull_record(job);
+  if (rc == 0) rc = swap_in(job);
+  if (rc == 0) res->bytes = folder_bytes(job->final_dir);
+  else keep_or_drop_staging(job, res);
+  close(lock);
+  return rc;
+}
+
+int cdb_hub_pull(const char *hub_name, const cdb_hub_pull_opts *opts, cdb_hub_pull_result *res,
+                 cdb_error *err) {
+  *res = (cdb_hub_pull_result){.revision = opts->revision ? opts->revision : DEFAULT_REVISION};
+  res->dir = cdb_hub_model_dir(hub_name, err);
+  if (!res->dir) return -1;
+  if (opts->offline || env_true("HF_HUB_OFFLINE"))
+    return cdb_error_set(err,
+                         "offline mode (HF_HUB_OFFLINE or --offline) forbids downloading %s; "
+                         "unset HF_HUB_OFFLINE, or copy the model folder to %s",
+                         hub_name, res->dir);
+  pull_job job = {.hub_name = hub_name,
+                  .revision = res->revision,
+                  .opts = opts,
+                  .final_dir = res->dir,
+                  .dl = opts->download,
+                  .err = err};
+  job.endpoint = endpoint_from_env();
+  int rc = -1;
+  if (!cdb_is_url(job.endpoint)) {
+    cdb_error_set(err, "HF_ENDPOINT must be an http:// or https:// address");
+  } else {
+    job.cache = cdb_hub_cache_dir();
+    job.folder = g_path_get_basename(job.final_dir);
+    const char *token = getenv("HF_TOKEN");
+    job.dl.bearer_token = token && token[0] ? token : NULL;
+    job.files = json_object_new_array();
+    job.previous = cdb_hub_pull_record(job.final_dir);
+    rc = run_pull(&job, res);
+    json_object_put(job.files);
+    json_object_put(job.previous);
+  }
+  free(job.cache);
+  g_free(job.folder);
+  g_free(job.staging);
+  g_free(job.endpoint);
+  return rc;
+}
+
+void cdb_hub_pull_result_free(cdb_hub_pull_result *res) {
+  free(res->dir);
+  g_free(res->kept_staging);
+  *res = (cdb_hub_pull_result){0};
+}
