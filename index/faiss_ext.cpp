@@ -164,9 +164,11 @@ int cdb_faiss_IndexIVF_list_get(const FaissIndexIVF* index, size_t list_no, idx_
     }
 }
 
-int cdb_faiss_IndexIVF_set_kmeans_iterations(FaissIndexIVF* index, int niter) {
+int cdb_faiss_IndexIVF_set_kmeans(FaissIndexIVF* index, int niter, int min_points_per_centroid) {
     try {
-        reinterpret_cast<faiss::IndexIVF*>(index)->cp.niter = niter;
+        auto* ivf = reinterpret_cast<faiss::IndexIVF*>(index);
+        ivf->cp.niter = niter;
+        ivf->cp.min_points_per_centroid = min_points_per_centroid;
         return 0;
     } catch (...) {
         return fail_with_current_exception();

@@ -35,8 +35,9 @@ int cdb_faiss_Index_range_search_with_params(const FaissIndex *index, idx_t n, c
 int cdb_faiss_IndexIVF_list_get(const FaissIndexIVF *index, size_t list_no, idx_t *ids,
                            float *vectors);
 
-/* Iterations of the coarse quantizer's k-means (FAISS's default is 25). */
-int cdb_faiss_IndexIVF_set_kmeans_iterations(FaissIndexIVF *index, int niter);
+/* Iterations of the coarse quantizer's k-means (FAISS's default is 25) and the fewest training
+ * points per centroid below which FAISS prints a warning (its default is 39). */
+int cdb_faiss_IndexIVF_set_kmeans(FaissIndexIVF *index, int niter, int min_points_per_centroid);
 
 /* 1 when the inverted lists are memory-mapped (read with IO_FLAG_MMAP), else 0. For mapped lists
  * it also turns off FAISS's per-query prefetch threads (useless when pages are cached). */
