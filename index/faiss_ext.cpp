@@ -14,6 +14,7 @@
 #include <faiss/IndexIVF.h>
 #include <faiss/impl/AuxIndexStructures.h>
 #include <faiss/impl/IDSelector.h>
+#include <faiss/index_io.h>
 #include <faiss/invlists/OnDiskInvertedLists.h>
 
 #include <faiss/c_api/error_impl.h>
@@ -163,9 +164,11 @@ int cdb_faiss_IndexIVF_list_get(const FaissIndexIVF* index, size_t list_no, idx_
     }
 }
 
-int cdb_faiss_IndexIVF_set_kmeans_iterations(FaissIndexIVF* index, int niter) {
+int cdb_faiss_IndexIVF_set_kmeans(FaissIndexIVF* index, int niter, int min_points_per_centroid) {
     try {
-        reinterpret_cast<faiss::IndexIVF*>(index)->cp.niter = niter;
+        auto* ivf = reinterpret_cast<faiss::IndexIVF*>(index);
+        ivf->cp.niter = niter;
+        ivf->cp.min_points_per_centroid = min_points_per_centroid;
         return 0;
     } catch (...) {
         return fail_with_current_exception();
@@ -252,6 +255,40 @@ int64_t cdb_faiss_IndexIVF_verify_lists(const FaissIndexIVF* index, int all) {
         checked->good(l);
     }
     return checked->first_bad.load();
+}
+
+int cdb_faiss_IndexIVF_write_without_lists(FaissIndexIVF* index, FILE* f) {
+    auto ivf = reinterpret_cast<faiss::IndexIVF*>(index);
+    faiss::InvertedLists* lists = ivf->invlists;
+    faiss::Index::idx_t ntotal = ivf->ntotal;
+    try {
+        faiss::ArrayInvertedLists empty(ivf->nlist, ivf->code_size);
+        ivf->invlists = &empty;
+        ivf->ntotal = 0;
+        faiss::write_index(ivf, f);
+        ivf->invlists = lists;
+        ivf->ntotal = ntotal;
+        return 0;
+    } catch (...) {
+        ivf->invlists = lists;
+        ivf->ntotal = ntotal;
+        return fail_with_current_exception();
+    }
+}
+
+int cdb_faiss_IndexIVF_add_to_list(FaissIndexIVF* index, size_t list_no, size_t n, const idx_t* ids,
+                              const float* vectors) {
+    try {
+        auto ivf = reinterpret_cast<faiss::IndexIVF*>(index);
+        if (list_no >= ivf->nlist || ivf->code_size != ivf->d * sizeof(float)) {
+            throw std::invalid_argument("IndexIVF add_to_list: bad list or not a Flat encoding");
+        }
+        ivf->invlists->add_entries(list_no, n, ids, reinterpret_cast<const uint8_t*>(vectors));
+        ivf->ntotal += n;
+        return 0;
+    } catch (...) {
+        return fail_with_current_exception();
+    }
 }
 
 } // extern "C"

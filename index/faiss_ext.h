@@ -6,6 +6,7 @@
 #define CDB_INDEX_FAISS_EXT_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/IndexIVF_c.h>
@@ -34,8 +35,9 @@ int cdb_faiss_Index_range_search_with_params(const FaissIndex *index, idx_t n, c
 int cdb_faiss_IndexIVF_list_get(const FaissIndexIVF *index, size_t list_no, idx_t *ids,
                            float *vectors);
 
-/* Iterations of the coarse quantizer's k-means (FAISS's default is 25). */
-int cdb_faiss_IndexIVF_set_kmeans_iterations(FaissIndexIVF *index, int niter);
+/* Iterations of the coarse quantizer's k-means (FAISS's default is 25) and the fewest training
+ * points per centroid below which FAISS prints a warning (its default is 39). */
+int cdb_faiss_IndexIVF_set_kmeans(FaissIndexIVF *index, int niter, int min_points_per_centroid);
 
 /* 1 when the inverted lists are memory-mapped (read with IO_FLAG_MMAP), else 0. For mapped lists
  * it also turns off FAISS's per-query prefetch threads (useless when pages are cached). */
@@ -58,6 +60,14 @@ int cdb_faiss_IndexIVF_check_lists(FaissIndexIVF *index, const uint64_t *hashes)
 /* The first damaged list found so far (-1: none, or the lists are not checked); with all != 0
  * every list not yet checked is checked first. */
 int64_t cdb_faiss_IndexIVF_verify_lists(const FaissIndexIVF *index, int all);
+
+/* Writes the index in FAISS's format with every inverted list empty (quantizer and encoder
+ * only) to f. The index itself is unchanged. */
+int cdb_faiss_IndexIVF_write_without_lists(FaissIndexIVF *index, FILE *f);
+
+/* Appends n entries (ids, and their codes: raw floats for a Flat encoding) to list list_no. */
+int cdb_faiss_IndexIVF_add_to_list(FaissIndexIVF *index, size_t list_no, size_t n, const idx_t *ids,
+                              const float *vectors);
 
 #ifdef __cplusplus
 }

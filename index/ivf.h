@@ -148,6 +148,18 @@ typedef int (*cdb_piece_next)(void *ctx, const void **data, size_t *len);
 int cdb_index_save(const cdb_index *idx, size_t piece_bytes, cdb_piece_emit emit, void *ctx,
                    cdb_error *err);
 cdb_index *cdb_index_load(cdb_piece_next next, void *ctx, cdb_error *err);
+/* The same without the vectors of an IVF<n>,Flat index (other kinds are saved whole): its
+ * quantizer and each list's ids. Loading asks `vectors` to hand each (id, vector) to `sink`;
+ * a vector whose id the snapshot does not hold is skipped, and an id that gets no vector is left
+ * out (both are the caller's changes after the snapshot). Vectors must be unit length.
+ * cdb_index_load_ids reads both kinds of pieces; cdb_index_load only whole ones. */
+typedef int (*cdb_vector_sink)(void *sink_ctx, int64_t id, const float *vec, cdb_error *err);
+typedef int (*cdb_vector_source)(void *ctx, cdb_vector_sink sink, void *sink_ctx,
+                                 cdb_error *err);
+int cdb_index_save_ids(const cdb_index *idx, size_t piece_bytes, cdb_piece_emit emit, void *ctx,
+                       cdb_error *err);
+cdb_index *cdb_index_load_ids(cdb_piece_next next, void *ctx, cdb_vector_source vectors,
+                              void *vctx, cdb_error *err);
 
 /* Cold start cache file. cdb_index_save_file writes the index to `path` (via path.tmp and an
  * atomic rename) tagged with `generation` (e.g. the SQLite layer's data generation).

@@ -18,7 +18,8 @@
 #define FAISS_CXX_IO_FLAG_MMAP 0x646f0008
 
 #define FILE_MAGIC "CDBIVF01"
-#define FILE_VERSION 1u  /* snapshot pieces */
+#define FILE_VERSION 1u  /* snapshot pieces: FAISS's index with its vectors */
+#define FILE_VERSION_IDS 2u /* snapshot pieces of IVF<n>,Flat: lists' ids, vectors the caller's */
 #define CACHE_VERSION 2u /* cache files: FAISS's part is followed by a cache_trailer */
 #define TRAILER_MAGIC "CDBSUM01"
 
@@ -68,6 +69,8 @@ typedef struct cache_trailer {
 
 /* Sets err from FAISS's last error ("index: <what>: <message>"); returns -1. */
 int ivf_faiss_fail(cdb_error *err, const char *what);
+/* 0 when v is unit length, else -1 with err naming `what` i and the fault (NaN/Inf, zero, norm). */
+int ivf_check_unit(const float *v, int dim, const char *what, int64_t i, cdb_error *err);
 /* A cdb_index with parsed params and no FAISS index yet. */
 cdb_index *ivf_alloc_index(int dim, const cdb_index_params *params, cdb_error *err);
 /* Installs fi (an IndexIVF) as the index's FAISS object, with its nlist and nprobe. */

@@ -1,6 +1,9 @@
 /* serialize.c: cdb_index in bounded pieces (cdb_index_save / cdb_index_load) and as a
  * memory-mappable cache file (cdb_index_save_file / cdb_index_open_file_mmap). Both are a
  * file_header followed by FAISS's own format; FILE streams over pieces come from fopencookie.
+ * Pieces of an IVF<n>,Flat index may instead hold FAISS's index with empty lists and then each
+ * list's ids (cdb_index_save_ids / cdb_index_load_ids): the caller keeps the vectors and hands
+ * them back on load, so they are not stored twice.
  * A cache file ends with a checksum trailer: XXH64 of everything before the list data (header,
  * quantizer, list sizes; checked at open, before FAISS parses it) and of each inverted list
  * (checked when a search first touches the list), so damage is found without reading the
@@ -117,8 +120,49 @@ static ssize_t piece_write(void *cookie, const char *data, size_t size) {
   return (ssize_t)size;
 }
 
-int cdb_index_save(const cdb_index *cidx, size_t piece_bytes, cdb_piece_emit emit, void *ctx,
-                   cdb_error *err) {
+/* Lists as their ids only: per list a uint64 count, then the ids. */
+static int write_list_ids(cdb_index *idx, FILE *f, cdb_error *err) {
+  size_t cap = 0;
+  int64_t *ids = NULL;
+  int rc = 0;
+  for (size_t l = 0; rc == 0 && l < idx->nlist; l++) {
+    uint64_t n = faiss_IndexIVF_get_list_size(idx->ivf, l);
+    if (n > cap) {
+      free(ids);
+      cap = n;
+      ids = malloc(cap * sizeof *ids);
+      if (!ids)
+        return cdb_error_set(err, "index: out of memory");
+    }
+    if (n)
+      faiss_IndexIVF_invlists_get_ids(idx->ivf, l, ids);
+    if (fwrite(&n, sizeof n, 1, f) != 1 || (n && fwrite(ids, sizeof *ids, n, f) != n))
+      rc = cdb_error_set(err, "index: write failed: %s", strerror(errno));
+  }
+  free(ids);
+  return rc;
+}
+
+static int holds_raw_vectors(const cdb_index *idx) {
+  return idx->nlist > 1 && strcmp(idx->encoding, "Flat") == 0;
+}
+
+static int write_ids_only(cdb_index *idx, FILE *f, cdb_error *err) {
+  file_header h;
+  fill_header(idx, FILE_VERSION_IDS, 0, &h);
+  if (fwrite(&h, sizeof h, 1, f) != 1)
+    return cdb_error_set(err, "index: write failed: %s", strerror(errno));
+  if (cdb_faiss_IndexIVF_write_without_lists(idx->ivf, f))
+    return ivf_faiss_fail(err, "writing index");
+  if (write_list_ids(idx, f, err) < 0)
+    return -1;
+  if (fflush(f) != 0)
+    return cdb_error_set(err, "index: write failed: %s", strerror(errno));
+  return 0;
+}
+
+static int save_pieces(const cdb_index *cidx, size_t piece_bytes, cdb_piece_emit emit, void *ctx,
+                       int ids_only, cdb_error *err) {
   cdb_index *idx = (cdb_index *)cidx; /* a mapped index is read in first (exclusive access) */
   if (piece_bytes < 4096 || !emit)
     return cdb_error_set(err, "index: save: piece size must be >= 4096 and emit non-NULL");
@@ -131,7 +175,8 @@ int cdb_index_save(const cdb_index *cidx, size_t piece_bytes, cdb_piece_emit emi
   FILE *f = fopencookie(&w, "w", io);
   int rc = f ? 0 : cdb_error_set(err, "index: save: %s", strerror(errno));
   if (rc == 0)
-    rc = write_all(idx, f, FILE_VERSION, 0, err);
+    rc = ids_only && holds_raw_vectors(idx) ? write_ids_only(idx, f, err)
+                                            : write_all(idx, f, FILE_VERSION, 0, err);
   if (f && fclose(f) != 0 && rc == 0)
     rc = cdb_error_set(err, "index: save: write failed");
   if (rc == 0 && w.len > 0 && emit(ctx, w.buf, w.len) != 0)
@@ -140,6 +185,16 @@ int cdb_index_save(const cdb_index *cidx, size_t piece_bytes, cdb_piece_emit emi
     rc = cdb_error_set(err, "index: save aborted by the caller");
   free(w.buf);
   return rc;
+}
+
+int cdb_index_save(const cdb_index *idx, size_t piece_bytes, cdb_piece_emit emit, void *ctx,
+                   cdb_error *err) {
+  return save_pieces(idx, piece_bytes, emit, ctx, 0, err);
+}
+
+int cdb_index_save_ids(const cdb_index *idx, size_t piece_bytes, cdb_piece_emit emit, void *ctx,
+                       cdb_error *err) {
+  return save_pieces(idx, piece_bytes, emit, ctx, 1, err);
 }
 
 typedef struct piece_reader {
@@ -175,7 +230,85 @@ static ssize_t piece_read(void *cookie, char *buf, size_t size) {
   return (ssize_t)n;
 }
 
+/* (id, list) of every entry of an ids-only snapshot, sorted by id, and how many got a vector. */
+typedef struct id_place {
+  int64_t id;
+  int64_t list; /* -1 once its vector arrived */
+} id_place;
+
+typedef struct filler {
+  cdb_index *idx;
+  id_place *places;
+  size_t n;
+} filler;
+
+static int cmp_place(const void *a, const void *b) {
+  int64_t x = ((const id_place *)a)->id, y = ((const id_place *)b)->id;
+  return (x > y) - (x < y);
+}
+
+static int read_list_ids(FILE *f, size_t nlist, filler *fl, cdb_error *err) {
+  size_t cap = 0;
+  for (size_t l = 0; l < nlist; l++) {
+    uint64_t n = 0;
+    if (fread(&n, sizeof n, 1, f) != 1 || n > ((uint64_t)1 << 40))
+      return cdb_error_set(err, "index: load: truncated or corrupt list ids");
+    if (fl->n + n > cap) {
+      cap = (fl->n + n) * 2;
+      id_place *p = realloc(fl->places, cap * sizeof *p);
+      if (!p)
+        return cdb_error_set(err, "index: out of memory");
+      fl->places = p;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+      if (fread(&fl->places[fl->n].id, sizeof(int64_t), 1, f) != 1)
+        return cdb_error_set(err, "index: load: truncated list ids");
+      fl->places[fl->n++].list = (int64_t)l;
+    }
+  }
+  qsort(fl->places, fl->n, sizeof *fl->places, cmp_place);
+  for (size_t i = 1; i < fl->n; i++)
+    if (fl->places[i].id == fl->places[i - 1].id)
+      return cdb_error_set(err, "index: load: id %lld is in two lists",
+                           (long long)fl->places[i].id);
+  return 0;
+}
+
+/* Takes one vector from the caller: into its list when the snapshot holds its id (ids the
+ * snapshot does not know were added after it, and come back with the change log's replay). */
+static int fill_vector(void *ctx, int64_t id, const float *vec, cdb_error *err) {
+  filler *fl = ctx;
+  id_place key = {id, 0};
+  id_place *p = bsearch(&key, fl->places, fl->n, sizeof key, cmp_place);
+  if (!p || p->list < 0)
+    return 0;
+  if (ivf_check_unit(vec, fl->idx->dim, "vector", id, err) < 0)
+    return -1;
+  if (cdb_faiss_IndexIVF_add_to_list(fl->idx->ivf, (size_t)p->list, 1, &id, vec))
+    return ivf_faiss_fail(err, "filling a list");
+  p->list = -1;
+  return 0;
+}
+
+/* The lists of an ids-only snapshot, filled with the vectors `vectors` hands over. */
+static int fill_lists(cdb_index *idx, FILE *f, cdb_vector_source vectors, void *vctx,
+                      cdb_error *err) {
+  filler fl = {idx, NULL, 0};
+  int rc = read_list_ids(f, idx->nlist, &fl, err);
+  if (rc == 0 && (!vectors || faiss_Index_ntotal(idx->faiss) != 0))
+    rc = cdb_error_set(err, "index: load: the snapshot holds ids only and no vectors were given");
+  if (rc == 0)
+    rc = vectors(vctx, fill_vector, &fl, err) != 0 ? -1 : 0;
+  free(fl.places);
+  return rc;
+}
+
 cdb_index *cdb_index_load(cdb_piece_next next, void *ctx, cdb_error *err) {
+  return cdb_index_load_ids(next, ctx, NULL, NULL, err);
+}
+
+cdb_index *cdb_index_load_ids(cdb_piece_next next, void *ctx, cdb_vector_source vectors,
+                              void *vctx, cdb_error *err) {
   if (!next) {
     cdb_error_set(err, "index: load: null callback");
     return NULL;
@@ -190,13 +323,18 @@ cdb_index *cdb_index_load(cdb_piece_next next, void *ctx, cdb_error *err) {
   file_header h;
   FaissIndex *fi = NULL;
   cdb_index *idx = NULL;
+  int ids_only = 0;
   if (fread(&h, sizeof h, 1, f) != 1)
     cdb_error_set(err, "index: load: %s", r.failed ? "reading a piece failed" : "truncated header");
-  else if (check_header(&h, FILE_VERSION, err) < 0)
+  else if ((ids_only = h.version == FILE_VERSION_IDS) == 0 && check_header(&h, FILE_VERSION, err))
+    ;
+  else if (ids_only && check_header(&h, FILE_VERSION_IDS, err) < 0)
     ;
   else if (faiss_read_index(f, 0, &fi)) {
     ivf_faiss_fail(err, r.failed ? "load (reading a piece failed)" : "load");
-  } else if ((idx = index_from(&h, fi, err)) && ivf_rebuild_idset(idx, err) < 0) {
+  } else if ((idx = index_from(&h, fi, err)) &&
+             ((ids_only && fill_lists(idx, f, vectors, vctx, err) < 0) ||
+              ivf_rebuild_idset(idx, err) < 0)) {
     cdb_index_free(idx);
     idx = NULL;
   }
@@ -251,8 +389,53 @@ static uint64_t trailer_hash(const uint64_t *list_hashes, const cache_trailer *t
   return cdb_hash_final(&h);
 }
 
+/* A write sink that hashes the first `limit` bytes handed to it and counts the rest. */
+typedef struct hash_sink {
+  cdb_hash h;
+  uint64_t pos, limit;
+} hash_sink;
+
+static ssize_t hash_write(void *cookie, const char *data, size_t size) {
+  hash_sink *s = cookie;
+  if (s->pos < s->limit) {
+    uint64_t n = s->limit - s->pos < size ? s->limit - s->pos : size;
+    cdb_hash_update(&s->h, data, (size_t)n);
+  }
+  s->pos += size;
+  return (ssize_t)size;
+}
+
+/* The written file read back must hash like the bytes that were handed to stdio (header with
+ * payload_bytes, FAISS's part serialised again from memory, the list hashes, the trailer): a
+ * write that reached the file damaged is found before the file is renamed into place. */
+static int check_written(const cdb_index *idx, FILE *f, uint64_t generation, uint64_t payload,
+                         const uint64_t *hashes, const cache_trailer *t, cdb_error *err) {
+  file_header h;
+  fill_header(idx, CACHE_VERSION, generation, &h);
+  h.payload_bytes = payload;
+  hash_sink s = {.pos = 0, .limit = UINT64_MAX};
+  cdb_hash_init(&s.h, 0);
+  cookie_io_functions_t io = {.write = hash_write};
+  FILE *sink = fopencookie(&s, "w", io);
+  if (!sink)
+    return cdb_error_set(err, "index: %s", strerror(errno));
+  int rc = hash_write(&s, (const char *)&h, sizeof h) < 0 || faiss_write_index(idx->faiss, sink)
+               ? ivf_faiss_fail(err, "hashing the cache file")
+               : 0;
+  fclose(sink);
+  cdb_hash_update(&s.h, hashes, t->nlist * sizeof *hashes);
+  cdb_hash_update(&s.h, t, sizeof *t);
+  uint64_t got = 0, size = sizeof h + payload + t->nlist * sizeof *hashes + sizeof *t;
+  if (rc == 0)
+    rc = hash_file_prefix(fileno(f), size, &got, err);
+  if (rc == 0 && got != cdb_hash_final(&s.h))
+    rc = cdb_error_set(err, "index: cache file: the written data reads back different");
+  return rc;
+}
+
 /* Appends the checksums: one per list, then the trailer over the bytes before the lists. */
-static int write_trailer(const cdb_index *idx, FILE *f, long payload_end, cdb_error *err) {
+static int write_trailer(const cdb_index *idx, FILE *f, long payload_end, uint64_t generation,
+                         cdb_error *err) {
   uint64_t *hashes = malloc((idx->nlist ? idx->nlist : 1) * sizeof *hashes);
   if (!hashes)
     return cdb_error_set(err, "index: out of memory");
@@ -273,6 +456,9 @@ static int write_trailer(const cdb_index *idx, FILE *f, long payload_end, cdb_er
                   fwrite(hashes, sizeof *hashes, idx->nlist, f) != idx->nlist ||
                   fwrite(&t, sizeof t, 1, f) != 1 || fflush(f) != 0))
     rc = cdb_error_set(err, "index: write failed: %s", strerror(errno));
+  if (rc == 0)
+    rc = check_written(idx, f, generation, (uint64_t)payload_end - sizeof(file_header), hashes,
+                       &t, err);
   free(hashes);
   return rc;
 }
@@ -298,7 +484,7 @@ int cdb_index_save_file(const cdb_index *cidx, const char *path, uint64_t genera
   if (rc == 0)
     rc = finish_header(idx, f, generation, &end, err);
   if (rc == 0)
-    rc = write_trailer(idx, f, end, err);
+    rc = write_trailer(idx, f, end, generation, err);
   if (rc == 0 && fsync(fileno(f)) != 0)
     rc = cdb_error_set(err, "index: %s: fsync: %s", tmp, strerror(errno));
   if (f && fclose(f) != 0 && rc == 0)

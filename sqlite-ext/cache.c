@@ -33,6 +33,7 @@ static cdb_index_params index_params(const cdbx_table *t) {
 void cdbx_cache_drop(cdbx_table *t) {
   cdb_index_free(t->cache.index);
   t->cache.index = NULL;
+  t->cache.file_at_commit = 0;
   t->cache.pend_ids.n = 0;
   t->cache.pend_removes.n = 0;
   t->cache.resync.n = 0;
@@ -68,6 +69,7 @@ int cdbx_cache_flush(cdbx_table *t) {
  * write, so it is marked stale (the next use maps the file again and re-reads the log) instead
  * of being read into memory, which could find the file damaged and need a reload. */
 int cdbx_cache_rollback_flush(cdbx_table *t) {
+  t->cache.file_at_commit = 0;
   cdb_index_info info;
   if (t->cache.index) cdb_index_get_info(t->cache.index, &info);
   if (!t->cache.index || !info.mapped) return cdbx_cache_flush(t);
@@ -81,6 +83,7 @@ int cdbx_cache_rollback_flush(cdbx_table *t) {
 int cdbx_cache_put(cdbx_table *t, int64_t rowid, const float *vec) {
   table_cache *c = &t->cache;
   if (!c->index) return SQLITE_OK;
+  c->file_at_commit = 0;
   if (c->pend_ids.n == c->pend_cap) {
     int64_t cap = c->pend_cap ? c->pend_cap * 2 : 256;
     float *v = realloc(c->pend_vecs, sizeof(float) * (size_t)cap * (size_t)t->dims);
@@ -96,6 +99,7 @@ int cdbx_cache_put(cdbx_table *t, int64_t rowid, const float *vec) {
 
 int cdbx_cache_remove(cdbx_table *t, int64_t rowid) {
   if (!t->cache.index) return SQLITE_OK;
+  t->cache.file_at_commit = 0;
   int rc = t->cache.pend_ids.n > 0 ? cdbx_cache_flush(t) : SQLITE_OK;
   if (rc == SQLITE_OK) rc = cdbx_id_list_push(&t->cache.pend_removes, rowid);
   if (rc == SQLITE_OK && t->cache.pend_removes.n >= PEND_BATCH) rc = cdbx_cache_flush(t);
@@ -373,8 +377,22 @@ int cdbx_cache_compact(cdbx_table *t) {
     t->cache.generation++;
     t->cache.file_tag = cache_tag(t, t->cache.generation, snap, snap_uid);
     t->cache.log_since_snapshot = 0;
+    t->cache.file_at_commit = ivf;
   }
   return rc;
+}
+
+/* Written after the commit rather than by the next process's first query, which would otherwise
+ * read the whole snapshot (and T_vectors) before answering. */
+void cdbx_cache_after_commit(cdbx_table *t) {
+  table_cache *c = &t->cache;
+  int current = c->file_at_commit && c->index && !c->stale && c->resync.n == 0 &&
+                c->pend_ids.n == 0 && c->pend_removes.n == 0;
+  c->file_at_commit = 0;
+  char *path = current && may_write_cache_file(t) ? cache_path(t) : NULL;
+  cdb_error err = {{0}};
+  if (path && cdb_index_save_file(c->index, path, c->file_tag, &err) == 0) c->bad_file_tag = 0;
+  sqlite3_free(path);
 }
 
 /* Before the index is rebuilt from its own contents: pending changes applied, and an index

@@ -173,7 +173,8 @@
  * the database (written only from committed state, checksummed, rebuilt when missing, stale or
  * damaged; never written for a read-only or immutable database; CLIPDB_INDEX_CACHE=0 turns it
  * off). 'integrity-check' also compares the cache file with the stored vectors. COMMIT
- * trains the index when it has grown enough (index/ivf.h policy) and then rewrites the snapshot;
+ * trains the index when it has grown enough (index/ivf.h policy) and then rewrites the snapshot
+ * (IVF,Flat: the lists' ids, the vectors stay in photos_vectors only) and the cache file;
  * otherwise a commit only appends to the tables. */
 #include "sqlite-ext/clipdb.h"
 

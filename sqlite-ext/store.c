@@ -573,14 +573,43 @@ static int next_piece(void *ctx, const void **data, size_t *len) {
   return 1;
 }
 
+typedef struct vector_feed {
+  cdb_vector_sink sink;
+  void *sink_ctx;
+  cdb_error *err;
+} vector_feed;
+
+static int feed_vector(cdbx_table *t, void *ctx, int64_t rowid, const float *v, int bytes) {
+  vector_feed *feed = ctx;
+  if (bytes != t->dims * 4 || !v) {
+    cdb_error_set(feed->err, "stored vector of row %lld has %d bytes", (long long)rowid, bytes);
+    return SQLITE_CORRUPT;
+  }
+  return feed->sink(feed->sink_ctx, rowid, v, feed->err) == 0 ? SQLITE_OK : SQLITE_ERROR;
+}
+
+/* The snapshot's vectors are those of T_vectors (IVF,Flat snapshots hold only the lists' ids). */
+static int feed_stored_vectors(void *ctx, cdb_vector_sink sink, void *sink_ctx, cdb_error *err) {
+  cdbx_table *t = ctx;
+  vector_feed feed = {sink, sink_ctx, err};
+  int rc = cdbx_store_scan_vectors(t, "loading the snapshot's vectors", feed_vector, &feed);
+  if (rc != SQLITE_OK && !err->msg[0]) cdb_error_set(err, "reading the vectors failed");
+  return rc == SQLITE_OK ? 0 : -1;
+}
+
 /* Loads the snapshot; NULL (not an error) when it is unusable: the caller rebuilds instead. */
 cdb_index *cdbx_store_read_snapshot(cdbx_table *t) {
   piece_reader r = {0};
   int rc = prepare_fmt(t, &r.st, "SELECT data FROM \"%w\".\"%w_index\" ORDER BY piece", t->schema,
                        t->name);
   cdb_error err = {{0}};
-  cdb_index *idx = rc == SQLITE_OK ? cdb_index_load(next_piece, &r, &err) : NULL;
+  cdb_index *idx =
+      rc == SQLITE_OK ? cdb_index_load_ids(next_piece, &r, feed_stored_vectors, t, &err) : NULL;
   sqlite3_finalize(r.st);
+  if (!idx) { /* the caller rebuilds from T_vectors and reports what it finds there */
+    sqlite3_free(t->base.zErrMsg);
+    t->base.zErrMsg = NULL;
+  }
   if (idx && cdb_index_dim(idx) != t->dims) {
     cdb_index_free(idx);
     idx = NULL;
@@ -635,7 +664,7 @@ static int write_pieces(cdbx_table *t, cdb_index *idx) {
   int rc = prepare_fmt(t, &w.st, "INSERT INTO \"%w\".\"%w_index\"(piece, data) VALUES(?1, ?2)",
                        t->schema, t->name);
   cdb_error err = {{0}};
-  if (rc == SQLITE_OK && cdb_index_save(idx, PIECE_BYTES, emit_piece, &w, &err) != 0) {
+  if (rc == SQLITE_OK && cdb_index_save_ids(idx, PIECE_BYTES, emit_piece, &w, &err) != 0) {
     rc = err.msg[0] ? cdbx_fail(t, "saving the index: %s", err.msg)
                     : sql_error(t, "saving the index");
   }

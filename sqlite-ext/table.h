@@ -60,6 +60,7 @@ typedef struct table_cache {
   int64_t log_since_snapshot;
   uint64_t file_tag;        /* cold-start cache file tag of the state the cache was loaded at */
   uint64_t bad_file_tag;    /* a cache file with this tag failed its checksums: not used */
+  int file_at_commit;       /* the index equals the snapshot this transaction wrote */
   id_list pend_removes;     /* removals not yet handed to the index (batched) */
   id_list pend_ids;         /* additions not yet handed to the index (batched, after removals) */
   float *pend_vecs;
@@ -223,6 +224,9 @@ int cdbx_touch(cdbx_table *t, int64_t rowid);
 int cdbx_cache_train(cdbx_table *t);
 int cdbx_cache_rebalance(cdbx_table *t);
 int cdbx_cache_compact(cdbx_table *t);
+/* At xCommit: the cache file of the snapshot the transaction wrote, when the index still equals
+ * it (best effort; the commit is done, so only committed state is written). */
+void cdbx_cache_after_commit(cdbx_table *t);
 int cdbx_cache_reload_from_vectors(cdbx_table *t);
 int cdbx_cache_wants_training(const cdbx_table *t);
 int cdbx_cache_needs_rebalance(const cdbx_table *t);

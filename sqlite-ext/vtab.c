@@ -622,6 +622,7 @@ static int x_commit(sqlite3_vtab *vt) {
   cdbx_table *t = (cdbx_table *)vt;
   cdbx_pending_free(t); /* empty after xSync; the buffers are not kept between transactions */
   cdbx_table_model_commit(t);
+  cdbx_cache_after_commit(t);
   t->txn.in_txn = 0;
   t->txn.touched.n = 0;
   t->txn.n_sp = 0;

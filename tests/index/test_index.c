@@ -376,6 +376,74 @@ Test(index, save_load_pieces_round_trip) {
   free(x);
 }
 
+/* Hands rows 0..n-1 of x (id = row) but `skip`, and one id the snapshot does not hold. */
+typedef struct row_source {
+  const float *x;
+  int64_t n, skip;
+  int d;
+} row_source;
+
+static int give_rows(void *ctx, cdb_vector_sink sink, void *sink_ctx, cdb_error *err) {
+  row_source *r = ctx;
+  for (int64_t i = 0; i <= r->n; i++) {
+    int64_t id = i == r->n ? 1000000 : i;
+    if (i != r->skip && sink(sink_ctx, id, r->x + (size_t)(i % r->n) * r->d, err) != 0)
+      return -1;
+  }
+  return 0;
+}
+
+Test(index, save_ids_load_ids_round_trip) {
+  int d = 64, n = 12000, nq = 20;
+  float *x = td_clustered(n + nq, d, 100, 0.8, 5);
+  cdb_index *idx = build("auto", x, n, d, 1);
+  cdb_error err = {{0}};
+  static pieces p;
+  memset(&p, 0, sizeof p);
+  cr_assert_eq(cdb_index_save_ids(idx, 65536, collect_piece, &p, &err), 0, "%s", err.msg);
+  size_t bytes = 0;
+  for (int i = 0; i < p.n; i++)
+    bytes += p.len[i];
+  cdb_index_info a, b;
+  cdb_index_get_info(idx, &a);
+  /* ids and centroids only: no vectors */
+  cr_assert(bytes < (size_t)n * 8 + (size_t)a.nlist * d * 4 + 4096, "%zu bytes", bytes);
+  row_source src = {x, n, -1, d};
+  cdb_index *back = cdb_index_load_ids(next_piece, &p, give_rows, &src, &err);
+  cr_assert_not_null(back, "%s", err.msg);
+  cdb_index_get_info(back, &b);
+  cr_assert_str_eq(a.factory, b.factory);
+  cr_assert_eq(b.count, n); /* the id the snapshot does not hold was skipped */
+  assert_same_results(idx, back, x + (size_t)n * d, nq, d);
+  cdb_index_free(back);
+  /* an id that gets no vector is left out */
+  p.next = 0;
+  src.skip = 7;
+  back = cdb_index_load_ids(next_piece, &p, give_rows, &src, &err);
+  cr_assert_not_null(back, "%s", err.msg);
+  cr_assert_eq(cdb_index_count(back), n - 1);
+  int64_t ids[K];
+  float sims[K];
+  int found = 0;
+  search_ok(back, x + 7 * (size_t)d, K, NULL, ids, sims, &found);
+  for (int i = 0; i < found; i++)
+    cr_assert_neq(ids[i], 7);
+  cdb_index_free(back);
+  /* without vectors, or cut short, it is an error */
+  p.next = 0;
+  cr_assert_null(cdb_index_load(next_piece, &p, &err));
+  cr_assert(strstr(err.msg, "ids only"), "%s", err.msg);
+  int all = p.n;
+  p.n = p.n > 1 ? p.n - 1 : 0;
+  p.next = 0;
+  cr_assert_null(cdb_index_load_ids(next_piece, &p, give_rows, &src, &err));
+  cr_assert(strstr(err.msg, "index: ") == err.msg, "%s", err.msg);
+  p.n = all;
+  free_pieces(&p);
+  cdb_index_free(idx);
+  free(x);
+}
+
 Test(index, mmap_cache_file_round_trip) {
   int d = 64, n = 12000, nq = 20;
   float *x = td_clustered(n + nq, d, 100, 0.8, 6);

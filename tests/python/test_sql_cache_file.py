@@ -322,3 +322,54 @@ def test_damaged_file_under_writes_and_rollbacks(tmp_path, ext_path):
             check_knn(db, truth, q, 10, nlist)
         db.execute("INSERT INTO v(v) VALUES('integrity-check')")
         db.close()
+
+
+def bulk_load(path, ext_path, rows, create="CREATE VIRTUAL TABLE v USING clip(dims=16)"):
+    rng = np.random.default_rng(3)
+    vecs = rng.standard_normal((rows, 16))
+    db = connect(str(path), ext_path)
+    db.execute(create)
+    db.execute("BEGIN")
+    db.executemany("INSERT INTO v(rowid, embedding) VALUES (?, ?)",
+                   [(i + 1, blob(v)) for i, v in enumerate(vecs)])
+    db.execute("COMMIT")
+    return db, vecs
+
+
+def test_commit_that_trains_writes_the_cache_file(tmp_path, ext_path):
+    path = tmp_path / "c.db"
+    db, vecs = bulk_load(path, ext_path, 11000)  # COMMIT trains and writes the snapshot
+    assert os.path.exists(cache_of(path))  # before any query: a new process maps it at once
+    other = connect(str(path), ext_path)
+    q = blob(vecs[7])
+    sql = "SELECT rowid FROM v WHERE v MATCH ? AND k = 10"
+    assert other.execute(sql, (q,)).fetchall() == db.execute(sql, (q,)).fetchall()
+    assert info(other)["mapped"]
+    other.execute("INSERT INTO v(v) VALUES ('integrity-check')")
+    other.close()
+    db.close()
+
+
+def test_cache_file_is_not_written_for_state_other_than_the_snapshot(tmp_path, ext_path):
+    path = tmp_path / "c.db"
+    db, vecs = bulk_load(path, ext_path, 11000,
+                         "CREATE VIRTUAL TABLE v USING clip(dims=16, autotrain=off)")
+    db.execute("BEGIN")
+    db.execute("INSERT INTO v(v) VALUES ('train')")
+    db.execute("ROLLBACK")
+    assert not os.path.exists(cache_of(path))
+    db.execute("BEGIN")
+    db.execute("INSERT INTO v(v) VALUES ('train')")
+    db.execute("DELETE FROM v WHERE rowid = 8")  # after the snapshot, in the same transaction
+    db.execute("COMMIT")
+    assert not os.path.exists(cache_of(path))
+    other = connect(str(path), ext_path)
+    nlist = info(other)["nlist"]
+    got = [r for (r,) in other.execute(
+        "SELECT rowid FROM v WHERE v MATCH ? AND k = 3 AND nprobe = ?", (blob(vecs[7]), nlist))]
+    unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    sims = unit @ unit[7]
+    sims[7] = -np.inf  # row 8 was deleted
+    assert got == list(np.argsort(-sims)[:3] + 1)
+    other.close()
+    db.close()

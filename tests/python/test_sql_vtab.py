@@ -340,7 +340,9 @@ def test_cold_start_cache_file(dbpath, ext_path):
             assert_same_ranking(knn(db, q, 10, "and nprobe = 8"), ref_ids, ref_dist)
         return db
 
-    first = check_fresh_connection()  # first load writes the cache file
+    assert os.path.getsize(cache) > 1000 * 16 * 4  # written by the COMMIT of 'train'
+    os.remove(cache)
+    first = check_fresh_connection()  # a load from the snapshot writes it again
     assert index_info(first)["mapped"] is False
     first.close()
     assert os.path.getsize(cache) > 1000 * 16 * 4
@@ -651,6 +653,7 @@ def test_index_cache_off_writes_no_file(dbpath, ext_path, tmp_path):
     db.execute("commit")
     db.execute("insert into p(p) values('train')")
     db.close()
+    os.remove(dbpath + "-clip-p.idx")  # written by the COMMIT of 'train', with the cache on
     script = textwrap.dedent("""
         import json, sqlite3, sys
         import numpy as np

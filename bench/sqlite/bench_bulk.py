@@ -1,0 +1,148 @@
+"""Bulk load of CLIP-like vectors through SQL, clipdb's clip table next to sqlite-vec's vec0 on the
+same data: one transaction of INSERTs (embedding + an integer tag, 10 % of rows tag = 3), then
+COMMIT (clipdb trains its IVF index there), the files' size against the raw float32 vectors, the
+first query of a new process, KNN k=10 and k=10 filtered to tag = 3 (p50, recall@10 against
+numpy's exact search over the allowed rows).
+
+The vectors look like CLIP embeddings: a common direction shared by all (cosine ~0.5 to it),
+~100 intrinsic dimensions, clusters with Zipf-distributed sizes.
+
+usage: /usr/bin/python3 bench/sqlite/bench_bulk.py BUILD_DIR [VEC0_PATH|-] [rows] [dims] [queries]
+BUILD_DIR may list several builds as LABEL=DIR,LABEL=DIR (e.g. before=/tmp/base/build,after=build):
+each gets a row, in that order, on the same data.
+VEC0_PATH: sqlite-vec 0.1.9's vec0 (`cd /tmp && npm install sqlite-vec-linux-x64@0.1.9`, then
+/tmp/node_modules/sqlite-vec-linux-x64/vec0.so); "-" skips it. BENCH_KEEP=DIR keeps the
+databases there."""
+import glob
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+FIRST_QUERY = r"""
+import sqlite3, sys, time
+q = open(sys.argv[3], 'rb').read()
+t0 = time.perf_counter()
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.enable_load_extension(True)
+db.load_extension(sys.argv[2])
+db.execute(sys.argv[4], (q,)).fetchall()
+print((time.perf_counter() - t0) * 1000)
+"""
+
+
+def clip_like(rng, n, d, intrinsic=100, clusters=None):
+    clusters = clusters or max(32, n // 200)
+    basis = np.linalg.qr(rng.standard_normal((d, intrinsic + 1)))[0].T.astype(np.float32)
+    common, basis = basis[0], basis[1:]
+    sizes = 1.0 / np.arange(1, clusters + 1) ** 1.1
+    label = rng.choice(clusters, n, p=sizes / sizes.sum())
+    centres = rng.standard_normal((clusters, intrinsic)).astype(np.float32)
+    z = centres[label] + 0.9 * rng.standard_normal((n, intrinsic)).astype(np.float32)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    x = 0.55 * common + 0.83 * (z @ basis)
+    x += 0.05 * rng.standard_normal((n, d)).astype(np.float32) / np.sqrt(d)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def exact_top(x, q, allowed=None, k=10):
+    s = x @ q
+    if allowed is not None:
+        s = np.where(allowed, s, -np.inf)
+    return set((np.argpartition(-s, k)[:k] + 1).tolist())
+
+
+def timed_queries(db, sql, queries, truths):
+    lat, hits = [], 0
+    for rep in range(2):  # the first pass warms the page cache
+        lat, hits = [], 0
+        for q, tr in zip(queries, truths):
+            s = time.perf_counter()
+            got = [r[0] for r in db.execute(sql, (q.tobytes(),))]
+            lat.append(time.perf_counter() - s)
+            hits += len(set(got) & tr)
+    return np.median(lat) * 1e3, hits / (10 * len(queries))
+
+
+def first_query(path, ext, sql, q, tmp):
+    qpath = os.path.join(tmp, "q.bin")
+    q.tofile(qpath)
+    r = subprocess.run([sys.executable, "-c", FIRST_QUERY, path, ext, qpath, sql],
+                       capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"first query failed: {r.stderr}")
+    return float(r.stdout)
+
+
+def run(name, path, ext, create, match, x, tags, queries, tmp):
+    db = sqlite3.connect(path, isolation_level=None)
+    db.enable_load_extension(True)
+    db.load_extension(ext)
+    db.execute(create)
+    t0 = time.perf_counter()
+    db.execute("begin")
+    db.executemany(f"insert into t(rowid, embedding, tag) values (?, ?, ?)",
+                   ((i + 1, v.tobytes(), int(g)) for i, (v, g) in enumerate(zip(x, tags))))
+    t1 = time.perf_counter()
+    db.execute("commit")
+    t2 = time.perf_counter()
+    db.close()
+    knn = f"select rowid from t where {match} match ? and k = 10"
+    first = [first_query(path, ext, knn, q, tmp) for q in queries[:3]]
+    size = sum(os.path.getsize(f) for f in glob.glob(path + "*"))
+    db = sqlite3.connect(path, isolation_level=None)
+    db.enable_load_extension(True)
+    db.load_extension(ext)
+    truth = [exact_top(x, q) for q in queries]
+    allowed = tags == 3
+    ftruth = [exact_top(x, q, allowed) for q in queries]
+    p50, recall = timed_queries(db, knn, queries, truth)
+    fp50, frecall = timed_queries(db, knn + " and tag = 3", queries, ftruth)
+    db.close()
+    n = len(x)
+    r = dict(insert=n / (t1 - t0), commit=t2 - t1, e2e=n / (t2 - t0), size=size / x.nbytes,
+             first=first[0], p50=p50, recall=recall, fp50=fp50, frecall=frecall)
+    print(f"{name:26s} insert {r['insert']:7.0f} rows/s  commit {r['commit']:6.2f} s  "
+          f"end-to-end {r['e2e']:7.0f} rows/s  files {r['size']:4.2f}x raw  "
+          f"first query {r['first']:6.1f} ms  knn p50 {p50:6.2f} ms recall {recall:.3f}  "
+          f"tag=3 p50 {fp50:6.2f} ms recall {frecall:.3f}", flush=True)
+    return r
+
+
+def main():
+    builds = [b.split("=", 1) if "=" in b else ["clipdb", b] for b in sys.argv[1].split(",")]
+    vec0 = sys.argv[2] if len(sys.argv) > 2 else "-"
+    n = int(sys.argv[3]) if len(sys.argv) > 3 else 100000
+    d = int(sys.argv[4]) if len(sys.argv) > 4 else 512
+    nq = int(sys.argv[5]) if len(sys.argv) > 5 else 100
+    rng = np.random.default_rng(0)
+    x = clip_like(rng, n, d)
+    tags = rng.integers(0, 10, n)
+    noise = rng.standard_normal((nq, d)).astype(np.float32) / np.sqrt(d)
+    queries = x[rng.integers(0, n, nq)] + 0.3 * noise
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    print(f"rows {n}, dims {d}, queries {nq}, raw vectors {x.nbytes / 2**20:.0f} MiB, "
+          f"sqlite {sqlite3.sqlite_version}", flush=True)
+    keep = os.environ.get("BENCH_KEEP")
+    with tempfile.TemporaryDirectory() as tmp:
+        where = keep or tmp
+        for i, (label, build) in enumerate(builds):
+            ours = run(f"{label} clip(index=auto)", os.path.join(where, f"clip{i}.db"),
+                       os.path.join(os.path.abspath(build), "sqlite-ext", "clipdb"),
+                       f"create virtual table t using clip(dims={d}, tag INTEGER)", "t",
+                       x, tags, queries, tmp)
+        if vec0 == "-":
+            return
+        vec = run("sqlite-vec vec0 (exact)", os.path.join(where, "vec.db"), vec0,
+                  f"create virtual table t using vec0(embedding float[{d}] "
+                  f"distance_metric=cosine, tag integer)", "embedding", x, tags, queries, tmp)
+        print(f"ratio {builds[-1][0]}/sqlite-vec: " + "  ".join(
+            f"{k} {ours[k] / vec[k]:.2f}" for k in ("e2e", "size", "first", "p50", "fp50")))
+
+
+if __name__ == "__main__":
+    main()
