@@ -23,6 +23,7 @@ typedef struct clip_tower {
   unsigned char *arena;  /* packed weights, one mapping backed by huge pages where possible */
   size_t arena_size, arena_used;
   int round_f16; /* pack float32 weights as half floats (see weights.c) */
+  int bf16;      /* pack linear layers as bf16 panels for the bf16 GEMM (see weights.c) */
 } clip_tower;
 
 struct clip_model {

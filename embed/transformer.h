@@ -18,6 +18,7 @@
 typedef struct clip_packed {
   const void *data; /* NULL: not packed */
   int f16;
+  int bf16; /* bf16 panels for the bf16 GEMM (kernels.h) */
 } clip_packed;
 
 typedef struct clip_layer_weights {
