@@ -4,6 +4,7 @@
 #include <pthread.h>
 
 #include "embed/clip_internal.h"
+#include "embed/kernels/kernels.h"
 #include "embed/transformer.h"
 #include "embed_test_util.h"
 
@@ -327,5 +328,47 @@ Test(model, bad_image_file_named_in_error) {
   cr_assert(strstr(err.msg, bad), "the error does not name %s: %s", bad, err.msg);
   cr_assert(strstr(err.msg, "Premature end"), "%s", err.msg);
   free(bad);
+  clip_model_free(m);
+}
+
+/* bf16 linear layers against the float32 goldens: close (worst cosine measured 0.999997 on the
+ * shapes images), yet not equal, so the bf16 GEMM did run. */
+Test(model, bf16_precision_near_goldens) {
+  if (!clip_gemm_bf16_native()) {
+    cr_log_warn("no AVX512-BF16 here; bf16 falls back to f32");
+    return;
+  }
+  setenv("CLIPDB_PRECISION", "bf16", 1);
+  clip_model *m = load_tiny();
+  int side = clip_model_image_size(m), dim = clip_model_dim(m);
+  float *pixels, *want;
+  int n = golden_images(side, dim, &pixels, &want);
+  float *got = malloc(sizeof(float) * (size_t)n * dim);
+  cdb_error err = {{0}};
+  cr_assert_eq(clip_embed_pixels(m, pixels, n, got, &err), 0, "%s", err.msg);
+  cr_assert_str_eq(clip_model_precision(m), "bf16");
+  for (int i = 0; i < n; i++) {
+    float c = cosine(want + (size_t)i * dim, got + (size_t)i * dim, dim);
+    cr_expect(c >= 0.99999f, "image %d: cosine %.7f", i, c);
+    cr_expect(max_abs_diff(want + (size_t)i * dim, got + (size_t)i * dim, dim) > 0,
+              "image %d: bf16 equals f32 exactly", i);
+  }
+  free(pixels);
+  free(want);
+  free(got);
+  clip_model_free(m);
+}
+
+Test(model, unknown_precision_rejected) {
+  setenv("CLIPDB_PRECISION", "fp8", 1);
+  clip_model *m = load_tiny();
+  float pixels_out[64];
+  int side = clip_model_image_size(m);
+  float *pixels = calloc((size_t)3 * side * side, sizeof(float));
+  cdb_error err = {{0}};
+  cr_assert_eq(clip_embed_pixels(m, pixels, 1, pixels_out, &err), -1);
+  cr_assert(strstr(err.msg, "CLIPDB_PRECISION=fp8"), "%s", err.msg);
+  cr_assert_str_eq(clip_model_precision(m), "f32");
+  free(pixels);
   clip_model_free(m);
 }
