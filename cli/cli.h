@@ -1,4 +1,4 @@
-/* cli.h: what every `clipdb` subcommand shares (owned by cli/main.c's author).
+/* cli.h: what every `clipdb` subcommand shares.
  *
  * A command is `int cmd_NAME(int argc, char **argv, const cli_ctx *ctx)`: argv[0] is the command
  * name ("search"), the rest are its own arguments (parse them with getopt_long; main has already

@@ -10,23 +10,10 @@
 #include "cli/cli.h"
 #include "cli/db.h"
 #include "embed/clip.h"
-#include "src/fetch.h"
 #include "src/file.h"
 
 /* Raw pixel files are CxHxW float32; 3 x 1024 x 1024 is far above any CLIP input size. */
 #define MAX_PIXEL_FILE_BYTES ((size_t)3 * 1024 * 1024 * sizeof(float))
-
-/* An image path, or an http(s) URL fetched with the core's size/time/redirect limits. */
-static int embed_image_source(clip_model *model, const char *source, float *vec, cdb_error *err) {
-  if (!cdb_is_url(source)) return clip_embed_image_files(model, &source, 1, vec, err);
-  size_t len = 0;
-  void *bytes = cdb_fetch(source, NULL, &len, err);
-  if (!bytes) return -1;
-  const void *bufs[1] = {bytes};
-  int rc = clip_embed_image_buffers(model, bufs, &len, 1, vec, err);
-  free(bytes);
-  return rc;
-}
 
 static const char EMBED_USAGE[] =
     "usage: clipdb embed [--model DIR] (--text TEXT | --image PATH | --pixels FILE)\n"
@@ -43,14 +30,6 @@ static void print_vector(const float *v, int n) {
   puts("]");
 }
 
-/* The vectors from clip.h are normalised already; doing it again keeps the promise explicit. */
-static void normalise(float *v, int n) {
-  double s = 0;
-  for (int i = 0; i < n; i++) s += (double)v[i] * v[i];
-  if (s <= 0) return;
-  float inv = (float)(1.0 / sqrt(s));
-  for (int i = 0; i < n; i++) v[i] *= inv;
-}
 
 static int embed_pixels_file(clip_model *model, const char *path, float *out, cdb_error *err) {
   int side = clip_model_image_size(model);
@@ -113,11 +92,10 @@ int cmd_embed(int argc, char **argv, const cli_ctx *ctx) {
   int rc = -1;
   if (!vec) cdb_error_set(&err, "out of memory");
   else if (text) rc = clip_embed_texts(model, &text, 1, vec, &err);
-  else if (image) rc = embed_image_source(model, image, vec, &err);
+  else if (image) rc = clip_embed_image_source(model, image, vec, &err);
   else rc = embed_pixels_file(model, pixels, vec, &err);
   if (rc == 0) {
-    normalise(vec, dim);
-    print_vector(vec, dim);
+    print_vector(vec, dim); /* clip.h's vectors are unit length already */
   } else {
     cli_error("%s", err.msg);
   }

@@ -10,6 +10,7 @@
 #include "cli/db.h"
 #include "cli/output.h"
 #include "cli/query.h"
+#include "src/vec.h"
 
 #define MAX_QUERY_BYTES 4096
 
@@ -52,14 +53,8 @@ static int term_vector(cli_db *db, const query_term *t, float **v, int *dim, cdb
   return rc;
 }
 
-static int normalise(float *v, int n) {
-  double s = 0;
-  for (int i = 0; i < n; i++) s += (double)v[i] * v[i];
-  if (!(s > 1e-12)) return -1;
-  float inv = (float)(1.0 / sqrt(s));
-  for (int i = 0; i < n; i++) v[i] *= inv;
-  return 0;
-}
+/* Scales v to unit length; -1 when it is (nearly) zero: terms that cancel out. */
+static int normalise(float *v, int n) { return cdb_vec_normalise(v, (size_t)n) > 1e-12 ? 0 : -1; }
 
 /* sum of weight * unit(term) over the terms, normalised. */
 static int query_vector(cli_db *db, const query *q, float **out, int *dim, cdb_error *err) {

@@ -15,7 +15,6 @@
 
 #include "embed/clip.h"
 #include "sqlite-ext/clipdb.h"
-#include "src/fetch.h"
 #include "src/file.h"
 #include "src/model_path.h"
 
@@ -407,13 +406,7 @@ int cli_db_embed_image_file(cli_db *db, const char *source, float **out, int *di
                             cdb_error *err) {
   clip_model *m;
   if (embed_start(db, &m, out, dim, err) != 0) return -1;
-  if (!cdb_is_url(source)) return embed_finish(clip_embed_image_files(m, &source, 1, *out, err), out);
-  size_t len = 0;
-  void *bytes = cdb_fetch(source, NULL, &len, err);
-  const void *bufs[1] = {bytes};
-  int rc = bytes ? clip_embed_image_buffers(m, bufs, &len, 1, *out, err) : -1;
-  free(bytes);
-  return embed_finish(rc, out);
+  return embed_finish(clip_embed_image_source(m, source, *out, err), out);
 }
 
 int cli_db_vector_of_path(cli_db *db, const char *path, float **out, int *dim, int64_t *rowid,

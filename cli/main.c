@@ -11,6 +11,8 @@
 
 #include "cli/cli.h"
 #include "embed/clip.h"
+#include "sqlite-ext/clipdb.h"
+#include "src/model_path.h"
 
 typedef struct command {
   const char *name;
@@ -47,7 +49,7 @@ static void print_usage(FILE *out) {
           "  --model NAME   model directory or cached hub name (default $CLIPDB_MODEL, then %s)\n"
           "  -h, --help     this help; `clipdb COMMAND --help` for a command\n"
           "  --version      print the version\n",
-          "openai/clip-vit-base-patch32");
+          CDB_DEFAULT_MODEL);
 }
 
 /* Takes --db/--model (both "--opt V" and "--opt=V") out of argv, up to a "--". Returns the new

@@ -70,6 +70,9 @@ int clip_embed_texts(clip_model *model, const char *const *texts, int n, float *
 int clip_image_load_file(const clip_model *model, const char *path, float *pixels, cdb_error *err);
 int clip_image_load_buffer(const clip_model *model, const void *buf, size_t len, float *pixels,
                            cdb_error *err);
+/* A file path, or an http(s) URL fetched within src/fetch.h's default limits. */
+int clip_image_load_source(const clip_model *model, const char *path_or_url, float *pixels,
+                           cdb_error *err);
 
 /* n preprocessed images (n * 3 * size * size floats) -> out[n * dim]. */
 int clip_embed_pixels(clip_model *model, const float *pixels, int n, float *out, cdb_error *err);
@@ -79,5 +82,8 @@ int clip_embed_image_files(clip_model *model, const char *const *paths, int n, f
                            cdb_error *err);
 int clip_embed_image_buffers(clip_model *model, const void *const *bufs, const size_t *lens, int n,
                              float *out, cdb_error *err);
+/* One image from a file path or http(s) URL (clip_image_load_source) -> out[dim]. */
+int clip_embed_image_source(clip_model *model, const char *path_or_url, float *out,
+                            cdb_error *err);
 
 #endif

@@ -12,8 +12,11 @@
 #include "embed/kernels/kernels.h"
 #include "embed/model_impl.h"
 #include "src/digest.h"
+#include "src/fetch.h"
 #include "src/file.h"
+#include "src/model_path.h"
 #include "src/pool.h"
+#include "src/vec.h"
 
 #define DEFAULT_MAX_IMAGE_PIXELS 100000000LL
 /* Images per forward pass: enough rows for GEMM efficiency, bounded activation memory. */
@@ -43,7 +46,7 @@ static char *model_file(const char *dir, const char *name, cdb_error *err) {
     cdb_error_set(err,
                   "encoder: model directory %s has no %s; run `clipdb model pull NAME` to "
                   "download a model (e.g. %s)",
-                  dir, name, "openai/clip-vit-base-patch32");
+                  dir, name, CDB_DEFAULT_MODEL);
     free(path);
     return NULL;
   }
@@ -164,11 +167,7 @@ int clip_model_vision_ready(const clip_model *m) { return clip_tower_ready(&m->v
 
 static void normalise_rows(float *v, int n, int dim) {
   for (int i = 0; i < n; i++) {
-    float *row = v + (size_t)i * dim;
-    double ss = 0;
-    for (int d = 0; d < dim; d++) ss += (double)row[d] * row[d];
-    float inv = ss > 0 ? (float)(1.0 / sqrt(ss)) : 0.0f;
-    for (int d = 0; d < dim; d++) row[d] *= inv;
+    cdb_vec_normalise(v + (size_t)i * dim, (size_t)dim); /* NaN rows stay NaN: callers check */
   }
 }
 
@@ -269,6 +268,17 @@ int clip_image_load_buffer(const clip_model *m, const void *buf, size_t len, flo
   return clip_image_preprocess_buffer(&m->spec, buf, len, pixels, err);
 }
 
+int clip_image_load_source(const clip_model *m, const char *path_or_url, float *pixels,
+                           cdb_error *err) {
+  if (!cdb_is_url(path_or_url)) return clip_image_load_file(m, path_or_url, pixels, err);
+  size_t len = 0;
+  void *bytes = cdb_fetch(path_or_url, NULL, &len, err);
+  if (!bytes) return -1;
+  int rc = clip_image_load_buffer(m, bytes, len, pixels, err);
+  free(bytes);
+  return rc;
+}
+
 /* Decoding is spread over the pool; each image records its own error, the first one wins. */
 typedef struct decode_job {
   const clip_model *m;
@@ -331,4 +341,13 @@ int clip_embed_image_files(clip_model *m, const char *const *paths, int n, float
 int clip_embed_image_buffers(clip_model *m, const void *const *bufs, const size_t *lens, int n,
                              float *out, cdb_error *err) {
   return embed_images(m, NULL, bufs, lens, n, out, err);
+}
+
+int clip_embed_image_source(clip_model *m, const char *path_or_url, float *out, cdb_error *err) {
+  float *pixels = malloc(sizeof(float) * 3 * (size_t)m->cfg.image_size * m->cfg.image_size);
+  if (!pixels) return cdb_error_set(err, "encoder: out of memory");
+  int rc = clip_image_load_source(m, path_or_url, pixels, err);
+  if (rc == 0) rc = clip_embed_pixels(m, pixels, 1, out, err);
+  free(pixels);
+  return rc;
 }

@@ -117,7 +117,7 @@ int fail_with_current_exception() {
 
 extern "C" {
 
-int cdbx_IDSelectorCallback_new(FaissIDSelector** p_sel, int (*is_member)(void*, int64_t),
+int cdb_faiss_IDSelectorCallback_new(FaissIDSelector** p_sel, int (*is_member)(void*, int64_t),
                                 void* ctx) {
     try {
         if (!is_member) {
@@ -130,7 +130,7 @@ int cdbx_IDSelectorCallback_new(FaissIDSelector** p_sel, int (*is_member)(void*,
     }
 }
 
-int cdbx_Index_range_search_with_params(const FaissIndex* index, idx_t n, const float* x,
+int cdb_faiss_Index_range_search_with_params(const FaissIndex* index, idx_t n, const float* x,
                                         float radius, const FaissSearchParameters* params,
                                         FaissRangeSearchResult* result) {
     try {
@@ -143,7 +143,7 @@ int cdbx_Index_range_search_with_params(const FaissIndex* index, idx_t n, const 
     }
 }
 
-int cdbx_IndexIVF_list_get(const FaissIndexIVF* index, size_t list_no, idx_t* ids,
+int cdb_faiss_IndexIVF_list_get(const FaissIndexIVF* index, size_t list_no, idx_t* ids,
                            float* vectors) {
     try {
         auto* ivf = reinterpret_cast<const faiss::IndexIVF*>(index);
@@ -163,7 +163,7 @@ int cdbx_IndexIVF_list_get(const FaissIndexIVF* index, size_t list_no, idx_t* id
     }
 }
 
-int cdbx_IndexIVF_set_kmeans_iterations(FaissIndexIVF* index, int niter) {
+int cdb_faiss_IndexIVF_set_kmeans_iterations(FaissIndexIVF* index, int niter) {
     try {
         reinterpret_cast<faiss::IndexIVF*>(index)->cp.niter = niter;
         return 0;
@@ -172,7 +172,7 @@ int cdbx_IndexIVF_set_kmeans_iterations(FaissIndexIVF* index, int niter) {
     }
 }
 
-int cdbx_IndexIVF_prepare_mapped(FaissIndexIVF* index) {
+int cdb_faiss_IndexIVF_prepare_mapped(FaissIndexIVF* index) {
     try {
         auto* ivf = reinterpret_cast<faiss::IndexIVF*>(index);
         auto* ondisk = dynamic_cast<faiss::OnDiskInvertedLists*>(ivf->invlists);
@@ -186,7 +186,7 @@ int cdbx_IndexIVF_prepare_mapped(FaissIndexIVF* index) {
     }
 }
 
-int cdbx_IndexIVF_mapped_view(const FaissIndexIVF* index, const unsigned char** data,
+int cdb_faiss_IndexIVF_mapped_view(const FaissIndexIVF* index, const unsigned char** data,
                               size_t* size, size_t* lists_start, size_t* lists_end) {
     try {
         auto* od = mapped_lists(reinterpret_cast<const faiss::IndexIVF*>(index));
@@ -206,7 +206,8 @@ int cdbx_IndexIVF_mapped_view(const FaissIndexIVF* index, const unsigned char** 
     }
 }
 
-int cdbx_IndexIVF_list_hashes(const FaissIndexIVF* index, uint64_t* hashes, size_t* list_bytes) {
+int cdb_faiss_IndexIVF_list_hashes(const FaissIndexIVF* index, uint64_t* hashes,
+                                   size_t* list_bytes) {
     try {
         auto* ivf = reinterpret_cast<const faiss::IndexIVF*>(index);
         *list_bytes = 0;
@@ -221,7 +222,7 @@ int cdbx_IndexIVF_list_hashes(const FaissIndexIVF* index, uint64_t* hashes, size
     }
 }
 
-int cdbx_IndexIVF_check_lists(FaissIndexIVF* index, const uint64_t* hashes) {
+int cdb_faiss_IndexIVF_check_lists(FaissIndexIVF* index, const uint64_t* hashes) {
     try {
         auto* ivf = reinterpret_cast<faiss::IndexIVF*>(index);
         auto* od = dynamic_cast<faiss::OnDiskInvertedLists*>(ivf->invlists);
@@ -241,7 +242,7 @@ int cdbx_IndexIVF_check_lists(FaissIndexIVF* index, const uint64_t* hashes) {
     }
 }
 
-int64_t cdbx_IndexIVF_verify_lists(const FaissIndexIVF* index, int all) {
+int64_t cdb_faiss_IndexIVF_verify_lists(const FaissIndexIVF* index, int all) {
     auto* ivf = reinterpret_cast<const faiss::IndexIVF*>(index);
     auto* checked = dynamic_cast<const CheckedLists*>(ivf->invlists);
     if (!checked) {

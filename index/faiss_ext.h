@@ -22,41 +22,42 @@ extern "C" {
 #endif
 
 /* An IDSelector that asks a C callback (non-zero: member). Free with faiss_IDSelector_free. */
-int cdbx_IDSelectorCallback_new(FaissIDSelector **p_sel, int (*is_member)(void *ctx, int64_t id),
-                                void *ctx);
+int cdb_faiss_IDSelectorCallback_new(FaissIDSelector **p_sel,
+                                     int (*is_member)(void *ctx, int64_t id), void *ctx);
 
 /* Index::range_search with search parameters (selector, IVF nprobe). */
-int cdbx_Index_range_search_with_params(const FaissIndex *index, idx_t n, const float *x,
+int cdb_faiss_Index_range_search_with_params(const FaissIndex *index, idx_t n, const float *x,
                                         float radius, const FaissSearchParameters *params,
                                         FaissRangeSearchResult *result);
 
 /* Decodes inverted list list_no: ids and (reconstructed) vectors, list_size entries each. */
-int cdbx_IndexIVF_list_get(const FaissIndexIVF *index, size_t list_no, idx_t *ids,
+int cdb_faiss_IndexIVF_list_get(const FaissIndexIVF *index, size_t list_no, idx_t *ids,
                            float *vectors);
 
 /* Iterations of the coarse quantizer's k-means (FAISS's default is 25). */
-int cdbx_IndexIVF_set_kmeans_iterations(FaissIndexIVF *index, int niter);
+int cdb_faiss_IndexIVF_set_kmeans_iterations(FaissIndexIVF *index, int niter);
 
 /* 1 when the inverted lists are memory-mapped (read with IO_FLAG_MMAP), else 0. For mapped lists
  * it also turns off FAISS's per-query prefetch threads (useless when pages are cached). */
-int cdbx_IndexIVF_prepare_mapped(FaissIndexIVF *index);
+int cdb_faiss_IndexIVF_prepare_mapped(FaissIndexIVF *index);
 
 /* Memory-mapped lists: the mapping (the whole file), and where the list data starts and ends in
  * it. Returns 1 for mapped lists, 0 for others. */
-int cdbx_IndexIVF_mapped_view(const FaissIndexIVF *index, const unsigned char **data,
+int cdb_faiss_IndexIVF_mapped_view(const FaissIndexIVF *index, const unsigned char **data,
                               size_t *size, size_t *lists_start, size_t *lists_end);
 
 /* hashes[l]: XXH64 (seeded with l) over list l's codes then ids, the bytes FAISS writes for it;
  * *list_bytes: how many bytes all lists take in FAISS's format. */
-int cdbx_IndexIVF_list_hashes(const FaissIndexIVF *index, uint64_t *hashes, size_t *list_bytes);
+int cdb_faiss_IndexIVF_list_hashes(const FaissIndexIVF *index, uint64_t *hashes,
+                                   size_t *list_bytes);
 
 /* Wraps memory-mapped lists so that each is checked against hashes[list_no] on first touch; a
- * damaged list then reads as empty and is reported by cdbx_IndexIVF_verify_lists. */
-int cdbx_IndexIVF_check_lists(FaissIndexIVF *index, const uint64_t *hashes);
+ * damaged list then reads as empty and is reported by cdb_faiss_IndexIVF_verify_lists. */
+int cdb_faiss_IndexIVF_check_lists(FaissIndexIVF *index, const uint64_t *hashes);
 
 /* The first damaged list found so far (-1: none, or the lists are not checked); with all != 0
  * every list not yet checked is checked first. */
-int64_t cdbx_IndexIVF_verify_lists(const FaissIndexIVF *index, int all);
+int64_t cdb_faiss_IndexIVF_verify_lists(const FaissIndexIVF *index, int all);
 
 #ifdef __cplusplus
 }

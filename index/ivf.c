@@ -24,6 +24,7 @@
 #include "index/faiss_ext.h"
 #include "index/idset.h"
 #include "index/ivf_internal.h"
+#include "src/vec.h"
 
 #define SAMPLE_SEED 0x9e3779b97f4a7c15ULL
 #define SAMPLE_PER_LIST 48
@@ -43,22 +44,21 @@ int ivf_faiss_fail(cdb_error *err, const char *what) {
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-/* Copies a vector L2-normalised; refuses NaN, Inf and zero vectors. */
-static int normalise_into(const float *v, int dim, float *out, const char *what, int64_t i,
-                          cdb_error *err) {
-  double sum = 0;
-  for (int j = 0; j < dim; j++) {
-    if (!isfinite(v[j]))
-      return cdb_error_set(err, "index: %s %lld has a NaN or Inf component", what, (long long)i);
-    sum += (double)v[j] * v[j];
-  }
-  if (!(sum > 0) || !isfinite(sum))
+/* Vectors arrive unit length (inner product = cosine); this refuses NaN, Inf, zero and other
+ * non-unit vectors with an error rather than fixing them. */
+static int check_unit(const float *v, int dim, const char *what, int64_t i, cdb_error *err) {
+  if (cdb_vec_is_unit(v, (size_t)dim))
+    return 0;
+  size_t bad = cdb_vec_first_nonfinite(v, (size_t)dim);
+  if (bad < (size_t)dim)
+    return cdb_error_set(err, "index: %s %lld has a NaN or Inf component (element %zu)", what,
+                         (long long)i, bad);
+  double sq = cdb_vec_dot(v, v, (size_t)dim);
+  if (!(sq > 0))
     return cdb_error_set(err, "index: %s %lld is a zero vector (cosine undefined)", what,
                          (long long)i);
-  double norm = sqrt(sum); /* double: a float reciprocal overflows for denormal inputs */
-  for (int j = 0; j < dim; j++)
-    out[j] = (float)((double)v[j] / norm);
-  return 0;
+  return cdb_error_set(err, "index: %s %lld is not unit length (squared norm %g); normalise it "
+                            "first", what, (long long)i, sq);
 }
 
 static int auto_nlist(int64_t n) {
@@ -321,12 +321,12 @@ int ivf_rebuild_idset(cdb_index *idx, cdb_error *err) {
 }
 
 int cdb_index_damaged(const cdb_index *idx) {
-  return idx->mapped && cdbx_IndexIVF_verify_lists(idx->ivf, 0) >= 0;
+  return idx->mapped && cdb_faiss_IndexIVF_verify_lists(idx->ivf, 0) >= 0;
 }
 
 /* After reading a mapped index: -1 with err set when a list it read failed its checksum. */
 static int check_damage(const cdb_index *idx, int all, cdb_error *err) {
-  int64_t bad = idx->mapped ? cdbx_IndexIVF_verify_lists(idx->ivf, all) : -1;
+  int64_t bad = idx->mapped ? cdb_faiss_IndexIVF_verify_lists(idx->ivf, all) : -1;
   return bad < 0 ? 0
                  : cdb_error_set(err, "index: cache file damaged (inverted list %lld fails its "
                                       "checksum)", (long long)bad);
@@ -375,11 +375,11 @@ static int remove_faiss_ids(cdb_index *idx, int64_t n, const int64_t *ids, cdb_e
 /* ---- add / remove ---- */
 
 static int validate_batch(const cdb_index *idx, int64_t n, const int64_t *ids,
-                          const float *vectors, float *scratch, cdb_error *err) {
+                          const float *vectors, cdb_error *err) {
   for (int64_t i = 0; i < n; i++) {
     if (ids[i] == -1)
       return cdb_error_set(err, "index: id -1 is reserved (vector %lld)", (long long)i);
-    if (normalise_into(vectors + (size_t)i * idx->dim, idx->dim, scratch, "vector", i, err) < 0)
+    if (check_unit(vectors + (size_t)i * idx->dim, idx->dim, "vector", i, err) < 0)
       return -1;
   }
   return 0;
@@ -426,8 +426,7 @@ static int add_normalised(cdb_index *idx, int64_t n, const int64_t *ids, const f
   int64_t fill = 0;
   for (int64_t i = 0; rc == 0 && i <= n; i++) {
     if (i < n && keep[i]) {
-      normalise_into(vectors + (size_t)i * dim, idx->dim, buf + (size_t)fill * dim, "vector", i,
-                     NULL);
+      memcpy(buf + (size_t)fill * dim, vectors + (size_t)i * dim, dim * sizeof *buf);
       bids[fill++] = ids[i];
     }
     if (fill == ADD_BATCH || (i == n && fill > 0)) {
@@ -449,12 +448,11 @@ int cdb_index_add(cdb_index *idx, int64_t n, const int64_t *ids, const float *ve
     return cdb_error_set(err, "index: add: bad arguments (n=%lld)", (long long)n);
   if (n == 0)
     return 0;
-  float *scratch = malloc((size_t)idx->dim * sizeof *scratch);
   unsigned char *keep = malloc((size_t)n);
   int64_t *replaced = NULL, n_keep = 0, n_replaced = 0;
-  int rc = (!scratch || !keep) ? cdb_error_set(err, "index: out of memory") : 0;
+  int rc = !keep ? cdb_error_set(err, "index: out of memory") : 0;
   if (rc == 0)
-    rc = validate_batch(idx, n, ids, vectors, scratch, err);
+    rc = validate_batch(idx, n, ids, vectors, err);
   if (rc == 0)
     rc = ivf_make_writable(idx, err);
   if (rc == 0)
@@ -472,7 +470,6 @@ int cdb_index_add(cdb_index *idx, int64_t n, const int64_t *ids, const float *ve
     cdb_idset_del(&idx->ids, replaced[i]);
   if (rc == 0)
     rc = add_normalised(idx, n, ids, vectors, keep, err);
-  free(scratch);
   free(keep);
   free(replaced);
   return rc;
@@ -585,7 +582,7 @@ static int plan_search(const cdb_index *idx, const cdb_search_opts *opts, search
   } else if (f) {
     plan->fctx.f = f;
     build_bitmap(&plan->fctx);
-    if (cdbx_IDSelectorCallback_new(&plan->sel, filter_allows, &plan->fctx)) {
+    if (cdb_faiss_IDSelectorCallback_new(&plan->sel, filter_allows, &plan->fctx)) {
       free(plan->fctx.bits);
       return ivf_faiss_fail(err, "filter");
     }
@@ -626,13 +623,13 @@ int cdb_index_search(const cdb_index *idx, const float *query, int k, const cdb_
   int64_t kk = min64(k, cdb_index_count(idx));
   if (kk == 0)
     return 0;
-  float *q = malloc((size_t)idx->dim * sizeof *q);
+  const float *q = query;
   float *dist = malloc((size_t)kk * sizeof *dist);
   int64_t *labels = malloc((size_t)kk * sizeof *labels);
   search_plan plan;
-  int rc = (!q || !dist || !labels) ? cdb_error_set(err, "index: out of memory") : 0;
+  int rc = (!dist || !labels) ? cdb_error_set(err, "index: out of memory") : 0;
   if (rc == 0)
-    rc = normalise_into(query, idx->dim, q, "query", 0, err);
+    rc = check_unit(query, idx->dim, "query", 0, err);
   if (rc == 0)
     rc = plan_search(idx, opts, &plan, err);
   if (rc == 0) {
@@ -655,7 +652,6 @@ int cdb_index_search(const cdb_index *idx, const float *query, int k, const cdb_
     memcpy(sims, dist, (size_t)n * sizeof *sims);
     *n_found = (int)n;
   }
-  free(q);
   free(dist);
   free(labels);
   return rc;
@@ -719,13 +715,11 @@ int cdb_index_range_search(const cdb_index *idx, const float *query, float min_s
   if (cdb_index_count(idx) == 0 ||
       (opts && opts->filter && opts->filter->ids && opts->filter->n_ids == 0))
     return 0;
-  float *q = malloc((size_t)idx->dim * sizeof *q);
-  if (!q)
-    return cdb_error_set(err, "index: out of memory");
+  const float *q = query;
   search_plan plan;
   FaissRangeSearchResult *rsr = NULL;
   FaissSearchParametersIVF *sp = NULL;
-  int rc = normalise_into(query, idx->dim, q, "query", 0, err);
+  int rc = check_unit(query, idx->dim, "query", 0, err);
   if (rc == 0)
     rc = plan_search(idx, opts, &plan, err);
   if (rc == 0) {
@@ -733,8 +727,9 @@ int cdb_index_range_search(const cdb_index *idx, const float *query, float min_s
         faiss_SearchParametersIVF_new_with(&sp, plan.sel, plan.nprobe, 0))
       rc = ivf_faiss_fail(err, "range search");
     /* FAISS keeps inner products strictly above the radius; ivf.h promises >= min_sim. */
-    else if (cdbx_Index_range_search_with_params(idx->faiss, 1, q, nextafterf(min_sim, -INFINITY),
-                                                 (FaissSearchParameters *)sp, rsr))
+    else if (cdb_faiss_Index_range_search_with_params(idx->faiss, 1, q,
+                                                      nextafterf(min_sim, -INFINITY),
+                                                      (FaissSearchParameters *)sp, rsr))
       rc = ivf_faiss_fail(err, "range search");
     else if ((rc = check_damage(idx, 0, err)) == 0)
       rc = collect_range(rsr, ids, sims, n_found, err);
@@ -746,7 +741,6 @@ int cdb_index_range_search(const cdb_index *idx, const float *query, float min_s
       faiss_IDSelector_free(plan.sel);
     free(plan.fctx.bits);
   }
-  free(q);
   return rc;
 }
 
@@ -801,7 +795,7 @@ static int for_each_list(const cdb_index *src, list_fn fn, void *ctx, cdb_error 
         break;
       }
     }
-    if (cdbx_IndexIVF_list_get(src->ivf, l, ids, vecs))
+    if (cdb_faiss_IndexIVF_list_get(src->ivf, l, ids, vecs))
       rc = ivf_faiss_fail(err, "reading inverted list");
     else
       rc = fn(ctx, n, ids, vecs, err);
@@ -873,7 +867,7 @@ static int readd(void *ctx, size_t n, const int64_t *ids, const float *vecs, cdb
 /* k-means for the coarse centroids of fi on a sample of src's vectors. */
 static int train_centroids(const cdb_index *src, FaissIndex *fi, int nlist, cdb_error *err) {
   int64_t n = cdb_index_count(src);
-  if (cdbx_IndexIVF_set_kmeans_iterations(faiss_IndexIVF_cast(fi), KMEANS_ITERATIONS))
+  if (cdb_faiss_IndexIVF_set_kmeans_iterations(faiss_IndexIVF_cast(fi), KMEANS_ITERATIONS))
     return ivf_faiss_fail(err, "training");
   int64_t want = (int64_t)SAMPLE_PER_LIST * nlist;
   if (want < SAMPLE_MIN)

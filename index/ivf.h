@@ -1,10 +1,12 @@
 /* ivf.h: a collection index over L2-normalised float32 vectors with int64 ids, on FAISS.
- * Owner: index/. It knows nothing of SQLite or CLIP: the caller owns the vectors and keeps the
+ * It knows nothing of SQLite or CLIP: the caller owns the vectors and keeps the
  * index as a cache it can rebuild (re-add), serialise into pieces of bounded size, or save as a
  * memory-mappable cache file.
  *
- * Similarity is the inner product (cosine: vectors and queries are L2-normalised on the way in;
- * zero, NaN and Inf vectors are refused); results come best first.
+ * Similarity is the inner product, which is the cosine because vectors and queries arrive unit
+ * length (src/vec.h's cdb_vec_normalise, done once by the caller): the index checks this and
+ * refuses zero, NaN, Inf and other non-unit vectors with an error, without copying or fixing
+ * them. Results come best first.
  *
  * Index types (cdb_index_params.type):
  *   "auto" (default)  exact while small, then "IVF<nlist>,Flat" once trained;
@@ -39,7 +41,7 @@
 #include "src/err.h"
 
 #define CDB_INDEX_MAX_DIM 65536
-#define CDB_INDEX_MAX_K 1000000      /* k outside 1..CDB_INDEX_MAX_K is an error */
+#define CDB_INDEX_MAX_K 100000       /* k outside 1..CDB_INDEX_MAX_K is an error */
 #define CDB_INDEX_TRAIN_MIN 10000    /* "auto": exact below this many vectors */
 #define CDB_INDEX_RETRAIN_GROWTH 4   /* retrain after growing this many times */
 #define CDB_INDEX_MAX_IMBALANCE 4.0  /* list imbalance factor 'optimize' tolerates */

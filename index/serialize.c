@@ -260,7 +260,8 @@ static int write_trailer(const cdb_index *idx, FILE *f, long payload_end, cdb_er
   cache_trailer t = {0};
   memcpy(t.magic, TRAILER_MAGIC, 8);
   t.nlist = idx->nlist;
-  int rc = cdbx_IndexIVF_list_hashes(idx->ivf, hashes, &list_bytes) ? ivf_faiss_fail(err, "hash")
+  int rc = cdb_faiss_IndexIVF_list_hashes(idx->ivf, hashes, &list_bytes)
+               ? ivf_faiss_fail(err, "hash")
            : list_bytes > (size_t)payload_end
                ? cdb_error_set(err, "index: cache file: lists larger than the file")
                : 0;
@@ -370,10 +371,11 @@ static int check_mapped_lists(cdb_index *idx, const cache_trailer *t, uint64_t p
                               const uint64_t *hashes, cdb_error *err) {
   const unsigned char *data = NULL;
   size_t size = 0, start = 0, end = 0;
-  if (cdbx_IndexIVF_mapped_view(idx->ivf, &data, &size, &start, &end) != 1 ||
+  if (cdb_faiss_IndexIVF_mapped_view(idx->ivf, &data, &size, &start, &end) != 1 ||
       start != t->lists_start || end != payload_end || t->nlist != idx->nlist)
     return cdb_error_set(err, "index: corrupt cache file (lists are not where the checksums say)");
-  if (cdbx_IndexIVF_prepare_mapped(idx->ivf) < 0 || cdbx_IndexIVF_check_lists(idx->ivf, hashes))
+  if (cdb_faiss_IndexIVF_prepare_mapped(idx->ivf) < 0 ||
+      cdb_faiss_IndexIVF_check_lists(idx->ivf, hashes))
     return ivf_faiss_fail(err, "mapping the lists");
   return 0;
 }

@@ -1,4 +1,4 @@
-/* clipdb.h: the SQLite extension's public API (owned by sqlite-ext/).
+/* clipdb.h: the SQLite extension's public API.
  *
  * Loaded dynamically (`.load clipdb`), the extension registers itself through its entry point
  * sqlite3_clipdb_init. Programs that link SQLite and the static library clipdb_sql call
@@ -7,6 +7,8 @@
 #define CLIPDB_H
 
 #include <sqlite3.h>
+
+#define CLIPDB_VERSION "0.1.0" /* clip_version(), `clipdb --version` */
 
 #ifdef __cplusplus
 extern "C" {

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "sqlite-ext/table.h"
+#include "src/vec.h"
 
 int cdbx_maintain(cdbx_table *t) {
   if (!cdbx_cache_in_use(t)) return SQLITE_OK;
@@ -25,11 +26,9 @@ static int check_vector(cdbx_table *t, void *ctx, int64_t rowid, const float *v,
     return cdbx_table_error(t, "row %lld: vector has %d bytes, expected %d", (long long)rowid,
                             bytes, t->dims * 4);
   }
-  double norm = 0;
-  for (int i = 0; i < t->dims; i++) norm += (double)v[i] * v[i];
-  if (!isfinite(norm) || fabs(norm - 1.0) > 1e-3) {
+  if (!cdb_vec_is_unit(v, (size_t)t->dims)) {
     return cdbx_table_error(t, "row %lld: vector is not normalised (squared norm %g)",
-                            (long long)rowid, norm);
+                            (long long)rowid, cdb_vec_dot(v, v, (size_t)t->dims));
   }
   (*(int64_t *)ctx)++;
   return SQLITE_OK;

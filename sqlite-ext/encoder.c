@@ -11,7 +11,6 @@
 #include <string.h>
 
 #include "sqlite-ext/internal.h"
-#include "src/fetch.h"
 #include "src/model_path.h"
 
 typedef struct registry_entry {
@@ -126,17 +125,17 @@ clip_model *cdbx_conn_model(cdbx_conn *conn, const char *name, cdb_error *err) {
 
 int cdbx_conn_register_model(cdbx_conn *conn, const char *name, const char *path,
                              clip_model **out, cdb_error *err) {
-  clip_model *model = cdbx_registry_acquire(path, err);
-  if (!model) return -1;
-  cdbx_model_entry *e = find_entry(conn, name);
-  if (!e && !(e = add_entry(conn, name, err))) {
+  char *dir = cdb_model_resolve(path, err); /* a folder, or a hub name in the model cache */
+  if (!dir) return -1;
+  clip_model *model = cdbx_registry_acquire(dir, err);
+  cdbx_model_entry *e = model ? find_entry(conn, name) : NULL;
+  if (model && !e && !(e = add_entry(conn, name, err))) {
     cdbx_registry_release(model);
-    return -1;
+    model = NULL;
   }
-  char *dir = strdup(path);
-  if (!dir) {
-    cdbx_registry_release(model);
-    return cdb_error_set(err, "out of memory");
+  if (!model) {
+    free(dir);
+    return -1;
   }
   cdbx_registry_release(e->model); /* tables retain their own reference */
   free(e->dir);
@@ -162,11 +161,9 @@ void cdbx_conn_free_models(cdbx_conn *conn) {
 
 int cdbx_check_embeddings(const clip_model *model, const float *v, int rows, cdb_error *err) {
   size_t n = (size_t)rows * (size_t)clip_model_dim(model);
-  for (size_t i = 0; i < n; i++) {
-    if (!isfinite(v[i])) {
-      return cdb_error_set(err, "the model produced a non-finite embedding (NaN or infinity); "
-                                "its weights may be damaged");
-    }
+  if (cdb_vec_first_nonfinite(v, n) < n) {
+    return cdb_error_set(err, "the model produced a non-finite embedding (NaN or infinity); "
+                              "its weights may be damaged");
   }
   return 0;
 }
@@ -196,16 +193,7 @@ int cdbx_image_value_pixels(clip_model *model, sqlite3_value *value, float *pixe
     int len = sqlite3_value_bytes(value);
     if (!src || len == 0) return cdb_error_set(err, "image path is an empty string");
     if ((int)strlen(src) != len) return cdb_error_set(err, "image path contains a NUL character");
-    if (cdb_is_url(src)) {
-      cdb_fetch_limits limits = cdb_fetch_default_limits();
-      size_t n = 0;
-      void *data = cdb_fetch(src, &limits, &n, err);
-      if (!data) return -1;
-      int rc = load_buffer(model, data, n, pixels, err);
-      free(data);
-      return rc;
-    }
-    return clip_image_load_file(model, src, pixels, err);
+    return clip_image_load_source(model, src, pixels, err);
   }
   case SQLITE_NULL:
     return cdb_error_set(err, "image is NULL");

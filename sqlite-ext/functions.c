@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sqlite-ext/clipdb.h"
 #include "sqlite-ext/internal.h"
 #include "sqlite-ext/table.h"
 #include "src/json.h"
@@ -116,9 +117,9 @@ static void fn_similarity(sqlite3_context *ctx, int argc, sqlite3_value **argv) 
   float *a = vec_arg(ctx, "clip_similarity", argv, 0, &na);
   float *b = a ? vec_arg(ctx, "clip_similarity", argv, 1, &nb) : NULL;
   if (b && same_dims(ctx, "clip_similarity", na, nb)) {
-    double na2 = cdbx_vec_dot(a, a, na), nb2 = cdbx_vec_dot(b, b, nb);
+    double na2 = cdb_vec_dot(a, a, na), nb2 = cdb_vec_dot(b, b, nb);
     if (na2 > 0 && nb2 > 0) {
-      sqlite3_result_double(ctx, cdbx_vec_dot(a, b, na) / (sqrt(na2) * sqrt(nb2)));
+      sqlite3_result_double(ctx, cdb_vec_dot(a, b, na) / (sqrt(na2) * sqrt(nb2)));
     } else {
       sqlite3_result_error(ctx, "clip_similarity: a zero vector has no direction", -1);
     }
@@ -186,7 +187,11 @@ static void fn_vec_to_json(sqlite3_context *ctx, int argc, sqlite3_value **argv)
   sqlite3_str_appendchar(s, 1, '[');
   for (int i = 0; i < n; i++) {
     char num[32];
-    snprintf(num, sizeof num, "%s%.9g", i ? "," : "", (double)a[i]);
+    /* "-0" would read back as the integer 0; "-0.0" keeps the sign bit */
+    if (a[i] == 0 && signbit(a[i]))
+      snprintf(num, sizeof num, "%s-0.0", i ? "," : "");
+    else
+      snprintf(num, sizeof num, "%s%.9g", i ? "," : "", (double)a[i]);
     sqlite3_str_appendall(s, num);
   }
   sqlite3_str_appendchar(s, 1, ']');
@@ -214,7 +219,7 @@ static void fn_vec_from_json(sqlite3_context *ctx, int argc, sqlite3_value **arg
     return;
   }
   size_t n = json_object_is_type(arr, json_type_array) ? json_object_array_length(arr) : 0;
-  float *v = n > 0 && n <= CDBX_MAX_DIMS ? malloc(n * sizeof(float)) : NULL;
+  float *v = n > 0 && n <= CDB_INDEX_MAX_DIM ? malloc(n * sizeof(float)) : NULL;
   for (size_t i = 0; v && i < n; i++) {
     json_object *x = json_object_array_get_idx(arr, i);
     double d = json_object_get_double(x);
@@ -334,7 +339,7 @@ static int classify(clip_model *model, sqlite3_value *image, const char *const *
     double scale = exp((double)clip_model_logit_scale(model)), max = -INFINITY, sum = 0;
     for (int l = 0; l < n_labels; l++) {
       scores[l].label = labels[l];
-      scores[l].score = scale * cdbx_vec_dot(img, lab + (size_t)l * dim, dim);
+      scores[l].score = scale * cdb_vec_dot(img, lab + (size_t)l * dim, dim);
       if (scores[l].score > max) max = scores[l].score;
     }
     for (int l = 0; l < n_labels; l++) sum += (scores[l].score = exp(scores[l].score - max));
@@ -456,7 +461,7 @@ static void fn_model(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
 static void fn_version(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   (void)argc;
   (void)argv;
-  sqlite3_result_text(ctx, "clipdb 0.1.0", -1, SQLITE_STATIC);
+  sqlite3_result_text(ctx, "clipdb " CLIPDB_VERSION, -1, SQLITE_STATIC);
 }
 
 /* clip_index_info(table) -> JSON of the live index: what `clipdb info` and users inspect. */

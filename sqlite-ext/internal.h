@@ -29,13 +29,12 @@ SQLITE_EXTENSION_INIT3
 #include "embed/clip.h"
 #include "index/ivf.h"
 #include "src/err.h"
+#include "src/vec.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "clipdb stores vectors as host-order float32 and supports little-endian hosts only"
 #endif
 
-#define CDBX_MAX_DIMS 65536
-#define CDBX_MAX_K 100000
 
 /* sqlite3_str_finish, but "" (allocated) rather than NULL for an empty string. */
 static inline char *cdbx_str_finish(sqlite3_str *s) {
@@ -97,9 +96,9 @@ size_t cdbx_image_floats(const clip_model *model);
  * multiple of 4, empty blobs, NaN/Inf. `what` names the argument. Returns a malloc'd copy. */
 float *cdbx_vec_from_value(sqlite3_value *value, const char *what, int *n, cdb_error *err);
 int cdbx_vec_check_finite(const float *v, int n, const char *what, cdb_error *err);
-/* Scales v to unit length; -1 for the zero vector. */
+/* Scales v to unit length (the one normalisation on the way to index/, which only checks);
+ * -1 for the zero vector. */
 int cdbx_vec_normalize(float *v, int n, const char *what, cdb_error *err);
-double cdbx_vec_dot(const float *a, const float *b, int n);
 /* True when the SQL value is a BLOB of exactly dims float32 values. */
 int cdbx_value_is_vector(sqlite3_value *value, int dims);
 

@@ -106,7 +106,7 @@ static int parse_option(table_args *a, const char *key, const char *value, char 
   }
   if (sqlite3_stricmp(key, "dims") == 0) {
     a->has_dims = 1;
-    return parse_int_option(key, value, 1, CDBX_MAX_DIMS, &a->dims, errmsg);
+    return parse_int_option(key, value, 1, CDB_INDEX_MAX_DIM, &a->dims, errmsg);
   }
   if (sqlite3_stricmp(key, "autotrain") == 0) {
     return parse_bool_option(key, value, &a->autotrain, errmsg);

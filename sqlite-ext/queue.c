@@ -617,7 +617,7 @@ static int vector_from_text(cdbx_table *t, int64_t rowid, sqlite3_value *text, i
   if (st) {
     sqlite3_bind_int64(st, 1, rowid);
     if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_bytes(st, 0) == t->dims * 4) {
-      *from_text = cdbx_vec_dot(mine, sqlite3_column_blob(st, 0), t->dims) > 1.0 - 1e-4;
+      *from_text = cdb_vec_dot(mine, sqlite3_column_blob(st, 0), t->dims) > 1.0 - 1e-4;
     }
     sqlite3_reset(st);
   } else if (rc == SQLITE_OK) {

@@ -419,7 +419,7 @@ int cdbx_store_read_config(cdbx_table *t, char **errmsg) {
     rc = cdbx_fail(t, "unsupported storage version %lld", (long long)version);
   }
   if (rc == SQLITE_OK) rc = config_int(t, "dims", &dims);
-  if (rc == SQLITE_OK && (dims < 1 || dims > CDBX_MAX_DIMS)) {
+  if (rc == SQLITE_OK && (dims < 1 || dims > CDB_INDEX_MAX_DIM)) {
     rc = cdbx_fail(t, "corrupt config: dims %lld", (long long)dims);
   }
   if (rc == SQLITE_OK) rc = config_get(t, "model", NULL, &t->model_name, &found);
@@ -440,14 +440,10 @@ int cdbx_store_read_config(cdbx_table *t, char **errmsg) {
 }
 
 int cdbx_store_drop(cdbx_table *t) {
-  return exec_fmt(t,
-                  "DROP TABLE IF EXISTS \"%w\".\"%w_config\";"
-                  "DROP TABLE IF EXISTS \"%w\".\"%w_rows\";"
-                  "DROP TABLE IF EXISTS \"%w\".\"%w_vectors\";"
-                  "DROP TABLE IF EXISTS \"%w\".\"%w_changes\";"
-                  "DROP TABLE IF EXISTS \"%w\".\"%w_index\";",
-                  t->schema, t->name, t->schema, t->name, t->schema, t->name, t->schema, t->name,
-                  t->schema, t->name);
+  int rc = SQLITE_OK;
+  for (size_t i = 0; rc == SQLITE_OK && i < sizeof suffixes / sizeof suffixes[0]; i++)
+    rc = exec_fmt(t, "DROP TABLE IF EXISTS \"%w\".\"%w_%s\"", t->schema, t->name, suffixes[i]);
+  return rc;
 }
 
 int cdbx_store_rename(cdbx_table *t, const char *to) {

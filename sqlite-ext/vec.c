@@ -1,9 +1,11 @@
-/* vec.c: vectors as SQL values (float32 BLOBs): parsing with clear errors, norms, dot products. */
+/* vec.c: vectors as SQL values (float32 BLOBs): parsing and normalising with clear errors (the
+ * arithmetic is src/vec.h's). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "sqlite-ext/internal.h"
+#include "src/vec.h"
 
 float *cdbx_vec_from_value(sqlite3_value *value, const char *what, int *n, cdb_error *err) {
   if (sqlite3_value_type(value) != SQLITE_BLOB) {
@@ -12,9 +14,9 @@ float *cdbx_vec_from_value(sqlite3_value *value, const char *what, int *n, cdb_e
     return NULL;
   }
   int bytes = sqlite3_value_bytes(value);
-  if (bytes == 0 || bytes % 4 != 0 || bytes / 4 > CDBX_MAX_DIMS) {
+  if (bytes == 0 || bytes % 4 != 0 || bytes / 4 > CDB_INDEX_MAX_DIM) {
     cdb_error_set(err, "%s: a vector BLOB holds 1 to %d float32 values, got %d bytes", what,
-                  CDBX_MAX_DIMS, bytes);
+                  CDB_INDEX_MAX_DIM, bytes);
     return NULL;
   }
   float *v = malloc((size_t)bytes);
@@ -32,29 +34,16 @@ float *cdbx_vec_from_value(sqlite3_value *value, const char *what, int *n, cdb_e
 }
 
 int cdbx_vec_check_finite(const float *v, int n, const char *what, cdb_error *err) {
-  for (int i = 0; i < n; i++) {
-    if (!isfinite(v[i])) return cdb_error_set(err, "%s: element %d is not finite", what, i);
-  }
-  return 0;
-}
-
-double cdbx_vec_dot(const float *a, const float *b, int n) {
-  double s = 0; /* double: squared norms of finite float vectors can exceed float range */
-  for (int i = 0; i < n; i++) s += (double)a[i] * b[i];
-  return s;
+  size_t bad = cdb_vec_first_nonfinite(v, (size_t)n);
+  return bad < (size_t)n ? cdb_error_set(err, "%s: element %zu is not finite", what, bad) : 0;
 }
 
 int cdbx_vec_normalize(float *v, int n, const char *what, cdb_error *err) {
-  double s = 0;
-  for (int i = 0; i < n; i++) s += (double)v[i] * v[i];
+  double s = cdb_vec_normalise(v, (size_t)n);
   if (!(s > 0) || !isfinite(s)) {
     return cdb_error_set(err, "%s: %s vector cannot be normalised", what,
                          s > 0 ? "an overflowing" : "a zero");
   }
-  /* In double: for tiny (denormal) inputs a float reciprocal overflows or loses the precision
-   * that makes the result unit length. */
-  double norm = sqrt(s);
-  for (int i = 0; i < n; i++) v[i] = (float)((double)v[i] / norm);
   return 0;
 }
 

@@ -361,10 +361,11 @@ static int knn_limits(cdbx_table *t, query_parts *q, int *k, int *nprobe, double
   *nprobe = 0;
   *max_dist = -1;
   if (q->k) {
-    rc = int_arg(t, q->k, "k", 1, CDBX_MAX_K, k);
+    rc = int_arg(t, q->k, "k", 1, CDB_INDEX_MAX_K, k);
   } else if (q->limit) {
-    rc = int_arg(t, q->limit, "LIMIT", 0, CDBX_MAX_K, k);
-    if (rc == SQLITE_OK && q->offset) rc = int_arg(t, q->offset, "OFFSET", 0, CDBX_MAX_K, &offset);
+    rc = int_arg(t, q->limit, "LIMIT", 0, CDB_INDEX_MAX_K, k);
+    if (rc == SQLITE_OK && q->offset)
+      rc = int_arg(t, q->offset, "OFFSET", 0, CDB_INDEX_MAX_K, &offset);
     *k += offset;
   }
   if (rc == SQLITE_OK && q->nprobe) rc = int_arg(t, q->nprobe, "nprobe", 1, 1 << 24, nprobe);
@@ -446,9 +447,9 @@ static int grow_search(cdbx_table *t, cdbx_cursor *c) {
   for (int64_t i = 0; i < c->n; i++) {
     if (cdbx_id_list_push(&c->seen, c->ids[i]) != SQLITE_OK) return SQLITE_NOMEM;
   }
-  if (!full || c->seen.n >= limit || c->k >= CDBX_MAX_K) return SQLITE_DONE;
+  if (!full || c->seen.n >= limit || c->k >= CDB_INDEX_MAX_K) return SQLITE_DONE;
   qsort(c->seen.ids, (size_t)c->seen.n, sizeof(int64_t), cmp_i64);
-  c->k = c->k * 4 > CDBX_MAX_K ? CDBX_MAX_K : c->k * 4;
+  c->k = c->k * 4 > CDB_INDEX_MAX_K ? CDB_INDEX_MAX_K : c->k * 4;
   int rc = run_search(t, c, c->k, -1);
   int64_t kept = 0;
   for (int64_t i = 0; rc == SQLITE_OK && i < c->n; i++) {

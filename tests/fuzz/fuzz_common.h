@@ -43,6 +43,20 @@ static inline const char *fuzz_data_path(const char *rel, char *buf, size_t cap)
   return buf;
 }
 
+/* The whole of a file under tests/data, malloc'd; aborts when it cannot be read (a broken setup). */
+static inline uint8_t *fuzz_read_data(const char *rel, size_t *len) {
+  char path[4096];
+  FILE *f = fopen(fuzz_data_path(rel, path, sizeof path), "rb");
+  if (!f || fseek(f, 0, SEEK_END) != 0) abort();
+  long n = ftell(f);
+  uint8_t *buf = malloc((size_t)n);
+  rewind(f);
+  if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) abort();
+  fclose(f);
+  *len = (size_t)n;
+  return buf;
+}
+
 typedef struct fuzz_memfile {
   int fd;
   char path[64];

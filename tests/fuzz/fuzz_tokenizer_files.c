@@ -20,25 +20,12 @@ static fuzz_memfile vocab, merges;
 static uint8_t *real_vocab, *real_merges, *scratch;
 static size_t real_vocab_len, real_merges_len;
 
-static uint8_t *read_whole(const char *rel, size_t *len) {
-  char path[4096];
-  FILE *f = fopen(fuzz_data_path(rel, path, sizeof path), "rb");
-  if (!f || fseek(f, 0, SEEK_END) != 0) abort();
-  long n = ftell(f);
-  uint8_t *buf = malloc((size_t)n);
-  rewind(f);
-  if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) abort();
-  fclose(f);
-  *len = (size_t)n;
-  return buf;
-}
-
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc, (void)argv;
   fuzz_memfile_init(&vocab, "vocab.json");
   fuzz_memfile_init(&merges, "merges.txt");
-  real_vocab = read_whole("clip-tiny-shapes/vocab.json", &real_vocab_len);
-  real_merges = read_whole("clip-tiny-shapes/merges.txt", &real_merges_len);
+  real_vocab = fuzz_read_data("clip-tiny-shapes/vocab.json", &real_vocab_len);
+  real_merges = fuzz_read_data("clip-tiny-shapes/merges.txt", &real_merges_len);
   size_t big = real_vocab_len > real_merges_len ? real_vocab_len : real_merges_len;
   scratch = malloc(big + 65536 + 16);
   if (!scratch) abort();

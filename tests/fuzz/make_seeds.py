@@ -201,9 +201,72 @@ def seeds_cli_query():
         put("fuzz_cli_query", f"exif-{i:02d}", b"\x02" + d.encode())
 
 
+def splice_offset(pos, length):
+    """The 3 bytes fuzz_model_dir scales to an offset: the smallest that lands on pos."""
+    x = ((pos << 24) + length - 1) // length
+    return bytes([x >> 16 & 255, x >> 8 & 255, x & 255])
+
+
+def seeds_model_dir():
+    put("fuzz_model_dir", "config", b"\x00" + (MODEL / "config.json").read_bytes())
+    preprocessor = (MODEL / "preprocessor_config.json").read_bytes()
+    put("fuzz_model_dir", "preprocessor", b"\x01" + preprocessor)
+    st = (MODEL / "model.safetensors").read_bytes()
+    header = st[8:8 + struct.unpack("<Q", st[:8])[0]]
+    i = header.index(b'"text_projection.weight"')
+    j = header.index(b"}", i) + 1
+    at = splice_offset(i, len(header))
+    put("fuzz_model_dir", "safetensors-tensor", b"\x02" + at + header[i:j])
+    start = splice_offset(0, len(header))
+    put("fuzz_model_dir", "safetensors-start", b"\x02" + start + header[:60])
+    for byte0, name, fname, at, n in [(3, "vocab-splice", "vocab.json", 2, 40),
+                                      (4, "merges-splice", "merges.txt", 2, 40),
+                                      (0x84, "merges-truncated", "merges.txt", 3, 20)]:
+        text = (MODEL / fname).read_bytes()
+        pos = len(text) // at
+        at = splice_offset(pos, len(text))
+        put("fuzz_model_dir", name, bytes([byte0]) + at + text[pos:pos + n])
+
+
+def seeds_http():
+    import hashlib
+    nxt = b"\n#NEXT#\n"  # separates responses (fuzz_http.c)
+    sha = hashlib.sha256(b"helloworld").hexdigest().encode()
+
+    def ok(body, extra=b""):
+        return b"HTTP/1.1 200 OK\r\n" + extra + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    found = b"HTTP/1.1 302 Found\r\n"
+    seeds = {
+        "fetch-200": b"\x00" + ok(b"hello"),
+        "fetch-redirect": b"\x00" + found + b"Location: http://127.0.0.1:@PORT@/x\r\n"
+                          b"Content-Length: 0\r\n\r\n" + nxt + ok(b"ok"),
+        "fetch-chunked": b"\x00HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"5\r\nhello\r\n0\r\n\r\n",
+        "download-verified": b"\x01" + ok(b"helloworld", b'X-Linked-Etag: "' + sha + b'"\r\n'),
+        "download-mismatch": b"\x01" + ok(b"hellowirld", b'X-Linked-Etag: "' + sha + b'"\r\n'),
+        "download-etag-redirect": b"\x01" + found + b'ETag: "' + sha + b'"\r\n'
+                                  b"Location: https://cdn.example/f\r\nContent-Length: 0\r\n\r\n"
+                                  + nxt + ok(b"helloworld", b'ETag: "abc"\r\n'),
+        "download-truncated-resume": b"\x01HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello"
+                                     + nxt + b"HTTP/1.1 206 Partial Content\r\n"
+                                     b"Content-Range: bytes 5-9/10\r\n"
+                                     b"Content-Length: 5\r\n\r\nworld",
+        "download-503-retry": b"\x01HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\n"
+                              b"Content-Length: 0\r\n\r\n" + nxt + ok(b"hello"),
+        "download-404": b"\x01HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found",
+        "probe-linked-etag": b"\x02" + found + b'X-Linked-Etag: "' + sha + b'"\r\n'
+                             b"Location: /x\r\nContent-Length: 0\r\n\r\n",
+        "probe-404": b"\x02HTTP/1.1 404 Not Found\r\n\r\n",
+    }
+    for name, data in seeds.items():
+        put("fuzz_http", name, data)
+
+
 if __name__ == "__main__":
     for sub in ["fuzz_safetensors", "fuzz_config", "fuzz_tokenizer_files", "fuzz_tokenizer",
-                "fuzz_image", "fuzz_vtab_args", "fuzz_vec_blobs", "fuzz_shadow", "fuzz_cli_query"]:
+                "fuzz_image", "fuzz_vtab_args", "fuzz_vec_blobs", "fuzz_shadow", "fuzz_cli_query",
+                "fuzz_model_dir", "fuzz_http"]:
         for old in (CORPUS / sub).glob("*"):  # regress-* are kept: found inputs
             if not old.name.startswith("regress-"):
                 old.unlink()
@@ -214,5 +277,7 @@ if __name__ == "__main__":
     seeds_image()
     seeds_sql()
     seeds_cli_query()
+    seeds_model_dir()
+    seeds_http()
     total = sum(p.stat().st_size for p in CORPUS.rglob("*") if p.is_file())
     print(f"seeds written under {CORPUS} ({total} bytes)")

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "index/ivf.h"
+#include "src/vec.h"
 #include "testdata.h"
 
 #define K 10
@@ -585,9 +586,11 @@ Test(index, range_search_finds_near_duplicates) {
   float *x = td_clustered(n, d, 30, 0.8, 8);
   /* rows 100..104 become near-duplicates of row 0 */
   uint64_t s = 99;
-  for (int r = 100; r < 105; r++)
+  for (int r = 100; r < 105; r++) {
     for (int j = 0; j < d; j++)
       x[(size_t)r * d + j] = x[j] + (float)(0.01 * td_normal(&s));
+    cdb_vec_normalise(x + (size_t)r * d, (size_t)d);
+  }
   cdb_index *idx = build("auto", x, n, d, 0);
   cdb_error err = {{0}};
   int64_t *ids = NULL, n_found = 0;
@@ -664,6 +667,7 @@ Test(index, bad_inputs_give_errors) {
   cdb_index *idx = cdb_index_new(8, &p, &err);
   cr_assert_not_null(idx, "%s", err.msg);
   float v[16] = {1, 2, 3, 4, 5, 6, 7, 8, 1, 0, 0, 0, 0, 0, 0, 0};
+  cdb_vec_normalise(v, 8);
   int64_t ids[2] = {1, 2};
   cr_assert_eq(cdb_index_add(idx, 2, ids, v, &err), 0, "%s", err.msg);
   v[9] = NAN;
@@ -705,5 +709,54 @@ Test(index, bad_inputs_give_errors) {
   cr_assert_eq(cdb_index_needs_training(flat), 0);
   cr_assert_eq(cdb_index_train(flat, &err), -1);
   cdb_index_free(flat);
+  cdb_index_free(idx);
+}
+
+/* The index takes vectors as they come (unit length) and refuses others, in an add batch or as a
+ * query, with an error naming the vector and the problem; a refused add leaves the index as it
+ * was. */
+Test(index, non_unit_vectors_are_refused_not_fixed) {
+  cdb_error err = {{0}};
+  cdb_index_params p = cdb_index_default_params();
+  cdb_index *idx = cdb_index_new(4, &p, &err);
+  cr_assert_not_null(idx, "%s", err.msg);
+  float unit[8] = {1, 0, 0, 0, 0, 0.6f, 0.8f, 0};
+  int64_t ids[2] = {1, 2};
+  cr_assert_eq(cdb_index_add(idx, 2, ids, unit, &err), 0, "%s", err.msg);
+
+  float batch[8] = {0, 1, 0, 0, 0, 2, 0, 0}; /* vector 1 has length 2 */
+  int64_t ids2[2] = {3, 4};
+  cr_assert_eq(cdb_index_add(idx, 2, ids2, batch, &err), -1);
+  cr_assert(strstr(err.msg, "index: vector 1 is not unit length (squared norm 4)"), "%s", err.msg);
+  cr_assert_eq(cdb_index_count(idx), 2, "nothing added on error");
+
+  batch[5] = NAN;
+  cr_assert_eq(cdb_index_add(idx, 2, ids2, batch, &err), -1);
+  cr_assert(strstr(err.msg, "index: vector 1 has a NaN or Inf component (element 1)"), "%s",
+            err.msg);
+  cr_assert_eq(cdb_index_count(idx), 2, "nothing added on error");
+
+  float query[4] = {0.5f, 0, 0, 0};
+  int64_t out[2];
+  float sims[2];
+  int found = -1;
+  cr_assert_eq(cdb_index_search(idx, query, 2, NULL, out, sims, &found, &err), -1);
+  cr_assert(strstr(err.msg, "index: query 0 is not unit length (squared norm 0.25)"), "%s",
+            err.msg);
+  cr_assert_eq(found, 0);
+  int64_t *rids = NULL;
+  float *rsims = NULL;
+  int64_t rn = -1;
+  query[3] = INFINITY;
+  cr_assert_eq(cdb_index_range_search(idx, query, 0.5f, NULL, &rids, &rsims, &rn, &err), -1);
+  cr_assert(strstr(err.msg, "NaN or Inf"), "%s", err.msg);
+  cr_assert_null(rids);
+
+  query[0] = 1, query[3] = 0; /* unit: searches as before, the stored vectors unchanged */
+  cr_assert_eq(cdb_index_search(idx, query, 2, NULL, out, sims, &found, &err), 0, "%s", err.msg);
+  cr_assert_eq(found, 2);
+  cr_assert_eq(out[0], 1);
+  cr_assert_float_eq(sims[0], 1.0f, 1e-6);
+  cr_assert_float_eq(sims[1], 0.0f, 1e-6);
   cdb_index_free(idx);
 }

@@ -298,6 +298,29 @@ def test_clip_model_default_replaces_the_default(conn, model_dir, tmp_path, monk
     assert conn.execute("select embedding from t").fetchone()[0] == got
 
 
+def test_clip_model_resolves_cached_hub_names(conn, model_dir, tmp_path, monkeypatch, ext_path):
+    """clip_model(name, REF) and clipdb.connect(model=REF) resolve REF as every other place does:
+    a hub name pulled into the model cache, not only a folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    shutil.copytree(model_dir, tmp_path / "cache" / "clipdb" / "models" / "shapes-org--tiny-clip")
+    by_path = conn.execute("select clip_embed_text('a red star', ?)", (model_dir,)).fetchone()[0]
+    by_name = conn.execute("select clip_embed_text('a red star', 'shapes-org/tiny-clip')").fetchone()[0]
+    info = json.loads(conn.execute("select clip_model('default', 'shapes-org/tiny-clip')").fetchone()[0])
+    assert info["dims"] == 64
+    assert conn.execute("select clip_embed_text('a red star')").fetchone()[0] == by_path == by_name
+    with pytest.raises(sqlite3.OperationalError, match="no-org/no-model.*model pull"):
+        conn.execute("select clip_model('x', 'no-org/no-model')").fetchone()
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "bindings" / "python"))
+    try:
+        import clipdb
+        monkeypatch.setenv("CLIPDB_EXTENSION", ext_path)
+        db = clipdb.connect(":memory:", model="shapes-org/tiny-clip")
+        assert db.execute("select clip_embed_text('a red star')").fetchone()[0] == by_path
+        db.close()
+    finally:
+        sys.path.pop(0)
+
+
 def run_embed(ext_path, model_dir, env_extra, sql, params=()):
     """Runs one SQL query in a fresh process (environment variables are read once per process):
     prints its result as JSON, or {"error": message}; also reports the process's threads."""

@@ -38,6 +38,12 @@ def test_vector_helpers_match_numpy(conn):
     assert back == blob(a)
 
 
+def test_vec_json_round_trip_keeps_negative_zero(conn):
+    a = np.array([-0.0, 0.0, -1.5, -0.0], dtype=np.float32)
+    back = one(conn, "select clip_vec_from_json(clip_vec_to_json(?))", blob(a))
+    assert back == blob(a)  # bit for bit: -0.0 keeps its sign
+
+
 def test_beach_minus_people(conn):
     q = one(conn, "select clip_vec_normalize(clip_vec_sub(clip_embed_text('a red star'), "
                   "clip_vec_scale(clip_embed_text('a star'), 0.5)))")
@@ -84,7 +90,7 @@ BAD_FUNCTION_CALLS = [
     ("select clip_classify(x'0000803f', '')", "label 1 must be non-empty"),
     ("select clip_classify_templates(x'00', 'not json', 'a')", "JSON array"),
     ("select clip_classify_templates(x'00', '[\"no hole\"]', 'a')", "contain {}"),
-    ("select clip_model('x', '/no/such/dir')", "does not exist"),
+    ("select clip_model('x', '/no/such/dir')", "no such directory"),
     ("select clip_model('', '/tmp')", "non-empty"),
 ]
 
