@@ -77,8 +77,13 @@ static void scratch_free(void *p) {
 
 static void scratch_init(void) { pthread_key_create(&scratch_key, scratch_free); }
 
+static int scratch_fails; /* clip_transformer_fail_scratch() */
+
+void clip_transformer_fail_scratch(int fail) { scratch_fails = fail; }
+
 /* NULL when out of memory; the packed kernels then cannot run and the caller falls back. */
 static float *scratch_for(size_t need) {
+  if (scratch_fails) return NULL;
   pthread_once(&scratch_once, scratch_init);
   scratch_buf *b = pthread_getspecific(scratch_key);
   if (!b) {
@@ -133,9 +138,10 @@ static void linear_task(void *ctx, int ith, int nth) {
     if (p0 >= p1 || m0 >= m1) return;
     if (j->Wp->bf16) {
       uint32_t *words = (uint32_t *)scratch_for(clip_gemm_bf16_scratch(m1 - m0, j->K));
-      if (!words) return; /* out of memory: the layer's output stays unset */
+      /* Without scratch memory the reference (which then needs none) gives the same answer. */
+      clip_gemm_bf16_fn gemm = words ? clip_gemm_bf16_native() : clip_gemm_bf16_ref;
       clip_gemm_out out = {j->C + (size_t)m0 * j->ldc, j->ldc, j->accumulate, j->bias, j->act};
-      clip_gemm_bf16_native()(m1 - m0, j->N, j->K, j->A + (size_t)m0 * j->K, j->K, j->Wp->data,
+      gemm(m1 - m0, j->N, j->K, j->A + (size_t)m0 * j->K, j->K, j->Wp->data,
                               p0, p1, &out, words);
       return;
     }

@@ -67,4 +67,7 @@ int clip_vision_forward(const clip_config *cfg, const clip_vision_weights *w, co
 int clip_text_forward(const clip_config *cfg, const clip_text_weights *w, const int32_t *ids,
                       int n, float *out, cdb_error *err);
 
+/* Tests: make every per-thread scratch allocation fail (1) or not (0), as out of memory does. */
+void clip_transformer_fail_scratch(int fail);
+
 #endif

@@ -38,15 +38,18 @@ void clip_pack_weights_bf16(const float *W, int N, int K, uint16_t *dst) {
   }
 }
 
+/* Row m's bf16 pair k2, rounded from A now (the reference without scratch memory). */
+static uint32_t row_pair_bf16(const float *A, int lda, int K, int m, int k2) {
+  const float *a = A + (size_t)m * lda + 2 * k2;
+  uint32_t lo = f32_to_bf16(a[0]), hi = 2 * k2 + 1 < K ? f32_to_bf16(a[1]) : 0;
+  return lo | hi << 16;
+}
+
 /* Rows of A rounded to bf16, two k per 32-bit word (K padded with a zero). */
 static void pack_rows_bf16(int M, int K, const float *A, int lda, uint32_t *dst) {
   int K2 = (K + 1) / 2;
   for (int m = 0; m < M; m++)
-    for (int k2 = 0; k2 < K2; k2++) {
-      const float *a = A + (size_t)m * lda + 2 * k2;
-      uint32_t lo = f32_to_bf16(a[0]), hi = 2 * k2 + 1 < K ? f32_to_bf16(a[1]) : 0;
-      dst[(size_t)m * K2 + k2] = lo | hi << 16;
-    }
+    for (int k2 = 0; k2 < K2; k2++) dst[(size_t)m * K2 + k2] = row_pair_bf16(A, lda, K, m, k2);
 }
 
 static void store_tile(const clip_gemm_out *out, int m, int c0, int cols, const float *acc) {
@@ -57,14 +60,14 @@ static void store_tile(const clip_gemm_out *out, int m, int c0, int cols, const 
 static void gemm_bf16_c(int M, int N, int K, const float *A, int lda, const uint16_t *Wp, int p0,
                         int p1, const clip_gemm_out *out, uint32_t *scratch) {
   int K2 = (K + 1) / 2;
-  pack_rows_bf16(M, K, A, lda, scratch);
+  if (scratch) pack_rows_bf16(M, K, A, lda, scratch);
   for (int p = p0; p < p1; p++) {
     const uint16_t *panel = Wp + (size_t)p * CLIP_PANEL * K2 * 2;
     int c0 = p * CLIP_PANEL, cols = N - c0 < CLIP_PANEL ? N - c0 : CLIP_PANEL;
     for (int m = 0; m < M; m++) {
       float acc[CLIP_PANEL] = {0};
       for (int k2 = 0; k2 < K2; k2++) {
-        uint32_t a = scratch[(size_t)m * K2 + k2];
+        uint32_t a = scratch ? scratch[(size_t)m * K2 + k2] : row_pair_bf16(A, lda, K, m, k2);
         for (int j = 0; j < CLIP_PANEL; j++) {
           const uint16_t *w = panel + ((size_t)k2 * CLIP_PANEL + j) * 2;
           /* vdpbf16ps: the odd pair's product first, then the even one's (both exact). */

@@ -137,7 +137,8 @@ void clip_pack_weights_bf16(const float *W, int N, int K, uint16_t *dst);
 typedef void (*clip_gemm_bf16_fn)(int M, int N, int K, const float *A, int lda,
                                   const uint16_t *Wp, int p0, int p1, const clip_gemm_out *out,
                                   uint32_t *scratch);
-/* The plain C reference (the same arithmetic, in the same order). */
+/* The plain C reference (the same arithmetic, in the same order); with scratch NULL it rounds
+ * A as it reads it and needs no memory. */
 extern const clip_gemm_bf16_fn clip_gemm_bf16_ref;
 /* The AVX512-BF16 kernel, or NULL when the CPU lacks AVX512-BF16. */
 clip_gemm_bf16_fn clip_gemm_bf16_native(void);

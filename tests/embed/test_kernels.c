@@ -258,8 +258,9 @@ static float round_bf16(float f) {
 }
 
 /* The bf16 GEMM fn on panels [p0, N) with each epilogue equals gemm_nt of the bf16-rounded A
- * and W, then bias and activation. */
-static void check_bf16_shape(clip_gemm_bf16_fn fn, const char *name, int M, int N, int K) {
+ * and W, then bias and activation. with_scratch 0: fn gets no scratch memory. */
+static void check_bf16_shape(clip_gemm_bf16_fn fn, const char *name, int M, int N, int K,
+                             int with_scratch) {
   const clip_kernels *ref = &clip_kernels_generic;
   float *A = random_vec(M * K, 1), *W = random_vec(N * K, 1), *bias = random_vec(N, 1);
   float *Ar = malloc(sizeof(float) * (size_t)(M * K)), *Wr = malloc(sizeof(float) * (size_t)(N * K));
@@ -277,7 +278,7 @@ static void check_bf16_shape(clip_gemm_bf16_fn fn, const char *name, int M, int 
                             epilogues[e].act};
       clip_gemm_out got = want;
       got.C = C2;
-      fn(M, N, K, A, K, Wp, p0, panels, &got, scratch);
+      fn(M, N, K, A, K, Wp, p0, panels, &got, with_scratch ? scratch : NULL);
       reference_packed(ref, M, N, K, Ar, Wr, p0 * CLIP_PANEL, &want);
       assert_close(C1, C2, M * N, 1e-5f * sqrtf((float)K), "gemm_bf16", name, K);
     }
@@ -295,7 +296,14 @@ static void check_bf16_shape(clip_gemm_bf16_fn fn, const char *name, int M, int 
 Test(kernels, gemm_bf16_reference) {
   for (int i = 0; i < N_LENGTHS; i++) {
     int n = lengths[i];
-    check_bf16_shape(clip_gemm_bf16_ref, "c", n % 13 + 1, n % 50 + 20, n);
+    check_bf16_shape(clip_gemm_bf16_ref, "c", n % 13 + 1, n % 50 + 20, n, 1);
+  }
+}
+
+Test(kernels, gemm_bf16_reference_without_scratch) {
+  for (int i = 0; i < N_LENGTHS; i++) {
+    int n = lengths[i];
+    check_bf16_shape(clip_gemm_bf16_ref, "c-no-scratch", n % 13 + 1, n % 50 + 20, n, 0);
   }
 }
 
@@ -307,7 +315,7 @@ Test(kernels, gemm_bf16_native) {
   }
   for (int i = 0; i < N_LENGTHS; i++) {
     int n = lengths[i];
-    check_bf16_shape(fn, "avx512bf16", n % 13 + 1, n % 50 + 20, n);
+    check_bf16_shape(fn, "avx512bf16", n % 13 + 1, n % 50 + 20, n, 1);
   }
 }
 

@@ -359,6 +359,37 @@ Test(model, bf16_precision_near_goldens) {
   clip_model_free(m);
 }
 
+/* Out of scratch memory, every linear layer still writes its output (the f32 layers through
+ * the plain C kernel, bf16 ones through the reference): the same embeddings as with memory. */
+static void check_without_scratch(const char *precision) {
+  setenv("CLIPDB_PRECISION", precision, 1);
+  clip_model *m = load_tiny();
+  int side = clip_model_image_size(m), dim = clip_model_dim(m);
+  float *pixels, *golden;
+  int n = golden_images(side, dim, &pixels, &golden);
+  float *want = malloc(sizeof(float) * (size_t)n * dim), *got = malloc(sizeof(float) * (size_t)n * dim);
+  cdb_error err = {{0}};
+  cr_assert_eq(clip_embed_pixels(m, pixels, n, want, &err), 0, "%s", err.msg);
+  for (int i = 0; i < n * dim; i++) got[i] = NAN; /* unwritten output shows */
+  clip_transformer_fail_scratch(1);
+  int rc = clip_embed_pixels(m, pixels, n, got, &err);
+  clip_transformer_fail_scratch(0);
+  cr_assert_eq(rc, 0, "%s", err.msg);
+  for (int i = 0; i < n; i++) {
+    float c = cosine(want + (size_t)i * dim, got + (size_t)i * dim, dim);
+    cr_expect(c >= 0.99999f, "%s image %d without scratch: cosine %.7f", precision, i, c);
+  }
+  free(pixels);
+  free(golden);
+  free(want);
+  free(got);
+  clip_model_free(m);
+}
+
+Test(model, f32_without_scratch_memory) { check_without_scratch("f32"); }
+
+Test(model, bf16_without_scratch_memory) { check_without_scratch("bf16"); }
+
 Test(model, unknown_precision_rejected) {
   setenv("CLIPDB_PRECISION", "fp8", 1);
   clip_model *m = load_tiny();
