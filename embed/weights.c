@@ -330,12 +330,13 @@ static clip_packed packed_bf16(clip_model *m, clip_tower *tw, const char *const 
 }
 
 /* CLIPDB_PRECISION: f32 (default) or bf16 for the vision tower's linear layers; bf16 needs
- * AVX512-BF16 and otherwise stays f32 (clip_model_precision() says which ran). Returns -1 on an
- * unknown value. */
+ * AVX512-BF16 and the AVX-512 kernel set (CLIPDB_ISA=avx2|generic forces the fallback) and
+ * otherwise stays f32 (clip_model_precision() says which ran). Returns -1 on an unknown value. */
 static int vision_bf16(cdb_error *err) {
   const char *env = getenv("CLIPDB_PRECISION");
   if (!env || strcmp(env, "f32") == 0) return 0;
-  if (strcmp(env, "bf16") == 0) return clip_gemm_bf16_native() != NULL;
+  if (strcmp(env, "bf16") == 0)
+    return clip_gemm_bf16_native() != NULL && clip_kernels_best() == &clip_kernels_avx512;
   if (strcmp(env, "int8") == 0)
     return cdb_error_set(err, "CLIPDB_PRECISION=int8: not available yet (use f32 or bf16)");
   return cdb_error_set(err, "CLIPDB_PRECISION=%s: unknown precision (expected f32 or bf16)", env);

@@ -333,10 +333,15 @@ Test(model, bad_image_file_named_in_error) {
 
 /* bf16 linear layers against the float32 goldens: close (worst cosine measured 0.999997 on the
  * shapes images), yet not equal, so the bf16 GEMM did run. */
+/* Whether CLIPDB_PRECISION=bf16 may run the bf16 GEMM: AVX512-BF16 and no narrower CLIPDB_ISA. */
+static bool bf16_available(void) {
+  const char *isa = getenv("CLIPDB_ISA");
+  return clip_gemm_bf16_native() && (!isa || strcmp(isa, "avx512") == 0);
+}
+
 Test(model, bf16_precision_near_goldens) {
-  if (!clip_gemm_bf16_native()) {
-    cr_log_warn("no AVX512-BF16 here; bf16 falls back to f32");
-    return;
+  if (!bf16_available()) {
+    cr_skip_test("no AVX512-BF16 (or a narrower CLIPDB_ISA); bf16 falls back to f32");
   }
   setenv("CLIPDB_PRECISION", "bf16", 1);
   clip_model *m = load_tiny();
@@ -356,6 +361,19 @@ Test(model, bf16_precision_near_goldens) {
   free(pixels);
   free(want);
   free(got);
+  clip_model_free(m);
+}
+
+/* Without AVX512-BF16 (or with CLIPDB_ISA=avx2|generic) a bf16 request runs float32, says so,
+ * and matches the goldens as float32 does. */
+Test(model, bf16_fallback_is_f32) {
+  if (bf16_available()) {
+    cr_skip_test("AVX512-BF16 here; the fallback runs under CLIPDB_ISA=avx2|generic");
+  }
+  setenv("CLIPDB_PRECISION", "bf16", 1);
+  clip_model *m = load_tiny();
+  cr_assert_str_eq(clip_model_precision(m), "f32");
+  check_images_from_pixels(m);
   clip_model_free(m);
 }
 
