@@ -49,6 +49,8 @@ int clip_check_tensors(const clip_model *m, cdb_error *err);
 /* Prepare a tower on first use (thread-safe; a failure leaves it unprepared for a retry). */
 int clip_ensure_text(clip_model *m, cdb_error *err);
 int clip_ensure_vision(clip_model *m, cdb_error *err);
+/* Whether a vision tower prepared now would take bf16 layers (CLIPDB_PRECISION, the CPU). */
+int clip_vision_bf16_planned(void);
 int clip_tower_ready(const clip_tower *tw);
 void clip_tower_release(clip_tower *tw);
 

@@ -342,6 +342,11 @@ static int vision_bf16(cdb_error *err) {
   return cdb_error_set(err, "CLIPDB_PRECISION=%s: unknown precision (expected f32 or bf16)", env);
 }
 
+int clip_vision_bf16_planned(void) {
+  cdb_error err = {{0}};
+  return clip_get_gemm_mode() != CLIP_GEMM_BLAS && vision_bf16(&err) > 0;
+}
+
 /* The packed weight; one whose values leave the half range when rounded is packed again as
  * float32 (the half-float copy's arena space is simply not reused). */
 static clip_packed packed(clip_model *m, clip_tower *tw, const char *const *names, int n_names, int N,
