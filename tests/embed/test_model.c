@@ -364,6 +364,20 @@ Test(model, bf16_precision_near_goldens) {
   clip_model_free(m);
 }
 
+/* Without CLIPDB_PRECISION the vision tower takes bf16 where it runs, else f32. */
+Test(model, bf16_default_where_available) {
+  unsetenv("CLIPDB_PRECISION");
+  clip_model *m = load_tiny();
+  cr_assert_str_eq(clip_model_precision(m), bf16_available() ? "bf16" : "f32");
+  int side = clip_model_image_size(m);
+  float *pixels = calloc((size_t)3 * side * side, sizeof(float)), out[64];
+  cdb_error err = {{0}};
+  cr_assert_eq(clip_embed_pixels(m, pixels, 1, out, &err), 0, "%s", err.msg);
+  cr_assert_str_eq(clip_model_precision(m), bf16_available() ? "bf16" : "f32");
+  free(pixels);
+  clip_model_free(m);
+}
+
 /* Without AVX512-BF16 (or with CLIPDB_ISA=avx2|generic) a bf16 request runs float32, says so,
  * and matches the goldens as float32 does. */
 Test(model, bf16_fallback_is_f32) {
