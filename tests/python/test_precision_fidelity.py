@@ -5,6 +5,7 @@ Each precision embeds every demo image and one caption per (colour, shape) pair 
 every image's cosine to its float32 embedding, zero-shot accuracy (the caption of the file name
 ranks first), and text->image rankings (the top 5 images of every caption) must be unchanged."""
 import json
+import os
 import re
 import subprocess
 
@@ -49,7 +50,7 @@ def demo():
 def embed(ext_path, precision, images, texts):
     spec = json.dumps({"model": str(MODEL_DIR), "images": images, "texts": texts})
     r = subprocess.run(["/usr/bin/python3", "-c", SCRIPT, ext_path], input=spec,
-                       env={"CLIPDB_PRECISION": precision}, capture_output=True, text=True,
+                       env=dict(os.environ, CLIPDB_PRECISION=precision), capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)

@@ -5,6 +5,7 @@ What is recorded is checked against what was asked for and what the CPU offers (
 bf16 runs only with AVX512-BF16, otherwise float32. Vectors of another precision are accepted
 (bf16 keeps cosine >= 0.99999 to float32 on the fixtures) and the table then reports "mixed"."""
 import json
+import os
 import subprocess
 
 import pytest
@@ -31,7 +32,8 @@ def cpu_has_bf16():
 
 
 def add_images(db_path, ext_path, precision, images, isa=None):
-    env = {"CLIPDB_MODEL": str(MODEL_DIR), "CLIPDB_PRECISION": precision}
+    env = dict(os.environ, CLIPDB_MODEL=str(MODEL_DIR), CLIPDB_PRECISION=precision)
+    env.pop("CLIPDB_ISA", None)
     if isa:
         env["CLIPDB_ISA"] = isa
     r = subprocess.run(["/usr/bin/python3", "-c", SCRIPT, str(db_path), ext_path,
