@@ -18,7 +18,8 @@ model.safetensors, parsed with numpy: torch 1.13 has no safetensors support), th
 
 usage: /usr/bin/python3 bench/embed/anchors.py torch|check|export [--model DIR] [--out DIR]
                                                [--clipdb BIN] [--reps N]
-       /usr/bin/python3 bench/embed/anchors.py table --ours [LABEL=]FILE... [--torch FILE] [--ort FILE]
+       /usr/bin/python3 bench/embed/anchors.py table --ours [LABEL=]FILE... [--torch FILE]
+           [--ort FILE]
 Needs Debian's python3-torch for everything but `table`.
 """
 import argparse

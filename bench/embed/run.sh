@@ -38,12 +38,15 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 # Ours at each vision precision: the default (bf16 where the CPU has AVX512-BF16) and f32.
 DEFAULT_PRECISION=f32
 if grep -qw avx512_bf16 /proc/cpuinfo; then DEFAULT_PRECISION=bf16; fi
-echo "== ours ($DEFAULT_PRECISION, the default): $BUILD/bench/embed/bench-embed --model $MODEL --reps $REPS"
-env -u CLIPDB_PRECISION "$BUILD/bench/embed/bench-embed" --model "$MODEL" --reps "$REPS" | tee "$OUT/ours.txt"
+BENCH="$BUILD/bench/embed/bench-embed --model $MODEL --reps $REPS"
+echo "== ours ($DEFAULT_PRECISION, the default): $BENCH"
+# shellcheck disable=SC2086 # BENCH is the command and its options
+env -u CLIPDB_PRECISION $BENCH | tee "$OUT/ours.txt"
 OURS="--ours $DEFAULT_PRECISION=$OUT/ours.txt"
 if [ $DEFAULT_PRECISION != f32 ]; then
-  echo "== ours (f32): CLIPDB_PRECISION=f32 $BUILD/bench/embed/bench-embed --model $MODEL --reps $REPS"
-  CLIPDB_PRECISION=f32 "$BUILD/bench/embed/bench-embed" --model "$MODEL" --reps "$REPS" | tee "$OUT/ours-f32.txt"
+  echo "== ours (f32): CLIPDB_PRECISION=f32 $BENCH"
+  # shellcheck disable=SC2086
+  CLIPDB_PRECISION=f32 $BENCH | tee "$OUT/ours-f32.txt"
   OURS="$OURS --ours f32=$OUT/ours-f32.txt"
 fi
 

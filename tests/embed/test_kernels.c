@@ -263,7 +263,8 @@ static void check_bf16_shape(clip_gemm_bf16_fn fn, const char *name, int M, int 
                              int with_scratch) {
   const clip_kernels *ref = &clip_kernels_generic;
   float *A = random_vec(M * K, 1), *W = random_vec(N * K, 1), *bias = random_vec(N, 1);
-  float *Ar = malloc(sizeof(float) * (size_t)(M * K)), *Wr = malloc(sizeof(float) * (size_t)(N * K));
+  float *Ar = malloc(sizeof(float) * (size_t)(M * K));
+  float *Wr = malloc(sizeof(float) * (size_t)(N * K));
   uint16_t *Wp = malloc(sizeof(uint16_t) * clip_packed_bf16_elems(N, K));
   uint32_t *scratch = malloc(sizeof(uint32_t) * clip_gemm_bf16_scratch(M, K));
   float *C1 = random_vec(M * N, 1), *C2 = malloc(sizeof(float) * (size_t)(M * N));

@@ -399,7 +399,8 @@ static void check_without_scratch(const char *precision) {
   int side = clip_model_image_size(m), dim = clip_model_dim(m);
   float *pixels, *golden;
   int n = golden_images(side, dim, &pixels, &golden);
-  float *want = malloc(sizeof(float) * (size_t)n * dim), *got = malloc(sizeof(float) * (size_t)n * dim);
+  float *want = malloc(sizeof(float) * (size_t)n * dim);
+  float *got = malloc(sizeof(float) * (size_t)n * dim);
   cdb_error err = {{0}};
   cr_assert_eq(clip_embed_pixels(m, pixels, n, want, &err), 0, "%s", err.msg);
   for (int i = 0; i < n * dim; i++) got[i] = NAN; /* unwritten output shows */

@@ -50,8 +50,8 @@ def demo():
 def embed(ext_path, precision, images, texts):
     spec = json.dumps({"model": str(MODEL_DIR), "images": images, "texts": texts})
     r = subprocess.run(["/usr/bin/python3", "-c", SCRIPT, ext_path], input=spec,
-                       env=dict(os.environ, CLIPDB_PRECISION=precision), capture_output=True, text=True,
-                       timeout=300)
+                       env=dict(os.environ, CLIPDB_PRECISION=precision), capture_output=True,
+                       text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     return out["precision"], np.array(out["images"]), np.array(out["texts"])
@@ -66,7 +66,7 @@ def test_bf16_keeps_fidelity_and_rankings_on_the_shapes_demo(ext_path):
     p32, img32, txt32 = embed(ext_path, "f32", images, texts)
     p16, img16, txt16 = embed(ext_path, "bf16", images, texts)
     assert (p32, p16) == ("f32", "bf16")
-    assert not np.array_equal(img32, img16), "bf16 gave float32's vectors: the bf16 GEMM did not run"
+    assert not np.array_equal(img32, img16), "bf16 gave float32's vectors: no bf16 GEMM ran"
     np.testing.assert_array_equal(txt32, txt16)  # the text tower stays float32
     cos = np.sum(img32 * img16, axis=1)  # both normalised
     assert cos.min() >= 0.995 and cos.mean() >= 0.999, (cos.min(), cos.mean())
