@@ -151,6 +151,10 @@ void clip_model_free(clip_model *m) {
 }
 
 int clip_model_dim(const clip_model *m) { return m->cfg.projection_dim; }
+const char *clip_model_precision(const clip_model *m) {
+  int bf16 = clip_tower_ready(&m->vision) ? m->vision.bf16 : clip_vision_bf16_planned();
+  return bf16 ? "bf16" : "f32";
+}
 int clip_model_image_size(const clip_model *m) { return m->cfg.image_size; }
 int clip_model_context_length(const clip_model *m) { return m->cfg.context_length; }
 float clip_model_logit_scale(const clip_model *m) { return m->logit_scale; }

@@ -23,6 +23,7 @@ typedef struct clip_tower {
   unsigned char *arena;  /* packed weights, one mapping backed by huge pages where possible */
   size_t arena_size, arena_used;
   int round_f16; /* pack float32 weights as half floats (see weights.c) */
+  int bf16;      /* pack linear layers as bf16 panels for the bf16 GEMM (see weights.c) */
 } clip_tower;
 
 struct clip_model {
@@ -48,6 +49,8 @@ int clip_check_tensors(const clip_model *m, cdb_error *err);
 /* Prepare a tower on first use (thread-safe; a failure leaves it unprepared for a retry). */
 int clip_ensure_text(clip_model *m, cdb_error *err);
 int clip_ensure_vision(clip_model *m, cdb_error *err);
+/* Whether a vision tower prepared now would take bf16 layers (CLIPDB_PRECISION, the CPU). */
+int clip_vision_bf16_planned(void);
 int clip_tower_ready(const clip_tower *tw);
 void clip_tower_release(clip_tower *tw);
 

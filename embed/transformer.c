@@ -77,8 +77,13 @@ static void scratch_free(void *p) {
 
 static void scratch_init(void) { pthread_key_create(&scratch_key, scratch_free); }
 
+static int scratch_fails; /* clip_transformer_fail_scratch() */
+
+void clip_transformer_fail_scratch(int fail) { scratch_fails = fail; }
+
 /* NULL when out of memory; the packed kernels then cannot run and the caller falls back. */
-static float *scratch_for(int K) {
+static float *scratch_for(size_t need) {
+  if (scratch_fails) return NULL;
   pthread_once(&scratch_once, scratch_init);
   scratch_buf *b = pthread_getspecific(scratch_key);
   if (!b) {
@@ -88,7 +93,6 @@ static float *scratch_for(int K) {
       return NULL;
     }
   }
-  size_t need = clip_gemm_scratch_floats(K);
   if (need > b->len) {
     free(b->data);
     b->data = aligned_alloc(64, need * sizeof(float));
@@ -132,7 +136,16 @@ static void linear_task(void *ctx, int ith, int nth) {
     else
       split(panels, 1, ith, nth, &p0, &p1);
     if (p0 >= p1 || m0 >= m1) return;
-    float *scratch = scratch_for(j->K);
+    if (j->Wp->bf16) {
+      uint32_t *words = (uint32_t *)scratch_for(clip_gemm_bf16_scratch(m1 - m0, j->K));
+      /* Without scratch memory the reference (which then needs none) gives the same answer. */
+      clip_gemm_bf16_fn gemm = words ? clip_gemm_bf16_native() : clip_gemm_bf16_ref;
+      clip_gemm_out out = {j->C + (size_t)m0 * j->ldc, j->ldc, j->accumulate, j->bias, j->act};
+      gemm(m1 - m0, j->N, j->K, j->A + (size_t)m0 * j->K, j->K, j->Wp->data,
+                              p0, p1, &out, words);
+      return;
+    }
+    float *scratch = scratch_for(clip_gemm_scratch_floats(j->K));
     /* Without scratch memory the plain C kernel (which needs none) still gives the answer. */
     const clip_kernels *kern = scratch ? j->kern : &clip_kernels_generic;
     const float *A = j->A + (size_t)m0 * j->K;

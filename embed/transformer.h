@@ -18,6 +18,7 @@
 typedef struct clip_packed {
   const void *data; /* NULL: not packed */
   int f16;
+  int bf16; /* bf16 panels for the bf16 GEMM (kernels.h) */
 } clip_packed;
 
 typedef struct clip_layer_weights {
@@ -65,5 +66,8 @@ int clip_vision_forward(const clip_config *cfg, const clip_vision_weights *w, co
  * there. */
 int clip_text_forward(const clip_config *cfg, const clip_text_weights *w, const int32_t *ids,
                       int n, float *out, cdb_error *err);
+
+/* Tests: make every per-thread scratch allocation fail (1) or not (0), as out of memory does. */
+void clip_transformer_fail_scratch(int fail);
 
 #endif

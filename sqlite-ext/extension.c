@@ -36,7 +36,7 @@
  *                                                     ('default' replaces the
  *                                                     default; loading the extension again keeps
  *                                                     it); returns JSON {name, path, dims,
- *                                                     identity}
+ *                                                     identity, precision}
  *   clip_version()                         -> TEXT
  *   (a table argument is resolved as SQL resolves a table name: 'aux.photos' is the table of schema
  *    aux; an unqualified name is looked up in temp, then main, then attached schemas in order)
@@ -47,7 +47,11 @@
  *                                                     connection (batching at work: rows/batch);
  *                                                     model (the name as created, "" = default)
  *                                                     and model_identity (of the model the
- *                                                     vectors come from); null for a dims= table
+ *                                                     vectors come from); null for a dims= table;
+ *                                                     precision: "f32"/"bf16" of the images'
+ *                                                     vectors, "mixed" when both were written
+ *                                                     (accepted: bf16 keeps cosine >= 0.99999),
+ *                                                     null before the first image
  *
  * The clip virtual table
  *   CREATE VIRTUAL TABLE photos USING clip(model=NAME, index=auto, taken_at TEXT, album TEXT);

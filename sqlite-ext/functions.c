@@ -534,6 +534,7 @@ static void fn_model(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   json_object_object_add(o, "path", json_object_new_string(path));
   json_object_object_add(o, "dims", json_object_new_int(clip_model_dim(model)));
   json_object_object_add(o, "identity", json_object_new_string(clip_model_identity(model)));
+  json_object_object_add(o, "precision", json_object_new_string(clip_model_precision(model)));
   int flags = JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE;
   sqlite3_result_text(ctx, json_object_to_json_string_ext(o, flags), -1, SQLITE_TRANSIENT);
   json_object_put(o);
@@ -588,6 +589,14 @@ static void fn_index_info(sqlite3_context *ctx, int argc, sqlite3_value **argv) 
   json_object_object_add(o, "model_identity", t->model_identity
                                                   ? json_object_new_string(t->model_identity)
                                                   : NULL);
+  char *precision = NULL;
+  if (cdbx_store_read_precision(t, &precision) != SQLITE_OK) {
+    json_object_put(o);
+    sqlite3_result_error(ctx, "clip_index_info: cannot read the table's precision", -1);
+    return;
+  }
+  json_object_object_add(o, "precision", precision ? json_object_new_string(precision) : NULL);
+  sqlite3_free(precision);
   int flags = JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE;
   sqlite3_result_text(ctx, json_object_to_json_string_ext(o, flags), -1, SQLITE_TRANSIENT);
   json_object_put(o);

@@ -223,6 +223,7 @@ int cdbx_pending_flush(cdbx_table *t) {
     int failed = clip_embed_pixels(t->queue.model, p->pixels, p->n_images, out, &err) != 0;
     rc = store_embedded(t, failed, p->image_ids, p->n_images, out, "images", &err, &written);
     pending_drop_images(t, 0, written);
+    if (rc == SQLITE_OK) rc = cdbx_store_note_precision(t, clip_model_precision(t->queue.model));
   }
   if (rc == SQLITE_OK && p->n_texts > 0) {
     int failed = clip_embed_texts(t->queue.model, (const char *const *)p->texts, p->n_texts, out,

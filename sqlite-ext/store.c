@@ -362,6 +362,21 @@ int cdbx_store_read_model_identity(cdbx_table *t) {
   return SQLITE_OK;
 }
 
+int cdbx_store_read_precision(cdbx_table *t, char **precision) {
+  int found = 0;
+  *precision = NULL;
+  return config_get(t, "precision", NULL, precision, &found);
+}
+
+int cdbx_store_note_precision(cdbx_table *t, const char *precision) {
+  char *stored = NULL;
+  int rc = cdbx_store_read_precision(t, &stored);
+  if (rc == SQLITE_OK && (!stored || strcmp(stored, precision) != 0))
+    rc = config_set_text(t, "precision", stored ? "mixed" : precision);
+  sqlite3_free(stored);
+  return rc;
+}
+
 static int config_int(cdbx_table *t, const char *key, int64_t *out) {
   int found = 0;
   int rc = config_get(t, key, out, NULL, &found);

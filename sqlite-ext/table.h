@@ -260,6 +260,11 @@ int cdbx_store_all_row_ids(cdbx_table *t, id_list *ids);
  * into t->model_identity. */
 int cdbx_store_set_model_identity(cdbx_table *t, const char *identity);
 int cdbx_store_read_model_identity(cdbx_table *t);
+/* The vision-tower precision (clip_model_precision) of the images' vectors, in T_config:
+ * noting one keeps it when it is the first or the same, and makes it "mixed" when it differs.
+ * Reading gives a sqlite3_malloc'd copy, NULL when no image was embedded yet. */
+int cdbx_store_note_precision(cdbx_table *t, const char *precision);
+int cdbx_store_read_precision(cdbx_table *t, char **precision);
 /* Vectors: one row's (*found = 0 when it has none; vec gets dims floats), or each in turn. */
 int cdbx_store_read_vector(cdbx_table *t, int64_t rowid, float *vec, int *found);
 typedef int (*cdbx_vector_fn)(cdbx_table *t, void *ctx, int64_t rowid, const float *v,

@@ -18,7 +18,8 @@ model.safetensors, parsed with numpy: torch 1.13 has no safetensors support), th
 
 usage: /usr/bin/python3 bench/embed/anchors.py torch|check|export [--model DIR] [--out DIR]
                                                [--clipdb BIN] [--reps N]
-       /usr/bin/python3 bench/embed/anchors.py table --ours FILE [--torch FILE] [--ort FILE]
+       /usr/bin/python3 bench/embed/anchors.py table --ours [LABEL=]FILE... [--torch FILE]
+           [--ort FILE]
 Needs Debian's python3-torch for everything but `table`.
 """
 import argparse
@@ -416,21 +417,26 @@ def fmt(rate):
 
 
 def cmd_table(args):
-    with open(args.ours) as f:
-        ours = parse_ours(f.read())
+    runs = []  # (label, parsed bench-embed output): --ours FILE or --ours LABEL=FILE, repeatable
+    for spec in args.ours:
+        label, _, path = spec.rpartition("=")
+        with open(path) as f:
+            runs.append((f"ours {label}" if label else "ours", parse_ours(f.read())))
     anchors = [("PyTorch", *load_anchor(args.torch, "apt-get install -y python3-torch")),
                ("ONNX Runtime", *load_anchor(
                    args.ort, "mkdir -p bench/out/anchors && cd bench/out/anchors && npm install "
                    "onnxruntime-node@1.30 --ignore-scripts; the export needs python3-torch"))]
     names = [(r or {}).get("anchor", n) for n, r, _ in anchors]
-    head = ["case", "ours"] + names + [f"ours/{n.split()[0]}" for n in names]
+    head = ["case"] + [o for o, _ in runs] + names
+    head += [f"{o}/{n.split()[0]}" for o, _ in runs for n in names]
     rows = []
     for key, label in CASES:
-        row = [label, fmt(ours.get(key))]
+        row = [label] + [fmt(ours.get(key)) for _, ours in runs]
         row += [fmt(r.get(key)) if r else "-" for _, r, _ in anchors]
-        for _, r, _ in anchors:
-            a, o = (r or {}).get(key), ours.get(key)
-            row.append(f"{o / a:.2f}" if a and o else "-")
+        for _, ours in runs:
+            for _, r, _ in anchors:
+                a, o = (r or {}).get(key), ours.get(key)
+                row.append(f"{o / a:.2f}" if a and o else "-")
         rows.append(row)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     for row in [head, ["-" * w for w in widths]] + rows:
@@ -438,7 +444,7 @@ def cmd_table(args):
     for name, _, note in anchors:
         if note:
             print(f"{name}: {note}")
-    if "text77_b32" not in ours:
+    if any("text77_b32" not in ours for _, ours in runs):
         print("ours, 77 tokens batch 32: bench-embed has no text batch case (prints '-')")
 
 
@@ -449,7 +455,8 @@ def main():
     p.add_argument("--out", default=DEFAULT_OUT)
     p.add_argument("--clipdb", default=os.path.join(ROOT, "build-main", "cli", "clipdb"))
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--ours")
+    p.add_argument("--ours", action="append", default=[],
+                   help="bench-embed output, FILE or LABEL=FILE; repeat for several runs")
     p.add_argument("--torch")
     p.add_argument("--ort")
     args = p.parse_args()

@@ -205,7 +205,8 @@ int main(int argc, char **argv) {
   for (size_t i = 0; i < img * 32; i++) pixels[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
   t0 = now();
   if (clip_embed_pixels(m, pixels, 1, out, &err) != 0) die("first image", &err);
-  printf("first image (prepares the vision tower) %.1f ms\n", (now() - t0) * 1e3);
+  printf("first image (prepares the vision tower) %.1f ms; vision precision %s\n",
+         (now() - t0) * 1e3, clip_model_precision(m));
   double c0 = cpu_now();
   double b1 = images_per_s(m, pixels, 1, reps * 2);
   double c1 = cpu_now();

@@ -28,15 +28,27 @@ ANCHORS=bench/out/anchors
 OUT=$ANCHORS/last-run
 ANCHOR_REPS=$(( REPS > 3 ? 3 : REPS ))
 mkdir -p "$OUT"
-rm -f "$OUT"/ours.txt "$OUT"/torch.json "$OUT"/ort.json
+rm -f "$OUT"/ours.txt "$OUT"/ours-f32.txt "$OUT"/torch.json "$OUT"/ort.json
 [ -f "$MODEL/model.safetensors" ] || { echo "no checkpoint: run $PY bench/embed/make_checkpoint.py" >&2; exit 1; }
 [ -x "$BUILD/bench/embed/bench-embed" ] || { echo "build first: ninja -C $BUILD bench/embed/bench-embed cli/clipdb" >&2; exit 1; }
 
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); load average $(load)"
 
-echo "== ours: $BUILD/bench/embed/bench-embed --model $MODEL --reps $REPS"
-"$BUILD/bench/embed/bench-embed" --model "$MODEL" --reps "$REPS" | tee "$OUT/ours.txt"
+# Ours at each vision precision: the default (bf16 where the CPU has AVX512-BF16) and f32.
+DEFAULT_PRECISION=f32
+if grep -qw avx512_bf16 /proc/cpuinfo; then DEFAULT_PRECISION=bf16; fi
+BENCH="$BUILD/bench/embed/bench-embed --model $MODEL --reps $REPS"
+echo "== ours ($DEFAULT_PRECISION, the default): $BENCH"
+# shellcheck disable=SC2086 # BENCH is the command and its options
+env -u CLIPDB_PRECISION $BENCH | tee "$OUT/ours.txt"
+OURS="--ours $DEFAULT_PRECISION=$OUT/ours.txt"
+if [ $DEFAULT_PRECISION != f32 ]; then
+  echo "== ours (f32): CLIPDB_PRECISION=f32 $BENCH"
+  # shellcheck disable=SC2086
+  CLIPDB_PRECISION=f32 $BENCH | tee "$OUT/ours-f32.txt"
+  OURS="$OURS --ours f32=$OUT/ours-f32.txt"
+fi
 
 HAVE_TORCH=0
 if $PY -c 'import torch' 2>/dev/null; then HAVE_TORCH=1; fi
@@ -68,4 +80,5 @@ if command -v node >/dev/null && [ -d "$ANCHORS/node_modules/onnxruntime-node" ]
 fi
 
 echo "== table (load average at the end $(load); rates per second, higher is faster)"
-$PY bench/embed/anchors.py table --ours "$OUT/ours.txt" --torch "$OUT/torch.json" --ort "$OUT/ort.json"
+# shellcheck disable=SC2086 # OURS holds one or two --ours options
+$PY bench/embed/anchors.py table $OURS --torch "$OUT/torch.json" --ort "$OUT/ort.json"

@@ -127,4 +127,20 @@ extern const clip_kernels clip_kernels_generic;
 extern const clip_kernels clip_kernels_avx2;
 extern const clip_kernels clip_kernels_avx512;
 
+/* ---- bf16 GEMM (bf16.c) ----
+ * W [N, K] rounded to bfloat16 in panels of [ceil(K/2)][32][2] (two k per 32-bit lane, as
+ * vdpbf16ps reads them); activations are rounded to bf16 on the fly into scratch
+ * (clip_gemm_bf16_scratch(M, K) words); products are summed in float32. */
+size_t clip_packed_bf16_elems(int N, int K);
+size_t clip_gemm_bf16_scratch(int M, int K);
+void clip_pack_weights_bf16(const float *W, int N, int K, uint16_t *dst);
+typedef void (*clip_gemm_bf16_fn)(int M, int N, int K, const float *A, int lda,
+                                  const uint16_t *Wp, int p0, int p1, const clip_gemm_out *out,
+                                  uint32_t *scratch);
+/* The plain C reference (the same arithmetic, in the same order); with scratch NULL it rounds
+ * A as it reads it and needs no memory. */
+extern const clip_gemm_bf16_fn clip_gemm_bf16_ref;
+/* The AVX512-BF16 kernel, or NULL when the CPU lacks AVX512-BF16. */
+clip_gemm_bf16_fn clip_gemm_bf16_native(void);
+
 #endif

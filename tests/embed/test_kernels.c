@@ -248,6 +248,75 @@ Test(kernels, gemm_packed_f16) {
   for_each_variant(check_gemm_packed_f16);
 }
 
+/* A value rounded to bfloat16 (nearest even), computed here independently of bf16.c. */
+static float round_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+/* The bf16 GEMM fn on panels [p0, N) with each epilogue equals gemm_nt of the bf16-rounded A
+ * and W, then bias and activation. with_scratch 0: fn gets no scratch memory. */
+static void check_bf16_shape(clip_gemm_bf16_fn fn, const char *name, int M, int N, int K,
+                             int with_scratch) {
+  const clip_kernels *ref = &clip_kernels_generic;
+  float *A = random_vec(M * K, 1), *W = random_vec(N * K, 1), *bias = random_vec(N, 1);
+  float *Ar = malloc(sizeof(float) * (size_t)(M * K));
+  float *Wr = malloc(sizeof(float) * (size_t)(N * K));
+  uint16_t *Wp = malloc(sizeof(uint16_t) * clip_packed_bf16_elems(N, K));
+  uint32_t *scratch = malloc(sizeof(uint32_t) * clip_gemm_bf16_scratch(M, K));
+  float *C1 = random_vec(M * N, 1), *C2 = malloc(sizeof(float) * (size_t)(M * N));
+  for (int i = 0; i < M * K; i++) Ar[i] = round_bf16(A[i]);
+  for (int i = 0; i < N * K; i++) Wr[i] = round_bf16(W[i]);
+  clip_pack_weights_bf16(W, N, K, Wp);
+  int panels = (N + CLIP_PANEL - 1) / CLIP_PANEL;
+  for (int e = 0; e < N_EPILOGUES; e++)
+    for (int p0 = 0; p0 < panels; p0++) {
+      memcpy(C2, C1, sizeof(float) * (size_t)(M * N));
+      clip_gemm_out want = {C1, N, epilogues[e].accumulate, epilogues[e].bias ? bias : NULL,
+                            epilogues[e].act};
+      clip_gemm_out got = want;
+      got.C = C2;
+      fn(M, N, K, A, K, Wp, p0, panels, &got, with_scratch ? scratch : NULL);
+      reference_packed(ref, M, N, K, Ar, Wr, p0 * CLIP_PANEL, &want);
+      assert_close(C1, C2, M * N, 1e-5f * sqrtf((float)K), "gemm_bf16", name, K);
+    }
+  free(A);
+  free(W);
+  free(Ar);
+  free(Wr);
+  free(bias);
+  free(Wp);
+  free(scratch);
+  free(C1);
+  free(C2);
+}
+
+Test(kernels, gemm_bf16_reference) {
+  for (int i = 0; i < N_LENGTHS; i++) {
+    int n = lengths[i];
+    check_bf16_shape(clip_gemm_bf16_ref, "c", n % 13 + 1, n % 50 + 20, n, 1);
+  }
+}
+
+Test(kernels, gemm_bf16_reference_without_scratch) {
+  for (int i = 0; i < N_LENGTHS; i++) {
+    int n = lengths[i];
+    check_bf16_shape(clip_gemm_bf16_ref, "c-no-scratch", n % 13 + 1, n % 50 + 20, n, 0);
+  }
+}
+
+Test(kernels, gemm_bf16_native) {
+  clip_gemm_bf16_fn fn = clip_gemm_bf16_native();
+  if (!fn) cr_skip_test("no AVX512-BF16 here; only the reference ran");
+  for (int i = 0; i < N_LENGTHS; i++) {
+    int n = lengths[i];
+    check_bf16_shape(fn, "avx512bf16", n % 13 + 1, n % 50 + 20, n, 1);
+  }
+}
+
 Test(kernels, gemm_packed) {
   check_gemm_packed(&clip_kernels_generic, &clip_kernels_generic, 33);
   for_each_variant(check_gemm_packed);

@@ -4,6 +4,7 @@
 #include <pthread.h>
 
 #include "embed/clip_internal.h"
+#include "embed/kernels/kernels.h"
 #include "embed/transformer.h"
 #include "embed_test_util.h"
 
@@ -327,5 +328,111 @@ Test(model, bad_image_file_named_in_error) {
   cr_assert(strstr(err.msg, bad), "the error does not name %s: %s", bad, err.msg);
   cr_assert(strstr(err.msg, "Premature end"), "%s", err.msg);
   free(bad);
+  clip_model_free(m);
+}
+
+/* bf16 linear layers against the float32 goldens: close (worst cosine measured 0.999997 on the
+ * shapes images), yet not equal, so the bf16 GEMM did run. */
+/* Whether CLIPDB_PRECISION=bf16 may run the bf16 GEMM: AVX512-BF16 and no narrower CLIPDB_ISA. */
+static bool bf16_available(void) {
+  const char *isa = getenv("CLIPDB_ISA");
+  return clip_gemm_bf16_native() && (!isa || strcmp(isa, "avx512") == 0);
+}
+
+Test(model, bf16_precision_near_goldens) {
+  if (!bf16_available()) {
+    cr_skip_test("no AVX512-BF16 (or a narrower CLIPDB_ISA); bf16 falls back to f32");
+  }
+  setenv("CLIPDB_PRECISION", "bf16", 1);
+  clip_model *m = load_tiny();
+  int side = clip_model_image_size(m), dim = clip_model_dim(m);
+  float *pixels, *want;
+  int n = golden_images(side, dim, &pixels, &want);
+  float *got = malloc(sizeof(float) * (size_t)n * dim);
+  cdb_error err = {{0}};
+  cr_assert_eq(clip_embed_pixels(m, pixels, n, got, &err), 0, "%s", err.msg);
+  cr_assert_str_eq(clip_model_precision(m), "bf16");
+  for (int i = 0; i < n; i++) {
+    float c = cosine(want + (size_t)i * dim, got + (size_t)i * dim, dim);
+    cr_expect(c >= 0.99999f, "image %d: cosine %.7f", i, c);
+    cr_expect(max_abs_diff(want + (size_t)i * dim, got + (size_t)i * dim, dim) > 0,
+              "image %d: bf16 equals f32 exactly", i);
+  }
+  free(pixels);
+  free(want);
+  free(got);
+  clip_model_free(m);
+}
+
+/* Without CLIPDB_PRECISION the vision tower takes bf16 where it runs, else f32. */
+Test(model, bf16_default_where_available) {
+  unsetenv("CLIPDB_PRECISION");
+  clip_model *m = load_tiny();
+  cr_assert_str_eq(clip_model_precision(m), bf16_available() ? "bf16" : "f32");
+  int side = clip_model_image_size(m);
+  float *pixels = calloc((size_t)3 * side * side, sizeof(float)), out[64];
+  cdb_error err = {{0}};
+  cr_assert_eq(clip_embed_pixels(m, pixels, 1, out, &err), 0, "%s", err.msg);
+  cr_assert_str_eq(clip_model_precision(m), bf16_available() ? "bf16" : "f32");
+  free(pixels);
+  clip_model_free(m);
+}
+
+/* Without AVX512-BF16 (or with CLIPDB_ISA=avx2|generic) a bf16 request runs float32, says so,
+ * and matches the goldens as float32 does. */
+Test(model, bf16_fallback_is_f32) {
+  if (bf16_available()) {
+    cr_skip_test("AVX512-BF16 here; the fallback runs under CLIPDB_ISA=avx2|generic");
+  }
+  setenv("CLIPDB_PRECISION", "bf16", 1);
+  clip_model *m = load_tiny();
+  cr_assert_str_eq(clip_model_precision(m), "f32");
+  check_images_from_pixels(m);
+  clip_model_free(m);
+}
+
+/* Out of scratch memory, every linear layer still writes its output (the f32 layers through
+ * the plain C kernel, bf16 ones through the reference): the same embeddings as with memory. */
+static void check_without_scratch(const char *precision) {
+  setenv("CLIPDB_PRECISION", precision, 1);
+  clip_model *m = load_tiny();
+  int side = clip_model_image_size(m), dim = clip_model_dim(m);
+  float *pixels, *golden;
+  int n = golden_images(side, dim, &pixels, &golden);
+  float *want = malloc(sizeof(float) * (size_t)n * dim);
+  float *got = malloc(sizeof(float) * (size_t)n * dim);
+  cdb_error err = {{0}};
+  cr_assert_eq(clip_embed_pixels(m, pixels, n, want, &err), 0, "%s", err.msg);
+  for (int i = 0; i < n * dim; i++) got[i] = NAN; /* unwritten output shows */
+  clip_transformer_fail_scratch(1);
+  int rc = clip_embed_pixels(m, pixels, n, got, &err);
+  clip_transformer_fail_scratch(0);
+  cr_assert_eq(rc, 0, "%s", err.msg);
+  for (int i = 0; i < n; i++) {
+    float c = cosine(want + (size_t)i * dim, got + (size_t)i * dim, dim);
+    cr_expect(c >= 0.99999f, "%s image %d without scratch: cosine %.7f", precision, i, c);
+  }
+  free(pixels);
+  free(golden);
+  free(want);
+  free(got);
+  clip_model_free(m);
+}
+
+Test(model, f32_without_scratch_memory) { check_without_scratch("f32"); }
+
+Test(model, bf16_without_scratch_memory) { check_without_scratch("bf16"); }
+
+Test(model, unknown_precision_rejected) {
+  setenv("CLIPDB_PRECISION", "fp8", 1);
+  clip_model *m = load_tiny();
+  float pixels_out[64];
+  int side = clip_model_image_size(m);
+  float *pixels = calloc((size_t)3 * side * side, sizeof(float));
+  cdb_error err = {{0}};
+  cr_assert_eq(clip_embed_pixels(m, pixels, 1, pixels_out, &err), -1);
+  cr_assert(strstr(err.msg, "CLIPDB_PRECISION=fp8"), "%s", err.msg);
+  cr_assert_str_eq(clip_model_precision(m), "f32");
+  free(pixels);
   clip_model_free(m);
 }

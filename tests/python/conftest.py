@@ -14,6 +14,8 @@ DATA = ROOT / "tests" / "data"
 MODEL_DIR = DATA / "clip-tiny-shapes"
 DEMO_DIR = ROOT / "examples" / "shapes"
 BAD_DIR = DATA / "bad"
+# The goldens and tolerances are float32's; tests of other precisions set CLIPDB_PRECISION.
+os.environ.setdefault("CLIPDB_PRECISION", "f32")
 
 
 def connect(path, ext_path):
