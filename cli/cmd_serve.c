@@ -26,6 +26,7 @@
 #include "cli/output.h"
 #include "cli/query.h"
 #include "cli/serve_web.h"
+#include "sqlite-ext/clipdb.h"
 #include "src/model_path.h"
 
 #define MAX_QUERY_BYTES 4096
