@@ -4,7 +4,8 @@
  * name ("search"), the rest are its own arguments (parse them with getopt_long; main has already
  * removed the global options --db/--model wherever they appeared and reset optind). It returns
  * the process exit status: CLI_OK, CLI_FAIL (the operation failed; message printed with
- * cli_error), CLI_USAGE (bad arguments) or CLI_INCOMPLETE (see below). Output goes to stdout, messages to stderr. */
+ * cli_error), CLI_USAGE (bad arguments) or CLI_INCOMPLETE (see below). Output goes to stdout,
+ * messages to stderr. */
 #ifndef CLIPDB_CLI_H
 #define CLIPDB_CLI_H
 

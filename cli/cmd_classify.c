@@ -27,8 +27,8 @@ static const char USAGE[] =
  * (declared in db.h):
  * one implementation of CLIP's zero-shot scoring for SQL and the CLI. Returns its JSON
  * [{"label","probability"}, ...], most likely first, malloc'd. */
-char *cli_classify_sql(sqlite3 *db, const char *model_dir, const char *image, char **labels,
-                          int n, const char *tmpl, cdb_error *err) {
+char *cli_classify_sql(sqlite3 *db, const char *model_dir, const char *image, char **labels, int n,
+                       const char *tmpl, cdb_error *err) {
   sqlite3_stmt *st = NULL;
   char *json = NULL;
   sqlite3_str *sql = sqlite3_str_new(NULL);
@@ -69,8 +69,8 @@ static char *classify_with_model(const cli_ctx *ctx, const char *image, char **l
   char *dir = NULL, *scores = NULL, *msg = NULL;
   if (cli_db_library_model(ctx, &lib, &model, err) != 0) return NULL;
   dir = model ? cdb_model_resolve(lib.model, err) : cli_model_dir(ctx, err);
-  if (dir && !model && (sqlite3_open(":memory:", &mem) != SQLITE_OK ||
-                        clipdb_register(mem, &msg) != SQLITE_OK)) {
+  if (dir && !model &&
+      (sqlite3_open(":memory:", &mem) != SQLITE_OK || clipdb_register(mem, &msg) != SQLITE_OK)) {
     cdb_error_set(err, "%s", msg ? msg : sqlite3_errmsg(mem));
   } else if (dir) {
     scores = cli_classify_sql(model ? lib.db : mem, dir, image, labels, n, tmpl, err);
@@ -92,7 +92,8 @@ static int print_results(const char *scores_json, bool as_json, cdb_error *err) 
     if (!json_object_object_get_ex(item, "label", &label) ||
         !json_object_object_get_ex(item, "probability", &score))
       continue;
-    if (!as_json) printf("%.4f  %s\n", json_object_get_double(score), json_object_get_string(label));
+    if (!as_json)
+      printf("%.4f  %s\n", json_object_get_double(score), json_object_get_string(label));
     json_object *o = json_object_new_object();
     json_object_object_add(o, "label", json_object_get(label));
     json_object_object_add(o, "probability", json_object_get(score)); /* printed as SQL did */
@@ -120,7 +121,8 @@ int cmd_classify(int argc, char **argv, const cli_ctx *ctx) {
       default: return cli_usage_error("classify", "unknown option");
     }
   }
-  if (argc - optind < 3) return cli_usage_error("classify", "expected IMAGE and at least two LABELs");
+  if (argc - optind < 3)
+    return cli_usage_error("classify", "expected IMAGE and at least two LABELs");
   const char *image = argv[optind];
   char **labels = argv + optind + 1;
   int n = argc - optind - 1;
@@ -128,7 +130,8 @@ int cmd_classify(int argc, char **argv, const cli_ctx *ctx) {
     return cli_usage_error("classify", "--template must contain \"{}\" where the label goes");
   for (int i = 0; i < n; i++)
     if (strlen(labels[i]) > MAX_LABEL_BYTES)
-      return cli_usage_error("classify", "label %d is longer than %d bytes", i + 1, MAX_LABEL_BYTES);
+      return cli_usage_error("classify", "label %d is longer than %d bytes", i + 1,
+                             MAX_LABEL_BYTES);
   cdb_error err = {{0}};
   char *scores = classify_with_model(ctx, image, labels, n, tmpl, &err);
   int rc = scores && print_results(scores, json, &err) == 0 ? CLI_OK : CLI_FAIL;

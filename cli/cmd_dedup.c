@@ -34,7 +34,7 @@ static const char USAGE[] =
 typedef struct photo {
   int64_t rowid;
   char *path;
-  int parent; /* union-find */
+  int parent;  /* union-find */
   double best; /* highest similarity to another member */
 } photo;
 

@@ -30,7 +30,6 @@ static void print_vector(const float *v, int n) {
   puts("]");
 }
 
-
 static int embed_pixels_file(clip_model *model, const char *path, float *out, cdb_error *err) {
   int side = clip_model_image_size(model);
   size_t want = (size_t)3 * side * side * sizeof(float);

@@ -37,8 +37,8 @@
 
 #define COMMIT_EVERY 256 /* photos per transaction: progress kept on interruption, few fsyncs */
 #define MAX_COMMIT_EVERY 1000000
-#define EMBED_BATCH 16   /* images per clip_embed_pixels call */
-#define QUEUE_CAP 48     /* decoded images waiting for the encoder (~600 KB each at 224 px) */
+#define EMBED_BATCH 16 /* images per clip_embed_pixels call */
+#define QUEUE_CAP 48   /* decoded images waiting for the encoder (~600 KB each at 224 px) */
 #define MAX_DECODERS 64
 
 static const char USAGE[] =
@@ -149,7 +149,8 @@ static void remember_hash(pipeline *pl, const char *hash, int64_t rowid) {
   int64_t *v = g_new(int64_t, 1);
   *v = rowid;
   pthread_mutex_lock(&pl->hash_lock);
-  if (!g_hash_table_contains(pl->by_hash, hash)) g_hash_table_insert(pl->by_hash, g_strdup(hash), v);
+  if (!g_hash_table_contains(pl->by_hash, hash))
+    g_hash_table_insert(pl->by_hash, g_strdup(hash), v);
   else g_free(v);
   pthread_mutex_unlock(&pl->hash_lock);
 }
@@ -464,8 +465,8 @@ static bool under_roots(const char *path, char **roots, int n) {
 static int load_stored(indexer *ix, GHashTable *by_hash, cdb_error *err) {
   sqlite3_stmt *st;
   if (cli_db_prepare(&ix->db,
-                     "SELECT rowid, path, size, mtime, hash FROM " CLI_TABLE " ORDER BY rowid",
-                     &st, err) != 0)
+                     "SELECT rowid, path, size, mtime, hash FROM " CLI_TABLE " ORDER BY rowid", &st,
+                     err) != 0)
     return -1;
   int rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -527,8 +528,8 @@ static bool is_gone(const char *path, const stored_row *row, char **roots, int n
   return true;
 }
 
-static int delete_stale(indexer *ix, char **roots, int n_roots, const walk_result *w,
-                        bool complete, cdb_error *err) {
+static int delete_stale(indexer *ix, char **roots, int n_roots, const walk_result *w, bool complete,
+                        cdb_error *err) {
   sqlite3_stmt *del;
   if (cli_db_prepare(&ix->db, "DELETE FROM " CLI_TABLE " WHERE rowid = ?1", &del, err) != 0)
     return -1;
@@ -584,7 +585,8 @@ static void print_summary(const indexer *ix, bool json, double seconds, bool was
     json_object_object_add(o, "seconds", json_object_new_double(seconds));
     json_object_object_add(o, "interrupted", json_object_new_boolean(was_interrupted));
     json_object *st = json_object_new_object();
-    json_object_object_add(st, "decode_thread_seconds", json_object_new_double(ix->times.decode_thread_s));
+    json_object_object_add(st, "decode_thread_seconds",
+                           json_object_new_double(ix->times.decode_thread_s));
     json_object_object_add(st, "wait_for_decode_seconds", json_object_new_double(ix->times.wait_s));
     json_object_object_add(st, "encode_seconds", json_object_new_double(ix->times.encode_s));
     json_object_object_add(st, "sqlite_seconds", json_object_new_double(ix->times.sqlite_s));
@@ -613,12 +615,14 @@ typedef struct index_opts {
 } index_opts;
 
 static int parse_opts(int argc, char **argv, index_opts *o) {
-  static const struct option longopts[] = {
-      {"local", no_argument, 0, 'l'},      {"exclude", required_argument, 0, 'x'},
-      {"json", no_argument, 0, 'j'},       {"threads", required_argument, 0, 't'},
-      {"quiet", no_argument, 0, 'q'},      {"help", no_argument, 0, 'h'},
-      {"commit-every", required_argument, 0, 'c'},
-      {0, 0, 0, 0}};
+  static const struct option longopts[] = {{"local", no_argument, 0, 'l'},
+                                           {"exclude", required_argument, 0, 'x'},
+                                           {"json", no_argument, 0, 'j'},
+                                           {"threads", required_argument, 0, 't'},
+                                           {"quiet", no_argument, 0, 'q'},
+                                           {"help", no_argument, 0, 'h'},
+                                           {"commit-every", required_argument, 0, 'c'},
+                                           {0, 0, 0, 0}};
   o->excludes = calloc((size_t)argc, sizeof *o->excludes);
   if (!o->excludes) return cli_usage_error(NULL, "out of memory");
   int c;
@@ -668,7 +672,10 @@ static int index_run(indexer *ix, const cli_ctx *ctx, const index_opts *o, char 
                         &ix->read_row, err);
   if (rc == 0) rc = cli_db_exec(&ix->db, "BEGIN", err);
   if (rc == 0) {
-    pipeline pl = {.model = model, .jobs = jobs, .n_jobs = n_jobs, .by_hash = by_hash,
+    pipeline pl = {.model = model,
+                   .jobs = jobs,
+                   .n_jobs = n_jobs,
+                   .by_hash = by_hash,
                    .pixel_floats = (size_t)3 * side * side};
     pthread_mutex_init(&pl.lock, NULL);
     pthread_mutex_init(&pl.hash_lock, NULL);
@@ -714,7 +721,8 @@ int cmd_index(int argc, char **argv, const cli_ctx *ctx) {
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
   double t0 = progress_now();
-  indexer ix = {.quiet = o.quiet, .failures = json_object_new_array(),
+  indexer ix = {.quiet = o.quiet,
+                .failures = json_object_new_array(),
                 .unlisted = json_object_new_array(),
                 .commit_every = o.commit_every ? (size_t)o.commit_every : COMMIT_EVERY};
   ix.stored = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
@@ -758,7 +766,8 @@ int cmd_index(int argc, char **argv, const cli_ctx *ctx) {
   if (interrupted) return 130;
   if (w_unlisted) {
     cli_error("index: incomplete: %zu folder(s) could not be listed; nothing under them was "
-              "added, updated or removed", w_unlisted);
+              "added, updated or removed",
+              w_unlisted);
     return CLI_INCOMPLETE;
   }
   return CLI_OK;

@@ -7,9 +7,9 @@
 #include <sys/stat.h>
 
 #include "cli/cli.h"
-#include "src/json.h"
 #include "cli/db.h"
 #include "cli/output.h"
+#include "src/json.h"
 
 static const char USAGE[] =
     "usage: clipdb info [--json] [--local]\n"
@@ -28,7 +28,8 @@ static int add_scalar(cli_db *db, json_object *o, const char *key, const char *s
   sqlite3_stmt *st;
   if (cli_db_prepare(db, sql, &st, err) != 0) return -1;
   int rc = sqlite3_step(st);
-  if (rc == SQLITE_ROW) json_object_object_add(o, key, json_object_new_int64(sqlite3_column_int64(st, 0)));
+  if (rc == SQLITE_ROW)
+    json_object_object_add(o, key, json_object_new_int64(sqlite3_column_int64(st, 0)));
   sqlite3_finalize(st);
   return rc == SQLITE_ROW ? 0 : cli_db_fail(db, key, err);
 }
@@ -97,11 +98,17 @@ static void print_index_state(json_object *o) {
 }
 
 static void print_text(json_object *o) {
-  static const char *const order[][2] = {
-      {"database", "database"},   {"size_bytes", "size on disk"}, {"rows", "photos"},
-      {"dims", "dimensions"},     {"index_type", "index"},        {"nlist", "nlist"},
-      {"nprobe", "nprobe"},       {"model", "model"},             {"model_identity", "model id"},
-      {"oldest", "oldest photo"}, {"newest", "newest photo"}};
+  static const char *const order[][2] = {{"database", "database"},
+                                         {"size_bytes", "size on disk"},
+                                         {"rows", "photos"},
+                                         {"dims", "dimensions"},
+                                         {"index_type", "index"},
+                                         {"nlist", "nlist"},
+                                         {"nprobe", "nprobe"},
+                                         {"model", "model"},
+                                         {"model_identity", "model id"},
+                                         {"oldest", "oldest photo"},
+                                         {"newest", "newest photo"}};
   for (size_t i = 0; i < sizeof order / sizeof order[0]; i++) {
     json_object *v;
     if (!json_object_object_get_ex(o, order[i][0], &v) || !v) continue;
@@ -109,10 +116,8 @@ static void print_text(json_object *o) {
                    json_object_get_int64(v) == 0; /* 0: the index picks it from the size */
     if (strcmp(order[i][0], "size_bytes") == 0)
       printf("%-14s %.1f MB\n", order[i][1], (double)json_object_get_int64(v) / 1e6);
-    else if (is_auto)
-      printf("%-14s auto\n", order[i][1]);
-    else
-      printf("%-14s %s\n", order[i][1], json_object_get_string(v));
+    else if (is_auto) printf("%-14s auto\n", order[i][1]);
+    else printf("%-14s %s\n", order[i][1], json_object_get_string(v));
     if (strcmp(order[i][0], "nprobe") == 0) print_index_state(o);
   }
 }
@@ -139,8 +144,9 @@ int cmd_info(int argc, char **argv, const cli_ctx *ctx) {
   int rc = cli_db_open(ctx, local ? "." : NULL, false, &db, &err);
   if (rc == 0) {
     output_json_path(o, "database", db.path);
-    json_object_object_add(o, "size_bytes", json_object_new_int64(file_size(db.path, "") +
-                                                                  file_size(db.path, "-wal")));
+    json_object_object_add(o, "size_bytes",
+                           json_object_new_int64(file_size(db.path, "") +
+                                                 file_size(db.path, "-wal")));
     rc = add_scalar(&db, o, "rows", "SELECT count(*) FROM " CLI_TABLE "_rows", &err);
   }
   if (rc == 0) rc = add_config(&db, o, &err);
@@ -150,8 +156,10 @@ int cmd_info(int argc, char **argv, const cli_ctx *ctx) {
     if (sqlite3_prepare_v2(db.db, "SELECT min(date), max(date) FROM " CLI_TABLE, -1, &st, NULL) ==
             SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0)) {
-      json_object_object_add(o, "oldest", json_object_new_string((const char *)sqlite3_column_text(st, 0)));
-      json_object_object_add(o, "newest", json_object_new_string((const char *)sqlite3_column_text(st, 1)));
+      json_object_object_add(o, "oldest",
+                             json_object_new_string((const char *)sqlite3_column_text(st, 0)));
+      json_object_object_add(o, "newest",
+                             json_object_new_string((const char *)sqlite3_column_text(st, 1)));
     }
     sqlite3_finalize(st);
   }

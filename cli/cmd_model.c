@@ -35,14 +35,10 @@ static const char MODEL_USAGE[] =
     "rm       delete cached models\n";
 
 static void format_size(long long bytes, char *out, size_t cap) {
-  if (bytes < 1000)
-    snprintf(out, cap, "%lld B", bytes);
-  else if (bytes < 1000 * 1000)
-    snprintf(out, cap, "%.1f kB", bytes / 1e3);
-  else if (bytes < 1000LL * 1000 * 1000)
-    snprintf(out, cap, "%.1f MB", bytes / 1e6);
-  else
-    snprintf(out, cap, "%.2f GB", bytes / 1e9);
+  if (bytes < 1000) snprintf(out, cap, "%lld B", bytes);
+  else if (bytes < 1000 * 1000) snprintf(out, cap, "%.1f kB", bytes / 1e3);
+  else if (bytes < 1000LL * 1000 * 1000) snprintf(out, cap, "%.1f MB", bytes / 1e6);
+  else snprintf(out, cap, "%.2f GB", bytes / 1e9);
 }
 
 /* ---- pull ---- */
@@ -104,19 +100,17 @@ static int cmd_pull(int argc, char **argv, const cli_ctx *ctx) {
                                            {"timeout", required_argument, NULL, 't'},
                                            {"help", no_argument, NULL, 'h'},
                                            {NULL, 0, NULL, 0}};
-  cdb_hub_pull_opts opts = {.download = cdb_download_default_opts(), .check_model = check_model,
-                            .on_note = print_note, .on_file = print_file};
+  cdb_hub_pull_opts opts = {.download = cdb_download_default_opts(),
+                            .check_model = check_model,
+                            .on_note = print_note,
+                            .on_file = print_file};
   long v;
   int c;
   optind = 0;
   while ((c = getopt_long(argc, argv, "r:h", longopts, NULL)) != -1) {
     switch (c) {
-      case 'r':
-        opts.revision = optarg;
-        break;
-      case 'o':
-        opts.offline = true;
-        break;
+      case 'r': opts.revision = optarg; break;
+      case 'o': opts.offline = true; break;
       case 'n':
         if (!cli_parse_int(optarg, 1, 100, &v))
           return cli_usage_error("model pull", "--retries takes a number from 1 to 100");
@@ -127,11 +121,8 @@ static int cmd_pull(int argc, char **argv, const cli_ctx *ctx) {
           return cli_usage_error("model pull", "--timeout takes seconds from 1 to 3600");
         opts.download.stall_timeout_s = v;
         break;
-      case 'h':
-        fputs(MODEL_USAGE, stdout);
-        return CLI_OK;
-      default:
-        return cli_usage_error("model pull", "unknown option (see clipdb model --help)");
+      case 'h': fputs(MODEL_USAGE, stdout); return CLI_OK;
+      default: return cli_usage_error("model pull", "unknown option (see clipdb model --help)");
     }
   }
   if (optind != argc - 1)
@@ -206,12 +197,17 @@ static void print_config_part(json_object *obj, const char *title, const char *c
 
 static void print_config(const char *dir) {
   static const char *const top_keys[] = {"projection_dim", "logit_scale_init_value", NULL};
-  static const char *const vision_keys[] = {"image_size", "patch_size", "hidden_size",
-                                            "num_hidden_layers", "num_attention_heads",
-                                            "intermediate_size", "hidden_act", NULL};
-  static const char *const text_keys[] = {"hidden_size", "num_hidden_layers",
-                                          "num_attention_heads", "intermediate_size",
-                                          "max_position_embeddings", "vocab_size", "hidden_act",
+  static const char *const vision_keys[] = {"image_size",          "patch_size",
+                                            "hidden_size",         "num_hidden_layers",
+                                            "num_attention_heads", "intermediate_size",
+                                            "hidden_act",          NULL};
+  static const char *const text_keys[] = {"hidden_size",
+                                          "num_hidden_layers",
+                                          "num_attention_heads",
+                                          "intermediate_size",
+                                          "max_position_embeddings",
+                                          "vocab_size",
+                                          "hidden_act",
                                           NULL};
   char *path = g_build_filename(dir, "config.json", NULL);
   cdb_error err = {{0}};

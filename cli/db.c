@@ -21,7 +21,7 @@
 /* The CLI's columns next to the extension's image/text/embedding (documented in
  * docs/clipdb.1.md): `date` is taken_at, or the file's mtime when the photo has no EXIF date,
  * so date filters need one column. */
-#define CLI_USER_COLUMNS                                                                     \
+#define CLI_USER_COLUMNS                                                                         \
   "path TEXT, size INTEGER, mtime INTEGER, hash TEXT, taken_at TEXT, date TEXT, width INTEGER, " \
   "height INTEGER, format TEXT"
 
@@ -111,8 +111,8 @@ static int classify_db(cli_db *db, db_kind *kind, cdb_error *err) {
 static char *stored_model(cli_db *db, cdb_error *err) {
   sqlite3_stmt *st;
   char *model = NULL;
-  if (cli_db_prepare(db, "SELECT value FROM " CLI_TABLE "_config WHERE key = 'model'", &st,
-                     err) != 0)
+  if (cli_db_prepare(db, "SELECT value FROM " CLI_TABLE "_config WHERE key = 'model'", &st, err) !=
+      0)
     return NULL;
   if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
     model = strdup((const char *)sqlite3_column_text(st, 0));
@@ -122,9 +122,9 @@ static char *stored_model(cli_db *db, cdb_error *err) {
 }
 
 static int create_table(cli_db *db, const char *model, cdb_error *err) {
-  char *sql = sqlite3_mprintf(
-      "CREATE VIRTUAL TABLE " CLI_TABLE " USING clip(model=%Q, index=auto, " CLI_USER_COLUMNS ")",
-      model);
+  char *sql = sqlite3_mprintf("CREATE VIRTUAL TABLE " CLI_TABLE
+                              " USING clip(model=%Q, index=auto, " CLI_USER_COLUMNS ")",
+                              model);
   if (!sql) return cdb_error_set(err, "out of memory");
   int rc = cli_db_exec(db, sql, err);
   sqlite3_free(sql);
@@ -170,8 +170,10 @@ static int take_writer_lock(cli_db *db, cdb_error *err) {
     rc = cdb_error_set(err, "cannot create the lock file %s: %s", lock, strerror(errno));
   } else if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
     if (errno == EWOULDBLOCK)
-      rc = cdb_error_set(err, "another clipdb index is running on this library (%s); run this "
-                              "one again when it has finished", db->path);
+      rc = cdb_error_set(err,
+                         "another clipdb index is running on this library (%s); run this "
+                         "one again when it has finished",
+                         db->path);
     else rc = cdb_error_set(err, "cannot lock %s: %s", lock, strerror(errno));
     close(fd);
   } else {
@@ -402,8 +404,7 @@ int cli_db_embed_text(cli_db *db, const char *text, float **out, int *dim, cdb_e
   return embed_finish(clip_embed_texts(m, &text, 1, *out, err), out);
 }
 
-int cli_db_embed_image_file(cli_db *db, const char *source, float **out, int *dim,
-                            cdb_error *err) {
+int cli_db_embed_image_file(cli_db *db, const char *source, float **out, int *dim, cdb_error *err) {
   clip_model *m;
   if (embed_start(db, &m, out, dim, err) != 0) return -1;
   return embed_finish(clip_embed_image_source(m, source, *out, err), out);
@@ -412,8 +413,8 @@ int cli_db_embed_image_file(cli_db *db, const char *source, float **out, int *di
 int cli_db_vector_of_path(cli_db *db, const char *path, float **out, int *dim, int64_t *rowid,
                           cdb_error *err) {
   sqlite3_stmt *st;
-  if (cli_db_prepare(db, "SELECT rowid, embedding FROM " CLI_TABLE " WHERE path = ?1", &st,
-                     err) != 0)
+  if (cli_db_prepare(db, "SELECT rowid, embedding FROM " CLI_TABLE " WHERE path = ?1", &st, err) !=
+      0)
     return -1;
   sqlite3_bind_text(st, 1, path, -1, SQLITE_STATIC);
   int rc = sqlite3_step(st);
@@ -456,17 +457,17 @@ static void normalise_date(const char *in, char out[20]) {
   if (strlen(out) > 10 && out[10] == 'T') out[10] = ' ';
 }
 
-int cli_db_search(cli_db *db, const cli_query *q, const cli_search_opts *opts,
-                  cli_hit **hits, int *n, cdb_error *err) {
+int cli_db_search(cli_db *db, const cli_query *q, const cli_search_opts *opts, cli_hit **hits,
+                  int *n, cdb_error *err) {
   *hits = NULL;
   *n = 0;
   int k = opts->k + (opts->exclude_rowid != 0); /* the excluded row is usually the nearest */
-  char *sql = sqlite3_mprintf(
-      "SELECT rowid, path, distance, date, width, height FROM " CLI_TABLE
-      " WHERE " CLI_TABLE " MATCH ?1 AND k = ?2%s%s%s%s ORDER BY distance",
-      opts->after ? " AND date >= ?3" : "", opts->before ? " AND date < ?4" : "",
-      isfinite(opts->threshold) ? " AND distance <= ?5" : "",
-      opts->folder ? " AND path >= ?6 AND path < ?7" : "");
+  char *sql = sqlite3_mprintf("SELECT rowid, path, distance, date, width, height FROM " CLI_TABLE
+                              " WHERE " CLI_TABLE " MATCH ?1 AND k = ?2%s%s%s%s ORDER BY distance",
+                              opts->after ? " AND date >= ?3" : "",
+                              opts->before ? " AND date < ?4" : "",
+                              isfinite(opts->threshold) ? " AND distance <= ?5" : "",
+                              opts->folder ? " AND path >= ?6 AND path < ?7" : "");
   sqlite3_stmt *st;
   int rc = sql ? cli_db_prepare(db, sql, &st, err) : cdb_error_set(err, "out of memory");
   sqlite3_free(sql);

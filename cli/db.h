@@ -15,10 +15,10 @@
 
 typedef struct cli_db {
   sqlite3 *db;
-  char *path;  /* the database file, malloc'd */
-  char *model; /* the photos table's model name (as created), malloc'd */
+  char *path;       /* the database file, malloc'd */
+  char *model;      /* the photos table's model name (as created), malloc'd */
   clip_model *clip; /* the table's model once cli_db_model loaded it (retained) */
-  int lock_fd; /* the writer lock file (PATH-index.lock), held while locked */
+  int lock_fd;      /* the writer lock file (PATH-index.lock), held while locked */
   bool locked;
 } cli_db;
 
@@ -90,8 +90,8 @@ typedef struct cli_query {
 } cli_query;
 
 /* The k nearest photos to the query, best first. */
-int cli_db_search(cli_db *db, const cli_query *q, const cli_search_opts *opts,
-                  cli_hit **hits, int *n, cdb_error *err);
+int cli_db_search(cli_db *db, const cli_query *q, const cli_search_opts *opts, cli_hit **hits,
+                  int *n, cdb_error *err);
 void cli_hits_free(cli_hit *hits, int n);
 
 /* dedup's groups of near-duplicates (threshold: least cosine similarity) as its --json array. */
@@ -100,8 +100,8 @@ int cli_dedup_groups(cli_db *db, double threshold, struct json_object **out, cdb
 
 /* classify: clip_classify_templates on db with model_dir as its default model; the JSON
  * [{"label","score"}, ...], most likely first, malloc'd (NULL with err set). */
-char *cli_classify_sql(sqlite3 *db, const char *model_dir, const char *image, char **labels,
-                       int n, const char *tmpl, cdb_error *err);
+char *cli_classify_sql(sqlite3 *db, const char *model_dir, const char *image, char **labels, int n,
+                       const char *tmpl, cdb_error *err);
 
 /* Checks a --after/--before value; 0 when it is a date prefix as above. */
 int cli_check_date(const char *s);

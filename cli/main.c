@@ -35,12 +35,11 @@ static const command COMMANDS[] = {
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 
 static void print_usage(FILE *out) {
-  fprintf(out,
-          "usage: clipdb [--db PATH] [--model NAME] COMMAND [ARGS...]\n"
-          "\n"
-          "Search a photo library by meaning with CLIP.\n"
-          "\n"
-          "commands:\n");
+  fprintf(out, "usage: clipdb [--db PATH] [--model NAME] COMMAND [ARGS...]\n"
+               "\n"
+               "Search a photo library by meaning with CLIP.\n"
+               "\n"
+               "commands:\n");
   for (size_t i = 0; i < N_COMMANDS; i++)
     fprintf(out, "  %-10s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
   fprintf(out,

@@ -17,8 +17,8 @@
 preview_kind preview_detect(void) {
   if (!isatty(STDOUT_FILENO)) return PREVIEW_NONE;
   const char *term = getenv("TERM"), *prog = getenv("TERM_PROGRAM");
-  if (getenv("KITTY_WINDOW_ID") || (term && (strcmp(term, "xterm-kitty") == 0 ||
-                                             strcmp(term, "xterm-ghostty") == 0)))
+  if (getenv("KITTY_WINDOW_ID") ||
+      (term && (strcmp(term, "xterm-kitty") == 0 || strcmp(term, "xterm-ghostty") == 0)))
     return PREVIEW_KITTY;
   if (prog && (strcmp(prog, "iTerm.app") == 0 || strcmp(prog, "WezTerm") == 0))
     return PREVIEW_ITERM2;

@@ -22,7 +22,8 @@ void progress_start(progress *p, const char *label, size_t total, bool tty) {
 
 static void format_eta(double s, char *buf, size_t n) {
   if (s < 0 || s > 360000) snprintf(buf, n, "--:--");
-  else if (s >= 3600) snprintf(buf, n, "%d:%02d:%02d", (int)s / 3600, (int)s / 60 % 60, (int)s % 60);
+  else if (s >= 3600)
+    snprintf(buf, n, "%d:%02d:%02d", (int)s / 3600, (int)s / 60 % 60, (int)s % 60);
   else snprintf(buf, n, "%02d:%02d", (int)s / 60, (int)s % 60);
 }
 
@@ -40,8 +41,8 @@ static void draw(progress *p, double now) {
     fprintf(stderr, "\r\033[K%s [%s] %zu/%zu %3.0f%% %.1f/s ETA %s", p->label, bar, p->done,
             p->total, 100 * frac, rate, eta);
   } else {
-    fprintf(stderr, "%s: %zu/%zu (%.0f%%) %.1f/s ETA %s\n", p->label, p->done, p->total,
-            100 * frac, rate, eta);
+    fprintf(stderr, "%s: %zu/%zu (%.0f%%) %.1f/s ETA %s\n", p->label, p->done, p->total, 100 * frac,
+            rate, eta);
   }
   fflush(stderr);
   p->last_draw = now;

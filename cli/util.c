@@ -24,8 +24,7 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) {
   fputs("clipdb: ", stderr);
   if (cmd) fprintf(stderr, "%s: ", cmd);
   vfprintf(stderr, fmt, ap);
-  if (cmd)
-    fprintf(stderr, " (see `clipdb %s --help`)", cmd);
+  if (cmd) fprintf(stderr, " (see `clipdb %s --help`)", cmd);
   fputc('\n', stderr);
   va_end(ap);
   return CLI_USAGE;
@@ -35,9 +34,7 @@ char *cli_model_dir(const cli_ctx *ctx, cdb_error *err) {
   return cdb_model_resolve(ctx->model, err);
 }
 
-bool cli_is_help(const char *s) {
-  return s && (strcmp(s, "-h") == 0 || strcmp(s, "--help") == 0);
-}
+bool cli_is_help(const char *s) { return s && (strcmp(s, "-h") == 0 || strcmp(s, "--help") == 0); }
 
 bool cli_parse_int(const char *s, long min, long max, long *out) {
   if (!s || !*s) return false;

@@ -15,9 +15,9 @@
 /* Deeper trees are almost certainly a loop through bind mounts; stop there. */
 #define MAX_DEPTH 64
 
-static const char *const IMAGE_EXTENSIONS[] = {
-    "jpg", "jpeg", "jpe", "png", "webp", "gif", "tif", "tiff", "bmp", "heic",
-    "heif", "avif", "jxl", "jp2", "pgm", "ppm", "pnm", "exr", "hdr", NULL};
+static const char *const IMAGE_EXTENSIONS[] = {"jpg",  "jpeg", "jpe",  "png",  "webp", "gif", "tif",
+                                               "tiff", "bmp",  "heic", "heif", "avif", "jxl", "jp2",
+                                               "pgm",  "ppm",  "pnm",  "exr",  "hdr",  NULL};
 
 int walk_is_image_name(const char *name) {
   const char *dot = strrchr(name, '.');
@@ -27,8 +27,7 @@ int walk_is_image_name(const char *name) {
   return 0;
 }
 
-static int add_problem_kind(walk_result *res, const char *path, const char *reason,
-                            int unlisted) {
+static int add_problem_kind(walk_result *res, const char *path, const char *reason, int unlisted) {
   if (res->n_problems == res->cap_problems) {
     size_t cap = res->cap_problems ? 2 * res->cap_problems : 16;
     walk_problem *p = realloc(res->problems, cap * sizeof *p);

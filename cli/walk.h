@@ -2,8 +2,8 @@
 #ifndef CLI_WALK_H
 #define CLI_WALK_H
 
-#include <stdint.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct walk_file {
   char *path;    /* absolute, malloc'd */

@@ -42,11 +42,11 @@ int clip_vips_start(void);
 /* Shuts libvips down at exit if it was started (after every thread using it has ended). */
 void clip_vips_stop(void);
 
-int clip_model_dim(const clip_model *model);          /* projection dim (512 for ViT-B/32) */
+int clip_model_dim(const clip_model *model); /* projection dim (512 for ViT-B/32) */
 /* The vision tower's linear-layer precision, "f32" or "bf16" (CLIPDB_PRECISION=bf16 on a CPU
  * with AVX512-BF16); before the tower is prepared (the first image), the one it would take. */
 const char *clip_model_precision(const clip_model *model);
-int clip_model_image_size(const clip_model *model);   /* input side in pixels (224) */
+int clip_model_image_size(const clip_model *model);     /* input side in pixels (224) */
 int clip_model_context_length(const clip_model *model); /* 77 */
 float clip_model_logit_scale(const clip_model *model);  /* stored log-space value */
 /* Stable identity, changed by any change to the config or the weights: hex SHA-256 of
@@ -83,8 +83,7 @@ int clip_embed_image_files(clip_model *model, const char *const *paths, int n, f
 int clip_embed_image_buffers(clip_model *model, const void *const *bufs, const size_t *lens, int n,
                              float *out, cdb_error *err);
 /* One image from a file path or http(s) URL (clip_image_load_source) -> out[dim]. */
-int clip_embed_image_source(clip_model *model, const char *path_or_url, float *out,
-                            cdb_error *err);
+int clip_embed_image_source(clip_model *model, const char *path_or_url, float *out, cdb_error *err);
 
 /* ---- videos (FFmpeg's libavformat / libavcodec / libswscale, in-process) ---- */
 
@@ -137,7 +136,7 @@ typedef int (*clip_video_sink)(void *ctx, double t, const float *embedding, cdb_
 /* Samples, embeds in batches, and passes on a frame only when its cosine similarity to the last
  * kept frame is below max_similarity (a scene change; the first frame is always kept). */
 int clip_video_embed(clip_model *model, const char *path, const clip_video_params *params,
-                     float max_similarity, clip_video_sink sink, void *ctx,
-                     clip_video_stats *stats, cdb_error *err);
+                     float max_similarity, clip_video_sink sink, void *ctx, clip_video_stats *stats,
+                     cdb_error *err);
 
 #endif

@@ -27,8 +27,8 @@ static int get_int_in(struct json_object *obj, const char *key, const char *what
   if (rc < 0) return -1;
   if (rc == 1) return 0; /* absent: keep the default */
   if (v < lo || v > hi)
-    return cdb_error_set(err, "%s: \"%s\" = %lld is out of range [%d, %d]", what, key,
-                         (long long)v, lo, hi);
+    return cdb_error_set(err, "%s: \"%s\" = %lld is out of range [%d, %d]", what, key, (long long)v,
+                         lo, hi);
   *out = (int)v;
   return 0;
 }
@@ -49,12 +49,11 @@ static int read_tower(struct json_object *obj, const char *what, clip_tower_conf
   const char *act = NULL;
   if (cdb_json_get_string(obj, "hidden_act", what, &act, err) < 0) return -1;
   if (act) {
-    if (strcmp(act, "quick_gelu") == 0)
-      t->act = CLIP_ACT_QUICK_GELU;
-    else if (strcmp(act, "gelu") == 0)
-      t->act = CLIP_ACT_GELU;
+    if (strcmp(act, "quick_gelu") == 0) t->act = CLIP_ACT_QUICK_GELU;
+    else if (strcmp(act, "gelu") == 0) t->act = CLIP_ACT_GELU;
     else
-      return cdb_error_set(err, "%s: unsupported hidden_act \"%s\" (quick_gelu or gelu)", what, act);
+      return cdb_error_set(err, "%s: unsupported hidden_act \"%s\" (quick_gelu or gelu)", what,
+                           act);
   }
   if (t->hidden % t->heads != 0)
     return cdb_error_set(err, "%s: hidden_size %d is not a multiple of num_attention_heads %d",

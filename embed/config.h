@@ -20,8 +20,8 @@ typedef struct clip_tower_config {
 typedef struct clip_config {
   clip_tower_config text, vision;
   int projection_dim;
-  int vocab_size, context_length;            /* text */
-  int image_size, patch_size, num_channels;  /* vision */
+  int vocab_size, context_length;           /* text */
+  int image_size, patch_size, num_channels; /* vision */
 } clip_config;
 
 int clip_config_load(const char *path, clip_config *cfg, cdb_error *err);

@@ -124,9 +124,9 @@ static int shrink_factor(int w, int h, int target) {
 
 /* ---- Pillow's bicubic resampling ----
  * Images up to PIL_MAX_PIXELS (after shrink-on-load), every image that must be enlarged and
- * every image in exact mode are resized here exactly as Pillow does it (separable Catmull-Rom convolution, support
- * scaled when shrinking, horizontal pass first, 22-bit fixed-point weights, 8-bit
- * intermediate), which reproduces the reference bit for bit. libvips's reduce is within a
+ * every image in exact mode are resized here exactly as Pillow does it (separable Catmull-Rom
+ * convolution, support scaled when shrinking, horizontal pass first, 22-bit fixed-point weights,
+ * 8-bit intermediate), which reproduces the reference bit for bit. libvips's reduce is within a
  * fraction of a level when shrinking but its upsizing interpolates and differs visibly on
  * tiny images. Larger images stream through libvips instead of being held in memory.
  * Only the output pixels inside the crop are computed. */
@@ -224,12 +224,13 @@ static void pil_row_v(const uint8_t *rows, size_t stride, const int32_t *k, int 
 }
 
 /* in: in_w x in_h RGB; out: the cw x ch window at (left, top) of the out_w x out_h resize. */
-static bool pil_resize_crop(const uint8_t *in, int in_w, int in_h, int out_w, int out_h,
-                            int left, int top, int cw, int ch, uint8_t *out) {
+static bool pil_resize_crop(const uint8_t *in, int in_w, int in_h, int out_w, int out_h, int left,
+                            int top, int cw, int ch, uint8_t *out) {
   pil_coeffs hc = {0}, vc = {0};
   uint8_t *tmp = NULL;
   int32_t *acc = NULL;
-  bool ok = pil_coeffs_init(&hc, in_w, out_w, left, cw) && pil_coeffs_init(&vc, in_h, out_h, top, ch);
+  bool ok = pil_coeffs_init(&hc, in_w, out_w, left, cw) &&
+            pil_coeffs_init(&vc, in_h, out_h, top, ch);
   int row0 = ok ? vc.bounds[0] : 0;
   int rows = ok ? vc.bounds[2 * (ch - 1)] + vc.bounds[2 * (ch - 1) + 1] - row0 : 0;
   if (ok) ok = (tmp = malloc((size_t)rows * cw * 3)) && (acc = malloc(sizeof *acc * cw * 3));
@@ -291,20 +292,18 @@ static int to_srgb8(VipsImage **img, const source *src, cdb_error *err) {
            "cannot convert to sRGB", err) < 0)
     return -1;
   if ((*img)->Bands < 3) { /* grey (+ alpha) that colourspace left alone: replicate grey */
-    if (step(img, &out, vips_extract_band(*img, &out, 0, NULL), src, "cannot convert grey",
-             err) < 0)
+    if (step(img, &out, vips_extract_band(*img, &out, 0, NULL), src, "cannot convert grey", err) <
+        0)
       return -1;
     VipsImage *grey[3] = {*img, *img, *img};
     if (step(img, &out, vips_bandjoin(grey, &out, 3, NULL), src, "cannot convert grey", err) < 0)
       return -1;
   }
-  if ((*img)->Bands > 3 &&
-      step(img, &out, vips_extract_band(*img, &out, 0, "n", 3, NULL), src, "cannot drop alpha",
-           err) < 0)
+  if ((*img)->Bands > 3 && step(img, &out, vips_extract_band(*img, &out, 0, "n", 3, NULL), src,
+                                "cannot drop alpha", err) < 0)
     return -1;
   if ((*img)->BandFmt != VIPS_FORMAT_UCHAR &&
-      step(img, &out, vips_cast_uchar(*img, &out, NULL), src, "cannot convert to 8 bits", err) <
-          0)
+      step(img, &out, vips_cast_uchar(*img, &out, NULL), src, "cannot convert to 8 bits", err) < 0)
     return -1;
   return 0;
 }
@@ -336,8 +335,8 @@ static VipsImage *open_upright(const clip_image_spec *spec, const source *src, i
     if (!img) return NULL;
   }
   VipsImage *out = NULL;
-  if (rotate && step(&img, &out, vips_autorot(img, &out, NULL), src, "cannot apply orientation",
-                     err) < 0) {
+  if (rotate &&
+      step(&img, &out, vips_autorot(img, &out, NULL), src, "cannot apply orientation", err) < 0) {
     g_object_unref(img);
     return NULL;
   }
@@ -352,8 +351,8 @@ static int resize_and_crop(const clip_image_spec *spec, VipsImage **img, int ori
                            const source *src, uint8_t *pix, cdb_error *err) {
   int rw, rh;
   if (!resized_dims(orig_w, orig_h, spec->resize_shortest, &rw, &rh))
-    return cdb_error_set(err, "image: %s: %dx%d has too extreme an aspect ratio", src->what,
-                         orig_w, orig_h);
+    return cdb_error_set(err, "image: %s: %dx%d has too extreme an aspect ratio", src->what, orig_w,
+                         orig_h);
   int cw = spec->crop_width, ch = spec->crop_height;
   if (cw > rw || ch > rh)
     return cdb_error_set(err, "image: %s: crop %dx%d is larger than the resized %dx%d image",
@@ -406,8 +405,7 @@ static void to_tensor(const clip_image_spec *spec, const uint8_t *pix, float *ou
   }
 }
 
-static int preprocess(const clip_image_spec *spec, const source *src, float *out,
-                      cdb_error *err) {
+static int preprocess(const clip_image_spec *spec, const source *src, float *out, cdb_error *err) {
   if (spec->resize_shortest <= 0 || spec->crop_width <= 0 || spec->crop_height <= 0)
     return cdb_error_set(err, "image: invalid preprocessing sizes");
   if (src->len == 0) return cdb_error_set(err, "image: %s: empty (0 bytes)", src->what);

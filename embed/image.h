@@ -8,10 +8,10 @@
 #include "src/err.h"
 
 typedef struct clip_image_spec {
-  int resize_shortest;    /* short side is resized to this (224) */
+  int resize_shortest;         /* short side is resized to this (224) */
   int crop_height, crop_width; /* centre crop (224 x 224); the network needs a square */
-  float mean[3], std[3];  /* per channel, applied after scaling to [0, 1] */
-  int64_t max_pixels;     /* decoded width*height above this is refused */
+  float mean[3], std[3];       /* per channel, applied after scaling to [0, 1] */
+  int64_t max_pixels;          /* decoded width*height above this is refused */
 } clip_image_spec;
 
 /* Output: out[3 * crop_height * crop_width], channel-major (C x H x W). Thread-safe. */

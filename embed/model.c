@@ -63,10 +63,8 @@ float clip_read_scalar(const st_tensor *t) {
     uint16_t h;
     memcpy(&h, t->data, 2);
     const clip_kernels *kern = &clip_kernels_generic;
-    if (t->dtype == ST_F16)
-      kern->f16_to_f32(&h, &v, 1);
-    else
-      kern->bf16_to_f32(&h, &v, 1);
+    if (t->dtype == ST_F16) kern->f16_to_f32(&h, &v, 1);
+    else kern->bf16_to_f32(&h, &v, 1);
   }
   return v;
 }
@@ -179,7 +177,8 @@ int clip_tokenize(const clip_model *model, const char *text, size_t len, int32_t
   clip_model *m = (clip_model *)model; /* the tokenizer is loaded on first use */
   pthread_mutex_lock(&m->tok_mu);
   if (!m->tok) {
-    char *vocab = cdb_path_join(m->dir, "vocab.json"), *merges = cdb_path_join(m->dir, "merges.txt");
+    char *vocab = cdb_path_join(m->dir, "vocab.json"),
+         *merges = cdb_path_join(m->dir, "merges.txt");
     if (vocab && merges) m->tok = clip_tokenizer_load(vocab, merges, 0, err);
     else cdb_error_set(err, "encoder: out of memory");
     free(vocab);
@@ -317,8 +316,14 @@ static int embed_images(clip_model *m, const char *const *paths, const void *con
   if (!pixels || !errs || !failed) rc = cdb_error_set(err, "encoder: out of memory");
   for (int i = 0; i < n && rc == 0; i += IMAGE_CHUNK) {
     int k = n - i < IMAGE_CHUNK ? n - i : IMAGE_CHUNK;
-    decode_job j = {m, paths ? paths + i : NULL, bufs ? bufs + i : NULL, lens ? lens + i : NULL,
-                    k, pixels, errs, failed};
+    decode_job j = {m,
+                    paths ? paths + i : NULL,
+                    bufs ? bufs + i : NULL,
+                    lens ? lens + i : NULL,
+                    k,
+                    pixels,
+                    errs,
+                    failed};
     int nth = cdb_pool_threads();
     cdb_parallel(decode_task, &j, k < nth ? k : nth);
     for (int b = 0; b < k && rc == 0; b++)

@@ -16,9 +16,9 @@ static const struct {
   int size;
   st_dtype dtype;
 } st_dtypes[] = {
-    {"F32", 4, ST_F32},   {"F16", 2, ST_F16},   {"BF16", 2, ST_BF16}, {"F64", 8, ST_OTHER},
-    {"I64", 8, ST_OTHER}, {"I32", 4, ST_OTHER}, {"I16", 2, ST_OTHER}, {"I8", 1, ST_OTHER},
-    {"U64", 8, ST_OTHER}, {"U32", 4, ST_OTHER}, {"U16", 2, ST_OTHER}, {"U8", 1, ST_OTHER},
+    {"F32", 4, ST_F32},    {"F16", 2, ST_F16},       {"BF16", 2, ST_BF16},     {"F64", 8, ST_OTHER},
+    {"I64", 8, ST_OTHER},  {"I32", 4, ST_OTHER},     {"I16", 2, ST_OTHER},     {"I8", 1, ST_OTHER},
+    {"U64", 8, ST_OTHER},  {"U32", 4, ST_OTHER},     {"U16", 2, ST_OTHER},     {"U8", 1, ST_OTHER},
     {"BOOL", 1, ST_OTHER}, {"F8_E4M3", 1, ST_OTHER}, {"F8_E5M2", 1, ST_OTHER},
 };
 
@@ -56,10 +56,13 @@ static int parse_entry(const st_file *f, const char *name, struct json_object *v
                        const unsigned char *data, uint64_t data_size, st_tensor *t,
                        cdb_error *err) {
   struct json_object *jd, *js, *jo;
-  if (!json_object_is_type(val, json_type_object) || !json_object_object_get_ex(val, "dtype", &jd) ||
+  if (!json_object_is_type(val, json_type_object) ||
+      !json_object_object_get_ex(val, "dtype", &jd) ||
       !json_object_object_get_ex(val, "shape", &js) ||
-      !json_object_object_get_ex(val, "data_offsets", &jo) || !json_object_is_type(jd, json_type_string))
-    return cdb_error_set(err, "safetensors: %s: tensor %s: entry needs dtype, shape and data_offsets",
+      !json_object_object_get_ex(val, "data_offsets", &jo) ||
+      !json_object_is_type(jd, json_type_string))
+    return cdb_error_set(err,
+                         "safetensors: %s: tensor %s: entry needs dtype, shape and data_offsets",
                          f->path, name);
   const char *dname = json_object_get_string(jd);
   snprintf(t->dtype_name, sizeof t->dtype_name, "%s", dname);
@@ -125,7 +128,8 @@ int st_parse(const unsigned char *data, size_t size, const char *path, st_file *
     if (!f->path) return cdb_error_set(err, "safetensors: out of memory");
   }
   if (size < 8)
-    return cdb_error_set(err, "safetensors: %s: file too short (%zu bytes) for a header", path, size);
+    return cdb_error_set(err, "safetensors: %s: file too short (%zu bytes) for a header", path,
+                         size);
   uint64_t hlen = read_le64(data);
   if (hlen > size - 8 || hlen > ST_MAX_HEADER)
     return cdb_error_set(err,
@@ -203,7 +207,8 @@ const st_tensor *st_expect(const st_file *f, const char *name, int ndim, const i
     return NULL;
   }
   if (t->dtype == ST_OTHER) {
-    cdb_error_set(err, "safetensors: %s: tensor %s has unsupported dtype %s (F32, F16 or BF16 needed)",
+    cdb_error_set(err,
+                  "safetensors: %s: tensor %s has unsupported dtype %s (F32, F16 or BF16 needed)",
                   f->path, name, t->dtype_name);
     return NULL;
   }

@@ -108,7 +108,7 @@ static gunichar byte_to_unicode(int b) {
  * compact table (8-byte slots; key text copied into one arena in id order) is several times
  * faster than json-c's object look-up, which matters as loading is on a query's path. */
 typedef struct symtab {
-  uint64_t *slot;   /* (hash << 32) | (id + 1); 0 = empty */
+  uint64_t *slot; /* (hash << 32) | (id + 1); 0 = empty */
   size_t mask, max_len;
   char *arena;      /* every key, NUL-terminated, in id order */
   uint32_t *offset; /* offset[id]: its key in arena */
@@ -330,21 +330,21 @@ static int load_byte_symbols(clip_tokenizer *tok, const symtab *vocab, const cha
       vocab_id(vocab, "<|endoftext|>", &tok->eot_id) < 0)
     return cdb_error_set(err, "tokenizer: %s: no <|startoftext|> / <|endoftext|> entries", path);
   if (tok->sot_id != CLIP_TOKEN_SOT || tok->eot_id != CLIP_TOKEN_EOT)
-    return cdb_error_set(err, "tokenizer: %s: special tokens have ids %d/%d, expected %d/%d",
-                         path, tok->sot_id, tok->eot_id, CLIP_TOKEN_SOT, CLIP_TOKEN_EOT);
+    return cdb_error_set(err, "tokenizer: %s: special tokens have ids %d/%d, expected %d/%d", path,
+                         tok->sot_id, tok->eot_id, CLIP_TOKEN_SOT, CLIP_TOKEN_EOT);
   return 0;
 }
 
 /* One merges.txt line "A B" (A, B are vocab symbols; A+B must be one too). */
-static int parse_merge_line(clip_tokenizer *tok, const symtab *vocab, const char *line,
-                            size_t len, int rank, const char *path, int lineno, cdb_error *err) {
+static int parse_merge_line(clip_tokenizer *tok, const symtab *vocab, const char *line, size_t len,
+                            int rank, const char *path, int lineno, cdb_error *err) {
   if (len > 0 && line[len - 1] == '\r') len--;
   const char *space = memchr(line, ' ', len);
   size_t left_len = space ? (size_t)(space - line) : 0;
   size_t right_len = space ? len - left_len - 1 : 0;
   if (!space || left_len == 0 || right_len == 0 || memchr(space + 1, ' ', right_len))
-    return cdb_error_set(err, "tokenizer: %s:%d: expected two symbols separated by one space",
-                         path, lineno);
+    return cdb_error_set(err, "tokenizer: %s:%d: expected two symbols separated by one space", path,
+                         lineno);
   char joined[256];
   if (len >= sizeof joined)
     return cdb_error_set(err, "tokenizer: %s:%d: merge too long", path, lineno);
@@ -366,8 +366,8 @@ static int parse_merge_line(clip_tokenizer *tok, const symtab *vocab, const char
   return 0;
 }
 
-static int load_merges(clip_tokenizer *tok, const symtab *vocab, const char *path,
-                       int max_merges, cdb_error *err) {
+static int load_merges(clip_tokenizer *tok, const symtab *vocab, const char *path, int max_merges,
+                       cdb_error *err) {
   size_t len;
   char *text = cdb_file_read(path, MAX_MERGES_BYTES, &len, err);
   if (!text) return cdb_error_prefix(err, "tokenizer");
@@ -408,8 +408,8 @@ static int load_merges(clip_tokenizer *tok, const symtab *vocab, const char *pat
   return rc;
 }
 
-clip_tokenizer *clip_tokenizer_load(const char *vocab_path, const char *merges_path,
-                                    int max_merges, cdb_error *err) {
+clip_tokenizer *clip_tokenizer_load(const char *vocab_path, const char *merges_path, int max_merges,
+                                    cdb_error *err) {
   if (max_merges < 0 || max_merges > (1 << 24)) {
     cdb_error_set(err, "tokenizer: invalid merge count %d", max_merges);
     return NULL;
@@ -605,12 +605,17 @@ static size_t ftfy_unescape_at(const gunichar *s, size_t i, size_t n, ustr *out)
 
 /* fix_latin_ligatures: the letters a Latin ligature stands for, or NULL. */
 static const char *ligature_expansion(gunichar c) {
-  static const struct { gunichar c; const char *to; } ligatures[] = {
-      {0x0132, "IJ"}, {0x0133, "ij"}, {0x0149, "\xca\xbcn"}, {0x01C4, "D\xc5\xbd"},
-      {0x01C5, "D\xc5\xbe"}, {0x01C6, "d\xc5\xbe"}, {0x01C7, "LJ"}, {0x01C8, "Lj"},
-      {0x01C9, "lj"}, {0x01CA, "NJ"}, {0x01CB, "Nj"}, {0x01CC, "nj"}, {0x01F1, "DZ"},
-      {0x01F2, "Dz"}, {0x01F3, "dz"}, {0xFB00, "ff"}, {0xFB01, "fi"}, {0xFB02, "fl"},
-      {0xFB03, "ffi"}, {0xFB04, "ffl"}, {0xFB05, "\xc5\xbft"}, {0xFB06, "st"}};
+  static const struct {
+    gunichar c;
+    const char *to;
+  } ligatures[] = {{0x0132, "IJ"},        {0x0133, "ij"},        {0x0149, "\xca\xbcn"},
+                   {0x01C4, "D\xc5\xbd"}, {0x01C5, "D\xc5\xbe"}, {0x01C6, "d\xc5\xbe"},
+                   {0x01C7, "LJ"},        {0x01C8, "Lj"},        {0x01C9, "lj"},
+                   {0x01CA, "NJ"},        {0x01CB, "Nj"},        {0x01CC, "nj"},
+                   {0x01F1, "DZ"},        {0x01F2, "Dz"},        {0x01F3, "dz"},
+                   {0xFB00, "ff"},        {0xFB01, "fi"},        {0xFB02, "fl"},
+                   {0xFB03, "ffi"},       {0xFB04, "ffl"},       {0xFB05, "\xc5\xbft"},
+                   {0xFB06, "st"}};
   if ((c >= 0x0132 && c <= 0x01F3) || (c >= 0xFB00 && c <= 0xFB06)) {
     for (size_t i = 0; i < G_N_ELEMENTS(ligatures); i++)
       if (ligatures[i].c == c) return ligatures[i].to;
@@ -635,10 +640,11 @@ static bool is_ftfy_control(gunichar c) {
 
 /* Windows-1252 ("sloppy": undefined bytes stay as they are) for U+0080..U+009F. */
 static gunichar c1_to_cp1252(gunichar c) {
-  static const uint16_t cp1252[32] = {
-      0x20AC, 0x0081, 0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160,
-      0x2039, 0x0152, 0x008D, 0x017D, 0x008F, 0x0090, 0x2018, 0x2019, 0x201C, 0x201D, 0x2022,
-      0x2013, 0x2014, 0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0x009D, 0x017E, 0x0178};
+  static const uint16_t cp1252[32] = {0x20AC, 0x0081, 0x201A, 0x0192, 0x201E, 0x2026, 0x2020,
+                                      0x2021, 0x02C6, 0x2030, 0x0160, 0x2039, 0x0152, 0x008D,
+                                      0x017D, 0x008F, 0x0090, 0x2018, 0x2019, 0x201C, 0x201D,
+                                      0x2022, 0x2013, 0x2014, 0x02DC, 0x2122, 0x0161, 0x203A,
+                                      0x0153, 0x009D, 0x017E, 0x0178};
   return cp1252[c - 0x80];
 }
 
@@ -729,7 +735,8 @@ static bool ftfy_fix(ustr *text, ustr *tmp, ustr *prev, bool unescape) {
 static bool is_cased(gunichar c) {
   GUnicodeType t = g_unichar_type(c);
   return t == G_UNICODE_UPPERCASE_LETTER || t == G_UNICODE_LOWERCASE_LETTER ||
-         t == G_UNICODE_TITLECASE_LETTER || utf8proc_tolower((utf8proc_int32_t)c) != (utf8proc_int32_t)c ||
+         t == G_UNICODE_TITLECASE_LETTER ||
+         utf8proc_tolower((utf8proc_int32_t)c) != (utf8proc_int32_t)c ||
          utf8proc_toupper((utf8proc_int32_t)c) != (utf8proc_int32_t)c;
 }
 
@@ -741,13 +748,12 @@ static bool is_case_ignorable(gunichar c) {
     case G_UNICODE_ENCLOSING_MARK:
     case G_UNICODE_FORMAT:
     case G_UNICODE_MODIFIER_LETTER:
-    case G_UNICODE_MODIFIER_SYMBOL:
-      return true;
-    default:
-      break;
+    case G_UNICODE_MODIFIER_SYMBOL: return true;
+    default: break;
   }
-  static const gunichar mid[] = {0x27, 0x2E, 0x3A, 0xB7, 0x387, 0x55F, 0x5F4, 0x2018, 0x2019,
-                                 0x2024, 0x2027, 0xFE13, 0xFE52, 0xFE55, 0xFF07, 0xFF0E, 0xFF1A};
+  static const gunichar mid[] = {0x27,   0x2E,   0x3A,   0xB7,   0x387,  0x55F,
+                                 0x5F4,  0x2018, 0x2019, 0x2024, 0x2027, 0xFE13,
+                                 0xFE52, 0xFE55, 0xFF07, 0xFF0E, 0xFF1A};
   for (size_t i = 0; i < G_N_ELEMENTS(mid); i++)
     if (mid[i] == c) return true;
   return false;
@@ -789,10 +795,8 @@ static bool is_letter(gunichar c) {
     case G_UNICODE_MODIFIER_LETTER:
     case G_UNICODE_OTHER_LETTER:
     case G_UNICODE_TITLECASE_LETTER:
-    case G_UNICODE_UPPERCASE_LETTER:
-      return true;
-    default:
-      return false;
+    case G_UNICODE_UPPERCASE_LETTER: return true;
+    default: return false;
   }
 }
 
@@ -806,8 +810,8 @@ static bool is_number(gunichar c) {
 /* Python's str.isspace (the whitespace the reference collapses to ' '). */
 static bool is_space(gunichar c) {
   return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 ||
-         c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 ||
-         c == 0x202F || c == 0x205F || c == 0x3000;
+         c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F ||
+         c == 0x205F || c == 0x3000;
 }
 
 /* Case-insensitive match of an ASCII literal (simple case folding: 'ſ' matches 's'). */
@@ -968,8 +972,8 @@ static void bpe_work_free(bpe_work *w) {
  * the tokens in the first half of each window are kept (merges never reach that far in
  * practice: the longest vocabulary entry is far shorter), so a 1 MB word costs a few
  * windows, not a quadratic merge. `complete` is false when bytes are only the word's start. */
-static bool bpe_word(const clip_tokenizer *tok, const unsigned char *bytes, size_t n,
-                     bool complete, token_sink *sink) {
+static bool bpe_word(const clip_tokenizer *tok, const unsigned char *bytes, size_t n, bool complete,
+                     token_sink *sink) {
   size_t window = n < BPE_WINDOW ? n : BPE_WINDOW;
   bpe_work w;
   bool ok = bpe_work_init(&w, window);
@@ -1042,7 +1046,8 @@ static bool process_chunk(const clip_tokenizer *tok, const char *p, size_t len, 
   for (const char *q = p, *end = p + len; q < end; q = g_utf8_next_char(q))
     sc->text.c[sc->text.n++] = *q ? g_utf8_get_char(q) : 0;
   if (is_plain_ascii(p, len)) {
-    for (size_t i = 0; i < sc->text.n; i++) sc->text.c[i] = (gunichar)g_ascii_tolower((char)sc->text.c[i]);
+    for (size_t i = 0; i < sc->text.n; i++)
+      sc->text.c[i] = (gunichar)g_ascii_tolower((char)sc->text.c[i]);
     return tokenize_clean(tok, &sc->text, sink);
   }
   if (!ftfy_fix(&sc->text, &sc->a, &sc->b, unescape)) return false;

@@ -14,8 +14,8 @@
 typedef struct clip_tokenizer clip_tokenizer;
 
 /* vocab.json + merges.txt (the first `max_merges` merges; 0 = the CLIP count 48894). */
-clip_tokenizer *clip_tokenizer_load(const char *vocab_path, const char *merges_path,
-                                    int max_merges, cdb_error *err);
+clip_tokenizer *clip_tokenizer_load(const char *vocab_path, const char *merges_path, int max_merges,
+                                    cdb_error *err);
 void clip_tokenizer_free(clip_tokenizer *tok);
 
 /* Writes exactly ctx_len ids (SOT, tokens, EOT, zero padding; truncated with EOT kept last).

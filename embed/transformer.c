@@ -106,13 +106,13 @@ static float *scratch_for(size_t need) {
 typedef struct linear_job {
   const clip_kernels *kern;
   int M, N, K;
-  const float *A;  /* [M, K] */
-  const float *W;  /* [N, K] row-major, or NULL */
+  const float *A;        /* [M, K] */
+  const float *W;        /* [N, K] row-major, or NULL */
   const clip_packed *Wp; /* packed, or NULL */
-  const float *bias; /* [N] or NULL */
-  float *C;        /* [M, ldc] */
+  const float *bias;     /* [N] or NULL */
+  float *C;              /* [M, ldc] */
   int ldc;
-  int accumulate;  /* C += A W^T instead of C = A W^T */
+  int accumulate; /* C += A W^T instead of C = A W^T */
   clip_epi_act act;
   int use_blas;
 } linear_job;
@@ -131,18 +131,15 @@ static void linear_task(void *ctx, int ith, int nth) {
      * once, and every thread packs all rows (cheap). Many rows: threads split the rows, so no
      * row is packed twice; the panels are then shared through the L3 cache. */
     int panels = (j->N + CLIP_PANEL - 1) / CLIP_PANEL, p0 = 0, p1 = panels, m0 = 0, m1 = j->M;
-    if (j->M >= SPLIT_ROWS_MIN)
-      split(j->M, ROW_ALIGN, ith, nth, &m0, &m1);
-    else
-      split(panels, 1, ith, nth, &p0, &p1);
+    if (j->M >= SPLIT_ROWS_MIN) split(j->M, ROW_ALIGN, ith, nth, &m0, &m1);
+    else split(panels, 1, ith, nth, &p0, &p1);
     if (p0 >= p1 || m0 >= m1) return;
     if (j->Wp->bf16) {
       uint32_t *words = (uint32_t *)scratch_for(clip_gemm_bf16_scratch(m1 - m0, j->K));
       /* Without scratch memory the reference (which then needs none) gives the same answer. */
       clip_gemm_bf16_fn gemm = words ? clip_gemm_bf16_native() : clip_gemm_bf16_ref;
       clip_gemm_out out = {j->C + (size_t)m0 * j->ldc, j->ldc, j->accumulate, j->bias, j->act};
-      gemm(m1 - m0, j->N, j->K, j->A + (size_t)m0 * j->K, j->K, j->Wp->data,
-                              p0, p1, &out, words);
+      gemm(m1 - m0, j->N, j->K, j->A + (size_t)m0 * j->K, j->K, j->Wp->data, p0, p1, &out, words);
       return;
     }
     float *scratch = scratch_for(clip_gemm_scratch_floats(j->K));
@@ -152,8 +149,7 @@ static void linear_task(void *ctx, int ith, int nth) {
     clip_gemm_out out = {j->C + (size_t)m0 * j->ldc, j->ldc, j->accumulate, j->bias, j->act};
     if (j->Wp->f16)
       kern->gemm_packed_f16(m1 - m0, j->N, j->K, A, j->K, j->Wp->data, p0, p1, &out, scratch);
-    else
-      kern->gemm_packed(m1 - m0, j->N, j->K, A, j->K, j->Wp->data, p0, p1, &out, scratch);
+    else kern->gemm_packed(m1 - m0, j->N, j->K, A, j->K, j->Wp->data, p0, p1, &out, scratch);
     return;
   }
   int n0, n1;
@@ -175,10 +171,21 @@ static void linear_task(void *ctx, int ith, int nth) {
 static void linear(const float *A, int M, int K, const float *W, const clip_packed *Wp,
                    const float *bias, int N, float *C, int ldc, int accumulate, clip_epi_act act) {
   int nth = cdb_pool_threads();
-  linear_job j = {clip_kernels_best(), M, N, K, A, W, Wp, bias, C, ldc, accumulate, act,
+  linear_job j = {clip_kernels_best(),
+                  M,
+                  N,
+                  K,
+                  A,
+                  W,
+                  Wp,
+                  bias,
+                  C,
+                  ldc,
+                  accumulate,
+                  act,
                   clip_get_gemm_mode() == CLIP_GEMM_BLAS};
   if (j.use_blas) pthread_once(&blas_once, blas_single_threaded);
-  int max_tasks = !(Wp && Wp->data)  ? (N + GEMM_COL_ALIGN - 1) / GEMM_COL_ALIGN
+  int max_tasks = !(Wp && Wp->data)     ? (N + GEMM_COL_ALIGN - 1) / GEMM_COL_ALIGN
                   : M >= SPLIT_ROWS_MIN ? (M + ROW_ALIGN - 1) / ROW_ALIGN
                                         : (N + CLIP_PANEL - 1) / CLIP_PANEL;
   int tasks = nth;
@@ -223,7 +230,7 @@ typedef struct attention_job {
   const clip_kernels *kern;
   const float *q, *k, *v; /* rows ld apart */
   int ld;
-  float *out;             /* [total, width] */
+  float *out; /* [total, width] */
   const int *seq_start, *seq_len;
   int n_seq, heads, head_dim, width, causal;
   float *scratch; /* per task: attention_scratch() floats */
@@ -242,7 +249,8 @@ static void attend_one(const attention_job *j, int s, int h, float *scratch) {
   int start = j->seq_start[s], len = j->seq_len[s], hd = j->head_dim;
   float scale = 1.0f / sqrtf((float)hd);
   float *S = scratch, *kt = scratch + (size_t)len * len;
-  const float *q = j->q + (size_t)start * j->ld + h * hd, *k = j->k + (size_t)start * j->ld + h * hd;
+  const float *q = j->q + (size_t)start * j->ld + h * hd,
+              *k = j->k + (size_t)start * j->ld + h * hd;
   const float *v = j->v + (size_t)start * j->ld + h * hd;
   float *out = j->out + (size_t)start * j->width + h * hd;
   for (int u = 0; u < len; u++)
@@ -281,10 +289,8 @@ static void attention_task(void *ctx, int ith, int nth) {
   const attention_job *j = ctx;
   float *scratch = j->scratch + (size_t)ith * attention_scratch(j->max_len, j->head_dim);
   for (int i = ith; i < j->n_seq * j->heads; i += nth) {
-    if (j->pool)
-      attend_pooled(j, i / j->heads, i % j->heads, scratch);
-    else
-      attend_one(j, i / j->heads, i % j->heads, scratch);
+    if (j->pool) attend_pooled(j, i / j->heads, i % j->heads, scratch);
+    else attend_one(j, i / j->heads, i % j->heads, scratch);
   }
 }
 
@@ -294,10 +300,10 @@ typedef struct encoder_run {
   const clip_tower_config *cfg;
   int total, n_seq, causal, max_len;
   const int *seq_start, *seq_len;
-  float *x;                    /* residual stream [total, width] */
-  float *h, *attn;             /* [total, width] each */
-  float *qkv;                  /* [total, 3 * width]: q, k, v side by side */
-  float *mlp;                  /* [total, intermediate] */
+  float *x;        /* residual stream [total, width] */
+  float *h, *attn; /* [total, width] each */
+  float *qkv;      /* [total, 3 * width]: q, k, v side by side */
+  float *mlp;      /* [total, intermediate] */
   float *scratch;
 } encoder_run;
 
@@ -323,9 +329,10 @@ static void attend(const encoder_run *r, const int *pool, float *out) {
   size_t work = 0; /* multiply-adds of the attention, to skip waking threads for a short text */
   for (int i = 0; i < r->n_seq; i++) work += (size_t)r->seq_len[i] * (pool ? 1 : r->seq_len[i]) * D;
   int nth = work < SMALL_WORK ? 1 : cdb_pool_threads(), tasks = r->n_seq * c->heads;
-  attention_job aj = {clip_kernels_best(), r->qkv, r->qkv + D, r->qkv + 2 * D, 3 * D, out,
-                      r->seq_start, r->seq_len, r->n_seq, c->heads, D / c->heads, D, r->causal,
-                      r->scratch, r->max_len, pool};
+  attention_job aj = {
+      clip_kernels_best(), r->qkv,   r->qkv + D, r->qkv + 2 * D, 3 * D, out,       r->seq_start,
+      r->seq_len,          r->n_seq, c->heads,   D / c->heads,   D,     r->causal, r->scratch,
+      r->max_len,          pool};
   cdb_parallel(attention_task, &aj, tasks < nth ? tasks : nth);
 }
 
@@ -384,9 +391,19 @@ static int encoder_forward(const clip_tower_config *cfg, clip_layer_weights *lay
     free(scratch);
     return cdb_error_set(err, "encoder: out of memory for %d tokens", total);
   }
-  encoder_run r = {.cfg = cfg, .total = total, .n_seq = n_seq, .causal = causal,
-                   .max_len = max_len, .seq_start = seq_start, .seq_len = seq_len, .x = x,
-                   .h = h, .attn = h + td, .qkv = qkv, .mlp = mlp, .scratch = scratch};
+  encoder_run r = {.cfg = cfg,
+                   .total = total,
+                   .n_seq = n_seq,
+                   .causal = causal,
+                   .max_len = max_len,
+                   .seq_start = seq_start,
+                   .seq_len = seq_len,
+                   .x = x,
+                   .h = h,
+                   .attn = h + td,
+                   .qkv = qkv,
+                   .mlp = mlp,
+                   .scratch = scratch};
   for (int l = 0; l < cfg->layers - 1; l++) run_layer(&r, &layers[l]);
   if (cfg->layers > 0) run_last_layer(&r, &layers[cfg->layers - 1], pool);
   free(h);
@@ -430,7 +447,8 @@ int clip_vision_forward(const clip_config *cfg, const clip_vision_weights *w, co
     cdb_error_set(err, "encoder: out of memory for %d images", n);
     goto done;
   }
-  for (int b = 0; b < n; b++) im2col(pixels + b * img_len, C, size, p, cols + (size_t)b * P * patch_len);
+  for (int b = 0; b < n; b++)
+    im2col(pixels + b * img_len, C, size, p, cols + (size_t)b * P * patch_len);
   if (n < 1) { /* nothing to do (also tells the compiler that cols was written) */
     rc = 0;
     goto done;
@@ -450,8 +468,8 @@ int clip_vision_forward(const clip_config *cfg, const clip_vision_weights *w, co
     goto done;
   /* Pool the class token of each image. */
   layernorm_rows(x, T * D, pooled, n, D, w->post_ln_w, w->post_ln_b, cfg->vision.ln_eps);
-  linear(pooled, n, D, w->proj, &w->proj_p, NULL, cfg->projection_dim, out, cfg->projection_dim,
-         0, CLIP_EPI_NONE);
+  linear(pooled, n, D, w->proj, &w->proj_p, NULL, cfg->projection_dim, out, cfg->projection_dim, 0,
+         CLIP_EPI_NONE);
   rc = 0;
 done:
   free(x);
@@ -480,16 +498,13 @@ static int pool_position(const int32_t *ids, int ctx) {
 static void token_row(const st_tensor *emb, int width, int id, float *dst) {
   const clip_kernels *kern = clip_kernels_best();
   const unsigned char *src = emb->data + (size_t)id * width * (emb->dtype == ST_F32 ? 4 : 2);
-  if (emb->dtype == ST_F32)
-    memcpy(dst, src, sizeof(float) * (size_t)width);
-  else if (emb->dtype == ST_F16)
-    kern->f16_to_f32((const uint16_t *)src, dst, (size_t)width);
-  else
-    kern->bf16_to_f32((const uint16_t *)src, dst, (size_t)width);
+  if (emb->dtype == ST_F32) memcpy(dst, src, sizeof(float) * (size_t)width);
+  else if (emb->dtype == ST_F16) kern->f16_to_f32((const uint16_t *)src, dst, (size_t)width);
+  else kern->bf16_to_f32((const uint16_t *)src, dst, (size_t)width);
 }
 
-int clip_text_forward(const clip_config *cfg, const clip_text_weights *w, const int32_t *ids,
-                      int n, float *out, cdb_error *err) {
+int clip_text_forward(const clip_config *cfg, const clip_text_weights *w, const int32_t *ids, int n,
+                      float *out, cdb_error *err) {
   int D = cfg->text.hidden, ctx = cfg->context_length;
   int *start = malloc(sizeof(int) * (size_t)n), *len = malloc(sizeof(int) * (size_t)n);
   int *pool = malloc(sizeof(int) * (size_t)n); /* each text pools its last (end) token */
@@ -518,8 +533,7 @@ int clip_text_forward(const clip_config *cfg, const clip_text_weights *w, const 
       token_row(w->tok_emb, D, ids[(size_t)i * ctx + t], row);
       kern->add(row, w->pos_emb + (size_t)t * D, D);
     }
-  if (encoder_forward(&cfg->text, w->layers, x, total, start, len, pool, n, 1, err) != 0)
-    goto done;
+  if (encoder_forward(&cfg->text, w->layers, x, total, start, len, pool, n, 1, err) != 0) goto done;
   for (int i = 0; i < n; i++)
     kern->layernorm(x + (size_t)(start[i] + len[i] - 1) * D, w->final_ln_w, w->final_ln_b,
                     pooled + (size_t)i * D, D, cfg->text.ln_eps);

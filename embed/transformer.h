@@ -24,19 +24,19 @@ typedef struct clip_packed {
 typedef struct clip_layer_weights {
   const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
   const float *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *o_w, *o_b; /* [width, width] */
-  const float *fc1_w, *fc1_b; /* [intermediate, width] */
-  const float *fc2_w, *fc2_b; /* [width, intermediate] */
-  clip_packed qkv_p;          /* [3 * width, width]: q, k, v stacked */
+  const float *fc1_w, *fc1_b;                                 /* [intermediate, width] */
+  const float *fc2_w, *fc2_b;                                 /* [width, intermediate] */
+  clip_packed qkv_p; /* [3 * width, width]: q, k, v stacked */
   const float *qkv_b;
   clip_packed o_p, fc1_p, fc2_p;
 } clip_layer_weights;
 
 typedef struct clip_vision_weights {
-  const float *class_emb;   /* [width] */
-  const float *patch_w;     /* [width, channels * patch * patch] (conv without bias) */
-  const float *pos_emb;     /* [patches + 1, width] */
+  const float *class_emb; /* [width] */
+  const float *patch_w;   /* [width, channels * patch * patch] (conv without bias) */
+  const float *pos_emb;   /* [patches + 1, width] */
   const float *pre_ln_w, *pre_ln_b, *post_ln_w, *post_ln_b;
-  const float *proj;        /* [projection, width], no bias */
+  const float *proj; /* [projection, width], no bias */
   clip_packed patch_p, proj_p;
   clip_layer_weights *layers;
 } clip_vision_weights;
@@ -45,7 +45,7 @@ typedef struct clip_text_weights {
   const st_tensor *tok_emb; /* [vocab, width], any float dtype: rows converted on lookup */
   const float *pos_emb;     /* [context, width] */
   const float *final_ln_w, *final_ln_b;
-  const float *proj;        /* [projection, width], no bias */
+  const float *proj; /* [projection, width], no bias */
   clip_layer_weights *layers;
 } clip_text_weights;
 
@@ -64,8 +64,8 @@ int clip_vision_forward(const clip_config *cfg, const clip_vision_weights *w, co
 /* n rows of context_length ids -> out[n, projection] (not normalised). Each text runs only up to
  * its first <|endoftext|> (causal attention makes later positions irrelevant) and is pooled
  * there. */
-int clip_text_forward(const clip_config *cfg, const clip_text_weights *w, const int32_t *ids,
-                      int n, float *out, cdb_error *err);
+int clip_text_forward(const clip_config *cfg, const clip_text_weights *w, const int32_t *ids, int n,
+                      float *out, cdb_error *err);
 
 /* Tests: make every per-thread scratch allocation fail (1) or not (0), as out of memory does. */
 void clip_transformer_fail_scratch(int fail);

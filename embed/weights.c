@@ -31,8 +31,8 @@ static const st_tensor *expect(shape_check *c, const char *name, int ndim, int64
 }
 
 static void check_layers(shape_check *c, const char *prefix, const clip_tower_config *t) {
-  static const char *const vecs[] = {"layer_norm1.weight", "layer_norm1.bias",
-                                     "layer_norm2.weight", "layer_norm2.bias",
+  static const char *const vecs[] = {"layer_norm1.weight",    "layer_norm1.bias",
+                                     "layer_norm2.weight",    "layer_norm2.bias",
                                      "self_attn.q_proj.bias", "self_attn.k_proj.bias",
                                      "self_attn.v_proj.bias", "self_attn.out_proj.bias",
                                      "mlp.fc2.bias"};
@@ -70,8 +70,8 @@ int clip_check_tensors(const clip_model *m, cdb_error *err) {
   expect(&c, "text_projection.weight", 2, P, T, 0, 0);
   check_layers(&c, "text_model", &g->text);
   expect(&c, "vision_model.embeddings.class_embedding", 1, V, 0, 0, 0);
-  expect(&c, "vision_model.embeddings.patch_embedding.weight", 4, V, g->num_channels,
-         g->patch_size, g->patch_size);
+  expect(&c, "vision_model.embeddings.patch_embedding.weight", 4, V, g->num_channels, g->patch_size,
+         g->patch_size);
   expect(&c, "vision_model.embeddings.position_embedding.weight", 2, grid * grid + 1, V, 0, 0);
   expect(&c, "vision_model.pre_layrnorm.weight", 1, V, 0, 0, 0);
   expect(&c, "vision_model.pre_layrnorm.bias", 1, V, 0, 0, 0);
@@ -148,10 +148,8 @@ static float *to_f32_copy(const st_tensor *t) {
     memcpy(aligned, t->data, t->nbytes);
     src = aligned;
   }
-  if (t->dtype == ST_F16)
-    kern->f16_to_f32(src, dst, (size_t)t->numel);
-  else
-    kern->bf16_to_f32(src, dst, (size_t)t->numel);
+  if (t->dtype == ST_F16) kern->f16_to_f32(src, dst, (size_t)t->numel);
+  else kern->bf16_to_f32(src, dst, (size_t)t->numel);
   free(aligned);
   return dst;
 }
@@ -169,7 +167,8 @@ static const float *weight(clip_model *m, clip_tower *tw, const char *name, cdb_
   return copy;
 }
 
-static int load_layers(clip_model *m, clip_tower *tw, const char *prefix, int n_layers, cdb_error *err) {
+static int load_layers(clip_model *m, clip_tower *tw, const char *prefix, int n_layers,
+                       cdb_error *err) {
   tw->layers = calloc((size_t)n_layers, sizeof *tw->layers);
   if (!tw->layers) return cdb_error_set(err, "encoder: out of memory");
   for (int l = 0; l < n_layers; l++) {
@@ -178,14 +177,14 @@ static int load_layers(clip_model *m, clip_tower *tw, const char *prefix, int n_
       const float **dst;
       const char *suffix;
     } parts[] = {
-        {&L->ln1_w, "layer_norm1.weight"}, {&L->ln1_b, "layer_norm1.bias"},
-        {&L->ln2_w, "layer_norm2.weight"}, {&L->ln2_b, "layer_norm2.bias"},
-        {&L->q_w, "self_attn.q_proj.weight"}, {&L->q_b, "self_attn.q_proj.bias"},
-        {&L->k_w, "self_attn.k_proj.weight"}, {&L->k_b, "self_attn.k_proj.bias"},
-        {&L->v_w, "self_attn.v_proj.weight"}, {&L->v_b, "self_attn.v_proj.bias"},
+        {&L->ln1_w, "layer_norm1.weight"},      {&L->ln1_b, "layer_norm1.bias"},
+        {&L->ln2_w, "layer_norm2.weight"},      {&L->ln2_b, "layer_norm2.bias"},
+        {&L->q_w, "self_attn.q_proj.weight"},   {&L->q_b, "self_attn.q_proj.bias"},
+        {&L->k_w, "self_attn.k_proj.weight"},   {&L->k_b, "self_attn.k_proj.bias"},
+        {&L->v_w, "self_attn.v_proj.weight"},   {&L->v_b, "self_attn.v_proj.bias"},
         {&L->o_w, "self_attn.out_proj.weight"}, {&L->o_b, "self_attn.out_proj.bias"},
-        {&L->fc1_w, "mlp.fc1.weight"}, {&L->fc1_b, "mlp.fc1.bias"},
-        {&L->fc2_w, "mlp.fc2.weight"}, {&L->fc2_b, "mlp.fc2.bias"},
+        {&L->fc1_w, "mlp.fc1.weight"},          {&L->fc1_b, "mlp.fc1.bias"},
+        {&L->fc2_w, "mlp.fc2.weight"},          {&L->fc2_b, "mlp.fc2.bias"},
     };
     for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
       char name[256];
@@ -240,9 +239,7 @@ static void pack_task(void *ctx, int ith, int nth) {
     if (clip_pack_weights_f32_to_f16((const float *)j->src + at, n1 - n0, j->K,
                                      (uint16_t *)j->dst + at))
       atomic_store(&((pack_job *)ctx)->not_finite, 1);
-  }
-  else
-    clip_pack_weights((const float *)j->src + at, n1 - n0, j->K, (float *)j->dst + at);
+  } else clip_pack_weights((const float *)j->src + at, n1 - n0, j->K, (float *)j->dst + at);
 }
 
 /* Packing is a transpose bound by memory bandwidth; all cores share it. Returns 1 when rounding
@@ -308,8 +305,8 @@ static clip_packed packed_as(clip_model *m, clip_tower *tw, const char *const *n
 }
 
 /* Several [N, K] weights stacked along N, rounded to bfloat16 panels. */
-static clip_packed packed_bf16(clip_model *m, clip_tower *tw, const char *const *names,
-                               int n_names, int N, int K, cdb_error *err) {
+static clip_packed packed_bf16(clip_model *m, clip_tower *tw, const char *const *names, int n_names,
+                               int N, int K, cdb_error *err) {
   uint16_t *dst = arena_alloc(tw, sizeof(uint16_t) * clip_packed_bf16_elems(N * n_names, K));
   float *stacked = malloc(sizeof(float) * (size_t)N * n_names * K);
   int ok = dst && stacked;
@@ -350,8 +347,8 @@ int clip_vision_bf16_planned(void) {
 
 /* The packed weight; one whose values leave the half range when rounded is packed again as
  * float32 (the half-float copy's arena space is simply not reused). */
-static clip_packed packed(clip_model *m, clip_tower *tw, const char *const *names, int n_names, int N,
-                          int K, cdb_error *err) {
+static clip_packed packed(clip_model *m, clip_tower *tw, const char *const *names, int n_names,
+                          int N, int K, cdb_error *err) {
   if (tw->bf16) return packed_bf16(m, tw, names, n_names, N, K, err);
   int overflow = 0;
   clip_packed p = packed_as(m, tw, names, n_names, N, K, tw->round_f16, &overflow, err);
@@ -359,8 +356,8 @@ static clip_packed packed(clip_model *m, clip_tower *tw, const char *const *name
   return p;
 }
 
-static const float *stacked_bias(clip_model *m, clip_tower *tw, const char *const *names, int n, int D,
-                                 cdb_error *err) {
+static const float *stacked_bias(clip_model *m, clip_tower *tw, const char *const *names, int n,
+                                 int D, cdb_error *err) {
   float *dst = malloc(sizeof(float) * (size_t)n * D);
   if (!dst || keep(tw, dst) != 0) {
     free(dst);
@@ -378,17 +375,17 @@ static const float *stacked_bias(clip_model *m, clip_tower *tw, const char *cons
 }
 
 /* A tower's layers with packed weights (q, k, v stacked into one GEMM). */
-static int pack_layers(clip_model *m, clip_tower *tw, const char *prefix, const clip_tower_config *c,
-                       cdb_error *err) {
+static int pack_layers(clip_model *m, clip_tower *tw, const char *prefix,
+                       const clip_tower_config *c, cdb_error *err) {
   tw->layers = calloc((size_t)c->layers, sizeof *tw->layers);
   if (!tw->layers) return cdb_error_set(err, "encoder: out of memory");
   for (int l = 0; l < c->layers; l++) {
     clip_layer_weights *L = &tw->layers[l];
     char nm[9][160];
     static const char *const parts[9] = {
-        "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
-        "self_attn.q_proj.bias",   "self_attn.k_proj.bias",   "self_attn.v_proj.bias",
-        "self_attn.out_proj.weight", "mlp.fc1.weight",        "mlp.fc2.weight"};
+        "self_attn.q_proj.weight",   "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+        "self_attn.q_proj.bias",     "self_attn.k_proj.bias",   "self_attn.v_proj.bias",
+        "self_attn.out_proj.weight", "mlp.fc1.weight",          "mlp.fc2.weight"};
     const char *names[9];
     for (int i = 0; i < 9; i++) {
       snprintf(nm[i], sizeof nm[i], "%s.encoder.layers.%d.%s", prefix, l, parts[i]);
@@ -511,10 +508,8 @@ static int ensure_tower(clip_model *m, clip_tower *tw, int (*prepare)(clip_model
   int rc = 0;
   if (!tw->ready) {
     rc = prepare(m, err);
-    if (rc == 0)
-      tw->ready = 1;
-    else
-      clip_tower_release(tw);
+    if (rc == 0) tw->ready = 1;
+    else clip_tower_release(tw);
   }
   pthread_mutex_unlock(&tw->mu);
   return rc;

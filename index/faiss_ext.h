@@ -8,8 +8,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/IndexIVF_c.h>
+#include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/impl/AuxIndexStructures_c.h>
 
 #ifdef CLIPDB_FAISS_C_HAS_SEARCH_PARAMS
@@ -28,12 +28,12 @@ int cdb_faiss_IDSelectorCallback_new(FaissIDSelector **p_sel,
 
 /* Index::range_search with search parameters (selector, IVF nprobe). */
 int cdb_faiss_Index_range_search_with_params(const FaissIndex *index, idx_t n, const float *x,
-                                        float radius, const FaissSearchParameters *params,
-                                        FaissRangeSearchResult *result);
+                                             float radius, const FaissSearchParameters *params,
+                                             FaissRangeSearchResult *result);
 
 /* Decodes inverted list list_no: ids and (reconstructed) vectors, list_size entries each. */
 int cdb_faiss_IndexIVF_list_get(const FaissIndexIVF *index, size_t list_no, idx_t *ids,
-                           float *vectors);
+                                float *vectors);
 
 /* Iterations of the coarse quantizer's k-means (FAISS's default is 25) and the fewest training
  * points per centroid below which FAISS prints a warning (its default is 39). */
@@ -46,7 +46,7 @@ int cdb_faiss_IndexIVF_prepare_mapped(FaissIndexIVF *index);
 /* Memory-mapped lists: the mapping (the whole file), and where the list data starts and ends in
  * it. Returns 1 for mapped lists, 0 for others. */
 int cdb_faiss_IndexIVF_mapped_view(const FaissIndexIVF *index, const unsigned char **data,
-                              size_t *size, size_t *lists_start, size_t *lists_end);
+                                   size_t *size, size_t *lists_start, size_t *lists_end);
 
 /* hashes[l]: XXH64 (seeded with l) over list l's codes then ids, the bytes FAISS writes for it;
  * *list_bytes: how many bytes all lists take in FAISS's format. */
@@ -67,7 +67,7 @@ int cdb_faiss_IndexIVF_write_without_lists(FaissIndexIVF *index, FILE *f);
 
 /* Appends n entries (ids, and their codes: raw floats for a Flat encoding) to list list_no. */
 int cdb_faiss_IndexIVF_add_to_list(FaissIndexIVF *index, size_t list_no, size_t n, const idx_t *ids,
-                              const float *vectors);
+                                   const float *vectors);
 
 #ifdef __cplusplus
 }

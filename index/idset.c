@@ -22,8 +22,7 @@ void cdb_idset_free(cdb_idset *s) {
 
 static void insert_new(cdb_idset *s, int64_t id) {
   size_t i = home_slot(id, s->cap);
-  while (s->used[i])
-    i = (i + 1) & (s->cap - 1);
+  while (s->used[i]) i = (i + 1) & (s->cap - 1);
   s->used[i] = 1;
   s->keys[i] = id;
   s->n++;
@@ -31,18 +30,15 @@ static void insert_new(cdb_idset *s, int64_t id) {
 
 int cdb_idset_reserve(cdb_idset *s, size_t total) {
   size_t cap = 16;
-  while (cap < total * 2)
-    cap *= 2;
-  if (cap <= s->cap)
-    return 0;
+  while (cap < total * 2) cap *= 2;
+  if (cap <= s->cap) return 0;
   cdb_idset bigger = {malloc(cap * sizeof(int64_t)), calloc(cap, 1), cap, 0};
   if (!bigger.keys || !bigger.used) {
     cdb_idset_free(&bigger);
     return -1;
   }
   for (size_t i = 0; i < s->cap; i++)
-    if (s->used[i])
-      insert_new(&bigger, s->keys[i]);
+    if (s->used[i]) insert_new(&bigger, s->keys[i]);
   cdb_idset_free(s);
   *s = bigger;
   return 0;
@@ -63,27 +59,22 @@ static size_t find_slot(const cdb_idset *s, int64_t id, int *found) {
 
 int cdb_idset_has(const cdb_idset *s, int64_t id) {
   int found = 0;
-  if (s->cap)
-    find_slot(s, id, &found);
+  if (s->cap) find_slot(s, id, &found);
   return found;
 }
 
 int cdb_idset_put(cdb_idset *s, int64_t id) {
-  if (cdb_idset_has(s, id))
-    return 0;
-  if (cdb_idset_reserve(s, s->n + 1) < 0)
-    return -1;
+  if (cdb_idset_has(s, id)) return 0;
+  if (cdb_idset_reserve(s, s->n + 1) < 0) return -1;
   insert_new(s, id);
   return 1;
 }
 
 int cdb_idset_del(cdb_idset *s, int64_t id) {
   int found = 0;
-  if (!s->cap)
-    return 0;
+  if (!s->cap) return 0;
   size_t hole = find_slot(s, id, &found);
-  if (!found)
-    return 0;
+  if (!found) return 0;
   s->used[hole] = 0;
   s->n--;
   /* Shift later members of the probe run back into the hole when their home allows it. */
@@ -103,8 +94,7 @@ int cdb_idset_del(cdb_idset *s, int64_t id) {
 
 int cdb_idset_copy(cdb_idset *dst, const cdb_idset *src) {
   memset(dst, 0, sizeof *dst);
-  if (!src->cap)
-    return 0;
+  if (!src->cap) return 0;
   dst->keys = malloc(src->cap * sizeof(int64_t));
   dst->used = malloc(src->cap);
   if (!dst->keys || !dst->used) {

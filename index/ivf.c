@@ -14,8 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/IndexIVF_c.h>
+#include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/error_c.h>
 #include <faiss/c_api/impl/AuxIndexStructures_c.h>
 #include <faiss/c_api/index_factory_c.h>
@@ -30,7 +30,7 @@
 /* k-means trains on 32 x nlist sampled vectors (FAISS asks for 39): at 100k x 512 CLIP-like
  * vectors COMMIT 10.8 s -> 5.5 s against 48, recall@10 at the default nprobe 0.966 -> 0.963. */
 #define SAMPLE_PER_LIST 32
-#define SAMPLE_MIN 10000      /* PQ codebooks want ~39 x 256 points */
+#define SAMPLE_MIN 10000 /* PQ codebooks want ~39 x 256 points */
 /* k-means iterations for the coarse centroids: recall@10 barely moves between 10 and FAISS's
  * default 25 on clustered data, while training (the cost of a bulk-load COMMIT) is 2.5x faster. */
 #define KMEANS_ITERATIONS 10
@@ -49,8 +49,7 @@ static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 /* Vectors arrive unit length (inner product = cosine); this refuses NaN, Inf, zero and other
  * non-unit vectors with an error rather than fixing them. */
 int ivf_check_unit(const float *v, int dim, const char *what, int64_t i, cdb_error *err) {
-  if (cdb_vec_is_unit(v, (size_t)dim))
-    return 0;
+  if (cdb_vec_is_unit(v, (size_t)dim)) return 0;
   size_t bad = cdb_vec_first_nonfinite(v, (size_t)dim);
   if (bad < (size_t)dim)
     return cdb_error_set(err, "index: %s %lld has a NaN or Inf component (element %zu)", what,
@@ -59,30 +58,26 @@ int ivf_check_unit(const float *v, int dim, const char *what, int64_t i, cdb_err
   if (!(sq > 0))
     return cdb_error_set(err, "index: %s %lld is a zero vector (cosine undefined)", what,
                          (long long)i);
-  return cdb_error_set(err, "index: %s %lld is not unit length (squared norm %g); normalise it "
-                            "first", what, (long long)i, sq);
+  return cdb_error_set(err,
+                       "index: %s %lld is not unit length (squared norm %g); normalise it "
+                       "first",
+                       what, (long long)i, sq);
 }
 
 static int auto_nlist(int64_t n) {
   double target = 4.0 * sqrt((double)n);
   int p = 1;
-  while (p < (1 << 20) && p * 2 <= target * 1.41421356)
-    p *= 2;
-  while (p > 1 && (int64_t)p * 39 > n)
-    p /= 2;
+  while (p < (1 << 20) && p * 2 <= target * 1.41421356) p *= 2;
+  while (p > 1 && (int64_t)p * 39 > n) p /= 2;
   return p;
 }
 
 static int default_nprobe(const cdb_index *idx, size_t nlist) {
   int np;
-  if (idx->nprobe_param > 0)
-    np = idx->nprobe_param;
-  else if (nlist <= 1)
-    np = 1;
-  else
-    np = (int)ceil(1.5 * sqrt((double)nlist));
-  if (np < 8 && idx->nprobe_param <= 0)
-    np = 8;
+  if (idx->nprobe_param > 0) np = idx->nprobe_param;
+  else if (nlist <= 1) np = 1;
+  else np = (int)ceil(1.5 * sqrt((double)nlist));
+  if (np < 8 && idx->nprobe_param <= 0) np = 8;
   return np > (int)nlist ? (int)nlist : np;
 }
 
@@ -93,17 +88,13 @@ static int default_nprobe(const cdb_index *idx, size_t nlist) {
  * which clipdb does not use. */
 static void no_polysemous_training(char *enc, size_t size) {
   const char *p = enc;
-  if (strncmp(p, "PQ", 2) != 0)
-    return;
+  if (strncmp(p, "PQ", 2) != 0) return;
   p += 2;
   size_t digits = strspn(p, "0123456789");
-  if (!digits)
-    return;
+  if (!digits) return;
   p += digits;
-  if (*p == 'x' && strspn(p + 1, "0123456789") > 0)
-    p += 1 + strspn(p + 1, "0123456789");
-  if (*p == 0 && strlen(enc) + 2 < size)
-    strcat(enc, "np");
+  if (*p == 'x' && strspn(p + 1, "0123456789") > 0) p += 1 + strspn(p + 1, "0123456789");
+  if (*p == 0 && strlen(enc) + 2 < size) strcat(enc, "np");
 }
 
 static int parse_type(cdb_index *idx, const char *type, cdb_error *err) {
@@ -117,20 +108,17 @@ static int parse_type(cdb_index *idx, const char *type, cdb_error *err) {
     strcpy(idx->encoding, "Flat");
     return 0;
   }
-  if (strlen(type) >= sizeof idx->type || strncmp(type, "IVF", 3) != 0)
-    goto bad;
+  if (strlen(type) >= sizeof idx->type || strncmp(type, "IVF", 3) != 0) goto bad;
   const char *p = type + 3;
   long nlist = 0;
   if (*p >= '0' && *p <= '9') {
     char *end;
     errno = 0;
     nlist = strtol(p, &end, 10);
-    if (errno || nlist < 1 || nlist > (1 << 20))
-      goto bad;
+    if (errno || nlist < 1 || nlist > (1 << 20)) goto bad;
     p = end;
   }
-  if (*p != ',' || !p[1] || strlen(p + 1) >= sizeof idx->encoding)
-    goto bad;
+  if (*p != ',' || !p[1] || strlen(p + 1) >= sizeof idx->encoding) goto bad;
   strcpy(idx->type, type);
   strcpy(idx->encoding, p + 1);
   idx->fixed_nlist = (int)nlist;
@@ -146,10 +134,8 @@ bad:
 static int train_enabled(const cdb_index *idx) { return strcmp(idx->type, "flat") != 0; }
 
 static int target_nlist(const cdb_index *idx, int64_t n) {
-  if (idx->fixed_nlist)
-    return idx->fixed_nlist;
-  if (idx->nlist_param > 0)
-    return idx->nlist_param;
+  if (idx->fixed_nlist) return idx->fixed_nlist;
+  if (idx->nlist_param > 0) return idx->nlist_param;
   return auto_nlist(n);
 }
 
@@ -168,16 +154,14 @@ static FaissIndex *new_faiss_ivf(int dim, int nlist, const char *encoding, char 
     cdb_error_set(err, "index: factory string '%s' does not make an IVF index", factory);
     return NULL;
   }
-  if (factory_out)
-    strcpy(factory_out, factory);
+  if (factory_out) strcpy(factory_out, factory);
   return fi;
 }
 
 /* The untrained state: "IVF1,Flat" whose single centroid is fixed at zero. */
 static FaissIndex *new_exact_stage(int dim, char *factory_out, cdb_error *err) {
   FaissIndex *fi = new_faiss_ivf(dim, 1, "Flat", factory_out, err);
-  if (!fi)
-    return NULL;
+  if (!fi) return NULL;
   float *zero = calloc((size_t)dim, sizeof *zero);
   if (!zero) {
     faiss_Index_free(fi);
@@ -213,8 +197,7 @@ cdb_index_params cdb_index_default_params(void) {
 
 cdb_index *ivf_alloc_index(int dim, const cdb_index_params *params, cdb_error *err) {
   cdb_index_params defaults = cdb_index_default_params();
-  if (!params)
-    params = &defaults;
+  if (!params) params = &defaults;
   if (dim < 1 || dim > CDB_INDEX_MAX_DIM) {
     cdb_error_set(err, "index: dimension %d out of range 1..%d", dim, CDB_INDEX_MAX_DIM);
     return NULL;
@@ -241,8 +224,7 @@ cdb_index *ivf_alloc_index(int dim, const cdb_index_params *params, cdb_error *e
 
 cdb_index *cdb_index_new(int dim, const cdb_index_params *params, cdb_error *err) {
   cdb_index *idx = ivf_alloc_index(dim, params, err);
-  if (!idx)
-    return NULL;
+  if (!idx) return NULL;
   if (train_enabled(idx)) { /* validate the trained form now (unknown encoding, PQ m vs dim) */
     FaissIndex *probe = new_faiss_ivf(dim, target_nlist(idx, 1), idx->encoding, NULL, err);
     if (!probe) {
@@ -261,18 +243,15 @@ cdb_index *cdb_index_new(int dim, const cdb_index_params *params, cdb_error *err
 }
 
 static void release_faiss(cdb_index *idx) {
-  if (idx->faiss)
-    faiss_Index_free(idx->faiss);
-  if (idx->mapped)
-    fclose(idx->mapped);
+  if (idx->faiss) faiss_Index_free(idx->faiss);
+  if (idx->mapped) fclose(idx->mapped);
   idx->faiss = NULL;
   idx->ivf = NULL;
   idx->mapped = NULL;
 }
 
 void cdb_index_free(cdb_index *idx) {
-  if (!idx)
-    return;
+  if (!idx) return;
   release_faiss(idx);
   cdb_idset_free(&idx->ids);
   free(idx);
@@ -309,13 +288,10 @@ int ivf_rebuild_idset(cdb_index *idx, cdb_error *err) {
       free(buf);
       cap = n;
       buf = malloc(cap * sizeof *buf);
-      if (!buf)
-        return cdb_error_set(err, "index: out of memory");
+      if (!buf) return cdb_error_set(err, "index: out of memory");
     }
-    if (n)
-      faiss_IndexIVF_invlists_get_ids(idx->ivf, l, buf);
-    for (size_t i = 0; i < n; i++)
-      cdb_idset_put(&idx->ids, buf[i]);
+    if (n) faiss_IndexIVF_invlists_get_ids(idx->ivf, l, buf);
+    for (size_t i = 0; i < n; i++) cdb_idset_put(&idx->ids, buf[i]);
   }
   free(buf);
   idx->ids_valid = 1;
@@ -330,8 +306,10 @@ int cdb_index_damaged(const cdb_index *idx) {
 static int check_damage(const cdb_index *idx, int all, cdb_error *err) {
   int64_t bad = idx->mapped ? cdb_faiss_IndexIVF_verify_lists(idx->ivf, all) : -1;
   return bad < 0 ? 0
-                 : cdb_error_set(err, "index: cache file damaged (inverted list %lld fails its "
-                                      "checksum)", (long long)bad);
+                 : cdb_error_set(err,
+                                 "index: cache file damaged (inverted list %lld fails its "
+                                 "checksum)",
+                                 (long long)bad);
 }
 
 int cdb_index_verify(const cdb_index *idx, cdb_error *err) { return check_damage(idx, 1, err); }
@@ -341,8 +319,7 @@ int cdb_index_verify(const cdb_index *idx, cdb_error *err) { return check_damage
 int ivf_make_writable(cdb_index *idx, cdb_error *err) {
   if (idx->mapped) {
     FaissIndex *fi = NULL;
-    if (check_damage(idx, 1, err) < 0)
-      return -1;
+    if (check_damage(idx, 1, err) < 0) return -1;
     if (fseek(idx->mapped, idx->faiss_offset, SEEK_SET) != 0)
       return cdb_error_set(err, "index: cache file: seek failed: %s", strerror(errno));
     if (faiss_read_index(idx->mapped, 0, &fi))
@@ -361,28 +338,24 @@ int ivf_make_writable(cdb_index *idx, cdb_error *err) {
 }
 
 static int remove_faiss_ids(cdb_index *idx, int64_t n, const int64_t *ids, cdb_error *err) {
-  if (n == 0)
-    return 0;
+  if (n == 0) return 0;
   FaissIDSelectorBatch *sel = NULL;
   size_t removed = 0;
-  if (faiss_IDSelectorBatch_new(&sel, (size_t)n, ids))
-    return ivf_faiss_fail(err, "remove");
+  if (faiss_IDSelectorBatch_new(&sel, (size_t)n, ids)) return ivf_faiss_fail(err, "remove");
   int rc = faiss_Index_remove_ids(idx->faiss, (const FaissIDSelector *)sel, &removed);
   faiss_IDSelector_free((FaissIDSelector *)sel);
-  if (rc)
-    return ivf_faiss_fail(err, "remove");
+  if (rc) return ivf_faiss_fail(err, "remove");
   return 0;
 }
 
 /* ---- add / remove ---- */
 
-static int validate_batch(const cdb_index *idx, int64_t n, const int64_t *ids,
-                          const float *vectors, cdb_error *err) {
+static int validate_batch(const cdb_index *idx, int64_t n, const int64_t *ids, const float *vectors,
+                          cdb_error *err) {
   for (int64_t i = 0; i < n; i++) {
     if (ids[i] == -1)
       return cdb_error_set(err, "index: id -1 is reserved (vector %lld)", (long long)i);
-    if (ivf_check_unit(vectors + (size_t)i * idx->dim, idx->dim, "vector", i, err) < 0)
-      return -1;
+    if (ivf_check_unit(vectors + (size_t)i * idx->dim, idx->dim, "vector", i, err) < 0) return -1;
   }
   return 0;
 }
@@ -391,8 +364,7 @@ static int validate_batch(const cdb_index *idx, int64_t n, const int64_t *ids,
 static int mark_last_occurrences(int64_t n, const int64_t *ids, unsigned char *keep,
                                  int64_t *n_keep, cdb_error *err) {
   cdb_idset seen = {0};
-  if (cdb_idset_reserve(&seen, (size_t)n) < 0)
-    return cdb_error_set(err, "index: out of memory");
+  if (cdb_idset_reserve(&seen, (size_t)n) < 0) return cdb_error_set(err, "index: out of memory");
   *n_keep = 0;
   for (int64_t i = n - 1; i >= 0; i--) {
     keep[i] = (unsigned char)cdb_idset_put(&seen, ids[i]);
@@ -409,11 +381,9 @@ static int mark_last_occurrences(int64_t n, const int64_t *ids, unsigned char *k
 
 static int faiss_add_batch(cdb_index *idx, int64_t n, const float *vectors, const int64_t *ids) {
   int threads = omp_get_max_threads();
-  if (n < ADD_PARALLEL_MIN)
-    omp_set_num_threads(1);
+  if (n < ADD_PARALLEL_MIN) omp_set_num_threads(1);
   int rc = faiss_Index_add_with_ids(idx->faiss, n, vectors, ids);
-  if (n < ADD_PARALLEL_MIN)
-    omp_set_num_threads(threads);
+  if (n < ADD_PARALLEL_MIN) omp_set_num_threads(threads);
   return rc;
 }
 
@@ -423,8 +393,7 @@ static int add_normalised(cdb_index *idx, int64_t n, const int64_t *ids, const f
   float *buf = malloc(ADD_BATCH * dim * sizeof *buf);
   int64_t *bids = malloc(ADD_BATCH * sizeof *bids);
   int rc = 0;
-  if (!buf || !bids)
-    rc = cdb_error_set(err, "index: out of memory");
+  if (!buf || !bids) rc = cdb_error_set(err, "index: out of memory");
   int64_t fill = 0;
   for (int64_t i = 0; rc == 0 && i <= n; i++) {
     if (i < n && keep[i]) {
@@ -432,10 +401,8 @@ static int add_normalised(cdb_index *idx, int64_t n, const int64_t *ids, const f
       bids[fill++] = ids[i];
     }
     if (fill == ADD_BATCH || (i == n && fill > 0)) {
-      if (faiss_add_batch(idx, fill, buf, bids))
-        rc = ivf_faiss_fail(err, "add");
-      for (int64_t j = 0; rc == 0 && j < fill; j++)
-        cdb_idset_put(&idx->ids, bids[j]);
+      if (faiss_add_batch(idx, fill, buf, bids)) rc = ivf_faiss_fail(err, "add");
+      for (int64_t j = 0; rc == 0 && j < fill; j++) cdb_idset_put(&idx->ids, bids[j]);
       fill = 0;
     }
   }
@@ -448,30 +415,22 @@ int cdb_index_add(cdb_index *idx, int64_t n, const int64_t *ids, const float *ve
                   cdb_error *err) {
   if (n < 0 || (n > 0 && (!ids || !vectors)))
     return cdb_error_set(err, "index: add: bad arguments (n=%lld)", (long long)n);
-  if (n == 0)
-    return 0;
+  if (n == 0) return 0;
   unsigned char *keep = malloc((size_t)n);
   int64_t *replaced = NULL, n_keep = 0, n_replaced = 0;
   int rc = !keep ? cdb_error_set(err, "index: out of memory") : 0;
-  if (rc == 0)
-    rc = validate_batch(idx, n, ids, vectors, err);
-  if (rc == 0)
-    rc = ivf_make_writable(idx, err);
-  if (rc == 0)
-    rc = mark_last_occurrences(n, ids, keep, &n_keep, err);
+  if (rc == 0) rc = validate_batch(idx, n, ids, vectors, err);
+  if (rc == 0) rc = ivf_make_writable(idx, err);
+  if (rc == 0) rc = mark_last_occurrences(n, ids, keep, &n_keep, err);
   if (rc == 0 && cdb_idset_reserve(&idx->ids, idx->ids.n + (size_t)n_keep) < 0)
     rc = cdb_error_set(err, "index: out of memory");
   if (rc == 0 && !(replaced = malloc((size_t)n_keep * sizeof *replaced)))
     rc = cdb_error_set(err, "index: out of memory");
   for (int64_t i = 0; rc == 0 && i < n; i++)
-    if (keep[i] && cdb_idset_has(&idx->ids, ids[i]))
-      replaced[n_replaced++] = ids[i];
-  if (rc == 0)
-    rc = remove_faiss_ids(idx, n_replaced, replaced, err);
-  for (int64_t i = 0; rc == 0 && i < n_replaced; i++)
-    cdb_idset_del(&idx->ids, replaced[i]);
-  if (rc == 0)
-    rc = add_normalised(idx, n, ids, vectors, keep, err);
+    if (keep[i] && cdb_idset_has(&idx->ids, ids[i])) replaced[n_replaced++] = ids[i];
+  if (rc == 0) rc = remove_faiss_ids(idx, n_replaced, replaced, err);
+  for (int64_t i = 0; rc == 0 && i < n_replaced; i++) cdb_idset_del(&idx->ids, replaced[i]);
+  if (rc == 0) rc = add_normalised(idx, n, ids, vectors, keep, err);
   free(keep);
   free(replaced);
   return rc;
@@ -479,23 +438,18 @@ int cdb_index_add(cdb_index *idx, int64_t n, const int64_t *ids, const float *ve
 
 int cdb_index_remove(cdb_index *idx, int64_t n, const int64_t *ids, int64_t *n_removed,
                      cdb_error *err) {
-  if (n_removed)
-    *n_removed = 0;
+  if (n_removed) *n_removed = 0;
   if (n < 0 || (n > 0 && !ids))
     return cdb_error_set(err, "index: remove: bad arguments (n=%lld)", (long long)n);
-  if (n == 0 || ivf_make_writable(idx, err) < 0)
-    return n == 0 ? 0 : -1;
+  if (n == 0 || ivf_make_writable(idx, err) < 0) return n == 0 ? 0 : -1;
   int64_t *present = malloc((size_t)n * sizeof *present), n_present = 0;
-  if (!present)
-    return cdb_error_set(err, "index: out of memory");
+  if (!present) return cdb_error_set(err, "index: out of memory");
   for (int64_t i = 0; i < n; i++)
-    if (cdb_idset_del(&idx->ids, ids[i]))
-      present[n_present++] = ids[i];
+    if (cdb_idset_del(&idx->ids, ids[i])) present[n_present++] = ids[i];
   int rc = remove_faiss_ids(idx, n_present, present, err);
   if (rc < 0) /* FAISS state unknown: rebuild the set from it */
     ivf_rebuild_idset(idx, NULL);
-  else if (n_removed)
-    *n_removed = n_present;
+  else if (n_removed) *n_removed = n_present;
   free(present);
   return rc;
 }
@@ -513,20 +467,16 @@ typedef struct filter_ctx {
 static void build_bitmap(filter_ctx *c) {
   const cdb_filter *f = c->f;
   c->bits = NULL;
-  if (!f->ids || f->n_ids <= 0 || f->ids[f->n_ids - 1] < f->ids[0])
-    return;
+  if (!f->ids || f->n_ids <= 0 || f->ids[f->n_ids - 1] < f->ids[0]) return;
   uint64_t span = (uint64_t)f->ids[f->n_ids - 1] - (uint64_t)f->ids[0] + 1;
-  if (span > (uint64_t)f->n_ids * 64 || span > ((uint64_t)1 << 34))
-    return;
+  if (span > (uint64_t)f->n_ids * 64 || span > ((uint64_t)1 << 34)) return;
   c->bits = calloc((size_t)(span + 63) / 64, sizeof *c->bits);
-  if (!c->bits)
-    return; /* binary search still works */
+  if (!c->bits) return; /* binary search still works */
   c->lo = f->ids[0];
   c->span = (int64_t)span;
   for (int64_t i = 0; i < f->n_ids; i++) {
     uint64_t off = (uint64_t)f->ids[i] - (uint64_t)c->lo;
-    if (off < span)
-      c->bits[off / 64] |= (uint64_t)1 << (off % 64);
+    if (off < span) c->bits[off / 64] |= (uint64_t)1 << (off % 64);
   }
 }
 
@@ -534,10 +484,8 @@ static int in_sorted_ids(const int64_t *ids, int64_t n, int64_t id) {
   int64_t lo = 0, hi = n;
   while (lo < hi) {
     int64_t mid = lo + (hi - lo) / 2;
-    if (ids[mid] < id)
-      lo = mid + 1;
-    else
-      hi = mid;
+    if (ids[mid] < id) lo = mid + 1;
+    else hi = mid;
   }
   return lo < n && ids[lo] == id;
 }
@@ -547,8 +495,7 @@ static int filter_allows(void *ctx, int64_t id) {
   const cdb_filter *f = c->f;
   if (c->bits) {
     uint64_t off = (uint64_t)id - (uint64_t)c->lo;
-    if (off >= (uint64_t)c->span || !(c->bits[off / 64] >> (off % 64) & 1))
-      return 0;
+    if (off >= (uint64_t)c->span || !(c->bits[off / 64] >> (off % 64) & 1)) return 0;
   } else if (f->ids && !in_sorted_ids(f->ids, f->n_ids, id)) {
     return 0;
   }
@@ -568,10 +515,8 @@ static int plan_search(const cdb_index *idx, const cdb_search_opts *opts, search
   const cdb_filter *f = opts ? opts->filter : NULL;
   int64_t count = cdb_index_count(idx);
   memset(plan, 0, sizeof *plan);
-  if (f && f->ids && f->n_ids < 0)
-    return cdb_error_set(err, "index: filter: negative id count");
-  if (f && !f->ids && !f->allow)
-    f = NULL; /* an empty filter allows everything */
+  if (f && f->ids && f->n_ids < 0) return cdb_error_set(err, "index: filter: negative id count");
+  if (f && !f->ids && !f->allow) f = NULL; /* an empty filter allows everything */
   /* A set no bigger than twice what an unfiltered search scans: cheaper to test every held id
    * (bloom filter, ~ns each) and compute similarities for the set only. */
   double scanned = (double)count * (double)nprobe / (double)idx->nlist;
@@ -608,8 +553,7 @@ static int search_once(const cdb_index *idx, const float *q, int64_t k, const se
 
 static int64_t count_found(const int64_t *labels, int64_t k) {
   int64_t n = 0;
-  while (n < k && labels[n] != -1)
-    n++;
+  while (n < k && labels[n] != -1) n++;
   return n;
 }
 
@@ -618,36 +562,29 @@ int cdb_index_search(const cdb_index *idx, const float *query, int k, const cdb_
   *n_found = 0;
   if (k < 1 || k > CDB_INDEX_MAX_K)
     return cdb_error_set(err, "index: k=%d out of range 1..%d", k, CDB_INDEX_MAX_K);
-  if (!query || !ids || !sims)
-    return cdb_error_set(err, "index: search: null argument");
+  if (!query || !ids || !sims) return cdb_error_set(err, "index: search: null argument");
   if (opts && opts->filter && opts->filter->ids && opts->filter->n_ids == 0)
     return 0; /* an empty allow-list */
   int64_t kk = min64(k, cdb_index_count(idx));
-  if (kk == 0)
-    return 0;
+  if (kk == 0) return 0;
   const float *q = query;
   float *dist = malloc((size_t)kk * sizeof *dist);
   int64_t *labels = malloc((size_t)kk * sizeof *labels);
   search_plan plan;
   int rc = (!dist || !labels) ? cdb_error_set(err, "index: out of memory") : 0;
-  if (rc == 0)
-    rc = ivf_check_unit(query, idx->dim, "query", 0, err);
-  if (rc == 0)
-    rc = plan_search(idx, opts, &plan, err);
+  if (rc == 0) rc = ivf_check_unit(query, idx->dim, "query", 0, err);
+  if (rc == 0) rc = plan_search(idx, opts, &plan, err);
   if (rc == 0) {
     /* Widen while the probed lists (or a filter) leave fewer than k: at nprobe == nlist every
      * list is scanned, so k results come back whenever k (allowed) items exist. */
     for (size_t nprobe = plan.nprobe;; nprobe = nprobe * 4 > idx->nlist ? idx->nlist : nprobe * 4) {
       rc = search_once(idx, q, kk, &plan, nprobe, dist, labels, err);
-      if (rc < 0 || nprobe >= idx->nlist || count_found(labels, kk) == kk)
-        break;
+      if (rc < 0 || nprobe >= idx->nlist || count_found(labels, kk) == kk) break;
     }
-    if (plan.sel)
-      faiss_IDSelector_free(plan.sel);
+    if (plan.sel) faiss_IDSelector_free(plan.sel);
     free(plan.fctx.bits);
   }
-  if (rc == 0)
-    rc = check_damage(idx, 0, err);
+  if (rc == 0) rc = check_damage(idx, 0, err);
   if (rc == 0) {
     int64_t n = count_found(labels, kk);
     memcpy(ids, labels, (size_t)n * sizeof *ids);
@@ -666,21 +603,19 @@ typedef struct scored {
 
 static int cmp_scored_desc(const void *a, const void *b) {
   const scored *x = a, *y = b;
-  if (x->sim != y->sim)
-    return x->sim < y->sim ? 1 : -1;
+  if (x->sim != y->sim) return x->sim < y->sim ? 1 : -1;
   return (x->id > y->id) - (x->id < y->id);
 }
 
-static int collect_range(FaissRangeSearchResult *rsr, int64_t **ids, float **sims,
-                         int64_t *n_found, cdb_error *err) {
+static int collect_range(FaissRangeSearchResult *rsr, int64_t **ids, float **sims, int64_t *n_found,
+                         cdb_error *err) {
   size_t *lims = NULL;
   int64_t *labels = NULL;
   float *dist = NULL;
   faiss_RangeSearchResult_lims(rsr, &lims);
   faiss_RangeSearchResult_labels(rsr, &labels, &dist);
   size_t n = lims[1] - lims[0];
-  if (n == 0)
-    return 0;
+  if (n == 0) return 0;
   scored *s = malloc(n * sizeof *s);
   *ids = malloc(n * sizeof **ids);
   *sims = malloc(n * sizeof **sims);
@@ -692,8 +627,7 @@ static int collect_range(FaissRangeSearchResult *rsr, int64_t **ids, float **sim
     *sims = NULL;
     return cdb_error_set(err, "index: out of memory");
   }
-  for (size_t i = 0; i < n; i++)
-    s[i] = (scored){labels[lims[0] + i], dist[lims[0] + i]};
+  for (size_t i = 0; i < n; i++) s[i] = (scored){labels[lims[0] + i], dist[lims[0] + i]};
   qsort(s, n, sizeof *s, cmp_scored_desc);
   for (size_t i = 0; i < n; i++) {
     (*ids)[i] = s[i].id;
@@ -710,10 +644,8 @@ int cdb_index_range_search(const cdb_index *idx, const float *query, float min_s
   *ids = NULL;
   *sims = NULL;
   *n_found = 0;
-  if (!isfinite(min_sim))
-    return cdb_error_set(err, "index: range search: min_sim must be finite");
-  if (!query)
-    return cdb_error_set(err, "index: range search: null query");
+  if (!isfinite(min_sim)) return cdb_error_set(err, "index: range search: min_sim must be finite");
+  if (!query) return cdb_error_set(err, "index: range search: null query");
   if (cdb_index_count(idx) == 0 ||
       (opts && opts->filter && opts->filter->ids && opts->filter->n_ids == 0))
     return 0;
@@ -722,8 +654,7 @@ int cdb_index_range_search(const cdb_index *idx, const float *query, float min_s
   FaissRangeSearchResult *rsr = NULL;
   FaissSearchParametersIVF *sp = NULL;
   int rc = ivf_check_unit(query, idx->dim, "query", 0, err);
-  if (rc == 0)
-    rc = plan_search(idx, opts, &plan, err);
+  if (rc == 0) rc = plan_search(idx, opts, &plan, err);
   if (rc == 0) {
     if (faiss_RangeSearchResult_new(&rsr, 1) ||
         faiss_SearchParametersIVF_new_with(&sp, plan.sel, plan.nprobe, 0))
@@ -735,12 +666,9 @@ int cdb_index_range_search(const cdb_index *idx, const float *query, float min_s
       rc = ivf_faiss_fail(err, "range search");
     else if ((rc = check_damage(idx, 0, err)) == 0)
       rc = collect_range(rsr, ids, sims, n_found, err);
-    if (sp)
-      faiss_SearchParametersIVF_free(sp);
-    if (rsr)
-      faiss_RangeSearchResult_free(rsr);
-    if (plan.sel)
-      faiss_IDSelector_free(plan.sel);
+    if (sp) faiss_SearchParametersIVF_free(sp);
+    if (rsr) faiss_RangeSearchResult_free(rsr);
+    if (plan.sel) faiss_IDSelector_free(plan.sel);
     free(plan.fctx.bits);
   }
   return rc;
@@ -749,14 +677,12 @@ int cdb_index_range_search(const cdb_index *idx, const float *query, float min_s
 /* ---- training ---- */
 
 int cdb_index_needs_training(const cdb_index *idx) {
-  if (!train_enabled(idx))
-    return 0;
+  if (!train_enabled(idx)) return 0;
   int64_t n = cdb_index_count(idx);
   if (idx->trained_at == 0) {
     int64_t min = CDB_INDEX_TRAIN_MIN;
     int fixed = idx->fixed_nlist ? idx->fixed_nlist : idx->nlist_param;
-    if ((int64_t)fixed * 39 > min)
-      min = (int64_t)fixed * 39;
+    if ((int64_t)fixed * 39 > min) min = (int64_t)fixed * 39;
     return n >= min;
   }
   return n >= CDB_INDEX_RETRAIN_GROWTH * idx->trained_at;
@@ -776,16 +702,14 @@ static int in_sample(int64_t id, double fraction) {
 typedef cdb_index_scan_fn list_fn;
 
 static int for_each_list(const cdb_index *src, list_fn fn, void *ctx, cdb_error *err) {
-  if (check_damage(src, 1, err) < 0)
-    return -1;
+  if (check_damage(src, 1, err) < 0) return -1;
   size_t cap = 0;
   int64_t *ids = NULL;
   float *vecs = NULL;
   int rc = 0;
   for (size_t l = 0; rc == 0 && l < src->nlist; l++) {
     size_t n = faiss_IndexIVF_get_list_size(src->ivf, l);
-    if (n == 0)
-      continue;
+    if (n == 0) continue;
     if (n > cap) {
       free(ids);
       free(vecs);
@@ -799,8 +723,7 @@ static int for_each_list(const cdb_index *src, list_fn fn, void *ctx, cdb_error 
     }
     if (cdb_faiss_IndexIVF_list_get(src->ivf, l, ids, vecs))
       rc = ivf_faiss_fail(err, "reading inverted list");
-    else
-      rc = fn(ctx, n, ids, vecs, err);
+    else rc = fn(ctx, n, ids, vecs, err);
   }
   free(ids);
   free(vecs);
@@ -818,17 +741,14 @@ typedef struct sampler {
   int64_t n, cap;
 } sampler;
 
-static int take_sample(void *ctx, size_t n, const int64_t *ids, const float *vecs,
-                       cdb_error *err) {
+static int take_sample(void *ctx, size_t n, const int64_t *ids, const float *vecs, cdb_error *err) {
   sampler *s = ctx;
   for (size_t i = 0; i < n; i++) {
-    if (!in_sample(ids[i], s->fraction))
-      continue;
+    if (!in_sample(ids[i], s->fraction)) continue;
     if (s->n == s->cap) {
       int64_t cap = s->cap ? s->cap * 2 : 4096;
       float *p = realloc(s->data, (size_t)cap * (size_t)s->dim * sizeof *p);
-      if (!p)
-        return cdb_error_set(err, "index: out of memory");
+      if (!p) return cdb_error_set(err, "index: out of memory");
       s->data = p;
       s->cap = cap;
     }
@@ -860,8 +780,7 @@ static int readd(void *ctx, size_t n, const int64_t *ids, const float *vecs, cdb
     memcpy(a->buf + (size_t)a->fill * a->dim, vecs + i * (size_t)a->dim,
            (size_t)a->dim * sizeof *vecs);
     a->ids[a->fill++] = ids[i];
-    if (a->fill == ADD_BATCH && flush_adder(a, err) < 0)
-      return -1;
+    if (a->fill == ADD_BATCH && flush_adder(a, err) < 0) return -1;
   }
   return 0;
 }
@@ -869,40 +788,32 @@ static int readd(void *ctx, size_t n, const int64_t *ids, const float *vecs, cdb
 /* k-means for the coarse centroids of fi on a sample of src's vectors. */
 static int train_centroids(const cdb_index *src, FaissIndex *fi, int nlist, cdb_error *err) {
   int64_t n = cdb_index_count(src);
-  if (cdb_faiss_IndexIVF_set_kmeans(faiss_IndexIVF_cast(fi), KMEANS_ITERATIONS,
-                                    SAMPLE_PER_LIST))
+  if (cdb_faiss_IndexIVF_set_kmeans(faiss_IndexIVF_cast(fi), KMEANS_ITERATIONS, SAMPLE_PER_LIST))
     return ivf_faiss_fail(err, "training");
   int64_t want = (int64_t)SAMPLE_PER_LIST * nlist;
-  if (want < SAMPLE_MIN)
-    want = SAMPLE_MIN;
+  if (want < SAMPLE_MIN) want = SAMPLE_MIN;
   sampler s = {src->dim, want >= n ? 2.0 : (double)want / (double)n, NULL, 0, 0};
   int rc = for_each_list(src, take_sample, &s, err);
   if (rc == 0 && s.n < nlist)
     rc = cdb_error_set(err, "index: %lld vectors are too few to train %d lists", (long long)s.n,
                        nlist);
-  if (rc == 0 && faiss_Index_train(fi, s.n, s.data))
-    rc = ivf_faiss_fail(err, "training");
+  if (rc == 0 && faiss_Index_train(fi, s.n, s.data)) rc = ivf_faiss_fail(err, "training");
   free(s.data);
   return rc;
 }
 
 /* A new FAISS index holding src's vectors: trained with nlist lists, or the exact stage when
  * nlist is 1. */
-static FaissIndex *train_new_faiss(const cdb_index *src, int nlist, char *factory,
-                                   cdb_error *err) {
+static FaissIndex *train_new_faiss(const cdb_index *src, int nlist, char *factory, cdb_error *err) {
   FaissIndex *fi = nlist > 1 ? new_faiss_ivf(src->dim, nlist, src->encoding, factory, err)
                              : new_exact_stage(src->dim, factory, err);
-  if (!fi)
-    return NULL;
+  if (!fi) return NULL;
   int rc = nlist > 1 ? train_centroids(src, fi, nlist, err) : 0;
   adder a = {fi, src->dim, malloc(ADD_BATCH * (size_t)src->dim * sizeof(float)),
              malloc(ADD_BATCH * sizeof(int64_t)), 0};
-  if (rc == 0 && (!a.buf || !a.ids))
-    rc = cdb_error_set(err, "index: out of memory");
-  if (rc == 0)
-    rc = for_each_list(src, readd, &a, err);
-  if (rc == 0)
-    rc = flush_adder(&a, err);
+  if (rc == 0 && (!a.buf || !a.ids)) rc = cdb_error_set(err, "index: out of memory");
+  if (rc == 0) rc = for_each_list(src, readd, &a, err);
+  if (rc == 0) rc = flush_adder(&a, err);
   free(a.buf);
   free(a.ids);
   if (rc < 0) {
@@ -973,8 +884,7 @@ static void swap_in(cdb_index *idx, cdb_index *fresh) {
 
 int cdb_index_train(cdb_index *idx, cdb_error *err) {
   cdb_index *fresh = cdb_index_train_copy(idx, err);
-  if (!fresh)
-    return -1;
+  if (!fresh) return -1;
   swap_in(idx, fresh);
   return 0;
 }
@@ -992,13 +902,11 @@ static double imbalance(const cdb_index *idx) {
 }
 
 int cdb_index_needs_rebalance(const cdb_index *idx) {
-  if (idx->nlist <= 1 || idx->trained_at == 0)
-    return 0;
+  if (idx->nlist <= 1 || idx->trained_at == 0) return 0;
   int64_t n = cdb_index_count(idx);
   /* The factor cannot exceed nlist: small indexes get a lower bar. */
   double most = (double)idx->nlist / 2 < 1.5 ? 1.5 : (double)idx->nlist / 2;
-  if (most > CDB_INDEX_MAX_IMBALANCE)
-    most = CDB_INDEX_MAX_IMBALANCE;
+  if (most > CDB_INDEX_MAX_IMBALANCE) most = CDB_INDEX_MAX_IMBALANCE;
   return n * CDB_INDEX_RETRAIN_GROWTH <= idx->trained_at || n < 39LL * (int64_t)idx->nlist / 4 ||
          imbalance(idx) > most;
 }
@@ -1006,8 +914,7 @@ int cdb_index_needs_rebalance(const cdb_index *idx) {
 int cdb_index_rebalance(cdb_index *idx, cdb_error *err) {
   int nlist = train_enabled(idx) ? trainable_nlist(idx, cdb_index_count(idx)) : 0;
   cdb_index *fresh = relist_copy(idx, nlist ? nlist : 1, err);
-  if (!fresh)
-    return -1;
+  if (!fresh) return -1;
   swap_in(idx, fresh);
   return 0;
 }

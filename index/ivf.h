@@ -30,8 +30,8 @@
  * exclusive access (the caller serialises writers). A single search runs on one thread (FAISS
  * parallelises over queries, not within one); add and train use OpenMP threads, see
  * cdb_index_set_threads (on shared machines OMP_WAIT_POLICY=PASSIVE avoids OpenMP workers
- * spinning against OpenBLAS's threads during k-means). Functions return 0 / -1 (or NULL) with err set; FAISS's C++ exceptions
- * never escape (their message is in err). */
+ * spinning against OpenBLAS's threads during k-means). Functions return 0 / -1 (or NULL) with err
+ * set; FAISS's C++ exceptions never escape (their message is in err). */
 #ifndef CDB_IVF_H
 #define CDB_IVF_H
 
@@ -41,10 +41,10 @@
 #include "src/err.h"
 
 #define CDB_INDEX_MAX_DIM 65536
-#define CDB_INDEX_MAX_K 100000       /* k outside 1..CDB_INDEX_MAX_K is an error */
-#define CDB_INDEX_TRAIN_MIN 10000    /* "auto": exact below this many vectors */
-#define CDB_INDEX_RETRAIN_GROWTH 4   /* retrain after growing this many times */
-#define CDB_INDEX_MAX_IMBALANCE 4.0  /* list imbalance factor 'optimize' tolerates */
+#define CDB_INDEX_MAX_K 100000      /* k outside 1..CDB_INDEX_MAX_K is an error */
+#define CDB_INDEX_TRAIN_MIN 10000   /* "auto": exact below this many vectors */
+#define CDB_INDEX_RETRAIN_GROWTH 4  /* retrain after growing this many times */
+#define CDB_INDEX_MAX_IMBALANCE 4.0 /* list imbalance factor 'optimize' tolerates */
 
 typedef struct cdb_index cdb_index;
 
@@ -96,8 +96,8 @@ typedef struct cdb_filter {
 } cdb_filter;
 
 typedef struct cdb_search_opts {
-  int nprobe;                 /* 0: the index's default; clamped to nlist */
-  const cdb_filter *filter;   /* NULL: no filter */
+  int nprobe;               /* 0: the index's default; clamped to nlist */
+  const cdb_filter *filter; /* NULL: no filter */
 } cdb_search_opts;
 
 /* Top-k for one query: writes up to k (id, similarity) pairs best first; *n_found gets how
@@ -129,13 +129,13 @@ int cdb_index_rebalance(cdb_index *idx, cdb_error *err);
 
 /* Description for `info`. */
 typedef struct cdb_index_info {
-  char kind[16];     /* "flat" (exact, untrained) or "ivf" */
-  char factory[64];  /* FAISS factory string of the current index */
+  char kind[16];    /* "flat" (exact, untrained) or "ivf" */
+  char factory[64]; /* FAISS factory string of the current index */
   int nlist;
-  int nprobe;        /* default nprobe */
+  int nprobe; /* default nprobe */
   int64_t count;
   int64_t trained_at_count; /* 0 while untrained */
-  int mapped;        /* 1: opened with cdb_index_open_file_mmap and not yet written to */
+  int mapped;               /* 1: opened with cdb_index_open_file_mmap and not yet written to */
 } cdb_index_info;
 void cdb_index_get_info(const cdb_index *idx, cdb_index_info *info);
 
@@ -154,12 +154,11 @@ cdb_index *cdb_index_load(cdb_piece_next next, void *ctx, cdb_error *err);
  * out (both are the caller's changes after the snapshot). Vectors must be unit length.
  * cdb_index_load_ids reads both kinds of pieces; cdb_index_load only whole ones. */
 typedef int (*cdb_vector_sink)(void *sink_ctx, int64_t id, const float *vec, cdb_error *err);
-typedef int (*cdb_vector_source)(void *ctx, cdb_vector_sink sink, void *sink_ctx,
-                                 cdb_error *err);
+typedef int (*cdb_vector_source)(void *ctx, cdb_vector_sink sink, void *sink_ctx, cdb_error *err);
 int cdb_index_save_ids(const cdb_index *idx, size_t piece_bytes, cdb_piece_emit emit, void *ctx,
                        cdb_error *err);
-cdb_index *cdb_index_load_ids(cdb_piece_next next, void *ctx, cdb_vector_source vectors,
-                              void *vctx, cdb_error *err);
+cdb_index *cdb_index_load_ids(cdb_piece_next next, void *ctx, cdb_vector_source vectors, void *vctx,
+                              cdb_error *err);
 
 /* Cold start cache file. cdb_index_save_file writes the index to `path` (via path.tmp and an
  * atomic rename) tagged with `generation` (e.g. the SQLite layer's data generation).
@@ -172,8 +171,7 @@ cdb_index *cdb_index_load_ids(cdb_piece_next next, void *ctx, cdb_vector_source 
  * stays valid if the file is replaced or deleted meanwhile. */
 int cdb_index_save_file(const cdb_index *idx, const char *path, uint64_t generation,
                         cdb_error *err);
-cdb_index *cdb_index_open_file_mmap(const char *path, uint64_t expected_generation,
-                                    cdb_error *err);
+cdb_index *cdb_index_open_file_mmap(const char *path, uint64_t expected_generation, cdb_error *err);
 /* A cache file carries an XXH64 checksum per inverted list and one over everything before the
  * lists. The latter is checked at open; a list is checked the first time anything reads it (a
  * search touches only the lists it probes, so opening stays cheap). A call that meets a damaged

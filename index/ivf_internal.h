@@ -7,8 +7,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/IndexIVF_c.h>
+#include <faiss/c_api/Index_c.h>
 
 #include "index/idset.h"
 #include "index/ivf.h"
@@ -18,9 +18,9 @@
 #define FAISS_CXX_IO_FLAG_MMAP 0x646f0008
 
 #define FILE_MAGIC "CDBIVF01"
-#define FILE_VERSION 1u  /* snapshot pieces: FAISS's index with its vectors */
+#define FILE_VERSION 1u     /* snapshot pieces: FAISS's index with its vectors */
 #define FILE_VERSION_IDS 2u /* snapshot pieces of IVF<n>,Flat: lists' ids, vectors the caller's */
-#define CACHE_VERSION 2u /* cache files: FAISS's part is followed by a cache_trailer */
+#define CACHE_VERSION 2u    /* cache files: FAISS's part is followed by a cache_trailer */
 #define TRAILER_MAGIC "CDBSUM01"
 
 struct cdb_index {
@@ -30,7 +30,7 @@ struct cdb_index {
   int fixed_nlist;   /* from the type string, else 0 */
   int nlist_param;
   int nprobe_param;
-  int nprobe;        /* default for the current index */
+  int nprobe; /* default for the current index */
   int64_t trained_at;
   char factory[64];
   FaissIndex *faiss; /* always an IndexIVF */

@@ -44,10 +44,8 @@ static int write_all(cdb_index *idx, FILE *f, uint32_t version, uint64_t generat
   fill_header(idx, version, generation, &h);
   if (fwrite(&h, sizeof h, 1, f) != 1)
     return cdb_error_set(err, "index: write failed: %s", strerror(errno));
-  if (faiss_write_index(idx->faiss, f))
-    return ivf_faiss_fail(err, "writing index");
-  if (fflush(f) != 0)
-    return cdb_error_set(err, "index: write failed: %s", strerror(errno));
+  if (faiss_write_index(idx->faiss, f)) return ivf_faiss_fail(err, "writing index");
+  if (fflush(f) != 0) return cdb_error_set(err, "index: write failed: %s", strerror(errno));
   return 0;
 }
 
@@ -75,10 +73,8 @@ static cdb_index *index_from(const file_header *h, FaissIndex *fi, cdb_error *er
     faiss_IndexIVF_set_nprobe(idx->ivf, (size_t)h->nprobe);
   }
   idx->trained_at = h->trained_at;
-  if (idx->nlist <= 1)
-    snprintf(idx->factory, sizeof idx->factory, "IVF1,Flat");
-  else
-    snprintf(idx->factory, sizeof idx->factory, "IVF%zu,%s", idx->nlist, idx->encoding);
+  if (idx->nlist <= 1) snprintf(idx->factory, sizeof idx->factory, "IVF1,Flat");
+  else snprintf(idx->factory, sizeof idx->factory, "IVF%zu,%s", idx->nlist, idx->encoding);
   return idx;
 }
 
@@ -131,11 +127,9 @@ static int write_list_ids(cdb_index *idx, FILE *f, cdb_error *err) {
       free(ids);
       cap = n;
       ids = malloc(cap * sizeof *ids);
-      if (!ids)
-        return cdb_error_set(err, "index: out of memory");
+      if (!ids) return cdb_error_set(err, "index: out of memory");
     }
-    if (n)
-      faiss_IndexIVF_invlists_get_ids(idx->ivf, l, ids);
+    if (n) faiss_IndexIVF_invlists_get_ids(idx->ivf, l, ids);
     if (fwrite(&n, sizeof n, 1, f) != 1 || (n && fwrite(ids, sizeof *ids, n, f) != n))
       rc = cdb_error_set(err, "index: write failed: %s", strerror(errno));
   }
@@ -154,10 +148,8 @@ static int write_ids_only(cdb_index *idx, FILE *f, cdb_error *err) {
     return cdb_error_set(err, "index: write failed: %s", strerror(errno));
   if (cdb_faiss_IndexIVF_write_without_lists(idx->ivf, f))
     return ivf_faiss_fail(err, "writing index");
-  if (write_list_ids(idx, f, err) < 0)
-    return -1;
-  if (fflush(f) != 0)
-    return cdb_error_set(err, "index: write failed: %s", strerror(errno));
+  if (write_list_ids(idx, f, err) < 0) return -1;
+  if (fflush(f) != 0) return cdb_error_set(err, "index: write failed: %s", strerror(errno));
   return 0;
 }
 
@@ -166,23 +158,18 @@ static int save_pieces(const cdb_index *cidx, size_t piece_bytes, cdb_piece_emit
   cdb_index *idx = (cdb_index *)cidx; /* a mapped index is read in first (exclusive access) */
   if (piece_bytes < 4096 || !emit)
     return cdb_error_set(err, "index: save: piece size must be >= 4096 and emit non-NULL");
-  if (ivf_make_writable(idx, err) < 0)
-    return -1;
+  if (ivf_make_writable(idx, err) < 0) return -1;
   piece_writer w = {malloc(piece_bytes), piece_bytes, 0, emit, ctx, 0};
-  if (!w.buf)
-    return cdb_error_set(err, "index: out of memory");
+  if (!w.buf) return cdb_error_set(err, "index: out of memory");
   cookie_io_functions_t io = {.write = piece_write};
   FILE *f = fopencookie(&w, "w", io);
   int rc = f ? 0 : cdb_error_set(err, "index: save: %s", strerror(errno));
   if (rc == 0)
     rc = ids_only && holds_raw_vectors(idx) ? write_ids_only(idx, f, err)
                                             : write_all(idx, f, FILE_VERSION, 0, err);
-  if (f && fclose(f) != 0 && rc == 0)
-    rc = cdb_error_set(err, "index: save: write failed");
-  if (rc == 0 && w.len > 0 && emit(ctx, w.buf, w.len) != 0)
-    w.aborted = 1;
-  if (w.aborted)
-    rc = cdb_error_set(err, "index: save aborted by the caller");
+  if (f && fclose(f) != 0 && rc == 0) rc = cdb_error_set(err, "index: save: write failed");
+  if (rc == 0 && w.len > 0 && emit(ctx, w.buf, w.len) != 0) w.aborted = 1;
+  if (w.aborted) rc = cdb_error_set(err, "index: save aborted by the caller");
   free(w.buf);
   return rc;
 }
@@ -216,8 +203,7 @@ static ssize_t piece_read(void *cookie, char *buf, size_t size) {
       errno = EIO;
       return -1;
     }
-    if (rc == 0)
-      r->eof = 1;
+    if (rc == 0) r->eof = 1;
     else {
       r->cur = data;
       r->left = len;
@@ -256,8 +242,7 @@ static int read_list_ids(FILE *f, size_t nlist, filler *fl, cdb_error *err) {
     if (fl->n + n > cap) {
       cap = (fl->n + n) * 2;
       id_place *p = realloc(fl->places, cap * sizeof *p);
-      if (!p)
-        return cdb_error_set(err, "index: out of memory");
+      if (!p) return cdb_error_set(err, "index: out of memory");
       fl->places = p;
     }
     for (uint64_t i = 0; i < n; i++) {
@@ -280,10 +265,8 @@ static int fill_vector(void *ctx, int64_t id, const float *vec, cdb_error *err) 
   filler *fl = ctx;
   id_place key = {id, 0};
   id_place *p = bsearch(&key, fl->places, fl->n, sizeof key, cmp_place);
-  if (!p || p->list < 0)
-    return 0;
-  if (ivf_check_unit(vec, fl->idx->dim, "vector", id, err) < 0)
-    return -1;
+  if (!p || p->list < 0) return 0;
+  if (ivf_check_unit(vec, fl->idx->dim, "vector", id, err) < 0) return -1;
   if (cdb_faiss_IndexIVF_add_to_list(fl->idx->ivf, (size_t)p->list, 1, &id, vec))
     return ivf_faiss_fail(err, "filling a list");
   p->list = -1;
@@ -297,8 +280,7 @@ static int fill_lists(cdb_index *idx, FILE *f, cdb_vector_source vectors, void *
   int rc = read_list_ids(f, idx->nlist, &fl, err);
   if (rc == 0 && (!vectors || faiss_Index_ntotal(idx->faiss) != 0))
     rc = cdb_error_set(err, "index: load: the snapshot holds ids only and no vectors were given");
-  if (rc == 0)
-    rc = vectors(vctx, fill_vector, &fl, err) != 0 ? -1 : 0;
+  if (rc == 0) rc = vectors(vctx, fill_vector, &fl, err) != 0 ? -1 : 0;
   free(fl.places);
   return rc;
 }
@@ -307,8 +289,8 @@ cdb_index *cdb_index_load(cdb_piece_next next, void *ctx, cdb_error *err) {
   return cdb_index_load_ids(next, ctx, NULL, NULL, err);
 }
 
-cdb_index *cdb_index_load_ids(cdb_piece_next next, void *ctx, cdb_vector_source vectors,
-                              void *vctx, cdb_error *err) {
+cdb_index *cdb_index_load_ids(cdb_piece_next next, void *ctx, cdb_vector_source vectors, void *vctx,
+                              cdb_error *err) {
   if (!next) {
     cdb_error_set(err, "index: load: null callback");
     return NULL;
@@ -360,8 +342,7 @@ static int finish_header(const cdb_index *idx, FILE *f, uint64_t generation, lon
 static int hash_file_prefix(int fd, uint64_t len, uint64_t *out, cdb_error *err) {
   enum { CHUNK = 1 << 20 };
   unsigned char *buf = malloc(CHUNK);
-  if (!buf)
-    return cdb_error_set(err, "index: out of memory");
+  if (!buf) return cdb_error_set(err, "index: out of memory");
   cdb_hash h;
   cdb_hash_init(&h, 0);
   int rc = 0;
@@ -417,8 +398,7 @@ static int check_written(const cdb_index *idx, FILE *f, uint64_t generation, uin
   cdb_hash_init(&s.h, 0);
   cookie_io_functions_t io = {.write = hash_write};
   FILE *sink = fopencookie(&s, "w", io);
-  if (!sink)
-    return cdb_error_set(err, "index: %s", strerror(errno));
+  if (!sink) return cdb_error_set(err, "index: %s", strerror(errno));
   int rc = hash_write(&s, (const char *)&h, sizeof h) < 0 || faiss_write_index(idx->faiss, sink)
                ? ivf_faiss_fail(err, "hashing the cache file")
                : 0;
@@ -426,8 +406,7 @@ static int check_written(const cdb_index *idx, FILE *f, uint64_t generation, uin
   cdb_hash_update(&s.h, hashes, t->nlist * sizeof *hashes);
   cdb_hash_update(&s.h, t, sizeof *t);
   uint64_t got = 0, size = sizeof h + payload + t->nlist * sizeof *hashes + sizeof *t;
-  if (rc == 0)
-    rc = hash_file_prefix(fileno(f), size, &got, err);
+  if (rc == 0) rc = hash_file_prefix(fileno(f), size, &got, err);
   if (rc == 0 && got != cdb_hash_final(&s.h))
     rc = cdb_error_set(err, "index: cache file: the written data reads back different");
   return rc;
@@ -437,8 +416,7 @@ static int check_written(const cdb_index *idx, FILE *f, uint64_t generation, uin
 static int write_trailer(const cdb_index *idx, FILE *f, long payload_end, uint64_t generation,
                          cdb_error *err) {
   uint64_t *hashes = malloc((idx->nlist ? idx->nlist : 1) * sizeof *hashes);
-  if (!hashes)
-    return cdb_error_set(err, "index: out of memory");
+  if (!hashes) return cdb_error_set(err, "index: out of memory");
   size_t list_bytes = 0;
   cache_trailer t = {0};
   memcpy(t.magic, TRAILER_MAGIC, 8);
@@ -449,16 +427,15 @@ static int write_trailer(const cdb_index *idx, FILE *f, long payload_end, uint64
                ? cdb_error_set(err, "index: cache file: lists larger than the file")
                : 0;
   t.lists_start = (uint64_t)payload_end - list_bytes;
-  if (rc == 0)
-    rc = hash_file_prefix(fileno(f), t.lists_start, &t.prefix_hash, err);
+  if (rc == 0) rc = hash_file_prefix(fileno(f), t.lists_start, &t.prefix_hash, err);
   t.hash = trailer_hash(hashes, &t);
   if (rc == 0 && (fseek(f, payload_end, SEEK_SET) != 0 ||
                   fwrite(hashes, sizeof *hashes, idx->nlist, f) != idx->nlist ||
                   fwrite(&t, sizeof t, 1, f) != 1 || fflush(f) != 0))
     rc = cdb_error_set(err, "index: write failed: %s", strerror(errno));
   if (rc == 0)
-    rc = check_written(idx, f, generation, (uint64_t)payload_end - sizeof(file_header), hashes,
-                       &t, err);
+    rc = check_written(idx, f, generation, (uint64_t)payload_end - sizeof(file_header), hashes, &t,
+                       err);
   free(hashes);
   return rc;
 }
@@ -466,33 +443,27 @@ static int write_trailer(const cdb_index *idx, FILE *f, long payload_end, uint64
 int cdb_index_save_file(const cdb_index *cidx, const char *path, uint64_t generation,
                         cdb_error *err) {
   cdb_index *idx = (cdb_index *)cidx;
-  if (!path)
-    return cdb_error_set(err, "index: save_file: null path");
-  if (ivf_make_writable(idx, err) < 0)
-    return -1;
+  if (!path) return cdb_error_set(err, "index: save_file: null path");
+  if (ivf_make_writable(idx, err) < 0) return -1;
   /* A name of its own: concurrent writers of the same cache file must not share a temp file. */
   uint64_t nonce = cdb_hash64(&idx, sizeof idx, (uint64_t)getpid() ^ (uint64_t)time(NULL));
   size_t len = strlen(path) + 40;
   char *tmp = malloc(len);
-  if (!tmp)
-    return cdb_error_set(err, "index: out of memory");
+  if (!tmp) return cdb_error_set(err, "index: out of memory");
   snprintf(tmp, len, "%s.%d.%016llx.tmp", path, (int)getpid(), (unsigned long long)nonce);
   FILE *f = fopen(tmp, "w+bx");
   long end = 0;
   int rc = f ? write_all(idx, f, CACHE_VERSION, generation, err)
              : cdb_error_set(err, "index: %s: %s", tmp, strerror(errno));
-  if (rc == 0)
-    rc = finish_header(idx, f, generation, &end, err);
-  if (rc == 0)
-    rc = write_trailer(idx, f, end, generation, err);
+  if (rc == 0) rc = finish_header(idx, f, generation, &end, err);
+  if (rc == 0) rc = write_trailer(idx, f, end, generation, err);
   if (rc == 0 && fsync(fileno(f)) != 0)
     rc = cdb_error_set(err, "index: %s: fsync: %s", tmp, strerror(errno));
   if (f && fclose(f) != 0 && rc == 0)
     rc = cdb_error_set(err, "index: %s: %s", tmp, strerror(errno));
   if (rc == 0 && rename(tmp, path) != 0)
     rc = cdb_error_set(err, "index: rename to %s: %s", path, strerror(errno));
-  if (rc < 0 && f)
-    unlink(tmp);
+  if (rc < 0 && f) unlink(tmp);
   free(tmp);
   return rc;
 }
@@ -517,8 +488,7 @@ static FILE *open_cache_file(const char *path, file_header *h, cdb_error *err) {
 int cdb_index_file_generation(const char *path, uint64_t *generation, cdb_error *err) {
   file_header h;
   FILE *f = open_cache_file(path, &h, err);
-  if (!f)
-    return -1;
+  if (!f) return -1;
   *generation = h.generation;
   fclose(f);
   return 0;
@@ -537,15 +507,13 @@ static int check_trailer(FILE *f, uint64_t file_size, uint64_t payload_end, cach
       t->lists_start > payload_end)
     return cdb_error_set(err, "index: truncated or corrupt cache file (no checksums)");
   *hashes = malloc((t->nlist ? t->nlist : 1) * sizeof **hashes);
-  if (!*hashes)
-    return cdb_error_set(err, "index: out of memory");
+  if (!*hashes) return cdb_error_set(err, "index: out of memory");
   uint64_t prefix = 0;
   size_t bytes = t->nlist * sizeof **hashes;
   if (pread(fd, *hashes, bytes, (off_t)payload_end) != (ssize_t)bytes ||
       trailer_hash(*hashes, t) != t->hash)
     return cdb_error_set(err, "index: cache file damaged (checksum trailer)");
-  if (hash_file_prefix(fd, t->lists_start, &prefix, err) < 0)
-    return -1;
+  if (hash_file_prefix(fd, t->lists_start, &prefix, err) < 0) return -1;
   if (prefix != t->prefix_hash)
     return cdb_error_set(err, "index: cache file damaged (header, quantizer or list sizes)");
   return 0;
@@ -570,8 +538,7 @@ cdb_index *cdb_index_open_file_mmap(const char *path, uint64_t expected_generati
                                     cdb_error *err) {
   file_header h;
   FILE *f = open_cache_file(path, &h, err);
-  if (!f)
-    return NULL;
+  if (!f) return NULL;
   if (h.generation != expected_generation) {
     cdb_error_set(err, "index: %s: stale cache (generation %llu, expected %llu)", path,
                   (unsigned long long)h.generation, (unsigned long long)expected_generation);
@@ -587,21 +554,18 @@ cdb_index *cdb_index_open_file_mmap(const char *path, uint64_t expected_generati
                    h.payload_bytes > (uint64_t)st.st_size
                ? cdb_error_set(err, "index: truncated or corrupt cache file")
                : check_trailer(f, (uint64_t)st.st_size, payload_end, &t, &hashes, err);
-  if (rc < 0)
-    cdb_error_prefix(err, "%s", path);
+  if (rc < 0) cdb_error_prefix(err, "%s", path);
   FaissIndex *fi = NULL;
   cdb_index *idx = NULL;
   if (rc < 0)
     ;
-  else if (faiss_read_index(f, FAISS_CXX_IO_FLAG_MMAP, &fi))
-    rc = ivf_faiss_fail(err, path);
+  else if (faiss_read_index(f, FAISS_CXX_IO_FLAG_MMAP, &fi)) rc = ivf_faiss_fail(err, path);
   else if (ftell(f) != (long)payload_end) { /* the mapped lists must end where the trailer starts */
     rc = cdb_error_set(err, "index: %s: corrupt cache file (lists overrun their space)", path);
     faiss_Index_free(fi);
   } else if ((idx = index_from(&h, fi, err)) != NULL)
     rc = check_mapped_lists(idx, &t, payload_end, hashes, err);
-  else
-    rc = -1; /* index_from freed fi */
+  else rc = -1; /* index_from freed fi */
   free(hashes);
   if (rc < 0) {
     cdb_index_free(idx);

@@ -146,8 +146,7 @@ static int replay_log(cdbx_table *t, int64_t from) {
   return rc;
 }
 
-static int put_stored_vector(cdbx_table *t, void *ctx, int64_t rowid, const float *v,
-                             int bytes) {
+static int put_stored_vector(cdbx_table *t, void *ctx, int64_t rowid, const float *v, int bytes) {
   (void)ctx;
   if (bytes != t->dims * 4) {
     return cdbx_fail(t, "stored vector of row %lld has %d bytes, not %d", (long long)rowid, bytes,
@@ -228,8 +227,8 @@ enum { FROM_FILE_OR_PIECES, FROM_PIECES };
 static cdb_index *open_snapshot(cdbx_table *t, int source) {
   char *path = cache_path(t);
   cdb_error err = {{0}};
-  int use_file =
-      path && source == FROM_FILE_OR_PIECES && t->cache.file_tag != t->cache.bad_file_tag;
+  int use_file = path && source == FROM_FILE_OR_PIECES &&
+                 t->cache.file_tag != t->cache.bad_file_tag;
   cdb_index *idx = use_file ? cdb_index_open_file_mmap(path, t->cache.file_tag, &err) : NULL;
   if (idx && cdb_index_dim(idx) != t->dims) {
     cdb_index_free(idx);
@@ -296,8 +295,7 @@ static int ensure_intact(cdbx_table *t) {
 
 /* After a failed search: an index mapped from a damaged cache file is rebuilt from the tables
  * and the search retried once (SQLITE_OK); any other failure, or a second one, is the error. */
-static int retry_after_damage(cdbx_table *t, const char *what, const cdb_error *err,
-                              int *retried) {
+static int retry_after_damage(cdbx_table *t, const char *what, const cdb_error *err, int *retried) {
   if (*retried || !cdb_index_damaged(t->cache.index)) {
     return cdbx_fail(t, "%s: %s", what, err->msg);
   }
@@ -321,8 +319,8 @@ int cdbx_cache_range_search(cdbx_table *t, const float *query, float min_sim,
                             int64_t *n_found) {
   cdb_error err = {{0}};
   int retried = 0, rc = SQLITE_OK;
-  while (rc == SQLITE_OK && cdb_index_range_search(t->cache.index, query, min_sim, opts, ids,
-                                                   sims, n_found, &err) != 0) {
+  while (rc == SQLITE_OK && cdb_index_range_search(t->cache.index, query, min_sim, opts, ids, sims,
+                                                   n_found, &err) != 0) {
     rc = retry_after_damage(t, "range search", &err, &retried);
   }
   return rc;
@@ -430,7 +428,7 @@ int cdbx_cache_wants_training(const cdbx_table *t) {
 
 typedef struct truth_check {
   cdbx_table *t;
-  int exact;      /* the index keeps vectors exactly (Flat): compare them too */
+  int exact; /* the index keeps vectors exactly (Flat): compare them too */
   float *vec;
   id_list seen;
 } truth_check;
@@ -469,8 +467,10 @@ static int compare_with_truth(cdbx_table *t, const char *what, int64_t n_vectors
   cdb_index_info info;
   cdb_index_get_info(t->cache.index, &info);
   size_t len = strlen(info.factory);
-  truth_check c = {t, len >= 5 && strcmp(info.factory + len - 5, ",Flat") == 0,
-                   malloc(sizeof(float) * (size_t)t->dims), {0}};
+  truth_check c = {t,
+                   len >= 5 && strcmp(info.factory + len - 5, ",Flat") == 0,
+                   malloc(sizeof(float) * (size_t)t->dims),
+                   {0}};
   cdb_error err = {{0}};
   int rc = c.vec ? SQLITE_OK : SQLITE_NOMEM;
   if (rc == SQLITE_OK && cdb_index_scan(t->cache.index, check_list_against_truth, &c, &err) != 0) {
@@ -483,8 +483,8 @@ static int compare_with_truth(cdbx_table *t, const char *what, int64_t n_vectors
     }
   }
   if (rc == SQLITE_OK && (c.seen.n != n_vectors || cdb_index_count(t->cache.index) != n_vectors)) {
-    rc = cdbx_table_error(t, "%s holds %lld vectors, the table %lld", what,
-                          (long long)c.seen.n, (long long)n_vectors);
+    rc = cdbx_table_error(t, "%s holds %lld vectors, the table %lld", what, (long long)c.seen.n,
+                          (long long)n_vectors);
   }
   free(c.vec);
   free(c.seen.ids);
@@ -498,8 +498,8 @@ static int check_cache_file(cdbx_table *t, int64_t n_vectors) {
   char *path = cache_path(t);
   uint64_t tag = 0;
   cdb_error err = {{0}};
-  int current =
-      path && cdb_index_file_generation(path, &tag, &err) == 0 && tag == t->cache.file_tag;
+  int current = path && cdb_index_file_generation(path, &tag, &err) == 0 &&
+                tag == t->cache.file_tag;
   int rc = SQLITE_OK;
   cdb_index *file = NULL;
   if (current) {
@@ -544,9 +544,7 @@ int cdbx_cache_reload_from_vectors(cdbx_table *t) {
 }
 
 /* Whether the cache is loaded and in use (commit-time maintenance has something to do). */
-int cdbx_cache_in_use(const cdbx_table *t) {
-  return t->cache.index && !t->cache.stale;
-}
+int cdbx_cache_in_use(const cdbx_table *t) { return t->cache.index && !t->cache.stale; }
 
 /* Whether the change log has grown large next to the index: time for a new snapshot. */
 int cdbx_cache_log_is_long(const cdbx_table *t) {
@@ -555,9 +553,7 @@ int cdbx_cache_log_is_long(const cdbx_table *t) {
 }
 
 /* Forces a rebuild from the shadow tables before the next use. */
-void cdbx_cache_invalidate(cdbx_table *t) {
-  t->cache.stale = 1;
-}
+void cdbx_cache_invalidate(cdbx_table *t) { t->cache.stale = 1; }
 
 int cdbx_cache_needs_rebalance(const cdbx_table *t) {
   return cdb_index_needs_rebalance(t->cache.index);

@@ -97,6 +97,8 @@ int cdbx_command(cdbx_table *t, const char *cmd) {
   if (strcmp(cmd, "integrity-check") == 0) return integrity_check(t);
   if (strcmp(cmd, "rebuild") == 0) return rebuild(t);
   if (strcmp(cmd, "train") == 0 || strcmp(cmd, "optimize") == 0) return train_or_optimize(t, cmd);
-  return cdbx_table_error(t, "clip: unknown command \"%s\" (expected 'train', 'rebuild', "
-                             "'optimize' or 'integrity-check')", cmd);
+  return cdbx_table_error(t,
+                          "clip: unknown command \"%s\" (expected 'train', 'rebuild', "
+                          "'optimize' or 'integrity-check')",
+                          cmd);
 }

@@ -123,8 +123,8 @@ clip_model *cdbx_conn_model(cdbx_conn *conn, const char *name, cdb_error *err) {
   return e->model;
 }
 
-int cdbx_conn_register_model(cdbx_conn *conn, const char *name, const char *path,
-                             clip_model **out, cdb_error *err) {
+int cdbx_conn_register_model(cdbx_conn *conn, const char *name, const char *path, clip_model **out,
+                             cdb_error *err) {
   char *dir = cdb_model_resolve(path, err); /* a folder, or a hub name in the model cache */
   if (!dir) return -1;
   clip_model *model = cdbx_registry_acquire(dir, err);
@@ -185,21 +185,20 @@ static int load_buffer(clip_model *model, const void *data, size_t len, float *p
 int cdbx_image_value_pixels(clip_model *model, sqlite3_value *value, float *pixels,
                             cdb_error *err) {
   switch (sqlite3_value_type(value)) {
-  case SQLITE_BLOB:
-    return load_buffer(model, sqlite3_value_blob(value), (size_t)sqlite3_value_bytes(value),
-                       pixels, err);
-  case SQLITE_TEXT: {
-    const char *src = (const char *)sqlite3_value_text(value);
-    int len = sqlite3_value_bytes(value);
-    if (!src || len == 0) return cdb_error_set(err, "image path is an empty string");
-    if ((int)strlen(src) != len) return cdb_error_set(err, "image path contains a NUL character");
-    return clip_image_load_source(model, src, pixels, err);
-  }
-  case SQLITE_NULL:
-    return cdb_error_set(err, "image is NULL");
-  default:
-    return cdb_error_set(err, "image must be a BLOB of image bytes or a TEXT path or URL, not a "
-                              "number");
+    case SQLITE_BLOB:
+      return load_buffer(model, sqlite3_value_blob(value), (size_t)sqlite3_value_bytes(value),
+                         pixels, err);
+    case SQLITE_TEXT: {
+      const char *src = (const char *)sqlite3_value_text(value);
+      int len = sqlite3_value_bytes(value);
+      if (!src || len == 0) return cdb_error_set(err, "image path is an empty string");
+      if ((int)strlen(src) != len) return cdb_error_set(err, "image path contains a NUL character");
+      return clip_image_load_source(model, src, pixels, err);
+    }
+    case SQLITE_NULL: return cdb_error_set(err, "image is NULL");
+    default:
+      return cdb_error_set(err, "image must be a BLOB of image bytes or a TEXT path or URL, not a "
+                                "number");
   }
 }
 

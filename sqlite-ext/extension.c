@@ -249,9 +249,7 @@ static int register_all(sqlite3 *db, char **errmsg) {
   return rc;
 }
 
-int clipdb_register(sqlite3 *db, char **errmsg) {
-  return register_all(db, errmsg);
-}
+int clipdb_register(sqlite3 *db, char **errmsg) { return register_all(db, errmsg); }
 
 static int api_error(char **errmsg, int rc, const char *msg) {
   if (errmsg) *errmsg = sqlite3_mprintf("%s", msg);
@@ -283,9 +281,7 @@ int clipdb_table_model(sqlite3 *db, const char *table, clip_model **model, char 
   return SQLITE_OK;
 }
 
-void clipdb_model_release(clip_model *model) {
-  cdbx_registry_release(model);
-}
+void clipdb_model_release(clip_model *model) { cdbx_registry_release(model); }
 
 #ifndef SQLITE_CORE
 __attribute__((visibility("default"))) int sqlite3_clipdb_init(sqlite3 *db, char **errmsg,

@@ -84,16 +84,14 @@ static void fn_embed_text(sqlite3_context *ctx, int argc, sqlite3_value **argv) 
   if (!model) return;
   int dim = clip_model_dim(model);
   float *v = malloc(sizeof(float) * (size_t)dim);
-  cdb_error err = {{0}};
   if (!v) {
     sqlite3_result_error_nomem(ctx);
-  } else if (cdbx_embed_text(model, (const char *)sqlite3_value_text(argv[0]),
-                             sqlite3_value_bytes(argv[0]), v, &err) != 0) {
-    free(v);
-    result_cdb_error(ctx, "clip_embed_text", &err);
-  } else {
-    result_vector(ctx, v, dim);
+    return;
   }
+  cdb_error err = {{0}};
+  int rc = cdbx_embed_text(model, (const char *)sqlite3_value_text(argv[0]),
+                           sqlite3_value_bytes(argv[0]), v, &err);
+  finish_vector(ctx, "clip_embed_text", v, dim, rc, &err);
 }
 
 static void fn_embed_image(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
@@ -101,20 +99,17 @@ static void fn_embed_image(sqlite3_context *ctx, int argc, sqlite3_value **argv)
   if (!model) return;
   int dim = clip_model_dim(model);
   float *v = malloc(sizeof(float) * (size_t)dim);
-  cdb_error err = {{0}};
   if (!v) {
     sqlite3_result_error_nomem(ctx);
-  } else if (cdbx_embed_image_value(model, argv[0], v, &err) != 0) {
-    free(v);
-    result_cdb_error(ctx, "clip_embed_image", &err);
-  } else {
-    result_vector(ctx, v, dim);
+    return;
   }
+  cdb_error err = {{0}};
+  int rc = cdbx_embed_image_value(model, argv[0], v, &err);
+  finish_vector(ctx, "clip_embed_image", v, dim, rc, &err);
 }
 
 /* Reads argument idx as a vector, reporting errors as "fn: argument N ...". */
-static float *vec_arg(sqlite3_context *ctx, const char *fn, sqlite3_value **argv, int idx,
-                      int *n) {
+static float *vec_arg(sqlite3_context *ctx, const char *fn, sqlite3_value **argv, int idx, int *n) {
   cdb_error err = {{0}};
   char what[32];
   snprintf(what, sizeof what, "argument %d", idx + 1);
@@ -250,8 +245,10 @@ static void fn_vec_from_json(sqlite3_context *ctx, int argc, sqlite3_value **arg
   }
   json_object_put(arr);
   if (!v) {
-    sqlite3_result_error(ctx, "clip_vec_from_json: expected a non-empty JSON array of finite "
-                              "numbers", -1);
+    sqlite3_result_error(ctx,
+                         "clip_vec_from_json: expected a non-empty JSON array of finite "
+                         "numbers",
+                         -1);
     return;
   }
   result_vector(ctx, v, (int)n);
@@ -373,8 +370,8 @@ static int classify(clip_model *model, sqlite3_value *image, const char *const *
 }
 
 /* Labels are argv[first..argc-1]: non-empty TEXT each. */
-static const char **label_args(sqlite3_context *ctx, const char *fn, int argc,
-                               sqlite3_value **argv, int first) {
+static const char **label_args(sqlite3_context *ctx, const char *fn, int argc, sqlite3_value **argv,
+                               int first) {
   const char **labels = calloc((size_t)(argc - first), sizeof *labels);
   if (!labels) {
     sqlite3_result_error_nomem(ctx);
@@ -469,8 +466,8 @@ static void run_classify(sqlite3_context *ctx, const char *fn, int argc, sqlite3
   char *json = NULL;
   if (get_classify_args(ctx, fn, argc, argv, first_label, &args) != 0) goto done;
   model = cdbx_conn_model(sqlite3_user_data(ctx), args.model, &err);
-  if (!model || classify(model, argv[0], args.labels, args.n_labels, templates, n_templates, &json,
-                         &err)) {
+  if (!model ||
+      classify(model, argv[0], args.labels, args.n_labels, templates, n_templates, &json, &err)) {
     result_cdb_error(ctx, fn, &err);
   } else {
     sqlite3_result_text(ctx, json, -1, free);
@@ -504,8 +501,9 @@ static void fn_classify_templates(sqlite3_context *ctx, int argc, sqlite3_value 
     }
   }
   if (!templates) {
-    sqlite3_result_error(ctx, "clip_classify_templates: argument 2 must be a JSON array of "
-                              "strings that each contain {} (e.g. '[\"a photo of a {}.\"]')",
+    sqlite3_result_error(ctx,
+                         "clip_classify_templates: argument 2 must be a JSON array of "
+                         "strings that each contain {} (e.g. '[\"a photo of a {}.\"]')",
                          -1);
   } else {
     run_classify(ctx, fn, argc, argv, 2, templates, (int)n);
@@ -565,8 +563,9 @@ static void fn_index_info(sqlite3_context *ctx, int argc, sqlite3_value **argv) 
   cdb_index_info info;
   if (cdbx_table_index_info(t, &info) != SQLITE_OK) {
     /* The table's own message says why (a damaged snapshot, a model that cannot load, ...). */
-    char *msg = sqlite3_mprintf("clip_index_info: %s", t->base.zErrMsg ? t->base.zErrMsg
-                                                       : "the index could not be loaded");
+    char *msg = sqlite3_mprintf("clip_index_info: %s", t->base.zErrMsg
+                                                           ? t->base.zErrMsg
+                                                           : "the index could not be loaded");
     sqlite3_free(t->base.zErrMsg);
     t->base.zErrMsg = NULL;
     sqlite3_result_error(ctx, msg ? msg : "clip_index_info: out of memory", -1);
@@ -586,9 +585,8 @@ static void fn_index_info(sqlite3_context *ctx, int argc, sqlite3_value **argv) 
   /* The table's record of its model: the name as created, and the identity of the model its
    * vectors come from (both null for a dims= table). */
   json_object_object_add(o, "model", t->model_name ? json_object_new_string(t->model_name) : NULL);
-  json_object_object_add(o, "model_identity", t->model_identity
-                                                  ? json_object_new_string(t->model_identity)
-                                                  : NULL);
+  json_object_object_add(o, "model_identity",
+                         t->model_identity ? json_object_new_string(t->model_identity) : NULL);
   char *precision = NULL;
   if (cdbx_store_read_precision(t, &precision) != SQLITE_OK) {
     json_object_put(o);

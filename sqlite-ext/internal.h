@@ -35,7 +35,6 @@ SQLITE_EXTENSION_INIT3
 #error "clipdb stores vectors as host-order float32 and supports little-endian hosts only"
 #endif
 
-
 /* sqlite3_str_finish, but "" (allocated) rather than NULL for an empty string. */
 static inline char *cdbx_str_finish(sqlite3_str *s) {
   int err = sqlite3_str_errcode(s);
@@ -73,8 +72,8 @@ void cdbx_registry_release(clip_model *model);
 /* The model a connection knows by `name` (NULL or "" = default: a model registered as
  * "default", else CLIPDB_MODEL or the cache). Owned by the connection; retain to keep it. */
 clip_model *cdbx_conn_model(cdbx_conn *conn, const char *name, cdb_error *err);
-int cdbx_conn_register_model(cdbx_conn *conn, const char *name, const char *path,
-                             clip_model **out, cdb_error *err);
+int cdbx_conn_register_model(cdbx_conn *conn, const char *name, const char *path, clip_model **out,
+                             cdb_error *err);
 void cdbx_conn_free_models(cdbx_conn *conn);
 
 /* Every encoder output is checked before use: a damaged model (NaN/huge weights) must give an
@@ -86,8 +85,7 @@ int cdbx_embed_text(clip_model *model, const char *text, int len, float *out, cd
 int cdbx_embed_image_value(clip_model *model, sqlite3_value *value, float *out, cdb_error *err);
 /* The first half of cdbx_embed_image_value: fetch/read, decode and preprocess the image into
  * pixels[cdbx_image_floats(model)] (clip_embed_pixels input). Every user error surfaces here. */
-int cdbx_image_value_pixels(clip_model *model, sqlite3_value *value, float *pixels,
-                            cdb_error *err);
+int cdbx_image_value_pixels(clip_model *model, sqlite3_value *value, float *pixels, cdb_error *err);
 size_t cdbx_image_floats(const clip_model *model);
 
 /* ---- vec.c ---- */

@@ -30,19 +30,19 @@ static char *dequote(const char *s, size_t n) {
 }
 
 typedef struct table_args {
-  char *model;   /* NULL: not given */
+  char *model; /* NULL: not given */
   int has_dims;
   int dims;
   char *index_type;
   int nlist, nprobe;
-  int autotrain; /* 1 (default): COMMIT trains when the index policy says so */
+  int autotrain;   /* 1 (default): COMMIT trains when the index policy says so */
   int image_paths; /* 1 (default): image may name a file or URL; 0: image bytes only */
-  unsigned given; /* bit i: option_names[i] was given */
-  int creating;   /* CREATE VIRTUAL TABLE (not connecting a table created earlier) */
+  unsigned given;  /* bit i: option_names[i] was given */
+  int creating;    /* CREATE VIRTUAL TABLE (not connecting a table created earlier) */
 } table_args;
 
-static const char *const option_names[] = {"model", "index", "dims", "autotrain", "nlist",
-                                           "nprobe", "image_paths"};
+static const char *const option_names[] = {"model", "index",  "dims",       "autotrain",
+                                           "nlist", "nprobe", "image_paths"};
 
 /* An option given twice (dims=4, dims=8) is refused at CREATE rather than the last one winning
  * (tables created before this check still connect). */
@@ -127,8 +127,8 @@ static int parse_option(table_args *a, const char *key, const char *value, char 
 }
 
 static int is_column_word(const char *name) {
-  static const char *const reserved[] = {"image", "text", "embedding", "distance", "k",
-                                         "nprobe", "rowid", "oid", "_rowid_"};
+  static const char *const reserved[] = {"image",  "text",  "embedding", "distance", "k",
+                                         "nprobe", "rowid", "oid",       "_rowid_"};
   for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++) {
     if (sqlite3_stricmp(name, reserved[i]) == 0) return 1;
   }
@@ -147,7 +147,8 @@ char *cdbx_table_name_error(const cdbx_table *t, const char *name) {
   if (!user && !is_column_word(name)) return NULL;
   return sqlite3_mprintf("clip: a clip table cannot be named \"%s\": that is the name of %s "
                          "column (image, text, embedding, distance, k, nprobe, rowid and the "
-                         "user columns are reserved)", name, user ? "a user" : "a built-in");
+                         "user columns are reserved)",
+                         name, user ? "a user" : "a built-in");
 }
 
 static int valid_type(const char *type) {
@@ -160,10 +161,11 @@ static int valid_type(const char *type) {
 /* A declared type may carry COLLATE name, but no constraint: the table would not apply them
  * (DEFAULT, CHECK, UNIQUE, NOT NULL, ...), so a new table refuses them. */
 static char *type_constraint_error(const char *column, const char *type) {
-  static const char *const constraints[] = {
-      "CONSTRAINT", "PRIMARY", "KEY", "NOT", "NULL", "UNIQUE", "CHECK", "DEFAULT",
-      "REFERENCES", "GENERATED", "AS", "ALWAYS", "STORED", "VIRTUAL", "HIDDEN",
-      "AUTOINCREMENT", "ON", "CONFLICT", "ASC", "DESC"};
+  static const char *const constraints[] = {"CONSTRAINT", "PRIMARY",   "KEY",    "NOT",
+                                            "NULL",       "UNIQUE",    "CHECK",  "DEFAULT",
+                                            "REFERENCES", "GENERATED", "AS",     "ALWAYS",
+                                            "STORED",     "VIRTUAL",   "HIDDEN", "AUTOINCREMENT",
+                                            "ON",         "CONFLICT",  "ASC",    "DESC"};
   int depth = 0;
   for (const char *p = type; *p;) {
     if (!isalnum((unsigned char)*p) && *p != '_') {
@@ -217,7 +219,8 @@ static int parse_column(cdbx_table *t, const char *arg, char **errmsg) {
     rc = SQLITE_ERROR;
   } else if (!valid_type(type)) {
     *errmsg = sqlite3_mprintf("clip: column \"%s\": only a type name may follow the column name "
-                              "(got \"%s\")", name, type);
+                              "(got \"%s\")",
+                              name, type);
     rc = SQLITE_ERROR;
   } else if (t->n_user >= CDBX_MAX_USER_COLUMNS) {
     *errmsg = sqlite3_mprintf("clip: at most %d user columns", CDBX_MAX_USER_COLUMNS);

@@ -96,8 +96,9 @@ static int op_is_function(int op) {
 static int column_is_numeric(const cdbx_table *t, int col) {
   if (col == -1) return 1;
   if (col < COL_USER0) return 0;
-  static const char *const stops[] = {"COLLATE", "NOT", "NULL", "DEFAULT", "PRIMARY", "UNIQUE",
-                                      "CHECK", "REFERENCES", "CONSTRAINT", "GENERATED", "AS"};
+  static const char *const stops[] = {"COLLATE",    "NOT",       "NULL",  "DEFAULT",
+                                      "PRIMARY",    "UNIQUE",    "CHECK", "REFERENCES",
+                                      "CONSTRAINT", "GENERATED", "AS"};
   const char *type = t->user_types[col - COL_USER0];
   size_t len = 0;
   while (type[len]) {
@@ -192,7 +193,7 @@ static void plan_filter(cdbx_table *t, sqlite3_index_info *info, plan_builder *b
   int ambiguous = (op == OP_NE || op == OP_ISNOT) && declares_collation(t, c->iColumn) &&
                   sqlite3_stricmp(collation, "BINARY") == 0;
   if (!op || ambiguous || (collation && !plain_collation(collation))) {
-    b->inapplicable = !op        ? "an operator the table cannot apply"
+    b->inapplicable = !op         ? "an operator the table cannot apply"
                       : ambiguous ? "!= or IS NOT on a column declared with a collation (SQLite "
                                     "does not tell which collation applies)"
                                   : "a collation whose name is not plain letters, digits and _";
@@ -285,11 +286,14 @@ static int plan_error(cdbx_table *t, const plan_builder *b) {
                      b->bad_k == ARG_K ? "k" : "nprobe", b->bad_k == ARG_K ? "k" : "nprobe");
   }
   return cdbx_table_error(
-      t, "clip: %s: a condition on %s cannot be applied before the k nearest rows are chosen (%s), "
-         "so fewer than k rows would come back; move it into rowid IN (SELECT rowid FROM %s WHERE "
-         "...), or use ORDER BY distance LIMIT N instead of k", t->name, t->name,
+      t,
+      "clip: %s: a condition on %s cannot be applied before the k nearest rows are chosen (%s), "
+      "so fewer than k rows would come back; move it into rowid IN (SELECT rowid FROM %s WHERE "
+      "...), or use ORDER BY distance LIMIT N instead of k",
+      t->name, t->name,
       b->inapplicable ? b->inapplicable
-                      : "an OR over its columns other than equalities on one column", t->name);
+                      : "an OR over its columns other than equalities on one column",
+      t->name);
 }
 
 static void plan_costs(cdbx_table *t, sqlite3_index_info *info, const plan_builder *b) {
@@ -339,7 +343,6 @@ int cdbx_plan_best_index(cdbx_table *t, sqlite3_index_info *info) {
   if (!b.has_match && match_used(t, info)) info->estimatedCost = 1e300;
   return SQLITE_OK;
 }
-
 
 static int add_bind(query_parts *q, sqlite3_value *v, int copy) {
   if (q->n_binds == q->cap_binds) {
@@ -417,17 +420,17 @@ static int add_filter(cdbx_table *t, query_parts *q, const plan_entry *e, sqlite
 
 static int plan_arg(cdbx_table *t, query_parts *q, const plan_entry *e, sqlite3_value *v) {
   switch (e->kind) {
-  case ARG_MATCH: q->match = v; break;
-  case ARG_K: q->k = v; break;
-  case ARG_NPROBE: q->nprobe = v; break;
-  case ARG_LIMIT: q->limit = v; break;
-  case ARG_OFFSET: q->offset = v; break;
-  case ARG_DISTANCE:
-    q->distance = v;
-    q->distance_le = e->op == OP_LE;
-    break;
-  case ARG_FILTER: return add_filter(t, q, e, v);
-  default: return SQLITE_ERROR;
+    case ARG_MATCH: q->match = v; break;
+    case ARG_K: q->k = v; break;
+    case ARG_NPROBE: q->nprobe = v; break;
+    case ARG_LIMIT: q->limit = v; break;
+    case ARG_OFFSET: q->offset = v; break;
+    case ARG_DISTANCE:
+      q->distance = v;
+      q->distance_le = e->op == OP_LE;
+      break;
+    case ARG_FILTER: return add_filter(t, q, e, v);
+    default: return SQLITE_ERROR;
   }
   return SQLITE_OK;
 }
@@ -444,8 +447,10 @@ int cdbx_plan_parse(cdbx_table *t, const char *idx_str, int argc, sqlite3_value 
   }
   if (rc == SQLITE_NOMEM) return rc;
   if (rc != SQLITE_OK || *p || i != argc) {
-    return cdbx_fail(t, "the query plan \"%s\" does not match its %d "
-                        "arguments", idx_str ? idx_str : "", argc);
+    return cdbx_fail(t,
+                     "the query plan \"%s\" does not match its %d "
+                     "arguments",
+                     idx_str ? idx_str : "", argc);
   }
   return sqlite3_str_errcode(q->where);
 }

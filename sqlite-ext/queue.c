@@ -23,18 +23,20 @@ static const char *shown_model_name(const cdbx_table *t) {
 static int identity_error(cdbx_table *t, clip_model *m) {
   const char *shown = shown_model_name(t);
   return cdbx_table_error(
-      t, "clip: %s: its vectors were embedded by model %s with identity %s, but %s now loads a "
-         "different model, with identity %s (other weights or configuration: the two models' "
-         "vectors cannot be compared). Either embed every row again from its stored image or text with "
-         "the new model: INSERT INTO %s(%s) VALUES('rebuild'); or use the original model: "
-         "SELECT clip_model(name, path) with its directory",
+      t,
+      "clip: %s: its vectors were embedded by model %s with identity %s, but %s now loads a "
+      "different model, with identity %s (other weights or configuration: the two models' "
+      "vectors cannot be compared). Either embed every row again from its stored image or text with "
+      "the new model: INSERT INTO %s(%s) VALUES('rebuild'); or use the original model: "
+      "SELECT clip_model(name, path) with its directory",
       t->name, shown, t->model_identity ? t->model_identity : "(none)", shown,
       clip_model_identity(m), t->name, t->name);
 }
 
 static int dims_error(cdbx_table *t, clip_model *m) {
-  return cdbx_table_error(t, "clip: %s has %d dimensions but its model %s now loads a model of "
-                             "%d (identity %s); use the original model, or create a new table",
+  return cdbx_table_error(t,
+                          "clip: %s has %d dimensions but its model %s now loads a model of "
+                          "%d (identity %s); use the original model, or create a new table",
                           t->name, t->dims, shown_model_name(t), clip_model_dim(m),
                           clip_model_identity(m));
 }
@@ -42,16 +44,19 @@ static int dims_error(cdbx_table *t, clip_model *m) {
 /* The model now under the table's model name, unchecked; NULL with the table's error set. */
 static clip_model *named_model(cdbx_table *t) {
   if (!t->model_name) {
-    cdbx_table_error(t, "clip: %s holds precomputed vectors only (created with dims=, no model): "
-                        "write the embedding column, and query with an embedding BLOB",
+    cdbx_table_error(t,
+                     "clip: %s holds precomputed vectors only (created with dims=, no model): "
+                     "write the embedding column, and query with an embedding BLOB",
                      t->name);
     return NULL;
   }
   cdb_error err = {{0}};
   clip_model *m = cdbx_conn_model(t->conn, t->model_name, &err);
   if (!m) {
-    cdbx_table_error(t, "clip: %s uses model %s: %s; register it with SELECT clip_model(name, "
-                        "path)", t->name, shown_model_name(t), err.msg);
+    cdbx_table_error(t,
+                     "clip: %s uses model %s: %s; register it with SELECT clip_model(name, "
+                     "path)",
+                     t->name, shown_model_name(t), err.msg);
   }
   return m;
 }
@@ -284,8 +289,10 @@ static void source_free(row_source *src) {
 static int source_vector(cdbx_table *t, sqlite3_value *embedding, row_source *src) {
   cdb_error err = {{0}};
   if (!cdbx_value_is_vector(embedding, t->dims)) {
-    return cdbx_fail(t, "embedding must be a BLOB of %d float32 values (%d "
-                        "bytes), got %s of %d bytes", t->dims, t->dims * 4,
+    return cdbx_fail(t,
+                     "embedding must be a BLOB of %d float32 values (%d "
+                     "bytes), got %s of %d bytes",
+                     t->dims, t->dims * 4,
                      sqlite3_value_type(embedding) == SQLITE_BLOB ? "a BLOB" : "a non-BLOB",
                      sqlite3_value_bytes(embedding));
   }
@@ -359,16 +366,13 @@ static int row_source_of(cdbx_table *t, sqlite3_value *image, sqlite3_value *tex
 static int source_commit(cdbx_table *t, int64_t rowid, row_source *src) {
   pending_rows *p = &t->queue.pending;
   switch (src->kind) {
-  case SRC_VECTOR:
-    return put_vector(t, rowid, src->vec);
-  case SRC_IMAGE:
-    p->image_ids[p->n_images++] = rowid;
-    return SQLITE_OK;
-  case SRC_TEXT:
-    p->text_ids[p->n_texts] = rowid;
-    p->texts[p->n_texts++] = src->text;
-    src->text = NULL;
-    return SQLITE_OK;
+    case SRC_VECTOR: return put_vector(t, rowid, src->vec);
+    case SRC_IMAGE: p->image_ids[p->n_images++] = rowid; return SQLITE_OK;
+    case SRC_TEXT:
+      p->text_ids[p->n_texts] = rowid;
+      p->texts[p->n_texts++] = src->text;
+      src->text = NULL;
+      return SQLITE_OK;
   }
   return SQLITE_ERROR;
 }
@@ -460,7 +464,7 @@ static void bind_user_columns(cdbx_table *t, sqlite3_stmt *st, sqlite3_value **c
 }
 
 int cdbx_row_insert(cdbx_table *t, sqlite3_value *rowid_v, sqlite3_value **cols,
-                      sqlite3_int64 *out_rowid) {
+                    sqlite3_int64 *out_rowid) {
   int64_t rowid = 0;
   int rc = SQLITE_OK;
   int has_rowid = sqlite3_value_type(rowid_v) != SQLITE_NULL;
@@ -507,8 +511,10 @@ static int reembed_row(cdbx_table *t, int64_t rowid, int queue) {
     char *why = sqlite3_mprintf("%s", t->base.zErrMsg);
     const char *state = t->queue.model_adopted ? "needs a vector from the new model but"
                                                : "has no vector and";
-    cdbx_fail(t, "rebuild: row %lld %s cannot be embedded again (%s); fix or delete the row, "
-                 "then rebuild", (long long)rowid, state, why ? why : "out of memory");
+    cdbx_fail(t,
+              "rebuild: row %lld %s cannot be embedded again (%s); fix or delete the row, "
+              "then rebuild",
+              (long long)rowid, state, why ? why : "out of memory");
     sqlite3_free(why);
   }
   source_free(&src);
@@ -594,9 +600,7 @@ static int move_row(cdbx_table *t, int64_t from, int64_t to) {
   return rc;
 }
 
-static int changed(sqlite3_value *v) {
-  return !sqlite3_value_nochange(v);
-}
+static int changed(sqlite3_value *v) { return !sqlite3_value_nochange(v); }
 
 /* Whether rowid's stored vector is the embedding of its stored text (up to float noise from
  * batching) rather than one the user supplied: a text edit re-embeds only the former, since a
@@ -629,7 +633,7 @@ static int vector_from_text(cdbx_table *t, int64_t rowid, sqlite3_value *text, i
 }
 
 int cdbx_row_update(cdbx_table *t, sqlite3_value *old_v, sqlite3_value *new_v,
-                      sqlite3_value **cols) {
+                    sqlite3_value **cols) {
   int64_t old_id = 0, new_id = 0;
   int rc = rowid_arg(t, old_v, &old_id);
   if (rc == SQLITE_OK) rc = rowid_arg(t, new_v, &new_id);
@@ -679,4 +683,3 @@ int cdbx_row_update(cdbx_table *t, sqlite3_value *old_v, sqlite3_value *new_v,
   sqlite3_value_free(old_text);
   return rc;
 }
-

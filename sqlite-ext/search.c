@@ -7,8 +7,18 @@
 
 #include "sqlite-ext/internal.h"
 
-enum { S_ROWID, S_DISTANCE, S_IMAGE, S_TEXT, S_EMBEDDING, S_METADATA, S_TABLE, S_QUERY, S_K,
-       S_NPROBE };
+enum {
+  S_ROWID,
+  S_DISTANCE,
+  S_IMAGE,
+  S_TEXT,
+  S_EMBEDDING,
+  S_METADATA,
+  S_TABLE,
+  S_QUERY,
+  S_K,
+  S_NPROBE
+};
 #define DEFAULT_K 10
 
 typedef struct search_vtab {
@@ -24,8 +34,8 @@ typedef struct search_cursor {
   int64_t row;
 } search_cursor;
 
-static int s_connect(sqlite3 *db, void *aux, int argc, const char *const *argv,
-                     sqlite3_vtab **out, char **errmsg) {
+static int s_connect(sqlite3 *db, void *aux, int argc, const char *const *argv, sqlite3_vtab **out,
+                     char **errmsg) {
   (void)argc;
   (void)argv;
   (void)errmsg;
@@ -102,7 +112,8 @@ static char *search_sql(cdbx_table *t, int with_nprobe) {
   int n = cdbx_table_user_columns(t, &cols);
   sqlite3_str *s = sqlite3_str_new(NULL);
   sqlite3_str_appendall(s, "SELECT rowid, distance, image, text, embedding, json_object(");
-  for (int i = 0; i < n; i++) sqlite3_str_appendf(s, "%s%Q, \"%w\"", i ? ", " : "", cols[i], cols[i]);
+  for (int i = 0; i < n; i++)
+    sqlite3_str_appendf(s, "%s%Q, \"%w\"", i ? ", " : "", cols[i], cols[i]);
   sqlite3_str_appendf(s, ") FROM \"%w\".\"%w\" WHERE \"%w\" MATCH ?1 AND k = ?2%s",
                       cdbx_table_schema(t), name, name, with_nprobe ? " AND nprobe = ?3" : "");
   return cdbx_str_finish(s);
@@ -154,12 +165,11 @@ static int s_next(sqlite3_vtab_cursor *cur) {
   if (rc == SQLITE_ROW) return SQLITE_OK;
   c->eof = 1;
   if (rc == SQLITE_DONE) return SQLITE_OK;
-  return s_error(cur->pVtab, sqlite3_mprintf("%s", sqlite3_errmsg(((search_vtab *)cur->pVtab)->db)));
+  return s_error(cur->pVtab,
+                 sqlite3_mprintf("%s", sqlite3_errmsg(((search_vtab *)cur->pVtab)->db)));
 }
 
-static int s_eof(sqlite3_vtab_cursor *cur) {
-  return ((search_cursor *)cur)->eof;
-}
+static int s_eof(sqlite3_vtab_cursor *cur) { return ((search_cursor *)cur)->eof; }
 
 static int s_column(sqlite3_vtab_cursor *cur, sqlite3_context *ctx, int col) {
   search_cursor *c = (search_cursor *)cur;

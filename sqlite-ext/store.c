@@ -122,48 +122,45 @@ static char *insert_row_sql(cdbx_table *t) {
 static char *stmt_sql(cdbx_table *t, int which) {
   const char *s = t->schema, *n = t->name;
   switch (which) {
-  case ST_INSERT_ROW:
-    return insert_row_sql(t);
-  case ST_UPDATE_ROW: {
-    /* ?2/?4 say whether image/text change (an UPDATE that leaves them alone passes nochange). */
-    char *users = user_list(t, NULL, 6);
-    char *sql = users ? sqlite3_mprintf("UPDATE \"%w\".\"%w_rows\" SET "
-                                        "image = CASE WHEN ?2 THEN ?3 ELSE image END, "
-                                        "text = CASE WHEN ?4 THEN ?5 ELSE text END%s "
-                                        "WHERE rowid = ?1",
-                                        s, n, users)
-                      : NULL;
-    sqlite3_free(users);
-    return sql;
-  }
-  case ST_MOVE_ROW:
-    return sqlite3_mprintf("UPDATE \"%w\".\"%w_rows\" SET rowid = ?2 WHERE rowid = ?1", s, n);
-  case ST_MOVE_VECTOR:
-    return sqlite3_mprintf("UPDATE \"%w\".\"%w_vectors\" SET rowid = ?2 WHERE rowid = ?1", s, n);
-  case ST_DELETE_ROW:
-    return sqlite3_mprintf("DELETE FROM \"%w\".\"%w_rows\" WHERE rowid = ?1", s, n);
-  case ST_ROW_EXISTS:
-    return sqlite3_mprintf("SELECT 1 FROM \"%w\".\"%w_rows\" WHERE rowid = ?1", s, n);
-  case ST_PUT_VECTOR:
-    return sqlite3_mprintf("INSERT OR REPLACE INTO \"%w\".\"%w_vectors\"(rowid, embedding) "
-                           "VALUES(?1, ?2)",
-                           s, n);
-  case ST_GET_VECTOR:
-    return sqlite3_mprintf("SELECT embedding FROM \"%w\".\"%w_vectors\" WHERE rowid = ?1", s, n);
-  case ST_DELETE_VECTOR:
-    return sqlite3_mprintf("DELETE FROM \"%w\".\"%w_vectors\" WHERE rowid = ?1", s, n);
-  case ST_LOG_CHANGE:
-    return sqlite3_mprintf("INSERT INTO \"%w\".\"%w_changes\"(id, op) VALUES(?1, ?2)", s, n);
-  case ST_DATA_VERSION:
-    return sqlite3_mprintf("PRAGMA \"%w\".data_version", s);
-  case ST_CONFIG_GET:
-    return sqlite3_mprintf("SELECT value FROM \"%w\".\"%w_config\" WHERE key = ?1", s, n);
-  case ST_CONFIG_SET:
-    return sqlite3_mprintf("INSERT OR REPLACE INTO \"%w\".\"%w_config\"(key, value) "
-                           "VALUES(?1, ?2)",
-                           s, n);
-  default:
-    return NULL;
+    case ST_INSERT_ROW: return insert_row_sql(t);
+    case ST_UPDATE_ROW: {
+      /* ?2/?4 say whether image/text change (an UPDATE that leaves them alone passes nochange). */
+      char *users = user_list(t, NULL, 6);
+      char *sql = users ? sqlite3_mprintf("UPDATE \"%w\".\"%w_rows\" SET "
+                                          "image = CASE WHEN ?2 THEN ?3 ELSE image END, "
+                                          "text = CASE WHEN ?4 THEN ?5 ELSE text END%s "
+                                          "WHERE rowid = ?1",
+                                          s, n, users)
+                        : NULL;
+      sqlite3_free(users);
+      return sql;
+    }
+    case ST_MOVE_ROW:
+      return sqlite3_mprintf("UPDATE \"%w\".\"%w_rows\" SET rowid = ?2 WHERE rowid = ?1", s, n);
+    case ST_MOVE_VECTOR:
+      return sqlite3_mprintf("UPDATE \"%w\".\"%w_vectors\" SET rowid = ?2 WHERE rowid = ?1", s, n);
+    case ST_DELETE_ROW:
+      return sqlite3_mprintf("DELETE FROM \"%w\".\"%w_rows\" WHERE rowid = ?1", s, n);
+    case ST_ROW_EXISTS:
+      return sqlite3_mprintf("SELECT 1 FROM \"%w\".\"%w_rows\" WHERE rowid = ?1", s, n);
+    case ST_PUT_VECTOR:
+      return sqlite3_mprintf("INSERT OR REPLACE INTO \"%w\".\"%w_vectors\"(rowid, embedding) "
+                             "VALUES(?1, ?2)",
+                             s, n);
+    case ST_GET_VECTOR:
+      return sqlite3_mprintf("SELECT embedding FROM \"%w\".\"%w_vectors\" WHERE rowid = ?1", s, n);
+    case ST_DELETE_VECTOR:
+      return sqlite3_mprintf("DELETE FROM \"%w\".\"%w_vectors\" WHERE rowid = ?1", s, n);
+    case ST_LOG_CHANGE:
+      return sqlite3_mprintf("INSERT INTO \"%w\".\"%w_changes\"(id, op) VALUES(?1, ?2)", s, n);
+    case ST_DATA_VERSION: return sqlite3_mprintf("PRAGMA \"%w\".data_version", s);
+    case ST_CONFIG_GET:
+      return sqlite3_mprintf("SELECT value FROM \"%w\".\"%w_config\" WHERE key = ?1", s, n);
+    case ST_CONFIG_SET:
+      return sqlite3_mprintf("INSERT OR REPLACE INTO \"%w\".\"%w_config\"(key, value) "
+                             "VALUES(?1, ?2)",
+                             s, n);
+    default: return NULL;
   }
 }
 
@@ -227,8 +224,7 @@ static char *row_columns(cdbx_table *t, int with_rowid) {
 
 /* Rows of T_rows matching `where` (" AND ..." conditions on the declared column names, or ""),
  * in rowid order: rowid and every stored column, or the rowid only. */
-int cdbx_store_prepare_rows(cdbx_table *t, int all_columns, const char *where,
-                            sqlite3_stmt **out) {
+int cdbx_store_prepare_rows(cdbx_table *t, int all_columns, const char *where, sqlite3_stmt **out) {
   char *cols = all_columns ? row_columns(t, 1) : sqlite3_mprintf("rowid");
   char *sql = cols ? sqlite3_mprintf("SELECT %s FROM \"%w\".\"%w_rows\" WHERE 1%s ORDER BY rowid",
                                      cols, t->schema, t->name, where ? where : "")
@@ -290,7 +286,8 @@ static int collect_ids(cdbx_table *t, sqlite3_stmt *st, int rc, id_list *ids) {
 
 int cdbx_store_rows_without_vector(cdbx_table *t, id_list *ids) {
   sqlite3_stmt *st = NULL;
-  int rc = prepare_fmt(t, &st, "SELECT rowid FROM \"%w\".\"%w_rows\" r WHERE NOT EXISTS "
+  int rc = prepare_fmt(t, &st,
+                       "SELECT rowid FROM \"%w\".\"%w_rows\" r WHERE NOT EXISTS "
                        "(SELECT 1 FROM \"%w\".\"%w_vectors\" v WHERE v.rowid = r.rowid)",
                        t->schema, t->name, t->schema, t->name);
   return collect_ids(t, st, rc, ids);
@@ -381,8 +378,10 @@ static int config_int(cdbx_table *t, const char *key, int64_t *out) {
   int found = 0;
   int rc = config_get(t, key, out, NULL, &found);
   if (rc == SQLITE_OK && !found) {
-    return cdbx_fail(t, "config entry \"%s\" is missing (not a clip table, or "
-                        "corrupt)", key);
+    return cdbx_fail(t,
+                     "config entry \"%s\" is missing (not a clip table, or "
+                     "corrupt)",
+                     key);
   }
   return rc;
 }
@@ -566,8 +565,8 @@ int cdbx_store_log_end(cdbx_table *t, int64_t *end) {
 }
 
 int cdbx_store_log_count_after(cdbx_table *t, int64_t after, int64_t *n) {
-  return query_int(t, n, "SELECT count(*) FROM \"%w\".\"%w_changes\" WHERE seq > %lld",
-                   t->schema, t->name, (long long)after);
+  return query_int(t, n, "SELECT count(*) FROM \"%w\".\"%w_changes\" WHERE seq > %lld", t->schema,
+                   t->name, (long long)after);
 }
 
 typedef struct piece_reader {
@@ -618,8 +617,9 @@ cdb_index *cdbx_store_read_snapshot(cdbx_table *t) {
   int rc = prepare_fmt(t, &r.st, "SELECT data FROM \"%w\".\"%w_index\" ORDER BY piece", t->schema,
                        t->name);
   cdb_error err = {{0}};
-  cdb_index *idx =
-      rc == SQLITE_OK ? cdb_index_load_ids(next_piece, &r, feed_stored_vectors, t, &err) : NULL;
+  cdb_index *idx = rc == SQLITE_OK
+                       ? cdb_index_load_ids(next_piece, &r, feed_stored_vectors, t, &err)
+                       : NULL;
   sqlite3_finalize(r.st);
   if (!idx) { /* the caller rebuilds from T_vectors and reports what it finds there */
     sqlite3_free(t->base.zErrMsg);
@@ -655,9 +655,7 @@ int cdbx_store_snapshot_state(cdbx_table *t, int64_t *gen, int64_t *snap, int64_
   return rc;
 }
 
-int cdbx_store_generation(cdbx_table *t, int64_t *gen) {
-  return config_int(t, "generation", gen);
-}
+int cdbx_store_generation(cdbx_table *t, int64_t *gen) { return config_int(t, "generation", gen); }
 
 typedef struct piece_writer {
   cdbx_table *t;
@@ -705,9 +703,7 @@ int cdbx_store_save_snapshot(cdbx_table *t, cdb_index *idx, int64_t snap, int64_
   return rc;
 }
 
-int cdbx_store_forget_snapshot(cdbx_table *t) {
-  return config_set_int(t, "snapshot_seq", -1);
-}
+int cdbx_store_forget_snapshot(cdbx_table *t) { return config_set_int(t, "snapshot_seq", -1); }
 
 /* Rows of T_rows without a vector and vectors of T_vectors without a row. */
 int cdbx_store_count_unpaired(cdbx_table *t, int64_t *missing, int64_t *orphans) {
@@ -725,7 +721,8 @@ int cdbx_store_count_unpaired(cdbx_table *t, int64_t *missing, int64_t *orphans)
 }
 
 int cdbx_store_delete_orphan_vectors(cdbx_table *t) {
-  return exec_fmt(t, "DELETE FROM \"%w\".\"%w_vectors\" WHERE rowid NOT IN "
-                     "(SELECT rowid FROM \"%w\".\"%w_rows\")",
+  return exec_fmt(t,
+                  "DELETE FROM \"%w\".\"%w_vectors\" WHERE rowid NOT IN "
+                  "(SELECT rowid FROM \"%w\".\"%w_rows\")",
                   t->schema, t->name, t->schema, t->name);
 }

@@ -45,7 +45,7 @@ typedef struct pending_rows {
   float *pixels; /* n_images * cdbx_image_floats(model) */
   int n_images, cap_images;
   int64_t *text_ids;
-  char **texts;  /* malloc'd copies */
+  char **texts; /* malloc'd copies */
   int n_texts, cap_texts;
 } pending_rows;
 
@@ -53,19 +53,19 @@ typedef struct pending_rows {
  * cache_seq, with changes batched before they reach FAISS. */
 typedef struct table_cache {
   cdb_index *index;
-  int stale;                /* rebuild from the shadow tables before next use */
-  int64_t cache_seq;        /* highest change-log seq reflected in the cache */
-  int64_t generation;       /* config generation the cache was loaded at */
-  int64_t data_version;     /* PRAGMA data_version at the last check */
+  int stale;            /* rebuild from the shadow tables before next use */
+  int64_t cache_seq;    /* highest change-log seq reflected in the cache */
+  int64_t generation;   /* config generation the cache was loaded at */
+  int64_t data_version; /* PRAGMA data_version at the last check */
   int64_t log_since_snapshot;
-  uint64_t file_tag;        /* cold-start cache file tag of the state the cache was loaded at */
-  uint64_t bad_file_tag;    /* a cache file with this tag failed its checksums: not used */
-  int file_at_commit;       /* the index equals the snapshot this transaction wrote */
-  id_list pend_removes;     /* removals not yet handed to the index (batched) */
-  id_list pend_ids;         /* additions not yet handed to the index (batched, after removals) */
+  uint64_t file_tag;     /* cold-start cache file tag of the state the cache was loaded at */
+  uint64_t bad_file_tag; /* a cache file with this tag failed its checksums: not used */
+  int file_at_commit;    /* the index equals the snapshot this transaction wrote */
+  id_list pend_removes;  /* removals not yet handed to the index (batched) */
+  id_list pend_ids;      /* additions not yet handed to the index (batched, after removals) */
   float *pend_vecs;
   int64_t pend_cap;
-  id_list resync;           /* rows to re-read from the tables (after a rollback) */
+  id_list resync; /* rows to re-read from the tables (after a rollback) */
 } table_cache;
 
 /* Transaction state (vtab.c's transaction hooks; cdbx_touch in cache.c records rows): rows
@@ -75,8 +75,8 @@ typedef struct table_txn {
   int version_checked;
   int command_in_txn;
   id_list touched;
-  int64_t *sp_marks;   /* sp_marks[i]: touched.n when savepoint i began */
-  int64_t *sp_seq;     /* sp_seq[i]: cache_seq when savepoint i began */
+  int64_t *sp_marks; /* sp_marks[i]: touched.n when savepoint i began */
+  int64_t *sp_seq;   /* sp_seq[i]: cache_seq when savepoint i began */
   int n_sp, cap_sp;
   int64_t begin_seq;
 } table_txn;
@@ -94,7 +94,7 @@ typedef struct table_queue {
 } table_queue;
 
 struct cdbx_table {
-  sqlite3_vtab base;   /* vtab.c: the module's handle and the connection's list of tables */
+  sqlite3_vtab base; /* vtab.c: the module's handle and the connection's list of tables */
   sqlite3 *db;
   cdbx_conn *conn;
   struct cdbx_table *next_in_conn;
@@ -113,8 +113,8 @@ struct cdbx_table {
   char *index_type;
   int nlist, nprobe;
   int autotrain;
-  int image_paths;      /* CREATE option: image may name a file or URL (the table is direct-only) */
-  int64_t uid;          /* random id of this table (names its cold-start cache file) */
+  int image_paths; /* CREATE option: image may name a file or URL (the table is direct-only) */
+  int64_t uid;     /* random id of this table (names its cold-start cache file) */
 
   table_queue queue;
   table_cache cache;
@@ -139,11 +139,11 @@ typedef enum plan_kind { PLAN_SCAN = 0, PLAN_KNN = 1 } plan_kind;
 /* A query's parts, read from its plan at xFilter (NULL values: not constrained). */
 typedef struct query_parts {
   sqlite3_value *match, *k, *nprobe, *limit, *offset, *distance;
-  int distance_le;        /* the distance bound is <= (else <) */
-  sqlite3_str *where;     /* " AND ..." conditions on the stored columns (for T_rows) */
-  sqlite3_value **binds;  /* values for the ?s in where, in order */
+  int distance_le;       /* the distance bound is <= (else <) */
+  sqlite3_str *where;    /* " AND ..." conditions on the stored columns (for T_rows) */
+  sqlite3_value **binds; /* values for the ?s in where, in order */
   int n_binds, cap_binds;
-  unsigned char *owned;   /* owned[i]: binds[i] is a copy to free (IN list values) */
+  unsigned char *owned; /* owned[i]: binds[i] is a copy to free (IN list values) */
 } query_parts;
 
 /* xBestIndex: chooses the plan and writes it into info (idxNum, idxStr, costs). */
@@ -156,8 +156,7 @@ void cdbx_plan_parts_free(query_parts *q);
 /* ---- options.c ---- */
 /* Parses and checks the CREATE arguments into t (at CREATE also the model, dims and index
  * parameters; at connect those come from T_config) and declares the table to SQLite. */
-int cdbx_options_apply(cdbx_table *t, int argc, const char *const *argv, int create,
-                       char **errmsg);
+int cdbx_options_apply(cdbx_table *t, int argc, const char *const *argv, int create, char **errmsg);
 /* Why `name` cannot name this clip table (it is also one of its column names), or NULL. */
 char *cdbx_table_name_error(const cdbx_table *t, const char *name);
 
@@ -249,8 +248,7 @@ int cdbx_store_is_shadow_name(const char *suffix);
 /* Reads of T_rows: the rows a query's filters select (`where` is " AND ..." on the declared
  * column names; all stored columns, or rowids only), one row's stored columns (rowid bound to
  * ?1), the image and text a row was embedded from, the rows that have no vector. */
-int cdbx_store_prepare_rows(cdbx_table *t, int all_columns, const char *where,
-                            sqlite3_stmt **out);
+int cdbx_store_prepare_rows(cdbx_table *t, int all_columns, const char *where, sqlite3_stmt **out);
 int cdbx_store_prepare_row_lookup(cdbx_table *t, sqlite3_stmt **out);
 int cdbx_store_row_source(cdbx_table *t, int64_t rowid, sqlite3_value **image,
                           sqlite3_value **text);
@@ -267,8 +265,7 @@ int cdbx_store_note_precision(cdbx_table *t, const char *precision);
 int cdbx_store_read_precision(cdbx_table *t, char **precision);
 /* Vectors: one row's (*found = 0 when it has none; vec gets dims floats), or each in turn. */
 int cdbx_store_read_vector(cdbx_table *t, int64_t rowid, float *vec, int *found);
-typedef int (*cdbx_vector_fn)(cdbx_table *t, void *ctx, int64_t rowid, const float *v,
-                              int bytes);
+typedef int (*cdbx_vector_fn)(cdbx_table *t, void *ctx, int64_t rowid, const float *v, int bytes);
 int cdbx_store_scan_vectors(cdbx_table *t, const char *what, cdbx_vector_fn fn, void *ctx);
 /* The change log: append (op 1 = put, 2 = delete; *seq gets its seq), rows changed after a seq,
  * the last seq, the entries after a seq. */

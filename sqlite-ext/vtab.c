@@ -66,7 +66,8 @@ cdbx_table *cdbx_conn_find_table(cdbx_conn *conn, const char *schema, const char
 /* Whether schema holds a table or view named `name` (SQLite compares names case-insensitively). */
 static int schema_has(sqlite3 *db, const char *schema, const char *name) {
   char *sql = sqlite3_mprintf("SELECT 1 FROM \"%w\".sqlite_master WHERE type IN ('table', 'view') "
-                              "AND name = ?1 COLLATE NOCASE", schema);
+                              "AND name = ?1 COLLATE NOCASE",
+                              schema);
   sqlite3_stmt *st = NULL;
   int found = sql && sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK &&
               sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC) == SQLITE_OK &&
@@ -82,9 +83,10 @@ static int schema_has(sqlite3 *db, const char *schema, const char *name) {
  * *table points into name. Returns a sqlite3_malloc'd schema name, or NULL. */
 static char *resolve_schema(sqlite3 *db, const char *name, const char **table) {
   sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(db, "SELECT name FROM pragma_database_list "
-                             "ORDER BY CASE seq WHEN 1 THEN -1 ELSE seq END", -1, &st,
-                         NULL) != SQLITE_OK) {
+  if (sqlite3_prepare_v2(db,
+                         "SELECT name FROM pragma_database_list "
+                         "ORDER BY CASE seq WHEN 1 THEN -1 ELSE seq END",
+                         -1, &st, NULL) != SQLITE_OK) {
     return NULL;
   }
   char *found = NULL, *unqualified = NULL;
@@ -130,16 +132,12 @@ int cdbx_table_user_columns(const cdbx_table *t, const char *const **names) {
   return t->n_user;
 }
 
-const char *cdbx_table_schema(const cdbx_table *t) {
-  return t->schema;
-}
+const char *cdbx_table_schema(const cdbx_table *t) { return t->schema; }
 
-const char *cdbx_table_name(const cdbx_table *t) {
-  return t->name;
-}
+const char *cdbx_table_name(const cdbx_table *t) { return t->name; }
 
-static int init_table(sqlite3 *db, void *aux, int argc, const char *const *argv,
-                      sqlite3_vtab **out, char **errmsg, int create) {
+static int init_table(sqlite3 *db, void *aux, int argc, const char *const *argv, sqlite3_vtab **out,
+                      char **errmsg, int create) {
   cdbx_table *t = sqlite3_malloc(sizeof *t);
   if (!t) return SQLITE_NOMEM;
   memset(t, 0, sizeof *t);
@@ -148,8 +146,7 @@ static int init_table(sqlite3 *db, void *aux, int argc, const char *const *argv,
   t->schema = sqlite3_mprintf("%s", argv[1]);
   t->name = sqlite3_mprintf("%s", argv[2]);
   t->or_column = CDBX_NO_COLUMN;
-  int rc = t->schema && t->name ? cdbx_options_apply(t, argc, argv, create, errmsg)
-                                 : SQLITE_NOMEM;
+  int rc = t->schema && t->name ? cdbx_options_apply(t, argc, argv, create, errmsg) : SQLITE_NOMEM;
   if (rc == SQLITE_OK)
     rc = create ? cdbx_store_create(t, errmsg) : cdbx_store_read_config(t, errmsg);
   if (rc != SQLITE_OK) {
@@ -162,13 +159,13 @@ static int init_table(sqlite3 *db, void *aux, int argc, const char *const *argv,
   return SQLITE_OK;
 }
 
-static int x_create(sqlite3 *db, void *aux, int argc, const char *const *argv,
-                    sqlite3_vtab **out, char **errmsg) {
+static int x_create(sqlite3 *db, void *aux, int argc, const char *const *argv, sqlite3_vtab **out,
+                    char **errmsg) {
   return init_table(db, aux, argc, argv, out, errmsg, 1);
 }
 
-static int x_connect(sqlite3 *db, void *aux, int argc, const char *const *argv,
-                     sqlite3_vtab **out, char **errmsg) {
+static int x_connect(sqlite3 *db, void *aux, int argc, const char *const *argv, sqlite3_vtab **out,
+                     char **errmsg) {
   return init_table(db, aux, argc, argv, out, errmsg, 0);
 }
 
@@ -203,8 +200,8 @@ typedef struct cdbx_cursor {
   sqlite3_vtab_cursor base;
   int plan;
   int eof;
-  sqlite3_stmt *scan;   /* PLAN_SCAN: rowid, image, text, user columns */
-  int64_t *ids;         /* PLAN_KNN results, best first */
+  sqlite3_stmt *scan; /* PLAN_SCAN: rowid, image, text, user columns */
+  int64_t *ids;       /* PLAN_KNN results, best first */
   float *dist;
   int64_t n, pos;
   sqlite3_stmt *lookup; /* PLAN_KNN: image, text, user columns of one row */
@@ -218,8 +215,8 @@ typedef struct cdbx_cursor {
   float *query;
   id_list allowed;
   int filtered;
-  id_list seen;   /* progressive mode: ids returned by earlier rounds */
-  int64_t n_raw;  /* results of the last search before the distance cut */
+  id_list seen;  /* progressive mode: ids returned by earlier rounds */
+  int64_t n_raw; /* results of the last search before the distance cut */
 } cdbx_cursor;
 
 static int x_open(sqlite3_vtab *vt, sqlite3_vtab_cursor **out) {
@@ -270,8 +267,10 @@ static int prepare_rows(cdbx_table *t, query_parts *q, int all_columns, sqlite3_
 
 static int filter_scan(cdbx_table *t, cdbx_cursor *c, query_parts *q) {
   if (q->k || q->nprobe || q->distance) {
-    return cdbx_fail(t, "k, nprobe and distance apply to MATCH queries "
-                        "(WHERE %s MATCH :query)", t->name);
+    return cdbx_fail(t,
+                     "k, nprobe and distance apply to MATCH queries "
+                     "(WHERE %s MATCH :query)",
+                     t->name);
   }
   int rc = prepare_rows(t, q, 1, &c->scan);
   if (rc != SQLITE_OK) return rc;
@@ -279,8 +278,7 @@ static int filter_scan(cdbx_table *t, cdbx_cursor *c, query_parts *q) {
   rc = sqlite3_step(c->scan);
   if (rc == SQLITE_ROW) return SQLITE_OK;
   c->eof = 1;
-  return rc == SQLITE_DONE ? SQLITE_OK
-                           : cdbx_fail(t, "%s", sqlite3_errmsg(t->db));
+  return rc == SQLITE_DONE ? SQLITE_OK : cdbx_fail(t, "%s", sqlite3_errmsg(t->db));
 }
 
 static int is_blank(const char *s) {
@@ -310,21 +308,23 @@ static int query_vector(cdbx_table *t, sqlite3_value *v, float *out) {
     clip_model *m = cdbx_table_model(t);
     if (!m) {
       if (type == SQLITE_BLOB && !t->model_name) {
-        return cdbx_fail(t, "MATCH BLOB has %d bytes; an embedding of this "
-                            "table has %d", sqlite3_value_bytes(v), t->dims * 4);
+        return cdbx_fail(t,
+                         "MATCH BLOB has %d bytes; an embedding of this "
+                         "table has %d",
+                         sqlite3_value_bytes(v), t->dims * 4);
       }
       return SQLITE_ERROR;
     }
-    int rc = type == SQLITE_TEXT
-                 ? cdbx_embed_text(m, (const char *)sqlite3_value_text(v), sqlite3_value_bytes(v),
-                                   out, &err)
-                 : cdbx_embed_image_value(m, v, out, &err);
+    int rc = type == SQLITE_TEXT ? cdbx_embed_text(m, (const char *)sqlite3_value_text(v),
+                                                   sqlite3_value_bytes(v), out, &err)
+                                 : cdbx_embed_image_value(m, v, out, &err);
     if (rc == 0) return SQLITE_OK;
     if (type == SQLITE_BLOB) {
-      return cdbx_fail(t, "MATCH query: a BLOB of %d bytes is neither an "
-                          "embedding of this table (%d float32 values: %d bytes) nor a "
-                          "readable image (%s)", sqlite3_value_bytes(v), t->dims,
-                       t->dims * 4, err.msg);
+      return cdbx_fail(t,
+                       "MATCH query: a BLOB of %d bytes is neither an "
+                       "embedding of this table (%d float32 values: %d bytes) nor a "
+                       "readable image (%s)",
+                       sqlite3_value_bytes(v), t->dims, t->dims * 4, err.msg);
     }
   }
   return cdbx_fail(t, "MATCH query: %s", err.msg);
@@ -396,8 +396,8 @@ static int run_search(cdbx_table *t, cdbx_cursor *c, int k, double max_dist) {
     if (rc != SQLITE_OK) return rc;
     c->n = found;
   } else {
-    int rc = cdbx_cache_range_search(t, c->query, (float)(1.0 - max_dist), &opts, &c->ids,
-                                     &c->dist, &c->n);
+    int rc = cdbx_cache_range_search(t, c->query, (float)(1.0 - max_dist), &opts, &c->ids, &c->dist,
+                                     &c->n);
     if (rc != SQLITE_OK) return rc;
   }
   int64_t kept = 0;
@@ -493,9 +493,7 @@ static int x_next(sqlite3_vtab_cursor *cur) {
   return cdbx_fail(t, "%s", sqlite3_errmsg(t->db));
 }
 
-static int x_eof(sqlite3_vtab_cursor *cur) {
-  return ((cdbx_cursor *)cur)->eof;
-}
+static int x_eof(sqlite3_vtab_cursor *cur) { return ((cdbx_cursor *)cur)->eof; }
 
 static int64_t cursor_rowid(cdbx_cursor *c) {
   return c->plan == PLAN_KNN ? c->ids[c->pos] : sqlite3_column_int64(c->scan, 0);
@@ -557,8 +555,10 @@ static int x_column(sqlite3_vtab_cursor *cur, sqlite3_context *ctx, int col) {
 static int command_alone(cdbx_table *t, int argc, sqlite3_value **argv) {
   for (int i = 1; i < argc; i++) {
     if (i != 2 + COL_COMMAND(t) && sqlite3_value_type(argv[i]) != SQLITE_NULL) {
-      return cdbx_fail(t, "a command (INSERT INTO %s(%s) VALUES(...)) sets no "
-                          "other column; insert rows in a separate statement", t->name, t->name);
+      return cdbx_fail(t,
+                       "a command (INSERT INTO %s(%s) VALUES(...)) sets no "
+                       "other column; insert rows in a separate statement",
+                       t->name, t->name);
     }
   }
   return SQLITE_OK;
@@ -714,9 +714,7 @@ static int x_rename(sqlite3_vtab *vt, const char *to) {
   return SQLITE_OK;
 }
 
-static int x_shadow_name(const char *suffix) {
-  return cdbx_store_is_shadow_name(suffix);
-}
+static int x_shadow_name(const char *suffix) { return cdbx_store_is_shadow_name(suffix); }
 
 static const sqlite3_module clip_module = {
     .iVersion = 3,
@@ -744,6 +742,4 @@ static const sqlite3_module clip_module = {
     .xShadowName = x_shadow_name,
 };
 
-const sqlite3_module *cdbx_vtab_module(void) {
-  return &clip_module;
-}
+const sqlite3_module *cdbx_vtab_module(void) { return &clip_module; }

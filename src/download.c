@@ -68,7 +68,13 @@ typedef struct transfer {
   bool drew;
 } transfer;
 
-typedef enum { ATTEMPT_DONE, ATTEMPT_RETRY, ATTEMPT_RESTART, ATTEMPT_FAIL, ATTEMPT_NOT_FOUND } outcome;
+typedef enum {
+  ATTEMPT_DONE,
+  ATTEMPT_RETRY,
+  ATTEMPT_RESTART,
+  ATTEMPT_FAIL,
+  ATTEMPT_NOT_FOUND
+} outcome;
 
 static long long now_ns(void) {
   struct timespec ts;
@@ -179,8 +185,7 @@ static void draw_progress(transfer *t, long long now, long long total) {
   if (total > 0)
     fprintf(stderr, "\r  %-26.26s %3d%% %8.1f / %.1f MB", label, (int)(100.0 * now / total),
             now / mb, total / mb);
-  else
-    fprintf(stderr, "\r  %-26.26s %8.1f MB", label, now / mb);
+  else fprintf(stderr, "\r  %-26.26s %8.1f MB", label, now / mb);
   if (secs > 0.2) fprintf(stderr, "  %6.1f MB/s", (now - t->part_size) / mb / secs);
   fputs("\033[K", stderr);
   fflush(stderr);
@@ -211,10 +216,8 @@ static bool transient_curl_error(CURLcode rc) {
     case CURLE_GOT_NOTHING:
     case CURLE_SSL_CONNECT_ERROR:
     case CURLE_HTTP2:
-    case CURLE_HTTP2_STREAM:
-      return true;
-    default:
-      return false;
+    case CURLE_HTTP2_STREAM: return true;
+    default: return false;
   }
 }
 
@@ -292,8 +295,7 @@ static outcome classify(CURLcode rc, long status, const transfer *t, const char 
     const char *why = curl_msg[0] ? curl_msg : curl_easy_strerror(rc);
     if (rc == CURLE_OPERATION_TIMEDOUT)
       cdb_error_set(err, "download: %s: timed out (%s)", shown, why);
-    else
-      cdb_error_set(err, "download: %s: %s", shown, why);
+    else cdb_error_set(err, "download: %s: %s", shown, why);
     return transient_curl_error(rc) ? ATTEMPT_RETRY : ATTEMPT_FAIL;
   }
   if (status_has_body(status)) return ATTEMPT_DONE;
@@ -378,7 +380,8 @@ static int finish(const char *part, const char *dest, const transfer *t, const c
   const char *expected = t->linked_etag[0] ? t->linked_etag : t->first_etag;
   if (expected[0] && strcmp(expected, info->sha256) != 0) {
     unlink(part);
-    cdb_error_set(err, "download: %s: SHA-256 mismatch: the server announced %s, the download is %s",
+    cdb_error_set(err,
+                  "download: %s: SHA-256 mismatch: the server announced %s, the download is %s",
                   shown, expected, info->sha256);
     return 1;
   }

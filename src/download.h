@@ -38,11 +38,11 @@ typedef struct cdb_download_opts {
 cdb_download_opts cdb_download_default_opts(void);
 
 typedef struct cdb_download_info {
-  long long bytes;   /* size of DEST */
-  char sha256[65];   /* hex SHA-256 of DEST, always computed */
-  bool verified;     /* the server named a SHA-256 and it matched */
-  bool resumed;      /* an existing .part was continued */
-  int attempts;      /* attempts made */
+  long long bytes; /* size of DEST */
+  char sha256[65]; /* hex SHA-256 of DEST, always computed */
+  bool verified;   /* the server named a SHA-256 and it matched */
+  bool resumed;    /* an existing .part was continued */
+  int attempts;    /* attempts made */
 } cdb_download_info;
 
 enum { CDB_DOWNLOAD_NOT_FOUND = -2 };

@@ -71,8 +71,7 @@ void cdb_url_redact(const char *url, char *out, size_t cap) {
   const char *slash = scheme_end ? strchr(scheme_end + 3, '/') : NULL;
   if (at && (!slash || at < slash))
     snprintf(out, cap, "%.*s%s", (int)(scheme_end + 3 - url), url, at + 1);
-  else
-    snprintf(out, cap, "%s", url);
+  else snprintf(out, cap, "%s", url);
 }
 
 void *cdb_fetch(const char *url, const cdb_fetch_limits *limits, size_t *len_out, cdb_error *err) {

@@ -10,8 +10,8 @@
 #include "src/err.h"
 
 typedef struct cdb_fetch_limits {
-  size_t max_bytes;      /* refuse bodies larger than this */
-  long timeout_ms;       /* whole transfer */
+  size_t max_bytes; /* refuse bodies larger than this */
+  long timeout_ms;  /* whole transfer */
   long connect_timeout_ms;
   long max_redirects;
 } cdb_fetch_limits;

@@ -21,13 +21,13 @@ static struct {
   pthread_mutex_t busy; /* held by the caller that owns the pool for one job */
   pthread_mutex_t mu;
   pthread_cond_t work, done;
-  int n_threads;   /* desired split, workers = n_threads - 1 */
-  int n_started;   /* worker threads alive */
+  int n_threads; /* desired split, workers = n_threads - 1 */
+  int n_started; /* worker threads alive */
   unsigned long generation;
   cdb_pool_fn fn;
   void *ctx;
   int nth;
-  int next;        /* next task index to hand out */
+  int next;              /* next task index to hand out */
   unsigned long pending; /* tasks not yet finished */
 } pool = {.once = PTHREAD_ONCE_INIT,
           .busy = PTHREAD_MUTEX_INITIALIZER,

@@ -6,12 +6,12 @@
 #include <vips/vips.h>
 
 /* 4:3 frames from 1 MP (1152x864) to 12 MP (4000x3000). */
-static const int SIZES[][2] = {{1152, 864}, {2048, 1536}, {2592, 1944}, {3264, 2448},
-                               {4000, 3000}};
+static const int SIZES[][2] = {{1152, 864}, {2048, 1536}, {2592, 1944}, {3264, 2448}, {4000, 3000}};
 
 static int make_one(const char *dir, int i, unsigned seed) {
   int w = SIZES[(i + seed) % 5][0], h = SIZES[(i + seed) % 5][1];
-  VipsImage *base = vips_image_new(), **t = (VipsImage **)vips_object_local_array(VIPS_OBJECT(base), 8);
+  VipsImage *base = vips_image_new(),
+            **t = (VipsImage **)vips_object_local_array(VIPS_OBJECT(base), 8);
   double tint[3] = {40.0 + (i * 37) % 120, 60.0 + (i * 53) % 120, 50.0 + (i * 71) % 120};
   double one[3] = {1, 1, 1};
   /* a diagonal gradient, coloured per photo, plus Gaussian noise (so JPEG sizes are realistic) */

@@ -152,7 +152,8 @@ int main(int argc, char **argv) {
   clip_model *m2 = clip_model_load(dir, NULL, &err);
   int32_t first_ids[4096];
   double t1 = now();
-  if (!m2 || clip_tokenize(m2, short_q, strlen(short_q), first_ids, &err) < 0) die("tokenize", &err);
+  if (!m2 || clip_tokenize(m2, short_q, strlen(short_q), first_ids, &err) < 0)
+    die("tokenize", &err);
   double t_tok = now() - t1;
   clip_model_free(m2);
   printf("load %.1f ms, load + first text query %.1f ms (tokenizer load alone %.1f ms)\n",
@@ -178,7 +179,8 @@ int main(int argc, char **argv) {
   double t_long32 = text_latency(m32, long_q, reps * 2, &ntok_l);
   const char *both[2] = {short_q, long_q};
   float e16[2 * 4096], e32[2 * 4096];
-  if (clip_embed_texts(m, both, 2, e16, &err) != 0 || clip_embed_texts(m32, both, 2, e32, &err) != 0)
+  if (clip_embed_texts(m, both, 2, e16, &err) != 0 ||
+      clip_embed_texts(m32, both, 2, e32, &err) != 0)
     die("text", &err);
   if (saved) setenv("CLIPDB_WEIGHTS", saved, 1);
   else unsetenv("CLIPDB_WEIGHTS");
@@ -202,7 +204,8 @@ int main(int argc, char **argv) {
   int side = clip_model_image_size(m);
   size_t img = (size_t)3 * side * side;
   float *pixels = malloc(sizeof(float) * img * 32);
-  for (size_t i = 0; i < img * 32; i++) pixels[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
+  for (size_t i = 0; i < img * 32; i++)
+    pixels[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
   t0 = now();
   if (clip_embed_pixels(m, pixels, 1, out, &err) != 0) die("first image", &err);
   printf("first image (prepares the vision tower) %.1f ms; vision precision %s\n",

@@ -65,8 +65,8 @@ int main(int argc, char **argv) {
     printf("  run %d: %.1f ms (model load %.1f ms)\n", r + 1, ms[r], load);
   }
   qsort(ms, (size_t)runs, sizeof *ms, cmp_double);
-  printf("first text query: median %.1f ms, min %.1f, max %.1f over %d processes\n",
-         ms[runs / 2], ms[0], ms[runs - 1], runs);
+  printf("first text query: median %.1f ms, min %.1f, max %.1f over %d processes\n", ms[runs / 2],
+         ms[0], ms[runs - 1], runs);
   free(ms);
   return 0;
 }

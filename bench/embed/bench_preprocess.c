@@ -51,9 +51,10 @@ static void bench_tokenizer(const char *dir) {
   printf("tokenizer load (vocab.json + merges.txt): %.1f ms wall, %.1f ms CPU (best of 10)\n",
          best * 1e3, best_cpu * 1e3);
 
-  static const char *const queries[] = {
-      "a photo of a cat", "a small yellow star on a black background",
-      "Ünïcödé Straße, naïve café — “quoted”", "&amp; &lt;b&gt; html &quot;entities&quot;"};
+  static const char *const queries[] = {"a photo of a cat",
+                                        "a small yellow star on a black background",
+                                        "Ünïcödé Straße, naïve café — “quoted”",
+                                        "&amp; &lt;b&gt; html &quot;entities&quot;"};
   int32_t ids[77];
   for (size_t q = 0; q < sizeof queries / sizeof *queries; q++) {
     best = 1e9;
@@ -69,7 +70,8 @@ static void bench_tokenizer(const char *dir) {
   size_t len = 1 << 20;
   char *big = malloc(len);
   static const char *const fills[] = {"a photo of a red star ", "a", "\xc3\xa9&amp;\xe2\x80\x9c"};
-  static const char *const names[] = {"1 MB of words", "1 MB single word", "1 MB non-ASCII, no spaces"};
+  static const char *const names[] = {"1 MB of words", "1 MB single word",
+                                      "1 MB non-ASCII, no spaces"};
   for (int f = 0; f < 3; f++) {
     size_t fl = strlen(fills[f]), n = len - len % fl;
     for (size_t i = 0; i < n; i++) big[i] = fills[f][i % fl];
@@ -86,8 +88,12 @@ static void bench_tokenizer(const char *dir) {
   clip_tokenizer_free(tok);
 }
 
-static const clip_image_spec spec224 = {224, 224, 224, {0.48145466f, 0.4578275f, 0.40821073f},
-                                        {0.26862954f, 0.26130258f, 0.27577711f}, 100000000};
+static const clip_image_spec spec224 = {224,
+                                        224,
+                                        224,
+                                        {0.48145466f, 0.4578275f, 0.40821073f},
+                                        {0.26862954f, 0.26130258f, 0.27577711f},
+                                        100000000};
 
 static double time_buffer(const void *buf, size_t len, int reps) {
   float *out = malloc(sizeof(float) * 3 * 224 * 224);
@@ -111,7 +117,8 @@ static double time_full_decode(const void *buf, size_t len, int reps) {
   double best = 1e9;
   for (int i = 0; i < reps; i++) {
     double t = now();
-    VipsImage *in = vips_image_new_from_buffer(buf, len, "", "access", VIPS_ACCESS_SEQUENTIAL, NULL);
+    VipsImage *in = vips_image_new_from_buffer(buf, len, "", "access", VIPS_ACCESS_SEQUENTIAL,
+                                               NULL);
     VipsImage *small = NULL, *crop = NULL;
     double scale = 224.0 / (in->Xsize < in->Ysize ? in->Xsize : in->Ysize);
     if (!in || vips_resize(in, &small, scale, "kernel", VIPS_KERNEL_CUBIC, "gap", 0.0, NULL) ||
@@ -133,7 +140,8 @@ static double time_full_decode(const void *buf, size_t len, int reps) {
 }
 
 static void bench_images(void) {
-  VipsImage *src = vips_image_new_from_file("examples/shapes/000-orange-circle-on-purple.jpg", NULL);
+  VipsImage *src = vips_image_new_from_file("examples/shapes/000-orange-circle-on-purple.jpg",
+                                            NULL);
   VipsImage *big = NULL, *noise = NULL, *noisy = NULL;
   if (!src) {
     fprintf(stderr, "run from the repository root: %s\n", vips_error_buffer());
@@ -152,8 +160,9 @@ static void bench_images(void) {
   void *jpg;
   size_t jpg_len;
   if (vips_image_write_to_buffer(u8, ".jpg", &jpg, &jpg_len, "Q", 90, NULL)) exit(1);
-  printf("12 MP JPEG (4000x3000, %.1f MB) -> 224x224: shrink-on-load %.1f ms, full decode %.1f ms\n",
-         jpg_len / 1e6, time_buffer(jpg, jpg_len, 5) * 1e3, time_full_decode(jpg, jpg_len, 3) * 1e3);
+  printf(
+      "12 MP JPEG (4000x3000, %.1f MB) -> 224x224: shrink-on-load %.1f ms, full decode %.1f ms\n",
+      jpg_len / 1e6, time_buffer(jpg, jpg_len, 5) * 1e3, time_full_decode(jpg, jpg_len, 3) * 1e3);
   static const char *const files[] = {"tests/data/goldens/images/05_white_circle_on_black.jpg",
                                       "tests/data/goldens/images/04_red_square_on_blue.png",
                                       "examples/shapes/003-black-cross-on-white.webp"};

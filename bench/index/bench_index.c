@@ -33,10 +33,8 @@ static long rss_kb(void) {
   char line[256];
   long kb = -1;
   while (f && fgets(line, sizeof line, f))
-    if (sscanf(line, "VmRSS: %ld", &kb) == 1)
-      break;
-  if (f)
-    fclose(f);
+    if (sscanf(line, "VmRSS: %ld", &kb) == 1) break;
+  if (f) fclose(f);
   return kb;
 }
 
@@ -62,18 +60,15 @@ static int cold_child(const char *path, uint64_t gen, int d) {
   long rss0 = rss_kb();
   cdb_error err = {{0}};
   cdb_index *idx = cdb_index_open_file_mmap(path, gen, &err);
-  if (!idx)
-    die("open mmap", &err);
+  if (!idx) die("open mmap", &err);
   double t1 = now_ms();
   float *q = td_clustered(1, d, 1000, 1.0, 12345);
   int64_t ids[K];
   float sims[K];
   int found;
-  if (cdb_index_search(idx, q, K, NULL, ids, sims, &found, &err))
-    die("search", &err);
+  if (cdb_index_search(idx, q, K, NULL, ids, sims, &found, &err)) die("search", &err);
   double t2 = now_ms();
-  if (cdb_index_search(idx, q + 0, K, NULL, ids, sims, &found, &err))
-    die("search", &err);
+  if (cdb_index_search(idx, q + 0, K, NULL, ids, sims, &found, &err)) die("search", &err);
   double t3 = now_ms();
   printf("cold start: open %.1f ms, first query %.1f ms (open+query %.1f ms), second query "
          "%.2f ms, RSS growth %ld MB\n",
@@ -93,26 +88,16 @@ typedef struct cfg {
 static void parse(int argc, char **argv, cfg *c) {
   for (int i = 1; i + 1 < argc; i += 2) {
     const char *k = argv[i], *v = argv[i + 1];
-    if (!strcmp(k, "--n"))
-      c->n = atoll(v);
-    else if (!strcmp(k, "--d"))
-      c->d = atoi(v);
-    else if (!strcmp(k, "--centres"))
-      c->centres = atoi(v);
-    else if (!strcmp(k, "--noise"))
-      c->noise = atof(v);
-    else if (!strcmp(k, "--nq"))
-      c->nq = atoi(v);
-    else if (!strcmp(k, "--type"))
-      c->type = v;
-    else if (!strcmp(k, "--threads"))
-      c->threads = atoi(v);
-    else if (!strcmp(k, "--nlist"))
-      c->nlist = atoi(v);
-    else if (!strcmp(k, "--cold-only"))
-      c->cold_only = atoi(v);
-    else if (!strcmp(k, "--dir"))
-      c->dir = v;
+    if (!strcmp(k, "--n")) c->n = atoll(v);
+    else if (!strcmp(k, "--d")) c->d = atoi(v);
+    else if (!strcmp(k, "--centres")) c->centres = atoi(v);
+    else if (!strcmp(k, "--noise")) c->noise = atof(v);
+    else if (!strcmp(k, "--nq")) c->nq = atoi(v);
+    else if (!strcmp(k, "--type")) c->type = v;
+    else if (!strcmp(k, "--threads")) c->threads = atoi(v);
+    else if (!strcmp(k, "--nlist")) c->nlist = atoi(v);
+    else if (!strcmp(k, "--cold-only")) c->cold_only = atoi(v);
+    else if (!strcmp(k, "--dir")) c->dir = v;
     else {
       fprintf(stderr, "bench_index: unknown option %s\n", k);
       exit(2);
@@ -121,8 +106,7 @@ static void parse(int argc, char **argv, cfg *c) {
 }
 
 /* Exact top-K of every query on FAISS's IndexFlatIP, one query at a time (timed). */
-static void flat_truth(const cfg *c, const float *x, const float *qs, int64_t *truth,
-                       double *lat) {
+static void flat_truth(const cfg *c, const float *x, const float *qs, int64_t *truth, double *lat) {
   FaissIndexFlatIP *flat = NULL;
   if (faiss_IndexFlatIP_new_with(&flat, c->d) || faiss_Index_add((FaissIndex *)flat, c->n, x))
     die("flat index", NULL);
@@ -168,8 +152,7 @@ static void run_filtered(const cdb_index *idx, const cfg *c, const float *qs) {
   const char *names[3] = {"ids, 1%", "ids, 10%", "predicate, 1%"};
   for (int kind = 0; kind < 3; kind++) {
     int64_t step = kind == 1 ? 10 : 100, n_set = 0;
-    for (int64_t i = 0; i < c->n; i += step)
-      set[n_set++] = i;
+    for (int64_t i = 0; i < c->n; i += step) set[n_set++] = i;
     cdb_filter f = {kind < 2 ? set : NULL, kind < 2 ? n_set : 0,
                     kind == 2 ? allow_every_100th : NULL, NULL};
     cdb_search_opts opts = {0, &f};
@@ -186,8 +169,7 @@ static void run_filtered(const cdb_index *idx, const cfg *c, const float *qs) {
       short_results += found < K;
     }
     printf("  filter %-14s: p50 %7.3f ms  p99 %7.3f ms  queries with < k results: %d\n",
-           names[kind], percentile(lat, c->nq, 0.5), percentile(lat, c->nq, 0.99),
-           short_results);
+           names[kind], percentile(lat, c->nq, 0.5), percentile(lat, c->nq, 0.99), short_results);
   }
   free(set);
   free(lat);
@@ -198,8 +180,7 @@ static void cold_start(const cdb_index *idx, const cfg *c, const char *self) {
   snprintf(path, sizeof path, "%s/bench-index-%d.cdbivf", c->dir, (int)getpid());
   cdb_error err = {{0}};
   double t0 = now_ms();
-  if (cdb_index_save_file(idx, path, 42, &err))
-    die("save_file", &err);
+  if (cdb_index_save_file(idx, path, 42, &err)) die("save_file", &err);
   printf("cache file written in %.0f ms\n", now_ms() - t0);
   char gen[32], dim[32];
   snprintf(gen, sizeof gen, "42");
@@ -220,8 +201,7 @@ int main(int argc, char **argv) {
     return cold_child(argv[2], strtoull(argv[3], NULL, 10), atoi(argv[4]));
   cfg c = {100000, 512, 1000, 200, 0, 0, 0, 1.0, "auto", "/tmp"};
   parse(argc, argv, &c);
-  if (c.threads > 0)
-    cdb_index_set_threads(c.threads);
+  if (c.threads > 0) cdb_index_set_threads(c.threads);
   printf("index bench: n=%lld d=%d centres=%d noise=%.2f queries=%d type=%s threads=%d\n",
          (long long)c.n, c.d, c.centres, c.noise, c.nq, c.type, c.threads);
   double t0 = now_ms();
@@ -235,18 +215,14 @@ int main(int argc, char **argv) {
   p.type = c.type;
   p.nlist = c.nlist;
   cdb_index *idx = cdb_index_new(c.d, &p, &err);
-  if (!idx)
-    die("new", &err);
+  if (!idx) die("new", &err);
   int64_t *ids = malloc((size_t)c.n * sizeof *ids);
-  for (int64_t i = 0; i < c.n; i++)
-    ids[i] = i;
+  for (int64_t i = 0; i < c.n; i++) ids[i] = i;
   t0 = now_ms();
-  if (cdb_index_add(idx, c.n, ids, all, &err))
-    die("add", &err);
+  if (cdb_index_add(idx, c.n, ids, all, &err)) die("add", &err);
   double t_add = now_ms() - t0;
   t0 = now_ms();
-  if (cdb_index_needs_training(idx) && cdb_index_train(idx, &err))
-    die("train", &err);
+  if (cdb_index_needs_training(idx) && cdb_index_train(idx, &err)) die("train", &err);
   double t_train = now_ms() - t0;
   cdb_index_info info;
   cdb_index_get_info(idx, &info);
@@ -257,8 +233,7 @@ int main(int argc, char **argv) {
   /* add throughput into the trained index: re-add (replace) the first 10k vectors */
   int64_t n_re = c.n < 10000 ? c.n : 10000;
   t0 = now_ms();
-  if (cdb_index_add(idx, n_re, ids, all, &err))
-    die("re-add", &err);
+  if (cdb_index_add(idx, n_re, ids, all, &err)) die("re-add", &err);
   double t_re = now_ms() - t0;
   printf("add into trained index (replacing %lld ids): %.0f vectors/s\n", (long long)n_re,
          n_re / (t_re / 1e3));

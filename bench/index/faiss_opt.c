@@ -1,6 +1,6 @@
 /* faiss_opt.c: times the FAISS kernels clipdb relies on (exact IndexFlatIP search, IVF,Flat
- * search, IVF training = k-means through BLAS), to compare the libfaiss this build links (meson option
- * faiss_lib: the system one or one built with FAISS_OPT_LEVEL=avx2). See bench/README.md. */
+ * search, IVF training = k-means through BLAS), to compare the libfaiss this build links (meson
+ * option faiss_lib: the system one or one built with FAISS_OPT_LEVEL=avx2). See bench/README.md. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,8 +75,8 @@ static void bench_ivf(const bench_args *a, const float *db, const float *queries
   check(faiss_Index_add(ivf, a->n, db), "add");
   double add_s = (now_ms() - t0) / 1e3;
   faiss_IndexIVF_set_nprobe(faiss_IndexIVF_cast(ivf), (size_t)a->nprobe);
-  printf("ivf        %s train %.2f s, add %.2f s, nprobe %ld p50 %.3f ms\n", key, train_s,
-         add_s, a->nprobe, single_query_p50(ivf, queries, a->nq, a->d));
+  printf("ivf        %s train %.2f s, add %.2f s, nprobe %ld p50 %.3f ms\n", key, train_s, add_s,
+         a->nprobe, single_query_p50(ivf, queries, a->nq, a->d));
   faiss_Index_free(ivf);
 }
 
@@ -91,8 +91,14 @@ static long arg_long(const char *name, const char *value) {
 }
 
 int main(int argc, char **argv) {
-  bench_args a = {.n = 100000, .nq = 100, .train_n = 0, .nlist = 1024, .nprobe = 48,
-                  .centres = 1000, .d = 512, .noise = 1.5};
+  bench_args a = {.n = 100000,
+                  .nq = 100,
+                  .train_n = 0,
+                  .nlist = 1024,
+                  .nprobe = 48,
+                  .centres = 1000,
+                  .d = 512,
+                  .noise = 1.5};
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--n")) a.n = arg_long(argv[i], argv[i + 1]);
     else if (!strcmp(argv[i], "--nq")) a.nq = arg_long(argv[i], argv[i + 1]);

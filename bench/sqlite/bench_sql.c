@@ -7,8 +7,9 @@
  * both. Also times a filtered query and cold opens (first query on a new connection).
  *
  * usage: bench_sqlite [rows=100000] [dims=512] [queries=200] [db=/tmp/clipdb-bench.db] [insert]
- * (a fifth argument "insert" stops after the inserts, for profiling them; BENCH_INDEX='IVF1024,Flat'
- * in the environment gives the table that index instead of index=auto) */
+ * (a fifth argument "insert" stops after the inserts, for profiling them;
+ * BENCH_INDEX='IVF1024,Flat' in the environment gives the table that index instead of index=auto)
+ */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -128,8 +129,8 @@ static void report(const char *what, double *lat, int nq, double rec) {
   qsort(lat, (size_t)nq, sizeof *lat, cmp_double);
   double sum = 0;
   for (int i = 0; i < nq; i++) sum += lat[i];
-  printf("%-28s mean %7.3f ms  p50 %7.3f ms  p95 %7.3f ms  recall@10 %.3f\n", what,
-         sum / nq * 1e3, lat[nq / 2] * 1e3, lat[nq * 95 / 100] * 1e3, rec);
+  printf("%-28s mean %7.3f ms  p50 %7.3f ms  p95 %7.3f ms  recall@10 %.3f\n", what, sum / nq * 1e3,
+         lat[nq / 2] * 1e3, lat[nq * 95 / 100] * 1e3, rec);
 }
 
 int main(int argc, char **argv) {
@@ -173,7 +174,8 @@ int main(int argc, char **argv) {
   check(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), db, "commit");
   double t2 = now();
   printf("insert: %.0f rows/s (inserts %.2f s), commit incl. training + snapshot %.2f s, "
-         "overall %.0f rows/s\n", n / (t1 - t0), t1 - t0, t2 - t1, n / (t2 - t0));
+         "overall %.0f rows/s\n",
+         n / (t1 - t0), t1 - t0, t2 - t1, n / (t2 - t0));
 
   int64_t *truth = malloc(sizeof(int64_t) * 10 * (size_t)nq);
   for (int i = 0; i < nq; i++) exact_top10(x, n, d, q + (size_t)i * d, truth + 10 * i);
@@ -206,8 +208,9 @@ int main(int argc, char **argv) {
 
   /* SQL and FAISS alternate query by query, so load on a shared machine hits both alike. */
   sqlite3_stmt *knn = NULL;
-  check(sqlite3_prepare_v2(db, "SELECT rowid, distance FROM t WHERE t MATCH ? AND k = 10", -1,
-                           &knn, NULL), db, "prepare knn");
+  check(sqlite3_prepare_v2(db, "SELECT rowid, distance FROM t WHERE t MATCH ? AND k = 10", -1, &knn,
+                           NULL),
+        db, "prepare knn");
   double *lat = malloc(sizeof(double) * (size_t)nq), *flat_ = malloc(sizeof(double) * (size_t)nq);
   double *ratio = malloc(sizeof(double) * (size_t)nq);
   double rec = 0, frec = 0;
@@ -246,8 +249,9 @@ int main(int argc, char **argv) {
             "create index");
     }
     sqlite3_stmt *fk = NULL;
-    check(sqlite3_prepare_v2(db, "SELECT rowid FROM t WHERE t MATCH ? AND k = 10 AND tag = 3",
-                             -1, &fk, NULL), db, "prepare filtered");
+    check(sqlite3_prepare_v2(db, "SELECT rowid FROM t WHERE t MATCH ? AND k = 10 AND tag = 3", -1,
+                             &fk, NULL),
+          db, "prepare filtered");
     for (int i = 0; i < nq; i++) {
       double s = now();
       sqlite3_bind_blob(fk, 1, q + (size_t)i * d, d * 4, SQLITE_STATIC);
@@ -266,8 +270,8 @@ int main(int argc, char **argv) {
   for (int pass = 0; pass < 2; pass++) {
     double c0 = now();
     db = open_db(path);
-    check(sqlite3_prepare_v2(db, "SELECT rowid FROM t WHERE t MATCH ? AND k = 10", -1, &knn,
-                             NULL), db, "prepare");
+    check(sqlite3_prepare_v2(db, "SELECT rowid FROM t WHERE t MATCH ? AND k = 10", -1, &knn, NULL),
+          db, "prepare");
     sqlite3_bind_blob(knn, 1, q, d * 4, SQLITE_STATIC);
     while (sqlite3_step(knn) == SQLITE_ROW) {
     }

@@ -39,7 +39,8 @@ static inline TARGET __m256 exp256(__m256 x) {
   /* n in [-126, 128): split 2^n = 2^(n/2) * 2^(n - n/2) so both halves are normal floats. */
   __m256i ni = _mm256_cvtps_epi32(n);
   __m256i h = _mm256_srai_epi32(ni, 1);
-  __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h, _mm256_set1_epi32(127)), 23));
+  __m256 s1 = _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_add_epi32(h, _mm256_set1_epi32(127)), 23));
   __m256 s2 = _mm256_castsi256_ps(
       _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), _mm256_set1_epi32(127)), 23));
   return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
@@ -52,7 +53,8 @@ static TARGET float dot256(const float *a, const float *b, int n) {
     s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
     s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
   }
-  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+  for (; i + 8 <= n; i += 8)
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
   float s = hsum256(_mm256_add_ps(s0, s1));
   for (; i < n; i++) s += a[i] * b[i];
   return s;
@@ -92,7 +94,8 @@ static TARGET void layernorm256(const float *x, const float *gamma, const float 
   __m256 vr = _mm256_set1_ps(rstd);
   for (i = 0; i + 8 <= n; i += 8) {
     __m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm), vr);
-    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(d, _mm256_loadu_ps(gamma + i), _mm256_loadu_ps(beta + i)));
+    _mm256_storeu_ps(y + i,
+                     _mm256_fmadd_ps(d, _mm256_loadu_ps(gamma + i), _mm256_loadu_ps(beta + i)));
   }
   for (; i < n; i++) y[i] = (x[i] - mean) * rstd * gamma[i] + beta[i];
 }
@@ -112,7 +115,8 @@ static TARGET void softmax256(float *x, int n) {
   float sum = hsum256(s);
   for (; i < n; i++) sum += (x[i] = expf(x[i] - max));
   __m256 inv = _mm256_set1_ps(1.0f / sum);
-  for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
+  for (i = 0; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
   for (; i < n; i++) x[i] *= 1.0f / sum;
 }
 
@@ -130,7 +134,8 @@ static TARGET void quick_gelu256(float *x, int n) {
 static inline TARGET __m256 erf256(__m256 x) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
   __m256 a = _mm256_andnot_ps(sign, x);
-  __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(a, _mm256_set1_ps(0.3275911f), _mm256_set1_ps(1.0f)));
+  __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f),
+                           _mm256_fmadd_ps(a, _mm256_set1_ps(0.3275911f), _mm256_set1_ps(1.0f)));
   __m256 p = _mm256_set1_ps(1.061405429f);
   p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.453152027f));
   p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.421413741f));
@@ -148,7 +153,8 @@ static TARGET void gelu256(float *x, int n) {
   int i = 0;
   for (; i + 8 <= n; i += 8) {
     __m256 v = _mm256_loadu_ps(x + i);
-    __m256 r = _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, erf256(_mm256_mul_ps(v, rs2))));
+    __m256 r = _mm256_mul_ps(_mm256_mul_ps(half, v),
+                             _mm256_add_ps(one, erf256(_mm256_mul_ps(v, rs2))));
     _mm256_storeu_ps(x + i, r);
   }
   for (; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
@@ -219,8 +225,8 @@ static inline TARGET void block2x4(int K, const float *A, int lda, const float *
 
 #define GEMM_ROW_CHUNK 64
 
-static TARGET void gemm_nt256(int M, int N, int K, const float *A, int lda, const float *W,
-                              int ldw, float *C, int ldc, int accumulate) {
+static TARGET void gemm_nt256(int M, int N, int K, const float *A, int lda, const float *W, int ldw,
+                              float *C, int ldc, int accumulate) {
   for (int m0 = 0; m0 < M; m0 += GEMM_ROW_CHUNK) {
     int m1 = m0 + GEMM_ROW_CHUNK < M ? m0 + GEMM_ROW_CHUNK : M;
     for (int n = 0; n < N; n += 4) {
@@ -283,8 +289,7 @@ static inline __attribute__((always_inline)) TARGET int pack_panel_any(const flo
         if (f16)
           _mm_storeu_si128((__m128i *)((uint16_t *)dst + at),
                            _mm256_cvtps_ph(r[k], _MM_FROUND_TO_NEAREST_INT));
-        else
-          _mm256_storeu_ps((float *)dst + at, r[k]);
+        else _mm256_storeu_ps((float *)dst + at, r[k]);
       }
     }
   return (bad != 0) | clip_pack_panel_tail(W, K, k0, dst, f16);
@@ -305,8 +310,8 @@ static inline TARGET __m256i lanes256(int n) {
 
 /* C = A B for small row-major B (attention): 4 rows x 24 columns of C in 12 registers, B rows
  * loaded once per 4 rows of A. */
-static TARGET void gemm_nn256(int M, int N, int K, const float *A, int lda, const float *B,
-                              int ldb, float *C, int ldc) {
+static TARGET void gemm_nn256(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                              float *C, int ldc) {
   for (int n0 = 0; n0 < N; n0 += 24) {
     __m256i mk[3];
     for (int v = 0; v < 3; v++) mk[v] = lanes256(N - n0 - 8 * v);
@@ -337,8 +342,8 @@ static TARGET void gemm_nn256(int M, int N, int K, const float *A, int lda, cons
  * from an L1-sized slice of the panel; the same loops as avx512.c, sized for 16 registers and
  * 32 KB of L1 data cache. ---- */
 #define MR 6
-#define KC 128     /* K slice: a whole panel's slice is 16 KB of float32 */
-#define KSLAB 768  /* K slab of packed rows kept in L2 */
+#define KC 128    /* K slice: a whole panel's slice is 16 KB of float32 */
+#define KSLAB 768 /* K slab of packed rows kept in L2 */
 #define PF_DIST 1024
 
 /* rows of A (the rest zero) as [K][mr], for broadcasts from one stream: blocks of 8 steps of k
@@ -432,7 +437,7 @@ static inline __attribute__((always_inline)) TARGET void gemm_packed_any(
           if (f16) {
             for (int k = 0; k < kc * CLIP_PANEL; k += 8)
               _mm256_store_ps(wide + k, _mm256_cvtph_ps(_mm_loadu_si128(
-                                           (const __m128i *)((const uint16_t *)slice + k))));
+                                            (const __m128i *)((const uint16_t *)slice + k))));
             B = wide;
           }
           uint64_t pf_step = clip_prefetch_step(esize, nt);
@@ -443,8 +448,7 @@ static inline __attribute__((always_inline)) TARGET void gemm_packed_any(
             tile_plan plan = {slice, next, (uint64_t)t * kc * pf_step, pf_step};
             if (t == 0 && !f16)
               tile_x16(kc, At, B, mr, Ct, out->ldc, rows, mask[0], mask[1], acc, &plan, 1, 1);
-            else
-              tile_x16(kc, At, B, mr, Ct, out->ldc, rows, mask[0], mask[1], acc, &plan, 0, 1);
+            else tile_x16(kc, At, B, mr, Ct, out->ldc, rows, mask[0], mask[1], acc, &plan, 0, 1);
             if (cols > 16) /* the second half: the first one did the prefetching */
               tile_x16(kc, At, B + 16, mr, Ct + 16, out->ldc, rows, mask[2], mask[3], acc, &plan, 0,
                        0);
@@ -469,10 +473,10 @@ static int choose_mr(int M) {
   return clip_tile_rows(M, heights, 3);
 }
 
-#define DISPATCH_MR(f16)                                                                   \
-  switch (choose_mr(M)) {                                                                  \
-    case 4: gemm_packed_any(M, N, K, A, lda, Wp, f16, 4, p0, p1, out, scratch); break; \
-    case 5: gemm_packed_any(M, N, K, A, lda, Wp, f16, 5, p0, p1, out, scratch); break; \
+#define DISPATCH_MR(f16)                                                                 \
+  switch (choose_mr(M)) {                                                                \
+    case 4: gemm_packed_any(M, N, K, A, lda, Wp, f16, 4, p0, p1, out, scratch); break;   \
+    case 5: gemm_packed_any(M, N, K, A, lda, Wp, f16, 5, p0, p1, out, scratch); break;   \
     default: gemm_packed_any(M, N, K, A, lda, Wp, f16, MR, p0, p1, out, scratch); break; \
   }
 
@@ -482,8 +486,8 @@ static TARGET void gemm_packed256(int M, int N, int K, const float *A, int lda, 
 }
 
 static TARGET void gemm_packed_f16_256(int M, int N, int K, const float *A, int lda,
-                                       const uint16_t *Wp, int p0, int p1,
-                                       const clip_gemm_out *out, float *scratch) {
+                                       const uint16_t *Wp, int p0, int p1, const clip_gemm_out *out,
+                                       float *scratch) {
   DISPATCH_MR(1)
 }
 

@@ -48,7 +48,8 @@ static TARGET void axpy512(float a, const float *x, float *y, int n) {
   __m512 va = _mm512_set1_ps(a);
   for (int i = 0; i < n; i += 16) {
     __mmask16 k = tail_mask(n - i);
-    __m512 r = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(k, x + i), _mm512_maskz_loadu_ps(k, y + i));
+    __m512 r = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(k, x + i),
+                               _mm512_maskz_loadu_ps(k, y + i));
     _mm512_mask_storeu_ps(y + i, k, r);
   }
 }
@@ -64,7 +65,8 @@ static TARGET void add512(float *y, const float *x, int n) {
 static TARGET void layernorm512(const float *x, const float *gamma, const float *beta, float *y,
                                 int n, float eps) {
   __m512 s = _mm512_setzero_ps();
-  for (int i = 0; i < n; i += 16) s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(tail_mask(n - i), x + i));
+  for (int i = 0; i < n; i += 16)
+    s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(tail_mask(n - i), x + i));
   __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(s) / (float)n);
   __m512 v = _mm512_setzero_ps();
   for (int i = 0; i < n; i += 16) {
@@ -76,14 +78,16 @@ static TARGET void layernorm512(const float *x, const float *gamma, const float 
   for (int i = 0; i < n; i += 16) {
     __mmask16 k = tail_mask(n - i);
     __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), mean), rstd);
-    __m512 r = _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(k, gamma + i), _mm512_maskz_loadu_ps(k, beta + i));
+    __m512 r = _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(k, gamma + i),
+                               _mm512_maskz_loadu_ps(k, beta + i));
     _mm512_mask_storeu_ps(y + i, k, r);
   }
 }
 
 static TARGET void softmax512(float *x, int n) {
   __m512 m = _mm512_set1_ps(-INFINITY);
-  for (int i = 0; i < n; i += 16) m = _mm512_mask_max_ps(m, tail_mask(n - i), m, _mm512_maskz_loadu_ps(tail_mask(n - i), x + i));
+  for (int i = 0; i < n; i += 16)
+    m = _mm512_mask_max_ps(m, tail_mask(n - i), m, _mm512_maskz_loadu_ps(tail_mask(n - i), x + i));
   __m512 max = _mm512_set1_ps(_mm512_reduce_max_ps(m));
   __m512 s = _mm512_setzero_ps();
   for (int i = 0; i < n; i += 16) {
@@ -113,7 +117,8 @@ static TARGET void quick_gelu512(float *x, int n) {
 /* erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7), odd symmetry for x < 0. */
 static inline TARGET __m512 erf512(__m512 x) {
   __m512 a = _mm512_abs_ps(x);
-  __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(a, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f)));
+  __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f),
+                           _mm512_fmadd_ps(a, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f)));
   __m512 p = _mm512_set1_ps(1.061405429f);
   p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453152027f));
   p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421413741f));
@@ -132,7 +137,8 @@ static TARGET void gelu512(float *x, int n) {
   for (int i = 0; i < n; i += 16) {
     __mmask16 k = tail_mask(n - i);
     __m512 v = _mm512_maskz_loadu_ps(k, x + i);
-    __m512 r = _mm512_mul_ps(_mm512_mul_ps(half, v), _mm512_add_ps(one, erf512(_mm512_mul_ps(v, rs2))));
+    __m512 r = _mm512_mul_ps(_mm512_mul_ps(half, v),
+                             _mm512_add_ps(one, erf512(_mm512_mul_ps(v, rs2))));
     _mm512_mask_storeu_ps(x + i, k, r);
   }
 }
@@ -182,7 +188,8 @@ static inline TARGET void transpose16(__m512 r[16]) {
     u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
   }
   for (int e = 0; e < 4; e++) {
-    __m512 x0 = _mm512_shuffle_f32x4(u[e], u[4 + e], 0x44), x1 = _mm512_shuffle_f32x4(u[e], u[4 + e], 0xEE);
+    __m512 x0 = _mm512_shuffle_f32x4(u[e], u[4 + e], 0x44),
+           x1 = _mm512_shuffle_f32x4(u[e], u[4 + e], 0xEE);
     __m512 y0 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0x44);
     __m512 y1 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0xEE);
     r[e] = _mm512_shuffle_f32x4(x0, y0, 0x88);
@@ -196,7 +203,7 @@ static inline TARGET void transpose16(__m512 r[16]) {
  * scalar loop. With f16 the rows are rounded to half floats; returns 1 when one overflowed (or
  * was NaN). */
 static inline __attribute__((always_inline)) TARGET int pack_panel_any(const float *W, int K,
-                                                                        void *dst, int f16) {
+                                                                       void *dst, int f16) {
   __mmask16 bad = 0;
   const __m512 half_limit = _mm512_set1_ps(65520.0f); /* rounds to infinity from here on */
   int k0 = 0;
@@ -213,14 +220,15 @@ static inline __attribute__((always_inline)) TARGET int pack_panel_any(const flo
         if (f16)
           _mm256_storeu_si256((__m256i *)((uint16_t *)dst + at),
                               _mm512_cvtps_ph(r[k], _MM_FROUND_TO_NEAREST_INT));
-        else
-          _mm512_storeu_ps((float *)dst + at, r[k]);
+        else _mm512_storeu_ps((float *)dst + at, r[k]);
       }
     }
   return (bad != 0) | clip_pack_panel_tail(W, K, k0, dst, f16);
 }
 
-static TARGET void pack_panel512(const float *W, int K, float *dst) { pack_panel_any(W, K, dst, 0); }
+static TARGET void pack_panel512(const float *W, int K, float *dst) {
+  pack_panel_any(W, K, dst, 0);
+}
 
 static TARGET int pack_panel_f16_512(const float *W, int K, uint16_t *dst) {
   return pack_panel_any(W, K, dst, 1);
@@ -252,8 +260,8 @@ static inline TARGET void block4x4(int K, const float *A, int lda, const float *
 /* Rows of A stay hot in L2 while 4 weight rows at a time stream past them. */
 #define GEMM_ROW_CHUNK 64
 
-static TARGET void gemm_nt512(int M, int N, int K, const float *A, int lda, const float *W,
-                              int ldw, float *C, int ldc, int accumulate) {
+static TARGET void gemm_nt512(int M, int N, int K, const float *A, int lda, const float *W, int ldw,
+                              float *C, int ldc, int accumulate) {
   for (int m0 = 0; m0 < M; m0 += GEMM_ROW_CHUNK) {
     int m1 = m0 + GEMM_ROW_CHUNK < M ? m0 + GEMM_ROW_CHUNK : M;
     for (int n = 0; n < N; n += 4) {
@@ -282,8 +290,8 @@ static TARGET void gemm_nt512(int M, int N, int K, const float *A, int lda, cons
 
 /* C = A B for small row-major B: 4 rows x 64 columns of C in 16 registers, B rows loaded once
  * per 4 rows of A. */
-static TARGET void gemm_nn512(int M, int N, int K, const float *A, int lda, const float *B,
-                              int ldb, float *C, int ldc) {
+static TARGET void gemm_nn512(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                              float *C, int ldc) {
   for (int n0 = 0; n0 < N; n0 += 64) {
     __mmask16 mk[4];
     for (int v = 0; v < 4; v++) mk[v] = tail_mask(N - n0 - 16 * v);
@@ -336,8 +344,8 @@ static TARGET void pack_rows(const float *A, int lda, int rows, int K, int mr, f
     __mmask16 kmask = tail_mask(K - k0);
     __m512 r[16];
     for (int i = 0; i < 16; i++)
-      r[i] =
-          i < rows ? _mm512_maskz_loadu_ps(kmask, A + (size_t)i * lda + k0) : _mm512_setzero_ps();
+      r[i] = i < rows ? _mm512_maskz_loadu_ps(kmask, A + (size_t)i * lda + k0)
+                      : _mm512_setzero_ps();
     transpose16(r);
     int kn = K - k0 < 16 ? K - k0 : 16;
     for (int k = 0; k < kn; k++) _mm512_mask_storeu_ps(dst + (size_t)(k0 + k) * mr, lanes, r[k]);
@@ -356,19 +364,20 @@ static inline TARGET __m512 activate512(__m512 v, clip_epi_act act) {
   if (act == CLIP_EPI_GELU)
     return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v),
                          _mm512_add_ps(_mm512_set1_ps(1.0f),
-                                       erf512(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f)))));
+                                       erf512(_mm512_mul_ps(v, _mm512_set1_ps(
+                                                                   0.70710678118654752f)))));
   return v;
 }
 
 /* How one call of tile_x32 streams and finishes: which weight bytes to prefetch, and the bias
  * (already at the tile's first column) and activation of the last K slice. */
 typedef struct tile_plan {
-  const char *b_stream; /* this slice, when not yet in L1 (the first row tile; pf_stream) */
-  const char *l2_next;  /* the slice after this one, fetched into L2 meanwhile (pf_next) */
+  const char *b_stream;    /* this slice, when not yet in L1 (the first row tile; pf_stream) */
+  const char *l2_next;     /* the slice after this one, fetched into L2 meanwhile (pf_next) */
   uint64_t pf_at, pf_step; /* this tile's share of it: byte offset and bytes per k, 16.16 */
-  int pf_two;           /* more than a line per k (one tile, float32): two prefetches */
-  const float *bias;    /* NULL: none, or not the last slice */
-  clip_epi_act act;     /* CLIP_EPI_NONE unless the last slice */
+  int pf_two;              /* more than a line per k (one tile, float32): two prefetches */
+  const float *bias;       /* NULL: none, or not the last slice */
+  clip_epi_act act;        /* CLIP_EPI_NONE unless the last slice */
 } tile_plan;
 
 /* One mr x 32 tile over kc steps of k; weights F32 or F16. With keep_wide the widened half
@@ -483,7 +492,10 @@ static inline __attribute__((always_inline)) TARGET void gemm_packed_any(
             float *Ct = out->C + (size_t)(m0 + t * mr) * out->ldc + p * CLIP_PANEL;
             int rows = mc - t * mr < mr ? mc - t * mr : mr, acc = out->accumulate || k0 > 0;
             /* After the last slice there is nothing to fetch: re-touching this one is harmless. */
-            tile_plan plan = {slice, next ? next : slice, (uint64_t)t * kc * pf_step, pf_step,
+            tile_plan plan = {slice,
+                              next ? next : slice,
+                              (uint64_t)t * kc * pf_step,
+                              pf_step,
                               !f16 && nt == 1,
                               last && out->bias ? out->bias + p * CLIP_PANEL : NULL,
                               last ? out->act : CLIP_EPI_NONE};
@@ -516,8 +528,8 @@ static int choose_mr(int M) {
 }
 
 /* One copy of the loops per tile height and weight type (constants after inlining). */
-#define DISPATCH_MR(f16)                                                                     \
-  switch (choose_mr(M)) {                                                                    \
+#define DISPATCH_MR(f16)                                                                 \
+  switch (choose_mr(M)) {                                                                \
     case 4: gemm_packed_any(M, N, K, A, lda, Wp, f16, 4, p0, p1, out, scratch); break;   \
     case 7: gemm_packed_any(M, N, K, A, lda, Wp, f16, 7, p0, p1, out, scratch); break;   \
     case 10: gemm_packed_any(M, N, K, A, lda, Wp, f16, 10, p0, p1, out, scratch); break; \
@@ -531,8 +543,8 @@ static TARGET void gemm_packed512(int M, int N, int K, const float *A, int lda, 
 }
 
 static TARGET void gemm_packed_f16_512(int M, int N, int K, const float *A, int lda,
-                                       const uint16_t *Wp, int p0, int p1,
-                                       const clip_gemm_out *out, float *scratch) {
+                                       const uint16_t *Wp, int p0, int p1, const clip_gemm_out *out,
+                                       float *scratch) {
   DISPATCH_MR(1)
 }
 

@@ -114,8 +114,8 @@ static void gemm_nt_c(int M, int N, int K, const float *A, int lda, const float 
     }
 }
 
-void clip_gemm_nn_c(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
-                    float *C, int ldc) {
+void clip_gemm_nn_c(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C,
+                    int ldc) {
   for (int m = 0; m < M; m++) {
     float *c = C + (size_t)m * ldc;
     for (int n = 0; n < N; n++) c[n] = 0.0f;

@@ -33,8 +33,9 @@ int clip_isa_supported(clip_isa isa) { return isa == CLIP_ISA_GENERIC; }
 
 const clip_kernels *clip_kernels_for(clip_isa isa) {
   if (!clip_isa_supported(isa)) return NULL;
-  static const clip_kernels *const tables[CLIP_ISA_COUNT] = {
-      &clip_kernels_generic, &clip_kernels_avx2, &clip_kernels_avx512};
+  static const clip_kernels *const tables[CLIP_ISA_COUNT] = {&clip_kernels_generic,
+                                                             &clip_kernels_avx2,
+                                                             &clip_kernels_avx512};
   return tables[isa];
 }
 

@@ -47,26 +47,26 @@ typedef struct clip_kernels {
   void (*axpy)(float a, const float *x, float *y, int n); /* y += a * x */
   void (*layernorm)(const float *x, const float *gamma, const float *beta, float *y, int n,
                     float eps);
-  void (*softmax)(float *x, int n); /* in place */
+  void (*softmax)(float *x, int n);             /* in place */
   void (*add)(float *y, const float *x, int n); /* y += x */
-  void (*quick_gelu)(float *x, int n); /* x * sigmoid(1.702 x) */
-  void (*gelu)(float *x, int n);       /* exact: 0.5 x (1 + erf(x / sqrt 2)) */
+  void (*quick_gelu)(float *x, int n);          /* x * sigmoid(1.702 x) */
+  void (*gelu)(float *x, int n);                /* exact: 0.5 x (1 + erf(x / sqrt 2)) */
   void (*f16_to_f32)(const uint16_t *src, float *dst, size_t n);
   void (*bf16_to_f32)(const uint16_t *src, float *dst, size_t n);
   /* float32 -> IEEE half, round to nearest even (overflow to infinity), as F16C does. */
   void (*f32_to_f16)(const float *src, uint16_t *dst, size_t n);
   /* C[m, n] (+)= sum_k A[m, k] * W[n, k]: activations times a row-major [out, in] weight,
    * which is how checkpoints store linear layers. Row strides lda, ldw, ldc. */
-  void (*gemm_nt)(int M, int N, int K, const float *A, int lda, const float *W, int ldw,
-                  float *C, int ldc, int accumulate);
+  void (*gemm_nt)(int M, int N, int K, const float *A, int lda, const float *W, int ldw, float *C,
+                  int ldc, int accumulate);
   /* C[m, n] = sum_k A[m, k] * B[k, n], both row-major (attention: scores = Q K^T with K
    * transposed first, and P V); small shapes, N up to a few hundred. */
-  void (*gemm_nn)(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
-                  float *C, int ldc);
+  void (*gemm_nn)(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C,
+                  int ldc);
   /* out->C[M, panel columns p0*32 .. min(p1*32, N)) (+)= A[M, K] W^T with W packed as above,
    * then out's bias and activation on those columns. */
-  void (*gemm_packed)(int M, int N, int K, const float *A, int lda, const float *Wp, int p0,
-                      int p1, const clip_gemm_out *out, float *scratch);
+  void (*gemm_packed)(int M, int N, int K, const float *A, int lda, const float *Wp, int p0, int p1,
+                      const clip_gemm_out *out, float *scratch);
   void (*gemm_packed_f16)(int M, int N, int K, const float *A, int lda, const uint16_t *Wp, int p0,
                           int p1, const clip_gemm_out *out, float *scratch);
   /* One whole panel: 32 rows of W (row stride K) packed as [K][32], as float32 or rounded to
@@ -115,8 +115,8 @@ int clip_pack_panel_tail(const float *W, int K, int k0, void *dst, int f16);
 void clip_gemm_epilogue(const clip_kernels *k, const clip_gemm_out *out, int M, int c0, int c1);
 
 /* The plain C gemm_nn (the variants without their own). */
-void clip_gemm_nn_c(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
-                    float *C, int ldc);
+void clip_gemm_nn_c(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C,
+                    int ldc);
 
 int clip_isa_supported(clip_isa isa);
 /* NULL when the CPU lacks the instruction set. */
@@ -134,9 +134,8 @@ extern const clip_kernels clip_kernels_avx512;
 size_t clip_packed_bf16_elems(int N, int K);
 size_t clip_gemm_bf16_scratch(int M, int K);
 void clip_pack_weights_bf16(const float *W, int N, int K, uint16_t *dst);
-typedef void (*clip_gemm_bf16_fn)(int M, int N, int K, const float *A, int lda,
-                                  const uint16_t *Wp, int p0, int p1, const clip_gemm_out *out,
-                                  uint32_t *scratch);
+typedef void (*clip_gemm_bf16_fn)(int M, int N, int K, const float *A, int lda, const uint16_t *Wp,
+                                  int p0, int p1, const clip_gemm_out *out, uint32_t *scratch);
 /* The plain C reference (the same arithmetic, in the same order); with scratch NULL it rounds
  * A as it reads it and needs no memory. */
 extern const clip_gemm_bf16_fn clip_gemm_bf16_ref;

@@ -66,7 +66,8 @@ static inline struct json_object *field(struct json_object *o, const char *key) 
 
 static inline void read_floats(struct json_object *arr, float *out, size_t n) {
   cr_assert_eq(json_object_array_length(arr), n);
-  for (size_t i = 0; i < n; i++) out[i] = (float)json_object_get_double(json_object_array_get_idx(arr, i));
+  for (size_t i = 0; i < n; i++)
+    out[i] = (float)json_object_get_double(json_object_array_get_idx(arr, i));
 }
 
 static inline void normalise(float *v, int n) {

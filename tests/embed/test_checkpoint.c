@@ -103,7 +103,8 @@ static void write_checkpoint(checkpoint *c, const char *dir, const char *dtype,
       free(f);
     }
     struct json_object *e = json_object_new_object(), *shape = json_object_new_array();
-    for (int d = 0; d < r->ndim; d++) json_object_array_add(shape, json_object_new_int64(r->shape[d]));
+    for (int d = 0; d < r->ndim; d++)
+      json_object_array_add(shape, json_object_new_int64(r->shape[d]));
     struct json_object *offs = json_object_new_array();
     json_object_array_add(offs, json_object_new_int64((int64_t)total));
     json_object_array_add(offs, json_object_new_int64((int64_t)(total + sizes[i])));
@@ -149,7 +150,8 @@ static void embed_goldens(clip_model *m, float *img_cos, float *img_diff, float 
   int32_t *ids;
   int ni = golden_images(side, dim, &pixels, &img_want);
   int nt = golden_texts(ctx, dim, &ids, &txt_want);
-  float *img = malloc(sizeof(float) * (size_t)ni * dim), *txt = malloc(sizeof(float) * (size_t)nt * dim);
+  float *img = malloc(sizeof(float) * (size_t)ni * dim),
+        *txt = malloc(sizeof(float) * (size_t)nt * dim);
   cdb_error err = {{0}};
   cr_assert_eq(clip_embed_pixels(m, pixels, ni, img, &err), 0, "%s", err.msg);
   cr_assert_eq(clip_embed_token_ids(m, ids, nt, txt, &err), 0, "%s", err.msg);
@@ -157,11 +159,13 @@ static void embed_goldens(clip_model *m, float *img_cos, float *img_diff, float 
   *img_diff = *txt_diff = 0;
   for (int i = 0; i < ni; i++) {
     *img_cos = fminf(*img_cos, cosine(img_want + (size_t)i * dim, img + (size_t)i * dim, dim));
-    *img_diff = fmaxf(*img_diff, max_abs_diff(img_want + (size_t)i * dim, img + (size_t)i * dim, dim));
+    *img_diff = fmaxf(*img_diff,
+                      max_abs_diff(img_want + (size_t)i * dim, img + (size_t)i * dim, dim));
   }
   for (int i = 0; i < nt; i++) {
     *txt_cos = fminf(*txt_cos, cosine(txt_want + (size_t)i * dim, txt + (size_t)i * dim, dim));
-    *txt_diff = fmaxf(*txt_diff, max_abs_diff(txt_want + (size_t)i * dim, txt + (size_t)i * dim, dim));
+    *txt_diff = fmaxf(*txt_diff,
+                      max_abs_diff(txt_want + (size_t)i * dim, txt + (size_t)i * dim, dim));
   }
   free(pixels);
   free(img_want);
@@ -286,7 +290,8 @@ static void edit_shape(struct json_object *h) {
 }
 
 static void edit_dtype(struct json_object *h) {
-  json_object_object_add(field(h, "text_projection.weight"), "dtype", json_object_new_string("I16"));
+  json_object_object_add(field(h, "text_projection.weight"), "dtype",
+                         json_object_new_string("I16"));
 }
 
 static void edit_bytes_vs_shape(struct json_object *h) {
@@ -296,7 +301,9 @@ static void edit_bytes_vs_shape(struct json_object *h) {
   json_object_object_add(field(h, "text_projection.weight"), "shape", shape);
 }
 
-static void edit_missing(struct json_object *h) { json_object_object_del(h, "vision_model.pre_layrnorm.bias"); }
+static void edit_missing(struct json_object *h) {
+  json_object_object_del(h, "vision_model.pre_layrnorm.bias");
+}
 
 static void check_edit(void (*edit)(struct json_object *), const char *n1, const char *n2) {
   checkpoint c = read_tiny();
@@ -307,12 +314,24 @@ static void check_edit(void (*edit)(struct json_object *), const char *n1, const
   free_checkpoint(&c);
 }
 
-Test(checkpoint, offsets_out_of_bounds) { check_edit(edit_out_of_bounds, "text_projection.weight", "past the end"); }
-Test(checkpoint, overlapping_tensors) { check_edit(edit_overlap, "overlap", "visual_projection.weight"); }
-Test(checkpoint, wrong_shape_vs_config) { check_edit(edit_shape, "text_projection.weight", "shape [32, 128]"); }
-Test(checkpoint, unsupported_dtype) { check_edit(edit_dtype, "text_projection.weight", "unsupported dtype I16"); }
-Test(checkpoint, byte_count_vs_shape) { check_edit(edit_bytes_vs_shape, "text_projection.weight", "bytes of data"); }
-Test(checkpoint, missing_tensor) { check_edit(edit_missing, "missing tensor", "vision_model.pre_layrnorm.bias"); }
+Test(checkpoint, offsets_out_of_bounds) {
+  check_edit(edit_out_of_bounds, "text_projection.weight", "past the end");
+}
+Test(checkpoint, overlapping_tensors) {
+  check_edit(edit_overlap, "overlap", "visual_projection.weight");
+}
+Test(checkpoint, wrong_shape_vs_config) {
+  check_edit(edit_shape, "text_projection.weight", "shape [32, 128]");
+}
+Test(checkpoint, unsupported_dtype) {
+  check_edit(edit_dtype, "text_projection.weight", "unsupported dtype I16");
+}
+Test(checkpoint, byte_count_vs_shape) {
+  check_edit(edit_bytes_vs_shape, "text_projection.weight", "bytes of data");
+}
+Test(checkpoint, missing_tensor) {
+  check_edit(edit_missing, "missing tensor", "vision_model.pre_layrnorm.bias");
+}
 
 /* Every prefix of a valid file and every single-byte corruption of its header is either
  * refused with a message or (for data bytes) accepted; never a crash (run under ASan in CI). */

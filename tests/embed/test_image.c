@@ -18,8 +18,12 @@
 #define NPIX (3 * SIZE * SIZE)
 
 /* preprocessor_config.json of clip-tiny-shapes (the CLIP mean/std). */
-static const clip_image_spec spec = {SIZE, SIZE, SIZE, {0.48145466f, 0.4578275f, 0.40821073f},
-                                     {0.26862954f, 0.26130258f, 0.27577711f}, 100000000};
+static const clip_image_spec spec = {SIZE,
+                                     SIZE,
+                                     SIZE,
+                                     {0.48145466f, 0.4578275f, 0.40821073f},
+                                     {0.26862954f, 0.26130258f, 0.27577711f},
+                                     100000000};
 
 static char *data_path(const char *rel) {
   const char *d = getenv("CLIPDB_TEST_DATA");
@@ -43,8 +47,7 @@ static float *preprocess_file(const char *path) {
 static float *preprocess_buffer(const void *buf, size_t len, const char *what) {
   float *px = malloc(sizeof(float) * NPIX);
   cdb_error err = {{0}};
-  cr_assert_eq(clip_image_preprocess_buffer(&spec, buf, len, px, &err), 0, "%s: %s", what,
-               err.msg);
+  cr_assert_eq(clip_image_preprocess_buffer(&spec, buf, len, px, &err), 0, "%s: %s", what, err.msg);
   return px;
 }
 
@@ -93,7 +96,8 @@ static float *json_floats(struct json_object *o, const char *key, size_t n) {
   cr_assert(json_object_object_get_ex(o, key, &v), "no %s", key);
   cr_assert_eq(json_object_array_length(v), n);
   float *f = malloc(sizeof(float) * n);
-  for (size_t i = 0; i < n; i++) f[i] = (float)json_object_get_double(json_object_array_get_idx(v, i));
+  for (size_t i = 0; i < n; i++)
+    f[i] = (float)json_object_get_double(json_object_array_get_idx(v, i));
   return f;
 }
 
@@ -180,7 +184,7 @@ Test(image, golden_embeddings) {
     } else if (g_str_has_suffix(file, ".jpg") && (w < h ? w : h) >= 4 * SIZE) {
       /* shrunk on load: a few levels off (golden_pixels); measured worst cosine 0.99999 */
       cr_expect_geq(cos, 0.9999, "%s: cosine %.6f to the reference embedding", file, cos);
-    } else {  /* pixel-exact: the encoder's tolerance on normalised embeddings */
+    } else { /* pixel-exact: the encoder's tolerance on normalised embeddings */
       double worst = max_abs_unit_diff(got, want, dim);
       cr_expect_leq(worst, 2e-6, "%s: max-abs diff %.3g to the reference embedding", file, worst);
     }
@@ -207,8 +211,8 @@ static void expect_error(const char *path, const char *needle1, const char *need
   cr_assert(g_file_get_contents(path, &buf, &len, NULL));
   cdb_error berr = {{0}};
   cr_assert_eq(clip_image_preprocess_buffer(&spec, buf, len, px, &berr), -1);
-  cr_expect(strstr(berr.msg, "image buffer") && strstr(berr.msg, needle1),
-            "buffer message \"%s\"", berr.msg);
+  cr_expect(strstr(berr.msg, "image buffer") && strstr(berr.msg, needle1), "buffer message \"%s\"",
+            berr.msg);
   g_free(buf);
 }
 
@@ -367,10 +371,14 @@ Test(image, formats_and_layouts, .init = init_vips) {
   VipsImage *rgb16s = NULL, *rgb16u = NULL;
   cr_assert_eq(vips_cast_ushort(rgb16, &rgb16s, NULL), 0);
   cr_assert_eq(vips_copy(rgb16s, &rgb16u, "interpretation", VIPS_INTERPRETATION_RGB16, NULL), 0);
-  static const struct { const char *fmt; int which; double max_diff; } cases[] = {
-      {".tif", 0, 0.01},  {".webp", 0, 0.01}, {".png", 1, 0.01},
-      {".png", 2, 0.01},  {".tif", 2, 0.01},  {".jpg", 3, 8.0}, /* lossy JPEG */
-      {".avif", 0, 6.0}, /* HEIF container, lossy */
+  static const struct {
+    const char *fmt;
+    int which;
+    double max_diff;
+  } cases[] = {
+      {".tif", 0, 0.01}, {".webp", 0, 0.01}, {".png", 1, 0.01},
+      {".png", 2, 0.01}, {".tif", 2, 0.01},  {".jpg", 3, 8.0}, /* lossy JPEG */
+      {".avif", 0, 6.0},                                       /* HEIF container, lossy */
   };
   cr_assert_eq(vips_colourspace(rgb, &cmyk, VIPS_INTERPRETATION_CMYK, NULL), 0, "%s",
                vips_error_buffer());
@@ -423,7 +431,8 @@ Test(image, formats_and_layouts, .init = init_vips) {
 
 /* File and buffer entry points agree exactly, for each demo format. */
 Test(image, file_equals_buffer) {
-  static const char *const names[] = {"000-orange-circle-on-purple.jpg", "001-black-circle-on-red.png",
+  static const char *const names[] = {"000-orange-circle-on-purple.jpg",
+                                      "001-black-circle-on-red.png",
                                       "003-black-cross-on-white.webp",
                                       "palette-yellow-star-on-blue.gif",
                                       "exif-rotated-green-triangle-on-white.jpg"};
@@ -522,7 +531,8 @@ static float *embed_pixels(clip_model *model, const float *px) {
 Test(image, webp_shrink_on_load, .init = init_vips) {
   char *png = data_path("goldens/images/04_red_square_on_blue.png");
   char *demo = demo_path("051-orange-circle-on-white.webp"), *dir = data_path("clip-tiny-shapes");
-  struct json_object *root, *images = golden_images(&root), *item = json_object_array_get_idx(images, 4);
+  struct json_object *root, *images = golden_images(&root),
+                            *item = json_object_array_get_idx(images, 4);
   cr_assert_str_eq(json_str(item, "file"), "images/04_red_square_on_blue.png");
   float *want_px = json_floats(item, "pixels", NPIX), *want = NULL;
   cdb_error err = {{0}};
@@ -561,8 +571,8 @@ Test(image, webp_shrink_on_load, .init = init_vips) {
 
   const char *mode = getenv("CLIPDB_RESIZE");
   clip_image_set_exact_resize(mode && strcmp(mode, "exact") == 0);
-  float *floats[] = {exact_px, fast_px, demo_exact_px, demo_fast_px, fast, demo_exact,
-                     demo_fast, want, want_px};
+  float *floats[] = {exact_px,   fast_px,   demo_exact_px, demo_fast_px, fast,
+                     demo_exact, demo_fast, want,          want_px};
   for (size_t i = 0; i < sizeof floats / sizeof *floats; i++) free(floats[i]);
   g_free(webp);
   g_free(lossy);

@@ -134,7 +134,8 @@ static void check_conversions(const clip_kernels *ref, const clip_kernels *k, in
   cr_assert(memcmp(a, b, sizeof(float) * (size_t)n) == 0, "f16_to_f32/%s n=%d differs", k->name, n);
   ref->bf16_to_f32(h, a, (size_t)n);
   k->bf16_to_f32(h, b, (size_t)n);
-  cr_assert(memcmp(a, b, sizeof(float) * (size_t)n) == 0, "bf16_to_f32/%s n=%d differs", k->name, n);
+  cr_assert(memcmp(a, b, sizeof(float) * (size_t)n) == 0, "bf16_to_f32/%s n=%d differs", k->name,
+            n);
   free(h);
   free(a);
   free(b);
@@ -160,8 +161,8 @@ static void check_gemm(const clip_kernels *ref, const clip_kernels *k, int n) {
 static const struct {
   int accumulate, bias;
   clip_epi_act act;
-} epilogues[] = {{0, 0, CLIP_EPI_NONE},       {1, 0, CLIP_EPI_NONE}, {0, 1, CLIP_EPI_QUICK_GELU},
-                 {1, 1, CLIP_EPI_NONE},       {0, 1, CLIP_EPI_GELU}, {0, 0, CLIP_EPI_QUICK_GELU}};
+} epilogues[] = {{0, 0, CLIP_EPI_NONE}, {1, 0, CLIP_EPI_NONE}, {0, 1, CLIP_EPI_QUICK_GELU},
+                 {1, 1, CLIP_EPI_NONE}, {0, 1, CLIP_EPI_GELU}, {0, 0, CLIP_EPI_QUICK_GELU}};
 #define N_EPILOGUES ((int)(sizeof epilogues / sizeof epilogues[0]))
 
 /* The reference for columns [c0, N): gemm_nt, then bias and activation with ref's kernels. */
@@ -178,8 +179,8 @@ static void reference_packed(const clip_kernels *ref, int M, int N, int K, const
 
 /* Packed GEMM on a sub-range of panels, with each epilogue, must equal the reference on those
  * columns only. */
-static void check_packed_shape(const clip_kernels *ref, const clip_kernels *k, int M, int N,
-                               int K, int every_p0) {
+static void check_packed_shape(const clip_kernels *ref, const clip_kernels *k, int M, int N, int K,
+                               int every_p0) {
   float *A = random_vec(M * K, 1), *W = random_vec(N * K, 1), *bias = random_vec(N, 1);
   float *Wp = malloc(sizeof(float) * clip_packed_floats(N, K));
   float *scratch = malloc(sizeof(float) * clip_gemm_scratch_floats(K));
@@ -359,8 +360,8 @@ static void check_pack_panel(const clip_kernels *ref, const clip_kernels *k, int
                  k->name, K);
     W[5 * K + K / 2] = 1.0f;
     W[31 * K + K - 1] = NAN;
-    cr_assert_eq(k->pack_panel_f16(W, K, got16), 1, "pack_panel_f16/%s K=%d: NaN missed",
-                 k->name, K);
+    cr_assert_eq(k->pack_panel_f16(W, K, got16), 1, "pack_panel_f16/%s K=%d: NaN missed", k->name,
+                 K);
   }
   free(W);
   free(got);
@@ -392,8 +393,8 @@ static int cpu_has_flags(const char *const *need) {
  * only the reference. Prints the variants tested (CI shows the line). */
 Test(kernels, every_variant_the_cpu_supports_is_tested) {
   static const char *const avx2[] = {"avx2", "fma", "f16c", NULL};
-  static const char *const avx512[] = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma",
-                                       "f16c", NULL};
+  static const char *const avx512[] = {"avx512f", "avx512bw", "avx512vl", "avx512dq",
+                                       "fma",     "f16c",     NULL};
   static const char *const *const needs[CLIP_ISA_COUNT] = {NULL, avx2, avx512};
   char tested[64] = "generic";
   for (int isa = CLIP_ISA_AVX2; isa < CLIP_ISA_COUNT; isa++) {
@@ -486,8 +487,8 @@ Test(kernels, float_to_half) {
     r->f32_to_f16(&f, &out, 1);
     cr_assert(out == in, "half %04x -> %.9g -> %04x", in, f, out);
   }
-  float x[6] = {65520.0f, 65519.0f, 1.0f + 1.0f / 2048, 1.0f + 3.0f / 2048, 2.9802322e-8f,
-                4.4703484e-8f};
+  float x[6] = {65520.0f,           65519.0f,      1.0f + 1.0f / 2048,
+                1.0f + 3.0f / 2048, 2.9802322e-8f, 4.4703484e-8f};
   uint16_t want[6] = {0x7c00, 0x7bff, 0x3c00, 0x3c02, 0x0000, 0x0001}, got[6];
   r->f32_to_f16(x, got, 6);
   for (int i = 0; i < 6; i++) cr_assert(got[i] == want[i], "%.9g -> %04x", x[i], got[i]);

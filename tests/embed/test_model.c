@@ -133,7 +133,8 @@ Test(model, logits_match_reference) {
   int32_t *ids;
   int ni = golden_images(side, dim, &pixels, &img_want);
   int nt = golden_texts(ctx, dim, &ids, &txt_want);
-  float *img = malloc(sizeof(float) * (size_t)ni * dim), *txt = malloc(sizeof(float) * (size_t)nt * dim);
+  float *img = malloc(sizeof(float) * (size_t)ni * dim),
+        *txt = malloc(sizeof(float) * (size_t)nt * dim);
   cdb_error err = {{0}};
   cr_assert_eq(clip_embed_pixels(m, pixels, ni, img, &err), 0, "%s", err.msg);
   cr_assert_eq(clip_embed_token_ids(m, ids, nt, txt, &err), 0, "%s", err.msg);
@@ -222,7 +223,8 @@ static void *embed_in_thread(void *p) {
   int32_t ids[77] = {49406, 320, 1746, 3587, 49407};
   cdb_error err = {{0}};
   a->rc = 0;
-  for (int i = 0; i < 20 && a->rc == 0; i++) a->rc = clip_embed_token_ids(a->m, ids, 1, a->out, &err);
+  for (int i = 0; i < 20 && a->rc == 0; i++)
+    a->rc = clip_embed_token_ids(a->m, ids, 1, a->out, &err);
   return NULL;
 }
 
@@ -271,7 +273,8 @@ Test(model, images_from_files) {
   }
   float *got = malloc(sizeof(float) * (size_t)n * dim);
   cdb_error err = {{0}};
-  cr_assert_eq(clip_embed_image_files(m, (const char *const *)paths, n, got, &err), 0, "%s", err.msg);
+  cr_assert_eq(clip_embed_image_files(m, (const char *const *)paths, n, got, &err), 0, "%s",
+               err.msg);
   for (int i = 0; i < n; i++) {
     float c = cosine(want + (size_t)i * dim, got + (size_t)i * dim, dim);
     /* JPEGs are shrunk on load by DCT scaling unless CLIPDB_RESIZE=exact: measured worst

@@ -53,8 +53,8 @@ static void assert_same_ids(const char *a, const char *b) {
 static void assert_different_ids(const char *a, const char *b) {
   int32_t ia[CTX], ib[CTX];
   int na = encode(a, strlen(a), ia), nb = encode(b, strlen(b), ib);
-  cr_assert(na != nb || memcmp(ia, ib, sizeof ia) != 0, "\"%s\" and \"%s\" tokenize the same",
-            a, b);
+  cr_assert(na != nb || memcmp(ia, ib, sizeof ia) != 0, "\"%s\" and \"%s\" tokenize the same", a,
+            b);
 }
 
 Test(tokenizer, goldens, .init = setup, .fini = teardown) {
@@ -104,17 +104,18 @@ Test(tokenizer, html_entities, .init = setup, .fini = teardown) {
   assert_same_ids("&eacute;t&eacute;", "\xc3\xa9t\xc3\xa9");
   assert_same_ids("&#233; &#xE9; &#XE9", "\xc3\xa9 \xc3\xa9 \xc3\xa9");
   assert_same_ids("&amp; &lt;b&gt; &quot;x&quot;", "& <b> \"x\"");
-  assert_same_ids("&notit;", "\xc2\xacit;");  /* longest legacy prefix "not" */
-  assert_same_ids("&copy2024", "\xc2\xa9" "2024"); /* no semicolon needed for legacy names */
+  assert_same_ids("&notit;", "\xc2\xacit;"); /* longest legacy prefix "not" */
+  assert_same_ids("&copy2024", "\xc2\xa9"
+                               "2024"); /* no semicolon needed for legacy names */
   assert_same_ids("&ampx", "&x");
-  assert_same_ids("&#x80;", "\xe2\x82\xac");       /* Windows-1252 numeric reference */
-  assert_same_ids("&#0;", "\xef\xbf\xbd");        /* U+FFFD */
+  assert_same_ids("&#x80;", "\xe2\x82\xac"); /* Windows-1252 numeric reference */
+  assert_same_ids("&#0;", "\xef\xbf\xbd");   /* U+FFFD */
   assert_same_ids("&#99999999999999999999;", "\xef\xbf\xbd");
-  assert_same_ids("a&#1;b", "ab");                 /* invalid code point: removed */
+  assert_same_ids("a&#1;b", "ab"); /* invalid code point: removed */
   assert_same_ids("a&#59;b", "a;b");
-  assert_same_ids("&amp;amp;amp;lt;", "<");        /* ftfy unescapes to a fixed point */
-  assert_same_ids("&EACUTE;", "\xc3\xa9");         /* ftfy's upper-case entity names */
-  assert_same_ids("&ldquo;x&rdquo;", "\"x\"");     /* decoded, then uncurled by ftfy */
+  assert_same_ids("&amp;amp;amp;lt;", "<");    /* ftfy unescapes to a fixed point */
+  assert_same_ids("&EACUTE;", "\xc3\xa9");     /* ftfy's upper-case entity names */
+  assert_same_ids("&ldquo;x&rdquo;", "\"x\""); /* decoded, then uncurled by ftfy */
   assert_same_ids("&EACUTE;\na<b", "\xc3\xa9\na<b");
   /* After a line with '<' ftfy leaves entities alone: only html.unescape (twice) runs. */
   assert_different_ids("a<b\n&EACUTE;", "a<b\n\xc3\xa9");
@@ -124,29 +125,45 @@ Test(tokenizer, html_entities, .init = setup, .fini = teardown) {
 }
 
 Test(tokenizer, ftfy_fixes, .init = setup, .fini = teardown) {
-  assert_same_ids("\xef\xac\x83" "x", "ffix");             /* ligature U+FB03 */
-  assert_same_ids("\xc7\x84", "d\xc5\xbe");                /* U+01C4 DŽ */
+  assert_same_ids("\xef\xac\x83"
+                  "x",
+                  "ffix");                                        /* ligature U+FB03 */
+  assert_same_ids("\xc7\x84", "d\xc5\xbe");                       /* U+01C4 DŽ */
   assert_same_ids("\xef\xbc\xa1\xef\xbc\xa2\xef\xbc\x91", "ab1"); /* full-width */
-  assert_same_ids("\xef\xbd\xb6", "\xe3\x82\xab");         /* half-width katakana */
-  assert_same_ids("a\xe3\x80\x80" "b", "a b");             /* ideographic space */
+  assert_same_ids("\xef\xbd\xb6", "\xe3\x82\xab");                /* half-width katakana */
+  assert_same_ids("a\xe3\x80\x80"
+                  "b",
+                  "a b"); /* ideographic space */
   assert_same_ids("\xe2\x80\x98x\xe2\x80\x99 \xca\xbc", "'x' '");
-  assert_same_ids("\xc2\x93x\xc2\x94", "\"x\"");           /* C1 controls as Windows-1252 */
-  assert_same_ids("a\xc2\x85" "b", "a\xe2\x80\xa6" "b");
-  assert_same_ids("a\x01" "b\x7f" "c", "abc");
-  assert_same_ids("\xef\xbb\xbf" "abc", "abc");             /* byte-order mark */
-  assert_same_ids("\x1b[1;31mred\x1b[0m", "red");          /* terminal escapes */
-  assert_same_ids("e\xcc\x81", "\xc3\xa9");                 /* NFC */
-  assert_different_ids("a\xe2\x80\x8b" "b", "ab");          /* U+200B is kept */
-  assert_same_ids("a\t\n\r\f\v b\xc2\xa0\xe2\x80\x83" "c", "a b c");
+  assert_same_ids("\xc2\x93x\xc2\x94", "\"x\""); /* C1 controls as Windows-1252 */
+  assert_same_ids("a\xc2\x85"
+                  "b",
+                  "a\xe2\x80\xa6"
+                  "b");
+  assert_same_ids("a\x01"
+                  "b\x7f"
+                  "c",
+                  "abc");
+  assert_same_ids("\xef\xbb\xbf"
+                  "abc",
+                  "abc");                         /* byte-order mark */
+  assert_same_ids("\x1b[1;31mred\x1b[0m", "red"); /* terminal escapes */
+  assert_same_ids("e\xcc\x81", "\xc3\xa9");       /* NFC */
+  assert_different_ids("a\xe2\x80\x8b"
+                       "b",
+                       "ab"); /* U+200B is kept */
+  assert_same_ids("a\t\n\r\f\v b\xc2\xa0\xe2\x80\x83"
+                  "c",
+                  "a b c");
 }
 
 Test(tokenizer, python_lower, .init = setup, .fini = teardown) {
-  assert_same_ids("\xc4\xb0", "i\xcc\x87");                 /* İ -> i + U+0307 */
+  assert_same_ids("\xc4\xb0", "i\xcc\x87");                                /* İ -> i + U+0307 */
   assert_same_ids("\xce\xa3\xce\x91\xce\xa3", "\xcf\x83\xce\xb1\xcf\x82"); /* final sigma */
   assert_same_ids("\xce\xa3", "\xcf\x83");
   assert_same_ids("a\xce\xa3.b", "a\xcf\x83.b");
   assert_same_ids("\xe2\x85\xa0\xe2\x85\xa1", "\xe2\x85\xb0\xe2\x85\xb1"); /* Roman numerals */
-  assert_same_ids("\xe2\x92\xb6", "\xe2\x93\x90");          /* circled letters */
+  assert_same_ids("\xe2\x92\xb6", "\xe2\x93\x90");                         /* circled letters */
 }
 
 Test(tokenizer, pretokenizer_and_specials, .init = setup, .fini = teardown) {
@@ -156,7 +173,8 @@ Test(tokenizer, pretokenizer_and_specials, .init = setup, .fini = teardown) {
   cr_assert_eq(n, 5);
   cr_assert_eq(ids[2], CLIP_TOKEN_EOT, "special token inside the text");
   n = encode("<|startoftext|>", 15, ids);
-  cr_assert(n == 3 && ids[0] == CLIP_TOKEN_SOT && ids[1] == CLIP_TOKEN_SOT && ids[2] == CLIP_TOKEN_EOT);
+  cr_assert(n == 3 && ids[0] == CLIP_TOKEN_SOT && ids[1] == CLIP_TOKEN_SOT &&
+            ids[2] == CLIP_TOKEN_EOT);
   n = encode("!<|startoftext|>", 16, ids);
   cr_assert(ids[1] != CLIP_TOKEN_SOT && ids[2] != CLIP_TOKEN_SOT, "punctuation run swallows '<|'");
   n = encode("a\0b", 3, ids);
@@ -166,7 +184,8 @@ Test(tokenizer, pretokenizer_and_specials, .init = setup, .fini = teardown) {
 }
 
 Test(tokenizer, invalid_utf8, .init = setup, .fini = teardown) {
-  static const char *const bad[] = {"\xff", "abc\xc3", "\xed\xa0\x80", "\xc0\xaf", "a\xf8\x88\x80\x80\x80"};
+  static const char *const bad[] = {"\xff", "abc\xc3", "\xed\xa0\x80", "\xc0\xaf",
+                                    "a\xf8\x88\x80\x80\x80"};
   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
     int32_t ids[CTX];
     cdb_error err = {{0}};
@@ -288,8 +307,7 @@ static GString *reencoded_vocab(const char *text, size_t len) {
       if (u > 0xFFFF)
         g_string_append_printf(out, "\\u%04X\\u%04x", 0xD800 + ((u - 0x10000) >> 10),
                                0xDC00 + ((u - 0x10000) & 0x3FF));
-      else
-        g_string_append_printf(out, "\\u%04x", u);
+      else g_string_append_printf(out, "\\u%04x", u);
       p = g_utf8_next_char(p);
     }
   }
@@ -330,13 +348,20 @@ Test(tokenizer, vocab_json_malformed_strings) {
   static const struct {
     const char *json, *needle;
   } cases[] = {
-      {"{\"a\": 1, \"a\": 2}", "appears twice"},   {"{\"\\ud800x\": 1}", "surrogate"},
-      {"{\"\\udc00\": 1}", "surrogate"},          {"{\"\\u00zz\": 1}", "\\u escape"},
-      {"{\"\\q\": 1}", "bad escape"},             {"{\"a\tb\": 1}", "control character"},
-      {"{\"\\u0000\": 1}", "NUL"},                {"{\"a\": 1} x", "trailing data"},
-      {"{\"a\": 1.5}", "not an integer"},         {"{\"a\": -1}", "out of range"},
-      {"{\"a\": 99999999999999999999}", "out of range"}, {"{\"a\" 1}", "':'"},
-      {"{\"a\": 1 \"b\": 2}", "','"},             {"{\"abc", "unterminated"},
+      {"{\"a\": 1, \"a\": 2}", "appears twice"},
+      {"{\"\\ud800x\": 1}", "surrogate"},
+      {"{\"\\udc00\": 1}", "surrogate"},
+      {"{\"\\u00zz\": 1}", "\\u escape"},
+      {"{\"\\q\": 1}", "bad escape"},
+      {"{\"a\tb\": 1}", "control character"},
+      {"{\"\\u0000\": 1}", "NUL"},
+      {"{\"a\": 1} x", "trailing data"},
+      {"{\"a\": 1.5}", "not an integer"},
+      {"{\"a\": -1}", "out of range"},
+      {"{\"a\": 99999999999999999999}", "out of range"},
+      {"{\"a\" 1}", "':'"},
+      {"{\"a\": 1 \"b\": 2}", "','"},
+      {"{\"abc", "unterminated"},
       {"{\"\xff\": 1}", "UTF-8"},
       /* well-formed escapes decode to the very bytes of the raw text: */
       {"{\"\xf0\x9f\x98\x82\": 1, \"\\ud83d\\ude02\": 2}", "appears twice"},

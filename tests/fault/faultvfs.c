@@ -61,9 +61,7 @@ static int should_fail(int kind) {
   return hit;
 }
 
-static int fault_rc(int ioerr) {
-  return st.full ? SQLITE_FULL : ioerr;
-}
+static int fault_rc(int ioerr) { return st.full ? SQLITE_FULL : ioerr; }
 
 /* ---- the VFS shim ---- */
 
@@ -105,10 +103,10 @@ static int f_sync(sqlite3_file *f, int flags) {
   return p->real->pMethods->xSync(p->real, flags);
 }
 
-#define FORWARD(name, sig, args)                                                                 \
-  static int f_##name sig {                                                                     \
-    fault_file *p = (fault_file *)f;                                                            \
-    return p->real->pMethods->x##name args;                                                     \
+#define FORWARD(name, sig, args)            \
+  static int f_##name sig {                 \
+    fault_file *p = (fault_file *)f;        \
+    return p->real->pMethods->x##name args; \
   }
 FORWARD(FileSize, (sqlite3_file * f, sqlite3_int64 *size), (p->real, size))
 FORWARD(Lock, (sqlite3_file * f, int level), (p->real, level))
@@ -121,8 +119,7 @@ FORWARD(ShmMap, (sqlite3_file * f, int pg, int pgsz, int extend, void volatile *
         (p->real, pg, pgsz, extend, out))
 FORWARD(ShmLock, (sqlite3_file * f, int offset, int n, int flags), (p->real, offset, n, flags))
 FORWARD(ShmUnmap, (sqlite3_file * f, int del), (p->real, del))
-FORWARD(Fetch, (sqlite3_file * f, sqlite3_int64 off, int amt, void **out),
-        (p->real, off, amt, out))
+FORWARD(Fetch, (sqlite3_file * f, sqlite3_int64 off, int amt, void **out), (p->real, off, amt, out))
 FORWARD(Unfetch, (sqlite3_file * f, sqlite3_int64 off, void *ptr), (p->real, off, ptr))
 
 static void f_shm_barrier(sqlite3_file *f) {
@@ -162,10 +159,10 @@ static int v_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f, int flags
   return rc;
 }
 
-#define VFORWARD(name, sig, args)                                                                \
-  static int v_##name sig {                                                                     \
-    (void)vfs;                                                                                  \
-    return real_vfs->x##name args;                                                              \
+#define VFORWARD(name, sig, args)  \
+  static int v_##name sig {        \
+    (void)vfs;                     \
+    return real_vfs->x##name args; \
   }
 VFORWARD(Delete, (sqlite3_vfs * vfs, const char *name, int sync), (real_vfs, name, sync))
 VFORWARD(Access, (sqlite3_vfs * vfs, const char *name, int flags, int *out),
@@ -219,9 +216,7 @@ static sqlite3_vfs fault_vfs = {
 static FILE *tracked[MAX_TRACKED];
 static int tracked_fd[MAX_TRACKED];
 
-static void *next_sym(const char *name) {
-  return dlsym(RTLD_NEXT, name);
-}
+static void *next_sym(const char *name) { return dlsym(RTLD_NEXT, name); }
 
 static int is_cache_path(const char *path) {
   return path && strstr(path, "-clip-") && strstr(path, ".idx");
@@ -259,9 +254,7 @@ static FILE *open_tracked(const char *sym, const char *path, const char *mode) {
   return f;
 }
 
-EXPORT FILE *fopen(const char *path, const char *mode) {
-  return open_tracked("fopen", path, mode);
-}
+EXPORT FILE *fopen(const char *path, const char *mode) { return open_tracked("fopen", path, mode); }
 
 EXPORT FILE *fopen64(const char *path, const char *mode) {
   return open_tracked("fopen64", path, mode);
@@ -336,8 +329,9 @@ static int kind_of(const char *name) {
 static void sql_arm(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   int kind = argc >= 3 ? kind_of((const char *)sqlite3_value_text(argv[0])) : -1;
   const char *err = argc >= 3 ? (const char *)sqlite3_value_text(argv[2]) : NULL;
-  if (kind < 0 || !err || (strcmp(err, "ioerr") && strcmp(err, "full") &&
-                            (strcmp(err, "corrupt") || kind != K_CACHE))) {
+  if (kind < 0 || !err ||
+      (strcmp(err, "ioerr") && strcmp(err, "full") &&
+       (strcmp(err, "corrupt") || kind != K_CACHE))) {
     sqlite3_result_error(ctx, "faultvfs_arm(kind, n, ioerr|full|corrupt [, persistent])", -1);
     return;
   }

@@ -31,8 +31,7 @@ static void check_date(const char *s) {
   if (cli_check_date(s) != 0) return;
   size_t n = strlen(s);
   FUZZ_CHECK(n == 4 || n == 7 || n == 10 || n == 16 || n == 19);
-  for (size_t i = 0; i < n; i++)
-    FUZZ_CHECK(isdigit((unsigned char)s[i]) || strchr("-: T", s[i]));
+  for (size_t i = 0; i < n; i++) FUZZ_CHECK(isdigit((unsigned char)s[i]) || strchr("-: T", s[i]));
 }
 
 static void check_exif_date(const char *s) {

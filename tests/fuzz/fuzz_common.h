@@ -21,12 +21,12 @@
 #include <unistd.h>
 
 /* An invariant of the code under test (independent of NDEBUG): a violation is a finding. */
-#define FUZZ_CHECK(cond)                                                                  \
-  do {                                                                                    \
-    if (!(cond)) {                                                                        \
-      fprintf(stderr, "fuzz check failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__);     \
-      abort();                                                                            \
-    }                                                                                     \
+#define FUZZ_CHECK(cond)                                                             \
+  do {                                                                               \
+    if (!(cond)) {                                                                   \
+      fprintf(stderr, "fuzz check failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__); \
+      abort();                                                                       \
+    }                                                                                \
   } while (0)
 
 #ifndef FUZZ_SOURCE_ROOT
@@ -36,14 +36,13 @@
 /* Path of a file under tests/data; static buffer (call once per file at start-up). */
 static inline const char *fuzz_data_path(const char *rel, char *buf, size_t cap) {
   const char *data = getenv("CLIPDB_TEST_DATA");
-  if (data && *data)
-    snprintf(buf, cap, "%s/%s", data, rel);
-  else
-    snprintf(buf, cap, "%s/tests/data/%s", FUZZ_SOURCE_ROOT, rel);
+  if (data && *data) snprintf(buf, cap, "%s/%s", data, rel);
+  else snprintf(buf, cap, "%s/tests/data/%s", FUZZ_SOURCE_ROOT, rel);
   return buf;
 }
 
-/* The whole of a file under tests/data, malloc'd; aborts when it cannot be read (a broken setup). */
+/* The whole of a file under tests/data, malloc'd; aborts when it cannot be read (a broken setup).
+ */
 static inline uint8_t *fuzz_read_data(const char *rel, size_t *len) {
   char path[4096];
   FILE *f = fopen(fuzz_data_path(rel, path, sizeof path), "rb");

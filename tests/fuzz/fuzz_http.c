@@ -149,33 +149,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   set_responses(data + 1, size - 1);
   cdb_error err = {{0}};
   switch (data[0] % 3) {
-  case 0: {
-    cdb_fetch_limits lim = cdb_fetch_default_limits();
-    lim.max_bytes = 1 << 20, lim.timeout_ms = 5000, lim.connect_timeout_ms = 2000;
-    size_t len = 0;
-    void *body = cdb_fetch(url, &lim, &len, &err);
-    FUZZ_CHECK(body ? len <= lim.max_bytes : err.msg[0] != 0);
-    free(body);
-    break;
-  }
-  case 1: {
-    cdb_download_opts o = cdb_download_default_opts();
-    o.connect_timeout_ms = 2000, o.stall_timeout_s = 2, o.max_attempts = 2, o.backoff_ms = 0;
-    o.max_wait_ms = 0; /* a Retry-After would otherwise wait up to 60 s */
-    cdb_download_info info;
-    memset(&info, 0, sizeof info);
-    int rc = cdb_download(url, dest, &o, &info, &err);
-    check_download(rc, &info, &err);
-    break;
-  }
-  case 2: {
-    cdb_download_opts o = cdb_download_default_opts();
-    o.connect_timeout_ms = 2000, o.stall_timeout_s = 2;
-    char sha[65] = "x";
-    int rc = cdb_download_probe(url, &o, sha, &err);
-    FUZZ_CHECK(rc == 0 ? strlen(sha) == 0 || strlen(sha) == 64 : err.msg[0] != 0);
-    break;
-  }
+    case 0: {
+      cdb_fetch_limits lim = cdb_fetch_default_limits();
+      lim.max_bytes = 1 << 20, lim.timeout_ms = 5000, lim.connect_timeout_ms = 2000;
+      size_t len = 0;
+      void *body = cdb_fetch(url, &lim, &len, &err);
+      FUZZ_CHECK(body ? len <= lim.max_bytes : err.msg[0] != 0);
+      free(body);
+      break;
+    }
+    case 1: {
+      cdb_download_opts o = cdb_download_default_opts();
+      o.connect_timeout_ms = 2000, o.stall_timeout_s = 2, o.max_attempts = 2, o.backoff_ms = 0;
+      o.max_wait_ms = 0; /* a Retry-After would otherwise wait up to 60 s */
+      cdb_download_info info;
+      memset(&info, 0, sizeof info);
+      int rc = cdb_download(url, dest, &o, &info, &err);
+      check_download(rc, &info, &err);
+      break;
+    }
+    case 2: {
+      cdb_download_opts o = cdb_download_default_opts();
+      o.connect_timeout_ms = 2000, o.stall_timeout_s = 2;
+      char sha[65] = "x";
+      int rc = cdb_download_probe(url, &o, sha, &err);
+      FUZZ_CHECK(rc == 0 ? strlen(sha) == 0 || strlen(sha) == 64 : err.msg[0] != 0);
+      break;
+    }
   }
   clear_responses();
   return 0;

@@ -108,8 +108,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 }
 
 /* The real file with data[0..size) written over it from the offset in the first 3 bytes. */
-static void splice_into(const char *name, const uint8_t *real, size_t real_len,
-                        const uint8_t *data, size_t size, int truncate) {
+static void splice_into(const char *name, const uint8_t *real, size_t real_len, const uint8_t *data,
+                        size_t size, int truncate) {
   if (size < 3) return;
   size_t at = (size_t)((uint64_t)(data[0] << 16 | data[1] << 8 | data[2]) * real_len >> 24);
   data += 3, size -= 3;
@@ -145,13 +145,15 @@ static void splice_header(const uint8_t *data, size_t size, int truncate) {
 
 static void replace_file(unsigned which, const uint8_t *data, size_t size) {
   switch (which % N_FILES) {
-  case 0:
-  case 1: write_file(model_files[which % N_FILES], data, size, NULL, 0); break;
-  case 2: splice_header(data, size, which & 0x80); break;
-  case 3: splice_into(model_files[3], real_vocab, real_vocab_len, data, size, which & 0x80); break;
-  case 4:
-    splice_into(model_files[4], real_merges, real_merges_len, data, size, which & 0x80);
-    break;
+    case 0:
+    case 1: write_file(model_files[which % N_FILES], data, size, NULL, 0); break;
+    case 2: splice_header(data, size, which & 0x80); break;
+    case 3:
+      splice_into(model_files[3], real_vocab, real_vocab_len, data, size, which & 0x80);
+      break;
+    case 4:
+      splice_into(model_files[4], real_merges, real_merges_len, data, size, which & 0x80);
+      break;
   }
 }
 

@@ -14,8 +14,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   char vocab[4096], merges[4096];
   cdb_error err = {{0}};
   tok = clip_tokenizer_load(fuzz_data_path("clip-tiny-shapes/vocab.json", vocab, sizeof vocab),
-                            fuzz_data_path("clip-tiny-shapes/merges.txt", merges, sizeof merges),
-                            0, &err);
+                            fuzz_data_path("clip-tiny-shapes/merges.txt", merges, sizeof merges), 0,
+                            &err);
   if (!tok) {
     fprintf(stderr, "fuzz_tokenizer: %s\n", err.msg);
     abort();

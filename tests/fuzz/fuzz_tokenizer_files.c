@@ -43,8 +43,12 @@ static void splice_into(fuzz_memfile *f, const uint8_t *real, size_t real_len, f
 }
 
 static void check_encodings(clip_tokenizer *tok) {
-  static const char *const texts[] = {"a photo of a cat", "abc ab ba", "naïve café 日本", "",
-                                      "<|startoftext|><|endoftext|>", "   x  ",
+  static const char *const texts[] = {"a photo of a cat",
+                                      "abc ab ba",
+                                      "naïve café 日本",
+                                      "",
+                                      "<|startoftext|><|endoftext|>",
+                                      "   x  ",
                                       "the quick brown fox jumps over the lazy dog 1234567890"};
   cdb_error err = {{0}};
   for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {

@@ -26,12 +26,10 @@ static cdb_index *build(const char *type, const float *x, int64_t n, int d, int 
   cdb_index *idx = cdb_index_new(d, &p, &err);
   cr_assert_not_null(idx, "%s", err.msg);
   int64_t *ids = malloc((size_t)n * sizeof *ids);
-  for (int64_t i = 0; i < n; i++)
-    ids[i] = i;
+  for (int64_t i = 0; i < n; i++) ids[i] = i;
   cr_assert_eq(cdb_index_add(idx, n, ids, x, &err), 0, "%s", err.msg);
   free(ids);
-  if (train)
-    cr_assert_eq(cdb_index_train(idx, &err), 0, "%s", err.msg);
+  if (train) cr_assert_eq(cdb_index_train(idx, &err), 0, "%s", err.msg);
   return idx;
 }
 
@@ -86,8 +84,7 @@ Test(index, exact_matches_brute_force) {
   int found;
   search_ok(idx, x, 4000, NULL, all, sims, &found);
   cr_assert_eq(found, n);
-  for (int i = 1; i < found; i++)
-    cr_assert(sims[i - 1] >= sims[i]);
+  for (int i = 1; i < found; i++) cr_assert(sims[i - 1] >= sims[i]);
   free(all);
   free(sims);
   cdb_index_free(idx);
@@ -113,7 +110,8 @@ Test(index, ivf_recall_at_default_nprobe) {
   cdb_search_opts one = {1, NULL};
   double r1 = mean_recall(idx, x, n, d, x + (size_t)n * d, nq, &one);
   printf("index: recall@10 = %.4f at default nprobe %d, %.4f at nprobe 1 (20k x 128, 1000 "
-         "centres, %s)\n", r, info.nprobe, r1, info.factory);
+         "centres, %s)\n",
+         r, info.nprobe, r1, info.factory);
   cr_assert(r >= 0.95, "recall@10 %.4f < 0.95", r);
   cr_assert(r1 < r, "the data should not be trivial for IVF");
   /* nprobe = nlist is exhaustive: exact for IVF,Flat */
@@ -136,9 +134,8 @@ static int allow_mod100(void *ctx, int64_t id) {
 
 /* Checks filtered results: k of them, all allowed, equal to brute force over the allowed set
  * when `exact`, else recall reported. */
-static double check_filtered(const cdb_index *idx, const float *x, int64_t n, int d,
-                             const float *q, const cdb_filter *f, const unsigned char *allowed,
-                             int exact) {
+static double check_filtered(const cdb_index *idx, const float *x, int64_t n, int d, const float *q,
+                             const cdb_filter *f, const unsigned char *allowed, int exact) {
   cdb_search_opts opts = {0, f};
   int64_t got[K], truth[K];
   float gs[K], ts[K];
@@ -148,8 +145,7 @@ static double check_filtered(const cdb_index *idx, const float *x, int64_t n, in
   cr_assert_eq(found, n_truth < K ? n_truth : K, "found %d of %d allowed", found, n_truth);
   for (int i = 0; i < found; i++) {
     cr_assert(allowed[got[i]], "id %lld not allowed", (long long)got[i]);
-    if (exact)
-      cr_assert_eq(got[i], truth[i]);
+    if (exact) cr_assert_eq(got[i], truth[i]);
   }
   return td_recall(got, found, truth, K);
 }
@@ -225,8 +221,7 @@ Test(index, remove_and_replace) {
   float gs[K];
   int found;
   search_ok(idx, x + 10 * d, K, NULL, got, gs, &found);
-  for (int i = 0; i < found; i++)
-    cr_assert(got[i] != 10 && got[i] != 11);
+  for (int i = 0; i < found; i++) cr_assert(got[i] != 10 && got[i] != 11);
   /* replace id 20 by row 30's vector: searching row 30 finds ids 30 and 20 at similarity 1 */
   int64_t id20 = 20;
   cr_assert_eq(cdb_index_add(idx, 1, &id20, x + 30 * d, &err), 0, "%s", err.msg);
@@ -251,8 +246,7 @@ Test(index, remove_and_replace) {
   cr_assert_eq(n_removed, 1);
   cr_assert_eq(cdb_index_count(idx), n - 2);
   search_ok(idx, x + 50 * d, K, NULL, got, gs, &found);
-  for (int i = 0; i < found; i++)
-    cr_assert_neq(got[i], 5000);
+  for (int i = 0; i < found; i++) cr_assert_neq(got[i], 5000);
   /* same through the IVF path */
   cdb_index_free(idx);
   idx = build("IVF16,Flat", x, n, d, 1);
@@ -282,23 +276,20 @@ static int collect_piece(void *ctx, const void *data, size_t len) {
   p->data[p->n] = malloc(len);
   memcpy(p->data[p->n], data, len);
   p->len[p->n++] = len;
-  if (len > p->max_piece)
-    p->max_piece = len;
+  if (len > p->max_piece) p->max_piece = len;
   return 0;
 }
 
 static int next_piece(void *ctx, const void **data, size_t *len) {
   pieces *p = ctx;
-  if (p->next == p->n)
-    return 0;
+  if (p->next == p->n) return 0;
   *data = p->data[p->next];
   *len = p->len[p->next++];
   return 1;
 }
 
 static void free_pieces(pieces *p) {
-  for (int i = 0; i < p->n; i++)
-    free(p->data[i]);
+  for (int i = 0; i < p->n; i++) free(p->data[i]);
 }
 
 static void assert_same_results(const cdb_index *a, const cdb_index *b, const float *qs, int nq,
@@ -387,8 +378,7 @@ static int give_rows(void *ctx, cdb_vector_sink sink, void *sink_ctx, cdb_error 
   row_source *r = ctx;
   for (int64_t i = 0; i <= r->n; i++) {
     int64_t id = i == r->n ? 1000000 : i;
-    if (i != r->skip && sink(sink_ctx, id, r->x + (size_t)(i % r->n) * r->d, err) != 0)
-      return -1;
+    if (i != r->skip && sink(sink_ctx, id, r->x + (size_t)(i % r->n) * r->d, err) != 0) return -1;
   }
   return 0;
 }
@@ -402,8 +392,7 @@ Test(index, save_ids_load_ids_round_trip) {
   memset(&p, 0, sizeof p);
   cr_assert_eq(cdb_index_save_ids(idx, 65536, collect_piece, &p, &err), 0, "%s", err.msg);
   size_t bytes = 0;
-  for (int i = 0; i < p.n; i++)
-    bytes += p.len[i];
+  for (int i = 0; i < p.n; i++) bytes += p.len[i];
   cdb_index_info a, b;
   cdb_index_get_info(idx, &a);
   /* ids and centroids only: no vectors */
@@ -426,8 +415,7 @@ Test(index, save_ids_load_ids_round_trip) {
   float sims[K];
   int found = 0;
   search_ok(back, x + 7 * (size_t)d, K, NULL, ids, sims, &found);
-  for (int i = 0; i < found; i++)
-    cr_assert_neq(ids[i], 7);
+  for (int i = 0; i < found; i++) cr_assert_neq(ids[i], 7);
   cdb_index_free(back);
   /* without vectors, or cut short, it is an error */
   p.next = 0;
@@ -531,8 +519,16 @@ Test(index, damaged_cache_file_is_detected) {
   cr_assert_eq(stat(path, &st), 0);
   long size = (long)st.st_size, trailer = 8L * nlist + 40;
   long list_data = size - trailer - (long)n * (d * 4 + 8);
-  long spots[] = {8, 16, 200, list_data - 1, list_data + 3, size / 2, size - trailer - 1,
-                  size - trailer, size - 8, size - 1};
+  long spots[] = {8,
+                  16,
+                  200,
+                  list_data - 1,
+                  list_data + 3,
+                  size / 2,
+                  size - trailer - 1,
+                  size - trailer,
+                  size - 8,
+                  size - 1};
   for (size_t s = 0; s < sizeof spots / sizeof spots[0]; s++) {
     cr_assert_eq(cdb_index_save_file(idx, path, 5, &err), 0, "%s", err.msg);
     cdb_index *good = cdb_index_open_file_mmap(path, 5, &err);
@@ -541,8 +537,7 @@ Test(index, damaged_cache_file_is_detected) {
     cdb_index_free(good);
     flip_byte(path, spots[s]);
     cdb_index *mapped = cdb_index_open_file_mmap(path, 5, &err);
-    if (!mapped)
-      continue; /* refused at open */
+    if (!mapped) continue; /* refused at open */
     cr_assert(spots[s] >= list_data && spots[s] < size - trailer, "byte %ld", spots[s]);
     int failed = 0;
     for (int q = 0; q < n && !failed; q += 50) {
@@ -573,8 +568,7 @@ Test(index, retrain_after_growth_keeps_results_correct) {
   cdb_index_info before;
   cdb_index_get_info(idx, &before);
   int64_t *ids = malloc((size_t)n * sizeof *ids);
-  for (int64_t i = 0; i < n; i++)
-    ids[i] = i;
+  for (int64_t i = 0; i < n; i++) ids[i] = i;
   cr_assert_eq(cdb_index_add(idx, n - 10000, ids + 10000, x + (size_t)10000 * d, &err), 0, "%s",
                err.msg);
   cr_assert(cdb_index_needs_training(idx));
@@ -591,8 +585,8 @@ Test(index, retrain_after_growth_keeps_results_correct) {
   cr_assert_eq(after.count, n);
   cr_assert_eq(after.trained_at_count, n);
   double r_new = mean_recall(fresh, x, n, d, qs, nq, NULL);
-  printf("index: retrain %s -> %s, recall@10 %.3f -> %.3f\n", before.factory, after.factory,
-         r_old, r_new);
+  printf("index: retrain %s -> %s, recall@10 %.3f -> %.3f\n", before.factory, after.factory, r_old,
+         r_new);
   cr_assert(r_new >= 0.95, "recall after retrain %.3f", r_new);
   cr_assert(!cdb_index_needs_training(fresh));
   /* training is deterministic */
@@ -655,8 +649,7 @@ Test(index, range_search_finds_near_duplicates) {
   /* rows 100..104 become near-duplicates of row 0 */
   uint64_t s = 99;
   for (int r = 100; r < 105; r++) {
-    for (int j = 0; j < d; j++)
-      x[(size_t)r * d + j] = x[j] + (float)(0.01 * td_normal(&s));
+    for (int j = 0; j < d; j++) x[(size_t)r * d + j] = x[j] + (float)(0.01 * td_normal(&s));
     cdb_vec_normalise(x + (size_t)r * d, (size_t)d);
   }
   cdb_index *idx = build("auto", x, n, d, 0);
@@ -664,8 +657,8 @@ Test(index, range_search_finds_near_duplicates) {
   int64_t *ids = NULL, n_found = 0;
   float *sims = NULL;
   float min_sim = 0.99f;
-  cr_assert_eq(cdb_index_range_search(idx, x, min_sim, NULL, &ids, &sims, &n_found, &err), 0,
-               "%s", err.msg);
+  cr_assert_eq(cdb_index_range_search(idx, x, min_sim, NULL, &ids, &sims, &n_found, &err), 0, "%s",
+               err.msg);
   int64_t expect = 0;
   for (int64_t i = 0; i < n; i++) {
     double dot = 0, norm = 0;
@@ -682,8 +675,7 @@ Test(index, range_search_finds_near_duplicates) {
   for (int64_t i = 0; i < n_found; i++) {
     cr_assert(sims[i] >= min_sim);
     near_dups += ids[i] >= 100 && ids[i] < 105;
-    if (i)
-      cr_assert(sims[i - 1] >= sims[i]);
+    if (i) cr_assert(sims[i - 1] >= sims[i]);
   }
   cr_assert_eq(near_dups, 5, "found %d of the 5 planted near-duplicates", near_dups);
   free(ids);
@@ -723,8 +715,8 @@ Test(index, bad_inputs_give_errors) {
   cr_assert_null(cdb_index_new(0, &p, &err));
   cr_assert_null(cdb_index_new(-5, &p, &err));
   cr_assert_null(cdb_index_new(CDB_INDEX_MAX_DIM + 1, &p, &err));
-  const char *bad_types[] = {"HNSW32", "IVF,Bogus", "IVF100,PQ7", "IVF0,Flat", "PCA32,IVF16,Flat",
-                             "IVF16,"};
+  const char *bad_types[] = {"HNSW32",    "IVF,Bogus",        "IVF100,PQ7",
+                             "IVF0,Flat", "PCA32,IVF16,Flat", "IVF16,"};
   for (int i = 0; i < 6; i++) {
     p.type = bad_types[i];
     err.msg[0] = 0;

@@ -20,11 +20,9 @@ double td_normal(uint64_t *s) {
 
 static void normalise(float *v, int d) {
   double sum = 0;
-  for (int j = 0; j < d; j++)
-    sum += (double)v[j] * v[j];
+  for (int j = 0; j < d; j++) sum += (double)v[j] * v[j];
   float inv = (float)(1.0 / sqrt(sum));
-  for (int j = 0; j < d; j++)
-    v[j] *= inv;
+  for (int j = 0; j < d; j++) v[j] *= inv;
 }
 
 float *td_clustered(int64_t n, int d, int ncentres, double noise, uint64_t seed) {
@@ -32,16 +30,14 @@ float *td_clustered(int64_t n, int d, int ncentres, double noise, uint64_t seed)
   float *centres = malloc((size_t)ncentres * d * sizeof *centres);
   float *x = malloc((size_t)n * d * sizeof *x);
   for (int c = 0; c < ncentres; c++) {
-    for (int j = 0; j < d; j++)
-      centres[(size_t)c * d + j] = (float)td_normal(&s);
+    for (int j = 0; j < d; j++) centres[(size_t)c * d + j] = (float)td_normal(&s);
     normalise(centres + (size_t)c * d, d);
   }
   double sd = noise / sqrt((double)d);
   for (int64_t i = 0; i < n; i++) {
     const float *c = centres + (size_t)(td_uniform(&s) * ncentres) * d;
     float *v = x + (size_t)i * d;
-    for (int j = 0; j < d; j++)
-      v[j] = c[j] + (float)(sd * td_normal(&s));
+    for (int j = 0; j < d; j++) v[j] = c[j] + (float)(sd * td_normal(&s));
     normalise(v, d);
   }
   free(centres);
@@ -52,14 +48,11 @@ int td_brute_topk(const float *db, int64_t n, int d, const float *q, int k,
                   const unsigned char *allowed, int64_t *ids, float *sims) {
   int found = 0;
   for (int64_t i = 0; i < n; i++) {
-    if (allowed && !allowed[i])
-      continue;
+    if (allowed && !allowed[i]) continue;
     double dot = 0;
-    for (int j = 0; j < d; j++)
-      dot += (double)db[(size_t)i * d + j] * q[j];
+    for (int j = 0; j < d; j++) dot += (double)db[(size_t)i * d + j] * q[j];
     float s = (float)dot;
-    if (found == k && s <= sims[k - 1])
-      continue;
+    if (found == k && s <= sims[k - 1]) continue;
     int pos = found < k ? found++ : k - 1;
     while (pos > 0 && sims[pos - 1] < s) {
       sims[pos] = sims[pos - 1];
