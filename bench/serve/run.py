@@ -82,7 +82,7 @@ def bench_thumbs(build, model, out, env):
     if not photos.exists():
         shutil.copytree(ROOT / "examples" / "shapes", photos)
         make_12mp(photos / "big-12mp.jpg")
-    db = out / "thumbs.db"
+    db = out / f"thumbs-{pathlib.Path(model).name}.db"
     subprocess.run([str(build / "cli" / "clipdb"), "--db", str(db), "--model", model, "index",
                     str(photos)], check=True, env=env, capture_output=True)
     shutil.rmtree(out / "cache", ignore_errors=True)
@@ -116,7 +116,7 @@ def main():
     out = ROOT / "bench" / "out" / "serve"
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, XDG_CACHE_HOME=str(out / "cache"))
-    db = out / f"big-{n}.db"
+    db = out / f"big-{pathlib.Path(model).name}-{n}.db"
     if not db.exists():
         subprocess.run(["/usr/bin/python3", str(ROOT / "bench/cli/make_big_db.py"), str(build),
                         str(db), model, str(n)], check=True)
