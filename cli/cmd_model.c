@@ -10,6 +10,7 @@
 
 #include "cli/cli.h"
 #include "embed/clip.h"
+#include "src/file.h"
 #include "src/hub.h"
 #include "src/json.h"
 #include "src/model_path.h"
@@ -134,7 +135,14 @@ static int cmd_pull(int argc, char **argv, const cli_ctx *ctx) {
   cdb_error err = {{0}};
   char *dir = cdb_hub_model_dir(hub_name, &err);
   if (!dir) return cli_usage_error("model pull", "%s", err.msg);
+  /* A model transformers or open_clip already fetched is used where it is, not fetched again. */
+  char *found = opts.revision || cdb_is_dir(dir) ? NULL : cdb_hub_find(hub_name, &err);
   free(dir);
+  if (found) {
+    printf("%s is already in the Hugging Face cache: %s (nothing pulled)\n", hub_name, found);
+    free(found);
+    return CLI_OK;
+  }
   opts.download.show_progress = ctx->stderr_tty;
   return pull(hub_name, &opts);
 }

@@ -91,15 +91,62 @@ char *cdb_hub_model_dir(const char *hub_name, cdb_error *err) {
   return path;
 }
 
+/* The Hugging Face hub cache, as huggingface_hub finds it: $HF_HUB_CACHE, else $HF_HOME/hub,
+ * else $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub. g_free'd. */
+static char *hf_cache_dir(void) {
+  const char *hub = getenv("HF_HUB_CACHE"), *home = getenv("HF_HOME");
+  const char *xdg = getenv("XDG_CACHE_HOME"), *user = getenv("HOME");
+  if (hub && hub[0]) return g_strdup(hub);
+  if (home && home[0]) return g_build_filename(home, "hub", NULL);
+  if (xdg && xdg[0] == '/') return g_build_filename(xdg, "huggingface", "hub", NULL);
+  return g_build_filename(user && user[0] ? user : "/tmp", ".cache", "huggingface", "hub", NULL);
+}
+
+static bool has_required_files(const char *dir) {
+  for (int i = 0; i < N_HUB_FILES; i++) {
+    char *path = g_build_filename(dir, HUB_FILES[i].name, NULL);
+    bool ok = !HUB_FILES[i].required || g_file_test(path, G_FILE_TEST_IS_REGULAR);
+    g_free(path);
+    if (!ok) return false;
+  }
+  return true;
+}
+
+/* The snapshot of hub_name's main revision in the Hugging Face cache
+ * (models--ORG--NAME/refs/main names the commit; snapshots/COMMIT/ holds links into blobs/)
+ * when it holds every file clipdb needs, else NULL. malloc'd. */
+static char *hf_cache_snapshot(const char *hub_name) {
+  char *org = g_strndup(hub_name, (size_t)(strchr(hub_name, '/') - hub_name));
+  char *cache = hf_cache_dir();
+  char *repo = g_strdup_printf("%s/models--%s--%s", cache, org, strchr(hub_name, '/') + 1);
+  char *ref = g_build_filename(repo, "refs", DEFAULT_REVISION, NULL), *commit = NULL;
+  char *found = NULL;
+  if (g_file_get_contents(ref, &commit, NULL, NULL)) {
+    g_strstrip(commit);
+    bool safe = commit[0] && safe_name_part(commit, strlen(commit));
+    char *snap = safe ? g_build_filename(repo, "snapshots", commit, NULL) : NULL;
+    if (snap && has_required_files(snap)) found = strdup(snap);
+    g_free(snap);
+  }
+  g_free(commit);
+  g_free(ref);
+  g_free(repo);
+  g_free(cache);
+  g_free(org);
+  return found;
+}
+
 char *cdb_hub_find(const char *hub_name, cdb_error *err) {
   char *path = cdb_hub_model_dir(hub_name, err);
-  if (path && !cdb_is_dir(path)) {
-    cdb_error_set(err, "model \"%s\" is not in the cache (%s); run `clipdb model pull %s`",
+  if (!path || cdb_is_dir(path)) return path;
+  char *snapshot = hf_cache_snapshot(hub_name);
+  if (!snapshot)
+    cdb_error_set(err,
+                  "model \"%s\" is not in the cache (%s) nor in the Hugging Face cache; run "
+                  "`clipdb model pull %s`",
                   hub_name, path, hub_name);
-    free(path);
-    return NULL;
-  }
-  return path;
+  free(path);
+  return snapshot;
 }
 
 json_object *cdb_hub_pull_record(const char *model_dir) {

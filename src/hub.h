@@ -34,8 +34,11 @@ char *cdb_hub_cache_dir(void);
 char *cdb_hub_model_dir(const char *hub_name, cdb_error *err);
 
 /* The folder a cached model is loaded from, malloc'd: every lookup of a hub name by a reader
- * (src/model_path.h) comes here. NULL (err set, telling how to pull it) when the name is invalid
- * or the model is not cached. */
+ * (src/model_path.h) comes here. clipdb's own cache first, then the Hugging Face hub cache that
+ * transformers and open_clip fill ($HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub:
+ * models--ORG--NAME/refs/main -> snapshots/COMMIT/, used in place when it holds every file
+ * clipdb needs). NULL (err set, telling how to pull it) when the name is invalid or the model is
+ * in neither. Pulls write clipdb's cache only (verified, recorded, swapped in whole). */
 char *cdb_hub_find(const char *hub_name, cdb_error *err);
 
 /* What the pull that wrote a model folder recorded ({name, endpoint, revision, pulled_at,
