@@ -91,15 +91,40 @@ char *cdb_hub_model_dir(const char *hub_name, cdb_error *err) {
   return path;
 }
 
-/* The Hugging Face hub cache, as huggingface_hub finds it: $HF_HUB_CACHE, else $HF_HOME/hub,
- * else $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub. g_free'd. */
+/* The Hugging Face tools' home, as huggingface_hub finds it: $HF_HOME, else
+ * $XDG_CACHE_HOME/huggingface, else ~/.cache/huggingface. g_free'd. */
+static char *hf_home(void) {
+  const char *home = getenv("HF_HOME"), *xdg = getenv("XDG_CACHE_HOME"), *user = getenv("HOME");
+  if (home && home[0]) return g_strdup(home);
+  if (xdg && xdg[0] == '/') return g_build_filename(xdg, "huggingface", NULL);
+  return g_build_filename(user && user[0] ? user : "/tmp", ".cache", "huggingface", NULL);
+}
+
+/* The hub cache: $HF_HUB_CACHE, else HF home's hub/. g_free'd. */
 static char *hf_cache_dir(void) {
-  const char *hub = getenv("HF_HUB_CACHE"), *home = getenv("HF_HOME");
-  const char *xdg = getenv("XDG_CACHE_HOME"), *user = getenv("HOME");
+  const char *hub = getenv("HF_HUB_CACHE");
   if (hub && hub[0]) return g_strdup(hub);
-  if (home && home[0]) return g_build_filename(home, "hub", NULL);
-  if (xdg && xdg[0] == '/') return g_build_filename(xdg, "huggingface", "hub", NULL);
-  return g_build_filename(user && user[0] ? user : "/tmp", ".cache", "huggingface", "hub", NULL);
+  char *home = hf_home(), *dir = g_build_filename(home, "hub", NULL);
+  g_free(home);
+  return dir;
+}
+
+/* The access token: $HF_TOKEN, else the one `huggingface-cli login` saved ($HF_TOKEN_PATH, else
+ * HF home's token file), first line, blanks stripped. g_free'd; NULL when there is none. */
+static char *hf_token(void) {
+  const char *env = getenv("HF_TOKEN"), *path_env = getenv("HF_TOKEN_PATH");
+  if (env && env[0]) return g_strdup(env);
+  char *home = hf_home(), *text = NULL;
+  char *path = path_env && path_env[0] ? g_strdup(path_env) : g_build_filename(home, "token", NULL);
+  if (g_file_get_contents(path, &text, NULL, NULL)) {
+    char *eol = strchr(text, '\n');
+    if (eol) *eol = '\0';
+    g_strstrip(text);
+  }
+  g_free(path);
+  g_free(home);
+  if (text && !text[0]) g_clear_pointer(&text, g_free);
+  return text;
 }
 
 static bool has_required_files(const char *dir) {
@@ -621,11 +646,13 @@ int cdb_hub_pull(const char *hub_name, const cdb_hub_pull_opts *opts, cdb_hub_pu
   } else {
     job.cache = cdb_hub_cache_dir();
     job.folder = g_path_get_basename(job.final_dir);
-    const char *token = getenv("HF_TOKEN");
-    job.dl.bearer_token = token && token[0] ? token : NULL;
+    char *token = hf_token();
+    job.dl.bearer_token = token;
     job.files = json_object_new_array();
     job.previous = cdb_hub_pull_record(job.final_dir);
     rc = run_pull(&job, res);
+    if (token) memset(token, 0, strlen(token));
+    g_free(token);
     json_object_put(job.files);
     json_object_put(job.previous);
   }

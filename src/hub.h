@@ -13,9 +13,10 @@
  * in for ORG--NAME: a failed pull leaves the cached model untouched. An interrupted pull leaves its
  * staging folder; the next pull of the same name, endpoint and revision continues it.
  *
- * The hub's environment is read here: HF_ENDPOINT (the hub's address), HF_TOKEN (sent as a bearer
- * token, never shown), HF_HUB_OFFLINE (forbids downloads); the cache root is
- * $XDG_CACHE_HOME/clipdb/models, default ~/.cache/clipdb/models. */
+ * The hub's environment is read here: HF_ENDPOINT (the hub's address), HF_TOKEN or the token file
+ * `huggingface-cli login` saves (HF_TOKEN_PATH, HF_HOME/token; sent as a bearer token, never
+ * shown), HF_HUB_OFFLINE (forbids downloads), HF_HUB_CACHE / HF_HOME (the hub cache, read); the
+ * cache root is $XDG_CACHE_HOME/clipdb/models, default ~/.cache/clipdb/models. */
 #ifndef CDB_HUB_H
 #define CDB_HUB_H
 

@@ -105,6 +105,23 @@ def test_no_token_no_header(cli, hub):
     assert all(q["authorization"] is None for q in hub.requests())
 
 
+@pytest.mark.parametrize("where", ["HF_TOKEN_PATH", "HF_HOME", "default"])
+def test_saved_login_token_is_sent(where, cli, hub, tmp_path):
+    """Without HF_TOKEN, the token `huggingface-cli login` saved is used (first line, blanks
+    stripped), as the hub tools do; never printed (the cli fixture checks every output)."""
+    if where == "HF_TOKEN_PATH":
+        path, extra = tmp_path / "tok", {"HF_TOKEN_PATH": str(tmp_path / "tok")}
+    elif where == "HF_HOME":
+        path, extra = tmp_path / "hfhome" / "token", {"HF_HOME": str(tmp_path / "hfhome")}
+    else:  # $XDG_CACHE_HOME/huggingface/token, XDG_CACHE_HOME being the test's cache
+        path, extra = tmp_path / "cache" / "huggingface" / "token", {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"  {TOKEN}\nsecond line\n")
+    assert cli("model", "pull", REPO, HF_TOKEN="", **extra).returncode == 0
+    assert {q["authorization"] for q in hub.requests("hub")} == {f"Bearer {TOKEN}"}
+    assert all(q["authorization"] is None for q in hub.requests("cdn"))
+
+
 def test_repull_keeps_unchanged_large_file(cli, hub, cache_dir, model_dir):
     assert cli("model", "pull", REPO).returncode == 0
     pulled = cache_dir / "clipdb-test--tiny-shapes"
