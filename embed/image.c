@@ -255,6 +255,31 @@ typedef struct source {
   const char *what; /* the file name, or "image buffer" */
 } source;
 
+/* Whether a loader (a type name) may run: libvips's untrusted loaders (ImageMagick, OpenJPEG,
+ * netpbm, ...) are blocked at start (vips_block_untrusted_set), since clipdb decodes files nobody
+ * vetted. */
+static bool loader_trusted(const char *loader) {
+  GType type = loader ? g_type_from_name(loader) : 0;
+  if (!type) return false;
+  VipsOperationClass *op = g_type_class_ref(type);
+  bool ok = !(op->flags & (VIPS_OPERATION_UNTRUSTED | VIPS_OPERATION_BLOCKED));
+  g_type_class_unref(op);
+  return ok;
+}
+
+/* Checks that a trusted libvips loader reads src; else says the format is not supported. */
+static int check_loader(const source *src, cdb_error *err) {
+  const char *loader = vips_foreign_find_load_buffer(src->buf, src->len);
+  vips_error_clear();
+  if (loader_trusted(loader)) return 0;
+  if (loader)
+    return cdb_error_set(err,
+                         "image: %s: format not supported (libvips reads it only with a decoder "
+                         "it does not trust for unvetted files, as for BMP, PPM or JPEG 2000)",
+                         src->what);
+  return cdb_error_set(err, "image: %s: not an image in a format libvips can read", src->what);
+}
+
 /* Decodes with shrink-on-load by `shrink` (1 = whole): libjpeg's DCT scaling for JPEG,
  * libwebp's area-averaging rescaler (to width / shrink, rounded) for WebP. */
 static VipsImage *load(const source *src, VipsAccess access, shrink_kind kind, int shrink,
@@ -411,10 +436,7 @@ static int preprocess(const clip_image_spec *spec, const source *src, float *out
   if (src->len == 0) return cdb_error_set(err, "image: %s: empty (0 bytes)", src->what);
   pthread_once(&vips_once, init_vips);
   if (!vips_ready) return cdb_error_set(err, "image: libvips failed to initialise");
-  if (!vips_foreign_find_load_buffer(src->buf, src->len)) {
-    vips_error_clear();
-    return cdb_error_set(err, "image: %s: not an image in a format libvips can read", src->what);
-  }
+  if (check_loader(src, err) != 0) return -1;
   int orig_w, orig_h;
   VipsImage *img = open_upright(spec, src, &orig_w, &orig_h, err);
   if (!img) return -1;
@@ -451,7 +473,7 @@ void clip_image_resized_dims(const clip_image_spec *spec, int w, int h, int *out
 
 int clip_image_preprocess_buffer(const clip_image_spec *spec, const void *buf, size_t len,
                                  float *out, cdb_error *err) {
-  source src = {buf, len, "image buffer"};
+  source src = {.buf = buf, .len = len, .what = "image buffer"};
   return preprocess(spec, &src, out, err);
 }
 
@@ -460,7 +482,7 @@ int clip_image_preprocess_file(const clip_image_spec *spec, const char *path, fl
   size_t len;
   char *buf = cdb_file_read(path, MAX_IMAGE_FILE_BYTES, &len, err);
   if (!buf) return cdb_error_prefix(err, "image");
-  source src = {buf, len, path};
+  source src = {.buf = buf, .len = len, .what = path};
   int rc = preprocess(spec, &src, out, err);
   free(buf);
   return rc;

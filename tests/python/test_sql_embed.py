@@ -447,3 +447,24 @@ def test_gelu_activation_end_to_end(conn, model_dir, tmp_path):
         worst = max(worst, float(np.max(np.abs(got - ref))))
         assert float(np.max(np.abs(quick - ref))) > 1e-3, t["text"]
     assert worst < 2e-6, worst
+
+
+def bmp_bytes(w=4, h=3):
+    """A valid 24-bit BMP (bottom-up rows padded to 4 bytes)."""
+    import struct
+    row = bytes([0, 0, 255] * w) + b"\0" * ((4 - 3 * w % 4) % 4)
+    pixels = row * h
+    header = struct.pack("<2sIHHI", b"BM", 54 + len(pixels), 0, 0, 54)
+    info = struct.pack("<IiiHHIIiiII", 40, w, h, 1, 24, 0, len(pixels), 2835, 2835, 0, 0)
+    return header + info + pixels
+
+
+@pytest.mark.parametrize("kind", ["bmp", "ppm", "pgm"])
+def test_formats_only_untrusted_decoders_read_say_not_supported(conn, kind):
+    """libvips reads BMP and netpbm only through decoders it marks untrusted, which clipdb blocks:
+    the error says so plainly instead of naming a blocked libvips operation."""
+    data = {"bmp": bmp_bytes(), "ppm": b"P6\n2 2\n255\n" + bytes(range(12)),
+            "pgm": b"P5\n2 2\n255\n\x00\x40\x80\xff"}[kind]
+    with pytest.raises(sqlite3.OperationalError, match="format not supported") as e:
+        conn.execute("select clip_embed_image(?)", (data,)).fetchone()
+    assert "blocked" not in str(e.value) and "magick" not in str(e.value)
