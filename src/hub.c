@@ -577,20 +577,49 @@ static bool has_payload(const char *staging) {
   return found;
 }
 
-/* Holds <cache>/ORG--NAME.lock for the whole pull; returns its descriptor or -1. */
+static char *lock_path(const pull_job *job) {
+  return g_strdup_printf("%s/%s.lock", job->cache, job->folder);
+}
+
+/* Holds <cache>/ORG--NAME.lock for the whole pull; returns its descriptor or -1. The pull that
+ * holds it removes it when done, so a lock taken on a file that was meanwhile removed is taken
+ * again on the new one. */
 static int lock_model(const pull_job *job) {
-  char *path = g_strdup_printf("%s/%s.lock", job->cache, job->folder);
-  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    cdb_error_set(job->err, "%s: %s", path, strerror(errno));
-  } else if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    cdb_error_set(job->err, "another `clipdb model pull %s` is running (%s is locked)",
-                  job->hub_name, path);
-    close(fd);
-    fd = -1;
+  char *path = lock_path(job);
+  int fd = -1;
+  for (int attempt = 0; attempt < 100 && fd < 0; attempt++) {
+    struct stat held, named;
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+      cdb_error_set(job->err, "%s: %s", path, strerror(errno));
+      break;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      cdb_error_set(job->err, "another `clipdb model pull %s` is running (%s is locked)",
+                    job->hub_name, path);
+      close(fd);
+      fd = -1;
+      break;
+    }
+    bool same = fstat(fd, &held) == 0 && stat(path, &named) == 0 && held.st_dev == named.st_dev &&
+                held.st_ino == named.st_ino;
+    if (!same) {
+      close(fd);
+      fd = -1;
+    }
   }
+  if (fd < 0 && !job->err->msg[0])
+    cdb_error_set(job->err, "%s keeps being replaced; is another pull running?", path);
   g_free(path);
   return fd;
+}
+
+/* Removes the lock file (while still holding it) and releases it. */
+static void unlock_model(const pull_job *job, int fd) {
+  char *path = lock_path(job);
+  unlink(path);
+  close(fd);
+  g_free(path);
 }
 
 /* After a failure: a staging folder worth resuming is kept (and named in res), else removed. */
@@ -619,7 +648,7 @@ static int run_pull(pull_job *job, cdb_hub_pull_result *res) {
   if (rc == 0) rc = swap_in(job);
   if (rc == 0) res->bytes = folder_bytes(job->final_dir);
   else keep_or_drop_staging(job, res);
-  close(lock);
+  unlock_model(job, lock);
   return rc;
 }
 

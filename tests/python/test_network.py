@@ -313,6 +313,17 @@ def test_concurrent_pull_is_refused(cli, cache_dir):
     assert r.returncode == 1 and "another" in r.stderr
 
 
+def test_pull_leaves_no_lock_file(cli, hub, cache_dir):
+    """Neither a failed nor a successful pull leaves ORG--NAME.lock behind; a second pull after
+    either takes the lock again."""
+    hub.faults.statuses["config.json"] = [404]
+    r = cli("model", "pull", REPO)
+    assert r.returncode == 1
+    assert not list(cache_dir.glob("*.lock")), list(cache_dir.iterdir())
+    assert cli("model", "pull", REPO).returncode == 0
+    assert not list(cache_dir.glob("*.lock")), list(cache_dir.iterdir())
+
+
 def test_list_info_rm(cli, cache_dir, model_dir):
     r = cli("model", "list")
     assert r.returncode == 0 and r.stdout == ""
