@@ -83,7 +83,10 @@ static int pull(const char *hub_name, cdb_hub_pull_opts *opts) {
   if (rc == 0) {
     char size[32];
     format_size(res.bytes, size, sizeof size);
-    printf("pulled %s (revision %s, %s) into %s\n", hub_name, res.revision, size, res.dir);
+    if (res.commit[0])
+      printf("pulled %s (revision %s, commit %s, %s) into %s\n", hub_name, res.revision, res.commit,
+             size, res.dir);
+    else printf("pulled %s (revision %s, %s) into %s\n", hub_name, res.revision, size, res.dir);
   } else {
     cli_error("model pull: %s", err.msg);
     if (res.kept_staging)

@@ -64,6 +64,7 @@ typedef struct transfer {
   int write_errno;
   char linked_etag[65]; /* X-Linked-Etag of any response, when 64 hex digits */
   char first_etag[65];  /* ETag of the first response, when 64 hex digits */
+  char repo_commit[41]; /* X-Repo-Commit of any response, when 40 hex digits */
   long long started_ns, drawn_ns;
   bool drew;
 } transfer;
@@ -127,6 +128,9 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *userdata) {
     parse_sha256_etag(value, t->linked_etag);
   } else if (g_ascii_strcasecmp(line, "etag") == 0 && t->responses == 1) {
     parse_sha256_etag(value, t->first_etag);
+  } else if (g_ascii_strcasecmp(line, "x-repo-commit") == 0) {
+    if (strlen(value) == 40 && strspn(value, "0123456789abcdef") == 40)
+      memcpy(t->repo_commit, value, 41);
   } else if (g_ascii_strcasecmp(line, "x-linked-size") == 0) {
     t->linked_size = g_ascii_strtoll(value, NULL, 10);
   } else if (g_ascii_strcasecmp(line, "content-range") == 0) {
@@ -389,6 +393,7 @@ static int finish(const char *part, const char *dest, const transfer *t, const c
     return cdb_error_set(err, "download: renaming %s: %s", part, strerror(errno));
   info->bytes = st.st_size;
   info->verified = expected[0] != '\0';
+  memcpy(info->repo_commit, t->repo_commit, sizeof info->repo_commit);
   cdb_error_clear(err); /* drop what an earlier, retried attempt reported */
   return 0;
 }

@@ -38,11 +38,13 @@ typedef struct cdb_download_opts {
 cdb_download_opts cdb_download_default_opts(void);
 
 typedef struct cdb_download_info {
-  long long bytes; /* size of DEST */
-  char sha256[65]; /* hex SHA-256 of DEST, always computed */
-  bool verified;   /* the server named a SHA-256 and it matched */
-  bool resumed;    /* an existing .part was continued */
-  int attempts;    /* attempts made */
+  long long bytes;      /* size of DEST */
+  char sha256[65];      /* hex SHA-256 of DEST, always computed */
+  bool verified;        /* the server named a SHA-256 and it matched */
+  bool resumed;         /* an existing .part was continued */
+  int attempts;         /* attempts made */
+  char repo_commit[41]; /* the commit the hub resolved the URL's revision to (X-Repo-Commit), or ""
+                         */
 } cdb_download_info;
 
 enum { CDB_DOWNLOAD_NOT_FOUND = -2 };

@@ -323,6 +323,7 @@ typedef struct pull_job {
   cdb_download_opts dl;  /* opts->download with the token */
   json_object *files;    /* the pull record's file list */
   json_object *previous; /* the cached model's pull record, or NULL */
+  char commit[41];       /* the commit the revision resolved to, when the hub said (or "") */
   cdb_error *err;
 } pull_job;
 
@@ -474,6 +475,7 @@ static int download_file(pull_job *job, const hub_file *f, const char *url, cons
   cdb_error why = {{0}};
   int got = cdb_download(url, dest, &opts, &info, &why);
   if (got == 0) {
+    if (info.repo_commit[0]) memcpy(job->commit, info.repo_commit, sizeof job->commit);
     record_file(job, f->name, info.bytes, info.sha256, info.verified);
     report_file(job, f->name, info.bytes,
                 info.verified  ? CDB_HUB_FILE_VERIFIED
@@ -525,6 +527,7 @@ static int write_pull_record(const pull_job *job) {
   json_object_object_add(rec, "name", json_object_new_string(job->hub_name));
   json_object_object_add(rec, "endpoint", json_object_new_string(shown));
   json_object_object_add(rec, "revision", json_object_new_string(job->revision));
+  if (job->commit[0]) json_object_object_add(rec, "commit", json_object_new_string(job->commit));
   json_object_object_add(rec, "pulled_at", json_object_new_string(when));
   json_object_object_add(rec, "files", json_object_get(job->files));
   char *path = g_build_filename(job->staging, PULL_RECORD, NULL);
@@ -647,6 +650,7 @@ static int run_pull(pull_job *job, cdb_hub_pull_result *res) {
   if (rc == 0) rc = write_pull_record(job);
   if (rc == 0) rc = swap_in(job);
   if (rc == 0) res->bytes = folder_bytes(job->final_dir);
+  if (rc == 0) memcpy(res->commit, job->commit, sizeof res->commit);
   else keep_or_drop_staging(job, res);
   unlock_model(job, lock);
   return rc;

@@ -3,7 +3,7 @@
  * Every path inside the cache is computed in hub.c; nothing else knows the layout. Under
  * cdb_hub_cache_dir():
  *   ORG--NAME/             a pulled model: the repository's files and .clipdb-pull.json (what the
- *                          pull fetched: source, revision, files, SHA-256s)
+ *                          pull fetched: source, revision and its commit, files, SHA-256s)
  *   ORG--NAME.tmp-XXXXXX/  the staging folder of a pull in progress or interrupted
  *   ORG--NAME.lock         held (flock) by a pull for its whole run
  *
@@ -92,6 +92,7 @@ typedef struct cdb_hub_pull_opts {
 
 typedef struct cdb_hub_pull_result {
   const char *revision; /* the revision pulled (the option, or main) */
+  char commit[41];      /* the commit it resolved to (the hub's X-Repo-Commit), or "" */
   char *dir;            /* the model's folder in the cache, malloc'd */
   long long bytes;      /* its size after a successful pull */
   char *kept_staging;   /* after a failure: the staging folder kept for a resume, or NULL */

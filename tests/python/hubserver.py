@@ -42,6 +42,7 @@ class Hub:
     def __init__(self, model_dir, repo="clipdb-test/tiny-shapes", revision="main"):
         self.repo = repo
         self.revision = revision
+        self.commit = hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest()  # X-Repo-Commit
         self.files = {p.name: p.read_bytes() for p in pathlib.Path(model_dir).iterdir()
                       if p.is_file()}
         self.images = {}
@@ -144,11 +145,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Location", location)
             self.send_header("X-Linked-Etag", f'"{sha}"')
             self.send_header("X-Linked-Size", str(len(data)))
+            self.send_header("X-Repo-Commit", hub.commit)
             self.send_header("ETag", f'"{sha}"')
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        self._send_body(name, data, {"ETag": f'"{git_blob_sha1(data)}"'})
+        self._send_body(name, data, {"ETag": f'"{git_blob_sha1(data)}"', "X-Repo-Commit": hub.commit})
 
     def _cdn_get(self):
         hub = self.hub

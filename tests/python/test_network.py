@@ -91,6 +91,14 @@ def test_pull_matches_fixture_and_embeds_identically(cli, hub, cache_dir, model_
     assert "sha256 verified" in r.stderr  # model.safetensors, checked against X-Linked-Etag
 
 
+def test_pull_records_the_commit_the_revision_resolved_to(cli, hub, cache_dir):
+    r = cli("model", "pull", REPO)
+    assert r.returncode == 0, r.stderr
+    assert f"commit {hub.commit}" in r.stdout
+    record = json.loads((cache_dir / "clipdb-test--tiny-shapes" / ".clipdb-pull.json").read_text())
+    assert record["revision"] == "main" and record["commit"] == hub.commit
+
+
 def test_token_sent_to_hub_but_not_to_other_host(cli, hub):
     assert cli("model", "pull", REPO).returncode == 0
     hub_auth = {q["authorization"] for q in hub.requests("hub")}
