@@ -2,6 +2,7 @@
  *
  * Global options (--db PATH, --model NAME) may appear before or after the command name; they are
  * taken out of argv here so each command only parses its own options. */
+#include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -87,9 +88,20 @@ static int take_global_options(int argc, char **argv, cli_ctx *ctx) {
   return out;
 }
 
-int main(int argc, char **argv) {
-  cli_ctx ctx = {.stderr_tty = isatty(STDERR_FILENO) == 1};
-  argc = take_global_options(argc, argv, &ctx);
+/* rc, or CLI_FAIL when stdout could not be written (a full disk, a closed pipe): the last
+ * buffered bytes are only written here, so the check is made after the command's output. */
+static int finish_stdout(int rc) {
+  bool failed = ferror(stdout) != 0;
+  errno = 0;
+  if (fclose(stdout) != 0) failed = true;
+  if (!failed) return rc;
+  if (errno) cli_error("error writing standard output: %s", strerror(errno));
+  else cli_error("error writing standard output");
+  return rc == CLI_OK ? CLI_FAIL : rc;
+}
+
+static int run_command(int argc, char **argv, cli_ctx *ctx) {
+  argc = take_global_options(argc, argv, ctx);
   if (argc < 0) return CLI_USAGE;
   if (argc < 2) {
     print_usage(stderr);
@@ -108,10 +120,15 @@ int main(int argc, char **argv) {
     if (strcmp(name, COMMANDS[i].name) != 0) continue;
     clip_release_blas_threads(); /* one thread here: nothing else is inside OpenBLAS */
     optind = 0; /* GNU getopt: a full re-initialisation for the command's own parse */
-    int rc = COMMANDS[i].run(argc - 1, argv + 1, &ctx); /* libvips starts on first use */
+    int rc = COMMANDS[i].run(argc - 1, argv + 1, ctx); /* libvips starts on first use */
     clip_vips_stop();
     return rc;
   }
   cli_error("unknown command \"%s\" (see `clipdb --help`)", name);
   return CLI_USAGE;
+}
+
+int main(int argc, char **argv) {
+  cli_ctx ctx = {.stderr_tty = isatty(STDERR_FILENO) == 1};
+  return finish_stdout(run_command(argc, argv, &ctx));
 }

@@ -1,0 +1,59 @@
+"""The `clipdb` command line behaves like a well-mannered Unix tool: write errors fail, bad dates
+and flags are usage errors of one line, TAB-separated text output, `clipdb help CMD`, and a
+missing image path is an error rather than a text search.
+
+Run through pipes (subprocess) on a small library of the demo images with the tiny model:
+    CLIPDB_BUILD_DIR=build /usr/bin/python3 -m pytest tests/python/test_cli_habits.py
+"""
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+COMMANDS = ["index", "search", "similar", "dedup", "classify", "info", "tokenize", "embed", "model",
+            "serve"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, model_dir):
+    home = tmp_path_factory.mktemp("home")
+    e = dict(os.environ)
+    e.update(CLIPDB_MODEL=model_dir, HOME=str(home), XDG_DATA_HOME=str(home / "data"),
+             XDG_CACHE_HOME=str(home / "cache"))
+    return e
+
+
+def run(clipdb_bin, env, *args, stdout=subprocess.PIPE, cwd=None):
+    return subprocess.run([clipdb_bin, *map(str, args)], env=env, stdout=stdout, cwd=cwd,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory, demo_dir, clipdb_bin, env):
+    photos = tmp_path_factory.mktemp("lib") / "photos"
+    shutil.copytree(demo_dir, photos)
+    db = photos.parent / "lib.db"
+    p = run(clipdb_bin, env, "--db", db, "index", "--json", photos)
+    assert p.returncode == 0, p.stderr
+    return {"photos": photos, "db": db}
+
+
+def one_usage_line(p):
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.startswith("clipdb: ") and p.stderr.count("\n") == 1, p.stderr
+    return p.stderr
+
+
+# ---- write errors ----
+
+@pytest.mark.parametrize("args", [["search", "a red star"], ["search", "--json", "a red star"],
+                                  ["info"], ["tokenize", "hello"], ["--help"], ["--version"]])
+def test_write_error_on_stdout_fails(clipdb_bin, env, library, args):
+    with open("/dev/full", "w") as full:
+        p = run(clipdb_bin, env, "--db", library["db"], *args, stdout=full)
+    assert p.returncode != 0, args
+    assert p.stderr.count("\n") == 1 and "writing standard output" in p.stderr, p.stderr
+    # the same command to a pipe succeeds
+    assert run(clipdb_bin, env, "--db", library["db"], *args).returncode == 0
