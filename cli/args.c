@@ -40,8 +40,11 @@ int search_parse_args(int argc, char **argv, const char *cmd, const char *usage,
       default: return cli_usage_error(cmd, "unknown option");
     }
   }
-  if ((a->after && cli_check_date(a->after)) || (a->before && cli_check_date(a->before)))
-    return cli_usage_error(cmd, "dates look like 2021, 2021-06, 2021-06-30 or "
-                                "\"2021-06-30 18:00\"");
+  const char *bad_opt = a->after && cli_check_date(a->after) ? "--after"
+                        : a->before && cli_check_date(a->before) ? "--before" : NULL;
+  if (bad_opt)
+    return cli_usage_error(cmd, "%s \"%s\" is not a valid date (dates look like 2021, 2021-06, "
+                           "2021-06-30 or \"2021-06-30 18:00\")", bad_opt,
+                           bad_opt[2] == 'a' ? a->after : a->before);
   return 0;
 }

@@ -57,3 +57,24 @@ def test_write_error_on_stdout_fails(clipdb_bin, env, library, args):
     assert p.stderr.count("\n") == 1 and "writing standard output" in p.stderr, p.stderr
     # the same command to a pipe succeeds
     assert run(clipdb_bin, env, "--db", library["db"], *args).returncode == 0
+
+
+# ---- dates ----
+
+@pytest.mark.parametrize("date", ["2020-13", "2020-00", "2021-02-29", "2020-04-31",
+                                  "2020-01-01 24:00", "2020-01-01 10:60", "2020-01-01T10:00:61",
+                                  "0000"])
+@pytest.mark.parametrize("opt", ["--after", "--before"])
+def test_impossible_dates_are_usage_errors(clipdb_bin, env, library, opt, date):
+    for cmd in (["search", opt, date, "a red star"],
+                ["similar", opt, date, next(library["photos"].rglob("*.png"))]):
+        err = one_usage_line(run(clipdb_bin, env, "--db", library["db"], *cmd))
+        assert f'{opt} "{date}" is not a valid date' in err
+
+
+@pytest.mark.parametrize("date", ["2020", "2020-12", "2020-02-29", "2020-12-31 23:59",
+                                  "2020-12-31T23:59:59"])
+def test_real_dates_are_accepted(clipdb_bin, env, library, date):
+    p = run(clipdb_bin, env, "--db", library["db"], "search", "--after", date, "--before", date,
+            "a red star")
+    assert p.returncode == 0, p.stderr
