@@ -20,15 +20,19 @@ int search_parse_args(int argc, char **argv, const char *cmd, const char *usage,
       {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
   *a = (search_args){.top = DEFAULT_TOP, .threshold = -INFINITY};
   int c;
-  while ((c = getopt_long(argc, argv, "hn:", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":hn:", longopts, NULL)) != -1) {
     switch (c) {
       case 'h': return fputs(usage, stdout), -1;
       case 'n':
         if (!cli_parse_int(optarg, 1, MAX_TOP, &a->top))
           return cli_usage_error(cmd, "--top wants a number from 1 to %d", MAX_TOP);
         break;
-      case 'j': a->fmt = OUTPUT_JSON; break;
-      case 'p': a->fmt = OUTPUT_PATHS; break;
+      case 'j':
+      case 'p':
+        if (a->fmt != OUTPUT_TEXT && a->fmt != (c == 'j' ? OUTPUT_JSON : OUTPUT_PATHS))
+          return cli_usage_error(cmd, "--json and --paths cannot be used together");
+        a->fmt = c == 'j' ? OUTPUT_JSON : OUTPUT_PATHS;
+        break;
       case 'a': a->after = optarg; break;
       case 'b': a->before = optarg; break;
       case 't':
@@ -37,7 +41,7 @@ int search_parse_args(int argc, char **argv, const char *cmd, const char *usage,
         break;
       case 'v': a->preview = true; break;
       case 'l': a->local = true; break;
-      default: return cli_usage_error(cmd, "unknown option");
+      default: return cli_option_error(cmd, c, argv);
     }
   }
   const char *bad_opt = a->after && cli_check_date(a->after) ? "--after"

@@ -120,6 +120,7 @@ static int run_command(int argc, char **argv, cli_ctx *ctx) {
     if (strcmp(name, COMMANDS[i].name) != 0) continue;
     clip_release_blas_threads(); /* one thread here: nothing else is inside OpenBLAS */
     optind = 0; /* GNU getopt: a full re-initialisation for the command's own parse */
+    opterr = 0; /* the commands print their own one-line message (cli_option_error) */
     int rc = COMMANDS[i].run(argc - 1, argv + 1, ctx); /* libvips starts on first use */
     clip_vips_stop();
     return rc;

@@ -78,3 +78,32 @@ def test_real_dates_are_accepted(clipdb_bin, env, library, date):
     p = run(clipdb_bin, env, "--db", library["db"], "search", "--after", date, "--before", date,
             "a red star")
     assert p.returncode == 0, p.stderr
+
+
+# ---- flags ----
+
+@pytest.mark.parametrize("cmd", [["search", "a red star"], ["similar", "x.png"]])
+def test_json_and_paths_conflict(clipdb_bin, env, library, cmd):
+    for flags in (["--json", "--paths"], ["--paths", "--json"]):
+        p = run(clipdb_bin, env, "--db", library["db"], cmd[0], *flags, cmd[1])
+        assert "--json and --paths cannot be used together" in one_usage_line(p)
+        assert p.stdout == ""
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+@pytest.mark.parametrize("opt,shown", [("-0", "-0"), ("--frobnicate", "--frobnicate"),
+                                       ("--frobnicate=3", "--frobnicate")])
+def test_unknown_option_is_one_line_from_clipdb(clipdb_bin, env, cmd, opt, shown):
+    args = [cmd, "pull", opt, "x"] if cmd == "model" else [cmd, opt, "x"]
+    err = one_usage_line(run(clipdb_bin, env, *args))
+    assert f"unknown option {shown}" in err
+    assert "invalid option" not in err and "unrecognized option" not in err
+
+
+@pytest.mark.parametrize("args,opt", [(["search", "x", "-n"], "-n"),
+                                      (["search", "x", "--top"], "--top"),
+                                      (["similar", "x.png", "--after"], "--after"),
+                                      (["index", "--threads"], "--threads")])
+def test_missing_option_value_is_one_line(clipdb_bin, env, args, opt):
+    err = one_usage_line(run(clipdb_bin, env, *args))
+    assert f"option {opt} needs a value" in err
