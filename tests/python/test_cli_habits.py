@@ -107,3 +107,16 @@ def test_unknown_option_is_one_line_from_clipdb(clipdb_bin, env, cmd, opt, shown
 def test_missing_option_value_is_one_line(clipdb_bin, env, args, opt):
     err = one_usage_line(run(clipdb_bin, env, *args))
     assert f"option {opt} needs a value" in err
+
+
+# ---- text output ----
+
+def test_text_hits_are_score_tab_path(clipdb_bin, env, library):
+    for cmd in (["search", "a red star"], ["similar", next(library["photos"].rglob("*.png"))]):
+        base = ["--db", library["db"], cmd[0], "-n", "5", cmd[1]]
+        want = json.loads(run(clipdb_bin, env, *base, "--json").stdout)
+        lines = run(clipdb_bin, env, *base).stdout.splitlines()
+        assert len(lines) == len(want) == 5
+        for line, hit in zip(lines, want):
+            score, path = line.split("\t")
+            assert path == hit["path"] and abs(float(score) - hit["score"]) < 1e-4
