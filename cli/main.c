@@ -48,7 +48,7 @@ static void print_usage(FILE *out) {
           "global options (before or after the command):\n"
           "  --db PATH      library database (default $XDG_DATA_HOME/clipdb/library.db)\n"
           "  --model NAME   model directory or cached hub name (default $CLIPDB_MODEL, then %s)\n"
-          "  -h, --help     this help; `clipdb COMMAND --help` for a command\n"
+          "  -h, --help     this help; `clipdb help COMMAND` for a command's options\n"
           "  --version      print the version\n",
           CDB_DEFAULT_MODEL);
 }
@@ -108,6 +108,11 @@ static int run_command(int argc, char **argv, cli_ctx *ctx) {
     return CLI_USAGE;
   }
   const char *name = argv[1];
+  if (strcmp(name, "help") == 0 && argc > 2) { /* `clipdb help CMD` is `clipdb CMD --help` */
+    if (argc > 3) return cli_usage_error("help", "expected one COMMAND");
+    char *help_argv[] = {argv[0], argv[2], "--help", NULL};
+    return run_command(3, help_argv, ctx);
+  }
   if (cli_is_help(name) || strcmp(name, "help") == 0) {
     print_usage(stdout);
     return CLI_OK;

@@ -120,3 +120,18 @@ def test_text_hits_are_score_tab_path(clipdb_bin, env, library):
         for line, hit in zip(lines, want):
             score, path = line.split("\t")
             assert path == hit["path"] and abs(float(score) - hit["score"]) < 1e-4
+
+
+# ---- help ----
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_help_command_shows_that_commands_help(clipdb_bin, env, cmd):
+    p = run(clipdb_bin, env, "help", cmd)
+    assert p.returncode == 0 and p.stderr == ""
+    assert p.stdout == run(clipdb_bin, env, cmd, "--help").stdout
+    assert p.stdout.startswith("usage: clipdb " + cmd)
+
+
+def test_help_unknown_command_is_an_error(clipdb_bin, env):
+    p = run(clipdb_bin, env, "help", "frobnicate")
+    assert p.returncode == 2 and "unknown command" in p.stderr and p.stdout == ""
