@@ -135,3 +135,36 @@ def test_help_command_shows_that_commands_help(clipdb_bin, env, cmd):
 def test_help_unknown_command_is_an_error(clipdb_bin, env):
     p = run(clipdb_bin, env, "help", "frobnicate")
     assert p.returncode == 2 and "unknown command" in p.stderr and p.stdout == ""
+
+
+# ---- a missing image is an error, not a text ----
+
+@pytest.mark.parametrize("query", ["nothere.png", "holiday/nothere.JPG", "./nothere",
+                                   "photos/nothere", "/nonexistent/x", "sunset - nothere.webp",
+                                   "2:photos/nothere.jpg + a red star"])
+def test_search_with_missing_image_path_fails(clipdb_bin, env, library, query):
+    p = run(clipdb_bin, env, "--db", library["db"], "search", query, cwd=library["photos"].parent)
+    assert p.returncode != 0 and p.stdout == ""
+    assert p.stderr.count("\n") == 1 and "no such image file" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("query", ["AC/DC", "a red star", "t-shirt", "version 2.0"])
+def test_search_text_with_slash_or_dot_stays_text(clipdb_bin, env, library, query):
+    p = run(clipdb_bin, env, "--db", library["db"], "search", "-n", "1", query,
+            cwd=library["photos"].parent)
+    assert p.returncode == 0 and p.stdout.count("\n") == 1, p.stderr
+
+
+def test_search_with_existing_image_path_works(clipdb_bin, env, library):
+    photo = next(library["photos"].rglob("*.png"))
+    rel = f"photos/{photo.name}"
+    p = run(clipdb_bin, env, "--db", library["db"], "search", "-n", "1", "--paths", rel,
+            cwd=library["photos"].parent)
+    assert p.returncode == 0 and p.stdout == f"{photo}\n", p.stderr
+
+
+@pytest.mark.parametrize("image", ["nothere.png", "nothere", "photos/nothere.jpg"])
+def test_similar_with_missing_image_fails(clipdb_bin, env, library, image):
+    p = run(clipdb_bin, env, "--db", library["db"], "similar", image, cwd=library["photos"].parent)
+    assert p.returncode != 0 and p.stdout == ""
+    assert p.stderr.count("\n") == 1 and "nothere" in p.stderr, p.stderr
