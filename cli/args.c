@@ -11,6 +11,13 @@
 #define MAX_TOP 10000
 #define DEFAULT_TOP 10
 
+static int bad_date(const char *cmd, const char *opt, const char *value) {
+  return cli_usage_error(cmd,
+                         "%s \"%s\" is not a valid date (dates look like 2021, 2021-06, "
+                         "2021-06-30 or \"2021-06-30 18:00\")",
+                         opt, value);
+}
+
 int search_parse_args(int argc, char **argv, const char *cmd, const char *usage, search_args *a) {
   static const struct option longopts[] = {
       {"top", required_argument, 0, 'n'},    {"json", no_argument, 0, 'j'},
@@ -44,11 +51,7 @@ int search_parse_args(int argc, char **argv, const char *cmd, const char *usage,
       default: return cli_option_error(cmd, c, argv);
     }
   }
-  const char *bad_opt = a->after && cli_check_date(a->after) ? "--after"
-                        : a->before && cli_check_date(a->before) ? "--before" : NULL;
-  if (bad_opt)
-    return cli_usage_error(cmd, "%s \"%s\" is not a valid date (dates look like 2021, 2021-06, "
-                           "2021-06-30 or \"2021-06-30 18:00\")", bad_opt,
-                           bad_opt[2] == 'a' ? a->after : a->before);
+  if (a->after && cli_check_date(a->after)) return bad_date(cmd, "--after", a->after);
+  if (a->before && cli_check_date(a->before)) return bad_date(cmd, "--before", a->before);
   return 0;
 }
