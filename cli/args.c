@@ -11,6 +11,13 @@
 #define MAX_TOP 10000
 #define DEFAULT_TOP 10
 
+static int bad_date(const char *cmd, const char *opt, const char *value) {
+  return cli_usage_error(cmd,
+                         "%s \"%s\" is not a valid date (dates look like 2021, 2021-06, "
+                         "2021-06-30 or \"2021-06-30 18:00\")",
+                         opt, value);
+}
+
 int search_parse_args(int argc, char **argv, const char *cmd, const char *usage, search_args *a) {
   static const struct option longopts[] = {
       {"top", required_argument, 0, 'n'},    {"json", no_argument, 0, 'j'},
@@ -20,15 +27,19 @@ int search_parse_args(int argc, char **argv, const char *cmd, const char *usage,
       {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
   *a = (search_args){.top = DEFAULT_TOP, .threshold = -INFINITY};
   int c;
-  while ((c = getopt_long(argc, argv, "hn:", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":hn:", longopts, NULL)) != -1) {
     switch (c) {
       case 'h': return fputs(usage, stdout), -1;
       case 'n':
         if (!cli_parse_int(optarg, 1, MAX_TOP, &a->top))
           return cli_usage_error(cmd, "--top wants a number from 1 to %d", MAX_TOP);
         break;
-      case 'j': a->fmt = OUTPUT_JSON; break;
-      case 'p': a->fmt = OUTPUT_PATHS; break;
+      case 'j':
+      case 'p':
+        if (a->fmt != OUTPUT_TEXT && a->fmt != (c == 'j' ? OUTPUT_JSON : OUTPUT_PATHS))
+          return cli_usage_error(cmd, "--json and --paths cannot be used together");
+        a->fmt = c == 'j' ? OUTPUT_JSON : OUTPUT_PATHS;
+        break;
       case 'a': a->after = optarg; break;
       case 'b': a->before = optarg; break;
       case 't':
@@ -37,11 +48,10 @@ int search_parse_args(int argc, char **argv, const char *cmd, const char *usage,
         break;
       case 'v': a->preview = true; break;
       case 'l': a->local = true; break;
-      default: return cli_usage_error(cmd, "unknown option");
+      default: return cli_option_error(cmd, c, argv);
     }
   }
-  if ((a->after && cli_check_date(a->after)) || (a->before && cli_check_date(a->before)))
-    return cli_usage_error(cmd, "dates look like 2021, 2021-06, 2021-06-30 or "
-                                "\"2021-06-30 18:00\"");
+  if (a->after && cli_check_date(a->after)) return bad_date(cmd, "--after", a->after);
+  if (a->before && cli_check_date(a->before)) return bad_date(cmd, "--before", a->before);
   return 0;
 }

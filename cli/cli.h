@@ -32,6 +32,11 @@ void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Prints "clipdb: <message>\n" and returns CLI_USAGE (say what was wrong and hint at --help). */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* After getopt_long returned c ('?' or ':', with an optstring starting with ':' and opterr 0):
+ * prints one line, "clipdb: CMD: unknown option X" or "... option X needs a value", and returns
+ * CLI_USAGE. */
+int cli_option_error(const char *cmd, int c, char **argv);
+
 /* The model directory for ctx->model (cdb_model_resolve), malloc'd; NULL with err set. */
 char *cli_model_dir(const cli_ctx *ctx, cdb_error *err);
 

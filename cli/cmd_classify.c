@@ -113,12 +113,12 @@ int cmd_classify(int argc, char **argv, const cli_ctx *ctx) {
   const char *tmpl = DEFAULT_TEMPLATE;
   bool json = false;
   int c;
-  while ((c = getopt_long(argc, argv, "ht:j", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":ht:j", longopts, NULL)) != -1) {
     switch (c) {
       case 'h': return fputs(USAGE, stdout), CLI_OK;
       case 't': tmpl = optarg; break;
       case 'j': json = true; break;
-      default: return cli_usage_error("classify", "unknown option");
+      default: return cli_option_error("classify", c, argv);
     }
   }
   if (argc - optind < 3)

@@ -196,7 +196,7 @@ int cmd_dedup(int argc, char **argv, const cli_ctx *ctx) {
   bool json = false, local = false;
   long nprobe = DEFAULT_NPROBE;
   int c;
-  while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
     switch (c) {
       case 'h': return fputs(USAGE, stdout), CLI_OK;
       case 't':
@@ -209,7 +209,7 @@ int cmd_dedup(int argc, char **argv, const cli_ctx *ctx) {
         if (!cli_parse_int(optarg, 1, MAX_NPROBE, &nprobe))
           return cli_usage_error("dedup", "--nprobe wants a number from 1 to %d", MAX_NPROBE);
         break;
-      default: return cli_usage_error("dedup", "unknown option");
+      default: return cli_option_error("dedup", c, argv);
     }
   }
   if (optind != argc) return cli_usage_error("dedup", "unexpected argument \"%s\"", argv[optind]);

@@ -70,13 +70,13 @@ int cmd_embed(int argc, char **argv, const cli_ctx *ctx) {
                                            {0, 0, 0, 0}};
   const char *text = NULL, *image = NULL, *pixels = NULL;
   int c;
-  while ((c = getopt_long(argc, argv, "+ht:i:p:", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "+:ht:i:p:", longopts, NULL)) != -1) {
     switch (c) {
       case 'h': return fputs(EMBED_USAGE, stdout), CLI_OK;
       case 't': text = optarg; break;
       case 'i': image = optarg; break;
       case 'p': pixels = optarg; break;
-      default: return cli_usage_error("embed", "unknown option");
+      default: return cli_option_error("embed", c, argv);
     }
   }
   if (optind != argc) return cli_usage_error("embed", "unexpected argument \"%s\"", argv[optind]);

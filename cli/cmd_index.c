@@ -626,7 +626,7 @@ static int parse_opts(int argc, char **argv, index_opts *o) {
   o->excludes = calloc((size_t)argc, sizeof *o->excludes);
   if (!o->excludes) return cli_usage_error(NULL, "out of memory");
   int c;
-  while ((c = getopt_long(argc, argv, "hx:jt:q", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":hx:jt:q", longopts, NULL)) != -1) {
     switch (c) {
       case 'h': return fputs(USAGE, stdout), -1;
       case 'l': o->local = true; break;
@@ -642,7 +642,7 @@ static int parse_opts(int argc, char **argv, index_opts *o) {
           return cli_usage_error("index", "--commit-every wants a number from 1 to %d",
                                  MAX_COMMIT_EVERY);
         break;
-      default: return cli_usage_error("index", "unknown option");
+      default: return cli_option_error("index", c, argv);
     }
   }
   if (optind == argc) return cli_usage_error("index", "expected at least one DIR");

@@ -129,12 +129,12 @@ int cmd_info(int argc, char **argv, const cli_ctx *ctx) {
                                            {0, 0, 0, 0}};
   bool json = false, local = false;
   int c;
-  while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
     switch (c) {
       case 'h': return fputs(USAGE, stdout), CLI_OK;
       case 'j': json = true; break;
       case 'l': local = true; break;
-      default: return cli_usage_error("info", "unknown option");
+      default: return cli_option_error("info", c, argv);
     }
   }
   if (optind != argc) return cli_usage_error("info", "unexpected argument \"%s\"", argv[optind]);

@@ -111,7 +111,7 @@ static int cmd_pull(int argc, char **argv, const cli_ctx *ctx) {
   long v;
   int c;
   optind = 0;
-  while ((c = getopt_long(argc, argv, "r:h", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":r:h", longopts, NULL)) != -1) {
     switch (c) {
       case 'r': opts.revision = optarg; break;
       case 'o': opts.offline = true; break;
@@ -126,7 +126,7 @@ static int cmd_pull(int argc, char **argv, const cli_ctx *ctx) {
         opts.download.stall_timeout_s = v;
         break;
       case 'h': fputs(MODEL_USAGE, stdout); return CLI_OK;
-      default: return cli_usage_error("model pull", "unknown option (see clipdb model --help)");
+      default: return cli_option_error("model pull", c, argv);
     }
   }
   if (optind != argc - 1)

@@ -4,12 +4,14 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/db.h"
 #include "cli/output.h"
 #include "cli/query.h"
+#include "cli/walk.h"
 #include "src/vec.h"
 
 #define MAX_QUERY_BYTES 4096
@@ -40,6 +42,22 @@ static char *join_args(int argc, char **argv, int from) {
     strcat(s, argv[i]);
   }
   return s;
+}
+
+/* True when a text term reads as a file path: it ends in an image extension, or it contains a
+ * '/' and starts with '/', './' or '../' or names an existing folder before its last '/' (so
+ * "AC/DC" stays text). Such a term that is not an existing file is a mistake, not a text. */
+static bool looks_like_image_path(const char *s) {
+  if (strncmp(s, "http://", 7) == 0 || strncmp(s, "https://", 8) == 0) return false;
+  if (walk_is_image_name(s)) return true;
+  const char *slash = strrchr(s, '/');
+  if (!slash) return false;
+  if (s[0] == '/' || strncmp(s, "./", 2) == 0 || strncmp(s, "../", 3) == 0) return true;
+  char *dir = strndup(s, (size_t)(slash - s));
+  struct stat st;
+  bool is_dir = dir && stat(dir, &st) == 0 && S_ISDIR(st.st_mode);
+  free(dir);
+  return is_dir;
 }
 
 /* A term's unit vector: a stored photo's vector when the image is indexed, else embedded. */
@@ -103,7 +121,11 @@ int cmd_search(int argc, char **argv, const cli_ctx *ctx) {
   float *vec = NULL;
   cli_hit *hits = NULL;
   int dim = 0, n = 0, rc = query_parse(text, &q, &err);
+  for (size_t i = 0; rc == 0 && i < q.n; i++)
+    if (!q.terms[i].is_image && looks_like_image_path(q.terms[i].text))
+      rc = cdb_error_set(&err, "no such image file: %s", q.terms[i].text);
   if (rc != 0) {
+    query_free(&q);
     free(text);
     return cli_usage_error("search", "%s", err.msg);
   }

@@ -731,7 +731,7 @@ static int parse_args(int argc, char **argv, serve_args *a) {
                                        {0, 0, 0, 0}};
   *a = (serve_args){"127.0.0.1:8765", NULL, 4, false};
   int c;
-  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
     if (c == 'l') a->listen = optarg;
     else if (c == 't') a->token = optarg;
     else if (c == 'L') a->local = true;
@@ -740,7 +740,7 @@ static int parse_args(int argc, char **argv, serve_args *a) {
     else if (c == 'h') {
       fputs(USAGE, stdout);
       return -1;
-    } else if (c != 'j') return cli_usage_error("serve", "see `clipdb serve --help`");
+    } else if (c != 'j') return cli_option_error("serve", c, argv);
   }
   if (optind != argc) return cli_usage_error("serve", "unexpected argument \"%s\"", argv[optind]);
   if (a->token && (!*a->token || strlen(a->token) > 64 || !utf8_valid(a->token)))

@@ -17,9 +17,9 @@ static const char TOKENIZE_USAGE[] =
 int cmd_tokenize(int argc, char **argv, const cli_ctx *ctx) {
   static const struct option longopts[] = {{"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
   int c;
-  while ((c = getopt_long(argc, argv, "+h", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "+:h", longopts, NULL)) != -1) {
     if (c == 'h') return fputs(TOKENIZE_USAGE, stdout), CLI_OK;
-    return cli_usage_error("tokenize", "unknown option");
+    return cli_option_error("tokenize", c, argv);
   }
   if (argc - optind != 1) return cli_usage_error("tokenize", "expected one TEXT argument");
   const char *text = argv[optind];

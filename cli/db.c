@@ -6,6 +6,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <glib.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -440,6 +441,13 @@ int cli_check_date(const char *s) {
     if (shape[i] == 'd' ? !isdigit((unsigned char)c) : !(c == shape[i] || (i == 10 && c == 'T')))
       return -1;
   }
+  /* the shape is right; GLib says whether such a day and time exist (no month 13, no Feb 30) */
+  int f[6] = {0, 1, 1, 0, 0, 0};
+  for (size_t i = 0, k = 0; i < n && k < 6; i += (k == 0 ? 5 : 3), k++)
+    f[k] = (int)strtol(s + i, NULL, 10);
+  GDateTime *t = g_date_time_new_utc(f[0], f[1], f[2], f[3], f[4], f[5]);
+  if (!t) return -1;
+  g_date_time_unref(t);
   return 0;
 }
 

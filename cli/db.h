@@ -103,7 +103,8 @@ int cli_dedup_groups(cli_db *db, double threshold, struct json_object **out, cdb
 char *cli_classify_sql(sqlite3 *db, const char *model_dir, const char *image, char **labels, int n,
                        const char *tmpl, cdb_error *err);
 
-/* Checks a --after/--before value; 0 when it is a date prefix as above. */
+/* Checks a --after/--before value; 0 when it is a date prefix as above of a real day and time
+ * (validated by GLib: 2021-02-29, month 13 or 24:00 are refused). */
 int cli_check_date(const char *s);
 
 #endif

@@ -2,6 +2,7 @@
  *
  * Global options (--db PATH, --model NAME) may appear before or after the command name; they are
  * taken out of argv here so each command only parses its own options. */
+#include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -47,7 +48,7 @@ static void print_usage(FILE *out) {
           "global options (before or after the command):\n"
           "  --db PATH      library database (default $XDG_DATA_HOME/clipdb/library.db)\n"
           "  --model NAME   model directory or cached hub name (default $CLIPDB_MODEL, then %s)\n"
-          "  -h, --help     this help; `clipdb COMMAND --help` for a command\n"
+          "  -h, --help     this help; `clipdb help COMMAND` for a command's options\n"
           "  --version      print the version\n",
           CDB_DEFAULT_MODEL);
 }
@@ -87,15 +88,31 @@ static int take_global_options(int argc, char **argv, cli_ctx *ctx) {
   return out;
 }
 
-int main(int argc, char **argv) {
-  cli_ctx ctx = {.stderr_tty = isatty(STDERR_FILENO) == 1};
-  argc = take_global_options(argc, argv, &ctx);
+/* rc, or CLI_FAIL when stdout could not be written (a full disk, a closed pipe): the last
+ * buffered bytes are only written here, so the check is made after the command's output. */
+static int finish_stdout(int rc) {
+  bool failed = ferror(stdout) != 0;
+  errno = 0;
+  if (fclose(stdout) != 0) failed = true;
+  if (!failed) return rc;
+  if (errno) cli_error("error writing standard output: %s", strerror(errno));
+  else cli_error("error writing standard output");
+  return rc == CLI_OK ? CLI_FAIL : rc;
+}
+
+static int run_command(int argc, char **argv, cli_ctx *ctx) {
+  argc = take_global_options(argc, argv, ctx);
   if (argc < 0) return CLI_USAGE;
   if (argc < 2) {
     print_usage(stderr);
     return CLI_USAGE;
   }
   const char *name = argv[1];
+  if (strcmp(name, "help") == 0 && argc > 2) { /* `clipdb help CMD` is `clipdb CMD --help` */
+    if (argc > 3) return cli_usage_error("help", "expected one COMMAND");
+    char *help_argv[] = {argv[0], argv[2], "--help", NULL};
+    return run_command(3, help_argv, ctx);
+  }
   if (cli_is_help(name) || strcmp(name, "help") == 0) {
     print_usage(stdout);
     return CLI_OK;
@@ -108,10 +125,16 @@ int main(int argc, char **argv) {
     if (strcmp(name, COMMANDS[i].name) != 0) continue;
     clip_release_blas_threads(); /* one thread here: nothing else is inside OpenBLAS */
     optind = 0; /* GNU getopt: a full re-initialisation for the command's own parse */
-    int rc = COMMANDS[i].run(argc - 1, argv + 1, &ctx); /* libvips starts on first use */
+    opterr = 0; /* the commands print their own one-line message (cli_option_error) */
+    int rc = COMMANDS[i].run(argc - 1, argv + 1, ctx); /* libvips starts on first use */
     clip_vips_stop();
     return rc;
   }
   cli_error("unknown command \"%s\" (see `clipdb --help`)", name);
   return CLI_USAGE;
+}
+
+int main(int argc, char **argv) {
+  cli_ctx ctx = {.stderr_tty = isatty(STDERR_FILENO) == 1};
+  return finish_stdout(run_command(argc, argv, &ctx));
 }

@@ -78,7 +78,7 @@ void output_hits(const cli_hit *hits, int n, output_format fmt, bool preview) {
   preview_kind kind = preview ? preview_detect() : PREVIEW_NONE;
   for (int i = 0; i < n; i++) {
     char score[32] = "";
-    if (fmt != OUTPUT_PATHS) snprintf(score, sizeof score, "%.4f  ", hits[i].score);
+    if (fmt != OUTPUT_PATHS) snprintf(score, sizeof score, "%.4f\t", hits[i].score);
     output_path_line(stdout, score, hits[i].path);
     if (fmt == OUTPUT_PATHS) continue;
     if (kind != PREVIEW_NONE) preview_show(kind, hits[i].path, PREVIEW_PX);

@@ -1,5 +1,6 @@
 /* util.c: small helpers every command uses: error lines, number parsing, model lookup and load. */
 #include <errno.h>
+#include <getopt.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -16,6 +17,16 @@ void cli_error(const char *fmt, ...) {
   vfprintf(stderr, fmt, ap);
   fputc('\n', stderr);
   va_end(ap);
+}
+
+int cli_option_error(const char *cmd, int c, char **argv) {
+  /* getopt: optopt is 0 for an unknown long option; ':' (optstring starts with ':') means a value
+   * is missing, and the option is then the whole previous argument. */
+  char name[64];
+  if (c == ':' || optopt == 0)
+    snprintf(name, sizeof name, "%.*s", (int)strcspn(argv[optind - 1], "="), argv[optind - 1]);
+  else snprintf(name, sizeof name, "-%c", optopt);
+  return cli_usage_error(cmd, c == ':' ? "option %s needs a value" : "unknown option %s", name);
 }
 
 int cli_usage_error(const char *cmd, const char *fmt, ...) {

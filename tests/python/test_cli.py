@@ -340,7 +340,7 @@ def test_search_threshold_and_paths(library, clipdb_bin, env):
     paths = run(clipdb_bin, env, *base, "--paths").stdout.splitlines()
     assert paths == [h["path"] for h in hits]
     text = run(clipdb_bin, env, *base).stdout.splitlines()
-    assert [line.split("  ", 1)[1] for line in text] == paths
+    assert [line.split("\t", 1)[1] for line in text] == paths
 
 
 def test_preview_prints_nothing_without_terminal(library, clipdb_bin, env):

@@ -357,7 +357,7 @@ def test_paths_output_keeps_one_path_per_line(tmp_path, demo_dir, clipdb_bin, en
         lines = out.split(b"\n")
         assert lines[-1] == b"" and len(lines) - 1 == len(stored_paths(db)), out
         if args[1] != "--paths":
-            lines = [line.split(b"  ", 1)[1] for line in lines[:-1]]
+            lines = [line.split(b"\t", 1)[1] for line in lines[:-1]]
         else:
             lines = lines[:-1]
         assert sorted(decode_path_line(line) for line in lines) == stored_paths(db)

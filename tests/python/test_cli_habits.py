@@ -1,0 +1,170 @@
+"""The `clipdb` command line behaves like a well-mannered Unix tool: write errors fail, bad dates
+and flags are usage errors of one line, TAB-separated text output, `clipdb help CMD`, and a
+missing image path is an error rather than a text search.
+
+Run through pipes (subprocess) on a small library of the demo images with the tiny model:
+    CLIPDB_BUILD_DIR=build /usr/bin/python3 -m pytest tests/python/test_cli_habits.py
+"""
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+COMMANDS = ["index", "search", "similar", "dedup", "classify", "info", "tokenize", "embed", "model",
+            "serve"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, model_dir):
+    home = tmp_path_factory.mktemp("home")
+    e = dict(os.environ)
+    e.update(CLIPDB_MODEL=model_dir, HOME=str(home), XDG_DATA_HOME=str(home / "data"),
+             XDG_CACHE_HOME=str(home / "cache"))
+    return e
+
+
+def run(clipdb_bin, env, *args, stdout=subprocess.PIPE, cwd=None):
+    return subprocess.run([clipdb_bin, *map(str, args)], env=env, stdout=stdout, cwd=cwd,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory, demo_dir, clipdb_bin, env):
+    photos = tmp_path_factory.mktemp("lib") / "photos"
+    shutil.copytree(demo_dir, photos)
+    db = photos.parent / "lib.db"
+    p = run(clipdb_bin, env, "--db", db, "index", "--json", photos)
+    assert p.returncode == 0, p.stderr
+    return {"photos": photos, "db": db}
+
+
+def one_usage_line(p):
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.startswith("clipdb: ") and p.stderr.count("\n") == 1, p.stderr
+    return p.stderr
+
+
+# ---- write errors ----
+
+@pytest.mark.parametrize("args", [["search", "a red star"], ["search", "--json", "a red star"],
+                                  ["info"], ["tokenize", "hello"], ["--help"], ["--version"]])
+def test_write_error_on_stdout_fails(clipdb_bin, env, library, args):
+    with open("/dev/full", "w") as full:
+        p = run(clipdb_bin, env, "--db", library["db"], *args, stdout=full)
+    assert p.returncode != 0, args
+    assert p.stderr.count("\n") == 1 and "writing standard output" in p.stderr, p.stderr
+    # the same command to a pipe succeeds
+    assert run(clipdb_bin, env, "--db", library["db"], *args).returncode == 0
+
+
+# ---- dates ----
+
+@pytest.mark.parametrize("date", ["2020-13", "2020-00", "2021-02-29", "2020-04-31",
+                                  "2020-01-01 24:00", "2020-01-01 10:60", "2020-01-01T10:00:61",
+                                  "0000"])
+@pytest.mark.parametrize("opt", ["--after", "--before"])
+def test_impossible_dates_are_usage_errors(clipdb_bin, env, library, opt, date):
+    for cmd in (["search", opt, date, "a red star"],
+                ["similar", opt, date, next(library["photos"].rglob("*.png"))]):
+        err = one_usage_line(run(clipdb_bin, env, "--db", library["db"], *cmd))
+        assert f'{opt} "{date}" is not a valid date' in err
+
+
+@pytest.mark.parametrize("date", ["2020", "2020-12", "2020-02-29", "2020-12-31 23:59",
+                                  "2020-12-31T23:59:59"])
+def test_real_dates_are_accepted(clipdb_bin, env, library, date):
+    p = run(clipdb_bin, env, "--db", library["db"], "search", "--after", date, "--before", date,
+            "a red star")
+    assert p.returncode == 0, p.stderr
+
+
+# ---- flags ----
+
+@pytest.mark.parametrize("cmd", [["search", "a red star"], ["similar", "x.png"]])
+def test_json_and_paths_conflict(clipdb_bin, env, library, cmd):
+    for flags in (["--json", "--paths"], ["--paths", "--json"]):
+        p = run(clipdb_bin, env, "--db", library["db"], cmd[0], *flags, cmd[1])
+        assert "--json and --paths cannot be used together" in one_usage_line(p)
+        assert p.stdout == ""
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+@pytest.mark.parametrize("opt,shown", [("-0", "-0"), ("--frobnicate", "--frobnicate"),
+                                       ("--frobnicate=3", "--frobnicate")])
+def test_unknown_option_is_one_line_from_clipdb(clipdb_bin, env, cmd, opt, shown):
+    args = [cmd, "pull", opt, "x"] if cmd == "model" else [cmd, opt, "x"]
+    err = one_usage_line(run(clipdb_bin, env, *args))
+    assert f"unknown option {shown}" in err
+    assert "invalid option" not in err and "unrecognized option" not in err
+
+
+@pytest.mark.parametrize("args,opt", [(["search", "x", "-n"], "-n"),
+                                      (["search", "x", "--top"], "--top"),
+                                      (["similar", "x.png", "--after"], "--after"),
+                                      (["index", "--threads"], "--threads")])
+def test_missing_option_value_is_one_line(clipdb_bin, env, args, opt):
+    err = one_usage_line(run(clipdb_bin, env, *args))
+    assert f"option {opt} needs a value" in err
+
+
+# ---- text output ----
+
+def test_text_hits_are_score_tab_path(clipdb_bin, env, library):
+    for cmd in (["search", "a red star"], ["similar", next(library["photos"].rglob("*.png"))]):
+        base = ["--db", library["db"], cmd[0], "-n", "5", cmd[1]]
+        want = json.loads(run(clipdb_bin, env, *base, "--json").stdout)
+        lines = run(clipdb_bin, env, *base).stdout.splitlines()
+        assert len(lines) == len(want) == 5
+        for line, hit in zip(lines, want):
+            score, path = line.split("\t")
+            assert path == hit["path"] and abs(float(score) - hit["score"]) < 1e-4
+
+
+# ---- help ----
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_help_command_shows_that_commands_help(clipdb_bin, env, cmd):
+    p = run(clipdb_bin, env, "help", cmd)
+    assert p.returncode == 0 and p.stderr == ""
+    assert p.stdout == run(clipdb_bin, env, cmd, "--help").stdout
+    assert p.stdout.startswith("usage: clipdb " + cmd)
+
+
+def test_help_unknown_command_is_an_error(clipdb_bin, env):
+    p = run(clipdb_bin, env, "help", "frobnicate")
+    assert p.returncode == 2 and "unknown command" in p.stderr and p.stdout == ""
+
+
+# ---- a missing image is an error, not a text ----
+
+@pytest.mark.parametrize("query", ["nothere.png", "holiday/nothere.JPG", "./nothere",
+                                   "photos/nothere", "/nonexistent/x", "sunset - nothere.webp",
+                                   "2:photos/nothere.jpg + a red star"])
+def test_search_with_missing_image_path_fails(clipdb_bin, env, library, query):
+    p = run(clipdb_bin, env, "--db", library["db"], "search", query, cwd=library["photos"].parent)
+    assert p.returncode != 0 and p.stdout == ""
+    assert p.stderr.count("\n") == 1 and "no such image file" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("query", ["AC/DC", "a red star", "t-shirt", "version 2.0"])
+def test_search_text_with_slash_or_dot_stays_text(clipdb_bin, env, library, query):
+    p = run(clipdb_bin, env, "--db", library["db"], "search", "-n", "1", query,
+            cwd=library["photos"].parent)
+    assert p.returncode == 0 and p.stdout.count("\n") == 1, p.stderr
+
+
+def test_search_with_existing_image_path_works(clipdb_bin, env, library):
+    photo = next(library["photos"].rglob("*.png"))
+    rel = f"photos/{photo.name}"
+    p = run(clipdb_bin, env, "--db", library["db"], "search", "-n", "1", "--paths", rel,
+            cwd=library["photos"].parent)
+    assert p.returncode == 0 and p.stdout == f"{photo}\n", p.stderr
+
+
+@pytest.mark.parametrize("image", ["nothere.png", "nothere", "photos/nothere.jpg"])
+def test_similar_with_missing_image_fails(clipdb_bin, env, library, image):
+    p = run(clipdb_bin, env, "--db", library["db"], "similar", image, cwd=library["photos"].parent)
+    assert p.returncode != 0 and p.stdout == ""
+    assert p.stderr.count("\n") == 1 and "nothere" in p.stderr, p.stderr
