@@ -23,8 +23,8 @@ int cli_option_error(const char *cmd, int c, char **argv) {
   /* getopt: optopt is 0 for an unknown long option; ':' (optstring starts with ':') means a value
    * is missing, and the option is then the whole previous argument. */
   char name[64];
-  if (c == ':' || optopt == 0)
-    snprintf(name, sizeof name, "%.*s", (int)strcspn(argv[optind - 1], "="), argv[optind - 1]);
+  const char *given = optind > 0 && argv[optind - 1] ? argv[optind - 1] : "?";
+  if (c == ':' || optopt == 0) snprintf(name, sizeof name, "%.*s", (int)strcspn(given, "="), given);
   else snprintf(name, sizeof name, "-%c", optopt);
   return cli_usage_error(cmd, c == ':' ? "option %s needs a value" : "unknown option %s", name);
 }
