@@ -752,7 +752,8 @@ int cmd_index(int argc, char **argv, const cli_ctx *ctx) {
   if (rc != 0) cli_error("index: %s", err.msg);
   sqlite3_finalize(ix.insert);
   sqlite3_finalize(ix.read_row);
-  cli_db_close(&ix.db);
+  if (rc != 0) cli_db_close_discarding_empty(&ix.db);
+  else cli_db_close(&ix.db);
   for (int i = 0; abs_roots && i < n_roots; i++) free(abs_roots[i]);
   free(abs_roots);
   size_t w_unlisted = w.n_unlisted;

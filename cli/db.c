@@ -278,6 +278,7 @@ int cli_db_open(const cli_ctx *ctx, const char *local_dir, bool create, cli_db *
     if (exists && refuse_foreign(out, err) != 0) goto fail; /* before the lock file appears */
     if (!exists && make_parent_dirs(out->path, err) != 0) goto fail;
     if (take_writer_lock(out, err) != 0) goto fail;
+    out->created = !exists;
     if (open_with_timeout(out, out->path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) !=
         SQLITE_OK) {
       cli_db_fail(out, out->path, err);
@@ -309,8 +310,36 @@ int cli_db_open(const cli_ctx *ctx, const char *local_dir, bool create, cli_db *
   if (kind == DB_EMPTY && create_table(out, out->model, err) != 0) goto fail;
   return 0;
 fail:
-  cli_db_close(out);
+  cli_db_close_discarding_empty(out);
   return -1;
+}
+
+static bool has_photos(cli_db *db) {
+  sqlite3_stmt *st = NULL;
+  bool some = db->db &&
+              sqlite3_prepare_v2(db->db, "SELECT 1 FROM photos LIMIT 1", -1, &st, NULL) ==
+                  SQLITE_OK &&
+              sqlite3_step(st) == SQLITE_ROW;
+  sqlite3_finalize(st);
+  return some;
+}
+
+void cli_db_close_discarding_empty(cli_db *db) {
+  if (!db->created || !db->locked || has_photos(db)) {
+    cli_db_close(db);
+    return;
+  }
+  clipdb_model_release(db->clip);
+  db->clip = NULL;
+  if (db->db) sqlite3_close_v2(db->db);
+  db->db = NULL;
+  static const char *const suffixes[] = {"", "-wal", "-shm", "-journal", "-index.lock"};
+  for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++) {
+    char *file = sqlite3_mprintf("%s%s", db->path, suffixes[i]);
+    if (file) unlink(file); /* the lock file last, while still held */
+    sqlite3_free(file);
+  }
+  cli_db_close(db);
 }
 
 void cli_db_close(cli_db *db) {

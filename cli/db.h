@@ -20,6 +20,7 @@ typedef struct cli_db {
   clip_model *clip; /* the table's model once cli_db_model loaded it (retained) */
   int lock_fd;      /* the writer lock file (PATH-index.lock), held while locked */
   bool locked;
+  bool created; /* this open made the database file */
 } cli_db;
 
 /* --db, else LOCAL_DIR/.clipdb when local_dir is set (--local), else
@@ -35,6 +36,10 @@ char *cli_db_path(const cli_ctx *ctx, const char *local_dir);
 int cli_db_open(const cli_ctx *ctx, const char *local_dir, bool create, cli_db *out,
                 cdb_error *err);
 void cli_db_close(cli_db *db);
+
+/* Closes db; a library this run created and that holds no photo is removed with its files
+ * (-wal, -shm, the lock file), so a failed first `index` leaves nothing behind. */
+void cli_db_close_discarding_empty(cli_db *db);
 
 int cli_db_exec(cli_db *db, const char *sql, cdb_error *err);
 int cli_db_prepare(cli_db *db, const char *sql, sqlite3_stmt **st, cdb_error *err);

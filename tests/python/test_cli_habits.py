@@ -168,3 +168,21 @@ def test_similar_with_missing_image_fails(clipdb_bin, env, library, image):
     p = run(clipdb_bin, env, "--db", library["db"], "similar", image, cwd=library["photos"].parent)
     assert p.returncode != 0 and p.stdout == ""
     assert p.stderr.count("\n") == 1 and "nothere" in p.stderr, p.stderr
+
+
+def test_failed_first_index_leaves_no_library(clipdb_bin, env, demo_dir, tmp_path):
+    """A first `index` that fails (here: the model does not exist) removes the library file it
+    made, with its -wal/-shm and lock files; a library that existed before is kept."""
+    db = tmp_path / "new" / "lib.db"
+    db.parent.mkdir()
+    p = run(clipdb_bin, env, "--db", str(db), "--model", str(tmp_path / "missing"), "index",
+            str(demo_dir))
+    assert p.returncode == 1 and "missing" in p.stderr
+    assert os.listdir(db.parent) == []
+    ok = run(clipdb_bin, env, "--db", str(db), "index", str(demo_dir))
+    assert ok.returncode == 0, ok.stderr
+    p = run(clipdb_bin, env, "--db", str(db), "--model", str(tmp_path / "missing"), "index",
+            str(demo_dir))
+    assert db.exists()
+    count = run(clipdb_bin, env, "--db", str(db), "info", "--json")
+    assert count.returncode == 0 and json.loads(count.stdout)["rows"] > 0, count.stdout
