@@ -19,15 +19,21 @@ static int bad_date(const char *cmd, const char *opt, const char *value) {
 }
 
 int search_parse_args(int argc, char **argv, const char *cmd, const char *usage, search_args *a) {
-  static const struct option longopts[] = {
-      {"top", required_argument, 0, 'n'},    {"json", no_argument, 0, 'j'},
-      {"paths", no_argument, 0, 'p'},        {"after", required_argument, 0, 'a'},
-      {"before", required_argument, 0, 'b'}, {"threshold", required_argument, 0, 't'},
-      {"preview", no_argument, 0, 'v'},      {"local", no_argument, 0, 'l'},
-      {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+  static const struct option longopts[] = {{"top", required_argument, 0, 'n'},
+                                           {"json", no_argument, 0, 'j'},
+                                           {"paths", no_argument, 0, 'p'},
+                                           {"after", required_argument, 0, 'a'},
+                                           {"before", required_argument, 0, 'b'},
+                                           {"threshold", required_argument, 0, 't'},
+                                           {"preview", no_argument, 0, 'v'},
+                                           {"local", no_argument, 0, 'l'},
+                                           {"null", no_argument, 0, '0'},
+                                           {"help", no_argument, 0, 'h'},
+                                           {0, 0, 0, 0}};
   *a = (search_args){.top = DEFAULT_TOP, .threshold = -INFINITY};
   int c;
-  while ((c = getopt_long(argc, argv, ":hn:", longopts, NULL)) != -1) {
+  bool null = false;
+  while ((c = getopt_long(argc, argv, ":hn:0", longopts, NULL)) != -1) {
     switch (c) {
       case 'h': return fputs(usage, stdout), -1;
       case 'n':
@@ -48,9 +54,13 @@ int search_parse_args(int argc, char **argv, const char *cmd, const char *usage,
         break;
       case 'v': a->preview = true; break;
       case 'l': a->local = true; break;
+      case '0': null = true; break;
       default: return cli_option_error(cmd, c, argv);
     }
   }
+  if (null && a->fmt == OUTPUT_JSON)
+    return cli_usage_error(cmd, "--null (-0) prints paths; it cannot be used with --json");
+  if (null) a->fmt = OUTPUT_PATHS_NUL; /* with or without --paths */
   if (a->after && cli_check_date(a->after)) return bad_date(cmd, "--after", a->after);
   if (a->before && cli_check_date(a->before)) return bad_date(cmd, "--before", a->before);
   return 0;

@@ -25,6 +25,7 @@ static const char USAGE[] =
     "  -n, --top N        results (default 10)\n"
     "  --json             JSON array of {path, score, rowid, date, width, height}\n"
     "  --paths            one path per line\n"
+    "  -0, --null         paths only, each ended by a NUL byte (for xargs -0)\n"
     "  --after DATE       taken (EXIF date, else file time) at or after DATE\n"
     "  --before DATE      taken before DATE   (DATE: YYYY[-MM[-DD[ HH:MM[:SS]]]])\n"
     "  --threshold S      only results with score (cosine similarity) >= S\n"

@@ -15,6 +15,7 @@ static const char USAGE[] =
     "  -n, --top N        results (default 10)\n"
     "  --json             JSON array of {path, score, rowid, date, width, height}\n"
     "  --paths            one path per line\n"
+    "  -0, --null         paths only, each ended by a NUL byte (for xargs -0)\n"
     "  --after DATE, --before DATE, --threshold S, --preview, --local  as for search\n";
 
 int cmd_similar(int argc, char **argv, const cli_ctx *ctx) {

@@ -75,6 +75,10 @@ void output_hits(const cli_hit *hits, int n, output_format fmt, bool preview) {
     json_object_put(arr);
     return;
   }
+  if (fmt == OUTPUT_PATHS_NUL) { /* raw bytes, each path ended by NUL, as find -print0 */
+    for (int i = 0; i < n; i++) fwrite(hits[i].path, 1, strlen(hits[i].path) + 1, stdout);
+    return;
+  }
   preview_kind kind = preview ? preview_detect() : PREVIEW_NONE;
   for (int i = 0; i < n; i++) {
     char score[32] = "";

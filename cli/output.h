@@ -8,7 +8,7 @@
 
 #include "cli/db.h"
 
-typedef enum { OUTPUT_TEXT, OUTPUT_JSON, OUTPUT_PATHS } output_format;
+typedef enum { OUTPUT_TEXT, OUTPUT_JSON, OUTPUT_PATHS, OUTPUT_PATHS_NUL } output_format;
 
 /* Writes prefix and path and a newline. A path is written as it is, unless it holds a control
  * character (a newline would split it in two) or does not start with '/': then in the shell's

@@ -91,7 +91,7 @@ def test_json_and_paths_conflict(clipdb_bin, env, library, cmd):
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)
-@pytest.mark.parametrize("opt,shown", [("-0", "-0"), ("--frobnicate", "--frobnicate"),
+@pytest.mark.parametrize("opt,shown", [("-Z", "-Z"), ("--frobnicate", "--frobnicate"),
                                        ("--frobnicate=3", "--frobnicate")])
 def test_unknown_option_is_one_line_from_clipdb(clipdb_bin, env, cmd, opt, shown):
     args = [cmd, "pull", opt, "x"] if cmd == "model" else [cmd, opt, "x"]
@@ -186,3 +186,32 @@ def test_failed_first_index_leaves_no_library(clipdb_bin, env, demo_dir, tmp_pat
     assert db.exists()
     count = run(clipdb_bin, env, "--db", str(db), "info", "--json")
     assert count.returncode == 0 and json.loads(count.stdout)["rows"] > 0, count.stdout
+
+
+@pytest.mark.parametrize("flags", [["-0"], ["--null"], ["--paths", "-0"]])
+def test_null_separated_paths_keep_any_name(clipdb_bin, env, demo_dir, tmp_path, flags):
+    """--null / -0 prints each path's raw bytes ended by NUL (for xargs -0): a name holding a
+    newline comes back whole, in the same order as --json."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    odd = photos / "red\nstar.png"
+    shutil.copy(demo_dir / "055-red-star-on-blue.png", odd)
+    shutil.copy(demo_dir / "000-orange-circle-on-purple.jpg", photos / "circle.jpg")
+    db = tmp_path / "lib.db"
+    assert run(clipdb_bin, env, "--db", db, "index", photos).returncode == 0
+    for cmd in (["search", "a red star"], ["similar", str(odd)]):
+        p = subprocess.run([clipdb_bin, "--db", str(db), cmd[0], *flags, "-n", "2", cmd[1]],
+                           env=env, capture_output=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        want = json.loads(run(clipdb_bin, env, "--db", db, cmd[0], "--json", "-n", "2",
+                              cmd[1]).stdout)
+        assert p.stdout.endswith(b"\0")
+        got = p.stdout[:-1].split(b"\0")
+        assert got == [os.fsencode(h["path"]) for h in want]
+        if cmd[0] == "search":  # similar leaves out the photo it starts from
+            assert os.fsencode(str(odd)) in got
+
+
+def test_null_with_json_is_a_usage_error(clipdb_bin, env, library):
+    p = run(clipdb_bin, env, "--db", library["db"], "search", "--json", "-0", "star")
+    assert p.returncode == 2 and "--null" in one_usage_line(p) and p.stdout == ""
