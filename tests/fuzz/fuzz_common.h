@@ -29,6 +29,15 @@
     }                                                                                \
   } while (0)
 
+/* Initialiser of a clip_image_spec (embed/image.h) like the tiny model's: CLIP's mean and std,
+ * a SIDE x SIDE crop and a 4-megapixel bomb guard. */
+#define FUZZ_CLIP_IMAGE_SPEC(SIDE)                                                 \
+  {                                                                                \
+    .resize_shortest = (SIDE), .crop_height = (SIDE), .crop_width = (SIDE),        \
+    .mean = {0.48145466f, 0.4578275f, 0.40821073f},                                \
+    .std = {0.26862954f, 0.26130258f, 0.27577711f}, .max_pixels = 4 * 1000 * 1000, \
+  }
+
 #ifndef FUZZ_SOURCE_ROOT
 #define FUZZ_SOURCE_ROOT "."
 #endif

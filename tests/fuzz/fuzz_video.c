@@ -13,14 +13,7 @@
 #include "tests/fuzz/fuzz_common.h"
 
 enum { SIDE = 64 };
-static const clip_image_spec spec = {
-    .resize_shortest = SIDE,
-    .crop_height = SIDE,
-    .crop_width = SIDE,
-    .mean = {0.48145466f, 0.4578275f, 0.40821073f},
-    .std = {0.26862954f, 0.26130258f, 0.27577711f},
-    .max_pixels = 4 * 1000 * 1000,
-};
+static const clip_image_spec spec = FUZZ_CLIP_IMAGE_SPEC(SIDE);
 
 static void sample_all(const char *path) {
   clip_video_params params = {.interval = 0.5,
