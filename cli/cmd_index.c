@@ -46,7 +46,8 @@
 #define VIDEO_SCENE 0.95f
 
 static const char USAGE[] =
-    "usage: clipdb index [--local] [--exclude GLOB]... [--no-videos] [--json] [--threads N] DIR...\n"
+    "usage: clipdb index [--local] [--exclude GLOB]... [--no-videos] [--json] [--threads N]\n"
+    "                    DIR...\n"
     "Adds the photos and videos under each DIR (recursively) to the library; run it again to\n"
     "pick up changes: unchanged files (same size and mtime) are skipped, moved or copied\n"
     "photos reuse their vector (same SHA-256), deleted files are removed. A video (mp4, mov,\n"
@@ -660,13 +661,15 @@ static bool add_stored_frame(indexer *ix, const char *path, int64_t rowid, store
 
 static int load_stored(indexer *ix, GHashTable *by_hash, cdb_error *err) {
   sqlite3_stmt *st;
-  if (cli_db_exec(&ix->db, /* frame times whose row SQL deleted: a new row may get that rowid */
-                  "DELETE FROM " CLI_FRAMES_TABLE " WHERE rowid NOT IN (SELECT rowid FROM " CLI_TABLE
-                  ")",
+  /* frame times whose row SQL deleted go first: a new row may get that rowid */
+  if (cli_db_exec(&ix->db,
+                  "DELETE FROM " CLI_FRAMES_TABLE
+                  " WHERE rowid NOT IN (SELECT rowid FROM " CLI_TABLE ")",
                   err) != 0 ||
       cli_db_prepare(&ix->db,
-                     "SELECT p.rowid, p.path, p.size, p.mtime, p.hash, f.t IS NOT NULL FROM " CLI_TABLE
-                     " AS p LEFT JOIN " CLI_FRAMES_TABLE " AS f ON f.rowid = p.rowid ORDER BY p.rowid",
+                     "SELECT p.rowid, p.path, p.size, p.mtime, p.hash, f.t IS NOT NULL"
+                     " FROM " CLI_TABLE " AS p LEFT JOIN " CLI_FRAMES_TABLE
+                     " AS f ON f.rowid = p.rowid ORDER BY p.rowid",
                      &st, err) != 0)
     return -1;
   int rc;

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define FIRST_FETCH 64      /* frames asked for at first, at least */
 #define MAX_FETCH 10000000L /* frames asked for at most (the table has fewer) */
@@ -20,9 +21,11 @@ int cli_db_ensure_frames(cli_db *db, cdb_error *err) {
 
 bool cli_db_has_frames(cli_db *db) {
   sqlite3_stmt *st = NULL;
-  bool has = sqlite3_prepare_v2(db->db,
-                                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = '" CLI_FRAMES_TABLE "'",
-                                -1, &st, NULL) == SQLITE_OK &&
+  bool has = sqlite3_prepare_v2(
+                 db->db,
+                 "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = '" CLI_FRAMES_TABLE
+                 "'",
+                 -1, &st, NULL) == SQLITE_OK &&
              sqlite3_step(st) == SQLITE_ROW;
   sqlite3_finalize(st);
   return has;
@@ -99,7 +102,8 @@ int cli_db_search_videos(cli_db *db, const cli_query *q, const cli_search_opts *
       return 0;
     }
     cli_hits_free(out, files); /* too few files among these frames: ask for more */
-    if (!(out = calloc((size_t)opts->k + 1, sizeof *out))) return cdb_error_set(err, "out of memory");
+    if (!(out = calloc((size_t)opts->k + 1, sizeof *out)))
+      return cdb_error_set(err, "out of memory");
     fetch *= 8;
   }
 }
@@ -153,4 +157,55 @@ int cli_db_frame_vector(cli_db *db, const char *path, double t, float **out, int
   }
   sqlite3_finalize(st);
   return rc;
+}
+
+/* The first sample at or after t (the sampling interval is t itself), else the last one. */
+static int frame_pixels_at(clip_model *m, const char *path, double t, float *pixels,
+                           cdb_error *err) {
+  clip_video_params params = clip_video_default_params();
+  params.interval = t > 0 ? t : 1.0;
+  params.max_samples = 0;
+  clip_video *v = clip_video_open(m, path, &params, err);
+  if (!v) return -1;
+  clip_video_frame f;
+  int got, rc = -1;
+  while ((got = clip_video_next(v, &f, err)) > 0) {
+    rc = clip_video_frame_pixels(m, &f, pixels, err);
+    if (rc != 0 || f.t + 1e-3 >= t) break;
+  }
+  if (got < 0) rc = -1;
+  clip_video_close(v);
+  return rc;
+}
+
+int cli_embed_video_frame(cli_db *db, const char *path, double t, float **out, int *dim,
+                          cdb_error *err) {
+  clip_model *m;
+  if (cli_db_model(db, &m, err) != 0) return -1;
+  int side = clip_model_image_size(m);
+  float *pixels = malloc(sizeof(float) * 3 * (size_t)side * side);
+  *dim = clip_model_dim(m);
+  *out = malloc(sizeof(float) * (size_t)*dim);
+  int rc = pixels && *out ? frame_pixels_at(m, path, t, pixels, err)
+                          : cdb_error_set(err, "out of memory");
+  if (rc == 0) rc = clip_embed_pixels(m, pixels, 1, *out, err);
+  free(pixels);
+  if (rc != 0) {
+    free(*out);
+    *out = NULL;
+  }
+  return rc;
+}
+
+int cli_split_video_at(const char *arg, char **path, double *t) {
+  const char *at = strrchr(arg, '@');
+  struct stat st;
+  if (!at || at == arg || !cli_parse_moment(at + 1, t)) return 1;
+  char *p = strndup(arg, (size_t)(at - arg));
+  if (!p || stat(p, &st) != 0 || !S_ISREG(st.st_mode)) {
+    free(p);
+    return 1;
+  }
+  *path = p;
+  return 0;
 }

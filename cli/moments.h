@@ -37,4 +37,14 @@ bool cli_parse_moment(const char *s, double *seconds);
 int cli_db_frame_vector(cli_db *db, const char *path, double t, float **out, int *dim,
                         int64_t *rowid, cdb_error *err);
 
+/* The frame at t seconds of a video file (the first sample at or after t, else the last one),
+ * embedded with the library's model; *out malloc'd (dim floats). For a video not in the
+ * library. */
+int cli_embed_video_frame(cli_db *db, const char *path, double t, float **out, int *dim,
+                          cdb_error *err);
+
+/* "VIDEO@T" (T as cli_parse_moment reads it) naming an existing file: *path malloc'd, 0; 1 when
+ * arg is not of that form. */
+int cli_split_video_at(const char *arg, char **path, double *t);
+
 #endif
