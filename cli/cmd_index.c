@@ -222,7 +222,9 @@ static const char *without_path(const char *msg, const char *path) {
 static void process_video(pipeline *pl, const job *j, result *end) {
   cdb_error err = {{0}};
   end->job = j;
-  clip_video *v = clip_video_open(pl->model, j->file->path, &pl->video_params, &err);
+  clip_video *v = j->file->size == 0 ? NULL : clip_video_open(pl->model, j->file->path,
+                                                               &pl->video_params, &err);
+  if (j->file->size == 0) cdb_error_set(&err, "empty file"); /* as for a photo */
   int rc = v ? 0 : -1;
   clip_video_frame f;
   while (rc == 0) {
