@@ -251,10 +251,13 @@ def test_paths_print_a_video_once(lib, clipdb_bin, env):
 
 
 def test_threshold_keeps_only_matching_moments(lib, clipdb_bin, env):
-    hits = json.loads(search(clipdb_bin, env, lib["db"], "--json", "--threshold", "0.5",
-                             "a red star"))
-    for h in hits:
-        assert h["score"] >= 0.5 and all(m["score"] >= 0.5 for m in h["moments"])
+    every = json.loads(search(clipdb_bin, env, lib["db"], "--json", "-n", "1", "a blue square"))
+    hits = json.loads(search(clipdb_bin, env, lib["db"], "--json", "--threshold", "0.2",
+                             "a blue square"))
+    assert hits[0]["path"] == every[0]["path"] == lib["shapes"]
+    assert all(h["score"] >= 0.2 for h in hits)
+    assert hits[0]["moments"] == [m for m in every[0]["moments"] if m["score"] >= 0.2]
+    assert 0 < len(hits[0]["moments"]) < len(every[0]["moments"])
 
 
 # ---- similar, info ----
