@@ -302,7 +302,6 @@ typedef struct indexer {
   GArray *stale;      /* rowids to delete at the end (int64_t) */
   GHashTable *videos; /* job -> video_frames: the kept frames of videos being read */
   sqlite3_stmt *insert_t, *delete_row, *delete_t;
-  bool no_videos;
   counts c;
   stage_times times;
   json_object *failures, *unlisted; /* [{"path", "error"}] */
