@@ -226,6 +226,7 @@ static void process_video(pipeline *pl, const job *j, result *end) {
                                                                &pl->video_params, &err);
   if (j->file->size == 0) cdb_error_set(&err, "empty file"); /* as for a photo */
   int rc = v ? 0 : -1;
+  if (v) clip_video_source_size(v, &end->meta.width, &end->meta.height);
   clip_video_frame f;
   while (rc == 0) {
     if (atomic_load(&pl->stop) || interrupted) {
@@ -464,12 +465,13 @@ static void stale_video(indexer *ix, const job *j) {
 
 /* Replaces a video's previous frames by the kept ones, between two commits: a reader sees the
  * old frames or the new ones, never a mix. */
-static int write_video(indexer *ix, const job *j, video_frames *v, cdb_error *err) {
+static int write_video(indexer *ix, const job *j, video_frames *v, int width, int height,
+                       cdb_error *err) {
   int dim = (int)(v->vecs->len / (v->t->len ? v->t->len : 1));
   int rc = 0;
   for (guint i = 0; rc == 0 && j->old_frames && i < j->old_frames->len; i++)
     rc = delete_rowid(ix, g_array_index(j->old_frames, int64_t, i), err);
-  photo_meta m = {0};
+  photo_meta m = {.width = width, .height = height};
   const char *dot_ext = strrchr(j->file->path, '.');
   g_strlcpy(m.format, dot_ext ? dot_ext + 1 : "", sizeof m.format);
   for (guint i = 0; rc == 0 && i < v->t->len; i++) {
@@ -498,7 +500,7 @@ static int finish_video(indexer *ix, const result *r, cdb_error *err) {
     report_failure(ix, r->job->file->path, r->error ? r->error : "no frame");
     stale_video(ix, r->job);
   } else {
-    rc = write_video(ix, r->job, v, err);
+    rc = write_video(ix, r->job, v, r->meta.width, r->meta.height, err);
   }
   g_hash_table_remove(ix->videos, r->job);
   return rc;

@@ -125,6 +125,10 @@ def test_index_stores_the_kept_frames_with_their_time(lib):
     assert first["frames"] == 7 and first["embedded"] == len(PHOTOS) + 6 + 15
     photos = [t for p, t, _ in rows(lib["db"]).values() if p.endswith(".png")]
     assert photos == [None] * len(PHOTOS)
+    con = sqlite3.connect(lib["db"])
+    assert set(con.execute("SELECT width, height, format, hash FROM photos_rows WHERE path = ?",
+                           (lib["shapes"],))) == {(320, 240, "mp4", None)}
+    con.close()
 
 
 def test_reindex_unchanged_embeds_nothing(lib, clipdb_bin, env):
