@@ -148,7 +148,7 @@ static int walk_dir(walker *w, const char *dir, int depth) {
   }
   if (rc == 0 && errno != 0) rc = add_unlisted(w->res, dir, strerror(errno)); /* listed in part */
   closedir(d);
-  if (rc == 0) qsort(names, n, sizeof *names, by_name); /* a stable, readable order */
+  if (rc == 0 && n > 1) qsort(names, n, sizeof *names, by_name); /* a stable, readable order */
   for (size_t i = 0; i < n; i++) {
     if (rc == 0) {
       size_t len = strlen(dir) + strlen(names[i]) + 2;
