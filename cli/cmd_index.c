@@ -28,6 +28,7 @@
 #include "cli/cli.h"
 #include "cli/db.h"
 #include "cli/meta.h"
+#include "cli/moments.h"
 #include "cli/output.h"
 #include "cli/progress.h"
 #include "cli/walk.h"
@@ -40,18 +41,25 @@
 #define EMBED_BATCH 16 /* images per clip_embed_pixels call */
 #define QUEUE_CAP 48   /* decoded images waiting for the encoder (~600 KB each at 224 px) */
 #define MAX_DECODERS 64
+/* A video frame is kept when its cosine to the last kept frame is below this (a scene change):
+ * a static shot costs one row. */
+#define VIDEO_SCENE 0.95f
 
 static const char USAGE[] =
-    "usage: clipdb index [--local] [--exclude GLOB]... [--json] [--threads N] DIR...\n"
-    "Adds the photos under each DIR (recursively) to the library; run it again to pick up\n"
-    "changes: unchanged files (same size and mtime) are skipped, moved or copied files reuse\n"
-    "their vector (same SHA-256), deleted files are removed. Unreadable files are listed and\n"
+    "usage: clipdb index [--local] [--exclude GLOB]... [--no-videos] [--json] [--threads N]\n"
+    "                    DIR...\n"
+    "Adds the photos and videos under each DIR (recursively) to the library; run it again to\n"
+    "pick up changes: unchanged files (same size and mtime) are skipped, moved or copied\n"
+    "photos reuse their vector (same SHA-256), deleted files are removed. A video (mp4, mov,\n"
+    "m4v, mkv, webm, avi) is sampled every 2 s and a frame is stored when the scene changed:\n"
+    "each becomes a row with the video's path and its time t. Unreadable files are listed and\n"
     "skipped. A folder that cannot be listed keeps its photos in the library and makes the\n"
     "exit status 3. Progress is committed every 256 photos: an interrupted run resumes.\n"
     "Another `index` of the same library at the same time is refused.\n"
     "  --local          keep the library in DIR/.clipdb (the first DIR) instead of the default\n"
     "  --exclude GLOB   skip files and folders matching GLOB (fnmatch; against the base name\n"
     "                   and the path relative to DIR); repeatable\n"
+    "  --no-videos      leave videos out (those already in the library are kept)\n"
     "  --json           print the summary as JSON (counts and the failures)\n"
     "  --threads N      decoder threads (default: one per core)\n"
     "  --commit-every N photos per transaction (default 256)\n"
@@ -67,15 +75,26 @@ static void on_interrupt(int sig) {
 
 typedef struct stored_row {
   int64_t rowid, size, mtime;
-  bool seen; /* the file still exists unchanged, or was re-indexed */
+  bool seen;      /* the file still exists unchanged, or was re-indexed */
+  GArray *frames; /* a video: the rowids of its frames (int64_t; rowid is the first) */
 } stored_row;
 
 typedef struct job {
   const walk_file *file;
-  int64_t old_rowid; /* the row of the previous version of this path, or 0 */
+  int64_t old_rowid;        /* the row of the previous version of this path, or 0 */
+  const GArray *old_frames; /* a video's previous frames (rowids), or NULL */
+  bool is_video;
 } job;
 
-typedef enum { RESULT_FAILED, RESULT_REUSE, RESULT_PIXELS } result_kind;
+/* A video's decoder thread sends RESULT_FRAME for each sample, then RESULT_VIDEO_END (or
+ * RESULT_FAILED): its frames are written when the whole video has been read. */
+typedef enum {
+  RESULT_FAILED,
+  RESULT_REUSE,
+  RESULT_PIXELS,
+  RESULT_FRAME,
+  RESULT_VIDEO_END
+} result_kind;
 
 typedef struct result {
   result_kind kind;
@@ -84,6 +103,7 @@ typedef struct result {
   photo_meta meta;
   int64_t reuse_rowid;
   float *pixels;
+  double t;    /* RESULT_FRAME: seconds from the start of the video */
   char *error; /* RESULT_FAILED */
 } result;
 
@@ -97,6 +117,7 @@ typedef struct pipeline {
   atomic_int stop;
   _Atomic long long decode_ns; /* summed over decoder threads (hash + header + decode) */
   size_t pixel_floats;
+  clip_video_params video_params;
   /* hash -> rowid of a stored row with those bytes; shared with the main thread */
   GHashTable *by_hash;
   pthread_mutex_t hash_lock;
@@ -186,6 +207,54 @@ static void process_job(pipeline *pl, const job *j, result *r) {
   if (r->kind == RESULT_FAILED && !r->error) r->error = strdup("failed");
 }
 
+/* "video: PATH: reason" -> "reason" (the summary names the file already). */
+static const char *without_path(const char *msg, const char *path) {
+  static const char prefix[] = "video: ";
+  size_t n = strlen(prefix), len = strlen(path);
+  if (strncmp(msg, prefix, n) == 0 && strncmp(msg + n, path, len) == 0 &&
+      strncmp(msg + n + len, ": ", 2) == 0)
+    return msg + n + len + 2;
+  return msg;
+}
+
+/* Samples a video on this thread, queueing each frame's pixels, then the end (or the failure):
+ * the encoder batches these frames with the photos'. */
+static void process_video(pipeline *pl, const job *j, result *end) {
+  cdb_error err = {{0}};
+  end->job = j;
+  clip_video *v = j->file->size == 0 ? NULL : clip_video_open(pl->model, j->file->path,
+                                                               &pl->video_params, &err);
+  if (j->file->size == 0) cdb_error_set(&err, "empty file"); /* as for a photo */
+  int rc = v ? 0 : -1;
+  if (v) clip_video_source_size(v, &end->meta.width, &end->meta.height);
+  clip_video_frame f;
+  while (rc == 0) {
+    if (atomic_load(&pl->stop) || interrupted) {
+      rc = cdb_error_set(&err, "interrupted");
+      break;
+    }
+    int got = clip_video_next(v, &f, &err);
+    if (got <= 0) {
+      rc = got;
+      break;
+    }
+    result *r = calloc(1, sizeof *r);
+    float *pixels = malloc(pl->pixel_floats * sizeof(float));
+    if (!r || !pixels || clip_video_frame_pixels(pl->model, &f, pixels, &err) != 0) {
+      if (!r || !pixels) cdb_error_set(&err, "out of memory");
+      free(r);
+      free(pixels);
+      rc = -1;
+      break;
+    }
+    *r = (result){.kind = RESULT_FRAME, .job = j, .pixels = pixels, .t = f.t};
+    queue_push(pl, r);
+  }
+  clip_video_close(v);
+  end->kind = rc == 0 ? RESULT_VIDEO_END : RESULT_FAILED;
+  if (rc != 0) end->error = strdup(without_path(err.msg, j->file->path));
+}
+
 static void *decoder_main(void *arg) {
   pipeline *pl = arg;
   for (;;) {
@@ -194,7 +263,8 @@ static void *decoder_main(void *arg) {
     result *r = calloc(1, sizeof *r);
     if (!r) break; /* the main thread notices the missing results as unprocessed */
     double t = progress_now();
-    process_job(pl, &pl->jobs[i], r);
+    if (pl->jobs[i].is_video) process_video(pl, &pl->jobs[i], r);
+    else process_job(pl, &pl->jobs[i], r);
     atomic_fetch_add(&pl->decode_ns, (long long)((progress_now() - t) * 1e9));
     queue_push(pl, r);
   }
@@ -217,6 +287,7 @@ static void result_free(result *r) {
 
 typedef struct counts {
   size_t added, updated, reused, skipped, removed, failed, embedded;
+  size_t frames; /* video frames stored (kept by the scene filter) */
   size_t duplicates; /* extra rows of one path (left by concurrent runs of older versions) */
 } counts;
 
@@ -230,6 +301,8 @@ typedef struct indexer {
   sqlite3_stmt *insert, *read_row;
   GHashTable *stored; /* path -> stored_row */
   GArray *stale;      /* rowids to delete at the end (int64_t) */
+  GHashTable *videos; /* job -> video_frames: the kept frames of videos being read */
+  sqlite3_stmt *insert_t, *delete_row, *delete_t;
   counts c;
   stage_times times;
   json_object *failures, *unlisted; /* [{"path", "error"}] */
@@ -336,6 +409,103 @@ static int write_reused(indexer *ix, result *r, cdb_error *err) {
   return commit_if_due(ix, false, err);
 }
 
+/* ---- videos: frames kept by the scene filter, written when the video ends ---- */
+
+typedef struct video_frames {
+  GArray *t;    /* double */
+  GArray *vecs; /* float, dim per frame */
+} video_frames;
+
+static void video_frames_free(gpointer p) {
+  video_frames *v = p;
+  g_array_free(v->t, TRUE);
+  g_array_free(v->vecs, TRUE);
+  g_free(v);
+}
+
+static float dot(const float *a, const float *b, int dim) {
+  float s = 0;
+  for (int i = 0; i < dim; i++) s += a[i] * b[i];
+  return s;
+}
+
+/* An embedded frame: kept when it differs enough from the last kept one (a scene change). */
+static int keep_frame(indexer *ix, const result *r, const float *vec, int dim) {
+  video_frames *v = g_hash_table_lookup(ix->videos, r->job);
+  if (!v) {
+    v = g_new0(video_frames, 1);
+    v->t = g_array_new(FALSE, FALSE, sizeof(double));
+    v->vecs = g_array_new(FALSE, FALSE, sizeof(float));
+    g_hash_table_insert(ix->videos, (gpointer)r->job, v);
+  }
+  ix->c.embedded++;
+  size_t n = v->t->len;
+  if (n > 0 && dot(vec, &g_array_index(v->vecs, float, (n - 1) * (size_t)dim), dim) >= VIDEO_SCENE)
+    return 0;
+  g_array_append_val(v->t, r->t);
+  g_array_append_vals(v->vecs, vec, (guint)dim);
+  return 0;
+}
+
+static int delete_rowid(indexer *ix, int64_t rowid, cdb_error *err) {
+  sqlite3_stmt *sts[2] = {ix->delete_row, ix->delete_t};
+  for (int i = 0; i < 2; i++) {
+    sqlite3_bind_int64(sts[i], 1, rowid);
+    int rc = sqlite3_step(sts[i]);
+    sqlite3_reset(sts[i]);
+    if (rc != SQLITE_DONE) return cli_db_fail(&ix->db, "delete", err);
+  }
+  return 0;
+}
+
+/* The rows of a video's previous version, to go at the end (a failed or vanished video). */
+static void stale_video(indexer *ix, const job *j) {
+  if (j->old_frames) g_array_append_vals(ix->stale, j->old_frames->data, j->old_frames->len);
+}
+
+/* Replaces a video's previous frames by the kept ones, between two commits: a reader sees the
+ * old frames or the new ones, never a mix. */
+static int write_video(indexer *ix, const job *j, video_frames *v, int width, int height,
+                       cdb_error *err) {
+  int dim = (int)(v->vecs->len / (v->t->len ? v->t->len : 1));
+  int rc = 0;
+  for (guint i = 0; rc == 0 && j->old_frames && i < j->old_frames->len; i++)
+    rc = delete_rowid(ix, g_array_index(j->old_frames, int64_t, i), err);
+  photo_meta m = {.width = width, .height = height};
+  const char *dot_ext = strrchr(j->file->path, '.');
+  g_strlcpy(m.format, dot_ext ? dot_ext + 1 : "", sizeof m.format);
+  for (guint i = 0; rc == 0 && i < v->t->len; i++) {
+    int64_t rowid;
+    rc = insert_row(ix, j->file, NULL, &m, &g_array_index(v->vecs, float, (size_t)i * dim),
+                    dim * (int)sizeof(float), &rowid, err);
+    if (rc != 0) break;
+    sqlite3_bind_int64(ix->insert_t, 1, rowid);
+    sqlite3_bind_double(ix->insert_t, 2, g_array_index(v->t, double, i));
+    if (sqlite3_step(ix->insert_t) != SQLITE_DONE) rc = cli_db_fail(&ix->db, "insert", err);
+    sqlite3_reset(ix->insert_t);
+  }
+  if (rc != 0) return -1;
+  ix->c.frames += v->t->len;
+  if (j->old_rowid) ix->c.updated++;
+  else ix->c.added++;
+  ix->in_txn += v->t->len;
+  return commit_if_due(ix, false, err);
+}
+
+/* The end of a video (RESULT_VIDEO_END, or RESULT_FAILED with the reason). */
+static int finish_video(indexer *ix, const result *r, cdb_error *err) {
+  video_frames *v = g_hash_table_lookup(ix->videos, r->job);
+  int rc = 0;
+  if (r->kind == RESULT_FAILED || !v) {
+    report_failure(ix, r->job->file->path, r->error ? r->error : "no frame");
+    stale_video(ix, r->job);
+  } else {
+    rc = write_video(ix, r->job, v, r->meta.width, r->meta.height, err);
+  }
+  g_hash_table_remove(ix->videos, r->job);
+  return rc;
+}
+
 typedef struct batch {
   result *items[EMBED_BATCH];
   int n;
@@ -354,6 +524,10 @@ static int flush_batch(indexer *ix, pipeline *pl, batch *b, int dim, cdb_error *
   ix->times.encode_s += t2 - t;
   for (int i = 0; rc == 0 && i < b->n; i++) {
     result *r = b->items[i];
+    if (r->kind == RESULT_FRAME) {
+      rc = keep_frame(ix, r, b->vecs + (size_t)i * dim, dim);
+      continue;
+    }
     int64_t rowid;
     rc = insert_row(ix, r->job->file, r->hash, &r->meta, b->vecs + (size_t)i * dim,
                     dim * (int)sizeof(float), &rowid, err);
@@ -380,6 +554,10 @@ static bool batch_has_hash(const batch *b, const char *hash) {
 /* A decoded photo joins the batch, unless a byte-identical file decoded at the same time was
  * stored already: then it reuses that vector instead of being embedded twice. */
 static int add_decoded(indexer *ix, pipeline *pl, batch *b, result *r, int dim, cdb_error *err) {
+  if (r->kind == RESULT_FRAME) {
+    b->items[b->n++] = r;
+    return b->n == EMBED_BATCH ? flush_batch(ix, pl, b, dim, err) : 0;
+  }
   if (batch_has_hash(b, r->hash) && flush_batch(ix, pl, b, dim, err) != 0) {
     result_free(r);
     return -1;
@@ -422,8 +600,12 @@ static int run_writer(indexer *ix, pipeline *pl, int dim, cdb_error *err) {
       result_free(r); /* drain so the decoders can finish; the next run redoes these */
       continue;
     }
-    done++;
-    if (r->kind == RESULT_FAILED) {
+    if (r->kind != RESULT_FRAME) done++;
+    if (r->job->is_video && r->kind != RESULT_FRAME) {
+      rc = flush_batch(ix, pl, &b, dim, err); /* the video's last frames */
+      if (rc == 0) rc = finish_video(ix, r, err);
+      result_free(r);
+    } else if (r->kind == RESULT_FAILED) {
       report_failure(ix, r->job->file->path, r->error);
       if (r->job->old_rowid) g_array_append_val(ix->stale, r->job->old_rowid);
       result_free(r);
@@ -462,11 +644,36 @@ static bool under_roots(const char *path, char **roots, int n) {
   return false;
 }
 
+static void stored_row_free(gpointer p) {
+  stored_row *row = p;
+  if (row->frames) g_array_free(row->frames, TRUE);
+  g_free(row);
+}
+
+/* A video frame's row: joins the video's stored_row (true), or starts one (false). */
+static bool add_stored_frame(indexer *ix, const char *path, int64_t rowid, stored_row **row) {
+  stored_row *video = g_hash_table_lookup(ix->stored, path);
+  if (video && video->frames) {
+    g_array_append_val(video->frames, rowid);
+    return true;
+  }
+  (*row)->frames = g_array_new(FALSE, FALSE, sizeof(int64_t));
+  g_array_append_val((*row)->frames, rowid);
+  return false;
+}
+
 static int load_stored(indexer *ix, GHashTable *by_hash, cdb_error *err) {
   sqlite3_stmt *st;
-  if (cli_db_prepare(&ix->db,
-                     "SELECT rowid, path, size, mtime, hash FROM " CLI_TABLE " ORDER BY rowid", &st,
-                     err) != 0)
+  /* frame times whose row SQL deleted go first: a new row may get that rowid */
+  if (cli_db_exec(&ix->db,
+                  "DELETE FROM " CLI_FRAMES_TABLE
+                  " WHERE rowid NOT IN (SELECT rowid FROM " CLI_TABLE ")",
+                  err) != 0 ||
+      cli_db_prepare(&ix->db,
+                     "SELECT p.rowid, p.path, p.size, p.mtime, p.hash, f.t IS NOT NULL"
+                     " FROM " CLI_TABLE " AS p LEFT JOIN " CLI_FRAMES_TABLE
+                     " AS f ON f.rowid = p.rowid ORDER BY p.rowid",
+                     &st, err) != 0)
     return -1;
   int rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -476,10 +683,13 @@ static int load_stored(indexer *ix, GHashTable *by_hash, cdb_error *err) {
     row->rowid = sqlite3_column_int64(st, 0);
     row->size = sqlite3_column_int64(st, 2);
     row->mtime = sqlite3_column_int64(st, 3);
-    if (path) {
+    if (path && sqlite3_column_int(st, 5) && add_stored_frame(ix, path, row->rowid, &row)) {
+      g_free(row);
+    } else if (path) {
       stored_row *older = g_hash_table_lookup(ix->stored, path);
       if (older) { /* two rows for one path: keep the newest */
-        g_array_append_val(ix->stale, older->rowid);
+        if (older->frames) g_array_append_vals(ix->stale, older->frames->data, older->frames->len);
+        else g_array_append_val(ix->stale, older->rowid);
         ix->c.duplicates++;
       }
       g_hash_table_replace(ix->stored, g_strdup(path), row);
@@ -511,7 +721,8 @@ static job *plan_jobs(indexer *ix, const walk_result *w, size_t *n_jobs) {
       ix->c.skipped++;
       continue;
     }
-    jobs[n++] = (job){f, row ? row->rowid : 0};
+    bool video = walk_is_video_name(f->path) && !walk_is_image_name(f->path);
+    jobs[n++] = (job){f, row ? row->rowid : 0, row ? row->frames : NULL, video};
   }
   g_hash_table_destroy(planned);
   *n_jobs = n;
@@ -523,6 +734,7 @@ static job *plan_jobs(indexer *ix, const walk_result *w, size_t *n_jobs) {
 static bool is_gone(const char *path, const stored_row *row, char **roots, int n_roots,
                     const walk_result *w) {
   if (row->seen || !under_roots(path, roots, n_roots)) return false;
+  if (!w->with_videos && walk_is_video_name(path)) return false; /* --no-videos: kept */
   for (size_t i = 0; i < w->n_problems; i++)
     if (w->problems[i].unlisted && under_roots(path, &w->problems[i].path, 1)) return false;
   return true;
@@ -530,9 +742,6 @@ static bool is_gone(const char *path, const stored_row *row, char **roots, int n
 
 static int delete_stale(indexer *ix, char **roots, int n_roots, const walk_result *w, bool complete,
                         cdb_error *err) {
-  sqlite3_stmt *del;
-  if (cli_db_prepare(&ix->db, "DELETE FROM " CLI_TABLE " WHERE rowid = ?1", &del, err) != 0)
-    return -1;
   int rc = 0;
   GHashTableIter it;
   gpointer key, value;
@@ -541,16 +750,13 @@ static int delete_stale(indexer *ix, char **roots, int n_roots, const walk_resul
     while (g_hash_table_iter_next(&it, &key, &value)) {
       stored_row *row = value;
       if (!is_gone(key, row, roots, n_roots, w)) continue;
-      g_array_append_val(ix->stale, row->rowid);
+      if (row->frames) g_array_append_vals(ix->stale, row->frames->data, row->frames->len);
+      else g_array_append_val(ix->stale, row->rowid);
       ix->c.removed++;
     }
   }
-  for (guint i = 0; rc == 0 && i < ix->stale->len; i++) {
-    sqlite3_bind_int64(del, 1, g_array_index(ix->stale, int64_t, i));
-    if (sqlite3_step(del) != SQLITE_DONE) rc = cli_db_fail(&ix->db, "delete", err);
-    sqlite3_reset(del);
-  }
-  sqlite3_finalize(del);
+  for (guint i = 0; rc == 0 && i < ix->stale->len; i++)
+    rc = delete_rowid(ix, g_array_index(ix->stale, int64_t, i), err);
   return rc;
 }
 
@@ -582,6 +788,7 @@ static void print_summary(const indexer *ix, bool json, double seconds, bool was
     json_object_object_add(o, "duplicates_removed", json_object_new_int64((int64_t)c->duplicates));
     json_object_object_add(o, "failed", json_object_new_int64((int64_t)c->failed));
     json_object_object_add(o, "embedded", json_object_new_int64((int64_t)c->embedded));
+    json_object_object_add(o, "frames", json_object_new_int64((int64_t)c->frames));
     json_object_object_add(o, "seconds", json_object_new_double(seconds));
     json_object_object_add(o, "interrupted", json_object_new_boolean(was_interrupted));
     json_object *st = json_object_new_object();
@@ -601,6 +808,7 @@ static void print_summary(const indexer *ix, bool json, double seconds, bool was
          was_interrupted ? "interrupted, progress kept: " : "", c->added, c->updated, c->reused,
          c->skipped, c->removed, c->failed);
   if (c->duplicates) printf(", %zu duplicate rows removed", c->duplicates);
+  if (c->frames) printf(", %zu video frames stored", c->frames);
   size_t unlisted = json_object_array_length(ix->unlisted);
   if (unlisted) printf(", %zu not listed (photos kept)", unlisted);
   printf(" (%zu embedded in %.1f s, %.1f images/s)\n", c->embedded, seconds,
@@ -608,7 +816,7 @@ static void print_summary(const indexer *ix, bool json, double seconds, bool was
 }
 
 typedef struct index_opts {
-  bool local, json, quiet;
+  bool local, json, quiet, no_videos;
   long threads, commit_every;
   char **excludes;
   size_t n_excludes;
@@ -622,6 +830,7 @@ static int parse_opts(int argc, char **argv, index_opts *o) {
                                            {"quiet", no_argument, 0, 'q'},
                                            {"help", no_argument, 0, 'h'},
                                            {"commit-every", required_argument, 0, 'c'},
+                                           {"no-videos", no_argument, 0, 'V'},
                                            {0, 0, 0, 0}};
   o->excludes = calloc((size_t)argc, sizeof *o->excludes);
   if (!o->excludes) return cli_usage_error(NULL, "out of memory");
@@ -633,6 +842,7 @@ static int parse_opts(int argc, char **argv, index_opts *o) {
       case 'x': o->excludes[o->n_excludes++] = optarg; break;
       case 'j': o->json = true; break;
       case 'q': o->quiet = true; break;
+      case 'V': o->no_videos = true; break;
       case 't':
         if (!cli_parse_int(optarg, 1, MAX_DECODERS, &o->threads))
           return cli_usage_error("index", "--threads wants a number from 1 to %d", MAX_DECODERS);
@@ -646,6 +856,17 @@ static int parse_opts(int argc, char **argv, index_opts *o) {
     }
   }
   if (optind == argc) return cli_usage_error("index", "expected at least one DIR");
+  return 0;
+}
+
+static int prepare_video_statements(indexer *ix, cdb_error *err) {
+  if (cli_db_prepare(&ix->db, "INSERT INTO " CLI_FRAMES_TABLE "(rowid, t) VALUES (?1, ?2)",
+                     &ix->insert_t, err) != 0 ||
+      cli_db_prepare(&ix->db, "DELETE FROM " CLI_TABLE " WHERE rowid = ?1", &ix->delete_row, err) !=
+          0 ||
+      cli_db_prepare(&ix->db, "DELETE FROM " CLI_FRAMES_TABLE " WHERE rowid = ?1", &ix->delete_t,
+                     err) != 0)
+    return -1;
   return 0;
 }
 
@@ -670,13 +891,15 @@ static int index_run(indexer *ix, const cli_ctx *ctx, const index_opts *o, char 
                         "SELECT taken_at, width, height, format, embedding FROM " CLI_TABLE
                         " WHERE rowid = ?1",
                         &ix->read_row, err);
+  if (rc == 0) rc = prepare_video_statements(ix, err);
   if (rc == 0) rc = cli_db_exec(&ix->db, "BEGIN", err);
   if (rc == 0) {
     pipeline pl = {.model = model,
                    .jobs = jobs,
                    .n_jobs = n_jobs,
                    .by_hash = by_hash,
-                   .pixel_floats = (size_t)3 * side * side};
+                   .pixel_floats = (size_t)3 * side * side,
+                   .video_params = clip_video_default_params()};
     pthread_mutex_init(&pl.lock, NULL);
     pthread_mutex_init(&pl.hash_lock, NULL);
     pthread_cond_init(&pl.not_empty, NULL);
@@ -725,9 +948,10 @@ int cmd_index(int argc, char **argv, const cli_ctx *ctx) {
                 .failures = json_object_new_array(),
                 .unlisted = json_object_new_array(),
                 .commit_every = o.commit_every ? (size_t)o.commit_every : COMMIT_EVERY};
-  ix.stored = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  ix.stored = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, stored_row_free);
+  ix.videos = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, video_frames_free);
   ix.stale = g_array_new(FALSE, FALSE, sizeof(int64_t));
-  walk_result w = {0};
+  walk_result w = {.with_videos = !o.no_videos};
   char **abs_roots = calloc((size_t)n_roots, sizeof *abs_roots);
   cdb_error err = {{0}};
   int rc = abs_roots ? 0 : cdb_error_set(&err, "out of memory");
@@ -752,6 +976,9 @@ int cmd_index(int argc, char **argv, const cli_ctx *ctx) {
   if (rc != 0) cli_error("index: %s", err.msg);
   sqlite3_finalize(ix.insert);
   sqlite3_finalize(ix.read_row);
+  sqlite3_finalize(ix.insert_t);
+  sqlite3_finalize(ix.delete_row);
+  sqlite3_finalize(ix.delete_t);
   if (rc != 0) cli_db_close_discarding_empty(&ix.db);
   else cli_db_close(&ix.db);
   for (int i = 0; abs_roots && i < n_roots; i++) free(abs_roots[i]);
@@ -760,6 +987,7 @@ int cmd_index(int argc, char **argv, const cli_ctx *ctx) {
   walk_result_free(&w);
   g_hash_table_destroy(ix.stored);
   g_array_free(ix.stale, TRUE);
+  g_hash_table_destroy(ix.videos);
   json_object_put(ix.failures);
   json_object_put(ix.unlisted);
   free(o.excludes);

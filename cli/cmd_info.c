@@ -8,12 +8,14 @@
 
 #include "cli/cli.h"
 #include "cli/db.h"
+#include "cli/moments.h"
 #include "cli/output.h"
 #include "src/json.h"
 
 static const char USAGE[] =
     "usage: clipdb info [--json] [--local]\n"
-    "Shows the library: database path and size on disk, photo count, vector dimensions, index\n"
+    "Shows the library: database path and size on disk, the counts of photos, videos and their\n"
+    "frames (rows: photos + frames), vector dimensions, index\n"
     "type with nlist/nprobe (0 = chosen from the size), and the model.\n";
 
 static int64_t file_size(const char *path, const char *suffix) {
@@ -32,6 +34,29 @@ static int add_scalar(cli_db *db, json_object *o, const char *key, const char *s
     json_object_object_add(o, key, json_object_new_int64(sqlite3_column_int64(st, 0)));
   sqlite3_finalize(st);
   return rc == SQLITE_ROW ? 0 : cli_db_fail(db, key, err);
+}
+
+/* photos, videos and their frames (rows counts both photos and frames). */
+static int add_video_counts(cli_db *db, json_object *o, cdb_error *err) {
+  bool frames = cli_db_has_frames(db);
+  int rc = 0;
+  if (frames)
+    rc = add_scalar(db, o, "frames", "SELECT count(*) FROM " CLI_FRAMES_TABLE, err) ||
+         add_scalar(db, o, "videos",
+                    "SELECT count(DISTINCT p.path) FROM " CLI_FRAMES_TABLE " AS f JOIN " CLI_TABLE
+                    " AS p ON p.rowid = f.rowid",
+                    err);
+  if (rc != 0) return -1;
+  json_object *v;
+  int64_t rows = json_object_object_get_ex(o, "rows", &v) ? json_object_get_int64(v) : 0;
+  int64_t n_frames =
+      frames && json_object_object_get_ex(o, "frames", &v) ? json_object_get_int64(v) : 0;
+  if (!frames) {
+    json_object_object_add(o, "videos", json_object_new_int64(0));
+    json_object_object_add(o, "frames", json_object_new_int64(0));
+  }
+  json_object_object_add(o, "photos", json_object_new_int64(rows - n_frames));
+  return 0;
 }
 
 static int add_config(cli_db *db, json_object *o, cdb_error *err) {
@@ -100,7 +125,9 @@ static void print_index_state(json_object *o) {
 static void print_text(json_object *o) {
   static const char *const order[][2] = {{"database", "database"},
                                          {"size_bytes", "size on disk"},
-                                         {"rows", "photos"},
+                                         {"photos", "photos"},
+                                         {"videos", "videos"},
+                                         {"frames", "video frames"},
                                          {"dims", "dimensions"},
                                          {"index_type", "index"},
                                          {"nlist", "nlist"},
@@ -149,6 +176,7 @@ int cmd_info(int argc, char **argv, const cli_ctx *ctx) {
                                                  file_size(db.path, "-wal")));
     rc = add_scalar(&db, o, "rows", "SELECT count(*) FROM " CLI_TABLE "_rows", &err);
   }
+  if (rc == 0) rc = add_video_counts(&db, o, &err);
   if (rc == 0) rc = add_config(&db, o, &err);
   if (rc == 0) rc = add_index_state(&db, o, &err);
   if (rc == 0) {

@@ -9,6 +9,7 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/db.h"
+#include "cli/moments.h"
 #include "cli/output.h"
 #include "cli/query.h"
 #include "cli/walk.h"
@@ -18,12 +19,15 @@
 
 static const char USAGE[] =
     "usage: clipdb search [OPTIONS] QUERY...\n"
-    "Finds the photos that best match QUERY: a text (\"a red star\"), an image path\n"
-    "or URL (image-to-image), or arithmetic on both: `2:sunset - people + \"a red star\"`.\n"
+    "Finds the photos and videos that best match QUERY: a text (\"a red star\"), an image\n"
+    "path or URL (image-to-image), or arithmetic on both: `2:sunset - people + \"a red star\"`.\n"
     "Terms are separated by a lone + or -, may carry a weight (2:sunset, 0.5:\"blue sky\"),\n"
     "and double quotes keep signs as text. Words of several arguments are joined by spaces.\n"
+    "A video is listed once, with its best moment: SCORE<TAB>PATH<TAB>hh:mm:ss.\n"
     "  -n, --top N        results (default 10)\n"
-    "  --json             JSON array of {path, score, rowid, date, width, height}\n"
+    "  --json             JSON array of {path, score, rowid, date, width, height, t,\n"
+    "                     moments}: t the best moment in seconds (null for a photo), moments\n"
+    "                     the video's other matching moments [{t, score}], best first\n"
     "  --paths            one path per line\n"
     "  -0, --null         paths only, each ended by a NUL byte (for xargs -0)\n"
     "  --after DATE       taken (EXIF date, else file time) at or after DATE\n"
@@ -138,7 +142,7 @@ int cmd_search(int argc, char **argv, const cli_ctx *ctx) {
   if (rc == 0 && !one_text) rc = query_vector(&db, &q, &vec, &dim, &err);
   cli_search_opts so = {(int)a.top, a.after, a.before, a.threshold, 0, NULL};
   cli_query cq = {one_text ? q.terms[0].text : NULL, vec, dim};
-  if (rc == 0) rc = cli_db_search(&db, &cq, &so, &hits, &n, &err);
+  if (rc == 0) rc = cli_db_search_videos(&db, &cq, &so, NULL, &hits, &n, &err);
   if (rc == 0) output_hits(hits, n, a.fmt, a.preview);
   else cli_error("search: %s", err.msg);
   cli_hits_free(hits, n);

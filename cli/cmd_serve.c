@@ -23,9 +23,12 @@
 #include "cli/cli.h"
 #include "cli/db.h"
 #include "cli/meta.h"
+#include "cli/moments.h"
 #include "cli/output.h"
 #include "cli/query.h"
 #include "cli/serve_web.h"
+#include "embed/clip_internal.h"
+#include "embed/image.h"
 #include "sqlite-ext/clipdb.h"
 #include "src/model_path.h"
 
@@ -35,6 +38,7 @@
 #define MAX_K 1000
 #define MAX_CONNECTIONS 256 /* each may hold an upload of up to MAX_UPLOAD_BYTES */
 #define THUMB_PX 320
+#define FRAME_THUMB_PX 240 /* a video frame thumbnail's short side */
 #define MAX_LABELS 64
 #define MAX_LABELS_BYTES 4096
 
@@ -187,6 +191,7 @@ static enum MHD_Result send_hits(struct MHD_Connection *c, cli_hit *hits, int n)
     json_object_object_add(h, "date", hits[i].date ? output_json_text(hits[i].date) : NULL);
     json_object_object_add(h, "width", json_object_new_int(hits[i].width));
     json_object_object_add(h, "height", json_object_new_int(hits[i].height));
+    json_object_object_add(h, "t", hits[i].t >= 0 ? json_object_new_double(hits[i].t) : NULL);
     json_object_array_add(arr, h);
   }
   cli_hits_free(hits, n);
@@ -195,12 +200,14 @@ static enum MHD_Result send_hits(struct MHD_Connection *c, cli_hit *hits, int n)
   return send_json(c, MHD_HTTP_OK, o);
 }
 
+/* A video is one result: its best frame's row (id) and time t. */
 static enum MHD_Result run_search(struct MHD_Connection *c, cli_db *db, const cli_query *q,
-                                  const cli_search_opts *opts) {
+                                  const cli_search_opts *opts, const char *exclude_video) {
   cdb_error err = {{0}};
   cli_hit *hits;
   int n;
-  if (cli_db_search(db, q, opts, &hits, &n, &err) != 0) return send_internal(c, &err);
+  if (cli_db_search_videos(db, q, opts, exclude_video, &hits, &n, &err) != 0)
+    return send_internal(c, &err);
   return send_hits(c, hits, n);
 }
 
@@ -227,7 +234,7 @@ static enum MHD_Result api_search(struct MHD_Connection *c, cli_db *db) {
     ret = send_error(c, MHD_HTTP_BAD_REQUEST, "the query's terms cancel out or cannot be embedded");
   } else {
     cli_query cq = {one_text ? q.terms[0].text : NULL, vec, dim};
-    ret = run_search(c, db, &cq, &opts);
+    ret = run_search(c, db, &cq, &opts, NULL);
   }
   free(vec);
   query_free(&q);
@@ -254,6 +261,20 @@ static int photo_path(cli_db *db, int64_t id, char **path, char **hash, cdb_erro
   return rc;
 }
 
+/* A row's time in its video (*t), or -1 for a photo. 0, or -1 on error. */
+static int frame_time(cli_db *db, int64_t id, double *t, cdb_error *err) {
+  *t = -1;
+  if (!cli_db_has_frames(db)) return 0;
+  sqlite3_stmt *st;
+  if (cli_db_prepare(db, "SELECT t FROM " CLI_FRAMES_TABLE " WHERE rowid = ?1", &st, err) != 0)
+    return -1;
+  sqlite3_bind_int64(st, 1, id);
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) *t = sqlite3_column_double(st, 0);
+  sqlite3_finalize(st);
+  return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : cli_db_fail(db, "frame", err);
+}
+
 /* GET /api/similar?id=ROWID&k=&after=&before=: the photos nearest to a library photo. */
 static enum MHD_Result api_similar(struct MHD_Connection *c, cli_db *db) {
   int64_t id, self;
@@ -265,15 +286,19 @@ static enum MHD_Result api_similar(struct MHD_Connection *c, cli_db *db) {
   char *path = NULL, *hash = NULL;
   float *vec = NULL;
   int dim = 0;
+  double t = -1; /* a video frame: the video is left out of its results */
   int rc = photo_path(db, id, &path, &hash, &err);
-  if (rc == 0) rc = cli_db_vector_of_path(db, path, &vec, &dim, &self, &err);
-  free(path);
+  if (rc == 0) rc = frame_time(db, id, &t, &err);
+  if (rc == 0 && t >= 0) rc = cli_db_frame_vector(db, path, t, &vec, &dim, &self, &err);
+  else if (rc == 0) rc = cli_db_vector_of_path(db, path, &vec, &dim, &self, &err);
   free(hash);
+  if (rc != 0) free(path);
   if (rc == 1) return send_error(c, MHD_HTTP_NOT_FOUND, "no photo with that id");
   if (rc != 0) return send_internal(c, &err);
   opts.exclude_rowid = self;
   cli_query q = {NULL, vec, dim};
-  enum MHD_Result ret = run_search(c, db, &q, &opts);
+  enum MHD_Result ret = run_search(c, db, &q, &opts, t >= 0 ? path : NULL);
+  free(path);
   free(vec);
   return ret;
 }
@@ -305,7 +330,7 @@ static enum MHD_Result api_search_image(struct MHD_Connection *c, cli_db *db, re
     ret = send_error(c, MHD_HTTP_UNPROCESSABLE_CONTENT, "the image could not be decoded");
   } else {
     cli_query q = {NULL, vec, dim};
-    ret = run_search(c, db, &q, &opts);
+    ret = run_search(c, db, &q, &opts, NULL);
   }
   free(vec);
   return ret;
@@ -344,6 +369,12 @@ static enum MHD_Result api_photo(struct MHD_Connection *c, cli_db *db) {
   json_object *o = json_object_new_object();
   for (int i = 0; rc == SQLITE_ROW && i < sqlite3_column_count(st); i++) add_column(o, st, i);
   sqlite3_finalize(st);
+  double t;
+  if (rc == SQLITE_ROW && frame_time(db, id, &t, &err) != 0) {
+    json_object_put(o);
+    return send_internal(c, &err);
+  }
+  if (rc == SQLITE_ROW) json_object_object_add(o, "t", t >= 0 ? json_object_new_double(t) : NULL);
   if (rc == SQLITE_ROW) return send_json(c, MHD_HTTP_OK, o);
   json_object_put(o);
   if (rc == SQLITE_DONE) return send_error(c, MHD_HTTP_NOT_FOUND, "no photo with that id");
@@ -446,13 +477,11 @@ static enum MHD_Result api_image(struct MHD_Connection *c, cli_db *db) {
   return ret;
 }
 
-/* Makes the thumbnail (libvips shrink-on-load) into cache_path, written whole then renamed. */
-static int make_thumb(const char *path, const char *cache_path) {
-  VipsImage *img = NULL;
+/* Saves img as the cached JPEG thumbnail, written whole then renamed; unrefs img. */
+static int save_thumb(VipsImage *img, const char *cache_path) {
   void *buf = NULL;
   size_t len = 0;
-  int rc = vips_thumbnail(path, &img, THUMB_PX, "height", THUMB_PX, NULL);
-  if (rc == 0) rc = vips_jpegsave_buffer(img, &buf, &len, "Q", 80, "strip", TRUE, NULL);
+  int rc = img ? vips_jpegsave_buffer(img, &buf, &len, "Q", 80, "strip", TRUE, NULL) : -1;
   if (img) g_object_unref(img);
   if (rc != 0) {
     vips_error_clear();
@@ -469,11 +498,182 @@ static int make_thumb(const char *path, const char *cache_path) {
   return ok ? 0 : -1;
 }
 
+/* ---- videos: the file with HTTP Range requests, so that the browser can seek ---- */
+
+static const char *video_type(const char *path) {
+  const char *dot = strrchr(path, '.');
+  static const char *const types[][2] = {{".mp4", "video/mp4"},        {".m4v", "video/mp4"},
+                                         {".mov", "video/quicktime"},  {".webm", "video/webm"},
+                                         {".mkv", "video/x-matroska"}, {".avi", "video/x-msvideo"}};
+  for (size_t i = 0; dot && i < sizeof types / sizeof types[0]; i++)
+    if (strcasecmp(dot, types[i][0]) == 0) return types[i][1];
+  return "application/octet-stream";
+}
+
+/* A Range header against a file of size bytes: 1 with [*from, *to] (inclusive) for one
+ * satisfiable "bytes=A-B", "bytes=A-" or "bytes=-N"; -1 when it is unsatisfiable; 0 when it is
+ * absent, malformed or asks several ranges (the whole file is sent, as RFC 9110 allows). */
+static int parse_range(const char *h, int64_t size, int64_t *from, int64_t *to) {
+  if (!h || strncmp(h, "bytes=", 6) != 0 || strchr(h, ',')) return 0;
+  const char *p = h + 6, *dash = strchr(p, '-');
+  long long a = -1, b = -1;
+  char *end;
+  if (!dash) return 0;
+  if (dash > p) {
+    a = strtoll(p, &end, 10);
+    if (end != dash || a < 0 || *p == '+' || *p == '-') return 0;
+  }
+  if (dash[1]) {
+    b = strtoll(dash + 1, &end, 10);
+    if (*end || b < 0 || dash[1] == '+' || dash[1] == '-') return 0;
+  }
+  if (a < 0 && b < 0) return 0;
+  if (a < 0) { /* the last b bytes */
+    if (b == 0 || size == 0) return -1;
+    *from = b >= size ? 0 : size - b;
+    *to = size - 1;
+    return 1;
+  }
+  if (b >= 0 && b < a) return 0;
+  if (a >= size) return -1;
+  *from = a;
+  *to = b < 0 || b >= size ? size - 1 : b;
+  return 1;
+}
+
+static enum MHD_Result send_range(struct MHD_Connection *c, int fd, const char *type) {
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return send_error(c, MHD_HTTP_NOT_FOUND, "the video's file is not readable");
+  }
+  int64_t size = st.st_size, from = 0, to = size - 1;
+  const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Range");
+  int ranged = parse_range(h, size, &from, &to);
+  char content_range[96];
+  if (ranged < 0) {
+    close(fd);
+    snprintf(content_range, sizeof content_range, "bytes */%lld", (long long)size);
+    struct MHD_Response *r = MHD_create_response_from_buffer(0, "", MHD_RESPMEM_PERSISTENT);
+    if (!r) return MHD_NO;
+    MHD_add_response_header(r, "Content-Range", content_range);
+    enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_RANGE_NOT_SATISFIABLE, r);
+    MHD_destroy_response(r);
+    return ret;
+  }
+  struct MHD_Response *r =
+      MHD_create_response_from_fd_at_offset64((uint64_t)(size ? to - from + 1 : 0), fd,
+                                              (uint64_t)from);
+  if (!r) {
+    close(fd);
+    return MHD_NO;
+  }
+  MHD_add_response_header(r, "Content-Type", type);
+  MHD_add_response_header(r, "Accept-Ranges", "bytes");
+  MHD_add_response_header(r, "Cache-Control", "private, max-age=3600");
+  if (ranged) {
+    snprintf(content_range, sizeof content_range, "bytes %lld-%lld/%lld", (long long)from,
+             (long long)to, (long long)size);
+    MHD_add_response_header(r, "Content-Range", content_range);
+  }
+  add_server_timing(r);
+  enum MHD_Result ret = MHD_queue_response(c, ranged ? MHD_HTTP_PARTIAL_CONTENT : MHD_HTTP_OK, r);
+  MHD_destroy_response(r);
+  return ret;
+}
+
+/* GET /api/video?id=ROWID (a row of a video's frame): the video's file, with Range requests. */
+static enum MHD_Result api_video(struct MHD_Connection *c, cli_db *db) {
+  char *path = NULL, *hash = NULL;
+  enum MHD_Result ret = MHD_NO;
+  if (!lookup_photo(c, db, &path, &hash, &ret)) return ret;
+  int64_t id = 0;
+  double t = -1;
+  cdb_error err = {{0}};
+  int fd = -1;
+  if (!parse_id(c, &id) || frame_time(db, id, &t, &err) != 0) ret = send_internal(c, &err);
+  else if (t < 0) ret = send_error(c, MHD_HTTP_NOT_FOUND, "that id is not a video's frame");
+  else if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+    ret = send_error(c, MHD_HTTP_NOT_FOUND, "the video's file is not readable");
+  else ret = send_range(c, fd, video_type(path));
+  free(path);
+  free(hash);
+  return ret;
+}
+
+/* Makes the thumbnail (libvips shrink-on-load) into cache_path. */
+static int make_thumb(const char *path, const char *cache_path) {
+  VipsImage *img = NULL;
+  if (vips_thumbnail(path, &img, THUMB_PX, "height", THUMB_PX, NULL) != 0) {
+    vips_error_clear();
+    return -1;
+  }
+  return save_thumb(img, cache_path);
+}
+
+/* A video's frame at t (the first sample at or after it, else the last) as the thumbnail:
+ * scaled by libswscale to a short side of FRAME_THUMB_PX while decoding. */
+static int make_frame_thumb(const char *path, double t, const char *cache_path) {
+  clip_image_spec spec = {.resize_shortest = FRAME_THUMB_PX,
+                          .crop_height = FRAME_THUMB_PX,
+                          .crop_width = FRAME_THUMB_PX};
+  clip_video_params params = clip_video_default_params();
+  params.interval = t > 0 ? t : 1.0;
+  params.max_samples = 0;
+  cdb_error err = {{0}};
+  clip_video *v = clip_video_open_spec(&spec, path, &params, &err);
+  clip_video_frame f;
+  uint8_t *rgb = NULL;
+  int w = 0, h = 0;
+  while (v && clip_video_next(v, &f, &err) > 0) {
+    uint8_t *grown = realloc(rgb, (size_t)f.width * f.height * 3);
+    if (!grown) break;
+    rgb = grown;
+    memcpy(rgb, f.rgb, (size_t)f.width * f.height * 3);
+    w = f.width, h = f.height;
+    if (f.t + 1e-3 >= t) break;
+  }
+  clip_video_close(v);
+  VipsImage *img = rgb && w > 0 ? vips_image_new_from_memory(rgb, (size_t)w * h * 3, w, h, 3,
+                                                              VIPS_FORMAT_UCHAR)
+                                : NULL;
+  int rc = img ? save_thumb(img, cache_path) : -1; /* saved before rgb is freed */
+  free(rgb);
+  return rc;
+}
+
+/* The cache key of a frame's thumbnail: SHA-256 of the video's path, size, mtime and t (hex,
+ * 64 digits, into key[65]); -1 when the file is gone. */
+static int frame_thumb_key(const char *path, double t, char key[65]) {
+  struct stat st;
+  if (stat(path, &st) != 0) return -1;
+  char *text = g_strdup_printf("%s\n%lld\n%lld\n%.3f", path, (long long)st.st_size,
+                               (long long)st.st_mtime, t);
+  char *sum = g_compute_checksum_for_string(G_CHECKSUM_SHA256, text, -1);
+  snprintf(key, 65, "%s", sum ? sum : "");
+  g_free(text);
+  g_free(sum);
+  return sum ? 0 : -1;
+}
+
 /* GET /api/thumb?id=ROWID: a JPEG at most 320 px, cached by the file's hash. */
 static enum MHD_Result api_thumb(struct MHD_Connection *c, server *s, cli_db *db) {
   char *path = NULL, *hash = NULL;
   enum MHD_Result ret = MHD_NO;
   if (!lookup_photo(c, db, &path, &hash, &ret)) return ret;
+  int64_t id = 0;
+  double t = -1; /* a video frame's thumbnail is cached by its own key */
+  cdb_error err = {{0}};
+  char key[65];
+  if (parse_id(c, &id) && frame_time(db, id, &t, &err) == 0 && t >= 0 &&
+      frame_thumb_key(path, t, key) == 0) {
+    free(hash);
+    hash = strdup(key);
+  }
+  if (!hash) {
+    free(path);
+    return send_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+  }
   char cache_path[4096], etag[80];
   bool hashed = strlen(hash) == 64 && strspn(hash, "0123456789abcdef") == 64;
   snprintf(cache_path, sizeof cache_path, "%s/%s-%d.jpg", s->cache_dir, hashed ? hash : "x",
@@ -486,7 +686,8 @@ static enum MHD_Result api_thumb(struct MHD_Connection *c, server *s, cli_db *db
     ret = send_buffer(c, MHD_HTTP_NOT_MODIFIED, "", 0, "image/jpeg", "private, max-age=86400");
   } else if (fd >= 0) {
     ret = send_fd(c, fd, "image/jpeg", etag);
-  } else if (hashed && make_thumb(path, cache_path) == 0 &&
+  } else if (hashed &&
+             (t >= 0 ? make_frame_thumb(path, t, cache_path) : make_thumb(path, cache_path)) == 0 &&
              (fd = open(cache_path, O_RDONLY | O_CLOEXEC)) >= 0) {
     ret = send_fd(c, fd, "image/jpeg", etag);
   } else {
@@ -637,6 +838,7 @@ static enum MHD_Result route(struct MHD_Connection *c, server *s, const char *ur
   if (strcmp(url, "/api/photo") == 0) return api_photo(c, db);
   if (strcmp(url, "/api/thumb") == 0) return api_thumb(c, s, db);
   if (strcmp(url, "/api/image") == 0) return api_image(c, db);
+  if (strcmp(url, "/api/video") == 0) return api_video(c, db);
   if (strcmp(url, "/api/dedup") == 0) return api_dedup(c, db);
   if (strcmp(url, "/api/classify") == 0) return api_classify(c, db);
   if (post_route) return api_search_image(c, db, req);

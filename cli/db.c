@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cli/moments.h"
 #include "embed/clip.h"
 #include "sqlite-ext/clipdb.h"
 #include "src/file.h"
@@ -308,6 +309,7 @@ int cli_db_open(const cli_ctx *ctx, const char *local_dir, bool create, cli_db *
     goto fail;
   }
   if (kind == DB_EMPTY && create_table(out, out->model, err) != 0) goto fail;
+  if (create && cli_db_ensure_frames(out, err) != 0) goto fail;
   return 0;
 fail:
   cli_db_close_discarding_empty(out);
@@ -484,6 +486,7 @@ void cli_hits_free(cli_hit *hits, int n) {
   for (int i = 0; i < n; i++) {
     free(hits[i].path);
     free(hits[i].date);
+    free(hits[i].moments);
   }
   free(hits);
 }
@@ -547,6 +550,7 @@ int cli_db_search(cli_db *db, const cli_query *q, const cli_search_opts *opts, c
     h->score = 1.0 - sqlite3_column_double(st, 2);
     h->width = sqlite3_column_int(st, 4);
     h->height = sqlite3_column_int(st, 5);
+    h->t = -1;
     if (!h->path) rc = cdb_error_set(err, "out of memory");
   }
   if (rc == SQLITE_DONE) rc = 0;

@@ -70,12 +70,20 @@ int cli_db_embed_image_file(cli_db *db, const char *path, float **out, int *dim,
 int cli_db_vector_of_path(cli_db *db, const char *path, float **out, int *dim, int64_t *rowid,
                           cdb_error *err);
 
+/* Another matching moment of a video hit. */
+typedef struct cli_moment {
+  double t, score;
+} cli_moment;
+
 typedef struct cli_hit {
   int64_t rowid;
   char *path;
   double score; /* cosine similarity */
   char *date;   /* taken_at, else the file time; may be NULL */
   int width, height;
+  double t;             /* a video frame: seconds from the start; a photo: -1 */
+  cli_moment *moments;  /* a video's other matching frames, best first (cli_db_search_videos) */
+  int n_moments;
 } cli_hit;
 
 typedef struct cli_search_opts {
@@ -94,7 +102,8 @@ typedef struct cli_query {
   int dim;
 } cli_query;
 
-/* The k nearest photos to the query, best first. */
+/* The k nearest rows (photos and video frames) to the query, best first; t is -1 (see
+ * cli_db_search_videos for one hit per video). */
 int cli_db_search(cli_db *db, const cli_query *q, const cli_search_opts *opts, cli_hit **hits,
                   int *n, cdb_error *err);
 void cli_hits_free(cli_hit *hits, int n);

@@ -6,9 +6,12 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cli/moments.h"
 #include "cli/preview.h"
 
 #define PREVIEW_PX 160
+
+static void write_path(FILE *out, const char *path);
 
 static bool needs_quoting(const char *path) {
   if (path[0] != '/') return true;
@@ -19,9 +22,13 @@ static bool needs_quoting(const char *path) {
 
 void output_path_line(FILE *out, const char *prefix, const char *path) {
   fputs(prefix, out);
+  write_path(out, path);
+  fputc('\n', out);
+}
+
+static void write_path(FILE *out, const char *path) {
   if (!needs_quoting(path)) {
     fputs(path, out);
-    fputc('\n', out);
     return;
   }
   fputs("$'", out);
@@ -37,7 +44,7 @@ void output_path_line(FILE *out, const char *prefix, const char *path) {
         else fputc(*p, out);
     }
   }
-  fputs("'\n", out);
+  fputc('\'', out);
 }
 
 json_object *output_json_text(const char *s) {
@@ -58,6 +65,19 @@ void output_json_path(json_object *o, const char *key, const char *path) {
   g_free(b64);
 }
 
+/* "t": seconds into a video (null for a photo) and "moments": its other matching frames. */
+static void add_json_moments(json_object *o, const cli_hit *h) {
+  json_object_object_add(o, "t", h->t >= 0 ? json_object_new_double(h->t) : NULL);
+  json_object *moments = json_object_new_array();
+  for (int i = 0; i < h->n_moments; i++) {
+    json_object *m = json_object_new_object();
+    json_object_object_add(m, "t", json_object_new_double(h->moments[i].t));
+    json_object_object_add(m, "score", json_object_new_double(h->moments[i].score));
+    json_object_array_add(moments, m);
+  }
+  json_object_object_add(o, "moments", moments);
+}
+
 void output_hits(const cli_hit *hits, int n, output_format fmt, bool preview) {
   if (fmt == OUTPUT_JSON) {
     json_object *arr = json_object_new_array();
@@ -69,6 +89,7 @@ void output_hits(const cli_hit *hits, int n, output_format fmt, bool preview) {
       json_object_object_add(o, "date", hits[i].date ? json_object_new_string(hits[i].date) : NULL);
       json_object_object_add(o, "width", json_object_new_int(hits[i].width));
       json_object_object_add(o, "height", json_object_new_int(hits[i].height));
+      add_json_moments(o, &hits[i]);
       json_object_array_add(arr, o);
     }
     puts(json_object_to_json_string_ext(arr, CLI_JSON_FLAGS));
@@ -83,8 +104,16 @@ void output_hits(const cli_hit *hits, int n, output_format fmt, bool preview) {
   for (int i = 0; i < n; i++) {
     char score[32] = "";
     if (fmt != OUTPUT_PATHS) snprintf(score, sizeof score, "%.4f\t", hits[i].score);
-    output_path_line(stdout, score, hits[i].path);
+    if (fmt == OUTPUT_PATHS || hits[i].t < 0) {
+      output_path_line(stdout, score, hits[i].path);
+    } else { /* a video: its best moment in a third column */
+      char at[32];
+      cli_format_moment(hits[i].t, at);
+      fputs(score, stdout);
+      write_path(stdout, hits[i].path);
+      printf("\t%s\n", at);
+    }
     if (fmt == OUTPUT_PATHS) continue;
-    if (kind != PREVIEW_NONE) preview_show(kind, hits[i].path, PREVIEW_PX);
+    if (kind != PREVIEW_NONE && hits[i].t < 0) preview_show(kind, hits[i].path, PREVIEW_PX);
   }
 }

@@ -23,8 +23,10 @@ json_object *output_json_text(const char *s);
  * "key_bytes": its exact bytes in base64, so that scripts can still open the file. */
 void output_json_path(json_object *o, const char *key, const char *path);
 
-/* text: "SCORE<TAB>PATH" per line (with a thumbnail under each when preview is set);
- * JSON: [{"path", "score", "rowid", "date", "width", "height"}, ...]; paths: one per line. */
+/* text: "SCORE<TAB>PATH" per line, "SCORE<TAB>PATH<TAB>hh:mm:ss" for a video's best moment
+ * (with a thumbnail under each when preview is set); JSON: [{"path", "score", "rowid", "date",
+ * "width", "height", "t", "moments"}, ...] (t: seconds, null for a photo; moments: [{t, score}]
+ * best first); paths: one per line. */
 void output_hits(const cli_hit *hits, int n, output_format fmt, bool preview);
 
 #endif

@@ -27,6 +27,18 @@ int walk_is_image_name(const char *name) {
   return 0;
 }
 
+static const char *const VIDEO_EXTENSIONS[] = {"mp4", "mov", "m4v", "mkv", "webm", "avi", NULL};
+
+static int has_extension(const char *name, const char *const *extensions) {
+  const char *dot = strrchr(name, '.');
+  if (!dot || dot == name) return 0;
+  for (const char *const *e = extensions; *e; e++)
+    if (strcasecmp(dot + 1, *e) == 0) return 1;
+  return 0;
+}
+
+int walk_is_video_name(const char *name) { return has_extension(name, VIDEO_EXTENSIONS); }
+
 static int add_problem_kind(walk_result *res, const char *path, const char *reason, int unlisted) {
   if (res->n_problems == res->cap_problems) {
     size_t cap = res->cap_problems ? 2 * res->cap_problems : 16;
@@ -103,7 +115,7 @@ static int visit(walker *w, const char *path, const char *name, int depth) {
   }
   if (S_ISDIR(st.st_mode)) return walk_dir(w, path, depth + 1);
   if (!S_ISREG(st.st_mode)) return 0;
-  if (!walk_is_image_name(name)) {
+  if (!walk_is_image_name(name) && !(w->res->with_videos && walk_is_video_name(name))) {
     w->res->n_ignored++;
     return 0;
   }
@@ -136,7 +148,7 @@ static int walk_dir(walker *w, const char *dir, int depth) {
   }
   if (rc == 0 && errno != 0) rc = add_unlisted(w->res, dir, strerror(errno)); /* listed in part */
   closedir(d);
-  if (rc == 0) qsort(names, n, sizeof *names, by_name); /* a stable, readable order */
+  if (rc == 0 && n > 1) qsort(names, n, sizeof *names, by_name); /* a stable, readable order */
   for (size_t i = 0; i < n; i++) {
     if (rc == 0) {
       size_t len = strlen(dir) + strlen(names[i]) + 2;

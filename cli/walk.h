@@ -25,13 +25,17 @@ typedef struct walk_result {
   size_t n_unlisted;      /* problems with unlisted set */
   size_t n_problems, cap_problems;
   size_t n_ignored; /* files whose extension is not an image format */
+  int with_videos;  /* set by the caller: video files are listed too */
 } walk_result;
 
 /* True for the extensions `index` considers images (case-insensitive). */
 int walk_is_image_name(const char *name);
 
-/* Appends every image file under root (a folder or a single file) to res, following no
- * symlinked folders. Paths matching an exclude pattern (fnmatch against the path relative to
+/* True for the video extensions `index` considers (mp4, mov, m4v, mkv, webm, avi). */
+int walk_is_video_name(const char *name);
+
+/* Appends every image file (and video file when res->with_videos is set) under root (a
+ * folder or a single file) to res, following no symlinked folders. Paths matching an exclude pattern (fnmatch against the path relative to
  * root and against the base name) are left out, folders included. Returns -1 only on out of
  * memory; unreadable entries become problems: a folder that cannot be opened or read to the
  * end, or an entry that cannot be examined, is `unlisted` (the caller must not conclude that

@@ -116,6 +116,8 @@ clip_video *clip_video_open(const clip_model *model, const char *path,
  * error). */
 int clip_video_next(clip_video *video, clip_video_frame *frame, cdb_error *err);
 double clip_video_duration(const clip_video *video); /* seconds, 0 when unknown */
+/* The frames' size as decoded (before any resizing). */
+void clip_video_source_size(const clip_video *video, int *width, int *height);
 void clip_video_close(clip_video *video);
 
 /* A frame -> pixels[3 * size * size], preprocessed exactly as an image of the same pixels. */

@@ -123,6 +123,11 @@ double clip_video_duration(const clip_video *v) {
   return 0.0;
 }
 
+void clip_video_source_size(const clip_video *v, int *width, int *height) {
+  *width = v->dec->width;
+  *height = v->dec->height;
+}
+
 /* Keyframe-only decoding when the index's keyframes are at most one interval apart. */
 static bool keyframes_dense(const clip_video *v, double duration) {
   int n = avformat_index_get_entries_count(v->st), keys = 0;

@@ -6,15 +6,20 @@ frames between keyframes are decoded), then, through the SQLite extension:
   1. sampling alone: SELECT count(*) FROM clip_video_frames(clip) (demux, decode, scale, PNG);
   2. indexing: INSERT INTO clips(image, video, t)
      SELECT frame, path, t FROM clip_video_frames(clip), inside one transaction (sampling +
-     batched embedding + storing).
+     batched embedding + storing);
+  3. `clipdb index` of a folder holding the clip (a fresh library): frames decoded on a decoder
+     thread while the main thread embeds them in batches of 16, the scene filter applied.
 Prints samples/s and the real-time factor (video duration / wall time) for each.
 
 usage: /usr/bin/python3 bench/video/run.py [--model DIR] [--build DIR] [--seconds N]
 (defaults: bench/data/clip-vit-b-32-random, build, 60; clips cached under bench/out/video/)
 """
 import argparse
+import json
+import os
 import sqlite3
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,6 +51,23 @@ def run(db, clip, seconds):
           f"{seconds / index_s:.1f}x real time")
 
 
+def run_cli(clipdb, model, clip, seconds):
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "videos"
+        folder.mkdir()
+        os.symlink(clip, folder / clip.name)
+        t0 = time.perf_counter()
+        out = subprocess.run([str(clipdb), "--db", str(Path(tmp) / "lib.db"), "--model", model,
+                              "index", "--json", "--quiet", str(folder)],
+                             check=True, capture_output=True, text=True).stdout
+        wall = time.perf_counter() - t0
+    s = json.loads(out)
+    print(f"{clip.name}: clipdb index: {s['embedded']} frames embedded, {s['frames']} kept, "
+          f"{s['embedded'] / wall:.1f} frames/s, {seconds / wall:.1f}x real time "
+          f"(encode {s['stages']['encode_seconds']:.2f} s, decoder thread "
+          f"{s['stages']['decode_thread_seconds']:.2f} s, wall {wall:.2f} s)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=str(ROOT / "bench/data/clip-vit-b-32-random"))
@@ -65,6 +87,7 @@ def main():
     for name, size, codec, gop in clips:
         if make_clip(out / name, size, codec, a.seconds, gop):
             run(db, out / name, a.seconds)
+            run_cli(Path(a.build) / "cli/clipdb", a.model, out / name, a.seconds)
         else:
             print(f"{name}: could not be generated ({codec})")
 

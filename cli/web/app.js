@@ -22,6 +22,31 @@ function filters() {
   return s;
 }
 
+// 83.4 -> "1:23" (h:mm:ss from an hour on)
+function moment(t) {
+  const s = Math.floor(t), h = Math.floor(s / 3600), m = Math.floor(s / 60) % 60;
+  const ss = String(s % 60).padStart(2, "0");
+  return h ? h + ":" + String(m).padStart(2, "0") + ":" + ss : m + ":" + ss;
+}
+
+// The viewer shows a photo in <img>, a video in <video> playing from its moment t.
+function showLarge(hit) {
+  const isVideo = hit.t !== null && hit.t !== undefined;
+  const clip = $("clip");
+  $("large").hidden = isVideo;
+  clip.hidden = !isVideo;
+  if (!isVideo) {
+    clip.pause();
+    clip.removeAttribute("src");
+    $("large").src = withToken("/api/image?id=" + hit.id);
+    $("large").alt = hit.path;
+    return;
+  }
+  clip.src = withToken("/api/video?id=" + hit.id) + "#t=" + hit.t;
+  clip.onloadedmetadata = () => { if (Math.abs(clip.currentTime - hit.t) > 0.5) clip.currentTime = hit.t; };
+  clip.play().catch(() => {}); // autoplay may be refused: the controls remain
+}
+
 function cell(hit, index, onclick) {
   const d = document.createElement("div");
   d.className = "cell";
@@ -35,6 +60,12 @@ function cell(hit, index, onclick) {
   s.className = "score";
   s.textContent = hit.score.toFixed(3);
   d.append(img, s);
+  if (hit.t !== null && hit.t !== undefined) { // a video: the frame at t, and the time
+    const at = document.createElement("span");
+    at.className = "moment";
+    at.textContent = "▶ " + moment(hit.t);
+    d.append(at);
+  }
   d.onclick = () => onclick(index);
   return d;
 }
@@ -109,11 +140,11 @@ async function openViewer(index) {
   document.querySelectorAll("#grid .cell")[index]?.classList.add("current");
   $("classes").replaceChildren();
   $("viewer").hidden = false;
-  $("large").src = withToken("/api/image?id=" + hit.id);
-  $("large").alt = hit.path;
+  showLarge(hit);
   const meta = await api("/api/photo?id=" + hit.id);
   const rows = [["path", meta.path], ["date", meta.date], ["size", meta.width + " × " + meta.height +
     ", " + (meta.size / 1024).toFixed(0) + " KiB"], ["format", meta.format], ["score", hit.score.toFixed(3)]];
+  if (meta.t !== null && meta.t !== undefined) rows.push(["moment", moment(meta.t)]);
   $("meta").replaceChildren(...rows.flatMap(([k, v]) => {
     const dt = document.createElement("dt"), dd = document.createElement("dd");
     dt.textContent = k;
@@ -166,7 +197,7 @@ $("dedup").addEventListener("click", async () => {
   $("message").textContent = r.groups.length ? r.groups.length + " groups of duplicates" : "No duplicates.";
 });
 
-function closeViewer() { $("viewer").hidden = true; }
+function closeViewer() { $("viewer").hidden = true; $("clip").pause(); }
 $("close").onclick = closeViewer;
 
 document.addEventListener("keydown", (e) => {

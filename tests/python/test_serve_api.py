@@ -325,3 +325,114 @@ def request_fails(url):
     except OSError:
         return True
     return False
+
+
+# ---- videos: a result per video with its moment, the frame as thumbnail, Range requests ----
+
+@pytest.fixture(scope="module")
+def video_lib(clipdb_bin, model_dir, tmp_path_factory):
+    from video_helpers import SHAPES, needs_ffmpeg, shapes_video
+    if needs_ffmpeg.args[0]:
+        pytest.skip("ffmpeg not installed")
+    tmp = tmp_path_factory.mktemp("serve-video")
+    env = serve_env(tmp)
+    photos = tmp / "photos"
+    photos.mkdir()
+    for p in sorted(SHAPES.iterdir())[:6]:
+        (photos / p.name).write_bytes(p.read_bytes())
+    video = shapes_video(photos / "shapes.mp4")
+    db = tmp / "lib.db"
+    subprocess.run([clipdb_bin, "--db", str(db), "--model", model_dir, "index", str(photos)],
+                   check=True, env=env, capture_output=True)
+    s = Server(clipdb_bin, db, env, "--listen", "127.0.0.1:0")
+    yield {"server": s, "video": video, "db": db, "env": env, "tmp": tmp}
+    assert s.stop() == 0, s.stderr
+
+
+def video_hit(v, query="a red star"):
+    status, body = get_json(v["server"].base + f"/api/search?k=3&q={q(query)}")
+    assert status == 200
+    hits = [h for h in body["results"] if h["t"] is not None]
+    assert len(hits) == 1 and hits[0]["path"] == v["video"]  # once, at its best moment
+    return hits[0]
+
+
+def test_video_result_has_its_moment_like_the_cli(video_lib, clipdb_bin):
+    hit = video_hit(video_lib)
+    assert 3 <= hit["t"] <= 5
+    cli = json.loads(subprocess.run(
+        [clipdb_bin, "--db", str(video_lib["db"]), "search", "--json", "-n", "3", "a red star"],
+        env=video_lib["env"], check=True, capture_output=True, text=True).stdout)
+    assert [(h["path"], h["t"]) for h in cli] == [
+        (h["path"], h["t"]) for h in get_json(video_lib["server"].base +
+                                              "/api/search?k=3&q=a%20red%20star")[1]["results"]]
+    status, meta = get_json(video_lib["server"].base + f"/api/photo?id={hit['id']}")
+    assert status == 200 and meta["t"] == hit["t"] and meta["path"] == video_lib["video"]
+
+
+def decode_jpeg(body):
+    """(width, height, rgb bytes) of a JPEG, decoded by the ffmpeg CLI (not in this process)."""
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=width,height",
+                            "-of", "csv=p=0", "-"], input=body, capture_output=True, check=True)
+    w, h = map(int, probe.stdout.decode().strip().split(","))
+    rgb = subprocess.run(["ffmpeg", "-v", "error", "-i", "-", "-f", "rawvideo", "-pix_fmt",
+                          "rgb24", "-"], input=body, capture_output=True, check=True).stdout
+    return w, h, rgb
+
+
+def test_video_thumbnail_is_the_frame_at_t(video_lib):
+    base = video_lib["server"].base
+    star = video_hit(video_lib)
+    square = video_hit(video_lib, "a blue square")
+    corner = {}
+    for name, hit in (("star", star), ("square", square)):
+        status, headers, body = request(base + f"/api/thumb?id={hit['id']}")
+        assert status == 200 and headers["Content-Type"] == "image/jpeg"
+        w, h, rgb = decode_jpeg(body)
+        assert (w, h) == (320, 240)  # a short side of 240
+        corner[name] = tuple(rgb[(5 * w + 5) * 3:(5 * w + 5) * 3 + 3])
+    # the frames' backgrounds as drawn: the star on blue, the square on white
+    sr, sg, sb = corner["star"]
+    assert sb > 150 and sr < 100, corner
+    assert min(corner["square"]) > 200, corner
+
+
+def test_video_is_served_with_range_requests(video_lib):
+    base = video_lib["server"].base
+    hit = video_hit(video_lib)
+    data = open(video_lib["video"], "rb").read()
+    size = len(data)
+    url = base + f"/api/video?id={hit['id']}"
+    status, headers, body = request(url)
+    assert status == 200 and body == data and headers["Accept-Ranges"] == "bytes"
+    assert headers["Content-Type"] == "video/mp4"
+    for rng, lo, hi in [("bytes=0-99", 0, 99), ("bytes=100-", 100, size - 1),
+                        ("bytes=-50", size - 50, size - 1), (f"bytes=10-{size + 5}", 10, size - 1)]:
+        status, headers, body = request(url, headers={"Range": rng})
+        assert status == 206, rng
+        assert headers["Content-Range"] == f"bytes {lo}-{hi}/{size}", rng
+        assert body == data[lo:hi + 1], rng
+    for rng in [f"bytes={size}-", f"bytes={size + 10}-{size + 20}", "bytes=-0"]:
+        status, headers, _ = request(url, headers={"Range": rng})
+        assert status == 416 and headers["Content-Range"] == f"bytes */{size}", rng
+    for rng in ["bytes=5-2", "items=0-1", "bytes=0-1,5-6", "bytes=x-"]:  # ignored: the whole file
+        status, _, body = request(url, headers={"Range": rng})
+        assert status == 200 and body == data, rng
+
+
+def test_video_endpoint_serves_only_videos_of_the_library(video_lib):
+    base = video_lib["server"].base
+    photo = next(h for h in get_json(base + "/api/search?k=5&q=a%20circle")[1]["results"]
+                 if h["t"] is None)
+    assert request(base + f"/api/video?id={photo['id']}")[0] == 404
+    assert request(base + "/api/video?id=999999")[0] == 404
+    assert request(base + "/api/video?id=../../etc/passwd")[0] == 400
+    assert request(base + "/api/video?path=" + q(video_lib["video"]))[0] == 400
+
+
+def test_similar_from_a_video_frame_leaves_the_video_out(video_lib):
+    base = video_lib["server"].base
+    hit = video_hit(video_lib)
+    status, body = get_json(base + f"/api/similar?k=5&id={hit['id']}")
+    assert status == 200 and body["results"]
+    assert all(h["path"] != video_lib["video"] for h in body["results"])

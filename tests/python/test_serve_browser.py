@@ -201,3 +201,63 @@ def test_classify_box_ranks_the_shape(browser, gallery):
     wait(browser, lambda d: len(d.find_elements("css selector", "#classes li")) == 3)
     assert browser.find_elements("css selector", "#classes li")[0].text.endswith("star")
     shot(browser, "8-classify")
+
+
+# ---- a video: the frame as its thumbnail, the viewer plays it from its moment ----
+
+@pytest.fixture(scope="module", params=["h264.mp4", "vp9.webm"])
+def video_gallery(request, clipdb_bin, model_dir, tmp_path_factory):
+    """A library of a few photos and the shapes video, as H.264 in MP4 and as VP9 in WebM (the
+    two a browser is most likely to get from a phone or the web)."""
+    from video_helpers import SHAPES, needs_ffmpeg, shapes_video
+    if needs_ffmpeg.args[0]:
+        pytest.skip("ffmpeg not installed")
+    tmp = tmp_path_factory.mktemp("gallery-video")
+    env = serve_env(tmp)
+    photos = tmp / "photos"
+    photos.mkdir()
+    for p in sorted(SHAPES.iterdir())[:4]:
+        (photos / p.name).write_bytes(p.read_bytes())
+    codec = ("-c:v", "libvpx-vp9", "-b:v", "200k") if request.param.endswith("webm") else \
+        ("-c:v", "libx264")
+    video = shapes_video(photos / ("shapes-" + request.param), codec=codec)
+    db = tmp / "lib.db"
+    subprocess.run([clipdb_bin, "--db", str(db), "--model", model_dir, "index", str(photos)],
+                   check=True, env=env, capture_output=True)
+    s = Server(clipdb_bin, db, env, "--listen", "127.0.0.1:0")
+    yield {"server": s, "db": db, "photos": photos, "env": env, "video": video}
+    assert s.stop() == 0, s.stderr
+
+
+def test_video_plays_from_its_moment(browser, video_gallery, clipdb_bin):
+    open_page(browser, video_gallery)
+    type_query(browser, "a blue square")
+    name = pathlib.Path(video_gallery["video"]).name
+    wait(browser, lambda d: names(d)[:1] == [name])
+    hit = json.loads(subprocess.run(
+        [clipdb_bin, "--db", str(video_gallery["db"]), "search", "--json", "-n", "1",
+         "a blue square"], env=video_gallery["env"], check=True, capture_output=True,
+        text=True).stdout)[0]
+    assert 7 <= hit["t"] <= 9
+    cell = cells(browser)[0]
+    assert "▶ 0:0" in cell.text  # the moment on the thumbnail
+    wait(browser, lambda d: d.find_element("css selector", "#grid img")
+         .get_property("naturalWidth") > 0)  # the frame at t as the thumbnail
+    cell.click()
+    wait(browser, lambda d: d.find_element("id", "clip").is_displayed())
+    assert not browser.find_element("id", "large").is_displayed()
+    # the browser decoded the video (readyState >= HAVE_CURRENT_DATA) and stands at t
+    wait(browser, lambda d: d.execute_script("return document.getElementById('clip').readyState")
+         >= 2)
+    wait(browser, lambda d: abs(d.execute_script(
+        "return document.getElementById('clip').currentTime") - hit["t"]) < 1.0)
+    # and got there by seeking, not by playing from the start
+    played = browser.execute_script("const p = document.getElementById('clip').played;"
+                                    "return p.length ? p.start(0) : null")
+    assert played is None or played >= hit["t"] - 1.0, played
+    error = browser.execute_script("const e = document.getElementById('clip').error;"
+                                   "return e && e.code")
+    assert error is None
+    shot(browser, "8-video-" + name.replace(".", "-"))
+    browser.find_element("tag name", "body").send_keys("\ue00c")  # Escape pauses the video
+    wait(browser, lambda d: d.execute_script("return document.getElementById('clip').paused"))

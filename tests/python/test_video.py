@@ -4,53 +4,24 @@ The videos are made here with Debian's ffmpeg from the shapes fixtures (examples
 the tiny model recognises: a 12 s clip shows a red star from 3 s to 5 s and a blue square from
 7 s to 9 s between plain backgrounds that change. Each frame's row is checked against what an
 independent decoder (the ffmpeg CLI) gives for the same moment."""
-import shutil
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SHAPES = Path(__file__).resolve().parents[2] / "examples" / "shapes"
-pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+from video_helpers import audio_only, ffmpeg, needs_ffmpeg, shapes_video, static_video
 
-
-def ffmpeg(*args):
-    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
-
-
-def shapes_video(path, gop=10):
-    """12 s at 10 fps: backgrounds 0-3 s, red star 3-5 s, backgrounds 5-7 s, blue square 7-9 s,
-    backgrounds 9-12 s. gop: frames between keyframes (10: keyframe-only decoding applies)."""
-    def colour(name, seconds):
-        return ["-f", "lavfi", "-t", str(seconds), "-i", f"color={name}:s=320x240:r=10"]
-
-    def still(name, seconds):
-        return ["-loop", "1", "-framerate", "10", "-t", str(seconds), "-i", str(SHAPES / name)]
-
-    inputs = (colour("green", 1.5) + colour("yellow", 1.5) + still("055-red-star-on-blue.png", 2)
-              + colour("orange", 1) + colour("white", 1) + still("040-blue-square-on-white.png", 2)
-              + colour("purple", 1.5) + colour("black", 1.5))
-    graph = ("[2]scale=320:240,setsar=1[a];[5]scale=320:240,setsar=1[b];"
-             "[0][1][a][3][4][b][6][7]concat=n=8:v=1:a=0,format=yuv420p")
-    ffmpeg(*inputs, "-filter_complex", graph, "-c:v", "libx264", "-g", str(gop),
-           "-sc_threshold", "0", str(path))
-    return str(path)
+pytestmark = needs_ffmpeg
 
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     d = tmp_path_factory.mktemp("videos")
-    static = d / "static.mp4"
-    ffmpeg("-loop", "1", "-framerate", "5", "-t", "60", "-i",
-           str(SHAPES / "010-blue-star-on-orange.png"),
-           "-vf", "scale=320:240,format=yuv420p", "-c:v", "libx264", "-g", "250", str(static))
-    audio = d / "audio.m4a"
-    ffmpeg("-f", "lavfi", "-t", "2", "-i", "sine=frequency=440", "-c:a", "aac", str(audio))
     return {"shapes": shapes_video(d / "shapes.mp4"),
             "shapes_long_gop": shapes_video(d / "shapes_g100.mp4", gop=100),
-            "static": str(static), "audio": str(audio), "dir": d}
+            "static": static_video(d / "static.mp4"), "audio": audio_only(d / "audio.m4a"),
+            "dir": d}
 
 
 def fill(conn, path, *args):
