@@ -42,7 +42,8 @@
 #define MAX_DECODERS 64
 
 static const char USAGE[] =
-    "usage: clipdb index [--local] [--exclude GLOB]... [--json] [--threads N] DIR...\n"
+    "usage: clipdb index [--local] [--exclude GLOB]... [--include-hidden] [--json] [--threads N]\n"
+    "                    DIR...\n"
     "Adds the photos under each DIR (recursively) to the library; run it again to pick up\n"
     "changes: unchanged files (same size and mtime) are skipped, moved or copied files reuse\n"
     "their vector (same SHA-256), deleted files are removed. Unreadable files are listed and\n"
@@ -52,6 +53,9 @@ static const char USAGE[] =
     "  --local          keep the library in DIR/.clipdb (the first DIR) instead of the default\n"
     "  --exclude GLOB   skip files and folders matching GLOB (fnmatch; against the base name\n"
     "                   and the path relative to DIR); repeatable\n"
+    "  --include-hidden also index hidden files and folders (names starting with '.', macOS\n"
+    "                   ._* files, Synology @eaDir folders), skipped by default; a run\n"
+    "                   without it removes the hidden photos an earlier run added\n"
     "  --json           print the summary as JSON (counts and the failures)\n"
     "  --threads N      decoder threads (default: one per core)\n"
     "  --commit-every N photos per transaction (default 256)\n"
@@ -608,7 +612,7 @@ static void print_summary(const indexer *ix, bool json, double seconds, bool was
 }
 
 typedef struct index_opts {
-  bool local, json, quiet;
+  bool local, json, quiet, include_hidden;
   long threads, commit_every;
   char **excludes;
   size_t n_excludes;
@@ -622,6 +626,7 @@ static int parse_opts(int argc, char **argv, index_opts *o) {
                                            {"quiet", no_argument, 0, 'q'},
                                            {"help", no_argument, 0, 'h'},
                                            {"commit-every", required_argument, 0, 'c'},
+                                           {"include-hidden", no_argument, 0, 'H'},
                                            {0, 0, 0, 0}};
   o->excludes = calloc((size_t)argc, sizeof *o->excludes);
   if (!o->excludes) return cli_usage_error(NULL, "out of memory");
@@ -633,6 +638,7 @@ static int parse_opts(int argc, char **argv, index_opts *o) {
       case 'x': o->excludes[o->n_excludes++] = optarg; break;
       case 'j': o->json = true; break;
       case 'q': o->quiet = true; break;
+      case 'H': o->include_hidden = true; break;
       case 't':
         if (!cli_parse_int(optarg, 1, MAX_DECODERS, &o->threads))
           return cli_usage_error("index", "--threads wants a number from 1 to %d", MAX_DECODERS);
@@ -732,7 +738,7 @@ int cmd_index(int argc, char **argv, const cli_ctx *ctx) {
   cdb_error err = {{0}};
   int rc = abs_roots ? 0 : cdb_error_set(&err, "out of memory");
   for (int i = 0; rc == 0 && i < n_roots; i++) {
-    if (walk_tree(roots[i], o.excludes, o.n_excludes, &w) != 0)
+    if (walk_tree_hidden(roots[i], o.excludes, o.n_excludes, o.include_hidden, &w) != 0)
       rc = cdb_error_set(&err, "out of memory");
     abs_roots[i] = realpath(roots[i], NULL);
     if (!abs_roots[i]) abs_roots[i] = strdup(roots[i]);

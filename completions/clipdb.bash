@@ -31,7 +31,7 @@ _clipdb() {
   case $cmd in
     "") opts="$global"
         if [[ $cur != -* ]]; then COMPREPLY=($(compgen -W "$commands" -- "$cur")); return; fi ;;
-    index) opts="--local --exclude --json --threads --commit-every --quiet --help" ;;
+    index) opts="--local --exclude --include-hidden --json --threads --commit-every --quiet --help" ;;
     search | similar)
       opts="-n --top --json --paths --after --before --threshold --preview --local --help" ;;
     dedup) opts="--threshold --json --nprobe --local --help" ;;

@@ -215,3 +215,59 @@ def test_null_separated_paths_keep_any_name(clipdb_bin, env, demo_dir, tmp_path,
 def test_null_with_json_is_a_usage_error(clipdb_bin, env, library):
     p = run(clipdb_bin, env, "--db", library["db"], "search", "--json", "-0", "star")
     assert p.returncode == 2 and "--null" in one_usage_line(p) and p.stdout == ""
+
+
+# ---- hidden files ----
+
+def distinct_images(demo_dir, n):
+    return [p for p in sorted(demo_dir.iterdir()) if "copy" not in p.name][:n]
+
+
+def indexed_paths(clipdb_bin, env, db):
+    p = run(clipdb_bin, env, "--db", db, "search", "--json", "-n", "1000", "a photo")
+    assert p.returncode == 0, p.stderr
+    return {h["path"] for h in json.loads(p.stdout)}
+
+
+@pytest.fixture
+def hidden_tree(tmp_path, demo_dir):
+    """A folder with two visible photos and four hidden ones (dot file, dot folder, macOS ._
+    file, Synology @eaDir), each a different image."""
+    root = tmp_path / "photos"
+    names = ["a.png", "sub/e.png", ".hidden.png", ".dir/b.png", "@eaDir/c.png", "sub/._d.png"]
+    for name, image in zip(names, distinct_images(demo_dir, len(names))):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, root / name)
+    return root, {str(root / n) for n in names[:2]}, {str(root / n) for n in names}
+
+
+def test_index_skips_hidden_files_by_default(clipdb_bin, env, hidden_tree, tmp_path):
+    root, visible, everything = hidden_tree
+    db = tmp_path / "lib.db"
+    p = run(clipdb_bin, env, "--db", db, "index", "--json", root)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["added"] == 2
+    assert indexed_paths(clipdb_bin, env, db) == visible
+
+
+def test_include_hidden_indexes_them_and_a_plain_run_drops_them(clipdb_bin, env, hidden_tree,
+                                                                tmp_path):
+    root, visible, everything = hidden_tree
+    db = tmp_path / "lib.db"
+    p = run(clipdb_bin, env, "--db", db, "index", "--include-hidden", "--json", root)
+    assert p.returncode == 0, p.stderr
+    assert indexed_paths(clipdb_bin, env, db) == everything
+    p = run(clipdb_bin, env, "--db", db, "index", "--json", root)  # the rule the docs state
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["removed"] == len(everything) - len(visible)
+    assert indexed_paths(clipdb_bin, env, db) == visible
+
+
+def test_a_hidden_folder_named_on_the_command_line_is_walked(clipdb_bin, env, hidden_tree,
+                                                              tmp_path):
+    root, _, _ = hidden_tree
+    db = tmp_path / "lib.db"
+    p = run(clipdb_bin, env, "--db", db, "index", root / ".dir", root / ".hidden.png")
+    assert p.returncode == 0, p.stderr
+    assert indexed_paths(clipdb_bin, env, db) == {str(root / ".dir/b.png"),
+                                                  str(root / ".hidden.png")}
