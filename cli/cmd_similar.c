@@ -16,6 +16,7 @@ static const char USAGE[] =
     "  --json             JSON array of {path, score, rowid, date, width, height}\n"
     "  --paths            one path per line\n"
     "  -0, --null         paths only, each ended by a NUL byte (for xargs -0)\n"
+    "  --under DIR        only photos under DIR (see search)\n"
     "  --after DATE, --before DATE, --threshold S, --preview, --local  as for search\n";
 
 int cmd_similar(int argc, char **argv, const cli_ctx *ctx) {
@@ -40,6 +41,7 @@ int cmd_similar(int argc, char **argv, const cli_ctx *ctx) {
     if (rc == 1) rc = cli_db_embed_image_file(&db, image, &vec, &dim, &err);
   }
   cli_search_opts so = {(int)a.top, a.after, a.before, a.threshold, self, NULL};
+  so.folder = a.under;
   cli_query q = {NULL, vec, dim};
   if (rc == 0) rc = cli_db_search(&db, &q, &so, &hits, &n, &err);
   if (rc == 0) output_hits(hits, n, a.fmt, a.preview);

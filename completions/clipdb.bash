@@ -26,6 +26,9 @@ _clipdb() {
     --exclude | --template | --text | --after | --before | --threshold | -n | --top | \
       --nprobe | --threads | --commit-every | --revision | --retries | --timeout)
       return ;;
+    --under)
+      COMPREPLY=($(compgen -d -- "$cur"))
+      return ;;
   esac
   local opts
   case $cmd in
@@ -33,7 +36,8 @@ _clipdb() {
         if [[ $cur != -* ]]; then COMPREPLY=($(compgen -W "$commands" -- "$cur")); return; fi ;;
     index) opts="--local --exclude --include-hidden --json --threads --commit-every --quiet --help" ;;
     search | similar)
-      opts="-n --top --json --paths --after --before --threshold --preview --local --help" ;;
+      opts="-n --top --json --paths -0 --null --after --before --threshold --under --preview --local
+            --help" ;;
     dedup) opts="--threshold --json --nprobe --local --help" ;;
     classify) opts="--template --json --help" ;;
     info) opts="--json --local --help" ;;

@@ -271,3 +271,67 @@ def test_a_hidden_folder_named_on_the_command_line_is_walked(clipdb_bin, env, hi
     assert p.returncode == 0, p.stderr
     assert indexed_paths(clipdb_bin, env, db) == {str(root / ".dir/b.png"),
                                                   str(root / ".hidden.png")}
+
+
+# ---- search --under ----
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, demo_dir, clipdb_bin, env):
+    """A library over root/{a,ab,b}: "ab" shares "a"'s prefix as a string, not as a folder."""
+    root = tmp_path_factory.mktemp("under") / "root"
+    images = distinct_images(demo_dir, 18)
+    for i, image in enumerate(images):
+        folder = root / ["a", "ab", "b"][i % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, folder / image.name)
+    (root.parent / "link").symlink_to(root / "a")
+    db = root.parent / "lib.db"
+    p = run(clipdb_bin, env, "--db", db, "index", root)
+    assert p.returncode == 0, p.stderr
+    return root, db
+
+
+def hits(clipdb_bin, env, db, *args, cwd=None, **extra):
+    p = subprocess.run([clipdb_bin, "--db", str(db), *map(str, args)], env={**env, **extra},
+                       cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return [h["path"] for h in json.loads(p.stdout)]
+
+
+@pytest.mark.parametrize("cmd", [["search", "a red star"], ["similar", "IMAGE"]])
+def test_under_keeps_the_top_n_inside_the_folder(clipdb_bin, env, folders, cmd):
+    """--under DIR returns the N best photos under DIR (not the best N filtered afterwards), in
+    the order of the unrestricted results, and DIR/../ab does not match DIR=.../a."""
+    root, db = folders
+    if cmd[1] == "IMAGE":
+        cmd = ["similar", str(next((root / "b").iterdir()))]
+    everything = hits(clipdb_bin, env, db, cmd[0], "--json", "-n", "1000", cmd[1])
+    inside = [p for p in everything if p.startswith(str(root / "a") + "/")]
+    assert len(inside) == 6 and set(everything[:3]) - set(inside)  # the cut would lose some
+    for under in (root / "a", str(root / "a") + "/", root.parent / "link"):
+        got = hits(clipdb_bin, env, db, cmd[0], "--json", "-n", "3", "--under", under, cmd[1])
+        assert got == inside[:3], under
+    assert hits(clipdb_bin, env, db, cmd[0], "--json", "-n", "3", "--under", ".", cmd[1],
+                cwd=root / "a") == inside[:3]
+
+
+def test_under_cwd_by_default_from_the_environment(clipdb_bin, env, folders):
+    root, db = folders
+    everything = hits(clipdb_bin, env, db, "search", "--json", "-n", "1000", "a star")
+    inside = [p for p in everything if p.startswith(str(root / "ab") + "/")]
+    got = hits(clipdb_bin, env, db, "search", "--json", "-n", "1000", "a star", cwd=root / "ab",
+               CLIPDB_SEARCH_UNDER_CWD="1")
+    assert got == inside and len(inside) == 6
+    got = hits(clipdb_bin, env, db, "search", "--json", "-n", "1000", "--under", "/", "a star",
+               cwd=root / "ab", CLIPDB_SEARCH_UNDER_CWD="1")
+    assert got == everything
+
+
+@pytest.mark.parametrize("under", ["missing-folder", "FILE"])
+def test_under_must_name_a_folder(clipdb_bin, env, folders, under):
+    root, db = folders
+    if under == "FILE":
+        under = next((root / "a").iterdir())
+    p = run(clipdb_bin, env, "--db", db, "search", "--under", under, "a star")
+    line = one_usage_line(p)
+    assert "--under" in line and ("not a folder" in line or "No such file" in line), line
