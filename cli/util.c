@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "embed/clip.h"
@@ -17,6 +18,12 @@ void cli_error(const char *fmt, ...) {
   vfprintf(stderr, fmt, ap);
   fputc('\n', stderr);
   va_end(ap);
+}
+
+bool cli_stderr_live(void) {
+  const char *term = getenv("TERM"), *no_color = getenv("NO_COLOR");
+  return isatty(STDERR_FILENO) == 1 && term && term[0] && strcmp(term, "dumb") != 0 &&
+         !(no_color && no_color[0]);
 }
 
 int cli_option_error(const char *cmd, int c, char **argv) {

@@ -335,3 +335,75 @@ def test_under_must_name_a_folder(clipdb_bin, env, folders, under):
     p = run(clipdb_bin, env, "--db", db, "search", "--under", under, "a star")
     line = one_usage_line(p)
     assert "--under" in line and ("not a folder" in line or "No such file" in line), line
+
+
+# ---- terminals: escape sequences only where they work ----
+
+def run_on_pty(clipdb_bin, env, *args, **extra):
+    """Runs clipdb with stderr on a pseudo-terminal; (exit status, stdout, what the terminal
+    got)."""
+    import pty
+    from conftest import read_pty
+    e = {k: v for k, v in env.items() if k not in ("TERM", "NO_COLOR")}
+    e.update({k: v for k, v in extra.items() if v is not None})
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen([clipdb_bin, *map(str, args)], env=e, stdout=subprocess.PIPE,
+                                stderr=follower)
+        os.close(follower)
+        follower = None
+        shown = read_pty(leader)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if follower is not None:
+            os.close(follower)
+        os.close(leader)
+    return proc.returncode, out, shown
+
+
+def redraws(shown):
+    """Escape sequences or carriage returns that are not the terminal's own "\\r\\n"."""
+    import re
+    return b"\x1b" in shown or re.search(rb"\r(?!\n)", shown) is not None
+
+
+@pytest.fixture
+def twenty_photos(tmp_path, demo_dir):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in distinct_images(demo_dir, 20):
+        shutil.copy(p, photos)
+    return photos
+
+
+def test_live_progress_on_a_capable_terminal(clipdb_bin, env, twenty_photos, tmp_path):
+    rc, out, shown = run_on_pty(clipdb_bin, env, "--db", tmp_path / "t.db", "index", twenty_photos,
+                                TERM="xterm")
+    assert rc == 0 and b"20 added" in out
+    assert b"\r\x1b[Kindexing [" in shown and redraws(shown)
+
+
+@pytest.mark.parametrize("term", [{"TERM": "dumb"}, {"TERM": None}, {"TERM": ""},
+                                  {"TERM": "xterm", "NO_COLOR": "1"}])
+def test_no_escape_sequences_on_a_dumb_terminal_or_with_no_color(clipdb_bin, env, twenty_photos,
+                                                                 tmp_path, term):
+    rc, out, shown = run_on_pty(clipdb_bin, env, "--db", tmp_path / "t.db", "index", twenty_photos,
+                                **term)
+    assert rc == 0 and b"20 added" in out
+    assert not redraws(shown), shown
+
+
+@pytest.mark.parametrize("term", ["dumb", "xterm"])
+def test_no_preview_escapes_on_a_dumb_terminal(clipdb_bin, env, library, term):
+    """--preview draws nothing where TERM=dumb, even with TERM_PROGRAM naming iTerm2."""
+    import pty
+    from conftest import read_pty
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([clipdb_bin, "--db", str(library["db"]), "search", "-n", "2",
+                             "--preview", "a red star"], stdout=follower, stderr=subprocess.PIPE,
+                            env={**env, "TERM": term, "TERM_PROGRAM": "iTerm.app"})
+    os.close(follower)
+    shown = read_pty(leader)
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0 and shown.count(b"\t") == 2, shown
+    assert (b"\x1b]1337;File=" in shown) == (term == "xterm"), shown

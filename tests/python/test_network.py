@@ -358,8 +358,9 @@ def test_progress_bar_on_a_terminal(clipdb_bin, env, hub):
     import pty
     leader, follower = pty.openpty()
     try:
-        r = subprocess.run([clipdb_bin, "model", "pull", REPO], env=env, stdout=subprocess.PIPE,
-                           stderr=follower, timeout=60)
+        e = {k: v for k, v in env.items() if k != "NO_COLOR"}
+        r = subprocess.run([clipdb_bin, "model", "pull", REPO], env={**e, "TERM": "xterm"},
+                           stdout=subprocess.PIPE, stderr=follower, timeout=60)
         os.close(follower)
         follower = None
         shown = read_pty(leader).decode(errors="replace")
