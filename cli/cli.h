@@ -41,6 +41,10 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format
  * CLI_USAGE. */
 int cli_option_error(const char *cmd, int c, char **argv);
 
+/* Reads all of standard input (an image for `similar -`) into a buffer to release with g_free;
+ * NULL with err set when it is a terminal, empty, unreadable or larger than max_bytes. */
+void *cli_read_stdin(size_t max_bytes, size_t *len, cdb_error *err);
+
 /* The model directory for ctx->model (cdb_model_resolve), malloc'd; NULL with err set. */
 char *cli_model_dir(const cli_ctx *ctx, cdb_error *err);
 

@@ -1,23 +1,37 @@
 /* cmd_similar.c: `clipdb similar IMAGE`: the photos nearest to an image (its stored vector when
- * it is in the library, which is then left out of the results). */
+ * it is in the library, which is then left out of the results); `-` reads the image from stdin. */
 #include <getopt.h>
+#include <glib.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/db.h"
 #include "cli/output.h"
+#include "src/fetch.h"
 
 static const char USAGE[] =
     "usage: clipdb similar [OPTIONS] IMAGE\n"
     "Finds the photos that look most like IMAGE (indexed or not; an indexed IMAGE is not\n"
-    "listed itself).\n"
+    "listed itself). IMAGE - reads the image's bytes from standard input (at most 64 MiB or\n"
+    "CLIPDB_FETCH_MAX_BYTES, as for URLs).\n"
     "  -n, --top N        results (default 10)\n"
     "  --json             JSON array of {path, score, rowid, date, width, height}\n"
     "  --paths            one path per line\n"
     "  -0, --null         paths only, each ended by a NUL byte (for xargs -0)\n"
     "  --under DIR        only photos under DIR (see search)\n"
     "  --after DATE, --before DATE, --threshold S, --preview, --local  as for search\n";
+
+/* The vector of the image piped into standard input. */
+static int stdin_vector(cli_db *db, float **vec, int *dim, cdb_error *err) {
+  size_t len;
+  void *bytes = cli_read_stdin(cdb_fetch_default_limits().max_bytes, &len, err);
+  int rc = bytes ? cli_db_embed_image_buffer(db, bytes, len, vec, dim, err) : -1;
+  if (bytes && rc != 0) cdb_error_prefix(err, "standard input");
+  g_free(bytes);
+  return rc;
+}
 
 int cmd_similar(int argc, char **argv, const cli_ctx *ctx) {
   search_args a;
@@ -34,7 +48,9 @@ int cmd_similar(int argc, char **argv, const cli_ctx *ctx) {
   clip_model *model; /* checked first: the library's vectors and this model's must agree */
   int rc = cli_db_open(ctx, a.local ? "." : NULL, false, &db, &err);
   if (rc == 0) rc = cli_db_model(&db, &model, &err);
-  if (rc == 0) {
+  bool from_stdin = strcmp(image, "-") == 0;
+  if (rc == 0 && from_stdin) rc = stdin_vector(&db, &vec, &dim, &err);
+  if (rc == 0 && !from_stdin) {
     char *abs = realpath(image, NULL);
     rc = abs ? cli_db_vector_of_path(&db, abs, &vec, &dim, &self, &err) : 1;
     free(abs);

@@ -407,3 +407,55 @@ def test_no_preview_escapes_on_a_dumb_terminal(clipdb_bin, env, library, term):
     os.close(leader)
     assert proc.wait(timeout=60) == 0 and shown.count(b"\t") == 2, shown
     assert (b"\x1b]1337;File=" in shown) == (term == "xterm"), shown
+
+
+# ---- similar - ----
+
+def similar_stdin(clipdb_bin, env, db, data, *args, **extra):
+    return subprocess.run([clipdb_bin, "--db", str(db), "similar", *map(str, args), "-"],
+                          input=data, env={**env, **extra}, capture_output=True, timeout=120)
+
+
+@pytest.mark.parametrize("fmt", [[], ["--json"], ["-0"]])
+def test_similar_reads_the_image_from_stdin(clipdb_bin, env, library, tmp_path, fmt):
+    """`similar -` with an image piped in gives what `similar FILE` gives for the same bytes in
+    a file that is not in the library."""
+    image = library["photos"] / "055-red-star-on-blue.png"
+    outside = tmp_path / "query.png"
+    shutil.copy(image, outside)
+    want = subprocess.run([clipdb_bin, "--db", str(library["db"]), "similar", *fmt, "-n", "5",
+                           str(outside)], env=env, capture_output=True, timeout=120)
+    assert want.returncode == 0 and want.stdout, want.stderr
+    got = similar_stdin(clipdb_bin, env, library["db"], image.read_bytes(), *fmt, "-n", "5")
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == want.stdout
+
+
+@pytest.mark.parametrize("data,shown", [(b"", "empty"), (b"hello\n", "standard input: "),
+                                        (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "standard input: ")])
+def test_similar_stdin_that_is_not_an_image_fails(clipdb_bin, env, library, data, shown):
+    p = similar_stdin(clipdb_bin, env, library["db"], data)
+    assert p.returncode == 1 and p.stdout == b""
+    line = p.stderr.decode()
+    assert line.startswith("clipdb: similar: standard input") and shown in line, line
+    assert line.count("\n") == 1
+
+
+def test_similar_stdin_is_size_limited(clipdb_bin, env, library):
+    data = (library["photos"] / "055-red-star-on-blue.png").read_bytes()
+    p = similar_stdin(clipdb_bin, env, library["db"], data, CLIPDB_FETCH_MAX_BYTES=str(len(data) - 1))
+    assert p.returncode == 1 and b"larger than" in p.stderr, p.stderr
+    p = similar_stdin(clipdb_bin, env, library["db"], data, CLIPDB_FETCH_MAX_BYTES=str(len(data)))
+    assert p.returncode == 0, p.stderr
+
+
+def test_similar_stdin_refuses_a_terminal(clipdb_bin, env, library):
+    import pty
+    leader, follower = pty.openpty()
+    try:
+        p = subprocess.run([clipdb_bin, "--db", str(library["db"]), "similar", "-"], env=env,
+                           stdin=follower, capture_output=True, timeout=60)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert p.returncode == 1 and b"terminal" in p.stderr, p.stderr
