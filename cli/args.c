@@ -1,9 +1,13 @@
 /* args.c: parsing of the options search and similar share (getopt_long). */
 #include "cli/args.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 
 #include "cli/cli.h"
 #include "cli/db.h"
@@ -18,6 +22,23 @@ static int bad_date(const char *cmd, const char *opt, const char *value) {
                          opt, value);
 }
 
+/* Resolves DIR the way `index` stores paths (realpath: absolute, symlinks resolved) into a. */
+static int resolve_under(const char *cmd, const char *dir, search_args *a) {
+  struct stat st;
+  if (!realpath(dir, a->under_buf))
+    return cli_usage_error(cmd, "--under %s: %s", dir, strerror(errno));
+  if (stat(a->under_buf, &st) != 0 || !S_ISDIR(st.st_mode))
+    return cli_usage_error(cmd, "--under %s: not a folder", dir);
+  a->under = a->under_buf;
+  return 0;
+}
+
+/* CLIPDB_SEARCH_UNDER_CWD=1 makes "under the current folder" the default, as rclip does. */
+static bool under_cwd_by_default(void) {
+  const char *v = getenv("CLIPDB_SEARCH_UNDER_CWD");
+  return v && strcmp(v, "1") == 0;
+}
+
 int search_parse_args(int argc, char **argv, const char *cmd, const char *usage, search_args *a) {
   static const struct option longopts[] = {{"top", required_argument, 0, 'n'},
                                            {"json", no_argument, 0, 'j'},
@@ -28,11 +49,13 @@ int search_parse_args(int argc, char **argv, const char *cmd, const char *usage,
                                            {"preview", no_argument, 0, 'v'},
                                            {"local", no_argument, 0, 'l'},
                                            {"null", no_argument, 0, '0'},
+                                           {"under", required_argument, 0, 'u'},
                                            {"help", no_argument, 0, 'h'},
                                            {0, 0, 0, 0}};
   *a = (search_args){.top = DEFAULT_TOP, .threshold = -INFINITY};
   int c;
   bool null = false;
+  const char *under = NULL;
   while ((c = getopt_long(argc, argv, ":hn:0", longopts, NULL)) != -1) {
     switch (c) {
       case 'h': return fputs(usage, stdout), -1;
@@ -55,6 +78,7 @@ int search_parse_args(int argc, char **argv, const char *cmd, const char *usage,
       case 'v': a->preview = true; break;
       case 'l': a->local = true; break;
       case '0': null = true; break;
+      case 'u': under = optarg; break;
       default: return cli_option_error(cmd, c, argv);
     }
   }
@@ -63,5 +87,6 @@ int search_parse_args(int argc, char **argv, const char *cmd, const char *usage,
   if (null) a->fmt = OUTPUT_PATHS_NUL; /* with or without --paths */
   if (a->after && cli_check_date(a->after)) return bad_date(cmd, "--after", a->after);
   if (a->before && cli_check_date(a->before)) return bad_date(cmd, "--before", a->before);
-  return 0;
+  if (!under && under_cwd_by_default()) under = ".";
+  return under ? resolve_under(cmd, under, a) : 0;
 }

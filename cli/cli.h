@@ -23,8 +23,12 @@ enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2, CLI_INCOMPLETE = 3 };
 typedef struct cli_ctx {
   const char *db_path; /* --db PATH, or NULL for the default (see cli_db_path) */
   const char *model;   /* --model DIR-or-hub-name, or NULL: $CLIPDB_MODEL, then the default */
-  bool stderr_tty;     /* isatty(stderr): progress bars instead of plain lines */
+  bool stderr_tty;     /* cli_stderr_live(): progress bars instead of plain lines */
 } cli_ctx;
+
+/* True when stderr is a terminal that may get redraws and escape sequences: not when TERM is
+ * unset, empty or "dumb", nor when NO_COLOR is set (non-empty); then progress is plain lines. */
+bool cli_stderr_live(void);
 
 /* Prints "clipdb: <message>\n" to stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -36,6 +40,10 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format
  * prints one line, "clipdb: CMD: unknown option X" or "... option X needs a value", and returns
  * CLI_USAGE. */
 int cli_option_error(const char *cmd, int c, char **argv);
+
+/* Reads all of standard input (an image for `similar -`) into a buffer to release with g_free;
+ * NULL with err set when it is a terminal, empty, unreadable or larger than max_bytes. */
+void *cli_read_stdin(size_t max_bytes, size_t *len, cdb_error *err);
 
 /* The model directory for ctx->model (cdb_model_resolve), malloc'd; NULL with err set. */
 char *cli_model_dir(const cli_ctx *ctx, cdb_error *err);

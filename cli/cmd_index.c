@@ -46,8 +46,8 @@
 #define VIDEO_SCENE 0.95f
 
 static const char USAGE[] =
-    "usage: clipdb index [--local] [--exclude GLOB]... [--no-videos] [--json] [--threads N]\n"
-    "                    DIR...\n"
+    "usage: clipdb index [--local] [--exclude GLOB]... [--no-videos] [--include-hidden] [--json]\n"
+    "                    [--threads N] DIR...\n"
     "Adds the photos and videos under each DIR (recursively) to the library; run it again to\n"
     "pick up changes: unchanged files (same size and mtime) are skipped, moved or copied\n"
     "photos reuse their vector (same SHA-256), deleted files are removed. A video (mp4, mov,\n"
@@ -60,6 +60,9 @@ static const char USAGE[] =
     "  --exclude GLOB   skip files and folders matching GLOB (fnmatch; against the base name\n"
     "                   and the path relative to DIR); repeatable\n"
     "  --no-videos      leave videos out (those already in the library are kept)\n"
+    "  --include-hidden also index hidden files and folders (names starting with '.', macOS\n"
+    "                   ._* files, Synology @eaDir folders), skipped by default; a run\n"
+    "                   without it removes the hidden photos an earlier run added\n"
     "  --json           print the summary as JSON (counts and the failures)\n"
     "  --threads N      decoder threads (default: one per core)\n"
     "  --commit-every N photos per transaction (default 256)\n"
@@ -222,8 +225,9 @@ static const char *without_path(const char *msg, const char *path) {
 static void process_video(pipeline *pl, const job *j, result *end) {
   cdb_error err = {{0}};
   end->job = j;
-  clip_video *v = j->file->size == 0 ? NULL : clip_video_open(pl->model, j->file->path,
-                                                               &pl->video_params, &err);
+  clip_video *v = j->file->size == 0
+                      ? NULL
+                      : clip_video_open(pl->model, j->file->path, &pl->video_params, &err);
   if (j->file->size == 0) cdb_error_set(&err, "empty file"); /* as for a photo */
   int rc = v ? 0 : -1;
   if (v) clip_video_source_size(v, &end->meta.width, &end->meta.height);
@@ -287,7 +291,7 @@ static void result_free(result *r) {
 
 typedef struct counts {
   size_t added, updated, reused, skipped, removed, failed, embedded;
-  size_t frames; /* video frames stored (kept by the scene filter) */
+  size_t frames;     /* video frames stored (kept by the scene filter) */
   size_t duplicates; /* extra rows of one path (left by concurrent runs of older versions) */
 } counts;
 
@@ -476,7 +480,7 @@ static int write_video(indexer *ix, const job *j, video_frames *v, int width, in
   g_strlcpy(m.format, dot_ext ? dot_ext + 1 : "", sizeof m.format);
   for (guint i = 0; rc == 0 && i < v->t->len; i++) {
     int64_t rowid;
-    rc = insert_row(ix, j->file, NULL, &m, &g_array_index(v->vecs, float, (size_t)i * dim),
+    rc = insert_row(ix, j->file, NULL, &m, &g_array_index(v->vecs, float, (size_t)i *dim),
                     dim * (int)sizeof(float), &rowid, err);
     if (rc != 0) break;
     sqlite3_bind_int64(ix->insert_t, 1, rowid);
@@ -816,7 +820,7 @@ static void print_summary(const indexer *ix, bool json, double seconds, bool was
 }
 
 typedef struct index_opts {
-  bool local, json, quiet, no_videos;
+  bool local, json, quiet, no_videos, include_hidden;
   long threads, commit_every;
   char **excludes;
   size_t n_excludes;
@@ -831,6 +835,7 @@ static int parse_opts(int argc, char **argv, index_opts *o) {
                                            {"help", no_argument, 0, 'h'},
                                            {"commit-every", required_argument, 0, 'c'},
                                            {"no-videos", no_argument, 0, 'V'},
+                                           {"include-hidden", no_argument, 0, 'H'},
                                            {0, 0, 0, 0}};
   o->excludes = calloc((size_t)argc, sizeof *o->excludes);
   if (!o->excludes) return cli_usage_error(NULL, "out of memory");
@@ -843,6 +848,7 @@ static int parse_opts(int argc, char **argv, index_opts *o) {
       case 'j': o->json = true; break;
       case 'q': o->quiet = true; break;
       case 'V': o->no_videos = true; break;
+      case 'H': o->include_hidden = true; break;
       case 't':
         if (!cli_parse_int(optarg, 1, MAX_DECODERS, &o->threads))
           return cli_usage_error("index", "--threads wants a number from 1 to %d", MAX_DECODERS);
@@ -956,7 +962,7 @@ int cmd_index(int argc, char **argv, const cli_ctx *ctx) {
   cdb_error err = {{0}};
   int rc = abs_roots ? 0 : cdb_error_set(&err, "out of memory");
   for (int i = 0; rc == 0 && i < n_roots; i++) {
-    if (walk_tree(roots[i], o.excludes, o.n_excludes, &w) != 0)
+    if (walk_tree_hidden(roots[i], o.excludes, o.n_excludes, o.include_hidden, &w) != 0)
       rc = cdb_error_set(&err, "out of memory");
     abs_roots[i] = realpath(roots[i], NULL);
     if (!abs_roots[i]) abs_roots[i] = strdup(roots[i]);

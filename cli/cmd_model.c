@@ -26,7 +26,8 @@ static const char MODEL_USAGE[] =
     "pull     download a CLIP model from the Hugging Face hub into the model cache\n"
     "         (HF_ENDPOINT overrides the hub address, HF_TOKEN is sent for gated models,\n"
     "         HF_HUB_OFFLINE=1 or --offline forbids network access); an interrupted pull\n"
-    "         resumes where it stopped; a failed pull leaves the cached model untouched\n"
+    "         resumes where it stopped; a failed pull leaves the cached model untouched;\n"
+    "         progress is a live line on a terminal, plain lines otherwise\n"
     "         --revision REV  branch, tag or commit (default main)\n"
     "         --retries N     attempts per file (default 5; the waits between them, a\n"
     "                         server's Retry-After included, total at most 60 s)\n"
@@ -146,7 +147,8 @@ static int cmd_pull(int argc, char **argv, const cli_ctx *ctx) {
     free(found);
     return CLI_OK;
   }
-  opts.download.show_progress = ctx->stderr_tty;
+  opts.download.show_progress = true;
+  opts.download.plain_progress = !ctx->stderr_tty; /* lines for a log, a pipe or TERM=dumb */
   return pull(hub_name, &opts);
 }
 

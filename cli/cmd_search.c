@@ -33,6 +33,8 @@ static const char USAGE[] =
     "  --after DATE       taken (EXIF date, else file time) at or after DATE\n"
     "  --before DATE      taken before DATE   (DATE: YYYY[-MM[-DD[ HH:MM[:SS]]]])\n"
     "  --threshold S      only results with score (cosine similarity) >= S\n"
+    "  --under DIR        only photos under DIR (`--under .`: the current folder; the\n"
+    "                     default when CLIPDB_SEARCH_UNDER_CWD=1, then `--under /` for all)\n"
     "  --preview          thumbnails in kitty / iTerm2 / WezTerm terminals\n"
     "  --local            use ./.clipdb instead of the default library\n";
 
@@ -141,6 +143,7 @@ int cmd_search(int argc, char **argv, const cli_ctx *ctx) {
   bool one_text = q.n == 1 && !q.terms[0].is_image && q.terms[0].weight > 0;
   if (rc == 0 && !one_text) rc = query_vector(&db, &q, &vec, &dim, &err);
   cli_search_opts so = {(int)a.top, a.after, a.before, a.threshold, 0, NULL};
+  so.folder = a.under;
   cli_query cq = {one_text ? q.terms[0].text : NULL, vec, dim};
   if (rc == 0) rc = cli_db_search_videos(&db, &cq, &so, NULL, &hits, &n, &err);
   if (rc == 0) output_hits(hits, n, a.fmt, a.preview);

@@ -564,3 +564,10 @@ int cli_db_search(cli_db *db, const cli_query *q, const cli_search_opts *opts, c
   *n = count;
   return 0;
 }
+
+int cli_db_embed_image_buffer(cli_db *db, const void *buf, size_t len, float **out, int *dim,
+                              cdb_error *err) {
+  clip_model *m;
+  if (embed_start(db, &m, out, dim, err) != 0) return -1;
+  return embed_finish(clip_embed_image_buffers(m, &buf, &len, 1, *out, err), out);
+}

@@ -66,6 +66,10 @@ void cli_unload_model(clip_model *model, cli_db *db);
 int cli_db_embed_text(cli_db *db, const char *text, float **out, int *dim, cdb_error *err);
 int cli_db_embed_image_file(cli_db *db, const char *path, float **out, int *dim, cdb_error *err);
 
+/* Embeds an image held in memory (its encoded bytes), as cli_db_embed_image_file. */
+int cli_db_embed_image_buffer(cli_db *db, const void *buf, size_t len, float **out, int *dim,
+                              cdb_error *err);
+
 /* A stored photo's vector by path (0 found, 1 not indexed, -1 error). */
 int cli_db_vector_of_path(cli_db *db, const char *path, float **out, int *dim, int64_t *rowid,
                           cdb_error *err);

@@ -135,6 +135,6 @@ static int run_command(int argc, char **argv, cli_ctx *ctx) {
 }
 
 int main(int argc, char **argv) {
-  cli_ctx ctx = {.stderr_tty = isatty(STDERR_FILENO) == 1};
+  cli_ctx ctx = {.stderr_tty = cli_stderr_live()};
   return finish_stdout(run_command(argc, argv, &ctx));
 }

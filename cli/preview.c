@@ -17,6 +17,7 @@
 preview_kind preview_detect(void) {
   if (!isatty(STDOUT_FILENO)) return PREVIEW_NONE;
   const char *term = getenv("TERM"), *prog = getenv("TERM_PROGRAM");
+  if (term && strcmp(term, "dumb") == 0) return PREVIEW_NONE; /* it could show no image */
   if (getenv("KITTY_WINDOW_ID") ||
       (term && (strcmp(term, "xterm-kitty") == 0 || strcmp(term, "xterm-ghostty") == 0)))
     return PREVIEW_KITTY;

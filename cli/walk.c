@@ -1,4 +1,5 @@
-/* walk.c: recursive directory listing for `clipdb index` (opendir/fstatat, fnmatch excludes). */
+/* walk.c: recursive directory listing for `clipdb index` (opendir/fstatat, fnmatch excludes,
+ * hidden entries skipped unless asked for). */
 #include "cli/walk.h"
 
 #include <dirent.h>
@@ -6,6 +7,7 @@
 #include <fcntl.h>
 #include <fnmatch.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +40,10 @@ static int has_extension(const char *name, const char *const *extensions) {
 }
 
 int walk_is_video_name(const char *name) { return has_extension(name, VIDEO_EXTENSIONS); }
+
+bool walk_is_hidden_name(const char *name) {
+  return name[0] == '.' || strcmp(name, "@eaDir") == 0; /* "._x": macOS; @eaDir: Synology */
+}
 
 static int add_problem_kind(walk_result *res, const char *path, const char *reason, int unlisted) {
   if (res->n_problems == res->cap_problems) {
@@ -93,6 +99,7 @@ static int excluded(const char *rel, const char *base, char *const *ex, size_t n
 }
 
 typedef struct walker {
+  bool include_hidden;
   char *const *excludes;
   size_t n_excludes;
   size_t root_len; /* where the relative path starts in an absolute one */
@@ -103,6 +110,7 @@ static int walk_dir(walker *w, const char *dir, int depth);
 
 static int visit(walker *w, const char *path, const char *name, int depth) {
   const char *rel = path + w->root_len + (path[w->root_len] == '/');
+  if (!w->include_hidden && walk_is_hidden_name(name)) return 0;
   if (excluded(rel, name, w->excludes, w->n_excludes)) return 0;
   struct stat st;
   if (lstat(path, &st) != 0) /* gone since readdir: nothing to keep; else unknown */
@@ -167,11 +175,16 @@ static int walk_dir(walker *w, const char *dir, int depth) {
 }
 
 int walk_tree(const char *root, char *const *excludes, size_t n_excludes, walk_result *res) {
+  return walk_tree_hidden(root, excludes, n_excludes, false, res);
+}
+
+int walk_tree_hidden(const char *root, char *const *excludes, size_t n_excludes,
+                     bool include_hidden, walk_result *res) {
   char abs[PATH_MAX];
   if (!realpath(root, abs)) return add_unlisted(res, root, strerror(errno));
   struct stat st;
   if (stat(abs, &st) != 0) return add_unlisted(res, root, strerror(errno));
-  walker w = {excludes, n_excludes, strlen(abs), res};
+  walker w = {include_hidden, excludes, n_excludes, strlen(abs), res};
   if (S_ISDIR(st.st_mode)) return walk_dir(&w, abs, 0);
   if (!S_ISREG(st.st_mode)) return add_problem(res, root, "not a regular file or folder");
   const char *base = strrchr(abs, '/');

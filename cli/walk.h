@@ -2,6 +2,7 @@
 #ifndef CLI_WALK_H
 #define CLI_WALK_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -34,13 +35,23 @@ int walk_is_image_name(const char *name);
 /* True for the video extensions `index` considers (mp4, mov, m4v, mkv, webm, avi). */
 int walk_is_video_name(const char *name);
 
-/* Appends every image file (and video file when res->with_videos is set) under root (a
- * folder or a single file) to res, following no symlinked folders. Paths matching an exclude pattern (fnmatch against the path relative to
- * root and against the base name) are left out, folders included. Returns -1 only on out of
- * memory; unreadable entries become problems: a folder that cannot be opened or read to the
- * end, or an entry that cannot be examined, is `unlisted` (the caller must not conclude that
+/* Appends every image file (and video file when res->with_videos is set) under root (a folder
+ * or a single file) to res, following no symlinked folders. Hidden files and folders below root
+ * (walk_is_hidden_name) are left out. Paths matching an exclude pattern (fnmatch against the
+ * path relative to root and against the base name) are left out, folders included. Returns -1 only
+ * on out of memory; unreadable entries become problems: a folder that cannot be opened or read to
+ * the end, or an entry that cannot be examined, is `unlisted` (the caller must not conclude that
  * the files it held are gone); a broken symbolic link is a plain problem. */
 int walk_tree(const char *root, char *const *excludes, size_t n_excludes, walk_result *res);
+
+/* walk_tree, choosing whether hidden entries below root are listed (walk_tree leaves them out).
+ * root itself is walked even when hidden: naming it is asking for it. */
+int walk_tree_hidden(const char *root, char *const *excludes, size_t n_excludes,
+                     bool include_hidden, walk_result *res);
+
+/* True for names left out unless --include-hidden: dot files and folders (macOS's "._x" ones
+ * included) and Synology's "@eaDir" thumbnail folders. */
+bool walk_is_hidden_name(const char *name);
 
 void walk_result_free(walk_result *res);
 

@@ -26,14 +26,18 @@ _clipdb() {
     --exclude | --template | --text | --after | --before | --threshold | -n | --top | \
       --nprobe | --threads | --commit-every | --revision | --retries | --timeout)
       return ;;
+    --under)
+      COMPREPLY=($(compgen -d -- "$cur"))
+      return ;;
   esac
   local opts
   case $cmd in
     "") opts="$global"
         if [[ $cur != -* ]]; then COMPREPLY=($(compgen -W "$commands" -- "$cur")); return; fi ;;
-    index) opts="--local --exclude --no-videos --json --threads --commit-every --quiet --help" ;;
+    index) opts="--local --exclude --no-videos --include-hidden --json --threads --commit-every --quiet --help" ;;
     search | similar)
-      opts="-n --top --json --paths --after --before --threshold --preview --local --help" ;;
+      opts="-n --top --json --paths -0 --null --after --before --threshold --under --preview --local
+            --help" ;;
     dedup) opts="--threshold --json --nprobe --local --help" ;;
     classify) opts="--template --json --help" ;;
     info) opts="--json --local --help" ;;

@@ -28,6 +28,8 @@
 #define RETRY_AFTER_CAP_S 60L
 #define MAX_WAIT_MS 60000L
 #define PROGRESS_INTERVAL_NS 100000000LL
+#define PLAIN_MIN_BYTES 1000000LL       /* plain progress: percentage lines from this size on */
+#define PLAIN_INTERVAL_NS 5000000000LL /* plain progress of a file of unknown size */
 
 /* The variable's value when it is a number of milliseconds in [0, cap], else fallback. */
 static long env_ms(const char *name, long fallback, long cap) {
@@ -67,6 +69,7 @@ typedef struct transfer {
   char repo_commit[41]; /* X-Repo-Commit of any response, when 40 hex digits */
   long long started_ns, drawn_ns;
   bool drew;
+  int plain_tenths; /* plain progress: the last tenth of the file reported */
 } transfer;
 
 typedef enum {
@@ -144,6 +147,19 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *userdata) {
 
 static bool status_has_body(long status) { return status == 200 || status == 206; }
 
+static const char *progress_label(const transfer *t) {
+  return t->opts->label ? t->opts->label : "download";
+}
+
+/* Plain progress: the line that opens a transfer (once the body starts). */
+static void print_plain_start(transfer *t) {
+  t->drawn_ns = now_ns();
+  if (t->status == 206 && t->part_size > 0)
+    fprintf(stderr, "  %s: resuming at %.1f MB\n", progress_label(t), t->part_size / 1e6);
+  else fprintf(stderr, "  %s: downloading\n", progress_label(t));
+  fflush(stderr);
+}
+
 /* Positions DEST.part for the first body byte: after its content for a matching 206, at 0 for a
  * 200. */
 static int start_body(transfer *t) {
@@ -170,7 +186,10 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata) {
   transfer *t = userdata;
   size_t n = size * nmemb;
   if (!status_has_body(t->status)) return n; /* an error page: not part of the file */
-  if (!t->body_started && start_body(t) != 0) return 0;
+  if (!t->body_started) {
+    if (start_body(t) != 0) return 0;
+    if (t->opts->show_progress && t->opts->plain_progress) print_plain_start(t);
+  }
   for (size_t done = 0; done < n;) {
     ssize_t w = write(t->fd, ptr + done, n - done);
     if (w < 0 && errno == EINTR) continue;
@@ -185,7 +204,7 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata) {
 
 static void draw_progress(transfer *t, long long now, long long total) {
   double mb = 1e6, secs = (double)(now_ns() - t->started_ns) / 1e9;
-  const char *label = t->opts->label ? t->opts->label : "download";
+  const char *label = progress_label(t);
   if (total > 0)
     fprintf(stderr, "\r  %-26.26s %3d%% %8.1f / %.1f MB", label, (int)(100.0 * now / total),
             now / mb, total / mb);
@@ -196,15 +215,39 @@ static void draw_progress(transfer *t, long long now, long long total) {
   t->drew = true;
 }
 
+/* Plain progress: a line at each new tenth of a large file, or every 5 s when the size is
+ * unknown. */
+static void print_plain_progress(transfer *t, long long now, long long total) {
+  long long ns = now_ns();
+  double secs = (double)(ns - t->started_ns) / 1e9;
+  double rate = secs > 0 ? (now - t->part_size) / 1e6 / secs : 0;
+  if (total >= PLAIN_MIN_BYTES) {
+    int tenths = (int)(10 * now / total);
+    if (tenths <= t->plain_tenths) return;
+    t->plain_tenths = tenths;
+    fprintf(stderr, "  %s: %d%% %.1f / %.1f MB, %.1f MB/s\n", progress_label(t), 10 * tenths,
+            now / 1e6, total / 1e6, rate);
+  } else if (total <= 0 && ns - t->drawn_ns >= PLAIN_INTERVAL_NS) {
+    t->drawn_ns = ns;
+    fprintf(stderr, "  %s: %.1f MB, %.1f MB/s\n", progress_label(t), now / 1e6, rate);
+  }
+  fflush(stderr);
+}
+
 static int on_progress(void *clientp, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
                        curl_off_t ulnow) {
   (void)ultotal;
   (void)ulnow;
   transfer *t = clientp;
-  long long ns = now_ns();
-  if (!status_has_body(t->status) || ns - t->drawn_ns < PROGRESS_INTERVAL_NS) return 0;
+  long long ns = now_ns(), base = t->status == 206 ? t->part_size : 0;
+  if (!status_has_body(t->status)) return 0;
+  if (t->opts->plain_progress) {
+    if (!t->body_started) return 0;
+    print_plain_progress(t, base + dlnow, dltotal > 0 ? base + dltotal : 0);
+    return 0;
+  }
+  if (ns - t->drawn_ns < PROGRESS_INTERVAL_NS) return 0;
   t->drawn_ns = ns;
-  long long base = t->status == 206 ? t->part_size : 0;
   draw_progress(t, base + dlnow, dltotal > 0 ? base + dltotal : 0);
   return 0;
 }

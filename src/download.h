@@ -30,6 +30,10 @@ typedef struct cdb_download_opts {
   long max_wait_ms;         /* all delays between tries together, a server's Retry-After
                                included (honoured up to 60 s each); default 60000 */
   bool show_progress;       /* draw a progress bar on stderr */
+  bool plain_progress;      /* with show_progress: plain lines instead of the redrawn bar (for
+                               a log or a pipe): the start of each transfer, then every 10 % of
+                               a file of 1 MB or more (every 5 s when its size is unknown); no
+                               \r and no escape sequences */
   const char *label;        /* file name shown in the progress bar */
 } cdb_download_opts;
 

@@ -555,8 +555,9 @@ def test_progress_bar_on_a_terminal(tmp_path, demo_dir, clipdb_bin, env):
     for p in list(images_in(demo_dir))[:20]:
         shutil.copy(p, photos)
     master, slave = pty.openpty()
+    e = {k: v for k, v in env.items() if k != "NO_COLOR"}
     proc = subprocess.Popen([clipdb_bin, "--db", str(tmp_path / "t.db"), "index", str(photos)],
-                            env=env, stdout=subprocess.PIPE, stderr=slave)
+                            env={**e, "TERM": "xterm"}, stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)
     out, _ = proc.communicate(timeout=60)
     tty = read_pty(master).decode()

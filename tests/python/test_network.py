@@ -358,8 +358,9 @@ def test_progress_bar_on_a_terminal(clipdb_bin, env, hub):
     import pty
     leader, follower = pty.openpty()
     try:
-        r = subprocess.run([clipdb_bin, "model", "pull", REPO], env=env, stdout=subprocess.PIPE,
-                           stderr=follower, timeout=60)
+        e = {k: v for k, v in env.items() if k != "NO_COLOR"}
+        r = subprocess.run([clipdb_bin, "model", "pull", REPO], env={**e, "TERM": "xterm"},
+                           stdout=subprocess.PIPE, stderr=follower, timeout=60)
         os.close(follower)
         follower = None
         shown = read_pty(leader).decode(errors="replace")
@@ -457,3 +458,54 @@ def test_image_url_through_the_cli(clipdb_bin, model_dir, url_conn, hub, tmp_pat
     assert found.returncode == 0, found.stderr
     top = json.loads(found.stdout)
     assert top and top[0]["score"] > 0.999
+
+
+def pull_on_pty(clipdb_bin, env, **term):
+    """`model pull` with stderr on a pseudo-terminal: (exit status, what the terminal got)."""
+    import pty
+    e = {k: v for k, v in env.items() if k not in ("TERM", "NO_COLOR")}
+    leader, follower = pty.openpty()
+    try:
+        r = subprocess.run([clipdb_bin, "model", "pull", REPO], env={**e, **term},
+                           stdout=subprocess.PIPE, stderr=follower, timeout=60)
+        os.close(follower)
+        follower = None
+        shown = read_pty(leader)
+    finally:
+        if follower is not None:
+            os.close(follower)
+        os.close(leader)
+    return r.returncode, shown
+
+
+def assert_plain_pull_lines(shown):
+    """A start and an outcome line per file, tenths of the 8.4 MB file, no redraw, no token."""
+    assert "\x1b" not in shown and not re.search(r"\r(?!\n)", shown), shown
+    assert TOKEN not in shown
+    lines = shown.replace("\r\n", "\n").splitlines()
+    for name in FILES:
+        start = lines.index(f"  {name}: downloading")
+        assert any(re.match(rf"  {re.escape(name)} +\S+ \S+ +(done|sha256 verified)$", line)
+                   for line in lines[start + 1:]), (name, lines)
+    tenths = [int(m.group(1)) for m in
+              (re.match(r"  model\.safetensors: (\d+)% [\d.]+ / 8\.4 MB, [\d.]+ MB/s$", line)
+               for line in lines) if m]
+    assert tenths and tenths == sorted(set(tenths)) and tenths[-1] == 100, lines
+
+
+def test_plain_progress_lines_through_a_pipe(cli):
+    r = cli("model", "pull", REPO)
+    assert r.returncode == 0, r.stderr
+    assert_plain_pull_lines(r.stderr)
+
+
+def test_plain_progress_lines_on_a_dumb_terminal(clipdb_bin, env, hub):
+    rc, shown = pull_on_pty(clipdb_bin, env, TERM="dumb")
+    assert rc == 0
+    assert_plain_pull_lines(shown.decode(errors="replace"))
+
+
+def test_live_progress_line_on_a_terminal_has_no_plain_lines(clipdb_bin, env, hub):
+    rc, shown = pull_on_pty(clipdb_bin, env, TERM="xterm")
+    assert rc == 0 and TOKEN.encode() not in shown
+    assert b"\x1b[K" in shown and b": downloading" not in shown, shown
