@@ -141,12 +141,11 @@ def test_reindex_unchanged_embeds_nothing(lib, clipdb_bin, env):
 
 
 def test_changed_video_has_its_frames_replaced(lib, clips, clipdb_bin, env):
-    old = {rid for rid, (p, _, _) in rows(lib["db"]).items() if p == lib["shapes"]}
     shutil.copy(clips["static"], lib["shapes"])  # other content under the same name
     again = index(clipdb_bin, env, lib["db"], lib["folder"])
     assert again["updated"] == 1 and again["frames"] == 1
     now = {rid: t for rid, (p, t, _) in rows(lib["db"]).items() if p == lib["shapes"]}
-    assert list(now.values()) == [0] and not (old & now.keys())
+    assert list(now.values()) == [0]  # one frame now (SQLite may reuse a deleted rowid)
     con = sqlite3.connect(lib["db"])  # no time left behind for a deleted row
     assert con.execute("SELECT count(*) FROM photos_frames WHERE rowid NOT IN "
                        "(SELECT rowid FROM photos_rows)").fetchone()[0] == 0
