@@ -175,8 +175,6 @@ static const clip_int8_kernel int8_c = {"c", quantize_rows_c, gemm_int8_c};
 
 /* ---- AVX-512 (VNNI) ---- */
 #define TARGET512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
-#define INLINE512 \
-  static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vnni")))
 
 static TARGET512 void quantize_rows_512(int M, int K, const float *A, int lda, void *scratch) {
   act_rows r = act_rows_in(scratch, M, K);
@@ -215,33 +213,45 @@ static uint32_t load_u32(const uint8_t *p) {
   return v;
 }
 
-/* rows (<= 12) rows by one 32-column panel: 24 accumulators, each weight load used per row. */
-INLINE512 void tile_512(int rows, const act_rows *r, int m0, const int8_t *panel, int K4,
-                        const float *sw, const int32_t *ws, float (*tile)[CLIP_PANEL]) {
-  __m512i acc[12][2];
-  __m512i ws0 = _mm512_loadu_si512(ws), ws1 = _mm512_loadu_si512(ws + 16);
-  for (int i = 0; i < rows; i++) {
-    __m512i nz = _mm512_set1_epi32(-r->zero[m0 + i]);
-    acc[i][0] = _mm512_mullo_epi32(nz, ws0);
-    acc[i][1] = _mm512_mullo_epi32(nz, ws1);
+/* 12 rows by one 32-column panel, with named accumulators: GCC keeps these in registers (an array
+ * of vectors indexed in loops is spilled to the stack at every step). A last tile of fewer rows
+ * repeats its last row in the spare accumulators (read only, never stored). */
+/* acc += the u8 x s8 products of a and w, four per lane. As inline assembly: GCC 12 copies the
+ * accumulator around _mm512_dpbusd_epi32 and spills a 24-accumulator tile to the stack. */
+#define DPBUSD_ZMM(acc, a, w) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(w))
+#define ROW_OF(i) (m0 + ((i) < rows ? (i) : rows - 1))
+#define ACC_INIT(i)                                           \
+  const uint8_t *q##i = r->q + (size_t)ROW_OF(i) * r->stride; \
+  __m512i nz##i = _mm512_set1_epi32(-r->zero[ROW_OF(i)]);     \
+  __m512i c##i##a = _mm512_mullo_epi32(nz##i, ws0), c##i##b = _mm512_mullo_epi32(nz##i, ws1);
+#define ACC_STEP(i)                                                   \
+  {                                                                   \
+    __m512i a = _mm512_set1_epi32((int)load_u32(q##i + g * K_GROUP)); \
+    DPBUSD_ZMM(c##i##a, a, w0);                                       \
+    DPBUSD_ZMM(c##i##b, a, w1);                                       \
   }
-  const uint8_t *q = r->q + (size_t)m0 * r->stride;
+#define ACC_STORE(i)                                                                              \
+  {                                                                                               \
+    __m512 sa = _mm512_set1_ps(r->scale[ROW_OF(i)]);                                              \
+    _mm512_storeu_ps(tile[i], _mm512_mul_ps(_mm512_cvtepi32_ps(c##i##a), _mm512_mul_ps(sa, s0))); \
+    _mm512_storeu_ps(tile[i] + 16,                                                                \
+                     _mm512_mul_ps(_mm512_cvtepi32_ps(c##i##b), _mm512_mul_ps(sa, s1)));          \
+  }
+#define ACC_12(OP) OP(0) OP(1) OP(2) OP(3) OP(4) OP(5) OP(6) OP(7) OP(8) OP(9) OP(10) OP(11)
+
+static TARGET512 __attribute__((noinline)) void tile_512(int rows, const act_rows *r, int m0,
+                                                         const int8_t *panel, int K4,
+                                                         const float *sw, const int32_t *ws,
+                                                         float (*tile)[CLIP_PANEL]) {
+  __m512i ws0 = _mm512_loadu_si512(ws), ws1 = _mm512_loadu_si512(ws + 16);
+  ACC_12(ACC_INIT)
   for (int g = 0; g < K4; g++) {
     __m512i w0 = _mm512_loadu_si512(panel + (size_t)g * 128);
     __m512i w1 = _mm512_loadu_si512(panel + (size_t)g * 128 + 64);
-    for (int i = 0; i < rows; i++) {
-      __m512i a = _mm512_set1_epi32((int)load_u32(q + (size_t)i * r->stride + g * K_GROUP));
-      acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], a, w0);
-      acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], a, w1);
-    }
+    ACC_12(ACC_STEP)
   }
   __m512 s0 = _mm512_loadu_ps(sw), s1 = _mm512_loadu_ps(sw + 16);
-  for (int i = 0; i < rows; i++) {
-    __m512 sa = _mm512_set1_ps(r->scale[m0 + i]);
-    _mm512_storeu_ps(tile[i], _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][0]), _mm512_mul_ps(sa, s0)));
-    _mm512_storeu_ps(tile[i] + 16,
-                     _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][1]), _mm512_mul_ps(sa, s1)));
-  }
+  ACC_12(ACC_STORE)
 }
 
 static TARGET512 void gemm_int8_512(int M, int N, int K, const float *A, int lda, const void *Wp,
@@ -257,8 +267,7 @@ static TARGET512 void gemm_int8_512(int M, int N, int K, const float *A, int lda
     int c0 = p * CLIP_PANEL, cols = N - c0 < CLIP_PANEL ? N - c0 : CLIP_PANEL;
     for (int m0 = 0; m0 < M; m0 += 12) {
       int rows = M - m0 < 12 ? M - m0 : 12;
-      if (rows == 12) tile_512(12, &r, m0, panel, K4, sw + c0, ws + c0, tile);
-      else tile_512(rows, &r, m0, panel, K4, sw + c0, ws + c0, tile);
+      tile_512(rows, &r, m0, panel, K4, sw + c0, ws + c0, tile);
       for (int i = 0; i < rows; i++) store_tile(out, m0 + i, c0, cols, tile[i]);
     }
   }
