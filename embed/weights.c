@@ -351,12 +351,15 @@ static clip_packed packed_int8(clip_model *m, clip_tower *tw, const char *const 
 /* CLIPDB_PRECISION: f32, bf16 or int8 for the vision tower's linear layers. bf16 needs
  * AVX512-BF16 and the AVX-512 kernel set (CLIPDB_ISA=avx2|generic forces the fallback) and
  * otherwise stays f32 (clip_model_precision() says which ran). int8 always runs: with
- * AVX512-VNNI or AVX-VNNI at speed, else through the (slow, exact) C reference. Unset: bf16
- * where it runs (its embeddings keep cosine >= 0.99999 to f32, bench/README.md), else f32.
+ * AVX512-VNNI or AVX-VNNI at speed, else through the (slow, exact) C reference. Unset: int8 where
+ * a VNNI kernel runs, else bf16 where it runs, else f32; each default kept every photo-like
+ * file's embedding at cosine >= 0.9998 to the PyTorch fp32 reference (bench/README.md).
  * Returns -1 on an unknown value. */
 static int vision_precision(cdb_error *err) {
   const char *env = getenv("CLIPDB_PRECISION");
   int bf16_runs = clip_gemm_bf16_native() != NULL && clip_kernels_best() == &clip_kernels_avx512;
+  int int8_fast = clip_int8_kernel_best() != clip_int8_kernel_for(CLIP_INT8_C);
+  if (!env && int8_fast) return CLIP_PRECISION_INT8;
   if (!env || strcmp(env, "bf16") == 0) return bf16_runs ? CLIP_PRECISION_BF16 : CLIP_PRECISION_F32;
   if (strcmp(env, "f32") == 0) return CLIP_PRECISION_F32;
   if (strcmp(env, "int8") == 0) return CLIP_PRECISION_INT8;

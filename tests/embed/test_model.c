@@ -370,16 +370,22 @@ Test(model, bf16_precision_near_goldens) {
   clip_model_free(m);
 }
 
-/* Without CLIPDB_PRECISION the vision tower takes bf16 where it runs, else f32. */
-Test(model, bf16_default_where_available) {
+/* Without CLIPDB_PRECISION the vision tower takes int8 where a VNNI kernel runs, else bf16 where
+ * it runs, else f32. */
+static const char *default_precision(void) {
+  if (clip_int8_kernel_best() != clip_int8_kernel_for(CLIP_INT8_C)) return "int8";
+  return bf16_available() ? "bf16" : "f32";
+}
+
+Test(model, int8_default_where_vnni_runs) {
   unsetenv("CLIPDB_PRECISION");
   clip_model *m = load_tiny();
-  cr_assert_str_eq(clip_model_precision(m), bf16_available() ? "bf16" : "f32");
+  cr_assert_str_eq(clip_model_precision(m), default_precision());
   int side = clip_model_image_size(m);
   float *pixels = calloc((size_t)3 * side * side, sizeof(float)), out[64];
   cdb_error err = {{0}};
   cr_assert_eq(clip_embed_pixels(m, pixels, 1, out, &err), 0, "%s", err.msg);
-  cr_assert_str_eq(clip_model_precision(m), bf16_available() ? "bf16" : "f32");
+  cr_assert_str_eq(clip_model_precision(m), default_precision());
   free(pixels);
   clip_model_free(m);
 }
