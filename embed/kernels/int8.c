@@ -278,54 +278,89 @@ static const clip_int8_kernel int8_512 = {"avx512vnni", quantize_rows_512, gemm_
 
 /* ---- 256-bit: AVX-VNNI (VEX) on AVX2 machines; the same code with AVX512-VNNI's EVEX form ---- */
 
-/* The body of the ymm kernel, compiled once per encoding: DPBUSD names the instruction. */
-#define YMM_KERNEL(NAME, TGT, DPBUSD)                                                          \
-  static inline __attribute__((always_inline, target(TGT))) void NAME##_tile(                  \
-      int rows, const act_rows *r, int m0, const int8_t *panel, int K4, const float *sw,       \
-      const int32_t *ws, float(*tile)[CLIP_PANEL]) {                                           \
-    __m256i acc[3][4];                                                                         \
-    for (int i = 0; i < rows; i++) {                                                           \
-      __m256i nz = _mm256_set1_epi32(-r->zero[m0 + i]);                                        \
-      for (int v = 0; v < 4; v++)                                                              \
-        acc[i][v] = _mm256_mullo_epi32(nz, _mm256_loadu_si256((const __m256i *)(ws + 8 * v))); \
-    }                                                                                          \
-    const uint8_t *q = r->q + (size_t)m0 * r->stride;                                          \
-    for (int g = 0; g < K4; g++) {                                                             \
-      const int8_t *w = panel + (size_t)g * 128;                                               \
-      for (int i = 0; i < rows; i++) {                                                         \
-        __m256i a = _mm256_set1_epi32((int)load_u32(q + (size_t)i * r->stride + g * K_GROUP)); \
-        for (int v = 0; v < 4; v++)                                                            \
-          acc[i][v] = DPBUSD(acc[i][v], a, _mm256_loadu_si256((const __m256i *)(w + 32 * v))); \
-      }                                                                                        \
-    }                                                                                          \
-    for (int i = 0; i < rows; i++) {                                                           \
-      __m256 sa = _mm256_set1_ps(r->scale[m0 + i]);                                            \
-      for (int v = 0; v < 4; v++)                                                              \
-        _mm256_storeu_ps(tile[i] + 8 * v,                                                      \
-                         _mm256_mul_ps(_mm256_cvtepi32_ps(acc[i][v]),                          \
-                                       _mm256_mul_ps(sa, _mm256_loadu_ps(sw + 8 * v))));       \
-    }                                                                                          \
-  }                                                                                            \
-  static __attribute__((target(TGT))) void NAME(int M, int N, int K, const float *A, int lda,  \
-                                                const void *Wp, int p0, int p1,                \
-                                                const clip_gemm_out *out, void *scratch) {     \
-    int K4 = k_groups(K);                                                                      \
-    quantize_rows_256(M, K, A, lda, scratch);                                                  \
-    act_rows r = act_rows_in(scratch, M, K);                                                   \
-    const float *sw = weight_scales(Wp, N, K);                                                 \
-    const int32_t *ws = weight_sums(Wp, N, K);                                                 \
-    float tile[3][CLIP_PANEL];                                                                 \
-    for (int p = p0; p < p1; p++) {                                                            \
-      const int8_t *panel = (const int8_t *)Wp + (size_t)p * panel_bytes(K);                   \
-      int c0 = p * CLIP_PANEL, cols = N - c0 < CLIP_PANEL ? N - c0 : CLIP_PANEL;               \
-      for (int m0 = 0; m0 < M; m0 += 3) {                                                      \
-        int rows = M - m0 < 3 ? M - m0 : 3;                                                    \
-        if (rows == 3) NAME##_tile(3, &r, m0, panel, K4, sw + c0, ws + c0, tile);              \
-        else NAME##_tile(rows, &r, m0, panel, K4, sw + c0, ws + c0, tile);                     \
-        for (int i = 0; i < rows; i++) store_tile(out, m0 + i, c0, cols, tile[i]);             \
-      }                                                                                        \
-    }                                                                                          \
-    finish(out, M, N, p0, p1);                                                                 \
+/* The ymm kernel, compiled once per encoding; DPBUSD(acc, a, w) adds the products of a and the
+ * 32 bytes at w. 3 rows x 32 columns: 12 named accumulators plus the broadcast fill the 16
+ * registers VEX can name, so the weights are read as memory operands. A last tile of fewer rows
+ * repeats its last row (read only, never stored). */
+#define YROW(i) (m0 + ((i) < rows ? (i) : rows - 1))
+#define YMM_KERNEL(NAME, TGT, DPBUSD)                                                              \
+  static                                                                                           \
+      __attribute__((noinline, target(TGT))) void NAME##_tile(int rows, const act_rows *r, int m0, \
+                                                              const int8_t *panel, int K4,         \
+                                                              const float *sw, const int32_t *ws,  \
+                                                              float(*tile)[CLIP_PANEL]) {          \
+    const uint8_t *q0 = r->q + (size_t)YROW(0) * r->stride;                                        \
+    const uint8_t *q1 = r->q + (size_t)YROW(1) * r->stride;                                        \
+    const uint8_t *q2 = r->q + (size_t)YROW(2) * r->stride;                                        \
+    __m256i s0 = _mm256_loadu_si256((const __m256i *)ws);                                          \
+    __m256i s1 = _mm256_loadu_si256((const __m256i *)(ws + 8));                                    \
+    __m256i s2 = _mm256_loadu_si256((const __m256i *)(ws + 16));                                   \
+    __m256i s3 = _mm256_loadu_si256((const __m256i *)(ws + 24));                                   \
+    __m256i z0 = _mm256_set1_epi32(-r->zero[YROW(0)]);                                             \
+    __m256i c00 = _mm256_mullo_epi32(z0, s0), c01 = _mm256_mullo_epi32(z0, s1);                    \
+    __m256i c02 = _mm256_mullo_epi32(z0, s2), c03 = _mm256_mullo_epi32(z0, s3);                    \
+    __m256i z1 = _mm256_set1_epi32(-r->zero[YROW(1)]);                                             \
+    __m256i c10 = _mm256_mullo_epi32(z1, s0), c11 = _mm256_mullo_epi32(z1, s1);                    \
+    __m256i c12 = _mm256_mullo_epi32(z1, s2), c13 = _mm256_mullo_epi32(z1, s3);                    \
+    __m256i z2 = _mm256_set1_epi32(-r->zero[YROW(2)]);                                             \
+    __m256i c20 = _mm256_mullo_epi32(z2, s0), c21 = _mm256_mullo_epi32(z2, s1);                    \
+    __m256i c22 = _mm256_mullo_epi32(z2, s2), c23 = _mm256_mullo_epi32(z2, s3);                    \
+    for (int g = 0; g < K4; g++) {                                                                 \
+      const int8_t *w = panel + (size_t)g * 128;                                                   \
+      __m256i a;                                                                                   \
+      a = _mm256_set1_epi32((int)load_u32(q0 + g * K_GROUP));                                      \
+      DPBUSD(c00, a, w);                                                                           \
+      DPBUSD(c01, a, w + 32);                                                                      \
+      DPBUSD(c02, a, w + 64);                                                                      \
+      DPBUSD(c03, a, w + 96);                                                                      \
+      a = _mm256_set1_epi32((int)load_u32(q1 + g * K_GROUP));                                      \
+      DPBUSD(c10, a, w);                                                                           \
+      DPBUSD(c11, a, w + 32);                                                                      \
+      DPBUSD(c12, a, w + 64);                                                                      \
+      DPBUSD(c13, a, w + 96);                                                                      \
+      a = _mm256_set1_epi32((int)load_u32(q2 + g * K_GROUP));                                      \
+      DPBUSD(c20, a, w);                                                                           \
+      DPBUSD(c21, a, w + 32);                                                                      \
+      DPBUSD(c22, a, w + 64);                                                                      \
+      DPBUSD(c23, a, w + 96);                                                                      \
+    }                                                                                              \
+    __m256 f0 = _mm256_loadu_ps(sw), f1 = _mm256_loadu_ps(sw + 8);                                 \
+    __m256 f2 = _mm256_loadu_ps(sw + 16), f3 = _mm256_loadu_ps(sw + 24);                           \
+    __m256 a0 = _mm256_set1_ps(r->scale[YROW(0)]);                                                 \
+    _mm256_storeu_ps(tile[0] + 0, _mm256_mul_ps(_mm256_cvtepi32_ps(c00), _mm256_mul_ps(a0, f0)));  \
+    _mm256_storeu_ps(tile[0] + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(c01), _mm256_mul_ps(a0, f1)));  \
+    _mm256_storeu_ps(tile[0] + 16, _mm256_mul_ps(_mm256_cvtepi32_ps(c02), _mm256_mul_ps(a0, f2))); \
+    _mm256_storeu_ps(tile[0] + 24, _mm256_mul_ps(_mm256_cvtepi32_ps(c03), _mm256_mul_ps(a0, f3))); \
+    __m256 a1 = _mm256_set1_ps(r->scale[YROW(1)]);                                                 \
+    _mm256_storeu_ps(tile[1] + 0, _mm256_mul_ps(_mm256_cvtepi32_ps(c10), _mm256_mul_ps(a1, f0)));  \
+    _mm256_storeu_ps(tile[1] + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(c11), _mm256_mul_ps(a1, f1)));  \
+    _mm256_storeu_ps(tile[1] + 16, _mm256_mul_ps(_mm256_cvtepi32_ps(c12), _mm256_mul_ps(a1, f2))); \
+    _mm256_storeu_ps(tile[1] + 24, _mm256_mul_ps(_mm256_cvtepi32_ps(c13), _mm256_mul_ps(a1, f3))); \
+    __m256 a2 = _mm256_set1_ps(r->scale[YROW(2)]);                                                 \
+    _mm256_storeu_ps(tile[2] + 0, _mm256_mul_ps(_mm256_cvtepi32_ps(c20), _mm256_mul_ps(a2, f0)));  \
+    _mm256_storeu_ps(tile[2] + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(c21), _mm256_mul_ps(a2, f1)));  \
+    _mm256_storeu_ps(tile[2] + 16, _mm256_mul_ps(_mm256_cvtepi32_ps(c22), _mm256_mul_ps(a2, f2))); \
+    _mm256_storeu_ps(tile[2] + 24, _mm256_mul_ps(_mm256_cvtepi32_ps(c23), _mm256_mul_ps(a2, f3))); \
+  }                                                                                                \
+  static __attribute__((target(TGT))) void NAME(int M, int N, int K, const float *A, int lda,      \
+                                                const void *Wp, int p0, int p1,                    \
+                                                const clip_gemm_out *out, void *scratch) {         \
+    int K4 = k_groups(K);                                                                          \
+    quantize_rows_256(M, K, A, lda, scratch);                                                      \
+    act_rows r = act_rows_in(scratch, M, K);                                                       \
+    const float *sw = weight_scales(Wp, N, K);                                                     \
+    const int32_t *ws = weight_sums(Wp, N, K);                                                     \
+    float tile[3][CLIP_PANEL];                                                                     \
+    for (int p = p0; p < p1; p++) {                                                                \
+      const int8_t *panel = (const int8_t *)Wp + (size_t)p * panel_bytes(K);                       \
+      int c0 = p * CLIP_PANEL, cols = N - c0 < CLIP_PANEL ? N - c0 : CLIP_PANEL;                   \
+      for (int m0 = 0; m0 < M; m0 += 3) {                                                          \
+        int rows = M - m0 < 3 ? M - m0 : 3;                                                        \
+        NAME##_tile(rows, &r, m0, panel, K4, sw + c0, ws + c0, tile);                              \
+        for (int i = 0; i < rows; i++) store_tile(out, m0 + i, c0, cols, tile[i]);                 \
+      }                                                                                            \
+    }                                                                                              \
+    finish(out, M, N, p0, p1);                                                                     \
   }
 
 /* AVX2 quantization (both ymm kernels use it; AVX-VNNI machines have AVX2). */
@@ -370,8 +405,11 @@ static __attribute__((target("avx2"))) void quantize_rows_256(int M, int K, cons
   }
 }
 
-#define DPBUSD_VEX(acc, a, w) _mm256_dpbusd_avx_epi32(acc, a, w)
-#define DPBUSD_EVEX(acc, a, w) _mm256_dpbusd_epi32(acc, a, w)
+/* Inline assembly, as for the zmm tile; "x" keeps VEX to the registers it can encode. */
+#define DPBUSD_VEX(acc, a, w) \
+  __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(a), "m"(*(const __m256i_u *)(w)))
+#define DPBUSD_EVEX(acc, a, w) \
+  __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "m"(*(const __m256i_u *)(w)))
 YMM_KERNEL(gemm_int8_avxvnni, "avx2,fma,avxvnni", DPBUSD_VEX)
 YMM_KERNEL(gemm_int8_256_evex, "avx2,fma,avx512f,avx512vl,avx512vnni", DPBUSD_EVEX)
 
