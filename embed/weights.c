@@ -215,8 +215,9 @@ static const float *f32_data(const st_tensor *t, float **temp) {
   return *temp = to_f32_copy(t);
 }
 
-/* How a weight is packed: float32 as is, half floats as is, or float32 rounded to half. */
-typedef enum pack_mode { PACK_F32, PACK_F16, PACK_F32_TO_F16 } pack_mode;
+/* How a weight is packed: float32 as is, half floats as is, float32 rounded to half, or
+ * float32 quantized to int8 (kernels.h). */
+typedef enum pack_mode { PACK_F32, PACK_F16, PACK_F32_TO_F16, PACK_INT8 } pack_mode;
 
 typedef struct pack_job {
   const void *src;
@@ -231,6 +232,10 @@ static void pack_task(void *ctx, int ith, int nth) {
   int panels = (j->N + CLIP_PANEL - 1) / CLIP_PANEL;
   int p0 = panels * ith / nth, p1 = panels * (ith + 1) / nth;
   if (p0 >= p1) return;
+  if (j->mode == PACK_INT8) {
+    clip_pack_weights_int8_panels(j->src, j->N, j->K, p0, p1, j->dst);
+    return;
+  }
   int n0 = p0 * CLIP_PANEL, n1 = p1 * CLIP_PANEL < j->N ? p1 * CLIP_PANEL : j->N;
   size_t at = (size_t)n0 * j->K;
   if (j->mode == PACK_F16)
@@ -339,7 +344,7 @@ static clip_packed packed_int8(clip_model *m, clip_tower *tw, const char *const 
     if (ok) memcpy(stacked + (size_t)i * N * K, src, sizeof(float) * (size_t)N * K);
     free(temp);
   }
-  if (ok) clip_pack_weights_int8(stacked, N * n_names, K, dst);
+  if (ok) pack_parallel(stacked, N * n_names, K, PACK_INT8, dst);
   free(stacked);
   if (!ok) {
     cdb_error_set(err, "encoder: out of memory packing %s", names[0]);

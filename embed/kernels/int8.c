@@ -31,27 +31,31 @@ static const int32_t *weight_sums(const void *Wp, int N, int K) {
   return (const int32_t *)(weight_scales(Wp, N, K) + (size_t)panels_of(N) * CLIP_PANEL);
 }
 
-void clip_pack_weights_int8(const float *W, int N, int K, void *dst) {
+void clip_pack_weights_int8_panels(const float *W, int N, int K, int p0, int p1, void *dst) {
   int K4 = k_groups(K), Np = panels_of(N) * CLIP_PANEL;
   int8_t *q = dst;
   float *scale = (float *)(q + (size_t)panels_of(N) * panel_bytes(K));
   int32_t *sum = (int32_t *)(scale + Np);
-  for (int n = 0; n < Np; n++) {
+  for (int n = p0 * CLIP_PANEL; n < p1 * CLIP_PANEL; n++) {
     const float *w = W + (size_t)n * K;
     float amax = 0.0f;
     for (int k = 0; n < N && k < K; k++) amax = fabsf(w[k]) > amax ? fabsf(w[k]) : amax;
     float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-    int8_t *panel = q + (size_t)(n / CLIP_PANEL) * panel_bytes(K);
+    int8_t *col = q + (size_t)(n / CLIP_PANEL) * panel_bytes(K) + (n % CLIP_PANEL) * K_GROUP;
     int32_t s = 0;
     for (int k = 0; k < K4 * K_GROUP; k++) {
       float v = n < N && k < K ? rintf(w[k] * inv) : 0.0f;
       int8_t qv = (int8_t)(v > 127.0f ? 127 : v < -127.0f ? -127 : (int)v);
-      panel[((size_t)(k / K_GROUP) * CLIP_PANEL + n % CLIP_PANEL) * K_GROUP + k % K_GROUP] = qv;
+      col[(size_t)(k / K_GROUP) * CLIP_PANEL * K_GROUP + k % K_GROUP] = qv;
       s += qv;
     }
     scale[n] = amax / 127.0f;
     sum[n] = s;
   }
+}
+
+void clip_pack_weights_int8(const float *W, int N, int K, void *dst) {
+  clip_pack_weights_int8_panels(W, N, K, 0, panels_of(N), dst);
 }
 
 size_t clip_gemm_int8_scratch(int M, int K) {

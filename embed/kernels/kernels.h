@@ -152,6 +152,8 @@ clip_gemm_bf16_fn clip_gemm_bf16_native(void);
 size_t clip_packed_int8_bytes(int N, int K);
 size_t clip_gemm_int8_scratch(int M, int K);
 void clip_pack_weights_int8(const float *W, int N, int K, void *dst);
+/* Only panels [p0, p1) of that layout (with their scales and sums): threads share the packing. */
+void clip_pack_weights_int8_panels(const float *W, int N, int K, int p0, int p1, void *dst);
 typedef void (*clip_gemm_int8_fn)(int M, int N, int K, const float *A, int lda, const void *Wp,
                                   int p0, int p1, const clip_gemm_out *out, void *scratch);
 typedef struct clip_int8_kernel {
