@@ -135,8 +135,9 @@ static void linear_task(void *ctx, int ith, int nth) {
     else split(panels, 1, ith, nth, &p0, &p1);
     if (p0 >= p1 || m0 >= m1) return;
     if (j->Wp->int8) {
-      size_t bytes = clip_gemm_int8_scratch(m1 - m0, j->K);
-      void *bytes_at = scratch_for((bytes + sizeof(float) - 1) / sizeof(float));
+      /* Whole 64-byte lines: aligned_alloc wants a multiple of its alignment. */
+      size_t lines = (clip_gemm_int8_scratch(m1 - m0, j->K) + 63) / 64;
+      void *bytes_at = scratch_for(lines * (64 / sizeof(float)));
       /* Without scratch memory the reference (which then needs none) gives the same answer. */
       clip_gemm_int8_fn gemm = bytes_at ? clip_int8_kernel_best()->gemm
                                         : clip_int8_kernel_for(CLIP_INT8_C)->gemm;
