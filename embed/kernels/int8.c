@@ -93,14 +93,20 @@ static uint8_t quantize_value(float a, float inv, int32_t zero) {
   return (uint8_t)(v < 0.0f ? 0 : v > 255.0f ? 255 : (int)v);
 }
 
-static void quantize_row_c(const float *a, int K, int stride, uint8_t *q, float *scale,
-                           int32_t *zero) {
-  float lo = 0.0f, hi = 0.0f, inv;
+/* A row's quantization, from its values. */
+static void row_params_c(const float *a, int K, float *scale, float *inv, int32_t *zero) {
+  float lo = 0.0f, hi = 0.0f;
   for (int k = 0; k < K; k++) {
     lo = a[k] < lo ? a[k] : lo;
     hi = a[k] > hi ? a[k] : hi;
   }
-  row_params(lo, hi, scale, &inv, zero);
+  row_params(lo, hi, scale, inv, zero);
+}
+
+static void quantize_row_c(const float *a, int K, int stride, uint8_t *q, float *scale,
+                           int32_t *zero) {
+  float inv;
+  row_params_c(a, K, scale, &inv, zero);
   for (int k = 0; k < K; k++) q[k] = quantize_value(a[k], inv, *zero);
   for (int k = K; k < stride; k++) q[k] = (uint8_t)*zero; /* meets zero weights */
 }
@@ -139,14 +145,7 @@ static void gemm_int8_c(int M, int N, int K, const float *A, int lda, const void
     const uint8_t *q = r ? r->q + (size_t)m * r->stride : NULL;
     float sa = r ? r->scale[m] : 0.0f, inv = 0.0f;
     int32_t z = r ? r->zero[m] : 0;
-    if (!r) {
-      float lo = 0.0f, hi = 0.0f;
-      for (int k = 0; k < K; k++) {
-        lo = a[k] < lo ? a[k] : lo;
-        hi = a[k] > hi ? a[k] : hi;
-      }
-      row_params(lo, hi, &sa, &inv, &z);
-    }
+    if (!r) row_params_c(a, K, &sa, &inv, &z);
     for (int p = p0; p < p1; p++) {
       const int8_t *panel = (const int8_t *)Wp + (size_t)p * panel_bytes(K);
       int c0 = p * CLIP_PANEL, cols = N - c0 < CLIP_PANEL ? N - c0 : CLIP_PANEL;
