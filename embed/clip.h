@@ -43,8 +43,9 @@ int clip_vips_start(void);
 void clip_vips_stop(void);
 
 int clip_model_dim(const clip_model *model); /* projection dim (512 for ViT-B/32) */
-/* The vision tower's linear-layer precision, "f32" or "bf16" (CLIPDB_PRECISION=bf16 on a CPU
- * with AVX512-BF16); before the tower is prepared (the first image), the one it would take. */
+/* The vision tower's linear-layer precision, "f32", "bf16" (CLIPDB_PRECISION=bf16 on a CPU with
+ * AVX512-BF16) or "int8" (CLIPDB_PRECISION=int8); before the tower is prepared (the first
+ * image), the one it would take. */
 const char *clip_model_precision(const clip_model *model);
 int clip_model_image_size(const clip_model *model);     /* input side in pixels (224) */
 int clip_model_context_length(const clip_model *model); /* 77 */

@@ -150,8 +150,9 @@ void clip_model_free(clip_model *m) {
 
 int clip_model_dim(const clip_model *m) { return m->cfg.projection_dim; }
 const char *clip_model_precision(const clip_model *m) {
-  int bf16 = clip_tower_ready(&m->vision) ? m->vision.bf16 : clip_vision_bf16_planned();
-  return bf16 ? "bf16" : "f32";
+  static const char *const names[] = {"f32", "bf16", "int8"};
+  return names[clip_tower_ready(&m->vision) ? m->vision.precision
+                                            : clip_vision_precision_planned()];
 }
 int clip_model_image_size(const clip_model *m) { return m->cfg.image_size; }
 int clip_model_context_length(const clip_model *m) { return m->cfg.context_length; }

@@ -23,7 +23,7 @@ typedef struct clip_tower {
   unsigned char *arena;  /* packed weights, one mapping backed by huge pages where possible */
   size_t arena_size, arena_used;
   int round_f16; /* pack float32 weights as half floats (see weights.c) */
-  int bf16;      /* pack linear layers as bf16 panels for the bf16 GEMM (see weights.c) */
+  int precision; /* clip_precision of the packed linear layers (see weights.c) */
 } clip_tower;
 
 struct clip_model {
@@ -49,8 +49,14 @@ int clip_check_tensors(const clip_model *m, cdb_error *err);
 /* Prepare a tower on first use (thread-safe; a failure leaves it unprepared for a retry). */
 int clip_ensure_text(clip_model *m, cdb_error *err);
 int clip_ensure_vision(clip_model *m, cdb_error *err);
-/* Whether a vision tower prepared now would take bf16 layers (CLIPDB_PRECISION, the CPU). */
-int clip_vision_bf16_planned(void);
+/* The linear layers' precision; f32 is zero, so a tower left unset is float32. */
+typedef enum clip_precision {
+  CLIP_PRECISION_F32,
+  CLIP_PRECISION_BF16,
+  CLIP_PRECISION_INT8
+} clip_precision;
+/* The precision a vision tower prepared now would take (CLIPDB_PRECISION, the CPU). */
+int clip_vision_precision_planned(void);
 int clip_tower_ready(const clip_tower *tw);
 void clip_tower_release(clip_tower *tw);
 

@@ -134,6 +134,18 @@ static void linear_task(void *ctx, int ith, int nth) {
     if (j->M >= SPLIT_ROWS_MIN) split(j->M, ROW_ALIGN, ith, nth, &m0, &m1);
     else split(panels, 1, ith, nth, &p0, &p1);
     if (p0 >= p1 || m0 >= m1) return;
+    if (j->Wp->int8) {
+      /* Whole 64-byte lines: aligned_alloc wants a multiple of its alignment. */
+      size_t lines = (clip_gemm_int8_scratch(m1 - m0, j->K) + 63) / 64;
+      void *bytes_at = scratch_for(lines * (64 / sizeof(float)));
+      /* Without scratch memory the reference (which then needs none) gives the same answer. */
+      clip_gemm_int8_fn gemm = bytes_at ? clip_int8_kernel_best()->gemm
+                                        : clip_int8_kernel_for(CLIP_INT8_C)->gemm;
+      clip_gemm_out out = {j->C + (size_t)m0 * j->ldc, j->ldc, j->accumulate, j->bias, j->act};
+      gemm(m1 - m0, j->N, j->K, j->A + (size_t)m0 * j->K, j->K, j->Wp->data, p0, p1, &out,
+           bytes_at);
+      return;
+    }
     if (j->Wp->bf16) {
       uint32_t *words = (uint32_t *)scratch_for(clip_gemm_bf16_scratch(m1 - m0, j->K));
       /* Without scratch memory the reference (which then needs none) gives the same answer. */

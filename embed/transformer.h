@@ -19,6 +19,7 @@ typedef struct clip_packed {
   const void *data; /* NULL: not packed */
   int f16;
   int bf16; /* bf16 panels for the bf16 GEMM (kernels.h) */
+  int int8; /* int8 panels, scales and sums for the int8 GEMM (kernels.h) */
 } clip_packed;
 
 typedef struct clip_layer_weights {

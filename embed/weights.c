@@ -215,8 +215,9 @@ static const float *f32_data(const st_tensor *t, float **temp) {
   return *temp = to_f32_copy(t);
 }
 
-/* How a weight is packed: float32 as is, half floats as is, or float32 rounded to half. */
-typedef enum pack_mode { PACK_F32, PACK_F16, PACK_F32_TO_F16 } pack_mode;
+/* How a weight is packed: float32 as is, half floats as is, float32 rounded to half, or
+ * float32 quantized to int8 (kernels.h). */
+typedef enum pack_mode { PACK_F32, PACK_F16, PACK_F32_TO_F16, PACK_INT8 } pack_mode;
 
 typedef struct pack_job {
   const void *src;
@@ -231,6 +232,10 @@ static void pack_task(void *ctx, int ith, int nth) {
   int panels = (j->N + CLIP_PANEL - 1) / CLIP_PANEL;
   int p0 = panels * ith / nth, p1 = panels * (ith + 1) / nth;
   if (p0 >= p1) return;
+  if (j->mode == PACK_INT8) {
+    clip_pack_weights_int8_panels(j->src, j->N, j->K, p0, p1, j->dst);
+    return;
+  }
   int n0 = p0 * CLIP_PANEL, n1 = p1 * CLIP_PANEL < j->N ? p1 * CLIP_PANEL : j->N;
   size_t at = (size_t)n0 * j->K;
   if (j->mode == PACK_F16)
@@ -299,9 +304,9 @@ static clip_packed packed_as(clip_model *m, clip_tower *tw, const char *const *n
   free(stacked);
   if (!ok) {
     cdb_error_set(err, "encoder: out of memory packing %s", names[0]);
-    return (clip_packed){NULL, 0, 0};
+    return (clip_packed){NULL, 0, 0, 0};
   }
-  return (clip_packed){dst, f16, 0};
+  return (clip_packed){dst, f16, 0, 0};
 }
 
 /* Several [N, K] weights stacked along N, rounded to bfloat16 panels. */
@@ -321,35 +326,64 @@ static clip_packed packed_bf16(clip_model *m, clip_tower *tw, const char *const 
   free(stacked);
   if (!ok) {
     cdb_error_set(err, "encoder: out of memory packing %s", names[0]);
-    return (clip_packed){NULL, 0, 0};
+    return (clip_packed){NULL, 0, 0, 0};
   }
-  return (clip_packed){dst, 0, 1};
+  return (clip_packed){dst, 0, 1, 0};
 }
 
-/* CLIPDB_PRECISION: f32 or bf16 for the vision tower's linear layers; bf16 needs AVX512-BF16
- * and the AVX-512 kernel set (CLIPDB_ISA=avx2|generic forces the fallback) and otherwise stays
- * f32 (clip_model_precision() says which ran). Unset: bf16 where it runs (its embeddings keep
- * cosine >= 0.99999 to f32, bench/README.md), else f32. Returns -1 on an unknown value. */
-static int vision_bf16(cdb_error *err) {
+/* Several [N, K] weights stacked along N, quantized to int8 panels with per-channel scales. */
+static clip_packed packed_int8(clip_model *m, clip_tower *tw, const char *const *names, int n_names,
+                               int N, int K, cdb_error *err) {
+  void *dst = arena_alloc(tw, clip_packed_int8_bytes(N * n_names, K));
+  float *stacked = malloc(sizeof(float) * (size_t)N * n_names * K);
+  int ok = dst && stacked;
+  for (int i = 0; ok && i < n_names; i++) {
+    float *temp;
+    const float *src = f32_data(st_find(&m->st, names[i]), &temp);
+    ok = src != NULL;
+    if (ok) memcpy(stacked + (size_t)i * N * K, src, sizeof(float) * (size_t)N * K);
+    free(temp);
+  }
+  if (ok) pack_parallel(stacked, N * n_names, K, PACK_INT8, dst);
+  free(stacked);
+  if (!ok) {
+    cdb_error_set(err, "encoder: out of memory packing %s", names[0]);
+    return (clip_packed){NULL, 0, 0, 0};
+  }
+  return (clip_packed){dst, 0, 0, 1};
+}
+
+/* CLIPDB_PRECISION: f32, bf16 or int8 for the vision tower's linear layers. bf16 needs
+ * AVX512-BF16 and the AVX-512 kernel set (CLIPDB_ISA=avx2|generic forces the fallback) and
+ * otherwise stays f32 (clip_model_precision() says which ran). int8 always runs: with
+ * AVX512-VNNI or AVX-VNNI at speed, else through the (slow, exact) C reference. Unset: int8 where
+ * a VNNI kernel runs, else bf16 where it runs, else f32; each default kept every photo-like
+ * file's embedding at cosine >= 0.9998 to the PyTorch fp32 reference (bench/README.md).
+ * Returns -1 on an unknown value. */
+static int vision_precision(cdb_error *err) {
   const char *env = getenv("CLIPDB_PRECISION");
   int bf16_runs = clip_gemm_bf16_native() != NULL && clip_kernels_best() == &clip_kernels_avx512;
-  if (!env || strcmp(env, "bf16") == 0) return bf16_runs;
-  if (strcmp(env, "f32") == 0) return 0;
-  if (strcmp(env, "int8") == 0)
-    return cdb_error_set(err, "CLIPDB_PRECISION=int8: not available yet (use f32 or bf16)");
-  return cdb_error_set(err, "CLIPDB_PRECISION=%s: unknown precision (expected f32 or bf16)", env);
+  int int8_fast = clip_int8_kernel_best() != clip_int8_kernel_for(CLIP_INT8_C);
+  if (!env && int8_fast) return CLIP_PRECISION_INT8;
+  if (!env || strcmp(env, "bf16") == 0) return bf16_runs ? CLIP_PRECISION_BF16 : CLIP_PRECISION_F32;
+  if (strcmp(env, "f32") == 0) return CLIP_PRECISION_F32;
+  if (strcmp(env, "int8") == 0) return CLIP_PRECISION_INT8;
+  return cdb_error_set(err, "CLIPDB_PRECISION=%s: unknown precision (expected f32, bf16 or int8)",
+                       env);
 }
 
-int clip_vision_bf16_planned(void) {
+int clip_vision_precision_planned(void) {
   cdb_error err = {{0}};
-  return clip_get_gemm_mode() != CLIP_GEMM_BLAS && vision_bf16(&err) > 0;
+  int p = vision_precision(&err);
+  return clip_get_gemm_mode() == CLIP_GEMM_BLAS || p < 0 ? CLIP_PRECISION_F32 : p;
 }
 
 /* The packed weight; one whose values leave the half range when rounded is packed again as
  * float32 (the half-float copy's arena space is simply not reused). */
 static clip_packed packed(clip_model *m, clip_tower *tw, const char *const *names, int n_names,
                           int N, int K, cdb_error *err) {
-  if (tw->bf16) return packed_bf16(m, tw, names, n_names, N, K, err);
+  if (tw->precision == CLIP_PRECISION_BF16) return packed_bf16(m, tw, names, n_names, N, K, err);
+  if (tw->precision == CLIP_PRECISION_INT8) return packed_int8(m, tw, names, n_names, N, K, err);
   int overflow = 0;
   clip_packed p = packed_as(m, tw, names, n_names, N, K, tw->round_f16, &overflow, err);
   if (p.data && overflow) p = packed_as(m, tw, names, n_names, N, K, 0, &overflow, err);
@@ -446,8 +480,9 @@ static int prepare_vision(clip_model *m, cdb_error *err) {
       return -1;
   } else {
     tw->round_f16 = weights_half(0);
-    int bf16 = vision_bf16(err); /* the transformer layers only: patch and projection stay f32 */
-    if (bf16 < 0) return -1;
+    /* The transformer layers only: patch embedding and projection stay f32. */
+    int precision = vision_precision(err);
+    if (precision < 0) return -1;
     static const char *const patch[1] = {"vision_model.embeddings.patch_embedding.weight"};
     static const char *const proj[1] = {"visual_projection.weight"};
     int D = c->vision.hidden, patch_len = c->num_channels * c->patch_size * c->patch_size;
@@ -458,7 +493,7 @@ static int prepare_vision(clip_model *m, cdb_error *err) {
       return cdb_error_set(err, "encoder: out of memory for the vision tower");
     if (!(w->patch_p = packed(m, tw, patch, 1, D, patch_len, err)).data ||
         !(w->proj_p = packed(m, tw, proj, 1, c->projection_dim, D, err)).data ||
-        (tw->bf16 = bf16, pack_layers(m, tw, "vision_model", &c->vision, err)) != 0)
+        (tw->precision = precision, pack_layers(m, tw, "vision_model", &c->vision, err)) != 0)
       return -1;
   }
   w->layers = tw->layers;

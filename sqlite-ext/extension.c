@@ -48,9 +48,10 @@
  *                                                     model (the name as created, "" = default)
  *                                                     and model_identity (of the model the
  *                                                     vectors come from); null for a dims= table;
- *                                                     precision: "f32"/"bf16" of the images'
- *                                                     vectors, "mixed" when both were written
- *                                                     (accepted: bf16 keeps cosine >= 0.99999),
+ *                                                     precision: "f32"/"bf16"/"int8" of the
+ *                                                     images' vectors, "mixed" when several were
+ *                                                     written (accepted: each keeps cosine
+ *                                                     >= 0.9998 to f32),
  *                                                     null before the first image
  *
  * The clip virtual table

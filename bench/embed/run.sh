@@ -28,27 +28,30 @@ ANCHORS=bench/out/anchors
 OUT=$ANCHORS/last-run
 ANCHOR_REPS=$(( REPS > 3 ? 3 : REPS ))
 mkdir -p "$OUT"
-rm -f "$OUT"/ours.txt "$OUT"/ours-f32.txt "$OUT"/torch.json "$OUT"/ort.json
+rm -f "$OUT"/ours*.txt "$OUT"/torch.json "$OUT"/ort.json
 [ -f "$MODEL/model.safetensors" ] || { echo "no checkpoint: run $PY bench/embed/make_checkpoint.py" >&2; exit 1; }
 [ -x "$BUILD/bench/embed/bench-embed" ] || { echo "build first: ninja -C $BUILD bench/embed/bench-embed cli/clipdb" >&2; exit 1; }
 
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); load average $(load)"
 
-# Ours at each vision precision: the default (bf16 where the CPU has AVX512-BF16) and f32.
-DEFAULT_PRECISION=f32
-if grep -qw avx512_bf16 /proc/cpuinfo; then DEFAULT_PRECISION=bf16; fi
+# Ours at each vision precision: the default (what clip_model_precision() reports with
+# CLIPDB_PRECISION unset), then the others: f32, bf16 (where the CPU has AVX512-BF16), int8.
 BENCH="$BUILD/bench/embed/bench-embed --model $MODEL --reps $REPS"
-echo "== ours ($DEFAULT_PRECISION, the default): $BENCH"
+echo "== ours (the default precision): $BENCH"
 # shellcheck disable=SC2086 # BENCH is the command and its options
 env -u CLIPDB_PRECISION $BENCH | tee "$OUT/ours.txt"
+DEFAULT_PRECISION=$(sed -n 's/.*vision precision \([a-z0-9]*\).*/\1/p' "$OUT/ours.txt")
 OURS="--ours $DEFAULT_PRECISION=$OUT/ours.txt"
-if [ $DEFAULT_PRECISION != f32 ]; then
-  echo "== ours (f32): CLIPDB_PRECISION=f32 $BENCH"
+OTHERS="f32 int8"
+if grep -qw avx512_bf16 /proc/cpuinfo; then OTHERS="f32 bf16 int8"; fi
+for P in $OTHERS; do
+  [ "$P" = "$DEFAULT_PRECISION" ] && continue
+  echo "== ours ($P; load $(load)): CLIPDB_PRECISION=$P $BENCH"
   # shellcheck disable=SC2086
-  CLIPDB_PRECISION=f32 $BENCH | tee "$OUT/ours-f32.txt"
-  OURS="$OURS --ours f32=$OUT/ours-f32.txt"
-fi
+  CLIPDB_PRECISION=$P $BENCH | tee "$OUT/ours-$P.txt"
+  OURS="$OURS --ours $P=$OUT/ours-$P.txt"
+done
 
 HAVE_TORCH=0
 if $PY -c 'import torch' 2>/dev/null; then HAVE_TORCH=1; fi
@@ -80,5 +83,5 @@ if command -v node >/dev/null && [ -d "$ANCHORS/node_modules/onnxruntime-node" ]
 fi
 
 echo "== table (load average at the end $(load); rates per second, higher is faster)"
-# shellcheck disable=SC2086 # OURS holds one or two --ours options
+# shellcheck disable=SC2086 # OURS holds one --ours option per precision
 $PY bench/embed/anchors.py table $OURS --torch "$OUT/torch.json" --ort "$OUT/ort.json"

@@ -3,8 +3,8 @@
  * Every variant computes the same thing as the plain C one (tests/embed/test_kernels.c checks
  * each against it on random inputs). The best variant the CPU supports is picked once at run
  * time (__builtin_cpu_supports); CLIPDB_ISA=generic|avx2|avx512 forces one. Weights reach the
- * GEMMs as float32 or half-float panels; a bf16 or int8 path adds a packer and one more
- * gemm_packed_* entry per table, the activations staying float32. */
+ * GEMMs as float32 or half-float panels, or as bf16 (bf16.c) or int8 (int8.c) panels for their
+ * own GEMMs; activations between layers stay float32. */
 #ifndef CLIP_KERNELS_H
 #define CLIP_KERNELS_H
 
@@ -141,5 +141,38 @@ typedef void (*clip_gemm_bf16_fn)(int M, int N, int K, const float *A, int lda, 
 extern const clip_gemm_bf16_fn clip_gemm_bf16_ref;
 /* The AVX512-BF16 kernel, or NULL when the CPU lacks AVX512-BF16. */
 clip_gemm_bf16_fn clip_gemm_bf16_native(void);
+
+/* ---- int8 GEMM (int8.c) ----
+ * W [N, K] quantized to int8 per output channel (symmetric, scale max|w| / 127), in panels of
+ * [ceil(K/4)][32][4] (four k per 32-bit lane, as vpdpbusd reads them), followed by the
+ * channels' float scales and int32 weight sums (clip_packed_int8_bytes(N, K) bytes). Each call
+ * quantizes its rows of A to u8 with a per-row scale and zero point into scratch
+ * (clip_gemm_int8_scratch(M, K) bytes); products are summed exactly in int32 (K <= 32768), the
+ * result dequantized in float32. */
+size_t clip_packed_int8_bytes(int N, int K);
+size_t clip_gemm_int8_scratch(int M, int K);
+void clip_pack_weights_int8(const float *W, int N, int K, void *dst);
+/* Only panels [p0, p1) of that layout (with their scales and sums): threads share the packing. */
+void clip_pack_weights_int8_panels(const float *W, int N, int K, int p0, int p1, void *dst);
+typedef void (*clip_gemm_int8_fn)(int M, int N, int K, const float *A, int lda, const void *Wp,
+                                  int p0, int p1, const clip_gemm_out *out, void *scratch);
+typedef struct clip_int8_kernel {
+  const char *name;
+  /* Rows of A into scratch as the GEMM reads them (every variant writes the same bytes). */
+  void (*quantize_rows)(int M, int K, const float *A, int lda, void *scratch);
+  /* scratch NULL: only the C reference accepts it (it then quantizes as it reads). */
+  clip_gemm_int8_fn gemm;
+} clip_int8_kernel;
+typedef enum clip_int8_variant {
+  CLIP_INT8_C,          /* the plain C reference */
+  CLIP_INT8_AVX512VNNI, /* zmm vpdpbusd */
+  CLIP_INT8_AVXVNNI,    /* ymm vpdpbusd, VEX (AVX2 machines with AVX-VNNI) */
+  CLIP_INT8_YMM_EVEX,   /* the same ymm code as AVX512-VNNI's EVEX form (tests it here) */
+  CLIP_INT8_COUNT
+} clip_int8_variant;
+/* NULL when the CPU lacks the variant's instructions. */
+const clip_int8_kernel *clip_int8_kernel_for(clip_int8_variant v);
+/* The widest the CPU and CLIPDB_ISA allow; never NULL (the C reference at worst). */
+const clip_int8_kernel *clip_int8_kernel_best(void);
 
 #endif

@@ -318,6 +318,147 @@ Test(kernels, gemm_bf16_native) {
   }
 }
 
+/* int8 quantization computed here independently of int8.c (the formulas of kernels.h): the
+ * dequantized weights [N, K] per output channel, the dequantized rows of A per row. */
+static float *dequantized_weights(const float *W, int N, int K) {
+  float *d = malloc(sizeof(float) * (size_t)(N * K));
+  for (int n = 0; n < N; n++) {
+    float amax = 0.0f;
+    for (int k = 0; k < K; k++) amax = fmaxf(amax, fabsf(W[n * K + k]));
+    for (int k = 0; k < K; k++) {
+      float q = amax > 0.0f ? rintf(W[n * K + k] * (127.0f / amax)) : 0.0f;
+      d[n * K + k] = q * (amax / 127.0f);
+    }
+  }
+  return d;
+}
+
+static float *dequantized_rows(const float *A, int M, int K) {
+  float *d = malloc(sizeof(float) * (size_t)(M * K));
+  for (int m = 0; m < M; m++) {
+    float lo = 0.0f, hi = 0.0f;
+    for (int k = 0; k < K; k++) lo = fminf(lo, A[m * K + k]), hi = fmaxf(hi, A[m * K + k]);
+    float inv = hi > lo ? 255.0f / (hi - lo) : 0.0f, z = rintf(-lo * inv);
+    for (int k = 0; k < K; k++) {
+      float q = fminf(fmaxf(rintf(A[m * K + k] * inv) + z, 0.0f), 255.0f);
+      d[m * K + k] = (q - z) * ((hi - lo) / 255.0f);
+    }
+  }
+  return d;
+}
+
+/* The int8 GEMM kern on panels [p0, N) with each epilogue equals gemm_nt of the dequantized A
+ * and W, then bias and activation. with_scratch 0: kern gets no scratch memory. */
+static void check_int8_shape(const clip_int8_kernel *kern, int M, int N, int K, int with_scratch) {
+  const clip_kernels *ref = &clip_kernels_generic;
+  float *A = random_vec(M * K, 2), *W = random_vec(N * K, 0.1f), *bias = random_vec(N, 1);
+  for (int i = 0; i < M * K; i += 7) A[i] = fabsf(A[i]) * 3; /* skewed rows, as after GELU */
+  float *Ad = dequantized_rows(A, M, K), *Wd = dequantized_weights(W, N, K);
+  void *Wp = malloc(clip_packed_int8_bytes(N, K));
+  void *scratch = malloc(clip_gemm_int8_scratch(M, K));
+  float *C1 = random_vec(M * N, 1), *C2 = malloc(sizeof(float) * (size_t)(M * N));
+  clip_pack_weights_int8(W, N, K, Wp);
+  int panels = (N + CLIP_PANEL - 1) / CLIP_PANEL;
+  for (int e = 0; e < N_EPILOGUES; e++)
+    for (int p0 = 0; p0 < panels; p0++) {
+      memcpy(C2, C1, sizeof(float) * (size_t)(M * N));
+      clip_gemm_out want = {C1, N, epilogues[e].accumulate, epilogues[e].bias ? bias : NULL,
+                            epilogues[e].act};
+      clip_gemm_out got = want;
+      got.C = C2;
+      kern->gemm(M, N, K, A, K, Wp, p0, panels, &got, with_scratch ? scratch : NULL);
+      reference_packed(ref, M, N, K, Ad, Wd, p0 * CLIP_PANEL, &want);
+      assert_close(C1, C2, M * N, 2e-5f * sqrtf((float)K), "gemm_int8", kern->name, K);
+    }
+  free(A);
+  free(W);
+  free(Ad);
+  free(Wd);
+  free(bias);
+  free(Wp);
+  free(scratch);
+  free(C1);
+  free(C2);
+}
+
+/* Row counts that hit each variant's full tiles (12 rows, 3 rows) and their remainders. */
+static const int int8_rows[] = {1, 2, 3, 5, 12, 13, 25, 40};
+#define N_INT8_ROWS ((int)(sizeof int8_rows / sizeof int8_rows[0]))
+
+static void check_int8_variant(clip_int8_variant v, int with_scratch) {
+  const clip_int8_kernel *kern = clip_int8_kernel_for(v);
+  if (!kern) cr_skip_test("the CPU lacks this int8 variant's instructions");
+  for (int i = 0; i < N_LENGTHS; i++) {
+    int n = lengths[i];
+    check_int8_shape(kern, int8_rows[i % N_INT8_ROWS], n % 50 + 20, n, with_scratch);
+  }
+}
+
+Test(kernels, gemm_int8_reference) { check_int8_variant(CLIP_INT8_C, 1); }
+Test(kernels, gemm_int8_reference_without_scratch) { check_int8_variant(CLIP_INT8_C, 0); }
+Test(kernels, gemm_int8_avx512vnni) { check_int8_variant(CLIP_INT8_AVX512VNNI, 1); }
+Test(kernels, gemm_int8_avxvnni) { check_int8_variant(CLIP_INT8_AVXVNNI, 1); }
+Test(kernels, gemm_int8_ymm_evex) { check_int8_variant(CLIP_INT8_YMM_EVEX, 1); }
+
+/* Every variant writes the C reference's bytes for the quantized rows (scales, zero points and
+ * the padding included), so they differ only in how they sum exact integer products. */
+Test(kernels, int8_quantize_rows_equal_reference) {
+  const clip_int8_kernel *ref = clip_int8_kernel_for(CLIP_INT8_C);
+  for (int v = CLIP_INT8_C + 1; v < CLIP_INT8_COUNT; v++) {
+    const clip_int8_kernel *kern = clip_int8_kernel_for((clip_int8_variant)v);
+    if (!kern) continue;
+    for (int i = 0; i < N_LENGTHS; i++) {
+      int M = 5, K = lengths[i];
+      float *A = random_vec(M * K, 4);
+      A[0] = 0.0f;
+      if (K > 2) A[K + 1] = 1e-3f; /* a row of one tiny value */
+      size_t bytes = clip_gemm_int8_scratch(M, K);
+      unsigned char *s1 = malloc(bytes), *s2 = malloc(bytes);
+      memset(s1, 0xa5, bytes);
+      memset(s2, 0x5a, bytes);
+      ref->quantize_rows(M, K, A, K, s1);
+      kern->quantize_rows(M, K, A, K, s2);
+      cr_assert(memcmp(s1, s2, bytes) == 0, "quantize_rows/%s K=%d differs", kern->name, K);
+      free(A);
+      free(s1);
+      free(s2);
+    }
+  }
+}
+
+/* Extreme rows: all zero (scale 0), all negative, all positive, one huge value. */
+Test(kernels, gemm_int8_extreme_rows) {
+  int M = 4, N = 40, K = 37;
+  for (int v = 0; v < CLIP_INT8_COUNT; v++) {
+    const clip_int8_kernel *kern = clip_int8_kernel_for((clip_int8_variant)v);
+    if (!kern) continue;
+    float *A = random_vec(M * K, 1), *W = random_vec(N * K, 1);
+    for (int k = 0; k < K; k++) {
+      A[k] = 0.0f;
+      A[K + k] = -fabsf(A[K + k]) - 0.5f;
+      A[2 * K + k] = fabsf(A[2 * K + k]) + 0.5f;
+    }
+    A[3 * K + 5] = 1e4f;
+    float *Ad = dequantized_rows(A, M, K), *Wd = dequantized_weights(W, N, K);
+    void *Wp = malloc(clip_packed_int8_bytes(N, K)),
+         *scratch = malloc(clip_gemm_int8_scratch(M, K));
+    float C1[4 * 40], C2[4 * 40];
+    clip_pack_weights_int8(W, N, K, Wp);
+    clip_gemm_out out = {C2, N, 0, NULL, CLIP_EPI_NONE};
+    kern->gemm(M, N, K, A, K, Wp, 0, 2, &out, scratch);
+    clip_kernels_generic.gemm_nt(M, N, K, Ad, K, Wd, K, C1, N, 0);
+    assert_close(C1, C2, M * N, 2e-5f * sqrtf((float)K), "gemm_int8 extremes", kern->name, K);
+    for (int j = 0; j < N; j++)
+      cr_assert(C2[j] == 0.0f, "%s: a zero row gave %g", kern->name, C2[j]);
+    free(A);
+    free(W);
+    free(Ad);
+    free(Wd);
+    free(Wp);
+    free(scratch);
+  }
+}
+
 Test(kernels, gemm_packed) {
   check_gemm_packed(&clip_kernels_generic, &clip_kernels_generic, 33);
   for_each_variant(check_gemm_packed);

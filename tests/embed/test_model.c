@@ -11,6 +11,9 @@
 /* Tolerance on L2-normalised embeddings: about 10x the measured worst max-abs difference to the
  * goldens (1.6e-7 to 2.2e-7 over the ISA and GEMM variants). */
 #define EMB_TOL 2e-6f
+/* int8 linear layers on the tiny model: the measured worst cosine to the float32 goldens is
+ * 0.999975 (every kernel set); this allows 8x that distance. */
+#define INT8_MIN_COSINE 0.9998f
 
 static void check_images_from_pixels(clip_model *m) {
   int side = clip_model_image_size(m), dim = clip_model_dim(m);
@@ -367,16 +370,22 @@ Test(model, bf16_precision_near_goldens) {
   clip_model_free(m);
 }
 
-/* Without CLIPDB_PRECISION the vision tower takes bf16 where it runs, else f32. */
-Test(model, bf16_default_where_available) {
+/* Without CLIPDB_PRECISION the vision tower takes int8 where a VNNI kernel runs, else bf16 where
+ * it runs, else f32. */
+static const char *default_precision(void) {
+  if (clip_int8_kernel_best() != clip_int8_kernel_for(CLIP_INT8_C)) return "int8";
+  return bf16_available() ? "bf16" : "f32";
+}
+
+Test(model, int8_default_where_vnni_runs) {
   unsetenv("CLIPDB_PRECISION");
   clip_model *m = load_tiny();
-  cr_assert_str_eq(clip_model_precision(m), bf16_available() ? "bf16" : "f32");
+  cr_assert_str_eq(clip_model_precision(m), default_precision());
   int side = clip_model_image_size(m);
   float *pixels = calloc((size_t)3 * side * side, sizeof(float)), out[64];
   cdb_error err = {{0}};
   cr_assert_eq(clip_embed_pixels(m, pixels, 1, out, &err), 0, "%s", err.msg);
-  cr_assert_str_eq(clip_model_precision(m), bf16_available() ? "bf16" : "f32");
+  cr_assert_str_eq(clip_model_precision(m), default_precision());
   free(pixels);
   clip_model_free(m);
 }
@@ -425,6 +434,37 @@ static void check_without_scratch(const char *precision) {
 Test(model, f32_without_scratch_memory) { check_without_scratch("f32"); }
 
 Test(model, bf16_without_scratch_memory) { check_without_scratch("bf16"); }
+
+Test(model, int8_without_scratch_memory) { check_without_scratch("int8"); }
+
+/* int8 linear layers (quantized weights and activations, exact integer sums) against the
+ * float32 goldens: close, not equal (so the int8 GEMM ran). On every kernel set: without
+ * AVX512-VNNI or AVX-VNNI the C reference runs, and the precision still reads int8. */
+Test(model, int8_precision_near_goldens) {
+  setenv("CLIPDB_PRECISION", "int8", 1);
+  clip_model *m = load_tiny();
+  cr_assert_str_eq(clip_model_precision(m), "int8");
+  int side = clip_model_image_size(m), dim = clip_model_dim(m);
+  float *pixels, *want;
+  int n = golden_images(side, dim, &pixels, &want);
+  float *got = malloc(sizeof(float) * (size_t)n * dim);
+  cdb_error err = {{0}};
+  cr_assert_eq(clip_embed_pixels(m, pixels, n, got, &err), 0, "%s", err.msg);
+  cr_assert_str_eq(clip_model_precision(m), "int8");
+  float worst = 1.0f;
+  for (int i = 0; i < n; i++) {
+    float c = cosine(want + (size_t)i * dim, got + (size_t)i * dim, dim);
+    worst = fminf(worst, c);
+    cr_expect(c >= INT8_MIN_COSINE, "image %d: cosine %.7f", i, c);
+    cr_expect(max_abs_diff(want + (size_t)i * dim, got + (size_t)i * dim, dim) > 0,
+              "image %d: int8 equals f32 exactly", i);
+  }
+  cr_log_info("int8 (%s): worst image cosine %.6f", clip_int8_kernel_best()->name, worst);
+  free(pixels);
+  free(want);
+  free(got);
+  clip_model_free(m);
+}
 
 Test(model, unknown_precision_rejected) {
   setenv("CLIPDB_PRECISION", "fp8", 1);

@@ -2,7 +2,8 @@
 
 Each connection runs in its own process (the precision is chosen when a process loads the model).
 What is recorded is checked against what was asked for and what the CPU offers (/proc/cpuinfo):
-bf16 runs only with AVX512-BF16, otherwise float32. Vectors of another precision are accepted
+bf16 runs only with AVX512-BF16, otherwise float32; int8 runs everywhere (the C reference GEMM
+without VNNI). Vectors of another precision are accepted
 (bf16 keeps cosine >= 0.99999 to float32 on the fixtures) and the table then reports "mixed"."""
 import json
 import os
@@ -55,6 +56,13 @@ def test_a_table_records_the_precision_that_ran(tmp_path, ext_path, images):
     # A narrower kernel set runs bf16 requests as float32, and the table says so.
     info = add_images(tmp_path / "avx2.db", ext_path, "bf16", images, isa="avx2")
     assert info["precision"] == "f32"
+
+
+@pytest.mark.parametrize("isa", [None, "avx2", "generic"])
+def test_a_table_records_int8_on_every_kernel_set(tmp_path, ext_path, images, isa):
+    info = add_images(tmp_path / "int8.db", ext_path, "int8", images, isa=isa)
+    assert info["precision"] == "int8"
+    assert info["count"] == len(images)
 
 
 def test_no_precision_before_any_image_is_embedded(conn):
