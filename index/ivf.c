@@ -36,6 +36,9 @@
 #define KMEANS_ITERATIONS 10
 #define ADD_BATCH 16384       /* vectors normalised and added per FAISS call */
 #define SMALL_FILTER_IDS 1000 /* sets this small always take the exhaustive selector path */
+/* "auto" once trained: 8-bit scalar codes (a quarter of the raw floats), re-ranked exactly from
+ * the caller's vectors (cdb_search_opts.fetch), so the vectors are stored once at full size. */
+#define AUTO_ENCODING "SQ8"
 
 /* ---- errors and small helpers ---- */
 
@@ -100,7 +103,7 @@ static void no_polysemous_training(char *enc, size_t size) {
 static int parse_type(cdb_index *idx, const char *type, cdb_error *err) {
   if (!type || !*type || !strcmp(type, "auto")) {
     strcpy(idx->type, "auto");
-    strcpy(idx->encoding, "Flat");
+    strcpy(idx->encoding, AUTO_ENCODING);
     return 0;
   }
   if (!strcmp(type, "flat") || !strcmp(type, "Flat")) {
@@ -241,6 +244,8 @@ cdb_index *cdb_index_new(int dim, const cdb_index_params *params, cdb_error *err
   ivf_set_faiss(idx, fi);
   return idx;
 }
+
+int ivf_is_flat(const cdb_index *idx) { return cdb_faiss_IndexIVF_is_flat(idx->ivf); }
 
 static void release_faiss(cdb_index *idx) {
   if (idx->faiss) faiss_Index_free(idx->faiss);
@@ -557,43 +562,16 @@ static int64_t count_found(const int64_t *labels, int64_t k) {
   return n;
 }
 
-int cdb_index_search(const cdb_index *idx, const float *query, int k, const cdb_search_opts *opts,
-                     int64_t *ids, float *sims, int *n_found, cdb_error *err) {
-  *n_found = 0;
-  if (k < 1 || k > CDB_INDEX_MAX_K)
-    return cdb_error_set(err, "index: k=%d out of range 1..%d", k, CDB_INDEX_MAX_K);
-  if (!query || !ids || !sims) return cdb_error_set(err, "index: search: null argument");
-  if (opts && opts->filter && opts->filter->ids && opts->filter->n_ids == 0)
-    return 0; /* an empty allow-list */
-  int64_t kk = min64(k, cdb_index_count(idx));
-  if (kk == 0) return 0;
-  const float *q = query;
-  float *dist = malloc((size_t)kk * sizeof *dist);
-  int64_t *labels = malloc((size_t)kk * sizeof *labels);
-  search_plan plan;
-  int rc = (!dist || !labels) ? cdb_error_set(err, "index: out of memory") : 0;
-  if (rc == 0) rc = ivf_check_unit(query, idx->dim, "query", 0, err);
-  if (rc == 0) rc = plan_search(idx, opts, &plan, err);
-  if (rc == 0) {
-    /* Widen while the probed lists (or a filter) leave fewer than k: at nprobe == nlist every
-     * list is scanned, so k results come back whenever k (allowed) items exist. */
-    for (size_t nprobe = plan.nprobe;; nprobe = nprobe * 4 > idx->nlist ? idx->nlist : nprobe * 4) {
-      rc = search_once(idx, q, kk, &plan, nprobe, dist, labels, err);
-      if (rc < 0 || nprobe >= idx->nlist || count_found(labels, kk) == kk) break;
-    }
-    if (plan.sel) faiss_IDSelector_free(plan.sel);
-    free(plan.fctx.bits);
-  }
-  if (rc == 0) rc = check_damage(idx, 0, err);
-  if (rc == 0) {
-    int64_t n = count_found(labels, kk);
-    memcpy(ids, labels, (size_t)n * sizeof *ids);
-    memcpy(sims, dist, (size_t)n * sizeof *sims);
-    *n_found = (int)n;
-  }
-  free(dist);
-  free(labels);
-  return rc;
+/* ---- exact re-ranking (compressed encodings) ---- */
+
+static int reranks(const cdb_index *idx, const cdb_search_opts *opts) {
+  return opts && opts->fetch && !ivf_is_flat(idx);
+}
+
+static int64_t candidate_count(const cdb_search_opts *opts, int64_t k, int64_t count) {
+  int64_t per = opts->rerank > 0 ? opts->rerank : CDB_INDEX_RERANK;
+  int64_t n = k * per > k + CDB_INDEX_RERANK_MIN ? k * per : k + CDB_INDEX_RERANK_MIN;
+  return min64(min64(n, CDB_INDEX_MAX_K), count);
 }
 
 typedef struct scored {
@@ -605,6 +583,78 @@ static int cmp_scored_desc(const void *a, const void *b) {
   const scored *x = a, *y = b;
   if (x->sim != y->sim) return x->sim < y->sim ? 1 : -1;
   return (x->id > y->id) - (x->id < y->id);
+}
+
+/* Replaces the n candidates' similarities by exact ones from the caller's vectors, drops those
+ * it has no vector for (and those below min_sim) and sorts best first. */
+static int rescore(const cdb_index *idx, const float *q, const cdb_search_opts *opts,
+                   float min_sim, int64_t *ids, float *sims, int64_t *n, cdb_error *err) {
+  float *vec = malloc((size_t)idx->dim * sizeof *vec);
+  scored *s = malloc((size_t)(*n > 0 ? *n : 1) * sizeof *s);
+  int64_t kept = 0;
+  int rc = (!vec || !s) ? cdb_error_set(err, "index: out of memory") : 0;
+  for (int64_t i = 0; rc == 0 && i < *n; i++) {
+    int found = opts->fetch(opts->fetch_ctx, ids[i], vec, err);
+    if (found < 0) rc = -1;
+    else if (found > 0) {
+      float sim = (float)cdb_vec_dot(q, vec, (size_t)idx->dim);
+      if (sim >= min_sim) s[kept++] = (scored){ids[i], sim};
+    }
+  }
+  if (rc == 0) {
+    qsort(s, (size_t)kept, sizeof *s, cmp_scored_desc);
+    for (int64_t i = 0; i < kept; i++) {
+      ids[i] = s[i].id;
+      sims[i] = s[i].sim;
+    }
+    *n = kept;
+  }
+  free(vec);
+  free(s);
+  return rc;
+}
+
+int cdb_index_search(const cdb_index *idx, const float *query, int k, const cdb_search_opts *opts,
+                     int64_t *ids, float *sims, int *n_found, cdb_error *err) {
+  *n_found = 0;
+  if (k < 1 || k > CDB_INDEX_MAX_K)
+    return cdb_error_set(err, "index: k=%d out of range 1..%d", k, CDB_INDEX_MAX_K);
+  if (!query || !ids || !sims) return cdb_error_set(err, "index: search: null argument");
+  if (opts && opts->filter && opts->filter->ids && opts->filter->n_ids == 0)
+    return 0; /* an empty allow-list */
+  int64_t kk = min64(k, cdb_index_count(idx));
+  if (kk == 0) return 0;
+  int rerank = reranks(idx, opts);
+  int64_t kc = rerank ? candidate_count(opts, kk, cdb_index_count(idx)) : kk;
+  const float *q = query;
+  float *dist = malloc((size_t)kc * sizeof *dist);
+  int64_t *labels = malloc((size_t)kc * sizeof *labels);
+  search_plan plan;
+  int rc = (!dist || !labels) ? cdb_error_set(err, "index: out of memory") : 0;
+  if (rc == 0) rc = ivf_check_unit(query, idx->dim, "query", 0, err);
+  if (rc == 0) rc = plan_search(idx, opts, &plan, err);
+  if (rc == 0) {
+    /* Widen while the probed lists (or a filter) leave fewer than k: at nprobe == nlist every
+     * list is scanned, so k results come back whenever k (allowed) items exist. */
+    for (size_t nprobe = plan.nprobe;; nprobe = nprobe * 4 > idx->nlist ? idx->nlist : nprobe * 4) {
+      rc = search_once(idx, q, kc, &plan, nprobe, dist, labels, err);
+      if (rc < 0 || nprobe >= idx->nlist || count_found(labels, kc) >= kk) break;
+    }
+    if (plan.sel) faiss_IDSelector_free(plan.sel);
+    free(plan.fctx.bits);
+  }
+  if (rc == 0) rc = check_damage(idx, 0, err);
+  int64_t n = rc == 0 ? count_found(labels, kc) : 0;
+  if (rc == 0 && rerank) rc = rescore(idx, q, opts, -INFINITY, labels, dist, &n, err);
+  if (rc == 0) {
+    n = min64(n, kk);
+    memcpy(ids, labels, (size_t)n * sizeof *ids);
+    memcpy(sims, dist, (size_t)n * sizeof *sims);
+    *n_found = (int)n;
+  }
+  free(dist);
+  free(labels);
+  return rc;
 }
 
 static int collect_range(FaissRangeSearchResult *rsr, int64_t **ids, float **sims, int64_t *n_found,
@@ -650,6 +700,8 @@ int cdb_index_range_search(const cdb_index *idx, const float *query, float min_s
       (opts && opts->filter && opts->filter->ids && opts->filter->n_ids == 0))
     return 0;
   const float *q = query;
+  int rerank = reranks(idx, opts);
+  float radius = rerank ? min_sim - CDB_INDEX_RANGE_SLACK : min_sim;
   search_plan plan;
   FaissRangeSearchResult *rsr = NULL;
   FaissSearchParametersIVF *sp = NULL;
@@ -661,11 +713,13 @@ int cdb_index_range_search(const cdb_index *idx, const float *query, float min_s
       rc = ivf_faiss_fail(err, "range search");
     /* FAISS keeps inner products strictly above the radius; ivf.h promises >= min_sim. */
     else if (cdb_faiss_Index_range_search_with_params(idx->faiss, 1, q,
-                                                      nextafterf(min_sim, -INFINITY),
+                                                      nextafterf(radius, -INFINITY),
                                                       (FaissSearchParameters *)sp, rsr))
       rc = ivf_faiss_fail(err, "range search");
     else if ((rc = check_damage(idx, 0, err)) == 0)
       rc = collect_range(rsr, ids, sims, n_found, err);
+    if (rc == 0 && rerank && *n_found > 0)
+      rc = rescore(idx, q, opts, min_sim, *ids, *sims, n_found, err);
     if (sp) faiss_SearchParametersIVF_free(sp);
     if (rsr) faiss_RangeSearchResult_free(rsr);
     if (plan.sel) faiss_IDSelector_free(plan.sel);

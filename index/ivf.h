@@ -9,7 +9,7 @@
  * them. Results come best first.
  *
  * Index types (cdb_index_params.type):
- *   "auto" (default)  exact while small, then "IVF<nlist>,Flat" once trained;
+ *   "auto" (default)  exact while small, then "IVF<nlist>,SQ8" once trained;
  *   "flat"            always exact;
  *   "IVF,SQ8", "IVF,PQ32", "IVF,Flat"   that encoding, nlist chosen from the size;
  *   "IVF1024,Flat", "IVF256,SQ8", ...   a FAISS factory string with a fixed nlist.
@@ -95,9 +95,26 @@ typedef struct cdb_filter {
   void *ctx;
 } cdb_filter;
 
+/* Exact re-ranking for compressed encodings (SQ8, PQ): the caller's copy of vector `id` into
+ * vec (dim floats, unit length). Returns 1 found, 0 when it has none (the candidate is dropped),
+ * -1 with err set on error. */
+typedef int (*cdb_vector_fetch)(void *ctx, int64_t id, float *vec, cdb_error *err);
+
+/* With `fetch`, a search of a compressed index takes max(k x rerank, k + CDB_INDEX_RERANK_MIN)
+ * candidates by their codes' similarity and returns the best k by the exact similarity of the
+ * fetched vectors (a range search takes candidates down to min_sim - CDB_INDEX_RANGE_SLACK and
+ * keeps those whose exact similarity is >= min_sim): similarities are exact, recall depends on
+ * the candidates only. Without it, or for raw vectors (Flat), the index's own similarities. */
+#define CDB_INDEX_RERANK 4         /* default candidates per result */
+#define CDB_INDEX_RERANK_MIN 32    /* at least k + this many candidates */
+#define CDB_INDEX_RANGE_SLACK 0.05f
+
 typedef struct cdb_search_opts {
   int nprobe;               /* 0: the index's default; clamped to nlist */
   const cdb_filter *filter; /* NULL: no filter */
+  cdb_vector_fetch fetch;   /* NULL: no re-ranking */
+  void *fetch_ctx;
+  int rerank; /* candidates per result; 0: CDB_INDEX_RERANK */
 } cdb_search_opts;
 
 /* Top-k for one query: writes up to k (id, similarity) pairs best first; *n_found gets how
@@ -148,8 +165,9 @@ typedef int (*cdb_piece_next)(void *ctx, const void **data, size_t *len);
 int cdb_index_save(const cdb_index *idx, size_t piece_bytes, cdb_piece_emit emit, void *ctx,
                    cdb_error *err);
 cdb_index *cdb_index_load(cdb_piece_next next, void *ctx, cdb_error *err);
-/* The same without the vectors of an IVF<n>,Flat index (other kinds are saved whole): its
- * quantizer and each list's ids. Loading asks `vectors` to hand each (id, vector) to `sink`;
+/* The same without the vectors of a trained index: its quantizer and encoder (e.g. SQ8's
+ * ranges) and each list's ids (the untrained exact stage is saved whole). Loading asks `vectors`
+ * to hand each (id, vector) to `sink`, which encodes it into its list as FAISS's add would;
  * a vector whose id the snapshot does not hold is skipped, and an id that gets no vector is left
  * out (both are the caller's changes after the snapshot). Vectors must be unit length.
  * cdb_index_load_ids reads both kinds of pieces; cdb_index_load only whole ones. */
