@@ -80,8 +80,9 @@ int cdb_index_remove(cdb_index *idx, int64_t n, const int64_t *ids, int64_t *n_r
 /* Filter for searches: an id is allowed when it is in the sorted `ids` array (when non-NULL)
  * and `allow(ctx, id)` returns non-zero (when non-NULL). `allow` may be called from the
  * searching thread only, many times per search. Strategy (by selectivity):
- *  - ids only, n_ids <= 1000 + twice the vectors an unfiltered search scans (count * nprobe /
- *    nlist; e.g. 9.4k at 100k/IVF1024/nprobe 48): FAISS's IDSelectorBatch (bloom filter + hash
+ *  - ids only, n_ids <= 1000 + twice (compressed codes: once) the vectors an unfiltered search
+ *    scans (count * nprobe / nlist; e.g. 9.4k at 100k/IVF1024,Flat/nprobe 48, 4.7k for
+ *    IVF1024,SQ8): FAISS's IDSelectorBatch (bloom filter + hash
  *    set) and every list probed: exact over the allowed set, cost one cheap membership test
  *    per held id plus n_ids similarities;
  *  - ids only, larger sets: a binary-search selector, nprobe widened by count/n_ids;
