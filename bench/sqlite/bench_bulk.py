@@ -117,7 +117,8 @@ def run(name, path, ext, create, match, x, tags, queries, tmp):
           f"end-to-end {r['e2e']:7.0f} rows/s  files {r['size']:4.2f}x raw  "
           f"first query {r['first']:6.1f} ms  knn p50 {p50:6.2f} ms recall {recall:.3f}  "
           f"tag=3 p50 {fp50:6.2f} ms recall {frecall:.3f}", flush=True)
-    print("  files: " + ", ".join(f"{k} {v / x.nbytes:.3f}x" for k, v in sorted(files.items())),
+    print("  files: " + ", ".join(f"{k} {v / x.nbytes:.3f}x" for k, v in sorted(files.items())) +
+          "; first queries of 3 new processes: " + " ".join(f"{t:.1f}" for t in first) + " ms",
           flush=True)
     return r
 
