@@ -567,11 +567,13 @@ static int64_t count_found(const int64_t *labels, int64_t k) {
 
 /* ---- exact re-ranking (compressed encodings) ---- */
 
-static int reranks(const cdb_index *idx, const cdb_search_opts *opts) {
-  return opts && opts->fetch && !ivf_is_flat(idx);
-}
+static int reranks(const cdb_search_opts *opts) { return opts && opts->fetch; }
 
-static int64_t candidate_count(const cdb_search_opts *opts, int64_t k, int64_t count) {
+/* Raw vectors need no extra candidates: their k are only re-scored, so that similarities are
+ * the same (double-accumulated) numbers whatever the index's kind. */
+static int64_t candidate_count(const cdb_index *idx, const cdb_search_opts *opts, int64_t k,
+                               int64_t count) {
+  if (ivf_is_flat(idx)) return k;
   int64_t per = opts->rerank > 0 ? opts->rerank : CDB_INDEX_RERANK;
   int64_t n = k * per > k + CDB_INDEX_RERANK_MIN ? k * per : k + CDB_INDEX_RERANK_MIN;
   return min64(min64(n, CDB_INDEX_MAX_K), count);
@@ -627,8 +629,8 @@ int cdb_index_search(const cdb_index *idx, const float *query, int k, const cdb_
     return 0; /* an empty allow-list */
   int64_t kk = min64(k, cdb_index_count(idx));
   if (kk == 0) return 0;
-  int rerank = reranks(idx, opts);
-  int64_t kc = rerank ? candidate_count(opts, kk, cdb_index_count(idx)) : kk;
+  int rerank = reranks(opts);
+  int64_t kc = rerank ? candidate_count(idx, opts, kk, cdb_index_count(idx)) : kk;
   const float *q = query;
   float *dist = malloc((size_t)kc * sizeof *dist);
   int64_t *labels = malloc((size_t)kc * sizeof *labels);
@@ -703,8 +705,8 @@ int cdb_index_range_search(const cdb_index *idx, const float *query, float min_s
       (opts && opts->filter && opts->filter->ids && opts->filter->n_ids == 0))
     return 0;
   const float *q = query;
-  int rerank = reranks(idx, opts);
-  float radius = rerank ? min_sim - CDB_INDEX_RANGE_SLACK : min_sim;
+  int rerank = reranks(opts);
+  float radius = rerank && !ivf_is_flat(idx) ? min_sim - CDB_INDEX_RANGE_SLACK : min_sim;
   search_plan plan;
   FaissRangeSearchResult *rsr = NULL;
   FaissSearchParametersIVF *sp = NULL;

@@ -105,7 +105,9 @@ typedef int (*cdb_vector_fetch)(void *ctx, int64_t id, float *vec, cdb_error *er
  * candidates by their codes' similarity and returns the best k by the exact similarity of the
  * fetched vectors (a range search takes candidates down to min_sim - CDB_INDEX_RANGE_SLACK and
  * keeps those whose exact similarity is >= min_sim): similarities are exact, recall depends on
- * the candidates only. Without it, or for raw vectors (Flat), the index's own similarities. */
+ * the candidates only. Raw vectors (Flat, and every index before training) take k candidates,
+ * re-scored the same way, so a row's similarity does not depend on the index's kind (a double
+ * sum, not FAISS's float one). Without `fetch`, the index's own similarities. */
 #define CDB_INDEX_RERANK 4         /* default candidates per result */
 #define CDB_INDEX_RERANK_MIN 32    /* at least k + this many candidates */
 #define CDB_INDEX_RANGE_SLACK 0.05f
