@@ -723,8 +723,14 @@ int cdb_index_range_search(const cdb_index *idx, const float *query, float min_s
       rc = ivf_faiss_fail(err, "range search");
     else if ((rc = check_damage(idx, 0, err)) == 0)
       rc = collect_range(rsr, ids, sims, n_found, err);
-    if (rc == 0 && rerank && *n_found > 0)
-      rc = rescore(idx, q, opts, min_sim, *ids, *sims, n_found, err);
+    if (rc == 0 && rerank && *n_found > 0 &&
+        (rc = rescore(idx, q, opts, min_sim, *ids, *sims, n_found, err)) < 0) {
+      free(*ids);
+      free(*sims);
+      *ids = NULL;
+      *sims = NULL;
+      *n_found = 0;
+    }
     if (sp) faiss_SearchParametersIVF_free(sp);
     if (rsr) faiss_RangeSearchResult_free(rsr);
     if (plan.sel) faiss_IDSelector_free(plan.sel);
