@@ -592,8 +592,8 @@ static int cmp_scored_desc(const void *a, const void *b) {
 
 /* Replaces the n candidates' similarities by exact ones from the caller's vectors, drops those
  * it has no vector for (and those below min_sim) and sorts best first. */
-static int rescore(const cdb_index *idx, const float *q, const cdb_search_opts *opts,
-                   float min_sim, int64_t *ids, float *sims, int64_t *n, cdb_error *err) {
+static int rescore(const cdb_index *idx, const float *q, const cdb_search_opts *opts, float min_sim,
+                   int64_t *ids, float *sims, int64_t *n, cdb_error *err) {
   float *vec = malloc((size_t)idx->dim * sizeof *vec);
   scored *s = malloc((size_t)(*n > 0 ? *n : 1) * sizeof *s);
   int64_t kept = 0;

@@ -108,8 +108,8 @@ typedef int (*cdb_vector_fetch)(void *ctx, int64_t id, float *vec, cdb_error *er
  * the candidates only. Raw vectors (Flat, and every index before training) take k candidates,
  * re-scored the same way, so a row's similarity does not depend on the index's kind (a double
  * sum, not FAISS's float one). Without `fetch`, the index's own similarities. */
-#define CDB_INDEX_RERANK 4         /* default candidates per result */
-#define CDB_INDEX_RERANK_MIN 32    /* at least k + this many candidates */
+#define CDB_INDEX_RERANK 4      /* default candidates per result */
+#define CDB_INDEX_RERANK_MIN 32 /* at least k + this many candidates */
 #define CDB_INDEX_RANGE_SLACK 0.05f
 
 typedef struct cdb_search_opts {

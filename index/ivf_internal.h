@@ -22,7 +22,7 @@
 #define FILE_VERSION_IDS 2u /* snapshot pieces of IVF<n>,Flat: lists' ids, vectors the caller's */
 #define FILE_VERSION_IDS_CODED 3u /* the same for compressed encodings: codes rebuilt on load */
 #define CACHE_VERSION_FLAT 2u     /* cache files of raw vectors (still read) */
-#define CACHE_VERSION 3u /* cache files: FAISS's part (any encoding) followed by a cache_trailer */
+#define CACHE_VERSION 3u          /* cache files (any encoding): FAISS's part, a cache_trailer */
 #define TRAILER_MAGIC "CDBSUM01"
 
 struct cdb_index {

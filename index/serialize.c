@@ -169,7 +169,7 @@ static int save_pieces(const cdb_index *cidx, size_t piece_bytes, cdb_piece_emit
   int rc = f ? 0 : cdb_error_set(err, "index: save: %s", strerror(errno));
   if (rc == 0)
     rc = ids_only && ids_suffice(idx) ? write_ids_only(idx, f, err)
-                                            : write_all(idx, f, FILE_VERSION, 0, err);
+                                      : write_all(idx, f, FILE_VERSION, 0, err);
   if (f && fclose(f) != 0 && rc == 0) rc = cdb_error_set(err, "index: save: write failed");
   if (rc == 0 && w.len > 0 && emit(ctx, w.buf, w.len) != 0) w.aborted = 1;
   if (w.aborted) rc = cdb_error_set(err, "index: save aborted by the caller");

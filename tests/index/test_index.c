@@ -845,8 +845,8 @@ Test(index, sq8_snapshot_and_cache_file_are_small) {
   struct stat st;
   cr_assert_eq(stat(path, &st), 0);
   double raw = (double)n * d * 4;
-  cr_assert((double)st.st_size < 0.35 * raw, "cache file %lld bytes, raw %.0f", (long long)st.st_size,
-            raw);
+  cr_assert((double)st.st_size < 0.35 * raw, "cache file %lld bytes, raw %.0f",
+            (long long)st.st_size, raw);
   cdb_index *mapped = cdb_index_open_file_mmap(path, 3, &err);
   cr_assert_not_null(mapped, "%s", err.msg);
   assert_same_results(idx, mapped, x + (size_t)n * d, nq, d);
