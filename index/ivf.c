@@ -766,7 +766,22 @@ static int in_sample(int64_t id, double fraction) {
 /* Walks every list of src, handing (ids, vectors) of each to fn. */
 typedef cdb_index_scan_fn list_fn;
 
-static int for_each_list(const cdb_index *src, list_fn fn, void *ctx, cdb_error *err) {
+void cdb_index_set_vector_fetch(cdb_index *idx, cdb_vector_fetch fetch, void *ctx) {
+  idx->fetch = fetch;
+  idx->fetch_ctx = ctx;
+}
+
+/* Replaces decoded vectors by the caller's exact ones (kept when it has none for an id). */
+static int fetch_exact(const cdb_index *src, size_t n, const int64_t *ids, float *vecs,
+                       cdb_error *err) {
+  for (size_t i = 0; i < n; i++)
+    if (src->fetch(src->fetch_ctx, ids[i], vecs + i * (size_t)src->dim, err) < 0) return -1;
+  return 0;
+}
+
+/* exact: vectors of compressed codes come from src->fetch when set (training, relisting). */
+static int for_each_list(const cdb_index *src, int exact, list_fn fn, void *ctx, cdb_error *err) {
+  exact = exact && src->fetch && !ivf_is_flat(src);
   if (check_damage(src, 1, err) < 0) return -1;
   size_t cap = 0;
   int64_t *ids = NULL;
@@ -788,6 +803,7 @@ static int for_each_list(const cdb_index *src, list_fn fn, void *ctx, cdb_error 
     }
     if (cdb_faiss_IndexIVF_list_get(src->ivf, l, ids, vecs))
       rc = ivf_faiss_fail(err, "reading inverted list");
+    else if (exact && fetch_exact(src, n, ids, vecs, err) < 0) rc = -1;
     else rc = fn(ctx, n, ids, vecs, err);
   }
   free(ids);
@@ -796,7 +812,7 @@ static int for_each_list(const cdb_index *src, list_fn fn, void *ctx, cdb_error 
 }
 
 int cdb_index_scan(const cdb_index *idx, cdb_index_scan_fn fn, void *ctx, cdb_error *err) {
-  return for_each_list(idx, fn, ctx, err);
+  return for_each_list(idx, 0, fn, ctx, err);
 }
 
 typedef struct sampler {
@@ -858,7 +874,7 @@ static int train_centroids(const cdb_index *src, FaissIndex *fi, int nlist, cdb_
   int64_t want = (int64_t)SAMPLE_PER_LIST * nlist;
   if (want < SAMPLE_MIN) want = SAMPLE_MIN;
   sampler s = {src->dim, want >= n ? 2.0 : (double)want / (double)n, NULL, 0, 0};
-  int rc = for_each_list(src, take_sample, &s, err);
+  int rc = for_each_list(src, 1, take_sample, &s, err);
   if (rc == 0 && s.n < nlist)
     rc = cdb_error_set(err, "index: %lld vectors are too few to train %d lists", (long long)s.n,
                        nlist);
@@ -877,7 +893,7 @@ static FaissIndex *train_new_faiss(const cdb_index *src, int nlist, char *factor
   adder a = {fi, src->dim, malloc(ADD_BATCH * (size_t)src->dim * sizeof(float)),
              malloc(ADD_BATCH * sizeof(int64_t)), 0};
   if (rc == 0 && (!a.buf || !a.ids)) rc = cdb_error_set(err, "index: out of memory");
-  if (rc == 0) rc = for_each_list(src, readd, &a, err);
+  if (rc == 0) rc = for_each_list(src, 1, readd, &a, err);
   if (rc == 0) rc = flush_adder(&a, err);
   free(a.buf);
   free(a.ids);

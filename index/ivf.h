@@ -134,6 +134,11 @@ int cdb_index_range_search(const cdb_index *idx, const float *query, float min_s
                            int64_t *n_found, cdb_error *err);
 
 /* Training policy, see above. cdb_index_train retrains in place (via cdb_index_train_copy). */
+/* Where training and rebalancing of compressed codes read the vectors: fetch (the caller's exact
+ * copies, by id) instead of the codes' decoded approximations, which re-encoded would add a
+ * second quantisation error (and an exact index made from them would not hold the caller's
+ * vectors). NULL: decoded codes. Kept by the retrained index. */
+void cdb_index_set_vector_fetch(cdb_index *idx, cdb_vector_fetch fetch, void *ctx);
 int cdb_index_needs_training(const cdb_index *idx);
 int cdb_index_train(cdb_index *idx, cdb_error *err);
 cdb_index *cdb_index_train_copy(const cdb_index *idx, cdb_error *err);

@@ -39,8 +39,10 @@ struct cdb_index {
   FaissIndexIVF *ivf;
   size_t nlist;
   cdb_idset ids;
-  int ids_valid;     /* 0 while mapped: built on the first write */
-  FILE *mapped;      /* the cache file while mapped */
+  int ids_valid;          /* 0 while mapped: built on the first write */
+  FILE *mapped;           /* the cache file while mapped */
+  cdb_vector_fetch fetch; /* exact vectors for relisting codes (cdb_index_set_vector_fetch) */
+  void *fetch_ctx;
   long faiss_offset; /* where FAISS's data starts in it */
 };
 

@@ -415,9 +415,15 @@ void cdbx_cache_after_commit(cdbx_table *t) {
 
 /* Before the index is rebuilt from its own contents: pending changes applied, and an index
  * mapped from a damaged cache file replaced by one read from the tables. */
+static int fetch_stored_vector(void *ctx, int64_t id, float *vec, cdb_error *err);
+
+/* Relisting compressed codes re-encodes the stored vectors, not the codes' approximations. */
 static int ready_to_relist(cdbx_table *t) {
   int rc = cdbx_cache_flush(t);
-  return rc == SQLITE_OK ? ensure_intact(t) : rc;
+  if (rc == SQLITE_OK) rc = ensure_intact(t);
+  if (rc == SQLITE_OK && t->cache.index)
+    cdb_index_set_vector_fetch(t->cache.index, fetch_stored_vector, t);
+  return rc;
 }
 
 int cdbx_cache_train(cdbx_table *t) {
