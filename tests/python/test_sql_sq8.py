@@ -385,3 +385,19 @@ def test_optimize_after_most_rows_deleted_keeps_exact_vectors(table, ext_path):
     assert info(db)["kind"] == "flat"
     db.execute("INSERT INTO v(v) VALUES('integrity-check')")
     check(db, truth, queries, recall_min=1.0)
+
+
+def test_cli_creates_libraries_with_16k_pages(clipdb_bin, model_dir, demo_dir, tmp_path):
+    """A new library is made with 16 KiB pages (a 4 KiB page holds a single 512-d row)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in sorted(os.listdir(demo_dir))[:2]:
+        shutil.copyfile(os.path.join(demo_dir, p), photos / p)
+    env = dict(os.environ, CLIPDB_MODEL=model_dir, HOME=str(tmp_path),
+               XDG_DATA_HOME=str(tmp_path / "data"), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    lib = tmp_path / "lib.db"
+    subprocess.run([clipdb_bin, "--db", str(lib), "index", str(photos)], env=env, check=True,
+                   capture_output=True, timeout=120)
+    db = sqlite3.connect(lib)
+    assert db.execute("PRAGMA page_size").fetchone()[0] == 16384
+    assert db.execute("SELECT count(*) FROM photos_vectors").fetchone()[0] == 2
