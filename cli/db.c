@@ -27,6 +27,10 @@
   "path TEXT, size INTEGER, mtime INTEGER, hash TEXT, taken_at TEXT, date TEXT, width INTEGER, " \
   "height INTEGER, format TEXT"
 
+/* Page size of new libraries (bench/README.md: 16 KiB pages hold 7 vectors of 512 floats, 4 KiB
+ * pages one). */
+#define CLI_PAGE_SIZE "16384"
+
 /* Waiting for a writer (another program writing the library) instead of failing at once. */
 #define BUSY_TIMEOUT_MS 10000
 
@@ -304,6 +308,11 @@ int cli_db_open(const cli_ctx *ctx, const char *local_dir, bool create, cli_db *
     goto fail;
   }
   if (choose_model(ctx, out, kind == DB_LIBRARY, create, err) != 0) goto fail;
+  /* Before anything fixes the page size: with 4 KiB pages each 2 KiB vector row takes a page. */
+  if (create && kind == DB_EMPTY && cli_db_exec(out, "PRAGMA page_size=" CLI_PAGE_SIZE, err) != 0) {
+    cdb_error_prefix(err, "%s", out->path);
+    goto fail;
+  }
   if (create && cli_db_exec(out, "PRAGMA journal_mode=WAL", err) != 0) {
     cdb_error_prefix(err, "%s", out->path);
     goto fail;

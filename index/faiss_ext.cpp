@@ -278,15 +278,27 @@ int cdb_faiss_IndexIVF_add_to_list(FaissIndexIVF *index, size_t list_no, size_t 
                                    const float *vectors) {
   try {
     auto ivf = reinterpret_cast<faiss::IndexIVF *>(index);
-    if (list_no >= ivf->nlist || ivf->code_size != ivf->d * sizeof(float)) {
-      throw std::invalid_argument("IndexIVF add_to_list: bad list or not a Flat encoding");
+    if (list_no >= ivf->nlist) {
+      throw std::invalid_argument("IndexIVF add_to_list: list number out of range");
     }
-    ivf->invlists->add_entries(list_no, n, ids, reinterpret_cast<const uint8_t *>(vectors));
+    if (ivf->code_size == ivf->d * sizeof(float)) {
+      ivf->invlists->add_entries(list_no, n, ids, reinterpret_cast<const uint8_t *>(vectors));
+    } else {
+      std::vector<faiss::Index::idx_t> list_nos(n, (faiss::Index::idx_t)list_no);
+      std::vector<uint8_t> codes(n * ivf->code_size);
+      ivf->encode_vectors(n, vectors, list_nos.data(), codes.data());
+      ivf->invlists->add_entries(list_no, n, ids, codes.data());
+    }
     ivf->ntotal += n;
     return 0;
   } catch (...) {
     return fail_with_current_exception();
   }
+}
+
+int cdb_faiss_IndexIVF_is_flat(const FaissIndexIVF *index) {
+  auto ivf = reinterpret_cast<const faiss::IndexIVF *>(index);
+  return ivf->code_size == ivf->d * sizeof(float);
 }
 
 } // extern "C"

@@ -65,9 +65,13 @@ int64_t cdb_faiss_IndexIVF_verify_lists(const FaissIndexIVF *index, int all);
  * only) to f. The index itself is unchanged. */
 int cdb_faiss_IndexIVF_write_without_lists(FaissIndexIVF *index, FILE *f);
 
-/* Appends n entries (ids, and their codes: raw floats for a Flat encoding) to list list_no. */
+/* Appends n entries to list list_no: ids, and the vectors as codes (raw floats for a Flat
+ * encoding, else encoded relative to the list's centroid as FAISS's add would). */
 int cdb_faiss_IndexIVF_add_to_list(FaissIndexIVF *index, size_t list_no, size_t n, const idx_t *ids,
                                    const float *vectors);
+
+/* 1 when the lists hold the vectors as raw floats (a Flat encoding), else 0. */
+int cdb_faiss_IndexIVF_is_flat(const FaissIndexIVF *index);
 
 #ifdef __cplusplus
 }

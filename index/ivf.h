@@ -9,7 +9,7 @@
  * them. Results come best first.
  *
  * Index types (cdb_index_params.type):
- *   "auto" (default)  exact while small, then "IVF<nlist>,Flat" once trained;
+ *   "auto" (default)  exact while small, then "IVF<nlist>,SQ8" once trained;
  *   "flat"            always exact;
  *   "IVF,SQ8", "IVF,PQ32", "IVF,Flat"   that encoding, nlist chosen from the size;
  *   "IVF1024,Flat", "IVF256,SQ8", ...   a FAISS factory string with a fixed nlist.
@@ -80,8 +80,9 @@ int cdb_index_remove(cdb_index *idx, int64_t n, const int64_t *ids, int64_t *n_r
 /* Filter for searches: an id is allowed when it is in the sorted `ids` array (when non-NULL)
  * and `allow(ctx, id)` returns non-zero (when non-NULL). `allow` may be called from the
  * searching thread only, many times per search. Strategy (by selectivity):
- *  - ids only, n_ids <= 1000 + twice the vectors an unfiltered search scans (count * nprobe /
- *    nlist; e.g. 9.4k at 100k/IVF1024/nprobe 48): FAISS's IDSelectorBatch (bloom filter + hash
+ *  - ids only, n_ids <= 1000 + twice (compressed codes: once) the vectors an unfiltered search
+ *    scans (count * nprobe / nlist; e.g. 9.4k at 100k/IVF1024,Flat/nprobe 48, 4.7k for
+ *    IVF1024,SQ8): FAISS's IDSelectorBatch (bloom filter + hash
  *    set) and every list probed: exact over the allowed set, cost one cheap membership test
  *    per held id plus n_ids similarities;
  *  - ids only, larger sets: a binary-search selector, nprobe widened by count/n_ids;
@@ -95,9 +96,28 @@ typedef struct cdb_filter {
   void *ctx;
 } cdb_filter;
 
+/* Exact re-ranking for compressed encodings (SQ8, PQ): the caller's copy of vector `id` into
+ * vec (dim floats, unit length). Returns 1 found, 0 when it has none (the candidate is dropped),
+ * -1 with err set on error. */
+typedef int (*cdb_vector_fetch)(void *ctx, int64_t id, float *vec, cdb_error *err);
+
+/* With `fetch`, a search of a compressed index takes max(k x rerank, k + CDB_INDEX_RERANK_MIN)
+ * candidates by their codes' similarity and returns the best k by the exact similarity of the
+ * fetched vectors (a range search takes candidates down to min_sim - CDB_INDEX_RANGE_SLACK and
+ * keeps those whose exact similarity is >= min_sim): similarities are exact, recall depends on
+ * the candidates only. Raw vectors (Flat, and every index before training) take k candidates,
+ * re-scored the same way, so a row's similarity does not depend on the index's kind (a double
+ * sum, not FAISS's float one). Without `fetch`, the index's own similarities. */
+#define CDB_INDEX_RERANK 4      /* default candidates per result */
+#define CDB_INDEX_RERANK_MIN 32 /* at least k + this many candidates */
+#define CDB_INDEX_RANGE_SLACK 0.05f
+
 typedef struct cdb_search_opts {
   int nprobe;               /* 0: the index's default; clamped to nlist */
   const cdb_filter *filter; /* NULL: no filter */
+  cdb_vector_fetch fetch;   /* NULL: no re-ranking */
+  void *fetch_ctx;
+  int rerank; /* candidates per result; 0: CDB_INDEX_RERANK */
 } cdb_search_opts;
 
 /* Top-k for one query: writes up to k (id, similarity) pairs best first; *n_found gets how
@@ -114,6 +134,11 @@ int cdb_index_range_search(const cdb_index *idx, const float *query, float min_s
                            int64_t *n_found, cdb_error *err);
 
 /* Training policy, see above. cdb_index_train retrains in place (via cdb_index_train_copy). */
+/* Where training and rebalancing of compressed codes read the vectors: fetch (the caller's exact
+ * copies, by id) instead of the codes' decoded approximations, which re-encoded would add a
+ * second quantisation error (and an exact index made from them would not hold the caller's
+ * vectors). NULL: decoded codes. Kept by the retrained index. */
+void cdb_index_set_vector_fetch(cdb_index *idx, cdb_vector_fetch fetch, void *ctx);
 int cdb_index_needs_training(const cdb_index *idx);
 int cdb_index_train(cdb_index *idx, cdb_error *err);
 cdb_index *cdb_index_train_copy(const cdb_index *idx, cdb_error *err);
@@ -148,8 +173,9 @@ typedef int (*cdb_piece_next)(void *ctx, const void **data, size_t *len);
 int cdb_index_save(const cdb_index *idx, size_t piece_bytes, cdb_piece_emit emit, void *ctx,
                    cdb_error *err);
 cdb_index *cdb_index_load(cdb_piece_next next, void *ctx, cdb_error *err);
-/* The same without the vectors of an IVF<n>,Flat index (other kinds are saved whole): its
- * quantizer and each list's ids. Loading asks `vectors` to hand each (id, vector) to `sink`;
+/* The same without the vectors of a trained index: its quantizer and encoder (e.g. SQ8's
+ * ranges) and each list's ids (the untrained exact stage is saved whole). Loading asks `vectors`
+ * to hand each (id, vector) to `sink`, which encodes it into its list as FAISS's add would;
  * a vector whose id the snapshot does not hold is skipped, and an id that gets no vector is left
  * out (both are the caller's changes after the snapshot). Vectors must be unit length.
  * cdb_index_load_ids reads both kinds of pieces; cdb_index_load only whole ones. */

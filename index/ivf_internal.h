@@ -20,7 +20,9 @@
 #define FILE_MAGIC "CDBIVF01"
 #define FILE_VERSION 1u     /* snapshot pieces: FAISS's index with its vectors */
 #define FILE_VERSION_IDS 2u /* snapshot pieces of IVF<n>,Flat: lists' ids, vectors the caller's */
-#define CACHE_VERSION 2u    /* cache files: FAISS's part is followed by a cache_trailer */
+#define FILE_VERSION_IDS_CODED 3u /* the same for compressed encodings: codes rebuilt on load */
+#define CACHE_VERSION_FLAT 2u     /* cache files of raw vectors (still read) */
+#define CACHE_VERSION 3u          /* cache files (any encoding): FAISS's part, a cache_trailer */
 #define TRAILER_MAGIC "CDBSUM01"
 
 struct cdb_index {
@@ -37,8 +39,10 @@ struct cdb_index {
   FaissIndexIVF *ivf;
   size_t nlist;
   cdb_idset ids;
-  int ids_valid;     /* 0 while mapped: built on the first write */
-  FILE *mapped;      /* the cache file while mapped */
+  int ids_valid;          /* 0 while mapped: built on the first write */
+  FILE *mapped;           /* the cache file while mapped */
+  cdb_vector_fetch fetch; /* exact vectors for relisting codes (cdb_index_set_vector_fetch) */
+  void *fetch_ctx;
   long faiss_offset; /* where FAISS's data starts in it */
 };
 
@@ -77,6 +81,8 @@ cdb_index *ivf_alloc_index(int dim, const cdb_index_params *params, cdb_error *e
 void ivf_set_faiss(cdb_index *idx, FaissIndex *fi);
 /* Rebuilds the id set from the lists. */
 int ivf_rebuild_idset(cdb_index *idx, cdb_error *err);
+/* 1 when the index holds raw vectors (a Flat encoding, as before training), else 0. */
+int ivf_is_flat(const cdb_index *idx);
 /* Reads a memory-mapped index fully into memory before a write. */
 int ivf_make_writable(cdb_index *idx, cdb_error *err);
 

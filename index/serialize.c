@@ -1,9 +1,10 @@
 /* serialize.c: cdb_index in bounded pieces (cdb_index_save / cdb_index_load) and as a
  * memory-mappable cache file (cdb_index_save_file / cdb_index_open_file_mmap). Both are a
  * file_header followed by FAISS's own format; FILE streams over pieces come from fopencookie.
- * Pieces of an IVF<n>,Flat index may instead hold FAISS's index with empty lists and then each
- * list's ids (cdb_index_save_ids / cdb_index_load_ids): the caller keeps the vectors and hands
- * them back on load, so they are not stored twice.
+ * Pieces of a trained index may instead hold FAISS's index with empty lists and then each
+ * list's ids (cdb_index_save_ids / cdb_index_load_ids; version 2 for raw vectors, 3 for codes):
+ * the caller keeps the vectors and hands them back on load (re-encoded into their lists), so
+ * they are not stored twice.
  * A cache file ends with a checksum trailer: XXH64 of everything before the list data (header,
  * quantizer, list sizes; checked at open, before FAISS parses it) and of each inverted list
  * (checked when a search first touches the list), so damage is found without reading the
@@ -73,8 +74,10 @@ static cdb_index *index_from(const file_header *h, FaissIndex *fi, cdb_error *er
     faiss_IndexIVF_set_nprobe(idx->ivf, (size_t)h->nprobe);
   }
   idx->trained_at = h->trained_at;
+  /* "auto" trains SQ8 now; a table trained before holds IVF<n>,Flat until it is retrained. */
+  const char *enc = ivf_is_flat(idx) ? "Flat" : idx->encoding;
   if (idx->nlist <= 1) snprintf(idx->factory, sizeof idx->factory, "IVF1,Flat");
-  else snprintf(idx->factory, sizeof idx->factory, "IVF%zu,%s", idx->nlist, idx->encoding);
+  else snprintf(idx->factory, sizeof idx->factory, "IVF%zu,%s", idx->nlist, enc);
   return idx;
 }
 
@@ -137,13 +140,13 @@ static int write_list_ids(cdb_index *idx, FILE *f, cdb_error *err) {
   return rc;
 }
 
-static int holds_raw_vectors(const cdb_index *idx) {
-  return idx->nlist > 1 && strcmp(idx->encoding, "Flat") == 0;
-}
+/* A trained index: its lists can be rebuilt from ids, centroids and the caller's vectors (codes
+ * are a function of the vector and its list). The untrained exact stage is saved whole. */
+static int ids_suffice(const cdb_index *idx) { return idx->nlist > 1; }
 
 static int write_ids_only(cdb_index *idx, FILE *f, cdb_error *err) {
   file_header h;
-  fill_header(idx, FILE_VERSION_IDS, 0, &h);
+  fill_header(idx, ivf_is_flat(idx) ? FILE_VERSION_IDS : FILE_VERSION_IDS_CODED, 0, &h);
   if (fwrite(&h, sizeof h, 1, f) != 1)
     return cdb_error_set(err, "index: write failed: %s", strerror(errno));
   if (cdb_faiss_IndexIVF_write_without_lists(idx->ivf, f))
@@ -165,8 +168,8 @@ static int save_pieces(const cdb_index *cidx, size_t piece_bytes, cdb_piece_emit
   FILE *f = fopencookie(&w, "w", io);
   int rc = f ? 0 : cdb_error_set(err, "index: save: %s", strerror(errno));
   if (rc == 0)
-    rc = ids_only && holds_raw_vectors(idx) ? write_ids_only(idx, f, err)
-                                            : write_all(idx, f, FILE_VERSION, 0, err);
+    rc = ids_only && ids_suffice(idx) ? write_ids_only(idx, f, err)
+                                      : write_all(idx, f, FILE_VERSION, 0, err);
   if (f && fclose(f) != 0 && rc == 0) rc = cdb_error_set(err, "index: save: write failed");
   if (rc == 0 && w.len > 0 && emit(ctx, w.buf, w.len) != 0) w.aborted = 1;
   if (w.aborted) rc = cdb_error_set(err, "index: save aborted by the caller");
@@ -308,9 +311,10 @@ cdb_index *cdb_index_load_ids(cdb_piece_next next, void *ctx, cdb_vector_source 
   int ids_only = 0;
   if (fread(&h, sizeof h, 1, f) != 1)
     cdb_error_set(err, "index: load: %s", r.failed ? "reading a piece failed" : "truncated header");
-  else if ((ids_only = h.version == FILE_VERSION_IDS) == 0 && check_header(&h, FILE_VERSION, err))
+  else if ((ids_only = h.version == FILE_VERSION_IDS || h.version == FILE_VERSION_IDS_CODED) == 0 &&
+           check_header(&h, FILE_VERSION, err))
     ;
-  else if (ids_only && check_header(&h, FILE_VERSION_IDS, err) < 0)
+  else if (ids_only && check_header(&h, h.version, err) < 0)
     ;
   else if (faiss_read_index(f, 0, &fi)) {
     ivf_faiss_fail(err, r.failed ? "load (reading a piece failed)" : "load");
@@ -476,7 +480,8 @@ static FILE *open_cache_file(const char *path, file_header *h, cdb_error *err) {
   }
   if (fread(h, sizeof *h, 1, f) != 1) {
     cdb_error_set(err, "index: %s: truncated header", path);
-  } else if (check_header(h, CACHE_VERSION, err) == 0) {
+  } else if (check_header(h, h->version == CACHE_VERSION_FLAT ? CACHE_VERSION_FLAT : CACHE_VERSION,
+                          err) == 0) {
     return f;
   } else {
     cdb_error_prefix(err, "%s", path);

@@ -303,12 +303,31 @@ static int retry_after_damage(cdbx_table *t, const char *what, const cdb_error *
   return discard_damaged_file(t);
 }
 
+/* Exact re-ranking of a compressed index's candidates reads their vectors from T_vectors. */
+static int fetch_stored_vector(void *ctx, int64_t id, float *vec, cdb_error *err) {
+  cdbx_table *t = ctx;
+  int found = 0;
+  if (cdbx_store_read_vector(t, id, vec, &found) != SQLITE_OK) {
+    cdb_error_set(err, "%s", t->base.zErrMsg ? t->base.zErrMsg : "reading a vector");
+    return -1;
+  }
+  return found;
+}
+
+static cdb_search_opts with_rerank(cdbx_table *t, const cdb_search_opts *opts) {
+  cdb_search_opts o = opts ? *opts : (cdb_search_opts){0};
+  o.fetch = fetch_stored_vector;
+  o.fetch_ctx = t;
+  return o;
+}
+
 int cdbx_cache_search(cdbx_table *t, const float *query, int k, const cdb_search_opts *opts,
                       int64_t *ids, float *sims, int *n_found) {
   cdb_error err = {{0}};
   int retried = 0, rc = SQLITE_OK;
+  cdb_search_opts o = with_rerank(t, opts);
   while (rc == SQLITE_OK &&
-         cdb_index_search(t->cache.index, query, k, opts, ids, sims, n_found, &err) != 0) {
+         cdb_index_search(t->cache.index, query, k, &o, ids, sims, n_found, &err) != 0) {
     rc = retry_after_damage(t, "search", &err, &retried);
   }
   return rc;
@@ -319,7 +338,8 @@ int cdbx_cache_range_search(cdbx_table *t, const float *query, float min_sim,
                             int64_t *n_found) {
   cdb_error err = {{0}};
   int retried = 0, rc = SQLITE_OK;
-  while (rc == SQLITE_OK && cdb_index_range_search(t->cache.index, query, min_sim, opts, ids, sims,
+  cdb_search_opts o = with_rerank(t, opts);
+  while (rc == SQLITE_OK && cdb_index_range_search(t->cache.index, query, min_sim, &o, ids, sims,
                                                    n_found, &err) != 0) {
     rc = retry_after_damage(t, "range search", &err, &retried);
   }
@@ -395,9 +415,15 @@ void cdbx_cache_after_commit(cdbx_table *t) {
 
 /* Before the index is rebuilt from its own contents: pending changes applied, and an index
  * mapped from a damaged cache file replaced by one read from the tables. */
+static int fetch_stored_vector(void *ctx, int64_t id, float *vec, cdb_error *err);
+
+/* Relisting compressed codes re-encodes the stored vectors, not the codes' approximations. */
 static int ready_to_relist(cdbx_table *t) {
   int rc = cdbx_cache_flush(t);
-  return rc == SQLITE_OK ? ensure_intact(t) : rc;
+  if (rc == SQLITE_OK) rc = ensure_intact(t);
+  if (rc == SQLITE_OK && t->cache.index)
+    cdb_index_set_vector_fetch(t->cache.index, fetch_stored_vector, t);
+  return rc;
 }
 
 int cdbx_cache_train(cdbx_table *t) {

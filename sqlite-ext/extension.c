@@ -58,7 +58,11 @@
  *   CREATE VIRTUAL TABLE photos USING clip(model=NAME, index=auto, taken_at TEXT, album TEXT);
  *   options:  model=NAME   the encoder (omitted: the default model)
  *             dims=N       a table for precomputed vectors only, without a model
- *             index=auto | flat | 'IVF256,Flat' (any FAISS factory string; quote commas)
+ *             index=auto | flat | 'IVF,Flat' | 'IVF256,SQ8' (any FAISS factory string; quote
+ *                          commas). auto: exact below 10,000 rows, then IVF<n>,SQ8 (8-bit codes;
+ *                          the k x 4 best candidates, at least k + 32, are re-ranked by their
+ *                          exact vectors from photos_vectors: distances are exact); 'IVF,Flat'
+ *                          keeps raw float copies in the index (4x its memory and cache file)
  *             nlist=N, nprobe=N  index parameters (0/omitted: chosen from the size)
  *             autotrain=on|off   on (default): COMMIT trains the IVF index when it has grown
  *                          enough (the first time at 10,000 rows); off: only 'train' does
@@ -179,7 +183,8 @@
  * damaged; never written for a read-only or immutable database; CLIPDB_INDEX_CACHE=0 turns it
  * off). 'integrity-check' also compares the cache file with the stored vectors. COMMIT
  * trains the index when it has grown enough (index/ivf.h policy) and then rewrites the snapshot
- * (IVF,Flat: the lists' ids, the vectors stay in photos_vectors only) and the cache file;
+ * (the lists' ids and centroids; the vectors stay in photos_vectors only, codes are re-encoded
+ * from them on load) and the cache file (SQ8: codes, a quarter of the raw vectors);
  * otherwise a commit only appends to the tables. */
 #include "sqlite-ext/clipdb.h"
 

@@ -602,7 +602,8 @@ static int feed_vector(cdbx_table *t, void *ctx, int64_t rowid, const float *v, 
   return feed->sink(feed->sink_ctx, rowid, v, feed->err) == 0 ? SQLITE_OK : SQLITE_ERROR;
 }
 
-/* The snapshot's vectors are those of T_vectors (IVF,Flat snapshots hold only the lists' ids). */
+/* The snapshot's vectors are those of T_vectors (snapshots of trained indexes hold only the
+ * lists' ids). */
 static int feed_stored_vectors(void *ctx, cdb_vector_sink sink, void *sink_ctx, cdb_error *err) {
   cdbx_table *t = ctx;
   vector_feed feed = {sink, sink_ctx, err};

@@ -381,7 +381,7 @@ static int knn_limits(cdbx_table *t, query_parts *q, int *k, int *nprobe, double
 
 static int run_search(cdbx_table *t, cdbx_cursor *c, int k, double max_dist) {
   cdb_filter filter = {c->allowed.ids, c->allowed.n, NULL, NULL};
-  cdb_search_opts opts = {c->nprobe, c->filtered ? &filter : NULL};
+  cdb_search_opts opts = {.nprobe = c->nprobe, .filter = c->filtered ? &filter : NULL};
   free(c->ids);
   free(c->dist);
   c->ids = NULL;

@@ -122,7 +122,7 @@ static void flat_truth(const cfg *c, const float *x, const float *qs, int64_t *t
 static void run_queries(const cdb_index *idx, const cfg *c, const float *qs, const int64_t *truth,
                         int nprobe, double flat_p50) {
   double *lat = malloc((size_t)c->nq * sizeof *lat), recall = 0;
-  cdb_search_opts opts = {nprobe, NULL};
+  cdb_search_opts opts = {.nprobe = nprobe, .filter = NULL};
   cdb_error err = {{0}};
   for (int qi = 0; qi < c->nq; qi++) {
     int64_t ids[K];
@@ -155,7 +155,7 @@ static void run_filtered(const cdb_index *idx, const cfg *c, const float *qs) {
     for (int64_t i = 0; i < c->n; i += step) set[n_set++] = i;
     cdb_filter f = {kind < 2 ? set : NULL, kind < 2 ? n_set : 0,
                     kind == 2 ? allow_every_100th : NULL, NULL};
-    cdb_search_opts opts = {0, &f};
+    cdb_search_opts opts = {.nprobe = 0, .filter = &f};
     int short_results = 0;
     for (int qi = 0; qi < c->nq; qi++) {
       int64_t ids[K];

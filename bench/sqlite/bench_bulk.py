@@ -10,6 +10,9 @@ The vectors look like CLIP embeddings: a common direction shared by all (cosine 
 usage: /usr/bin/python3 bench/sqlite/bench_bulk.py BUILD_DIR [VEC0_PATH|-] [rows] [dims] [queries]
 BUILD_DIR may list several builds as LABEL=DIR,LABEL=DIR (e.g. before=/tmp/base/build,after=build):
 each gets a row, in that order, on the same data.
+BENCH_PAGE_SIZE (default 16384) is the page size set by PRAGMA page_size before the first table of
+each database (clipdb's CLI creates its libraries with 16384: one 2 KiB vector per 4 KiB page
+otherwise).
 VEC0_PATH: sqlite-vec 0.1.9's vec0 (`cd /tmp && npm install sqlite-vec-linux-x64@0.1.9`, then
 /tmp/node_modules/sqlite-vec-linux-x64/vec0.so); "-" skips it. BENCH_KEEP=DIR keeps the
 databases there."""
@@ -22,6 +25,8 @@ import tempfile
 import time
 
 import numpy as np
+
+PAGE_SIZE = int(os.environ.get("BENCH_PAGE_SIZE", "16384"))
 
 FIRST_QUERY = r"""
 import sqlite3, sys, time
@@ -82,6 +87,7 @@ def run(name, path, ext, create, match, x, tags, queries, tmp):
     db = sqlite3.connect(path, isolation_level=None)
     db.enable_load_extension(True)
     db.load_extension(ext)
+    db.execute(f"pragma page_size = {PAGE_SIZE}")
     db.execute(create)
     t0 = time.perf_counter()
     db.execute("begin")
@@ -93,7 +99,8 @@ def run(name, path, ext, create, match, x, tags, queries, tmp):
     db.close()
     knn = f"select rowid from t where {match} match ? and k = 10"
     first = [first_query(path, ext, knn, q, tmp) for q in queries[:3]]
-    size = sum(os.path.getsize(f) for f in glob.glob(path + "*"))
+    files = {os.path.basename(f): os.path.getsize(f) for f in glob.glob(path + "*")}
+    size = sum(files.values())
     db = sqlite3.connect(path, isolation_level=None)
     db.enable_load_extension(True)
     db.load_extension(ext)
@@ -110,6 +117,9 @@ def run(name, path, ext, create, match, x, tags, queries, tmp):
           f"end-to-end {r['e2e']:7.0f} rows/s  files {r['size']:4.2f}x raw  "
           f"first query {r['first']:6.1f} ms  knn p50 {p50:6.2f} ms recall {recall:.3f}  "
           f"tag=3 p50 {fp50:6.2f} ms recall {frecall:.3f}", flush=True)
+    print("  files: " + ", ".join(f"{k} {v / x.nbytes:.3f}x" for k, v in sorted(files.items())) +
+          "; first queries of 3 new processes: " + " ".join(f"{t:.1f}" for t in first) + " ms",
+          flush=True)
     return r
 
 
@@ -126,7 +136,8 @@ def main():
     queries = x[rng.integers(0, n, nq)] + 0.3 * noise
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
     print(f"rows {n}, dims {d}, queries {nq}, raw vectors {x.nbytes / 2**20:.0f} MiB, "
-          f"sqlite {sqlite3.sqlite_version}", flush=True)
+          f"sqlite {sqlite3.sqlite_version}, page size {PAGE_SIZE}", flush=True)
+    print(f"load: {open('/proc/loadavg').read().strip()} on {os.cpu_count()} cores", flush=True)
     keep = os.environ.get("BENCH_KEEP")
     with tempfile.TemporaryDirectory() as tmp:
         where = keep or tmp
@@ -142,6 +153,7 @@ def main():
                   f"distance_metric=cosine, tag integer)", "embedding", x, tags, queries, tmp)
         print(f"ratio {builds[-1][0]}/sqlite-vec: " + "  ".join(
             f"{k} {ours[k] / vec[k]:.2f}" for k in ("e2e", "size", "first", "p50", "fp50")))
+    print(f"load: {open('/proc/loadavg').read().strip()}", flush=True)
 
 
 if __name__ == "__main__":

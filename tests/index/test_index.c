@@ -18,9 +18,36 @@
  * recall@10 on the test's clustered data is 0.56. */
 #define PRED_RECALL_MIN 0.5
 
+/* The vectors the last build() added: searches re-rank compressed candidates from them, as the
+ * SQLite layer does from T_vectors. */
+static const float *held_x;
+static int64_t held_n;
+static int held_d;
+
+static int fetch_held(void *ctx, int64_t id, float *vec, cdb_error *err) {
+  (void)ctx;
+  (void)err;
+  if (id < 0 || id >= held_n) return 0;
+  memcpy(vec, held_x + (size_t)id * held_d, (size_t)held_d * sizeof *vec);
+  return 1;
+}
+
+/* opts (may be NULL) with re-ranking from the held vectors for compressed codes (tests of raw
+ * vectors may change an id's vector behind them). */
+static cdb_search_opts reranked(const cdb_index *idx, const cdb_search_opts *opts) {
+  cdb_search_opts o = opts ? *opts : (cdb_search_opts){0};
+  cdb_index_info info;
+  cdb_index_get_info(idx, &info);
+  if (!o.fetch && !strstr(info.factory, ",Flat")) o.fetch = fetch_held;
+  return o;
+}
+
 /* Builds an index holding rows 0..n-1 of x (id = row), optionally trained. */
 static cdb_index *build(const char *type, const float *x, int64_t n, int d, int train) {
   cdb_error err = {{0}};
+  held_x = x;
+  held_n = n;
+  held_d = d;
   cdb_index_params p = cdb_index_default_params();
   p.type = type;
   cdb_index *idx = cdb_index_new(d, &p, &err);
@@ -44,7 +71,8 @@ static double mean_recall(const cdb_index *idx, const float *db, int64_t n, int 
     int found = 0;
     cdb_error err = {{0}};
     td_brute_topk(db, n, d, q, K, NULL, truth, tsims);
-    cr_assert_eq(cdb_index_search(idx, q, K, opts, got, gsims, &found, &err), 0, "%s", err.msg);
+    cdb_search_opts o = reranked(idx, opts);
+    cr_assert_eq(cdb_index_search(idx, q, K, &o, got, gsims, &found, &err), 0, "%s", err.msg);
     sum += td_recall(got, found, truth, K);
   }
   return sum / nq;
@@ -53,7 +81,8 @@ static double mean_recall(const cdb_index *idx, const float *db, int64_t n, int 
 static void search_ok(const cdb_index *idx, const float *q, int k, const cdb_search_opts *opts,
                       int64_t *ids, float *sims, int *found) {
   cdb_error err = {{0}};
-  cr_assert_eq(cdb_index_search(idx, q, k, opts, ids, sims, found, &err), 0, "%s", err.msg);
+  cdb_search_opts o = reranked(idx, opts);
+  cr_assert_eq(cdb_index_search(idx, q, k, &o, ids, sims, found, &err), 0, "%s", err.msg);
 }
 
 Test(index, exact_matches_brute_force) {
@@ -107,7 +136,7 @@ Test(index, ivf_recall_at_default_nprobe) {
   cr_assert(info.nlist > 1 && (info.nlist & (info.nlist - 1)) == 0, "nlist %d", info.nlist);
   cr_assert(n >= 39LL * info.nlist);
   double r = mean_recall(idx, x, n, d, x + (size_t)n * d, nq, NULL);
-  cdb_search_opts one = {1, NULL};
+  cdb_search_opts one = {.nprobe = 1, .filter = NULL};
   double r1 = mean_recall(idx, x, n, d, x + (size_t)n * d, nq, &one);
   printf("index: recall@10 = %.4f at default nprobe %d, %.4f at nprobe 1 (20k x 128, 1000 "
          "centres, %s)\n",
@@ -115,7 +144,7 @@ Test(index, ivf_recall_at_default_nprobe) {
   cr_assert(r >= 0.95, "recall@10 %.4f < 0.95", r);
   cr_assert(r1 < r, "the data should not be trivial for IVF");
   /* nprobe = nlist is exhaustive: exact for IVF,Flat */
-  cdb_search_opts all = {info.nlist, NULL};
+  cdb_search_opts all = {.nprobe = info.nlist, .filter = NULL};
   cr_assert_float_eq(mean_recall(idx, x, n, d, x + (size_t)n * d, 20, &all), 1.0, 1e-9);
   cr_assert(!cdb_index_needs_training(idx));
   cdb_index_free(idx);
@@ -136,7 +165,7 @@ static int allow_mod100(void *ctx, int64_t id) {
  * when `exact`, else recall reported. */
 static double check_filtered(const cdb_index *idx, const float *x, int64_t n, int d, const float *q,
                              const cdb_filter *f, const unsigned char *allowed, int exact) {
-  cdb_search_opts opts = {0, f};
+  cdb_search_opts opts = {.nprobe = 0, .filter = f};
   int64_t got[K], truth[K];
   float gs[K], ts[K];
   int found;
@@ -196,7 +225,7 @@ Test(index, filtered_search_returns_k_allowed) {
   check_filtered(idx, x, n, d, x + (size_t)n * d, &both, allowed, 1);
   /* an empty allow-list finds nothing */
   cdb_filter none = {three, 0, NULL, NULL};
-  cdb_search_opts opts = {0, &none};
+  cdb_search_opts opts = {.nprobe = 0, .filter = &none};
   int64_t got[K];
   float gs[K];
   int found = -1;
@@ -254,7 +283,7 @@ Test(index, remove_and_replace) {
   cr_assert_eq(n_removed, 2);
   cr_assert_eq(cdb_index_add(idx, 1, &id20, x + 30 * d, &err), 0, "%s", err.msg);
   cr_assert_eq(cdb_index_count(idx), n - 2);
-  cdb_search_opts all = {16, NULL};
+  cdb_search_opts all = {.nprobe = 16, .filter = NULL};
   search_ok(idx, x + 30 * d, 2, &all, got, gs, &found);
   cr_assert((got[0] == 20 && got[1] == 30) || (got[0] == 30 && got[1] == 20));
   cdb_index_free(idx);
@@ -459,7 +488,7 @@ Test(index, mmap_cache_file_round_trip) {
   /* a range search and a filter work on the mapped lists too */
   int64_t set[2] = {3, 4};
   cdb_filter f = {set, 2, NULL, NULL};
-  cdb_search_opts opts = {0, &f};
+  cdb_search_opts opts = {.nprobe = 0, .filter = &f};
   int64_t got[K];
   float gs[K];
   int found;
@@ -544,7 +573,7 @@ Test(index, damaged_cache_file_is_detected) {
       int64_t got[K];
       float gs[K];
       int found = 0;
-      cdb_search_opts opts = {nlist, NULL};
+      cdb_search_opts opts = {.nprobe = nlist, .filter = NULL};
       failed = cdb_index_search(mapped, x + (size_t)q * d, K, &opts, got, gs, &found, &err) != 0;
     }
     cr_assert(failed, "damage at byte %ld was not found by a search over every list", spots[s]);
@@ -571,6 +600,7 @@ Test(index, retrain_after_growth_keeps_results_correct) {
   for (int64_t i = 0; i < n; i++) ids[i] = i;
   cr_assert_eq(cdb_index_add(idx, n - 10000, ids + 10000, x + (size_t)10000 * d, &err), 0, "%s",
                err.msg);
+  held_n = n;
   cr_assert(cdb_index_needs_training(idx));
   /* stale centroids: still correct, only the lists are bigger */
   const float *qs = x + (size_t)n * d;
@@ -620,7 +650,7 @@ Test(index, shrunk_index_returns_k_and_rebalances) {
   int64_t truth[K], got[K];
   float tsims[K], gsims[K];
   int found = 0;
-  cdb_search_opts one = {1, NULL};
+  cdb_search_opts one = {.nprobe = 1, .filter = NULL};
   search_ok(idx, q, K, &one, got, gsims, &found);
   cr_assert_eq(found, K);
   cr_assert(cdb_index_needs_rebalance(idx));
@@ -683,7 +713,7 @@ Test(index, range_search_finds_near_duplicates) {
   /* with a filter excluding row 0 */
   int64_t dupes[3] = {100, 101, 2000};
   cdb_filter f = {dupes, 3, NULL, NULL};
-  cdb_search_opts opts = {0, &f};
+  cdb_search_opts opts = {.nprobe = 0, .filter = &f};
   cr_assert_eq(cdb_index_range_search(idx, x, min_sim, &opts, &ids, &sims, &n_found, &err), 0);
   cr_assert_eq(n_found, 2);
   free(ids);
@@ -706,6 +736,123 @@ Test(index, sq8_and_pq_types) {
     cr_assert(r >= min_recall[t], "%s recall %.3f", types[t], r);
     cdb_index_free(idx);
   }
+  free(x);
+}
+
+static int fetch_none(void *ctx, int64_t id, float *vec, cdb_error *err) {
+  (void)ctx;
+  (void)id;
+  (void)vec;
+  (void)err;
+  return 0;
+}
+
+/* "auto" trains 8-bit codes; with a fetch callback the candidates are re-ranked by their exact
+ * similarity, without one the codes' approximations come back. IVF,Flat stays available. */
+Test(index, auto_trains_sq8_and_reranks_exactly) {
+  int d = 64, n = 12000, nq = 30;
+  float *x = td_clustered(n + nq, d, 100, 0.8, 11);
+  cdb_index *idx = build("auto", x, n, d, 1);
+  cdb_index_info info;
+  cdb_index_get_info(idx, &info);
+  cr_assert(strstr(info.factory, ",SQ8"), "%s", info.factory);
+  cdb_search_opts all = {.nprobe = info.nlist, .filter = NULL};
+  cr_assert_float_eq(mean_recall(idx, x, n, d, x + (size_t)n * d, nq, &all), 1.0, 1e-9);
+  int approximate = 0;
+  for (int qi = 0; qi < nq; qi++) {
+    const float *q = x + (size_t)(n + qi) * d;
+    int64_t ids[K], raw_ids[K];
+    float sims[K], raw[K];
+    int found = 0, raw_found = 0;
+    cdb_error err = {{0}};
+    search_ok(idx, q, K, NULL, ids, sims, &found);
+    cr_assert_eq(found, K);
+    for (int i = 0; i < found; i++)
+      cr_assert_float_eq(sims[i], cdb_vec_dot(q, x + (size_t)ids[i] * d, (size_t)d), 1e-6);
+    cr_assert_eq(cdb_index_search(idx, q, K, NULL, raw_ids, raw, &raw_found, &err), 0, "%s",
+                 err.msg);
+    for (int i = 0; i < raw_found; i++)
+      approximate |= fabs(raw[i] - cdb_vec_dot(q, x + (size_t)raw_ids[i] * d, (size_t)d)) > 1e-6;
+    /* candidates the caller has no vector for are dropped */
+    cdb_search_opts none = {.fetch = fetch_none};
+    cr_assert_eq(cdb_index_search(idx, q, K, &none, ids, sims, &found, &err), 0, "%s", err.msg);
+    cr_assert_eq(found, 0);
+  }
+  cr_assert(approximate, "codes should not reproduce exact similarities");
+  /* range search: exact similarities, every one >= min_sim, the brute-force set at all lists */
+  const float *q = x;
+  float min_sim = 0.9f;
+  int64_t *ids = NULL, n_found = 0, expect = 0;
+  float *sims = NULL;
+  cdb_error err = {{0}};
+  cdb_search_opts o = reranked(idx, &all);
+  cr_assert_eq(cdb_index_range_search(idx, q, min_sim, &o, &ids, &sims, &n_found, &err), 0, "%s",
+               err.msg);
+  for (int64_t i = 0; i < n; i++) expect += cdb_vec_dot(q, x + (size_t)i * d, (size_t)d) >= min_sim;
+  cr_assert_eq(n_found, expect);
+  for (int64_t i = 0; i < n_found; i++) {
+    cr_assert_float_eq(sims[i], cdb_vec_dot(q, x + (size_t)ids[i] * d, (size_t)d), 1e-6);
+    cr_assert(i == 0 || sims[i - 1] >= sims[i]);
+  }
+  free(ids);
+  free(sims);
+  cdb_index_free(idx);
+  idx = build("IVF,Flat", x, n, d, 1);
+  cdb_index_get_info(idx, &info);
+  cr_assert(strstr(info.factory, ",Flat"), "%s", info.factory);
+  cdb_index_free(idx);
+  free(x);
+}
+
+/* Snapshot pieces of SQ8 hold ids only (codes re-encoded from the caller's vectors on load), and
+ * the cache file holds the codes: both a fraction of the raw vectors, same results. */
+Test(index, sq8_snapshot_and_cache_file_are_small) {
+  int d = 128, n = 12000, nq = 20;
+  float *x = td_clustered(n + nq, d, 100, 0.8, 12);
+  cdb_index *idx = build("auto", x, n, d, 1);
+  cdb_error err = {{0}};
+  static pieces p;
+  memset(&p, 0, sizeof p);
+  cr_assert_eq(cdb_index_save_ids(idx, 65536, collect_piece, &p, &err), 0, "%s", err.msg);
+  size_t bytes = 0;
+  for (int i = 0; i < p.n; i++) bytes += p.len[i];
+  cdb_index_info a;
+  cdb_index_get_info(idx, &a);
+  cr_assert(bytes < (size_t)n * 8 + (size_t)a.nlist * d * 4 + 4096, "%zu bytes", bytes);
+  row_source src = {x, n, -1, d};
+  cdb_index *back = cdb_index_load_ids(next_piece, &p, give_rows, &src, &err);
+  cr_assert_not_null(back, "%s", err.msg);
+  assert_same_results(idx, back, x + (size_t)n * d, nq, d);
+  /* the same codes as the index that was saved: same similarities without re-ranking */
+  for (int qi = 0; qi < nq; qi++) {
+    const float *q = x + (size_t)(n + qi) * d;
+    int64_t ia[K], ib[K];
+    float sa[K], sb[K];
+    int fa = 0, fb = 0;
+    cr_assert_eq(cdb_index_search(idx, q, K, NULL, ia, sa, &fa, &err), 0);
+    cr_assert_eq(cdb_index_search(back, q, K, NULL, ib, sb, &fb, &err), 0);
+    cr_assert_eq(fa, fb);
+    cr_assert_arr_eq(ia, ib, sizeof(int64_t) * (size_t)fa);
+    cr_assert_arr_eq(sa, sb, sizeof(float) * (size_t)fa);
+  }
+  cdb_index_free(back);
+  free_pieces(&p);
+  char path[] = "/tmp/clipdb-index-test-XXXXXX";
+  int fd = mkstemp(path);
+  cr_assert(fd >= 0);
+  close(fd);
+  cr_assert_eq(cdb_index_save_file(idx, path, 3, &err), 0, "%s", err.msg);
+  struct stat st;
+  cr_assert_eq(stat(path, &st), 0);
+  double raw = (double)n * d * 4;
+  cr_assert((double)st.st_size < 0.35 * raw, "cache file %lld bytes, raw %.0f",
+            (long long)st.st_size, raw);
+  cdb_index *mapped = cdb_index_open_file_mmap(path, 3, &err);
+  cr_assert_not_null(mapped, "%s", err.msg);
+  assert_same_results(idx, mapped, x + (size_t)n * d, nq, d);
+  cdb_index_free(mapped);
+  unlink(path);
+  cdb_index_free(idx);
   free(x);
 }
 

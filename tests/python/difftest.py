@@ -57,6 +57,7 @@ DIMS = 4
 MODEL_DIMS = 64  # the tiny model of tests/data
 os.environ.setdefault("CLIPDB_MODEL", str(MODEL_DIR))  # the default model of model sequences
 NLIST = 2
+ENCODING = os.environ.get("DIFFTEST_ENCODING", "Flat")  # --encoding SQ8: codes re-ranked exactly
 TRAIN_MIN = 39 * NLIST  # rows 'train' needs (index/ivf.h policy); fewer: an error, not a finding
 TOL = 1e-4
 ALBUMS = ["a", "A", "b", "Beach", "beach", None]
@@ -364,9 +365,9 @@ class Runner:
     def table_sql(self, name):
         cols = "album TEXT, name TEXT COLLATE NOCASE"
         if self.kind == "model":
-            return (f"CREATE VIRTUAL TABLE {name} USING clip(index='IVF{NLIST},Flat', "
+            return (f"CREATE VIRTUAL TABLE {name} USING clip(index='IVF{NLIST},{ENCODING}', "
                     f"nprobe={NLIST}, autotrain=off, {cols})")
-        return (f"CREATE VIRTUAL TABLE {name} USING clip(dims={DIMS}, index='IVF{NLIST},Flat', "
+        return (f"CREATE VIRTUAL TABLE {name} USING clip(dims={DIMS}, index='IVF{NLIST},{ENCODING}', "
                 f"nprobe={NLIST}, autotrain=off, {cols})")
 
     def setup(self):
@@ -1055,7 +1056,11 @@ def main(argv=None):
     ap.add_argument("--length", type=int, help="operations per sequence")
     ap.add_argument("--minimize", action="store_true", help="minimise failures, print repros")
     ap.add_argument("--list-areas", action="store_true")
+    ap.add_argument("--encoding", choices=["Flat", "SQ8"], default=ENCODING,
+                    help="the IVF tables' encoding (SQ8: 8-bit codes, candidates re-ranked "
+                         "exactly; also DIFFTEST_ENCODING)")
     args = ap.parse_args(argv)
+    globals()["ENCODING"] = args.encoding
     if args.list_areas:
         for a, d in AREAS.items():
             print(f"{a:14} {d}")
