@@ -15,8 +15,8 @@
  *   "IVF1024,Flat", "IVF256,SQ8", ...   a FAISS factory string with a fixed nlist.
  * Until the first training every type searches exactly (one inverted list holding raw vectors).
  * nlist (auto): a power of two near 4*sqrt(n) with at least 39 points per list. nprobe
- * (default): max(8, ceil(1.5*sqrt(nlist))), e.g. 48 for nlist 1024: recall@10 0.97-1.0 on the
- * clustered data of the tests and of the 100k bench; recall is data-dependent (bench/README.md),
+ * (default): max(8, ceil(2*sqrt(nlist))), e.g. 64 for nlist 1024: recall@10 0.99 on the
+ * CLIP-like data of the 100k bench (1.5*sqrt(nlist) gave 0.95-0.96 there, 0.94 at 200k); recall is data-dependent (bench/README.md),
  * so callers may pass their own nprobe per index or per query.
  *
  * Training (cdb_index_needs_training / cdb_index_train) is the caller's call, e.g. at commit:
@@ -28,7 +28,9 @@
  *
  * Thread-safety: searches may run concurrently with each other; add/remove/train/save need
  * exclusive access (the caller serialises writers). A single search runs on one thread (FAISS
- * parallelises over queries, not within one); add and train use OpenMP threads, see
+ * parallelises over queries, not within one). Training's k-means and the assignment of every
+ * vector to its list run on clipdb's own kernels and worker pool (index/kmeans.h, src/pool.h);
+ * FAISS's add and the encoding use OpenMP threads, see
  * cdb_index_set_threads (on shared machines OMP_WAIT_POLICY=PASSIVE avoids OpenMP workers
  * spinning against OpenBLAS's threads during k-means). Functions return 0 / -1 (or NULL) with err
  * set; FAISS's C++ exceptions never escape (their message is in err). */
@@ -81,7 +83,7 @@ int cdb_index_remove(cdb_index *idx, int64_t n, const int64_t *ids, int64_t *n_r
  * and `allow(ctx, id)` returns non-zero (when non-NULL). `allow` may be called from the
  * searching thread only, many times per search. Strategy (by selectivity):
  *  - ids only, n_ids <= 1000 + twice (compressed codes: once) the vectors an unfiltered search
- *    scans (count * nprobe / nlist; e.g. 9.4k at 100k/IVF1024,Flat/nprobe 48, 4.7k for
+ *    scans (count * nprobe / nlist; e.g. 12.5k at 100k/IVF1024,Flat/nprobe 64, 6.3k for
  *    IVF1024,SQ8): FAISS's IDSelectorBatch (bloom filter + hash
  *    set) and every list probed: exact over the allowed set, cost one cheap membership test
  *    per held id plus n_ids similarities;
