@@ -5,7 +5,9 @@ The sharded model is built here from the tiny fixture: its tensors split over th
 (each a valid safetensors file, 8-byte aligned as the reference writer pads them) and an index in
 the layout transformers writes. The oracle: the same fixture loaded from its single file, whose
 embeddings the sharded copy must reproduce bit for bit."""
+import hashlib
 import json
+import os
 import pathlib
 import shutil
 import sqlite3
@@ -14,7 +16,9 @@ import subprocess
 
 import pytest
 
+import hubserver
 from conftest import connect
+from test_hf_cache import build_hf_cache, dead_endpoint
 
 INDEX = "model.safetensors.index.json"
 REPO = "clipdb-test/tiny-shapes"
@@ -246,3 +250,132 @@ def test_cli_names_the_bad_shard(sharded, clipdb_bin):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "model-00003-of-00003.safetensors" in r.stderr
     assert "Traceback" not in r.stderr and "Sanitizer" not in r.stderr
+
+
+# ---- pull ----
+
+@pytest.fixture
+def hub(sharded, monkeypatch):
+    """A hub serving the sharded model; shards are LFS files, as on huggingface.co."""
+    monkeypatch.setattr(hubserver, "LFS_FILES",
+                        hubserver.LFS_FILES | {p.name for p in sharded.glob("model-*")})
+    server = hubserver.Hub(sharded, repo=REPO)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def cli(clipdb_bin, hub, tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HF_", "CLIPDB_", "HUGGING")) and "proxy" not in k.lower()}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), HF_ENDPOINT=hub.url,
+               CLIPDB_DOWNLOAD_BACKOFF_MS="20", CLIPDB_PRECISION="f32")
+
+    def run(*args):
+        return subprocess.run([clipdb_bin, *args], env=env, capture_output=True, text=True,
+                              timeout=120)
+    return run
+
+
+PULLED = pathlib.Path("cache") / "clipdb" / "models" / "clipdb-test--tiny-shapes"
+
+
+def sha256(path):
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+def embed_cli(cli, model):
+    r = cli("embed", "--model", str(model), "--text", "a red star")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_pull_of_a_sharded_repo(cli, hub, sharded, model_dir, tmp_path):
+    r = cli("model", "pull", REPO)
+    assert r.returncode == 0, r.stderr
+    pulled = tmp_path / PULLED
+    shards = sorted(p.name for p in sharded.glob("model-*"))
+    assert sorted(p.name for p in pulled.glob("model-*")) == shards
+    assert not (pulled / "model.safetensors").exists()
+    for name in shards + [INDEX]:
+        assert sha256(pulled / name) == sha256(sharded / name), name
+    # Each shard was fetched once, through the hub's LFS redirect, and verified and recorded.
+    for name in shards:
+        assert [q["method"] for q in hub.requests("hub", name)] == ["GET"]
+    record = {f["name"]: f for f in json.loads((pulled / ".clipdb-pull.json").read_text())["files"]}
+    for name in shards:
+        assert record[name]["sha256"] == sha256(sharded / name) and record[name]["verified"]
+    assert record[INDEX]["sha256"] == sha256(sharded / INDEX)
+    assert embed_cli(cli, pulled) == embed_cli(cli, model_dir)
+    # A second pull keeps the unchanged shards (the hub names the same SHA-256s).
+    r = cli("model", "pull", REPO)
+    assert r.returncode == 0, r.stderr
+    for name in shards:
+        assert [q["method"] for q in hub.requests("hub", name)] == ["GET", "HEAD"]
+
+
+@pytest.mark.parametrize("fault", ["missing", "corrupt"])
+def test_failed_shard_keeps_the_previous_model(fault, cli, hub, sharded, model_dir, tmp_path):
+    single = {p.name: p.read_bytes() for p in pathlib.Path(model_dir).iterdir() if p.is_file()}
+    sharded_files = dict(hub.files)
+    hub.files = single
+    r = cli("model", "pull", REPO)
+    assert r.returncode == 0, r.stderr
+    pulled = tmp_path / PULLED
+    before = {p.name: sha256(p) for p in pulled.iterdir()}
+    hub.files = sharded_files
+    getattr(hub.faults, fault).add(shard_name(1, 3))
+    r = cli("model", "pull", REPO)
+    assert r.returncode == 1
+    assert shard_name(1, 3) in r.stderr
+    assert {p.name: sha256(p) for p in pulled.iterdir()} == before
+    assert embed_cli(cli, pulled) == embed_cli(cli, model_dir)
+
+
+def test_pull_refuses_an_index_naming_files_outside(cli, hub, tmp_path):
+    index = json.loads(hub.files[INDEX])
+    index["weight_map"][next(iter(index["weight_map"]))] = "../../escape.safetensors"
+    hub.files[INDEX] = json.dumps(index).encode()
+    r = cli("model", "pull", REPO)
+    assert r.returncode == 1
+    assert "is not a file name in the model folder" in r.stderr
+    assert not any("escape" in q["path"] for q in hub.log)
+    assert not (tmp_path / PULLED).exists()
+
+
+def test_repo_without_any_weights_says_so(cli, hub):
+    hub.faults.missing.add(INDEX)
+    r = cli("model", "pull", REPO)
+    assert r.returncode == 1
+    assert "has no model.safetensors" in r.stderr and INDEX in r.stderr and "404" in r.stderr
+
+
+# ---- the Hugging Face cache ----
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_ENDPOINT", dead_endpoint())
+    for var in ("HF_HOME", "CLIPDB_MODEL"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path / "hub"
+
+
+def test_sharded_hf_snapshot_is_used_in_place(hf_cache, sharded, model_dir, ext_path, demo_dir):
+    snap = build_hf_cache(hf_cache, sharded)
+    assert (snap / shard_name(0, 3)).is_symlink()
+    db = connect(":memory:", ext_path)
+    want = embeddings(db, model_dir, demo_dir)[:1]
+    got = db.execute("select clip_embed_text(?, 'shapes-org/tiny-clip')", (TEXTS[0],)).fetchone()
+    assert [got[0]] == want
+    db.close()
+
+
+@pytest.mark.parametrize("skip", [shard_name(2, 3), INDEX])
+def test_hf_snapshot_missing_a_shard_is_not_used(skip, hf_cache, sharded, ext_path):
+    build_hf_cache(hf_cache, sharded, skip=(skip,))
+    db = connect(":memory:", ext_path)
+    with pytest.raises(sqlite3.OperationalError, match="Hugging Face cache.*model pull"):
+        db.execute("select clip_embed_text('x', 'shapes-org/tiny-clip')").fetchone()
+    db.close()
