@@ -379,3 +379,21 @@ def test_hf_snapshot_missing_a_shard_is_not_used(skip, hf_cache, sharded, ext_pa
     with pytest.raises(sqlite3.OperationalError, match="Hugging Face cache.*model pull"):
         db.execute("select clip_embed_text('x', 'shapes-org/tiny-clip')").fetchone()
     db.close()
+
+
+def test_interrupted_sharded_pull_resumes(cli, hub, sharded, model_dir, tmp_path):
+    """A shard cut off mid-way: the next pull continues from the staged index and shards,
+    fetching neither again, and the model then loads."""
+    cut = shard_name(0, 3)
+    hub.faults.cut[cut] = [100_000, 1]
+    r = cli("model", "pull", REPO, "--retries", "1")
+    assert r.returncode == 1 and "run the same pull again to resume" in r.stderr
+    r = cli("model", "pull", REPO)
+    assert r.returncode == 0, r.stderr
+    assert "continuing an interrupted pull" in r.stdout + r.stderr
+    assert len(hub.requests("hub", INDEX)) == 1
+    ranges = [q["range"] for q in hub.requests("cdn") if q["path"].endswith(hub.sha256(cut))]
+    assert ranges[0] is None and ranges[-1] == "bytes=100000-", ranges
+    pulled = tmp_path / PULLED
+    assert sha256(pulled / cut) == sha256(sharded / cut)
+    assert embed_cli(cli, pulled) == embed_cli(cli, model_dir)
