@@ -16,6 +16,7 @@
 #include "src/file.h"
 #include "src/model_path.h"
 #include "src/pool.h"
+#include "src/shards.h"
 #include "src/vec.h"
 
 #define DEFAULT_MAX_IMAGE_PIXELS 100000000LL
@@ -69,15 +70,32 @@ float clip_read_scalar(const st_tensor *t) {
   return v;
 }
 
-/* identity: SHA-256 of config.json and of the weights file's SHA-256, so it changes with any
- * weight (the file's digest is computed once per version of the file: src/digest.h).
+/* The weights' digest: the SHA-256 of model.safetensors, or for a sharded checkpoint the SHA-256
+ * of its shards' SHA-256s in the index's order. */
+static int weights_sha256(const clip_model *m, const char *weights_path, char hex[65],
+                          cdb_error *err) {
+  if (m->st.n_shards == 0) return cdb_file_sha256_cached(weights_path, hex, err);
+  GChecksum *sum = g_checksum_new(G_CHECKSUM_SHA256);
+  int rc = 0;
+  for (int i = 0; i < m->st.n_shards && rc == 0; i++) {
+    char shard[65];
+    rc = cdb_file_sha256_cached(m->st.shards[i].path, shard, err);
+    if (rc == 0) g_checksum_update(sum, (const guchar *)shard, 64);
+  }
+  snprintf(hex, 65, "%s", g_checksum_get_string(sum));
+  g_checksum_free(sum);
+  return rc;
+}
+
+/* identity: SHA-256 of config.json and of the weights' SHA-256, so it changes with any weight
+ * (a file's digest is computed once per version of the file: src/digest.h).
  * legacy_identity: SHA-256 of config.json and the safetensors header, what tables created before
  * the weights were covered store; kept for their upgrade. */
 static int compute_identity(clip_model *m, const char *config_path, const char *weights_path,
                             cdb_error *err) {
   size_t len;
   char weights_sha[65];
-  if (cdb_file_sha256_cached(weights_path, weights_sha, err) != 0) return -1;
+  if (weights_sha256(m, weights_path, weights_sha, err) != 0) return -1;
   char *config = cdb_file_read(config_path, 1u << 20, &len, err);
   if (!config) return -1;
   GChecksum *sum = g_checksum_new(G_CHECKSUM_SHA256);
@@ -86,23 +104,43 @@ static int compute_identity(clip_model *m, const char *config_path, const char *
   snprintf(m->identity, sizeof m->identity, "%s", g_checksum_get_string(sum));
   g_checksum_reset(sum);
   g_checksum_update(sum, (const guchar *)config, (gssize)len);
-  g_checksum_update(sum, m->st.header, (gssize)m->st.header_bytes);
+  if (m->st.header) g_checksum_update(sum, m->st.header, (gssize)m->st.header_bytes);
   snprintf(m->legacy_identity, sizeof m->legacy_identity, "%s", g_checksum_get_string(sum));
   g_checksum_free(sum);
   free(config);
   return 0;
 }
 
+static int exists_in(const char *dir, const char *name) {
+  char *path = cdb_path_join(dir, name);
+  struct stat st;
+  int found = path && stat(path, &st) == 0;
+  free(path);
+  return found;
+}
+
+/* The weights: model.safetensors, else a sharded checkpoint's index (src/shards.h). */
+static char *weights_file(const char *dir, cdb_error *err) {
+  int sharded = !exists_in(dir, CDB_SINGLE_WEIGHTS) && exists_in(dir, CDB_SHARD_INDEX);
+  return model_file(dir, sharded ? CDB_SHARD_INDEX : CDB_SINGLE_WEIGHTS, err);
+}
+
+static int open_weights(clip_model *m, const char *path, cdb_error *err) {
+  if (g_str_has_suffix(path, CDB_SHARD_INDEX)) return st_open_index(path, &m->st, err);
+  return st_open(path, &m->st, err);
+}
+
 static int load_files(clip_model *m, const char *dir, cdb_error *err) {
-  static const char *const needed[] = {"config.json", "model.safetensors", "vocab.json",
-                                       "merges.txt", "preprocessor_config.json"};
+  static const char *const needed[] = {"config.json", NULL, "vocab.json", "merges.txt",
+                                       "preprocessor_config.json"};
   char *paths[5] = {0};
   int rc = -1;
   for (int i = 0; i < 5; i++)
-    if (!(paths[i] = model_file(dir, needed[i], err))) goto done;
+    if (!(paths[i] = needed[i] ? model_file(dir, needed[i], err) : weights_file(dir, err)))
+      goto done;
   if (clip_config_load(paths[0], &m->cfg, err) != 0 ||
       clip_preprocess_config_load(paths[4], m->cfg.image_size, &m->spec, err) != 0 ||
-      st_open(paths[1], &m->st, err) != 0 || clip_check_tensors(m, err) != 0 ||
+      open_weights(m, paths[1], err) != 0 || clip_check_tensors(m, err) != 0 ||
       compute_identity(m, paths[0], paths[1], err) != 0)
     goto done;
   m->spec.max_pixels = m->params.max_image_pixels;

@@ -2,11 +2,14 @@
  * (8-byte little-endian header length, JSON header, raw little-endian tensor data). */
 #include "embed/safetensors.h"
 
+#include <glib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "src/file.h"
 #include "src/json.h"
+#include "src/shards.h"
 
 /* Real headers are a few tens of KB; the format's own reference refuses above 100 MB. */
 #define ST_MAX_HEADER (100u * 1024 * 1024)
@@ -179,6 +182,8 @@ int st_open(const char *path, st_file *f, cdb_error *err) {
 }
 
 void st_close(st_file *f) {
+  for (int i = 0; i < f->n_shards; i++) st_close(&f->shards[i]);
+  free(f->shards);
   for (int i = 0; i < f->n_tensors; i++) free(f->tensors[i].name);
   free(f->tensors);
   free(f->path);
@@ -223,4 +228,93 @@ const st_tensor *st_expect(const st_file *f, const char *name, int ndim, const i
     return NULL;
   }
   return t;
+}
+
+/* ---- sharded checkpoints ---- */
+
+static int open_shards(st_file *f, const char *dir, const cdb_shard_index *idx, cdb_error *err) {
+  f->shards = calloc((size_t)idx->n_files, sizeof *f->shards);
+  if (!f->shards) return cdb_error_set(err, "safetensors: out of memory");
+  for (int i = 0; i < idx->n_files; i++) {
+    char *path = cdb_path_join(dir, idx->files[i]);
+    if (!path) return cdb_error_set(err, "safetensors: out of memory");
+    int rc = st_open(path, &f->shards[i], err);
+    free(path);
+    if (rc != 0)
+      return cdb_error_prefix(err, "safetensors: %s names the shard %s", f->path, idx->files[i]);
+    f->n_shards++;
+  }
+  return 0;
+}
+
+/* Each tensor the index names must be in the shard it names. */
+static int check_index_against_shards(const st_file *f, const cdb_shard_index *idx,
+                                      cdb_error *err) {
+  for (int i = 0; i < idx->n_tensors; i++) {
+    const st_file *shard = &f->shards[idx->tensor_file[i]];
+    if (!st_find(shard, idx->tensors[i]))
+      return cdb_error_set(err, "safetensors: %s puts tensor %s in %s, which does not hold it",
+                           f->path, idx->tensors[i], shard->path);
+  }
+  return 0;
+}
+
+typedef struct named_tensor {
+  const char *name;
+  const char *shard;
+} named_tensor;
+
+static int by_name(const void *a, const void *b) {
+  return strcmp(((const named_tensor *)a)->name, ((const named_tensor *)b)->name);
+}
+
+/* A tensor held by two shards would make lookups depend on the order of the files. */
+static int check_no_tensor_twice(const st_file *f, int total, cdb_error *err) {
+  named_tensor *all = malloc(sizeof *all * (size_t)(total ? total : 1));
+  if (!all) return cdb_error_set(err, "safetensors: out of memory");
+  int n = 0, rc = 0;
+  for (int s = 0; s < f->n_shards; s++)
+    for (int i = 0; i < f->shards[s].n_tensors; i++)
+      all[n++] = (named_tensor){f->shards[s].tensors[i].name, f->shards[s].path};
+  qsort(all, (size_t)n, sizeof *all, by_name);
+  for (int i = 1; i < n && rc == 0; i++)
+    if (strcmp(all[i - 1].name, all[i].name) == 0)
+      rc = cdb_error_set(err, "safetensors: %s: tensor %s is in two shards, %s and %s", f->path,
+                         all[i].name, all[i - 1].shard, all[i].shard);
+  free(all);
+  return rc;
+}
+
+/* f->tensors: copies of every shard's tensors (names duplicated; data stays in their mappings). */
+static int merge_tensors(st_file *f, cdb_error *err) {
+  int total = 0;
+  for (int s = 0; s < f->n_shards; s++) total += f->shards[s].n_tensors;
+  if (check_no_tensor_twice(f, total, err) != 0) return -1;
+  f->tensors = calloc((size_t)(total ? total : 1), sizeof *f->tensors);
+  if (!f->tensors) return cdb_error_set(err, "safetensors: out of memory");
+  for (int s = 0; s < f->n_shards; s++)
+    for (int i = 0; i < f->shards[s].n_tensors; i++) {
+      st_tensor *t = &f->tensors[f->n_tensors];
+      *t = f->shards[s].tensors[i];
+      if (!(t->name = strdup(t->name))) return cdb_error_set(err, "safetensors: out of memory");
+      f->n_tensors++;
+    }
+  return 0;
+}
+
+int st_open_index(const char *index_path, st_file *f, cdb_error *err) {
+  memset(f, 0, sizeof *f);
+  cdb_shard_index idx;
+  if (cdb_shard_index_load(index_path, &idx, err) != 0)
+    return cdb_error_prefix(err, "safetensors");
+  char *dir = g_path_get_dirname(index_path);
+  f->path = strdup(index_path);
+  int rc = !dir || !f->path ? cdb_error_set(err, "safetensors: out of memory") : 0;
+  if (rc == 0) rc = open_shards(f, dir, &idx, err);
+  if (rc == 0) rc = check_index_against_shards(f, &idx, err);
+  if (rc == 0) rc = merge_tensors(f, err);
+  if (rc != 0) st_close(f);
+  g_free(dir);
+  cdb_shard_index_free(&idx);
+  return rc;
 }

@@ -168,8 +168,9 @@
  *     of another identity (same dims), every row is embedded again with it and the table
  *     records the new identity.
  *   Model identity: a table stores the identity of the model its vectors come from (SHA-256 of
- *   config.json and of model.safetensors' SHA-256: any weight counts). When its model name
- *   loads a model of another identity, everything that embeds for the table (MATCH with a TEXT
+ *   config.json and of the weights' SHA-256, every shard's for a sharded checkpoint: any
+ *   weight counts). When its model name loads a model of another identity, everything that
+ *   embeds for the table (MATCH with a TEXT
  *   or image BLOB, clip_search with one, INSERT/UPDATE that embed) fails naming both identities
  *   and the ways out: 'rebuild' above, or register the original model with clip_model().
  *   Vector queries and reads still work. Tables from earlier versions store the identity of

@@ -18,6 +18,7 @@
 #include "src/fetch.h"
 #include "src/file.h"
 #include "src/json.h"
+#include "src/shards.h"
 
 #define DEFAULT_ENDPOINT "https://huggingface.co"
 #define DEFAULT_REVISION "main"
@@ -28,20 +29,25 @@
 typedef struct hub_file {
   const char *name;
   bool required;
-  bool large; /* stored with LFS on the hub, which names its SHA-256: worth reusing */
+  bool large;           /* stored with LFS on the hub, which names its SHA-256: worth reusing */
+  bool sharded_instead; /* when absent, a sharded checkpoint may stand in for it */
 } hub_file;
 
-/* Small files first, so that a wrong name or revision fails before the large download. */
+/* The small files, pulled first so that a wrong name or revision fails before the weights. */
 static const hub_file HUB_FILES[] = {
-    {"config.json", true, false},
-    {"preprocessor_config.json", true, false},
-    {"tokenizer_config.json", false, false},
-    {"special_tokens_map.json", false, false},
-    {"vocab.json", true, false},
-    {"merges.txt", true, false},
-    {"model.safetensors", true, true},
+    {"config.json", true, false, false},
+    {"preprocessor_config.json", true, false, false},
+    {"tokenizer_config.json", false, false, false},
+    {"special_tokens_map.json", false, false, false},
+    {"vocab.json", true, false, false},
+    {"merges.txt", true, false, false},
 };
 enum { N_HUB_FILES = sizeof HUB_FILES / sizeof HUB_FILES[0] };
+
+/* The weights: model.safetensors, else the index of a sharded checkpoint and its shards. */
+static const hub_file SINGLE_WEIGHTS = {CDB_SINGLE_WEIGHTS, true, true, true};
+static const hub_file SHARD_INDEX = {CDB_SHARD_INDEX, true, false, false};
+enum { PULL_ABSENT = 1 }; /* pull_file: a file with sharded_instead is not in the repository */
 
 /* ---- the cache layout ---- */
 
@@ -127,14 +133,31 @@ static char *hf_token(void) {
   return text;
 }
 
-static bool has_required_files(const char *dir) {
-  for (int i = 0; i < N_HUB_FILES; i++) {
-    char *path = g_build_filename(dir, HUB_FILES[i].name, NULL);
-    bool ok = !HUB_FILES[i].required || g_file_test(path, G_FILE_TEST_IS_REGULAR);
-    g_free(path);
-    if (!ok) return false;
+static bool is_file_in(const char *dir, const char *name) {
+  char *path = g_build_filename(dir, name, NULL);
+  bool ok = g_file_test(path, G_FILE_TEST_IS_REGULAR);
+  g_free(path);
+  return ok;
+}
+
+/* model.safetensors, or a readable shard index and every shard it names. */
+static bool has_weights(const char *dir) {
+  if (is_file_in(dir, CDB_SINGLE_WEIGHTS)) return true;
+  char *path = g_build_filename(dir, CDB_SHARD_INDEX, NULL);
+  cdb_shard_index idx;
+  bool ok = is_file_in(dir, CDB_SHARD_INDEX) && cdb_shard_index_load(path, &idx, NULL) == 0;
+  if (ok) {
+    for (int i = 0; ok && i < idx.n_files; i++) ok = is_file_in(dir, idx.files[i]);
+    cdb_shard_index_free(&idx);
   }
-  return true;
+  g_free(path);
+  return ok;
+}
+
+static bool has_required_files(const char *dir) {
+  for (int i = 0; i < N_HUB_FILES; i++)
+    if (HUB_FILES[i].required && !is_file_in(dir, HUB_FILES[i].name)) return false;
+  return has_weights(dir);
 }
 
 /* The snapshot of hub_name's main revision in the Hugging Face cache
@@ -402,8 +425,10 @@ static int open_staging(pull_job *job) {
 static char *file_url(const pull_job *job, const char *file) {
   const char *slash = strchr(job->hub_name, '/');
   char *rev = g_uri_escape_string(job->revision, NULL, FALSE);
+  char *name = g_uri_escape_string(file, NULL, FALSE); /* shard names come from the index */
   char *url = g_strdup_printf("%s/%.*s/%s/resolve/%s/%s", job->endpoint,
-                              (int)(slash - job->hub_name), job->hub_name, slash + 1, rev, file);
+                              (int)(slash - job->hub_name), job->hub_name, slash + 1, rev, name);
+  g_free(name);
   g_free(rev);
   return url;
 }
@@ -418,7 +443,7 @@ static void record_file(pull_job *job, const char *name, long long bytes, const 
   json_object_array_add(job->files, f);
   /* The model's identity covers the weights' digest: remembered, it is not computed again. */
   char *path = g_build_filename(job->staging, name, NULL);
-  if (strcmp(name, "model.safetensors") == 0) cdb_file_sha256_remember(path, sha256);
+  if (g_str_has_suffix(name, ".safetensors")) cdb_file_sha256_remember(path, sha256);
   g_free(path);
 }
 
@@ -483,6 +508,7 @@ static int download_file(pull_job *job, const hub_file *f, const char *url, cons
                                : CDB_HUB_FILE_DOWNLOADED);
     return 0;
   }
+  if (got == CDB_DOWNLOAD_NOT_FOUND && f->sharded_instead) return PULL_ABSENT;
   if (got == CDB_DOWNLOAD_NOT_FOUND && !f->required) {
     report_file(job, f->name, -1, CDB_HUB_FILE_ABSENT);
     return 0;
@@ -491,7 +517,9 @@ static int download_file(pull_job *job, const hub_file *f, const char *url, cons
     return cdb_error_set(job->err,
                          "%s revision %s has no %s (%s); is it a CLIP model in Hugging "
                          "Face format, and are the name and revision right?",
-                         job->hub_name, job->revision, f->name, why.msg);
+                         job->hub_name, job->revision,
+                         f == &SHARD_INDEX ? CDB_SINGLE_WEIGHTS " nor " CDB_SHARD_INDEX : f->name,
+                         why.msg);
   return cdb_error_set(job->err, "%s", why.msg);
 }
 
@@ -507,6 +535,34 @@ static int pull_file(pull_job *job, const hub_file *f) {
   }
   g_free(url);
   g_free(dest);
+  return rc;
+}
+
+/* Every shard the staged index names. An index that cannot be used is deleted from the staging
+ * folder, so that the next pull fetches it again. */
+static int pull_shards(pull_job *job, const char *index_path) {
+  cdb_shard_index idx;
+  if (cdb_shard_index_load(index_path, &idx, job->err) != 0) {
+    unlink(index_path);
+    return cdb_error_prefix(job->err, "%s revision %s", job->hub_name, job->revision);
+  }
+  int rc = 0;
+  for (int i = 0; rc == 0 && i < idx.n_files; i++) {
+    hub_file shard = {idx.files[i], true, true, false};
+    rc = pull_file(job, &shard);
+  }
+  cdb_shard_index_free(&idx);
+  return rc;
+}
+
+/* model.safetensors, or when the repository has none, its shard index and then every shard. */
+static int pull_weights(pull_job *job) {
+  char *index = g_build_filename(job->staging, CDB_SHARD_INDEX, NULL);
+  bool staged_index = g_file_test(index, G_FILE_TEST_IS_REGULAR); /* an interrupted pull */
+  int rc = staged_index ? PULL_ABSENT : pull_file(job, &SINGLE_WEIGHTS);
+  if (rc == PULL_ABSENT) rc = pull_file(job, &SHARD_INDEX);
+  if (rc == 0 && g_file_test(index, G_FILE_TEST_IS_REGULAR)) rc = pull_shards(job, index);
+  g_free(index);
   return rc;
 }
 
@@ -643,6 +699,7 @@ static int run_pull(pull_job *job, cdb_hub_pull_result *res) {
   note(job, "pulling %s (revision %s) from %s", job->hub_name, job->revision, shown);
   int rc = open_staging(job);
   for (int i = 0; rc == 0 && i < N_HUB_FILES; i++) rc = pull_file(job, &HUB_FILES[i]);
+  if (rc == 0) rc = pull_weights(job);
   if (rc == 0 && check_staged_model(job) != 0) {
     remove_tree(job->staging); /* a bad download is not worth resuming */
     rc = -1;

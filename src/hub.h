@@ -8,7 +8,8 @@
  *   ORG--NAME.lock         held (flock) by a pull for its whole run
  *
  * A pull downloads {HF_ENDPOINT or https://huggingface.co}/ORG/NAME/resolve/REVISION/FILE for each
- * file a CLIP model needs into a staging folder (src/download.h: resume, SHA-256 check, retries),
+ * file a CLIP model needs (model.safetensors, or a sharded checkpoint's index and every shard it
+ * names: src/shards.h) into a staging folder (src/download.h: resume, SHA-256 check, retries),
  * has the caller check that the files form a usable model, and only then swaps the staging folder
  * in for ORG--NAME: a failed pull leaves the cached model untouched. An interrupted pull leaves its
  * staging folder; the next pull of the same name, endpoint and revision continues it.
@@ -38,7 +39,7 @@ char *cdb_hub_model_dir(const char *hub_name, cdb_error *err);
  * (src/model_path.h) comes here. clipdb's own cache first, then the Hugging Face hub cache that
  * transformers and open_clip fill ($HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub:
  * models--ORG--NAME/refs/main -> snapshots/COMMIT/, used in place when it holds every file
- * clipdb needs). NULL (err set, telling how to pull it) when the name is invalid or the model is
+ * clipdb needs, for a sharded checkpoint the index and all its shards). NULL (err set, telling how to pull it) when the name is invalid or the model is
  * in neither. Pulls write clipdb's cache only (verified, recorded, swapped in whole). */
 char *cdb_hub_find(const char *hub_name, cdb_error *err);
 
