@@ -309,19 +309,29 @@ static clip_packed packed_as(clip_model *m, clip_tower *tw, const char *const *n
   return (clip_packed){dst, f16, 0, 0};
 }
 
+/* Several [N, K] weights stacked along N in one malloc'd float array (NULL when out of memory
+ * or a tensor cannot be read as float32). */
+static float *stacked_f32(clip_model *m, const char *const *names, int n_names, int N, int K) {
+  float *stacked = malloc(sizeof(float) * (size_t)N * n_names * K);
+  for (int i = 0; stacked && i < n_names; i++) {
+    float *temp;
+    const float *src = f32_data(st_find(&m->st, names[i]), &temp);
+    if (src) memcpy(stacked + (size_t)i * N * K, src, sizeof(float) * (size_t)N * K);
+    free(temp);
+    if (!src) {
+      free(stacked);
+      stacked = NULL;
+    }
+  }
+  return stacked;
+}
+
 /* Several [N, K] weights stacked along N, rounded to bfloat16 panels. */
 static clip_packed packed_bf16(clip_model *m, clip_tower *tw, const char *const *names, int n_names,
                                int N, int K, cdb_error *err) {
   uint16_t *dst = arena_alloc(tw, sizeof(uint16_t) * clip_packed_bf16_elems(N * n_names, K));
-  float *stacked = malloc(sizeof(float) * (size_t)N * n_names * K);
-  int ok = dst && stacked;
-  for (int i = 0; ok && i < n_names; i++) {
-    float *temp;
-    const float *src = f32_data(st_find(&m->st, names[i]), &temp);
-    ok = src != NULL;
-    if (ok) memcpy(stacked + (size_t)i * N * K, src, sizeof(float) * (size_t)N * K);
-    free(temp);
-  }
+  float *stacked = dst ? stacked_f32(m, names, n_names, N, K) : NULL;
+  int ok = stacked != NULL;
   if (ok) clip_pack_weights_bf16(stacked, N * n_names, K, dst);
   free(stacked);
   if (!ok) {
@@ -335,15 +345,8 @@ static clip_packed packed_bf16(clip_model *m, clip_tower *tw, const char *const 
 static clip_packed packed_int8(clip_model *m, clip_tower *tw, const char *const *names, int n_names,
                                int N, int K, cdb_error *err) {
   void *dst = arena_alloc(tw, clip_packed_int8_bytes(N * n_names, K));
-  float *stacked = malloc(sizeof(float) * (size_t)N * n_names * K);
-  int ok = dst && stacked;
-  for (int i = 0; ok && i < n_names; i++) {
-    float *temp;
-    const float *src = f32_data(st_find(&m->st, names[i]), &temp);
-    ok = src != NULL;
-    if (ok) memcpy(stacked + (size_t)i * N * K, src, sizeof(float) * (size_t)N * K);
-    free(temp);
-  }
+  float *stacked = dst ? stacked_f32(m, names, n_names, N, K) : NULL;
+  int ok = stacked != NULL;
   if (ok) pack_parallel(stacked, N * n_names, K, PACK_INT8, dst);
   free(stacked);
   if (!ok) {
