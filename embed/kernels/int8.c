@@ -174,6 +174,7 @@ static void gemm_int8_c(int M, int N, int K, const float *A, int lda, const void
 static const clip_int8_kernel int8_c = {"c", quantize_rows_c, gemm_int8_c};
 
 #if defined(__x86_64__) && (defined(__clang__) || __GNUC__ >= 11)
+#include <cpuid.h>
 #include <immintrin.h>
 
 /* ---- AVX-512 (VNNI) ---- */
@@ -426,13 +427,13 @@ static int cpu_avx512vnni(void) {
          __builtin_cpu_supports("avx512vl");
 }
 
+/* AVX-VNNI is CPUID.(EAX=7,ECX=1):EAX bit 4, asked directly: clang 14's __builtin_cpu_supports
+ * does not know it. */
 static int cpu_avxvnni(void) {
-#if defined(__clang__) || __GNUC__ >= 12
+  unsigned a, b, c, d;
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avxvnni") && __builtin_cpu_supports("avx2");
-#else
-  return 0;
-#endif
+  return __builtin_cpu_supports("avx2") && __get_cpuid_count(7, 1, &a, &b, &c, &d) &&
+         (a & (1u << 4));
 }
 
 const clip_int8_kernel *clip_int8_kernel_for(clip_int8_variant v) {
