@@ -413,11 +413,9 @@ void cdbx_cache_after_commit(cdbx_table *t) {
   sqlite3_free(path);
 }
 
-/* Before the index is rebuilt from its own contents: pending changes applied, and an index
- * mapped from a damaged cache file replaced by one read from the tables. */
-static int fetch_stored_vector(void *ctx, int64_t id, float *vec, cdb_error *err);
-
-/* Relisting compressed codes re-encodes the stored vectors, not the codes' approximations. */
+/* Before the index is rebuilt from its own contents: pending changes applied, an index mapped
+ * from a damaged cache file replaced by one read from the tables, and compressed codes set to be
+ * re-encoded from the stored vectors rather than from the codes' approximations. */
 static int ready_to_relist(cdbx_table *t) {
   int rc = cdbx_cache_flush(t);
   if (rc == SQLITE_OK) rc = ensure_intact(t);

@@ -480,10 +480,11 @@ int cdbx_store_read_vector(cdbx_table *t, int64_t rowid, float *vec, int *found)
   int rc = sqlite3_step(st);
   *found = 0;
   if (rc == SQLITE_ROW) {
-    if (sqlite3_column_bytes(st, 0) != t->dims * 4) {
+    int bytes = sqlite3_column_bytes(st, 0);
+    if (bytes != t->dims * 4) {
       sqlite3_reset(st);
       return cdbx_fail(t, "stored vector of row %lld has %d bytes, not %d", (long long)rowid,
-                       sqlite3_column_bytes(st, 0), t->dims * 4);
+                       bytes, t->dims * 4);
     }
     memcpy(vec, sqlite3_column_blob(st, 0), sizeof(float) * (size_t)t->dims);
     *found = 1;
