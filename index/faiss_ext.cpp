@@ -11,7 +11,9 @@
 #include <vector>
 
 #include <faiss/Index.h>
+#include <faiss/IndexFlat.h>
 #include <faiss/IndexIVF.h>
+#include <faiss/IndexScalarQuantizer.h>
 #include <faiss/impl/AuxIndexStructures.h>
 #include <faiss/impl/IDSelector.h>
 #include <faiss/index_io.h>
@@ -142,19 +144,22 @@ int cdb_faiss_Index_range_search_with_params(const FaissIndex *index, idx_t n, c
   }
 }
 
-int cdb_faiss_IndexIVF_list_get(const FaissIndexIVF *index, size_t list_no, idx_t *ids,
-                                float *vectors) {
+int cdb_faiss_IndexIVF_list_get(const FaissIndexIVF *index, size_t list_no, size_t offset,
+                                size_t n, idx_t *ids, float *vectors) {
   try {
     auto *ivf = reinterpret_cast<const faiss::IndexIVF *>(index);
     if (list_no >= ivf->nlist) {
       throw std::out_of_range("IndexIVF list_get: list number out of range");
     }
-    size_t n = ivf->invlists->list_size(list_no);
+    if (offset > ivf->invlists->list_size(list_no) ||
+        n > ivf->invlists->list_size(list_no) - offset) {
+      throw std::out_of_range("IndexIVF list_get: entries out of range");
+    }
     faiss::InvertedLists::ScopedIds list_ids(ivf->invlists, list_no);
     // Lists mapped from a cache file need not be 8-byte aligned: copy bytes.
-    std::memcpy(ids, list_ids.get(), n * sizeof(idx_t));
+    std::memcpy(ids, list_ids.get() + offset, n * sizeof(idx_t));
     for (size_t i = 0; i < n; i++) {
-      ivf->reconstruct_from_offset(list_no, i, vectors + i * ivf->d);
+      ivf->reconstruct_from_offset(list_no, offset + i, vectors + i * ivf->d);
     }
     return 0;
   } catch (...) {
@@ -299,6 +304,65 @@ int cdb_faiss_IndexIVF_add_to_list(FaissIndexIVF *index, size_t list_no, size_t 
 int cdb_faiss_IndexIVF_is_flat(const FaissIndexIVF *index) {
   auto ivf = reinterpret_cast<const faiss::IndexIVF *>(index);
   return ivf->code_size == ivf->d * sizeof(float);
+}
+
+int cdb_faiss_IndexIVF_layout(const FaissIndexIVF *index, cdb_faiss_ivf_layout *layout) {
+  try {
+    auto *ivf = reinterpret_cast<const faiss::IndexIVF *>(index);
+    *layout = cdb_faiss_ivf_layout{CDB_FAISS_CODES_OTHER, 0, ivf->code_size, nullptr, nullptr,
+                                   nullptr};
+    auto *flat = dynamic_cast<const faiss::IndexFlat *>(ivf->quantizer);
+    if (!flat || flat->ntotal != (faiss::Index::idx_t)ivf->nlist) {
+      return 0;
+    }
+    layout->centroids = flat->get_xb();
+    if (ivf->code_size == ivf->d * sizeof(float)) {
+      layout->kind = CDB_FAISS_CODES_FLOAT;
+      return 0;
+    }
+    auto *sq = dynamic_cast<const faiss::IndexIVFScalarQuantizer *>(ivf);
+    if (sq && sq->sq.qtype == faiss::ScalarQuantizer::QT_8bit && sq->code_size == (size_t)ivf->d &&
+        sq->sq.trained.size() == 2 * (size_t)ivf->d) {
+      layout->kind = CDB_FAISS_CODES_SQ8;
+      layout->by_residual = sq->by_residual;
+      layout->vmin = sq->sq.trained.data();
+      layout->vdiff = sq->sq.trained.data() + ivf->d;
+    }
+    return 0;
+  } catch (...) {
+    return fail_with_current_exception();
+  }
+}
+
+int cdb_faiss_IndexIVF_list_view(const FaissIndexIVF *index, size_t list_no, size_t *n,
+                                 const uint8_t **codes, const void **ids) {
+  try {
+    auto *ivf = reinterpret_cast<const faiss::IndexIVF *>(index);
+    if (list_no >= ivf->nlist) {
+      throw std::out_of_range("IndexIVF list_view: list number out of range");
+    }
+    *codes = nullptr;
+    *ids = nullptr;
+    *n = ivf->invlists->list_size(list_no);
+    if (*n > 0) {
+      *codes = ivf->invlists->get_codes(list_no);
+      *ids = ivf->invlists->get_ids(list_no);
+    }
+    return 0;
+  } catch (...) {
+    return fail_with_current_exception();
+  }
+}
+
+void cdb_faiss_IndexIVF_list_release(const FaissIndexIVF *index, size_t list_no,
+                                     const uint8_t *codes, const void *ids) {
+  auto *ivf = reinterpret_cast<const faiss::IndexIVF *>(index);
+  if (codes) {
+    ivf->invlists->release_codes(list_no, codes);
+  }
+  if (ids) {
+    ivf->invlists->release_ids(list_no, static_cast<const faiss::InvertedLists::idx_t *>(ids));
+  }
 }
 
 } // extern "C"

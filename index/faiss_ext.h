@@ -31,9 +31,10 @@ int cdb_faiss_Index_range_search_with_params(const FaissIndex *index, idx_t n, c
                                              float radius, const FaissSearchParameters *params,
                                              FaissRangeSearchResult *result);
 
-/* Decodes inverted list list_no: ids and (reconstructed) vectors, list_size entries each. */
-int cdb_faiss_IndexIVF_list_get(const FaissIndexIVF *index, size_t list_no, idx_t *ids,
-                                float *vectors);
+/* Decodes entries offset..offset+n-1 of inverted list list_no: ids and (reconstructed)
+ * vectors. */
+int cdb_faiss_IndexIVF_list_get(const FaissIndexIVF *index, size_t list_no, size_t offset,
+                                size_t n, idx_t *ids, float *vectors);
 
 /* Iterations of the coarse quantizer's k-means (FAISS's default is 25) and the fewest training
  * points per centroid below which FAISS prints a warning (its default is 39). */
@@ -72,6 +73,30 @@ int cdb_faiss_IndexIVF_add_to_list(FaissIndexIVF *index, size_t list_no, size_t 
 
 /* 1 when the lists hold the vectors as raw floats (a Flat encoding), else 0. */
 int cdb_faiss_IndexIVF_is_flat(const FaissIndexIVF *index);
+
+/* What clipdb's own list scan (scan.h) needs of an index. kind: CDB_FAISS_CODES_FLOAT (raw
+ * float32 vectors), CDB_FAISS_CODES_SQ8 (FAISS's 8-bit non-uniform scalar codes: component i
+ * decodes to vmin[i] + (code + 0.5) / 255 * vdiff[i], added to the list's centroid when
+ * by_residual) or CDB_FAISS_CODES_OTHER (FAISS searches it). centroids: the flat quantizer's
+ * nlist x d vectors (NULL for another quantizer, then kind is OTHER). Pointers stay valid while
+ * the index is unchanged. */
+enum { CDB_FAISS_CODES_OTHER, CDB_FAISS_CODES_FLOAT, CDB_FAISS_CODES_SQ8 };
+typedef struct cdb_faiss_ivf_layout {
+  int kind;
+  int by_residual;
+  size_t code_size;
+  const float *centroids;
+  const float *vmin, *vdiff;
+} cdb_faiss_ivf_layout;
+int cdb_faiss_IndexIVF_layout(const FaissIndexIVF *index, cdb_faiss_ivf_layout *layout);
+
+/* List list_no in place: its size, codes and ids (the ids need not be 8-byte aligned: read them
+ * with memcpy). Hand both back with cdb_faiss_IndexIVF_list_release. A damaged list of a checked
+ * cache file reads as empty. */
+int cdb_faiss_IndexIVF_list_view(const FaissIndexIVF *index, size_t list_no, size_t *n,
+                                 const uint8_t **codes, const void **ids);
+void cdb_faiss_IndexIVF_list_release(const FaissIndexIVF *index, size_t list_no,
+                                     const uint8_t *codes, const void *ids);
 
 #ifdef __cplusplus
 }

@@ -230,20 +230,29 @@ cdb_ip_argmax_fn cdb_ip_argmax_for(cdb_ip_isa isa) {
 #endif
 
 static cdb_ip_argmax_fn chosen;
+static cdb_ip_isa chosen_isa;
 
 static void choose(void) {
   const char *force = getenv("CLIPDB_ISA");
   if (force) {
     static const char *const names[CDB_IP_ISA_COUNT] = {"generic", "avx2", "avx512"};
     for (int i = 0; i < CDB_IP_ISA_COUNT; i++)
-      if (strcmp(force, names[i]) == 0 && (chosen = cdb_ip_argmax_for((cdb_ip_isa)i))) return;
+      if (strcmp(force, names[i]) == 0 && (chosen = cdb_ip_argmax_for((cdb_ip_isa)i))) {
+        chosen_isa = (cdb_ip_isa)i;
+        return;
+      }
   }
   for (int i = CDB_IP_ISA_COUNT - 1; i >= 0 && !chosen; i--)
-    chosen = cdb_ip_argmax_for((cdb_ip_isa)i);
+    if ((chosen = cdb_ip_argmax_for((cdb_ip_isa)i))) chosen_isa = (cdb_ip_isa)i;
 }
 
 cdb_ip_argmax_fn cdb_ip_argmax_best(void) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
   pthread_once(&once, choose);
   return chosen;
+}
+
+cdb_ip_isa cdb_ip_isa_chosen(void) {
+  cdb_ip_argmax_best();
+  return chosen_isa;
 }

@@ -22,5 +22,8 @@ int cdb_ip_isa_supported(cdb_ip_isa isa);
 cdb_ip_argmax_fn cdb_ip_argmax_for(cdb_ip_isa isa);
 /* The best supported kernel, or the one CLIPDB_ISA names. */
 cdb_ip_argmax_fn cdb_ip_argmax_best(void);
+/* The instruction set cdb_ip_argmax_best's kernel uses: the other index kernels (scan.c) follow
+ * the same choice. */
+cdb_ip_isa cdb_ip_isa_chosen(void);
 
 #endif

@@ -26,6 +26,7 @@
 #include "index/idset.h"
 #include "index/ivf_internal.h"
 #include "index/kmeans.h"
+#include "index/scan.h"
 #include "src/vec.h"
 
 #define SAMPLE_SEED 0x9e3779b97f4a7c15ULL
@@ -37,6 +38,12 @@
 /* k-means iterations for the coarse centroids: recall@10 barely moves between 10 and FAISS's
  * default 25 on clustered data, while training (the cost of a bulk-load COMMIT) is 2.5x faster. */
 #define KMEANS_ITERATIONS 10
+/* The default nprobe of a trained index is the smallest (from MIN_NPROBE up) whose scans find
+ * CALIBRATION_RECALL of the 10 nearest neighbours of CALIBRATION_QUERIES sample vectors. */
+#define CALIBRATION_QUERIES 32
+#define CALIBRATION_RECALL 0.98
+#define MIN_NPROBE 8
+#define LIST_CHUNK 16384 /* list entries handed to a list_fn at a time */
 #define ADD_BATCH 16384       /* vectors normalised and added per FAISS call */
 #define SMALL_FILTER_IDS 1000 /* sets this small always take the exhaustive selector path */
 /* "auto" once trained: 8-bit scalar codes (a quarter of the raw floats), re-ranked exactly from
@@ -70,8 +77,10 @@ int ivf_check_unit(const float *v, int dim, const char *what, int64_t i, cdb_err
                        what, (long long)i, sq);
 }
 
+/* Near sqrt(n), not FAISS's usual 4-16 sqrt(n): the own scan (scan.h) makes the codes of a
+ * probed list cheap, while k-means and the assignment at COMMIT cost n x nlist. */
 static int auto_nlist(int64_t n) {
-  double target = 4.0 * sqrt((double)n);
+  double target = sqrt((double)n);
   int p = 1;
   while (p < (1 << 20) && p * 2 <= target * 1.41421356) p *= 2;
   while (p > 1 && (int64_t)p * 39 > n) p /= 2;
@@ -83,7 +92,7 @@ static int default_nprobe(const cdb_index *idx, size_t nlist) {
   if (idx->nprobe_param > 0) np = idx->nprobe_param;
   else if (nlist <= 1) np = 1;
   else np = (int)ceil(2.0 * sqrt((double)nlist));
-  if (np < 8 && idx->nprobe_param <= 0) np = 8;
+  if (np < MIN_NPROBE && idx->nprobe_param <= 0) np = MIN_NPROBE;
   return np > (int)nlist ? (int)nlist : np;
 }
 
@@ -498,24 +507,52 @@ static int in_sorted_ids(const int64_t *ids, int64_t n, int64_t id) {
   return lo < n && ids[lo] == id;
 }
 
-static int filter_allows(void *ctx, int64_t id) {
+/* Membership in the filter's ids (every id when it has none). */
+static int in_filter_ids(void *ctx, int64_t id) {
   const filter_ctx *c = ctx;
   const cdb_filter *f = c->f;
   if (c->bits) {
     uint64_t off = (uint64_t)id - (uint64_t)c->lo;
-    if (off >= (uint64_t)c->span || !(c->bits[off / 64] >> (off % 64) & 1)) return 0;
-  } else if (f->ids && !in_sorted_ids(f->ids, f->n_ids, id)) {
-    return 0;
+    return off < (uint64_t)c->span && (c->bits[off / 64] >> (off % 64) & 1);
   }
-  return f->allow ? f->allow(f->ctx, id) : 1;
+  return !f->ids || in_sorted_ids(f->ids, f->n_ids, id);
 }
 
-/* The FAISS selector for a filter and the nprobe to start with (see ivf.h for the strategy). */
+static int filter_allows(void *ctx, int64_t id) {
+  const filter_ctx *c = ctx;
+  if (!in_filter_ids(ctx, id)) return 0;
+  return c->f->allow ? c->f->allow(c->f->ctx, id) : 1;
+}
+
+/* How a search runs: clipdb's own scan (scan.h) or FAISS's with a selector, the filter's
+ * tests, and the nprobe to start with (see ivf.h for the strategy). */
 typedef struct search_plan {
-  FaissIDSelector *sel;
+  int own_scan;
+  FaissIDSelector *sel; /* FAISS's search only */
+  ivf_scan_filter scan; /* the own scan only */
   filter_ctx fctx;
   size_t nprobe;
 } search_plan;
+
+/* The FAISS selector for the filter: a batch set for small id sets (exhaustive), else one
+ * asking filter_allows. */
+static int make_selector(search_plan *plan, const cdb_filter *f, int exhaustive, cdb_error *err) {
+  if (exhaustive && !f->allow) {
+    FaissIDSelectorBatch *batch = NULL;
+    if (faiss_IDSelectorBatch_new(&batch, (size_t)f->n_ids, f->ids))
+      return ivf_faiss_fail(err, "filter");
+    plan->sel = (FaissIDSelector *)batch;
+    return 0;
+  }
+  if (cdb_faiss_IDSelectorCallback_new(&plan->sel, filter_allows, &plan->fctx))
+    return ivf_faiss_fail(err, "filter");
+  return 0;
+}
+
+static void free_plan(search_plan *plan) {
+  if (plan->sel) faiss_IDSelector_free(plan->sel);
+  free(plan->fctx.bits);
+}
 
 static int plan_search(const cdb_index *idx, const cdb_search_opts *opts, search_plan *plan,
                        cdb_error *err) {
@@ -523,36 +560,44 @@ static int plan_search(const cdb_index *idx, const cdb_search_opts *opts, search
   const cdb_filter *f = opts ? opts->filter : NULL;
   int64_t count = cdb_index_count(idx);
   memset(plan, 0, sizeof *plan);
+  plan->own_scan = ivf_scan_supported(idx);
   if (f && f->ids && f->n_ids < 0) return cdb_error_set(err, "index: filter: negative id count");
   if (f && !f->ids && !f->allow) f = NULL; /* an empty filter allows everything */
-  /* A set no bigger than twice (codes: once) what an unfiltered search scans: cheaper to test
-   * every held id (bloom filter, ~ns each) and compute similarities for the set only. */
+  if (f && f->allow && f->max_allow > 0 && !plan->own_scan)
+    return CDB_INDEX_FILTER_SPENT; /* FAISS would ask the predicate of every probed id */
+  /* A set no bigger than twice (FAISS's SQ8 scan: once) what an unfiltered search scans: cheaper
+   * to test every held id and compute similarities for the set only. */
   double scanned = (double)count * (double)nprobe / (double)idx->nlist;
-  /* Codes cost more per similarity than raw floats (FAISS's generic SQ8 decoding): at 100k x 512,
-   * IVF1024,SQ8, nprobe 48, a 10 % filter took 13 ms exhaustive, 8 ms by the widened path. */
-  double factor = ivf_is_flat(idx) ? 2 : 1;
-  if (f && f->ids && !f->allow && (double)f->n_ids <= factor * scanned + SMALL_FILTER_IDS) {
-    FaissIDSelectorBatch *batch = NULL;
-    if (faiss_IDSelectorBatch_new(&batch, (size_t)f->n_ids, f->ids))
-      return ivf_faiss_fail(err, "filter");
-    plan->sel = (FaissIDSelector *)batch;
-    nprobe = idx->nlist;
-  } else if (f) {
+  double factor = plan->own_scan || ivf_is_flat(idx) ? 2 : 1;
+  int exhaustive = f && f->ids && (double)f->n_ids <= factor * scanned + SMALL_FILTER_IDS;
+  if (f) {
     plan->fctx.f = f;
     build_bitmap(&plan->fctx);
-    if (cdb_faiss_IDSelectorCallback_new(&plan->sel, filter_allows, &plan->fctx)) {
+    if (plan->own_scan) {
+      plan->scan = (ivf_scan_filter){f->ids ? in_filter_ids : NULL, &plan->fctx, f->allow, f->ctx,
+                                     f->max_allow > 0 ? f->max_allow : -1};
+    } else if (make_selector(plan, f, exhaustive, err) < 0) {
       free(plan->fctx.bits);
-      return ivf_faiss_fail(err, "filter");
+      return -1;
     }
-    if (f->ids && f->n_ids > 0)
+    if (exhaustive) nprobe = idx->nlist;
+    else if (f->ids && f->n_ids > 0)
       nprobe = (size_t)ceil((double)nprobe * (double)count / (double)f->n_ids);
   }
   plan->nprobe = nprobe < 1 ? 1 : nprobe > idx->nlist ? idx->nlist : nprobe;
   return 0;
 }
 
-static int search_once(const cdb_index *idx, const float *q, int64_t k, const search_plan *plan,
+/* k results into dist/labels (-1 labels past the last found). */
+static int search_once(const cdb_index *idx, const float *q, int64_t k, search_plan *plan,
                        size_t nprobe, float *dist, int64_t *labels, cdb_error *err) {
+  if (plan->own_scan) {
+    int64_t n = 0;
+    int rc = ivf_scan_knn(idx, q, nprobe, k, plan->fctx.f ? &plan->scan : NULL, labels, dist, &n,
+                          err);
+    for (int64_t i = n; i < k; i++) labels[i] = -1;
+    return rc == IVF_SCAN_BUDGET_SPENT ? CDB_INDEX_FILTER_SPENT : rc;
+  }
   FaissSearchParametersIVF *sp = NULL;
   if (faiss_SearchParametersIVF_new_with(&sp, plan->sel, nprobe, 0))
     return ivf_faiss_fail(err, "search");
@@ -646,10 +691,9 @@ int cdb_index_search(const cdb_index *idx, const float *query, int k, const cdb_
      * list is scanned, so k results come back whenever k (allowed) items exist. */
     for (size_t nprobe = plan.nprobe;; nprobe = nprobe * 4 > idx->nlist ? idx->nlist : nprobe * 4) {
       rc = search_once(idx, q, kc, &plan, nprobe, dist, labels, err);
-      if (rc < 0 || nprobe >= idx->nlist || count_found(labels, kc) >= kk) break;
+      if (rc != 0 || nprobe >= idx->nlist || count_found(labels, kc) >= kk) break;
     }
-    if (plan.sel) faiss_IDSelector_free(plan.sel);
-    free(plan.fctx.bits);
+    free_plan(&plan);
   }
   if (rc == 0) rc = check_damage(idx, 0, err);
   int64_t n = rc == 0 ? count_found(labels, kc) : 0;
@@ -696,6 +740,26 @@ static int collect_range(FaissRangeSearchResult *rsr, int64_t **ids, float **sim
   return 0;
 }
 
+/* The FAISS range search: items with similarity >= radius among the plan's lists. */
+static int faiss_range(const cdb_index *idx, const float *q, float radius, const search_plan *plan,
+                       int64_t **ids, float **sims, int64_t *n_found, cdb_error *err) {
+  FaissRangeSearchResult *rsr = NULL;
+  FaissSearchParametersIVF *sp = NULL;
+  int rc = 0;
+  if (faiss_RangeSearchResult_new(&rsr, 1) ||
+      faiss_SearchParametersIVF_new_with(&sp, plan->sel, plan->nprobe, 0))
+    rc = ivf_faiss_fail(err, "range search");
+  /* FAISS keeps inner products strictly above the radius; ivf.h promises >= min_sim. */
+  else if (cdb_faiss_Index_range_search_with_params(idx->faiss, 1, q,
+                                                    nextafterf(radius, -INFINITY),
+                                                    (FaissSearchParameters *)sp, rsr))
+    rc = ivf_faiss_fail(err, "range search");
+  else rc = collect_range(rsr, ids, sims, n_found, err);
+  if (sp) faiss_SearchParametersIVF_free(sp);
+  if (rsr) faiss_RangeSearchResult_free(rsr);
+  return rc;
+}
+
 int cdb_index_range_search(const cdb_index *idx, const float *query, float min_sim,
                            const cdb_search_opts *opts, int64_t **ids, float **sims,
                            int64_t *n_found, cdb_error *err) {
@@ -711,33 +775,25 @@ int cdb_index_range_search(const cdb_index *idx, const float *query, float min_s
   int rerank = reranks(opts);
   float radius = rerank && !ivf_is_flat(idx) ? min_sim - CDB_INDEX_RANGE_SLACK : min_sim;
   search_plan plan;
-  FaissRangeSearchResult *rsr = NULL;
-  FaissSearchParametersIVF *sp = NULL;
   int rc = ivf_check_unit(query, idx->dim, "query", 0, err);
   if (rc == 0) rc = plan_search(idx, opts, &plan, err);
   if (rc == 0) {
-    if (faiss_RangeSearchResult_new(&rsr, 1) ||
-        faiss_SearchParametersIVF_new_with(&sp, plan.sel, plan.nprobe, 0))
-      rc = ivf_faiss_fail(err, "range search");
-    /* FAISS keeps inner products strictly above the radius; ivf.h promises >= min_sim. */
-    else if (cdb_faiss_Index_range_search_with_params(idx->faiss, 1, q,
-                                                      nextafterf(radius, -INFINITY),
-                                                      (FaissSearchParameters *)sp, rsr))
-      rc = ivf_faiss_fail(err, "range search");
-    else if ((rc = check_damage(idx, 0, err)) == 0)
-      rc = collect_range(rsr, ids, sims, n_found, err);
-    if (rc == 0 && rerank && *n_found > 0 &&
-        (rc = rescore(idx, q, opts, min_sim, *ids, *sims, n_found, err)) < 0) {
+    if (!plan.own_scan) rc = faiss_range(idx, q, radius, &plan, ids, sims, n_found, err);
+    else if ((rc = ivf_scan_range(idx, q, plan.nprobe, radius,
+                                  plan.fctx.f ? &plan.scan : NULL, ids, sims, n_found, err)) ==
+             IVF_SCAN_BUDGET_SPENT)
+      rc = CDB_INDEX_FILTER_SPENT;
+    if (rc == 0) rc = check_damage(idx, 0, err);
+    if (rc == 0 && rerank && *n_found > 0)
+      rc = rescore(idx, q, opts, min_sim, *ids, *sims, n_found, err);
+    if (rc != 0) {
       free(*ids);
       free(*sims);
       *ids = NULL;
       *sims = NULL;
       *n_found = 0;
     }
-    if (sp) faiss_SearchParametersIVF_free(sp);
-    if (rsr) faiss_RangeSearchResult_free(rsr);
-    if (plan.sel) faiss_IDSelector_free(plan.sel);
-    free(plan.fctx.bits);
+    free_plan(&plan);
   }
   return rc;
 }
@@ -782,32 +838,24 @@ static int fetch_exact(const cdb_index *src, size_t n, const int64_t *ids, float
   return 0;
 }
 
-/* exact: vectors of compressed codes come from src->fetch when set (training, relisting). */
+/* exact: vectors of compressed codes come from src->fetch when set (training, relisting). A long
+ * list (the untrained stage's one list holds everything) goes to fn in parts of LIST_CHUNK, so
+ * that walking 1M vectors needs 32 MiB, not a copy of them all. */
 static int for_each_list(const cdb_index *src, int exact, list_fn fn, void *ctx, cdb_error *err) {
   exact = exact && src->fetch && !ivf_is_flat(src);
   if (check_damage(src, 1, err) < 0) return -1;
-  size_t cap = 0;
-  int64_t *ids = NULL;
-  float *vecs = NULL;
-  int rc = 0;
+  int64_t *ids = malloc(LIST_CHUNK * sizeof *ids);
+  float *vecs = malloc(LIST_CHUNK * (size_t)src->dim * sizeof *vecs);
+  int rc = !ids || !vecs ? cdb_error_set(err, "index: out of memory") : 0;
   for (size_t l = 0; rc == 0 && l < src->nlist; l++) {
-    size_t n = faiss_IndexIVF_get_list_size(src->ivf, l);
-    if (n == 0) continue;
-    if (n > cap) {
-      free(ids);
-      free(vecs);
-      cap = n;
-      ids = malloc(cap * sizeof *ids);
-      vecs = malloc(cap * (size_t)src->dim * sizeof *vecs);
-      if (!ids || !vecs) {
-        rc = cdb_error_set(err, "index: out of memory");
-        break;
-      }
+    size_t size = faiss_IndexIVF_get_list_size(src->ivf, l);
+    for (size_t off = 0; rc == 0 && off < size; off += LIST_CHUNK) {
+      size_t n = size - off < LIST_CHUNK ? size - off : LIST_CHUNK;
+      if (cdb_faiss_IndexIVF_list_get(src->ivf, l, off, n, ids, vecs))
+        rc = ivf_faiss_fail(err, "reading inverted list");
+      else if (exact && fetch_exact(src, n, ids, vecs, err) < 0) rc = -1;
+      else rc = fn(ctx, n, ids, vecs, err);
     }
-    if (cdb_faiss_IndexIVF_list_get(src->ivf, l, ids, vecs))
-      rc = ivf_faiss_fail(err, "reading inverted list");
-    else if (exact && fetch_exact(src, n, ids, vecs, err) < 0) rc = -1;
-    else rc = fn(ctx, n, ids, vecs, err);
   }
   free(ids);
   free(vecs);
@@ -822,6 +870,7 @@ typedef struct sampler {
   int dim;
   double fraction;
   float *data;
+  int64_t *ids;
   int64_t n, cap;
 } sampler;
 
@@ -832,10 +881,13 @@ static int take_sample(void *ctx, size_t n, const int64_t *ids, const float *vec
     if (s->n == s->cap) {
       int64_t cap = s->cap ? s->cap * 2 : 4096;
       float *p = realloc(s->data, (size_t)cap * (size_t)s->dim * sizeof *p);
-      if (!p) return cdb_error_set(err, "index: out of memory");
-      s->data = p;
+      if (p) s->data = p;
+      int64_t *pi = p ? realloc(s->ids, (size_t)cap * sizeof *pi) : NULL;
+      if (!pi) return cdb_error_set(err, "index: out of memory");
+      s->ids = pi;
       s->cap = cap;
     }
+    s->ids[s->n] = ids[i];
     memcpy(s->data + (size_t)s->n * s->dim, vecs + i * (size_t)s->dim,
            (size_t)s->dim * sizeof *vecs);
     s->n++;
@@ -880,15 +932,37 @@ static int readd(void *ctx, size_t n, const int64_t *ids, const float *vecs, cdb
   return 0;
 }
 
+/* Vectors of the training sample kept to choose the default nprobe (scan.h). */
+typedef struct calibration_queries {
+  float *vecs;
+  int64_t ids[CALIBRATION_QUERIES];
+  int n;
+} calibration_queries;
+
+/* Keeps up to CALIBRATION_QUERIES of the sample's vectors, evenly spaced. */
+static int keep_queries(const sampler *s, calibration_queries *cq, cdb_error *err) {
+  int n = s->n < CALIBRATION_QUERIES ? (int)s->n : CALIBRATION_QUERIES;
+  cq->vecs = malloc((size_t)(n > 0 ? n : 1) * (size_t)s->dim * sizeof *cq->vecs);
+  if (!cq->vecs) return cdb_error_set(err, "index: out of memory");
+  for (int i = 0; i < n; i++) {
+    int64_t row = (int64_t)i * s->n / n;
+    memcpy(cq->vecs + (size_t)i * s->dim, s->data + (size_t)row * s->dim,
+           (size_t)s->dim * sizeof *cq->vecs);
+    cq->ids[i] = s->ids[row];
+  }
+  cq->n = n;
+  return 0;
+}
+
 /* k-means (kmeans.h) for the coarse centroids of fi on a sample of src's vectors; they go into
  * fi's quantizer (FAISS's train then skips its own k-means and trains only the encoder, on the
  * same sample) and, unit length, into centroids (nlist x dim) for the assignment. */
 static int train_centroids(const cdb_index *src, FaissIndex *fi, int nlist, float *centroids,
-                           cdb_error *err) {
+                           calibration_queries *cq, cdb_error *err) {
   int64_t n = cdb_index_count(src);
   int64_t want = (int64_t)SAMPLE_PER_LIST * nlist;
   if (want < SAMPLE_MIN) want = SAMPLE_MIN;
-  sampler s = {src->dim, want >= n ? 2.0 : (double)want / (double)n, NULL, 0, 0};
+  sampler s = {src->dim, want >= n ? 2.0 : (double)want / (double)n, NULL, NULL, 0, 0};
   int rc = for_each_list(src, 1, take_sample, &s, err);
   if (rc == 0 && s.n < nlist)
     rc = cdb_error_set(err, "index: %lld vectors are too few to train %d lists", (long long)s.n,
@@ -896,17 +970,20 @@ static int train_centroids(const cdb_index *src, FaissIndex *fi, int nlist, floa
   if (rc == 0)
     rc = cdb_kmeans_train(s.data, s.n, src->dim, nlist, KMEANS_ITERATIONS, SAMPLE_SEED,
                           centroids, err);
+  if (rc == 0) rc = keep_queries(&s, cq, err);
   FaissIndex *quantizer = rc == 0 ? faiss_IndexIVF_quantizer(faiss_IndexIVF_cast(fi)) : NULL;
   if (rc == 0 &&
       (faiss_Index_add(quantizer, nlist, centroids) || faiss_Index_train(fi, s.n, s.data)))
     rc = ivf_faiss_fail(err, "training");
   free(s.data);
+  free(s.ids);
   return rc;
 }
 
 /* A new FAISS index holding src's vectors: trained with nlist lists, or the exact stage when
  * nlist is 1. */
-static FaissIndex *train_new_faiss(const cdb_index *src, int nlist, char *factory, cdb_error *err) {
+static FaissIndex *train_new_faiss(const cdb_index *src, int nlist, char *factory,
+                                   calibration_queries *cq, cdb_error *err) {
   FaissIndex *fi = nlist > 1 ? new_faiss_ivf(src->dim, nlist, src->encoding, factory, err)
                              : new_exact_stage(src->dim, factory, err);
   if (!fi) return NULL;
@@ -918,7 +995,7 @@ static FaissIndex *train_new_faiss(const cdb_index *src, int nlist, char *factor
   int rc = (!a.buf || !a.ids || !a.lists || (nlist > 1 && !centroids))
                ? cdb_error_set(err, "index: out of memory")
                : 0;
-  if (rc == 0 && nlist > 1) rc = train_centroids(src, fi, nlist, centroids, err);
+  if (rc == 0 && nlist > 1) rc = train_centroids(src, fi, nlist, centroids, cq, err);
   if (rc == 0) rc = for_each_list(src, 1, readd, &a, err);
   if (rc == 0) rc = flush_adder(&a, err);
   free(a.buf);
@@ -932,6 +1009,15 @@ static FaissIndex *train_new_faiss(const cdb_index *src, int nlist, char *factor
   return fi;
 }
 
+/* The default nprobe from the data where the index can be scanned (scan.h), else the rule's. */
+static void calibrate_nprobe(cdb_index *idx, const calibration_queries *cq) {
+  int np = ivf_scan_calibrate_nprobe(idx, cq->vecs, cq->ids, cq->n, CALIBRATION_RECALL,
+                                     MIN_NPROBE);
+  if (np < 1) return;
+  idx->nprobe = np;
+  faiss_IndexIVF_set_nprobe(idx->ivf, (size_t)np);
+}
+
 /* A copy of idx holding the same vectors with nlist lists (1: the exact, untrained state). */
 static cdb_index *relist_copy(const cdb_index *idx, int nlist, cdb_error *err) {
   int64_t n = cdb_index_count(idx);
@@ -943,12 +1029,16 @@ static cdb_index *relist_copy(const cdb_index *idx, int nlist, cdb_error *err) {
   *copy = *idx;
   copy->mapped = NULL;
   memset(&copy->ids, 0, sizeof copy->ids);
-  FaissIndex *fi = train_new_faiss(idx, nlist, copy->factory, err);
+  calibration_queries cq = {NULL, {0}, 0};
+  FaissIndex *fi = train_new_faiss(idx, nlist, copy->factory, &cq, err);
   if (!fi) {
+    free(cq.vecs);
     free(copy);
     return NULL;
   }
   ivf_set_faiss(copy, fi);
+  if (nlist > 1 && idx->nprobe_param <= 0) calibrate_nprobe(copy, &cq);
+  free(cq.vecs);
   copy->trained_at = nlist > 1 ? n : 0;
   int rc = idx->ids_valid ? (cdb_idset_copy(&copy->ids, &idx->ids) < 0
                                  ? cdb_error_set(err, "index: out of memory")

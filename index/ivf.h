@@ -81,22 +81,29 @@ int cdb_index_remove(cdb_index *idx, int64_t n, const int64_t *ids, int64_t *n_r
 
 /* Filter for searches: an id is allowed when it is in the sorted `ids` array (when non-NULL)
  * and `allow(ctx, id)` returns non-zero (when non-NULL). `allow` may be called from the
- * searching thread only, many times per search. Strategy (by selectivity):
- *  - ids only, n_ids <= 1000 + twice (compressed codes: once) the vectors an unfiltered search
- *    scans (count * nprobe / nlist; e.g. 12.5k at 100k/IVF1024,Flat/nprobe 64, 6.3k for
- *    IVF1024,SQ8): FAISS's IDSelectorBatch (bloom filter + hash
- *    set) and every list probed: exact over the allowed set, cost one cheap membership test
- *    per held id plus n_ids similarities;
- *  - ids only, larger sets: a binary-search selector, nprobe widened by count/n_ids;
- *  - a predicate: the selector with the default nprobe;
+ * searching thread only. Strategy (by selectivity):
+ *  - ids only, n_ids <= 1000 + twice the vectors an unfiltered search scans (count * nprobe /
+ *    nlist; e.g. 12.5k at 100k/IVF1024/nprobe 64): every list probed, one cheap membership test
+ *    per held id and n_ids similarities: exact over the allowed set;
+ *  - ids only, larger sets: membership tested per held id, nprobe widened by count/n_ids;
+ *  - a predicate: the default nprobe; raw vectors and SQ8 codes (the indexes clipdb scans
+ *    itself) ask it lazily, best candidate first, until k are allowed (about k / selectivity
+ *    calls), other encodings for every held id of the probed lists;
  * in every case, while fewer than k results come back nprobe is widened (x4) up to all lists,
- * so k results come back whenever k allowed items exist. */
+ * so k results come back whenever k allowed items exist.
+ * max_allow > 0 caps the calls of `allow` for one search: when they run out (a predicate that
+ * rejects almost everything) the search stops and returns CDB_INDEX_FILTER_SPENT, so that the
+ * caller can list the allowed ids instead; 0: no cap. */
 typedef struct cdb_filter {
   const int64_t *ids; /* sorted ascending, or NULL */
   int64_t n_ids;
   int (*allow)(void *ctx, int64_t id);
   void *ctx;
+  int64_t max_allow;
 } cdb_filter;
+
+/* Returned by the searches when the filter's max_allow ran out (nothing is written). */
+#define CDB_INDEX_FILTER_SPENT 1
 
 /* Exact re-ranking for compressed encodings (SQ8, PQ): the caller's copy of vector `id` into
  * vec (dim floats, unit length). Returns 1 found, 0 when it has none (the candidate is dropped),
@@ -210,7 +217,8 @@ cdb_index *cdb_index_open_file_mmap(const char *path, uint64_t expected_generati
 int cdb_index_damaged(const cdb_index *idx);
 int cdb_index_verify(const cdb_index *idx, cdb_error *err);
 
-/* Visits every held item, list by list: fn gets n ids and their n x dim (decoded) vectors;
+/* Visits every held item, list by list (a long list in parts): fn gets n ids and their n x dim
+ * (decoded) vectors;
  * returning non-zero (with err set) stops the walk with that error. */
 typedef int (*cdb_index_scan_fn)(void *ctx, size_t n, const int64_t *ids, const float *vecs,
                                  cdb_error *err);

@@ -324,10 +324,11 @@ static cdb_search_opts with_rerank(cdbx_table *t, const cdb_search_opts *opts) {
 int cdbx_cache_search(cdbx_table *t, const float *query, int k, const cdb_search_opts *opts,
                       int64_t *ids, float *sims, int *n_found) {
   cdb_error err = {{0}};
-  int retried = 0, rc = SQLITE_OK;
+  int retried = 0, rc = SQLITE_OK, irc;
   cdb_search_opts o = with_rerank(t, opts);
   while (rc == SQLITE_OK &&
-         cdb_index_search(t->cache.index, query, k, &o, ids, sims, n_found, &err) != 0) {
+         (irc = cdb_index_search(t->cache.index, query, k, &o, ids, sims, n_found, &err)) != 0) {
+    if (irc == CDB_INDEX_FILTER_SPENT) return CDBX_FILTER_SPENT;
     rc = retry_after_damage(t, "search", &err, &retried);
   }
   return rc;
@@ -337,10 +338,11 @@ int cdbx_cache_range_search(cdbx_table *t, const float *query, float min_sim,
                             const cdb_search_opts *opts, int64_t **ids, float **sims,
                             int64_t *n_found) {
   cdb_error err = {{0}};
-  int retried = 0, rc = SQLITE_OK;
+  int retried = 0, rc = SQLITE_OK, irc;
   cdb_search_opts o = with_rerank(t, opts);
-  while (rc == SQLITE_OK && cdb_index_range_search(t->cache.index, query, min_sim, &o, ids, sims,
-                                                   n_found, &err) != 0) {
+  while (rc == SQLITE_OK && (irc = cdb_index_range_search(t->cache.index, query, min_sim, &o, ids,
+                                                          sims, n_found, &err)) != 0) {
+    if (irc == CDB_INDEX_FILTER_SPENT) return CDBX_FILTER_SPENT;
     rc = retry_after_damage(t, "range search", &err, &retried);
   }
   return rc;

@@ -239,6 +239,15 @@ int cdbx_store_prepare_rows(cdbx_table *t, int all_columns, const char *where, s
   return SQLITE_OK;
 }
 
+int cdbx_store_prepare_row_check(cdbx_table *t, const char *where, sqlite3_stmt **out) {
+  char *sql = sqlite3_mprintf("SELECT 1 FROM \"%w\".\"%w_rows\" WHERE rowid = ?1%s", t->schema,
+                              t->name, where ? where : "");
+  if (!sql) return SQLITE_NOMEM;
+  int rc = sqlite3_prepare_v2(t->db, sql, -1, out, NULL);
+  sqlite3_free(sql);
+  return rc == SQLITE_OK ? rc : cdbx_fail(t, "filter: %s", sqlite3_errmsg(t->db));
+}
+
 /* The stored columns (image, text, user columns) of the row bound to ?1. */
 int cdbx_store_prepare_row_lookup(cdbx_table *t, sqlite3_stmt **out) {
   char *cols = row_columns(t, 0);

@@ -209,7 +209,9 @@ int cdbx_cache_rollback_flush(cdbx_table *t); /* runs no SQL: for xRollback / xR
 void cdbx_cache_drop(cdbx_table *t);
 void cdbx_cache_file_remove(cdbx_table *t);
 /* Searches of the cache (cdb_index_search / cdb_index_range_search); one that meets a damaged
- * cache file discards it, rebuilds the cache from the tables and searches again. */
+ * cache file discards it, rebuilds the cache from the tables and searches again. A filter whose
+ * max_allow ran out makes them return CDBX_FILTER_SPENT (no SQLite code is negative). */
+#define CDBX_FILTER_SPENT (-1)
 int cdbx_cache_search(cdbx_table *t, const float *query, int k, const cdb_search_opts *opts,
                       int64_t *ids, float *sims, int *n_found);
 int cdbx_cache_range_search(cdbx_table *t, const float *query, float min_sim,
@@ -249,6 +251,9 @@ int cdbx_store_is_shadow_name(const char *suffix);
  * column names; all stored columns, or rowids only), one row's stored columns (rowid bound to
  * ?1), the image and text a row was embedded from, the rows that have no vector. */
 int cdbx_store_prepare_rows(cdbx_table *t, int all_columns, const char *where, sqlite3_stmt **out);
+/* A row (rowid bound to ?1) that meets `where` (as above, its values bound from ?2 on) yields
+ * one row. */
+int cdbx_store_prepare_row_check(cdbx_table *t, const char *where, sqlite3_stmt **out);
 int cdbx_store_prepare_row_lookup(cdbx_table *t, sqlite3_stmt **out);
 int cdbx_store_row_source(cdbx_table *t, int64_t rowid, sqlite3_value **image,
                           sqlite3_value **text);

@@ -379,9 +379,12 @@ static int knn_limits(cdbx_table *t, query_parts *q, int *k, int *nprobe, double
   return rc;
 }
 
-static int run_search(cdbx_table *t, cdbx_cursor *c, int k, double max_dist) {
-  cdb_filter filter = {c->allowed.ids, c->allowed.n, NULL, NULL};
-  cdb_search_opts opts = {.nprobe = c->nprobe, .filter = c->filtered ? &filter : NULL};
+/* Searches with the listed allowed rowids when the query filters, or with `lazy` when given. */
+static int run_search(cdbx_table *t, cdbx_cursor *c, int k, double max_dist,
+                      const cdb_filter *lazy) {
+  cdb_filter filter = {c->allowed.ids, c->allowed.n, NULL, NULL, 0};
+  cdb_search_opts opts = {.nprobe = c->nprobe,
+                          .filter = lazy ? lazy : c->filtered ? &filter : NULL};
   free(c->ids);
   free(c->dist);
   c->ids = NULL;
@@ -414,6 +417,45 @@ static int run_search(cdbx_table *t, cdbx_cursor *c, int k, double max_dist) {
 
 #define PROGRESSIVE_K0 32
 
+static int has_filter(const query_parts *q) {
+  return q->n_binds > 0 || sqlite3_str_length(q->where) > 0;
+}
+
+/* A filtered k-NN that tests the conditions on the best candidates first, one row lookup each,
+ * instead of listing every allowed rowid: about k / selectivity lookups. */
+typedef struct row_check {
+  sqlite3_stmt *st;
+  int failed;
+} row_check;
+
+static int row_allowed(void *ctx, int64_t rowid) {
+  row_check *r = ctx;
+  sqlite3_bind_int64(r->st, 1, rowid);
+  int rc = sqlite3_step(r->st);
+  sqlite3_reset(r->st);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) r->failed = 1;
+  return rc == SQLITE_ROW;
+}
+
+/* Lookups allowed before listing the allowed rowids is the cheaper way (a scan of every row). */
+static int64_t row_check_budget(cdbx_table *t) {
+  return 256 + cdb_index_count(t->cache.index) / 100;
+}
+
+/* Returns CDBX_FILTER_SPENT when the filter rejected too many for lookups to pay. */
+static int search_checking_rows(cdbx_table *t, cdbx_cursor *c, query_parts *q, int k) {
+  row_check r = {NULL, 0};
+  int rc = cdbx_store_prepare_row_check(t, sqlite3_str_value(q->where), &r.st);
+  for (int i = 0; rc == SQLITE_OK && i < q->n_binds; i++)
+    rc = sqlite3_bind_value(r.st, i + 2, q->binds[i]);
+  cdb_filter lazy = {NULL, 0, row_allowed, &r, row_check_budget(t)};
+  if (rc == SQLITE_OK) rc = run_search(t, c, k, -1, &lazy);
+  if (rc == SQLITE_OK && r.failed) rc = cdbx_fail(t, "filter: %s", sqlite3_errmsg(t->db));
+  sqlite3_finalize(r.st);
+  if (rc == SQLITE_OK) c->filtered = 1;
+  return rc;
+}
+
 static int filter_knn(cdbx_table *t, cdbx_cursor *c, query_parts *q) {
   int k = 0;
   double max_dist = -1;
@@ -430,11 +472,16 @@ static int filter_knn(cdbx_table *t, cdbx_cursor *c, query_parts *q) {
   if (rc == SQLITE_OK) rc = cdbx_pending_flush(t);
   if (rc == SQLITE_OK) rc = cdbx_cache_fresh(t);
   if (rc == SQLITE_OK) rc = cdbx_cache_flush(t);
-  if (rc == SQLITE_OK) rc = allowed_ids(t, q, &c->allowed, &c->filtered);
-  if (rc == SQLITE_OK && (!c->filtered || c->allowed.n > 0)) {
-    c->dist_op_le = q->distance_le;
-    rc = run_search(t, c, k, max_dist);
+  c->dist_op_le = q->distance_le;
+  int listed = 1; /* allowed rowids listed (or no filter) */
+  if (rc == SQLITE_OK && !c->progressive && max_dist < 0 && has_filter(q)) {
+    rc = search_checking_rows(t, c, q, k);
+    listed = rc == CDBX_FILTER_SPENT;
+    if (listed) rc = SQLITE_OK;
   }
+  if (rc == SQLITE_OK && listed) rc = allowed_ids(t, q, &c->allowed, &c->filtered);
+  if (rc == SQLITE_OK && listed && (!c->filtered || c->allowed.n > 0))
+    rc = run_search(t, c, k, max_dist, NULL);
   c->eof = rc != SQLITE_OK || c->n == 0;
   return rc;
 }
@@ -450,7 +497,7 @@ static int grow_search(cdbx_table *t, cdbx_cursor *c) {
   if (!full || c->seen.n >= limit || c->k >= CDB_INDEX_MAX_K) return SQLITE_DONE;
   qsort(c->seen.ids, (size_t)c->seen.n, sizeof(int64_t), cmp_i64);
   c->k = c->k * 4 > CDB_INDEX_MAX_K ? CDB_INDEX_MAX_K : c->k * 4;
-  int rc = run_search(t, c, c->k, -1);
+  int rc = run_search(t, c, c->k, -1, NULL);
   int64_t kept = 0;
   for (int64_t i = 0; rc == SQLITE_OK && i < c->n; i++) {
     if (bsearch(&c->ids[i], c->seen.ids, (size_t)c->seen.n, sizeof(int64_t), cmp_i64)) continue;

@@ -154,7 +154,7 @@ static void run_filtered(const cdb_index *idx, const cfg *c, const float *qs) {
     int64_t step = kind == 1 ? 10 : 100, n_set = 0;
     for (int64_t i = 0; i < c->n; i += step) set[n_set++] = i;
     cdb_filter f = {kind < 2 ? set : NULL, kind < 2 ? n_set : 0,
-                    kind == 2 ? allow_every_100th : NULL, NULL};
+                    kind == 2 ? allow_every_100th : NULL, NULL, 0};
     cdb_search_opts opts = {.nprobe = 0, .filter = &f};
     int short_results = 0;
     for (int qi = 0; qi < c->nq; qi++) {

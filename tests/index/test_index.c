@@ -190,8 +190,8 @@ Test(index, filtered_search_returns_k_allowed) {
       allowed[i] = 1;
       set[n_set++] = i;
     }
-  cdb_filter by_ids = {set, n_set, NULL, NULL};
-  cdb_filter by_pred = {NULL, 0, allow_mod100, NULL};
+  cdb_filter by_ids = {set, n_set, NULL, NULL, 0};
+  cdb_filter by_pred = {NULL, 0, allow_mod100, NULL, 0};
   double pred_recall = 0;
   for (int qi = 0; qi < 10; qi++) {
     const float *q = x + (size_t)(n + qi) * d;
@@ -208,23 +208,23 @@ Test(index, filtered_search_returns_k_allowed) {
     allowed[i] = 1;
     set[n_set++] = i;
   }
-  cdb_filter half = {set, n_set, NULL, NULL};
+  cdb_filter half = {set, n_set, NULL, NULL, 0};
   double r = 0;
   for (int qi = 0; qi < 10; qi++)
     r += check_filtered(idx, x, n, d, x + (size_t)(n + qi) * d, &half, allowed, 0);
   cr_assert(r / 10 >= 0.9, "50%% filter recall %.3f", r / 10);
   /* fewer allowed than k: all of them */
   int64_t three[3] = {5, 500, 5000};
-  cdb_filter tiny = {three, 3, NULL, NULL};
+  cdb_filter tiny = {three, 3, NULL, NULL, 0};
   memset(allowed, 0, (size_t)n);
   allowed[5] = allowed[500] = allowed[5000] = 1;
   check_filtered(idx, x, n, d, x + (size_t)n * d, &tiny, allowed, 1);
   /* ids and a predicate together (sparse ids: binary-search path, then the predicate) */
-  cdb_filter both = {three, 3, allow_not_500, NULL};
+  cdb_filter both = {three, 3, allow_not_500, NULL, 0};
   allowed[500] = 0;
   check_filtered(idx, x, n, d, x + (size_t)n * d, &both, allowed, 1);
   /* an empty allow-list finds nothing */
-  cdb_filter none = {three, 0, NULL, NULL};
+  cdb_filter none = {three, 0, NULL, NULL, 0};
   cdb_search_opts opts = {.nprobe = 0, .filter = &none};
   int64_t got[K];
   float gs[K];
@@ -487,7 +487,7 @@ Test(index, mmap_cache_file_round_trip) {
   assert_same_results(idx, mapped, x + (size_t)n * d, nq, d);
   /* a range search and a filter work on the mapped lists too */
   int64_t set[2] = {3, 4};
-  cdb_filter f = {set, 2, NULL, NULL};
+  cdb_filter f = {set, 2, NULL, NULL, 0};
   cdb_search_opts opts = {.nprobe = 0, .filter = &f};
   int64_t got[K];
   float gs[K];
@@ -712,7 +712,7 @@ Test(index, range_search_finds_near_duplicates) {
   free(sims);
   /* with a filter excluding row 0 */
   int64_t dupes[3] = {100, 101, 2000};
-  cdb_filter f = {dupes, 3, NULL, NULL};
+  cdb_filter f = {dupes, 3, NULL, NULL, 0};
   cdb_search_opts opts = {.nprobe = 0, .filter = &f};
   cr_assert_eq(cdb_index_range_search(idx, x, min_sim, &opts, &ids, &sims, &n_found, &err), 0);
   cr_assert_eq(n_found, 2);
