@@ -86,6 +86,14 @@ def first_query(path, ext, sql, q, tmp):
     return float(r.stdout)
 
 
+def index_info(db):
+    """clip_index_info of table t (factory, nlist, nprobe), or why it is unavailable."""
+    try:
+        return json.loads(db.execute("select clip_index_info('t')").fetchone()[0])
+    except (sqlite3.Error, TypeError, ValueError) as e:
+        return {"kind": None, "error": str(e)}
+
+
 def run(name, path, ext, create, match, x, tags, queries, truths, tmp, info=False):
     db = sqlite3.connect(path, isolation_level=None)
     db.enable_load_extension(True)
@@ -99,7 +107,7 @@ def run(name, path, ext, create, match, x, tags, queries, truths, tmp, info=Fals
     t1 = time.perf_counter()
     db.execute("commit")
     t2 = time.perf_counter()
-    index = json.loads(db.execute("select clip_index_info('t')").fetchone()[0]) if info else None
+    index = index_info(db) if info else None
     db.close()
     knn = f"select rowid from t where {match} match ? and k = 10"
     first = [first_query(path, ext, knn, q, tmp) for q in queries[:3]]
@@ -170,8 +178,12 @@ def faiss_direct(program, factory, nprobe, x, truths, tmp):
 
 def faiss_rows(build, index, x, truths, tmp):
     """The FAISS direct rows: the clip table's factory and nprobe, then IVF,Flat for reference."""
-    if not index or index.get("kind") != "ivf":
-        print(f"faiss direct: skipped, the clip table holds no IVF index ({index})", flush=True)
+    if "error" in index:
+        print(f"faiss direct: skipped, clip_index_info failed: {index['error']}", flush=True)
+        return None
+    if index.get("kind") != "ivf":
+        print(f"faiss direct: skipped, the clip table holds no trained IVF index "
+              f"(kind {index.get('kind')}, factory {index.get('factory')})", flush=True)
         return None
     x.tofile(os.path.join(tmp, "x.f32"))
     program = os.path.join(os.path.abspath(build), "bench", "sqlite", "faiss_direct")
