@@ -2,7 +2,9 @@
 same data: one transaction of INSERTs (embedding + an integer tag, 10 % of rows tag = 3), then
 COMMIT (clipdb trains its IVF index there), the files' size against the raw float32 vectors, the
 first query of a new process, KNN k=10 and k=10 filtered to tag = 3 (p50, recall@10 against
-numpy's exact search over the allowed rows).
+numpy's exact search over the allowed rows). FAISS used directly (bench/sqlite/faiss_direct.c,
+built with the other bench programs) gets the same data and queries: the clip table's own factory
+and nprobe (from clip_index_info after COMMIT), and IVF<nlist>,Flat for reference (up to 200k rows).
 
 The vectors look like CLIP embeddings: a common direction shared by all (cosine ~0.5 to it),
 ~100 intrinsic dimensions, clusters with Zipf-distributed sizes.
@@ -17,6 +19,7 @@ VEC0_PATH: sqlite-vec 0.1.9's vec0 (`cd /tmp && npm install sqlite-vec-linux-x64
 /tmp/node_modules/sqlite-vec-linux-x64/vec0.so); "-" skips it. BENCH_KEEP=DIR keeps the
 databases there."""
 import glob
+import json
 import os
 import sqlite3
 import subprocess
@@ -83,7 +86,15 @@ def first_query(path, ext, sql, q, tmp):
     return float(r.stdout)
 
 
-def run(name, path, ext, create, match, x, tags, queries, tmp):
+def index_info(db):
+    """clip_index_info of table t (factory, nlist, nprobe), or why it is unavailable."""
+    try:
+        return json.loads(db.execute("select clip_index_info('t')").fetchone()[0])
+    except (sqlite3.Error, TypeError, ValueError) as e:
+        return {"kind": None, "error": str(e)}
+
+
+def run(name, path, ext, create, match, x, tags, queries, truths, tmp, info=False):
     db = sqlite3.connect(path, isolation_level=None)
     db.enable_load_extension(True)
     db.load_extension(ext)
@@ -96,6 +107,7 @@ def run(name, path, ext, create, match, x, tags, queries, tmp):
     t1 = time.perf_counter()
     db.execute("commit")
     t2 = time.perf_counter()
+    index = index_info(db) if info else None
     db.close()
     knn = f"select rowid from t where {match} match ? and k = 10"
     first = [first_query(path, ext, knn, q, tmp) for q in queries[:3]]
@@ -104,15 +116,13 @@ def run(name, path, ext, create, match, x, tags, queries, tmp):
     db = sqlite3.connect(path, isolation_level=None)
     db.enable_load_extension(True)
     db.load_extension(ext)
-    truth = [exact_top(x, q) for q in queries]
-    allowed = tags == 3
-    ftruth = [exact_top(x, q, allowed) for q in queries]
+    truth, ftruth = truths
     p50, recall = timed_queries(db, knn, queries, truth)
     fp50, frecall = timed_queries(db, knn + " and tag = 3", queries, ftruth)
     db.close()
     n = len(x)
     r = dict(insert=n / (t1 - t0), commit=t2 - t1, e2e=n / (t2 - t0), size=size / x.nbytes,
-             first=first[0], p50=p50, recall=recall, fp50=fp50, frecall=frecall)
+             first=first[0], p50=p50, recall=recall, fp50=fp50, frecall=frecall, index=index)
     print(f"{name:26s} insert {r['insert']:7.0f} rows/s  commit {r['commit']:6.2f} s  "
           f"end-to-end {r['e2e']:7.0f} rows/s  files {r['size']:4.2f}x raw  "
           f"first query {r['first']:6.1f} ms  knn p50 {p50:6.2f} ms recall {recall:.3f}  "
@@ -121,6 +131,70 @@ def run(name, path, ext, create, match, x, tags, queries, tmp):
           "; first queries of 3 new processes: " + " ".join(f"{t:.1f}" for t in first) + " ms",
           flush=True)
     return r
+
+
+FLAT_MAX_ROWS = 200000  # above this the IVF,Flat reference line (training + add) is skipped
+
+
+def recall_of(path, truths):
+    got = np.fromfile(path, dtype=np.int64).reshape(len(truths), 10)
+    return sum(len(set(g.tolist()) & t) for g, t in zip(got, truths)) / (10 * len(truths))
+
+
+def faiss_direct(program, factory, nprobe, x, truths, tmp):
+    """FAISS alone on the same data (faiss_direct.c): a result dict, or None after saying why."""
+    name = f"faiss {factory} direct"
+    try:
+        r = subprocess.run([program, tmp, factory, str(nprobe), str(x.shape[1])],
+                           capture_output=True, text=True)
+    except OSError as e:
+        print(f"{name:26s} failed: cannot run {program} ({e.strerror}); build it with "
+              f"ninja -C BUILD bench/sqlite/faiss_direct", flush=True)
+        return None
+    if r.returncode:
+        why = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+        print(f"{name:26s} failed (exit status {r.returncode}): {why}", flush=True)
+        return None
+    f = dict(zip(*[iter(r.stdout.split())] * 2))
+    if f.get("n") != str(len(x)):
+        print(f"{name:26s} failed: unexpected output {r.stdout.strip()!r}", flush=True)
+        return None
+    n, train_s, add_s = len(x), float(f["train_s"]), float(f["add_s"])
+    res = dict(e2e=n / (train_s + add_s), size=int(f["size_bytes"]) / x.nbytes,
+               p50=float(f["p50_ms"]), recall=recall_of(os.path.join(tmp, "knn.i64"), truths[0]),
+               fp50=float(f["fp50_ms"]),
+               frecall=recall_of(os.path.join(tmp, "tag3.i64"), truths[1]))
+    print(f"{name:26s} add    {n / add_s:7.0f} rows/s  train  {train_s:6.2f} s  "
+          f"end-to-end {res['e2e']:7.0f} rows/s  index {res['size']:4.2f}x raw  "
+          f"first query    n/a    knn p50 {res['p50']:6.2f} ms recall {res['recall']:.3f}  "
+          f"tag=3 p50 {res['fp50']:6.2f} ms recall {res['frecall']:.3f}", flush=True)
+    order = "FAISS's own order" + (", no exact re-ranking" if "Flat" not in factory else "")
+    print(f"  faiss direct: nlist {f['nlist']}, FAISS k-means on {f['train_n']} vectors, nprobe "
+          f"{f['nprobe']}, one query per search call; tag=3 through an IDSelectorBatch of "
+          f"{f['allowed']} ids (built once, untimed), nprobe {f['fnprobe']}; recall as is "
+          f"({order})", flush=True)
+    return res
+
+
+def faiss_rows(build, index, x, truths, tmp):
+    """The FAISS direct rows: the clip table's factory and nprobe, then IVF,Flat for reference."""
+    if "error" in index:
+        print(f"faiss direct: skipped, clip_index_info failed: {index['error']}", flush=True)
+        return None
+    if index.get("kind") != "ivf":
+        print(f"faiss direct: skipped, the clip table holds no trained IVF index "
+              f"(kind {index.get('kind')}, factory {index.get('factory')})", flush=True)
+        return None
+    x.tofile(os.path.join(tmp, "x.f32"))
+    program = os.path.join(os.path.abspath(build), "bench", "sqlite", "faiss_direct")
+    same = faiss_direct(program, index["factory"], index["nprobe"], x, truths, tmp)
+    flat = f"IVF{index['nlist']},Flat"
+    if len(x) > FLAT_MAX_ROWS:
+        print(f"faiss {flat} direct: skipped at {len(x)} rows (> {FLAT_MAX_ROWS}: its "
+              f"training and add would add minutes to the run)", flush=True)
+    elif flat != index["factory"]:
+        faiss_direct(program, flat, index["nprobe"], x, truths, tmp)
+    return same
 
 
 def main():
@@ -138,6 +212,8 @@ def main():
     print(f"rows {n}, dims {d}, queries {nq}, raw vectors {x.nbytes / 2**20:.0f} MiB, "
           f"sqlite {sqlite3.sqlite_version}, page size {PAGE_SIZE}", flush=True)
     print(f"load: {open('/proc/loadavg').read().strip()} on {os.cpu_count()} cores", flush=True)
+    allowed = tags == 3
+    truths = ([exact_top(x, q) for q in queries], [exact_top(x, q, allowed) for q in queries])
     keep = os.environ.get("BENCH_KEEP")
     with tempfile.TemporaryDirectory() as tmp:
         where = keep or tmp
@@ -145,16 +221,23 @@ def main():
             ours = run(f"{label} clip(index=auto)", os.path.join(where, f"clip{i}.db"),
                        os.path.join(os.path.abspath(build), "sqlite-ext", "clipdb"),
                        f"create virtual table t using clip(dims={d}, tag INTEGER)", "t",
-                       x, tags, queries, tmp)
-        if vec0 == "-":
-            return
-        vec = run("sqlite-vec vec0 (exact)", os.path.join(where, "vec.db"), vec0,
-                  f"create virtual table t using vec0(embedding float[{d}] "
-                  f"distance_metric=cosine, tag integer)", "embedding", x, tags, queries, tmp)
-        print(f"ratio {builds[-1][0]}/sqlite-vec: " + "  ".join(
-            f"{k} {ours[k] / vec[k]:.2f}" for k in ("e2e", "size", "first", "p50", "fp50")))
+                       x, tags, queries, truths, tmp, info=True)
+        ratios = []
+        if vec0 != "-":
+            vec = run("sqlite-vec vec0 (exact)", os.path.join(where, "vec.db"), vec0,
+                      f"create virtual table t using vec0(embedding float[{d}] "
+                      f"distance_metric=cosine, tag integer)", "embedding", x, tags, queries,
+                      truths, tmp)
+            ratios.append(f"{builds[-1][0]}/sqlite-vec: " + "  ".join(
+                f"{k} {ours[k] / vec[k]:.2f}" for k in ("e2e", "size", "first", "p50", "fp50")))
+        queries.tofile(os.path.join(tmp, "q.f32"))
+        tags.astype(np.int32).tofile(os.path.join(tmp, "tags.i32"))
+        fai = faiss_rows(builds[-1][1], ours["index"], x, truths, tmp)
+        ratios.append(f"{builds[-1][0]}/faiss: " + ("  ".join(
+            f"{k} {ours[k] / fai[k]:.2f}" for k in ("e2e", "size", "p50", "fp50"))
+            if fai else "n/a (no FAISS direct result)"))
+        print("ratio " + "   ".join(ratios), flush=True)
     print(f"load: {open('/proc/loadavg').read().strip()}", flush=True)
-
 
 if __name__ == "__main__":
     main()
