@@ -111,11 +111,39 @@ static int link_neighbours(cli_db *db, photo *p, int n, double threshold, long n
   return rc;
 }
 
+/* The groups, each photo chained to the next member of its group (in path order): built in one
+ * pass, so that printing stays linear in the library's size. */
+typedef struct groups {
+  int *next;    /* next member, or -1 */
+  int *members; /* per lead: how many */
+  double *best; /* per lead: the highest similarity of a member */
+} groups;
+
+static groups make_groups(photo *p, int n) {
+  groups g = {g_new(int, n > 0 ? n : 1), g_new0(int, n > 0 ? n : 1),
+              g_new0(double, n > 0 ? n : 1)};
+  int *last = g_new(int, n > 0 ? n : 1);
+  for (int i = 0; i < n; i++) {
+    int lead = find(p, i);
+    g.next[i] = -1;
+    if (g.members[lead]++ > 0) g.next[last[lead]] = i;
+    last[lead] = i;
+    if (p[i].best > g.best[lead]) g.best[lead] = p[i].best;
+  }
+  g_free(last);
+  return g;
+}
+
+static void free_groups(groups *g) {
+  g_free(g->next);
+  g_free(g->members);
+  g_free(g->best);
+}
+
 /* The group's paths' exact bytes in base64, in the order of "paths". */
-static json_object *group_path_bytes(photo *p, int n, int lead) {
+static json_object *group_path_bytes(photo *p, const groups *g, int lead) {
   json_object *arr = json_object_new_array();
-  for (int i = lead; i < n; i++) {
-    if (find(p, i) != lead) continue;
+  for (int i = lead; i >= 0; i = g->next[i]) {
     char *b64 = g_base64_encode((const guchar *)p[i].path, strlen(p[i].path));
     json_object_array_add(arr, json_object_new_string(b64));
     g_free(b64);
@@ -123,34 +151,25 @@ static json_object *group_path_bytes(photo *p, int n, int lead) {
   return arr;
 }
 
-/* The members of the group led by lead; its best similarity in *best. */
-static int group_size(photo *p, int n, int lead, double *best) {
-  int members = 0;
-  *best = 0;
-  for (int i = lead; i < n; i++)
-    if (find(p, i) == lead) members++, *best = p[i].best > *best ? p[i].best : *best;
-  return members;
-}
-
 /* [{"paths": [...], "paths_bytes"?: [...], "similarity"}, ...] (see --json). */
 static json_object *groups_json(photo *p, int n) {
+  groups g = make_groups(p, n);
   json_object *arr = json_object_new_array();
   for (int lead = 0; lead < n; lead++) {
-    double best;
-    if (find(p, lead) != lead || group_size(p, n, lead, &best) < 2) continue;
+    if (find(p, lead) != lead || g.members[lead] < 2) continue;
     json_object *paths = json_object_new_array();
     json_object *bytes = NULL; /* base64 of each path, only in a group with a non-UTF-8 one */
-    for (int i = lead; i < n; i++) {
-      if (find(p, i) != lead) continue;
+    for (int i = lead; i >= 0; i = g.next[i]) {
       json_object_array_add(paths, output_json_text(p[i].path));
-      if (!bytes && !g_utf8_validate(p[i].path, -1, NULL)) bytes = group_path_bytes(p, n, lead);
+      if (!bytes && !g_utf8_validate(p[i].path, -1, NULL)) bytes = group_path_bytes(p, &g, lead);
     }
-    json_object *g = json_object_new_object();
-    json_object_object_add(g, "paths", paths);
-    if (bytes) json_object_object_add(g, "paths_bytes", bytes);
-    json_object_object_add(g, "similarity", json_object_new_double(best));
-    json_object_array_add(arr, g);
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "paths", paths);
+    if (bytes) json_object_object_add(o, "paths_bytes", bytes);
+    json_object_object_add(o, "similarity", json_object_new_double(g.best[lead]));
+    json_object_array_add(arr, o);
   }
+  free_groups(&g);
   return arr;
 }
 
@@ -161,17 +180,17 @@ static void print_groups(photo *p, int n, bool json) {
     json_object_put(arr);
     return;
   }
-  int groups = 0;
+  groups g = make_groups(p, n);
+  int printed = 0;
   for (int lead = 0; lead < n; lead++) {
-    double best;
-    int members = find(p, lead) == lead ? group_size(p, n, lead, &best) : 0;
-    if (members < 2) continue;
-    if (groups) putchar('\n');
-    printf("# group %d: %d photos, similarity up to %.4f\n", groups + 1, members, best);
-    for (int i = lead; i < n; i++)
-      if (find(p, i) == lead) output_path_line(stdout, "", p[i].path);
-    groups++;
+    if (find(p, lead) != lead || g.members[lead] < 2) continue;
+    if (printed) putchar('\n');
+    printf("# group %d: %d photos, similarity up to %.4f\n", printed + 1, g.members[lead],
+           g.best[lead]);
+    for (int i = lead; i >= 0; i = g.next[i]) output_path_line(stdout, "", p[i].path);
+    printed++;
   }
+  free_groups(&g);
 }
 
 int cli_dedup_groups(cli_db *db, double threshold, json_object **out, cdb_error *err) {

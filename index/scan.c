@@ -20,7 +20,7 @@
 
 /* b may be unaligned (lists mapped from a cache file are packed). */
 typedef float (*dot_f32_fn)(const float *a, const unsigned char *b, int d);
-typedef float (*dot_u8_fn)(const float *w, const uint8_t *code, int d);
+typedef int32_t (*dot_u8_fn)(const int16_t *w, const uint8_t *code, int d);
 
 static float dot_f32_generic(const float *a, const unsigned char *b, int d) {
   float acc[4] = {0}, chunk[4];
@@ -36,13 +36,10 @@ static float dot_f32_generic(const float *a, const unsigned char *b, int d) {
   return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
-static float dot_u8_generic(const float *w, const uint8_t *code, int d) {
-  float acc[4] = {0};
-  int i = 0;
-  for (; i + 4 <= d; i += 4)
-    for (int j = 0; j < 4; j++) acc[j] += w[i + j] * (float)code[i + j];
-  for (; i < d; i++) acc[0] += w[i] * (float)code[i];
-  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+static int32_t dot_u8_generic(const int16_t *w, const uint8_t *code, int d) {
+  int32_t acc = 0;
+  for (int i = 0; i < d; i++) acc += (int32_t)w[i] * code[i];
+  return acc;
 }
 
 #ifdef CDB_SCAN_X86
@@ -66,19 +63,20 @@ __attribute__((target("avx2,fma"))) static float dot_f32_avx2(const float *a,
   return i < d ? s + dot_f32_generic(a + i, b + (size_t)i * sizeof(float), d - i) : s;
 }
 
-__attribute__((target("avx2,fma"))) static float dot_u8_avx2(const float *w, const uint8_t *code,
-                                                              int d) {
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+__attribute__((target("avx2"))) static int32_t dot_u8_avx2(const int16_t *w, const uint8_t *code,
+                                                          int d) {
+  __m256i acc = _mm256_setzero_si256();
   int i = 0;
   for (; i + 16 <= d; i += 16) {
-    __m128i c = _mm_loadu_si128((const __m128i *)(const void *)(code + i));
-    __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c));
-    __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(c, 8)));
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), lo, s0);
-    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), hi, s1);
+    __m256i c = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(code + i)));
+    __m256i wv = _mm256_loadu_si256((const __m256i *)(const void *)(w + i));
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(c, wv));
   }
-  float s = hsum256(_mm256_add_ps(s0, s1));
-  return i < d ? s + dot_u8_generic(w + i, code + i, d - i) : s;
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+  int32_t sum = _mm_cvtsi128_si32(s);
+  return i < d ? sum + dot_u8_generic(w + i, code + i, d - i) : sum;
 }
 
 __attribute__((target("avx512f,fma"))) static float dot_f32_avx512(const float *a,
@@ -94,19 +92,18 @@ __attribute__((target("avx512f,fma"))) static float dot_f32_avx512(const float *
   return i < d ? s + dot_f32_generic(a + i, b + (size_t)i * sizeof(float), d - i) : s;
 }
 
-__attribute__((target("avx512f,fma"))) static float dot_u8_avx512(const float *w,
-                                                                   const uint8_t *code, int d) {
-  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+__attribute__((target("avx512f,avx512bw"))) static int32_t dot_u8_avx512(const int16_t *w,
+                                                                         const uint8_t *code,
+                                                                         int d) {
+  __m512i acc = _mm512_setzero_si512();
   int i = 0;
   for (; i + 32 <= d; i += 32) {
-    __m128i c0 = _mm_loadu_si128((const __m128i *)(const void *)(code + i));
-    __m128i c1 = _mm_loadu_si128((const __m128i *)(const void *)(code + i + 16));
-    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(c0)), s0);
-    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 16),
-                         _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(c1)), s1);
+    __m512i c = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(const void *)(code + i)));
+    __m512i wv = _mm512_loadu_si512((const void *)(w + i));
+    acc = _mm512_add_epi32(acc, _mm512_madd_epi16(c, wv));
   }
-  float s = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
-  return i < d ? s + dot_u8_generic(w + i, code + i, d - i) : s;
+  int32_t sum = _mm512_reduce_add_epi32(acc);
+  return i < d ? sum + dot_u8_generic(w + i, code + i, d - i) : sum;
 }
 #endif
 
@@ -118,7 +115,9 @@ typedef struct kernels {
 static kernels chosen_kernels(void) {
 #ifdef CDB_SCAN_X86
   switch (cdb_ip_isa_chosen()) {
-    case CDB_IP_AVX512: return (kernels){dot_f32_avx512, dot_u8_avx512};
+    case CDB_IP_AVX512:
+      if (__builtin_cpu_supports("avx512bw")) return (kernels){dot_f32_avx512, dot_u8_avx512};
+      return (kernels){dot_f32_avx512, dot_u8_avx2};
     case CDB_IP_AVX2: return (kernels){dot_f32_avx2, dot_u8_avx2};
     default: break;
   }
@@ -210,8 +209,9 @@ typedef struct scan {
   cdb_faiss_ivf_layout layout;
   kernels k;
   const float *q;
-  float *w;    /* SQ8: q_i vdiff_i / 255 */
-  float base;  /* SQ8: sum_i q_i (vmin_i + 0.5 vdiff_i / 255) */
+  int16_t *w;  /* SQ8: q_i vdiff_i / 255, as integers: w_i * w_scale */
+  float w_scale;
+  float base; /* SQ8: sum_i q_i (vmin_i + 0.5 vdiff_i / 255) */
   float *qc;   /* q . centroid, per list */
   int32_t *probe;
   size_t nprobe;
@@ -244,6 +244,24 @@ static int choose_probes(scan *s, size_t nprobe) {
   return 0;
 }
 
+/* w_i = q_i vdiff_i / 255 as int16 with one scale, the largest |w_i| at W_MAX: the kernels'
+ * int32 lanes each sum at most d / 8 products of 255 x W_MAX, so W_MAX shrinks for d > 4096
+ * (14 bits: the rounding is far below the codes' own). */
+static void quantize_weights(scan *s, int d) {
+  double base = 0, wmax = 0;
+  for (int i = 0; i < d; i++) {
+    double w = (double)s->q[i] * s->layout.vdiff[i] / 255.0;
+    if (fabs(w) > wmax) wmax = fabs(w);
+    base += (double)s->q[i] * (s->layout.vmin[i] + 0.5 * s->layout.vdiff[i] / 255.0);
+  }
+  double limit = fmin(16383.0, floor(2147483647.0 * 8.0 / (255.0 * (d + 16))));
+  double scale = wmax > 0 ? limit / wmax : 1.0;
+  for (int i = 0; i < d; i++)
+    s->w[i] = (int16_t)lrint((double)s->q[i] * s->layout.vdiff[i] / 255.0 * scale);
+  s->w_scale = (float)(1.0 / scale);
+  s->base = (float)base;
+}
+
 static int scan_init(scan *s, const cdb_index *idx, const float *q, size_t nprobe,
                      cdb_error *err) {
   memset(s, 0, sizeof *s);
@@ -261,14 +279,7 @@ static int scan_init(scan *s, const cdb_index *idx, const float *q, size_t nprob
     scan_free(s);
     return cdb_error_set(err, "index: out of memory");
   }
-  if (s->w) {
-    double base = 0;
-    for (int i = 0; i < d; i++) {
-      s->w[i] = q[i] * s->layout.vdiff[i] / 255.0f;
-      base += (double)q[i] * (s->layout.vmin[i] + 0.5 * s->layout.vdiff[i] / 255.0);
-    }
-    s->base = (float)base;
-  }
+  if (s->w) quantize_weights(s, d);
   return 0;
 }
 
@@ -292,7 +303,8 @@ static int scan_lists(const scan *s, const ivf_scan_filter *f, hit_fn fn, void *
       memcpy(&id, (const unsigned char *)ids + j * sizeof id, sizeof id);
       if (f && f->member && !f->member(f->member_ctx, id)) continue;
       const uint8_t *code = codes + j * cs;
-      float sim = sq8 ? offset + s->k.u8(s->w, code, d) : s->k.f32(s->q, code, d);
+      float sim = sq8 ? offset + s->w_scale * (float)s->k.u8(s->w, code, d)
+                      : s->k.f32(s->q, code, d);
       fn(ctx, (hit){sim, id});
     }
     cdb_faiss_IndexIVF_list_release(s->idx->ivf, l, codes, ids);

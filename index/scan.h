@@ -6,8 +6,9 @@
  * code's similarity to the query is one float x uint8 dot product plus a per-list constant:
  * for component i, x_i = vmin_i + (code_i + 0.5) / 255 * vdiff_i (+ the list's centroid for
  * residual codes), so q.x = q.c + sum_i q_i (vmin_i + 0.5 vdiff_i / 255) + sum_i w_i code_i with
- * w_i = q_i vdiff_i / 255. The kernels (AVX-512, AVX2+FMA, plain C) follow ipkernel.h's choice
- * of instruction set. Other encodings (PQ, ...) stay with FAISS's search. */
+ * w_i = q_i vdiff_i / 255, computed in integers (w as int16 with one scale: AVX-512BW / AVX2
+ * vpmaddwd, 32 / 16 codes' bytes per instruction). The kernels (AVX-512, AVX2, plain C) follow
+ * ipkernel.h's choice of instruction set. Other encodings (PQ, ...) stay with FAISS's search. */
 #ifndef CDB_INDEX_SCAN_H
 #define CDB_INDEX_SCAN_H
 
