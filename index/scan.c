@@ -330,27 +330,50 @@ static int ask_allow(ivf_scan_filter *f, int64_t id, int *allowed) {
   if (f->allow_budget == 0) return IVF_SCAN_BUDGET_SPENT;
   if (f->allow_budget > 0) f->allow_budget--;
   *allowed = f->allow(f->allow_ctx, id) != 0;
+  f->asked++;
+  f->accepted += *allowed;
   return 0;
 }
 
-/* The k best of all hits that f->allow accepts, asked best first. */
-static int best_allowed(hits *all, int64_t k, ivf_scan_filter *f, int64_t *ids, float *sims,
-                        int64_t *n_found) {
-  for (int64_t i = all->n / 2 - 1; i >= 0; i--) sift_down(all->h, all->n, i, 0);
-  int64_t n = all->n, found = 0;
-  while (found < k && n > 0) {
-    hit best = all->h[0];
-    all->h[0] = all->h[--n];
-    sift_down(all->h, n, 0, 0);
-    int allowed, rc = ask_allow(f, best.id, &allowed);
-    if (rc) return rc;
-    if (allowed) {
-      ids[found] = best.id;
-      sims[found++] = best.sim;
+/* The k best hits that f->allow accepts, asked best first. The candidates are the scan's best
+ * `keep` (not all of them: a bounded heap costs little per code); when those run out before k
+ * are allowed, the scan runs again keeping 8x more and the asking resumes where it stopped (the
+ * ranking is deterministic, so the first candidates are the same ones). */
+static int best_allowed(const scan *s, int64_t k, ivf_scan_filter *f, int64_t *ids, float *sims,
+                        int64_t *n_found, cdb_error *err) {
+  int64_t keep = 8 * k + 256, asked = 0, found = 0;
+  int rc = 0;
+  for (;;) {
+    top_k t = {malloc((size_t)keep * sizeof(hit)), 0, keep};
+    int64_t *cids = malloc((size_t)keep * sizeof *cids);
+    float *csims = malloc((size_t)keep * sizeof *csims);
+    rc = t.h && cids && csims ? scan_lists(s, f, offer_to_top, &t, err)
+                              : cdb_error_set(err, "index: out of memory");
+    int64_t n = t.n;
+    if (rc == 0) top_k_drain(&t, cids, csims);
+    for (; rc == 0 && found < k && asked < n; asked++) {
+      int allowed;
+      rc = ask_allow(f, cids[asked], &allowed);
+      if (rc == 0 && allowed) {
+        ids[found] = cids[asked];
+        sims[found++] = csims[asked];
+      }
     }
+    free(t.h);
+    free(cids);
+    free(csims);
+    if (rc != 0 || found == k || n < keep) break; /* done, or every candidate asked */
+    /* the asks still needed at the selectivity seen so far would overrun the budget */
+    if (f->allow_budget >= 0 && (double)(k - found) * (double)f->asked /
+                                        (double)(f->accepted > 0 ? f->accepted : 1) >
+                                    (double)f->allow_budget) {
+      rc = IVF_SCAN_BUDGET_SPENT;
+      break;
+    }
+    keep *= 8;
   }
   *n_found = found;
-  return 0;
+  return rc;
 }
 
 int ivf_scan_knn(const cdb_index *idx, const float *q, size_t nprobe, int64_t k,
@@ -360,11 +383,7 @@ int ivf_scan_knn(const cdb_index *idx, const float *q, size_t nprobe, int64_t k,
   if (scan_init(&s, idx, q, nprobe, err) < 0) return -1;
   int rc;
   if (f && f->allow) {
-    collector c = {{NULL, 0, 0}, -INFINITY, 0};
-    rc = scan_lists(&s, f, collect, &c, err);
-    if (rc == 0 && c.failed) rc = cdb_error_set(err, "index: out of memory");
-    if (rc == 0) rc = best_allowed(&c.all, k, f, ids, sims, n_found);
-    free(c.all.h);
+    rc = best_allowed(&s, k, f, ids, sims, n_found, err);
   } else {
     top_k t = {malloc((size_t)(k > 0 ? k : 1) * sizeof(hit)), 0, k};
     rc = t.h ? scan_lists(&s, f, offer_to_top, &t, err) : cdb_error_set(err, "index: out of memory");
@@ -452,7 +471,7 @@ static void calibrate_queries(void *ctx, int ith, int nth) {
   cdb_error err = {{0}};
   for (int qi = ith; qi < c->nq && ids && sims && !c->failed; qi += nth) {
     int64_t self = c->query_ids[qi], n = 0;
-    ivf_scan_filter others = {is_not, &self, NULL, NULL, -1};
+    ivf_scan_filter others = {is_not, &self, NULL, NULL, -1, 0, 0};
     int truth = c->nprobe >= c->idx->nlist;
     int64_t *out = truth ? c->truth + (size_t)qi * c->k : ids;
     if (ivf_scan_knn(c->idx, c->queries + (size_t)qi * c->idx->dim, c->nprobe, c->k, &others, out,

@@ -26,6 +26,7 @@ typedef struct ivf_scan_filter {
   int (*allow)(void *ctx, int64_t id); /* NULL: none */
   void *allow_ctx;
   int64_t allow_budget; /* allow calls left, decremented by each; < 0: unlimited */
+  int64_t asked, accepted; /* allow calls so far, and how many said yes */
 } ivf_scan_filter;
 
 /* Returned when allow_budget ran out before the scan could finish. */

@@ -239,6 +239,23 @@ int cdbx_store_prepare_rows(cdbx_table *t, int all_columns, const char *where, s
   return SQLITE_OK;
 }
 
+int cdbx_store_rows_scan_all(cdbx_table *t, const char *where) {
+  sqlite3_stmt *st = NULL;
+  char *sql = sqlite3_mprintf("EXPLAIN QUERY PLAN SELECT rowid FROM \"%w\".\"%w_rows\" WHERE 1%s",
+                              t->schema, t->name, where ? where : "");
+  int scans = 1;
+  if (sql && sqlite3_prepare_v2(t->db, sql, -1, &st, NULL) == SQLITE_OK) {
+    scans = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+      const char *detail = (const char *)sqlite3_column_text(st, 3);
+      if (detail && strncmp(detail, "SCAN", 4) == 0) scans = 1;
+    }
+  }
+  sqlite3_finalize(st);
+  sqlite3_free(sql);
+  return scans;
+}
+
 int cdbx_store_prepare_row_check(cdbx_table *t, const char *where, sqlite3_stmt **out) {
   char *sql = sqlite3_mprintf("SELECT 1 FROM \"%w\".\"%w_rows\" WHERE rowid = ?1%s", t->schema,
                               t->name, where ? where : "");

@@ -251,6 +251,9 @@ int cdbx_store_is_shadow_name(const char *suffix);
  * column names; all stored columns, or rowids only), one row's stored columns (rowid bound to
  * ?1), the image and text a row was embedded from, the rows that have no vector. */
 int cdbx_store_prepare_rows(cdbx_table *t, int all_columns, const char *where, sqlite3_stmt **out);
+/* 1 when SQLite would read every row of T_rows to list those that meet `where` (its query plan
+ * has no rowid range or index for them), else 0. */
+int cdbx_store_rows_scan_all(cdbx_table *t, const char *where);
 /* A row (rowid bound to ?1) that meets `where` (as above, its values bound from ?2 on) yields
  * one row. */
 int cdbx_store_prepare_row_check(cdbx_table *t, const char *where, sqlite3_stmt **out);

@@ -422,7 +422,8 @@ static int has_filter(const query_parts *q) {
 }
 
 /* A filtered k-NN that tests the conditions on the best candidates first, one row lookup each,
- * instead of listing every allowed rowid: about k / selectivity lookups. */
+ * instead of listing every allowed rowid: about k / selectivity lookups. Taken when listing
+ * would read every row (no rowid range or index narrows the filter). */
 typedef struct row_check {
   sqlite3_stmt *st;
   int failed;
@@ -437,7 +438,8 @@ static int row_allowed(void *ctx, int64_t rowid) {
   return rc == SQLITE_ROW;
 }
 
-/* Lookups allowed before listing the allowed rowids is the cheaper way (a scan of every row). */
+/* Lookups allowed before listing the allowed rowids is the cheaper way (a scan of every row: at
+ * 1M rows ~55 ms, or ~13k lookups at ~4 us). */
 static int64_t row_check_budget(cdbx_table *t) {
   return 256 + cdb_index_count(t->cache.index) / 100;
 }
@@ -474,7 +476,8 @@ static int filter_knn(cdbx_table *t, cdbx_cursor *c, query_parts *q) {
   if (rc == SQLITE_OK) rc = cdbx_cache_flush(t);
   c->dist_op_le = q->distance_le;
   int listed = 1; /* allowed rowids listed (or no filter) */
-  if (rc == SQLITE_OK && !c->progressive && max_dist < 0 && has_filter(q)) {
+  if (rc == SQLITE_OK && !c->progressive && max_dist < 0 && has_filter(q) &&
+      cdbx_store_rows_scan_all(t, sqlite3_str_value(q->where))) {
     rc = search_checking_rows(t, c, q, k);
     listed = rc == CDBX_FILTER_SPENT;
     if (listed) rc = SQLITE_OK;

@@ -159,6 +159,29 @@ def test_filters_return_k(table, ext_path):
     check(db, truth, queries[:3], "AND rowid IN (5, 6)", lambda r: r in (5, 6))
 
 
+def test_filters_at_the_default_nprobe(table, ext_path):
+    """Filters SQLite would answer by reading every row are asked of the best candidates first
+    (one row lookup each); those narrowed by a rowid range, and those that reject too many for
+    lookups to pay, list the allowed rowids. Either way: k rows (or all allowed), all allowed,
+    exact distances, recall at the default nprobe."""
+    path, truth, queries = table
+    db = connect(str(path), ext_path)
+    db.execute("UPDATE v SET tag = 42 WHERE rowid IN (7, 70, 700, 7000)")
+    for r in (7, 70, 700, 7000):
+        truth.tag[r] = 42
+    cases = [("AND tag = 3", lambda r: truth.tag[r] == 3, 0.95),
+             ("AND tag < 5", lambda r: truth.tag[r] < 5, 0.95),
+             ("AND tag IN (2, 7)", lambda r: truth.tag[r] in (2, 7), 0.95),
+             ("AND tag = 3 AND rowid <= 1200", lambda r: truth.tag[r] == 3 and r <= 1200, 0.95),
+             ("AND tag = 42", lambda r: truth.tag[r] == 42, 1.0),
+             ("AND tag >= 3 AND tag <= 3", lambda r: truth.tag[r] == 3, 0.95)]
+    for extra, allowed, recall_min in cases:
+        r = check(db, truth, queries, extra, allowed, recall_min=recall_min, nprobe="")
+        print(f"\n{extra}: recall@10 {r:.3f} at the default nprobe")
+    check(db, truth, queries[:5], "AND tag = 3", lambda r: truth.tag[r] == 3, k=200,
+          recall_min=0.9, nprobe="")
+
+
 def snapshot_version(db):
     data = b"".join(bytes(d) for (d,) in db.execute("SELECT data FROM v_index ORDER BY piece"))
     return struct.unpack_from("<I", data, 8)[0], len(data)
