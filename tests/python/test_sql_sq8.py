@@ -95,6 +95,9 @@ def check(db, truth, queries, extra="", allowed=None, k=10, recall_min=RECALL_MI
     return recall
 
 
+TRAINED = {}  # clip_index_info right after the base table's training
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, ext_path):
     """A table of ROWS CLIP-like vectors with a tag column (10 % tag 3), trained at COMMIT."""
@@ -109,6 +112,7 @@ def base(tmp_path_factory, ext_path):
     db.executemany("INSERT INTO v(rowid, embedding, tag) VALUES (?, ?, ?)",
                    [(i + 1, blob(v), int(t)) for i, (v, t) in enumerate(zip(x, tags))])
     db.execute("COMMIT")
+    TRAINED.update(info(db))
     db.close()
     noise = rng.standard_normal((20, DIMS)) / np.sqrt(DIMS)
     queries = x[rng.integers(0, ROWS, 20)] + 0.3 * noise
@@ -210,6 +214,8 @@ def test_reopen(table, ext_path, monkeypatch, source):
     db = connect(str(path), ext_path)
     check(db, truth, queries, "AND tag = 3", lambda r: truth.tag[r] == 3)
     assert info(db)["mapped"] == (source == "cache-file")
+    # the default nprobe measured at training comes back with the index
+    assert info(db)["nprobe"] == TRAINED["nprobe"], (info(db), TRAINED)
     check(db, truth, queries)
     db.execute("INSERT INTO v(v) VALUES('integrity-check')")
 
