@@ -13,6 +13,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "sqlite-ext/table.h"
@@ -161,7 +162,8 @@ static int bulk_load(cdbx_table *t) {
 }
 
 /* ---- cold-start cache file ----
- * Next to a database file, "<db>-clip-<table>.idx" holds the snapshot as a memory-mappable
+ * Next to a database file (or in the user's cache folder, see cache_path), "<db>-clip-<table>.idx"
+ * holds the snapshot as a memory-mappable
  * FAISS index (index/ivf.h), tagged with the table's uid, generation, snapshot seq and
  * snapshot uid. A new connection maps it instead of reading the T_index pieces: its first query
  * reads (and checksums) only the lists it probes. Missing, stale or damaged files are rebuilt
@@ -175,8 +177,9 @@ static int in_memory_vfs(cdbx_table *t) {
   return vfs->zName && strcmp(vfs->zName, "memdb") == 0;
 }
 
-static char *cache_path(cdbx_table *t) {
-  const char *db = sqlite3_db_filename(t->db, t->schema);
+/* "<db>-clip-<table>.idx" beside the database, or NULL (no file, an in-memory database, or
+ * CLIPDB_INDEX_CACHE=0). */
+static char *path_beside(cdbx_table *t, const char *db) {
   const char *off = getenv("CLIPDB_INDEX_CACHE");
   if (!db || !db[0] || !t->uid || (off && strcmp(off, "0") == 0) || in_memory_vfs(t)) return NULL;
   sqlite3_str *s = sqlite3_str_new(NULL);
@@ -187,6 +190,71 @@ static char *cache_path(cdbx_table *t) {
   }
   sqlite3_str_appendall(s, ".idx");
   return sqlite3_str_finish(s);
+}
+
+static int folder_writable(const char *file) {
+  const char *slash = strrchr(file, '/');
+  if (!slash) return access(".", W_OK) == 0;
+  char *dir = sqlite3_mprintf("%.*s", (int)(slash - file) + (slash == file), file);
+  int ok = dir && access(dir, W_OK) == 0;
+  sqlite3_free(dir);
+  return ok;
+}
+
+/* The user's cache folder: $CLIPDB_CACHE_DIR, else $XDG_CACHE_HOME/clipdb, else
+ * ~/.cache/clipdb (NULL when none can be named). */
+static char *user_cache_dir(void) {
+  const char *dir = getenv("CLIPDB_CACHE_DIR"), *xdg = getenv("XDG_CACHE_HOME");
+  const char *home = getenv("HOME");
+  if (dir && dir[0]) return sqlite3_mprintf("%s", dir);
+  if (xdg && xdg[0] == '/') return sqlite3_mprintf("%s/clipdb", xdg);
+  return home && home[0] ? sqlite3_mprintf("%s/.cache/clipdb", home) : NULL;
+}
+
+/* In the user's cache folder, named by the database's identity (its real path, device and
+ * inode: another file never shares the name) and the table: "<hash>-<table>.idx". */
+static char *path_in_user_cache(const char *beside, const char *db) {
+  struct stat st;
+  char *real = realpath(db, NULL);
+  char *dir = user_cache_dir();
+  char *path = NULL;
+  if (real && dir && stat(real, &st) == 0) {
+    uint64_t h = 1469598103934665603ull;
+    const uint64_t id[2] = {(uint64_t)st.st_dev, (uint64_t)st.st_ino};
+    for (const unsigned char *p = (const unsigned char *)real; *p; p++)
+      h = (h ^ *p) * 1099511628211ull;
+    for (int i = 0; i < 2; i++) h = (h ^ id[i]) * 1099511628211ull;
+    const char *suffix = beside + strlen(db) + strlen("-clip-");
+    path = sqlite3_mprintf("%s/%016llx-%s", dir, (unsigned long long)h, suffix);
+  }
+  free(real);
+  sqlite3_free(dir);
+  return path;
+}
+
+/* Where the table's cache file lives: beside the database when it is there or that folder can
+ * be written, else in the user's cache folder (so that a database in a read-only folder still
+ * gets a fast cold start). */
+static char *cache_path(cdbx_table *t) {
+  const char *db = sqlite3_db_filename(t->db, t->schema);
+  char *beside = path_beside(t, db);
+  if (!beside || access(beside, F_OK) == 0 || folder_writable(db)) return beside;
+  char *user = path_in_user_cache(beside, db);
+  if (!user) return beside;
+  sqlite3_free(beside);
+  return user;
+}
+
+/* Creates the folder a cache file in the user's cache folder goes into (best effort). */
+static void make_parent_folder(const char *path) {
+  char *dir = sqlite3_mprintf("%s", path);
+  for (char *p = dir ? dir + 1 : NULL; p && *p; p++) {
+    if (*p != '/') continue;
+    *p = 0;
+    mkdir(dir, 0700);
+    *p = '/';
+  }
+  sqlite3_free(dir);
 }
 
 /* Unique per committed snapshot: snapshot_uid is drawn anew, in the writing transaction, for
@@ -202,21 +270,34 @@ static uint64_t cache_tag(const cdbx_table *t, int64_t gen, int64_t snap, int64_
   return h;
 }
 
-/* A read-only or immutable database gets no file written or removed beside it. */
-static int may_touch_files(cdbx_table *t) {
+/* Whether the cache file at `path` may be written or removed. An open that is read-only by
+ * choice (mode=ro, immutable=1, or a read-only connection to a file it could write) writes
+ * nothing anywhere; a database read-only because its file cannot be written keeps its cache
+ * in the user's cache folder. */
+static int may_touch_file(cdbx_table *t, const char *path) {
   const char *db = sqlite3_db_filename(t->db, t->schema);
-  return sqlite3_db_readonly(t->db, t->schema) == 0 && !sqlite3_uri_boolean(db, "immutable", 0);
+  const char *mode = sqlite3_uri_parameter(db, "mode");
+  if (!path || sqlite3_uri_boolean(db, "immutable", 0) || (mode && strcmp(mode, "ro") == 0))
+    return 0;
+  if (sqlite3_db_readonly(t->db, t->schema) == 0) return 1;
+  char *beside = path_beside(t, db);
+  int in_user_cache = beside && strcmp(beside, path) != 0;
+  sqlite3_free(beside);
+  return in_user_cache && access(db, W_OK) != 0;
 }
 
 /* Only committed state reaches the cache file: what a connection reads outside a write
  * transaction is committed; inside one it may still be rolled back. */
-static int may_write_cache_file(cdbx_table *t) {
-  return may_touch_files(t) && sqlite3_txn_state(t->db, t->schema) != SQLITE_TXN_WRITE;
+static int may_write_cache_file(cdbx_table *t, const char *path) {
+  if (!may_touch_file(t, path) || sqlite3_txn_state(t->db, t->schema) == SQLITE_TXN_WRITE)
+    return 0;
+  make_parent_folder(path);
+  return 1;
 }
 
 void cdbx_cache_file_remove(cdbx_table *t) {
-  char *path = may_touch_files(t) ? cache_path(t) : NULL;
-  if (path) unlink(path);
+  char *path = cache_path(t);
+  if (may_touch_file(t, path)) unlink(path);
   sqlite3_free(path);
 }
 
@@ -237,7 +318,7 @@ static cdb_index *open_snapshot(cdbx_table *t, int source) {
   if (!idx) {
     idx = cdbx_store_read_snapshot(t);
     int replace = source == FROM_FILE_OR_PIECES || t->cache.bad_file_tag == t->cache.file_tag;
-    if (idx && path && replace && may_write_cache_file(t) &&
+    if (idx && path && replace && may_write_cache_file(t, path) &&
         cdb_index_save_file(idx, path, t->cache.file_tag, &err) == 0) {
       t->cache.bad_file_tag = 0;
     }
@@ -409,9 +490,11 @@ void cdbx_cache_after_commit(cdbx_table *t) {
   int current = c->file_at_commit && c->index && !c->stale && c->resync.n == 0 &&
                 c->pend_ids.n == 0 && c->pend_removes.n == 0;
   c->file_at_commit = 0;
-  char *path = current && may_write_cache_file(t) ? cache_path(t) : NULL;
+  char *path = current ? cache_path(t) : NULL;
   cdb_error err = {{0}};
-  if (path && cdb_index_save_file(c->index, path, c->file_tag, &err) == 0) c->bad_file_tag = 0;
+  if (path && may_write_cache_file(t, path) &&
+      cdb_index_save_file(c->index, path, c->file_tag, &err) == 0)
+    c->bad_file_tag = 0;
   sqlite3_free(path);
 }
 

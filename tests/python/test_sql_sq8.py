@@ -15,6 +15,7 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -310,6 +311,74 @@ def test_read_only_folder_gets_no_file(table, ext_path, tmp_path):
             assert os.listdir(folder) == ["t.db"]
     finally:
         os.chmod(folder, 0o755)
+
+
+USER_CACHE_CHILD = r"""
+import json, os, sqlite3, sys
+ext, uri = sys.argv[1:3]
+db = sqlite3.connect(uri, uri=True, isolation_level=None)
+db.enable_load_extension(True)
+db.load_extension(ext)
+q = db.execute("SELECT embedding FROM v WHERE rowid = 77").fetchone()[0]
+rows = [r for r, in db.execute("SELECT rowid FROM v WHERE v MATCH ? AND k = 10", (q,))]
+print(json.dumps({"rows": rows, "info": json.loads(
+    db.execute("SELECT clip_index_info('v')").fetchone()[0])}))
+"""
+
+
+def world_readable_path(path):
+    """Every folder above path can be entered by other users (the extension loads as nobody)."""
+    path = os.path.abspath(path)
+    while path != "/":
+        path = os.path.dirname(path)
+        if not os.stat(path).st_mode & 0o001:
+            return False
+    return True
+
+
+def test_read_only_folder_keeps_its_cache_in_the_user_cache(table, ext_path):
+    """A database whose file and folder the process cannot write (as another user when the tests
+    run as root) keeps its cache file in the user's cache folder, named by the database's
+    identity: the next process maps it (a fast cold start) and finds the same rows. A mode=ro
+    open writes nothing there either."""
+    path, truth, queries = table
+    if os.geteuid() == 0 and not world_readable_path(ext_path):
+        pytest.skip("the extension cannot be loaded by another user from here")
+    folder, cache = tempfile.mkdtemp(), tempfile.mkdtemp()
+    try:
+        shutil.copyfile(path, os.path.join(folder, "t.db"))
+        os.chmod(os.path.join(folder, "t.db"), 0o444)
+        os.chmod(folder, 0o555)
+        os.chmod(cache, 0o777)
+        as_other = (lambda: (os.setgid(65534), os.setuid(65534))) if os.geteuid() == 0 else None
+        env = dict(os.environ, CLIPDB_CACHE_DIR=cache)
+
+        def child(uri):
+            r = subprocess.run([sys.executable, "-c", USER_CACHE_CHILD, ext_path, uri], env=env,
+                               capture_output=True, text=True, preexec_fn=as_other, timeout=120)
+            assert r.returncode == 0, r.stderr
+            return json.loads(r.stdout)
+
+        uri = f"file:{folder}/t.db"
+        first = child(uri)
+        assert first["info"]["kind"] == "ivf" and not first["info"]["mapped"], first
+        files = os.listdir(cache)
+        assert len(files) == 1 and files[0].endswith("-v.idx"), files
+        assert os.listdir(folder) == ["t.db"]
+        second = child(uri)
+        assert second["info"]["mapped"], second
+        assert second["rows"] == first["rows"]
+        q = np.array(truth.vec[77])
+        assert first["rows"][0] == 77 and len(first["rows"]) == 10
+        want, _ = truth.exact(q, 10)
+        assert len(set(first["rows"]) & set(want)) >= 9
+        os.remove(os.path.join(cache, files[0]))
+        third = child(uri + "?mode=ro")
+        assert third["rows"] == first["rows"] and os.listdir(cache) == []
+    finally:
+        os.chmod(folder, 0o755)
+        shutil.rmtree(folder)
+        shutil.rmtree(cache)
 
 
 # ---- a writer killed with SIGKILL ----
