@@ -12,7 +12,6 @@ its schema is the CLI's own. DB (default: a temporary file) is rebuilt."""
 import json
 import os
 import resource
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -20,18 +19,14 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sqlite"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(HERE, "..", "sqlite")]
 from bench_bulk import clip_like  # noqa: E402
+from make_big_db import new_library  # noqa: E402
 
 
 def make_library(build, model, db, n, rng):
-    with tempfile.TemporaryDirectory() as empty:
-        subprocess.run([os.path.join(build, "cli", "clipdb"), "--db", db, "--model", model,
-                        "index", "--quiet", empty], check=True, stdout=subprocess.DEVNULL)
-    con = sqlite3.connect(db)
-    con.enable_load_extension(True)
-    con.load_extension(os.path.join(build, "sqlite-ext", "clipdb"))
-    dims = int(con.execute("SELECT value FROM photos_config WHERE key = 'dims'").fetchone()[0])
+    con, dims = new_library(build, model, db)
     n_copies = n // 100
     x = clip_like(rng, n - n_copies, dims)
     originals = rng.choice(len(x), n_copies, replace=False)
@@ -58,8 +53,6 @@ def main():
     rng = np.random.default_rng(3)
     with tempfile.TemporaryDirectory() as tmp:
         db = sys.argv[4] if len(sys.argv) > 4 else os.path.join(tmp, "library.db")
-        if os.path.exists(db):
-            os.remove(db)
         t0 = time.perf_counter()
         pairs, sims = make_library(build, model, db, n, rng)
         print(f"library: {n} photos, {len(pairs)} planted near-copies (cosine {sims.min():.3f} to "

@@ -14,9 +14,9 @@ import time
 import numpy as np
 
 
-def main():
-    build, db, model = sys.argv[1], sys.argv[2], sys.argv[3]
-    n = int(sys.argv[4]) if len(sys.argv) > 4 else 100000
+def new_library(build, model, db):
+    """An empty library at db (replaced) made by `clipdb index` of an empty folder, so its
+    schema is the CLI's own. -> (connection with the extension loaded, dims)"""
     if os.path.exists(db):
         os.remove(db)
     with tempfile.TemporaryDirectory() as empty:
@@ -26,6 +26,13 @@ def main():
     con.enable_load_extension(True)
     con.load_extension(os.path.join(build, "sqlite-ext", "clipdb"))
     dims = int(con.execute("SELECT value FROM photos_config WHERE key = 'dims'").fetchone()[0])
+    return con, dims
+
+
+def main():
+    build, db, model = sys.argv[1], sys.argv[2], sys.argv[3]
+    n = int(sys.argv[4]) if len(sys.argv) > 4 else 100000
+    con, dims = new_library(build, model, db)
     rng = np.random.default_rng(1)
     t0 = time.time()
     batch = 5000
