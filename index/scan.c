@@ -1,6 +1,7 @@
 /* scan.c: the own IVF list scan (scan.h): the coarse step (the query against every centroid,
  * the nprobe best kept), then each probed list's codes scored in place and the best kept in a
- * bounded heap, or all kept when a lazy predicate must see them best first. */
+ * bounded heap; a lazy predicate is then asked about them best first (range searches keep every
+ * hit above the threshold). */
 #include "index/scan.h"
 
 #include <math.h>
@@ -209,10 +210,10 @@ typedef struct scan {
   cdb_faiss_ivf_layout layout;
   kernels k;
   const float *q;
-  int16_t *w;  /* SQ8: q_i vdiff_i / 255, as integers: w_i * w_scale */
+  int16_t *w; /* SQ8: q_i vdiff_i / 255 as integers (times 1 / w_scale) */
   float w_scale;
   float base; /* SQ8: sum_i q_i (vmin_i + 0.5 vdiff_i / 255) */
-  float *qc;   /* q . centroid, per list */
+  float *qc;  /* q . centroid, per list */
   int32_t *probe;
   size_t nprobe;
 } scan;
@@ -325,7 +326,8 @@ static void collect(void *ctx, hit x) {
   if (x.sim >= c->min_sim && !c->failed && hits_push(&c->all, x) < 0) c->failed = 1;
 }
 
-/* One call of the lazy predicate: 1 allowed, 0 not, IVF_SCAN_BUDGET_SPENT when none is left. */
+/* One call of the lazy predicate (its answer in *allowed): 0, or IVF_SCAN_BUDGET_SPENT when no
+ * call is left. */
 static int ask_allow(ivf_scan_filter *f, int64_t id, int *allowed) {
   if (f->allow_budget == 0) return IVF_SCAN_BUDGET_SPENT;
   if (f->allow_budget > 0) f->allow_budget--;
