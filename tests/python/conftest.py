@@ -26,6 +26,15 @@ def connect(path, ext_path):
     return db
 
 
+def flip_byte(path, pos, mask):
+    """XORs the byte at pos of the file at path with mask (damage for checksum tests)."""
+    with open(path, "r+b") as f:
+        f.seek(pos)
+        b = f.read(1)
+        f.seek(pos)
+        f.write(bytes([b[0] ^ mask]))
+
+
 def read_pty(fd):
     """Everything written to a pseudo-terminal until its other side is closed (as bytes)."""
     chunks = []

@@ -331,15 +331,12 @@ def request_fails(url):
 
 @pytest.fixture(scope="module")
 def video_lib(clipdb_bin, model_dir, tmp_path_factory):
-    from video_helpers import SHAPES, needs_ffmpeg, shapes_video
+    from video_helpers import needs_ffmpeg, shapes_folder, shapes_video
     if needs_ffmpeg.args[0]:
         pytest.skip("ffmpeg not installed")
     tmp = tmp_path_factory.mktemp("serve-video")
     env = serve_env(tmp)
-    photos = tmp / "photos"
-    photos.mkdir()
-    for p in sorted(SHAPES.iterdir())[:6]:
-        (photos / p.name).write_bytes(p.read_bytes())
+    photos = shapes_folder(tmp / "photos", 6)
     video = shapes_video(photos / "shapes.mp4")
     db = tmp / "lib.db"
     subprocess.run([clipdb_bin, "--db", str(db), "--model", model_dir, "index", str(photos)],

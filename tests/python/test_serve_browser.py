@@ -209,15 +209,12 @@ def test_classify_box_ranks_the_shape(browser, gallery):
 def video_gallery(request, clipdb_bin, model_dir, tmp_path_factory):
     """A library of a few photos and the shapes video, as H.264 in MP4 and as VP9 in WebM (the
     two a browser is most likely to get from a phone or the web)."""
-    from video_helpers import SHAPES, needs_ffmpeg, shapes_video
+    from video_helpers import needs_ffmpeg, shapes_folder, shapes_video
     if needs_ffmpeg.args[0]:
         pytest.skip("ffmpeg not installed")
     tmp = tmp_path_factory.mktemp("gallery-video")
     env = serve_env(tmp)
-    photos = tmp / "photos"
-    photos.mkdir()
-    for p in sorted(SHAPES.iterdir())[:4]:
-        (photos / p.name).write_bytes(p.read_bytes())
+    photos = shapes_folder(tmp / "photos", 4)
     codec = ("-c:v", "libvpx-vp9", "-b:v", "200k") if request.param.endswith("webm") else \
         ("-c:v", "libx264")
     video = shapes_video(photos / ("shapes-" + request.param), codec=codec)

@@ -15,7 +15,7 @@ import traceback
 import numpy as np
 import pytest
 
-from conftest import connect
+from conftest import connect, flip_byte
 
 
 def blob(v):
@@ -136,14 +136,6 @@ def build_table(path, ext_path, rows):
     return truth, nlist
 
 
-def flip(path, pos):
-    with open(path, "r+b") as f:
-        f.seek(pos)
-        b = f.read(1)
-        f.seek(pos)
-        f.write(bytes([b[0] ^ 0x01]))
-
-
 def smash(path):
     """Huge floats or made-up ids at three places in the list data."""
     size = os.path.getsize(path)
@@ -172,7 +164,7 @@ def test_damaged_cache_file_is_never_served(tmp_path, ext_path, rows):
     queries = own + list(rng.standard_normal((3, len(own[0]))))
     for pos in positions(size, nlist):
         shutil.copyfile(good, cache_of(path))
-        flip(cache_of(path), pos)
+        flip_byte(cache_of(path), pos, 0x01)
         db = connect(str(path), ext_path)
         for q in queries:
             check_knn(db, truth, q, 10, nlist)
@@ -190,7 +182,7 @@ def test_integrity_check_finds_cache_file_damage(tmp_path, ext_path, rows):
     size = os.path.getsize(good)
     for pos in (size // 2, size - 8 * nlist - 40 - 4, size - 8):
         shutil.copyfile(good, cache_of(path))
-        flip(cache_of(path), pos)
+        flip_byte(cache_of(path), pos, 0x01)
         db = connect(str(path), ext_path)
         with pytest.raises(sqlite3.DatabaseError, match="cache file"):
             db.execute("INSERT INTO v(v) VALUES('integrity-check')")

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import connect
+from conftest import connect, flip_byte
 
 DIMS = 128
 ROWS = 12000  # past the 10k rows at which COMMIT trains
@@ -260,26 +260,18 @@ def test_deletes_updates_rollback_savepoints(table, ext_path):
     db.execute("INSERT INTO v(v) VALUES('integrity-check')")
 
 
-def flip(path, pos):
-    with open(path, "r+b") as f:
-        f.seek(pos)
-        b = f.read(1)
-        f.seek(pos)
-        f.write(bytes([b[0] ^ 0x5A]))
-
-
 def test_damaged_cache_file_is_detected_and_rebuilt(table, ext_path):
     path, truth, queries = table
     size = os.path.getsize(cache_of(path))
     good = open(cache_of(path), "rb").read()
     for pos in (100, size // 3, size // 2, size - size // 5, size - 8):
         open(cache_of(path), "wb").write(good)
-        flip(cache_of(path), pos)
+        flip_byte(cache_of(path), pos, 0x5A)
         db = connect(str(path), ext_path)
         check(db, truth, queries[:5])
         db.close()
         open(cache_of(path), "wb").write(good)
-        flip(cache_of(path), pos)
+        flip_byte(cache_of(path), pos, 0x5A)
         db = connect(str(path), ext_path)
         with pytest.raises(sqlite3.DatabaseError, match="cache file"):
             db.execute("INSERT INTO v(v) VALUES('integrity-check')")

@@ -10,6 +10,14 @@ SHAPES = Path(__file__).resolve().parents[2] / "examples" / "shapes"
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
 
 
+def shapes_folder(folder, n):
+    """folder (created) holding the first n demo shape images. -> folder"""
+    folder.mkdir()
+    for p in sorted(SHAPES.iterdir())[:n]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    return folder
+
+
 def ffmpeg(*args):
     subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
 
