@@ -16,7 +16,7 @@ static const char USAGE[] =
     "usage: clipdb info [--json] [--local]\n"
     "Shows the library: database path and size on disk, the counts of photos, videos and their\n"
     "frames (rows: photos + frames), vector dimensions, index\n"
-    "type with nlist/nprobe (0 = chosen from the size), and the model.\n";
+    "type with nlist/nprobe (0 = chosen automatically), and the model.\n";
 
 static int64_t file_size(const char *path, const char *suffix) {
   char buf[4096];

@@ -63,7 +63,8 @@
  *                          the k x 4 best candidates, at least k + 32, are re-ranked by their
  *                          exact vectors from photos_vectors: distances are exact); 'IVF,Flat'
  *                          keeps raw float copies in the index (4x its memory and cache file)
- *             nlist=N, nprobe=N  index parameters (0/omitted: chosen from the size)
+ *             nlist=N, nprobe=N  index parameters (0/omitted: nlist from the size, nprobe
+ *                                measured on the vectors at training)
  *             autotrain=on|off   on (default): COMMIT trains the IVF index when it has grown
  *                          enough (the first time at 10,000 rows); off: only 'train' does
  *             image_paths=on|off on (default): image may be a file path or URL (the table is
